@@ -1,0 +1,14 @@
+//! Domain types and rules: plans, limits, subscriptions, the provider catalogue. No I/O here;
+//! everything above (storage, gRPC, webhooks) builds on these.
+
+pub mod catalogue;
+pub mod integration;
+pub mod plans;
+pub mod subscription;
+pub mod usage;
+pub mod user;
+
+pub use plans::{Limit, Plan, Tier};
+pub use subscription::{Subscription, SubscriptionStatus};
+pub use usage::{LimitCheck, Resource, Usage};
+pub use user::UserId;
