@@ -1,1 +1,113 @@
-fn main() {}
+//! Entry point: load configuration, then serve, migrate or mint a token.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use nexus_billing::{
+    auth::{TokenRequest, mint},
+    cli::{Cli, Command},
+    config::Config,
+    domain::UserId,
+    startup::{Application, shutdown_signal},
+    store, telemetry,
+};
+use secrecy::ExposeSecret;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    // A .env file is optional; real environment variables win over it.
+    let _ = dotenvy::dotenv();
+    let cli = Cli::parse();
+    let config = match Config::from_settings(cli.settings) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init(config.log_format, &config.log_level);
+    let result = match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(config).await,
+        Command::Migrate => migrate(config).await,
+        Command::Token {
+            user_id,
+            email,
+            ttl,
+            roles,
+        } => token(&config, &user_id, email.as_deref(), ttl, &roles),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let app = Application::build(config).await?;
+    if let Some(token) = app.dev_token() {
+        print_dev_banner(&token, app.grpc_addr(), app.http_addr());
+    }
+    let stop = app.shutdown_token();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        stop.cancel();
+    });
+    app.run_until_stopped().await
+}
+
+async fn migrate(config: Config) -> anyhow::Result<()> {
+    let store = store::connect(
+        config.database_url.expose_secret(),
+        config.database_max_connections,
+    )
+    .await?;
+    store.migrate().await?;
+    store.close().await;
+    tracing::info!("migrations applied");
+    Ok(())
+}
+
+fn token(
+    config: &Config,
+    user_id: &str,
+    email: Option<&str>,
+    ttl: std::time::Duration,
+    roles: &[String],
+) -> anyhow::Result<()> {
+    if config.jwt.generated {
+        anyhow::bail!(
+            "JWT_SECRET is not set, so the server signs with a random per-process secret: \
+             use the token it prints at start-up, or set JWT_SECRET for both"
+        );
+    }
+    let user_id = UserId::parse(user_id).map_err(|e| anyhow::anyhow!("--user-id: {e}"))?;
+    let token = mint(
+        &config.jwt,
+        &TokenRequest {
+            user_id: &user_id,
+            email,
+            roles,
+            ttl,
+        },
+    )
+    .map_err(anyhow::Error::msg)?;
+    println!("{token}");
+    Ok(())
+}
+
+/// Development only (JWT_SECRET unset): a ready-to-paste token and example calls.
+fn print_dev_banner(token: &str, grpc: std::net::SocketAddr, http: std::net::SocketAddr) {
+    println!(
+        "\n\
+         Development token (user \"dev-user\", valid 24 h, this process only):\n\n\
+         export TOKEN={token}\n\n\
+         Try it:\n\
+         grpcurl -plaintext -H \"authorization: Bearer $TOKEN\" {grpc} nexus.billing.v1.BillingService/ListPlans\n\
+         grpcurl -plaintext -H \"authorization: Bearer $TOKEN\" {grpc} nexus.billing.v1.BillingService/GetUsage\n\
+         grpcurl -plaintext {grpc} grpc.health.v1.Health/Check\n\
+         curl http://{http}/readyz\n"
+    );
+}

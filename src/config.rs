@@ -1,0 +1,612 @@
+//! Configuration: every setting is listed once, in [`Settings`], with its environment variable.
+//! [`Config::from_settings`] validates them (naming the setting and what is wrong), applies the
+//! development fallbacks, and wraps secrets so `Debug` and logs show them redacted.
+
+use std::{
+    fmt,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use clap::{Args, ValueEnum};
+use rand::RngCore;
+use secrecy::{ExposeSecret, SecretBox, SecretString};
+use url::Url;
+
+/// Deployment mode. In production no development fallback applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AppEnv {
+    Development,
+    Production,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// JWT signature algorithm, pinned by configuration (never taken from the token).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum JwtAlgorithm {
+    #[value(name = "HS256")]
+    Hs256,
+    #[value(name = "RS256")]
+    Rs256,
+    #[value(name = "ES256")]
+    Es256,
+}
+
+/// Every setting of the service, read from the environment (or a `.env` file) or from flags.
+#[derive(Debug, Clone, Args)]
+pub struct Settings {
+    /// `development` (fallbacks for a first run) or `production` (every required setting must be set).
+    #[arg(long, env = "APP_ENV", value_enum, default_value = "development", global = true)]
+    pub app_env: AppEnv,
+    /// Directory for the embedded SQLite database and the development encryption key.
+    #[arg(long, env = "DATA_DIR", default_value = "data", global = true)]
+    pub data_dir: PathBuf,
+    /// postgres://user:pass@host/db or sqlite://path. Unset in development: SQLite in DATA_DIR.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, global = true)]
+    pub database_url: Option<String>,
+    /// Maximum database connections per process.
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 10, global = true)]
+    pub database_max_connections: u32,
+    /// Address of the gRPC (and grpc-web) server.
+    #[arg(long, env = "GRPC_ADDR", default_value = "127.0.0.1:50051", global = true)]
+    pub grpc_addr: SocketAddr,
+    /// Address of the HTTP sidecar (webhooks, health, metrics).
+    #[arg(long, env = "HTTP_ADDR", default_value = "127.0.0.1:3001", global = true)]
+    pub http_addr: SocketAddr,
+    /// Comma-separated browser origins allowed by CORS and as redirect targets.
+    /// Unset in development: http://localhost:3000,http://127.0.0.1:3000.
+    #[arg(long, env = "ALLOWED_ORIGINS", global = true)]
+    pub allowed_origins: Option<String>,
+    /// `text` (human-readable) or `json` log lines.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text", global = true)]
+    pub log_format: LogFormat,
+    /// Log filter, e.g. `info` or `nexus_billing=debug,info`.
+    #[arg(long, env = "LOG_LEVEL", default_value = "info", global = true)]
+    pub log_level: String,
+    /// HS256 signing secret. Unset in development: a random secret for this process only.
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true, global = true)]
+    pub jwt_secret: Option<String>,
+    /// Algorithm tokens must be signed with: HS256, RS256 or ES256.
+    #[arg(long, env = "JWT_ALGORITHM", value_enum, default_value = "HS256", global = true)]
+    pub jwt_algorithm: JwtAlgorithm,
+    /// PEM public key for RS256/ES256 (the key itself).
+    #[arg(long, env = "JWT_PUBLIC_KEY", hide_env_values = true, global = true)]
+    pub jwt_public_key: Option<String>,
+    /// PEM public key file for RS256/ES256 (instead of JWT_PUBLIC_KEY).
+    #[arg(long, env = "JWT_PUBLIC_KEY_FILE", global = true)]
+    pub jwt_public_key_file: Option<PathBuf>,
+    /// Required `iss` claim, when set.
+    #[arg(long, env = "JWT_ISSUER", global = true)]
+    pub jwt_issuer: Option<String>,
+    /// Required `aud` claim, when set.
+    #[arg(long, env = "JWT_AUDIENCE", global = true)]
+    pub jwt_audience: Option<String>,
+    /// Clock skew allowed on `exp`/`nbf`, in seconds.
+    #[arg(long, env = "JWT_LEEWAY_SECS", default_value_t = 30, global = true)]
+    pub jwt_leeway_secs: u64,
+    /// Stripe secret key (sk_... or rk_...). Unset: payments are not configured.
+    #[arg(long, env = "STRIPE_SECRET_KEY", hide_env_values = true, global = true)]
+    pub stripe_secret_key: Option<String>,
+    /// Stripe webhook signing secrets (whsec_...), comma-separated during rotation.
+    #[arg(long, env = "STRIPE_WEBHOOK_SECRET", hide_env_values = true, global = true)]
+    pub stripe_webhook_secret: Option<String>,
+    /// Stripe price id of the PRO plan.
+    #[arg(long, env = "STRIPE_PRICE_ID_PRO", global = true)]
+    pub stripe_price_id_pro: Option<String>,
+    /// Stripe price id of the PREMIUM plan.
+    #[arg(long, env = "STRIPE_PRICE_ID_PREMIUM", global = true)]
+    pub stripe_price_id_premium: Option<String>,
+    /// Largest webhook body accepted, in bytes; larger ones get 413.
+    #[arg(long, env = "WEBHOOK_MAX_BODY_BYTES", default_value_t = 1024 * 1024, global = true)]
+    pub webhook_max_body_bytes: usize,
+    /// 64 hex characters (32 bytes) for the credential vault. Unset in development: a key
+    /// generated once and kept in DATA_DIR/encryption.key.
+    #[arg(long, env = "ENCRYPTION_KEY", hide_env_values = true, global = true)]
+    pub encryption_key: Option<String>,
+    /// Base URLs of outside APIs (tests and staging point them at fakes).
+    #[command(flatten)]
+    pub endpoints: Endpoints,
+}
+
+/// Base URLs of every outside API, each defaulting to the real service.
+#[derive(Debug, Clone, Args)]
+pub struct Endpoints {
+    #[arg(long, env = "STRIPE_API_BASE", default_value = "https://api.stripe.com", value_parser = parse_base_url, global = true)]
+    pub stripe_api_base: Url,
+    #[arg(long, env = "HUBSPOT_API_BASE", default_value = "https://api.hubapi.com", value_parser = parse_base_url, global = true)]
+    pub hubspot_api_base: Url,
+    #[arg(long, env = "HUBSPOT_AUTHORIZE_URL", default_value = "https://app.hubspot.com/oauth/authorize", value_parser = parse_base_url, global = true)]
+    pub hubspot_authorize_url: Url,
+    #[arg(long, env = "HUBSPOT_TOKEN_URL", default_value = "https://api.hubapi.com/oauth/v1/token", value_parser = parse_base_url, global = true)]
+    pub hubspot_token_url: Url,
+    /// `{dc}` is replaced by the data centre from the API key (e.g. us6).
+    #[arg(long, env = "MAILCHIMP_API_BASE", default_value = "https://{dc}.api.mailchimp.com", value_parser = parse_templated_base_url, global = true)]
+    pub mailchimp_api_base: String,
+    #[arg(long, env = "MAILCHIMP_AUTHORIZE_URL", default_value = "https://login.mailchimp.com/oauth2/authorize", value_parser = parse_base_url, global = true)]
+    pub mailchimp_authorize_url: Url,
+    #[arg(long, env = "MAILCHIMP_TOKEN_URL", default_value = "https://login.mailchimp.com/oauth2/token", value_parser = parse_base_url, global = true)]
+    pub mailchimp_token_url: Url,
+    #[arg(long, env = "SENDGRID_API_BASE", default_value = "https://api.sendgrid.com", value_parser = parse_base_url, global = true)]
+    pub sendgrid_api_base: Url,
+    #[arg(long, env = "SALESFORCE_AUTHORIZE_URL", default_value = "https://login.salesforce.com/services/oauth2/authorize", value_parser = parse_base_url, global = true)]
+    pub salesforce_authorize_url: Url,
+    #[arg(long, env = "SALESFORCE_TOKEN_URL", default_value = "https://login.salesforce.com/services/oauth2/token", value_parser = parse_base_url, global = true)]
+    pub salesforce_token_url: Url,
+    /// Unset: the `instance_url` from the token response.
+    #[arg(long, env = "SALESFORCE_API_BASE", value_parser = parse_base_url, global = true)]
+    pub salesforce_api_base: Option<Url>,
+    #[arg(long, env = "ZOHO_AUTHORIZE_URL", default_value = "https://accounts.zoho.com/oauth/v2/auth", value_parser = parse_base_url, global = true)]
+    pub zoho_authorize_url: Url,
+    #[arg(long, env = "ZOHO_TOKEN_URL", default_value = "https://accounts.zoho.com/oauth/v2/token", value_parser = parse_base_url, global = true)]
+    pub zoho_token_url: Url,
+    /// Unset: the `api_domain` from the token response.
+    #[arg(long, env = "ZOHO_API_BASE", value_parser = parse_base_url, global = true)]
+    pub zoho_api_base: Option<Url>,
+    #[arg(long, env = "GOOGLE_AUTHORIZE_URL", default_value = "https://accounts.google.com/o/oauth2/v2/auth", value_parser = parse_base_url, global = true)]
+    pub google_authorize_url: Url,
+    #[arg(long, env = "GOOGLE_TOKEN_URL", default_value = "https://oauth2.googleapis.com/token", value_parser = parse_base_url, global = true)]
+    pub google_token_url: Url,
+    #[arg(long, env = "GOOGLE_API_BASE", default_value = "https://www.googleapis.com", value_parser = parse_base_url, global = true)]
+    pub google_api_base: Url,
+    #[arg(long, env = "GOOGLE_UPLOAD_BASE", default_value = "https://www.googleapis.com", value_parser = parse_base_url, global = true)]
+    pub google_upload_base: Url,
+    #[arg(long, env = "DROPBOX_AUTHORIZE_URL", default_value = "https://www.dropbox.com/oauth2/authorize", value_parser = parse_base_url, global = true)]
+    pub dropbox_authorize_url: Url,
+    #[arg(long, env = "DROPBOX_TOKEN_URL", default_value = "https://api.dropboxapi.com/oauth2/token", value_parser = parse_base_url, global = true)]
+    pub dropbox_token_url: Url,
+    #[arg(long, env = "DROPBOX_API_BASE", default_value = "https://api.dropboxapi.com", value_parser = parse_base_url, global = true)]
+    pub dropbox_api_base: Url,
+    #[arg(long, env = "DROPBOX_CONTENT_BASE", default_value = "https://content.dropboxapi.com", value_parser = parse_base_url, global = true)]
+    pub dropbox_content_base: Url,
+    #[arg(long, env = "PAYPAL_API_BASE", default_value = "https://api-m.paypal.com", value_parser = parse_base_url, global = true)]
+    pub paypal_api_base: Url,
+    #[arg(long, env = "MPESA_API_BASE", default_value = "https://api.safaricom.co.ke", value_parser = parse_base_url, global = true)]
+    pub mpesa_api_base: Url,
+}
+
+fn parse_base_url(raw: &str) -> Result<Url, String> {
+    let url = Url::parse(raw).map_err(|e| format!("not an absolute URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err("must be an http:// or https:// URL with a host".into());
+    }
+    Ok(url)
+}
+
+fn parse_templated_base_url(raw: &str) -> Result<String, String> {
+    parse_base_url(&raw.replace("{dc}", "us1"))?;
+    Ok(raw.to_string())
+}
+
+/// One invalid setting: which, and what is wrong (never its value).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    pub setting: &'static str,
+    pub problem: String,
+}
+
+/// Every invalid setting found, reported together.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub Vec<ConfigProblem>);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "invalid configuration:")?;
+        for p in &self.0 {
+            writeln!(f, "  {}: {}", p.setting, p.problem)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// How tokens are verified.
+pub enum JwtKey {
+    /// HS256 shared secret.
+    Hmac(SecretString),
+    /// RS256/ES256 PEM public key.
+    PublicPem(String),
+}
+
+impl fmt::Debug for JwtKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            JwtKey::Hmac(_) => f.write_str("Hmac([REDACTED])"),
+            JwtKey::PublicPem(_) => f.write_str("PublicPem(..)"),
+        }
+    }
+}
+
+/// Validated JWT settings.
+#[derive(Debug)]
+pub struct JwtConfig {
+    pub algorithm: JwtAlgorithm,
+    pub key: JwtKey,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    pub leeway: Duration,
+    /// True when the secret was generated for this process (development only).
+    pub generated: bool,
+}
+
+/// Validated Stripe settings; present only when `STRIPE_SECRET_KEY` is set.
+#[derive(Debug)]
+pub struct StripeConfig {
+    pub secret_key: SecretString,
+    pub webhook_secrets: Vec<SecretString>,
+    pub price_id_pro: String,
+    pub price_id_premium: String,
+}
+
+/// The 32-byte vault key.
+pub struct EncryptionKey(SecretBox<[u8; 32]>);
+
+impl EncryptionKey {
+    pub fn expose(&self) -> &[u8; 32] {
+        self.0.expose_secret()
+    }
+}
+
+impl fmt::Debug for EncryptionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("EncryptionKey([REDACTED])")
+    }
+}
+
+/// The validated configuration the service runs with.
+#[derive(Debug)]
+pub struct Config {
+    pub app_env: AppEnv,
+    pub data_dir: PathBuf,
+    pub database_url: SecretString,
+    pub database_max_connections: u32,
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    /// Normalised origins (`scheme://host[:port]`).
+    pub allowed_origins: Vec<String>,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    pub jwt: JwtConfig,
+    pub stripe: Option<StripeConfig>,
+    pub webhook_max_body_bytes: usize,
+    pub encryption_key: EncryptionKey,
+    /// True when the key was generated in DATA_DIR (development only).
+    pub encryption_key_generated: bool,
+    pub endpoints: Endpoints,
+}
+
+const DEV_ORIGINS: &str = "http://localhost:3000,http://127.0.0.1:3000";
+
+impl Config {
+    /// Validates the settings and applies the development fallbacks (which may create DATA_DIR,
+    /// the SQLite file's directory and the development encryption key file).
+    pub fn from_settings(s: Settings) -> Result<Config, ConfigError> {
+        let mut problems = Vec::new();
+        let mut problem = |setting: &'static str, problem: String| {
+            problems.push(ConfigProblem { setting, problem })
+        };
+        let production = s.app_env == AppEnv::Production;
+        let required_in_production = "is required when APP_ENV=production".to_string();
+
+        let database_url = match non_empty(s.database_url) {
+            Some(url) => {
+                if !(url.starts_with("postgres://")
+                    || url.starts_with("postgresql://")
+                    || url.starts_with("sqlite:"))
+                {
+                    problem(
+                        "DATABASE_URL",
+                        "must start with postgres://, postgresql:// or sqlite:".into(),
+                    );
+                }
+                url
+            }
+            None if production => {
+                problem("DATABASE_URL", required_in_production.clone());
+                String::new()
+            }
+            None => format!("sqlite://{}", s.data_dir.join("nexus.db").display()),
+        };
+        if s.database_max_connections == 0 {
+            problem("DATABASE_MAX_CONNECTIONS", "must be at least 1".into());
+        }
+
+        let allowed_origins = match non_empty(s.allowed_origins) {
+            Some(list) => parse_origins(&list).unwrap_or_else(|e| {
+                problem("ALLOWED_ORIGINS", e);
+                Vec::new()
+            }),
+            None if production => {
+                problem("ALLOWED_ORIGINS", required_in_production.clone());
+                Vec::new()
+            }
+            None => parse_origins(DEV_ORIGINS).unwrap_or_default(),
+        };
+
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&s.log_level) {
+            problem("LOG_LEVEL", format!("not a valid log filter: {e}"));
+        }
+
+        let jwt = {
+            let public_key = match (non_empty(s.jwt_public_key), s.jwt_public_key_file) {
+                (Some(_), Some(_)) => {
+                    problem(
+                        "JWT_PUBLIC_KEY",
+                        "set either JWT_PUBLIC_KEY or JWT_PUBLIC_KEY_FILE, not both".into(),
+                    );
+                    None
+                }
+                (Some(pem), None) => Some(pem),
+                (None, Some(path)) => match std::fs::read_to_string(&path) {
+                    Ok(pem) => Some(pem),
+                    Err(e) => {
+                        problem(
+                            "JWT_PUBLIC_KEY_FILE",
+                            format!("cannot read {}: {e}", path.display()),
+                        );
+                        None
+                    }
+                },
+                (None, None) => None,
+            };
+            let secret = non_empty(s.jwt_secret);
+            let (key, generated) = match s.jwt_algorithm {
+                JwtAlgorithm::Hs256 => {
+                    if public_key.is_some() {
+                        problem(
+                            "JWT_PUBLIC_KEY",
+                            "is for RS256/ES256; set JWT_ALGORITHM or remove it".into(),
+                        );
+                    }
+                    match secret {
+                        Some(secret) => {
+                            if production && secret.len() < 32 {
+                                problem(
+                                    "JWT_SECRET",
+                                    "must be at least 32 characters in production".into(),
+                                );
+                            }
+                            (JwtKey::Hmac(secret.into()), false)
+                        }
+                        None if production => {
+                            problem("JWT_SECRET", required_in_production.clone());
+                            (JwtKey::Hmac(String::new().into()), false)
+                        }
+                        None => (JwtKey::Hmac(random_hex(32).into()), true),
+                    }
+                }
+                JwtAlgorithm::Rs256 | JwtAlgorithm::Es256 => {
+                    if secret.is_some() {
+                        problem(
+                            "JWT_SECRET",
+                            "is for HS256 only; RS256/ES256 verify with JWT_PUBLIC_KEY".into(),
+                        );
+                    }
+                    match public_key {
+                        Some(pem) => (JwtKey::PublicPem(pem), false),
+                        None => {
+                            problem(
+                                "JWT_PUBLIC_KEY",
+                                "is required when JWT_ALGORITHM is RS256 or ES256".into(),
+                            );
+                            (JwtKey::PublicPem(String::new()), false)
+                        }
+                    }
+                }
+            };
+            JwtConfig {
+                algorithm: s.jwt_algorithm,
+                key,
+                issuer: non_empty(s.jwt_issuer),
+                audience: non_empty(s.jwt_audience),
+                leeway: Duration::from_secs(s.jwt_leeway_secs),
+                generated,
+            }
+        };
+
+        let stripe = match non_empty(s.stripe_secret_key) {
+            None => None,
+            Some(key) => {
+                if !(key.starts_with("sk_") || key.starts_with("rk_")) {
+                    problem(
+                        "STRIPE_SECRET_KEY",
+                        "must be a Stripe secret or restricted key (sk_... or rk_...)".into(),
+                    );
+                }
+                let webhook_secrets: Vec<SecretString> = s
+                    .stripe_webhook_secret
+                    .as_deref()
+                    .unwrap_or_default()
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|v| !v.is_empty())
+                    .map(|v| SecretString::from(v.to_string()))
+                    .collect();
+                if webhook_secrets.is_empty() {
+                    problem(
+                        "STRIPE_WEBHOOK_SECRET",
+                        "is required when STRIPE_SECRET_KEY is set".into(),
+                    );
+                }
+                let mut price = |setting: &'static str, value: Option<String>| {
+                    non_empty(value).unwrap_or_else(|| {
+                        problem(setting, "is required when STRIPE_SECRET_KEY is set".into());
+                        String::new()
+                    })
+                };
+                let price_id_pro = price("STRIPE_PRICE_ID_PRO", s.stripe_price_id_pro);
+                let price_id_premium = price("STRIPE_PRICE_ID_PREMIUM", s.stripe_price_id_premium);
+                Some(StripeConfig {
+                    secret_key: key.into(),
+                    webhook_secrets,
+                    price_id_pro,
+                    price_id_premium,
+                })
+            }
+        };
+        if s.webhook_max_body_bytes < 1024 {
+            problem("WEBHOOK_MAX_BODY_BYTES", "must be at least 1024".into());
+        }
+
+        let (encryption_key, encryption_key_generated) = match non_empty(s.encryption_key) {
+            Some(hex_key) => match parse_key(&hex_key) {
+                Ok(key) => (key, false),
+                Err(e) => {
+                    problem("ENCRYPTION_KEY", e);
+                    (EncryptionKey(SecretBox::new(Box::new([0; 32]))), false)
+                }
+            },
+            None if production => {
+                problem("ENCRYPTION_KEY", required_in_production.clone());
+                (EncryptionKey(SecretBox::new(Box::new([0; 32]))), false)
+            }
+            None => match dev_encryption_key(&s.data_dir) {
+                Ok(key) => (key, true),
+                Err(e) => {
+                    problem("DATA_DIR", e);
+                    (EncryptionKey(SecretBox::new(Box::new([0; 32]))), false)
+                }
+            },
+        };
+
+        if !problems.is_empty() {
+            return Err(ConfigError(problems));
+        }
+        Ok(Config {
+            app_env: s.app_env,
+            data_dir: s.data_dir,
+            database_url: database_url.into(),
+            database_max_connections: s.database_max_connections,
+            grpc_addr: s.grpc_addr,
+            http_addr: s.http_addr,
+            allowed_origins,
+            log_format: s.log_format,
+            log_level: s.log_level,
+            jwt,
+            stripe,
+            webhook_max_body_bytes: s.webhook_max_body_bytes,
+            encryption_key,
+            encryption_key_generated,
+            endpoints: s.endpoints,
+        })
+    }
+
+    /// Whether `url` is absolute and on one of the allowed origins (the open-redirect guard).
+    pub fn is_allowed_redirect(&self, url: &str) -> bool {
+        Url::parse(url).is_ok_and(|u| {
+            let origin = u.origin().ascii_serialization();
+            self.allowed_origins.iter().any(|o| *o == origin)
+        })
+    }
+}
+
+fn non_empty(value: Option<String>) -> Option<String> {
+    value.filter(|v| !v.trim().is_empty())
+}
+
+/// Parses a comma-separated list of origins into their normalised `scheme://host[:port]` form.
+pub fn parse_origins(list: &str) -> Result<Vec<String>, String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|o| !o.is_empty())
+        .map(|o| {
+            let url = Url::parse(o).map_err(|e| format!("{o:?} is not an origin: {e}"))?;
+            let bare = url.path() == "/" && url.query().is_none() && url.fragment().is_none();
+            if !matches!(url.scheme(), "http" | "https") || url.host().is_none() || !bare {
+                return Err(format!(
+                    "{o:?} is not an origin (expected scheme://host[:port], no path)"
+                ));
+            }
+            Ok(url.origin().ascii_serialization())
+        })
+        .collect()
+}
+
+fn parse_key(hex_key: &str) -> Result<EncryptionKey, String> {
+    let trimmed = hex_key.trim();
+    if trimmed.len() != 64 {
+        return Err(format!(
+            "must be 64 hex characters (32 bytes); got {} characters",
+            trimmed.len()
+        ));
+    }
+    let mut key = Box::new([0u8; 32]);
+    hex::decode_to_slice(trimmed, key.as_mut_slice())
+        .map_err(|_| "must be 64 hex characters (0-9, a-f)".to_string())?;
+    Ok(EncryptionKey(SecretBox::new(key)))
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    rand::rng().fill_bytes(&mut buf);
+    hex::encode(buf)
+}
+
+/// The development key: read from DATA_DIR/encryption.key, or generated there once (mode 0600).
+fn dev_encryption_key(data_dir: &Path) -> Result<EncryptionKey, String> {
+    let path = data_dir.join("encryption.key");
+    match std::fs::read_to_string(&path) {
+        Ok(existing) => {
+            parse_key(&existing).map_err(|e| format!("{} is invalid: {e}", path.display()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(data_dir)
+                .map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
+            let hex_key = random_hex(32);
+            write_private(&path, &hex_key)
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            parse_key(&hex_key)
+        }
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
+}
+
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)?.write_all(contents.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins_are_normalised_and_paths_refused() {
+        assert_eq!(
+            parse_origins("https://app.example.com, http://localhost:3000/"),
+            Ok(vec!["https://app.example.com".into(), "http://localhost:3000".into()])
+        );
+        assert!(parse_origins("https://app.example.com/path").is_err());
+        assert!(parse_origins("app.example.com").is_err());
+        assert!(parse_origins("ftp://example.com").is_err());
+    }
+
+    #[test]
+    fn encryption_key_errors_never_echo_the_value() {
+        let Err(e) = parse_key("zz-secret-material") else {
+            panic!("a short key must be refused");
+        };
+        assert!(!e.contains("secret-material"), "{e}");
+        assert!(parse_key(&"ab".repeat(32)).is_ok());
+        assert!(parse_key(&"zz".repeat(32)).is_err());
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug() {
+        let key = parse_key(&"ab".repeat(32)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(format!("{key:?}"), "EncryptionKey([REDACTED])");
+        let jwt = JwtKey::Hmac("super-secret-value".to_string().into());
+        assert!(!format!("{jwt:?}").contains("super-secret-value"));
+    }
+}

@@ -1,0 +1,225 @@
+//! Conversions between domain types and generated proto types.
+
+use chrono::{DateTime, Utc};
+use tonic::Status;
+
+use super::proto::{billing as pb, integrations as ipb};
+use crate::{
+    billing::Entitlement,
+    domain::{
+        LimitCheck, Limit, Plan, Resource, SubscriptionStatus, Tier, Usage,
+        catalogue::{AuthKind, InputType, ProviderId, SyncDirection},
+        integration::{Integration, IntegrationStatus},
+        subscription::PaymentProvider,
+    },
+    integrations::CatalogueEntry,
+};
+
+pub fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: at.timestamp(),
+        nanos: i32::try_from(at.timestamp_subsec_nanos()).unwrap_or(0),
+    }
+}
+
+fn wire_count(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+pub fn tier_to_proto(tier: Tier) -> pb::Tier {
+    match tier {
+        Tier::Free => pb::Tier::Free,
+        Tier::Pro => pb::Tier::Pro,
+        Tier::Premium => pb::Tier::Premium,
+    }
+}
+
+fn status_to_proto(status: SubscriptionStatus) -> pb::SubscriptionStatus {
+    match status {
+        SubscriptionStatus::Active => pb::SubscriptionStatus::Active,
+        SubscriptionStatus::Trialing => pb::SubscriptionStatus::Trialing,
+        SubscriptionStatus::PastDue => pb::SubscriptionStatus::PastDue,
+        SubscriptionStatus::Canceled => pb::SubscriptionStatus::Canceled,
+        SubscriptionStatus::Incomplete => pb::SubscriptionStatus::Incomplete,
+        SubscriptionStatus::IncompleteExpired => pb::SubscriptionStatus::IncompleteExpired,
+        SubscriptionStatus::Unpaid => pb::SubscriptionStatus::Unpaid,
+        SubscriptionStatus::Paused => pb::SubscriptionStatus::Paused,
+    }
+}
+
+fn payment_provider_to_proto(provider: Option<PaymentProvider>) -> pb::PaymentProvider {
+    match provider {
+        None => pb::PaymentProvider::Unspecified,
+        Some(PaymentProvider::Stripe) => pb::PaymentProvider::Stripe,
+        Some(PaymentProvider::Paypal) => pb::PaymentProvider::Paypal,
+        Some(PaymentProvider::Mpesa) => pb::PaymentProvider::Mpesa,
+    }
+}
+
+/// Reads the `resource` field of a request; UNSPECIFIED or unknown values are INVALID_ARGUMENT.
+pub fn resource_from_proto(value: i32) -> Result<Resource, Status> {
+    match pb::Resource::try_from(value) {
+        Ok(pb::Resource::Cards) => Ok(Resource::Cards),
+        Ok(pb::Resource::Contacts) => Ok(Resource::Contacts),
+        Ok(pb::Resource::Unspecified) | Err(_) => Err(Status::invalid_argument(
+            "resource must be RESOURCE_CARDS or RESOURCE_CONTACTS",
+        )),
+    }
+}
+
+pub fn plan_to_proto(plan: &Plan) -> pb::Plan {
+    pb::Plan {
+        tier: tier_to_proto(plan.tier).into(),
+        name: plan.name.to_string(),
+        price: Some(pb::Money {
+            amount_minor: plan.price_minor,
+            currency: plan.currency.to_string(),
+        }),
+        interval: plan.interval.to_string(),
+        limits: Some(pb::PlanLimits {
+            cards: plan.limits.cards.as_wire(),
+            contacts: plan.limits.contacts.as_wire(),
+            analytics_retention_days: plan.limits.analytics_retention_days.as_wire(),
+        }),
+    }
+}
+
+pub fn subscription_to_proto(entitlement: &Entitlement) -> pb::Subscription {
+    let sub = &entitlement.subscription;
+    pb::Subscription {
+        user_id: sub.user_id.to_string(),
+        tier: tier_to_proto(sub.tier).into(),
+        effective_tier: tier_to_proto(entitlement.effective_tier).into(),
+        status: status_to_proto(sub.status).into(),
+        provider: payment_provider_to_proto(sub.provider).into(),
+        current_period_start: sub.current_period_start.map(timestamp),
+        current_period_end: sub.current_period_end.map(timestamp),
+        cancel_at_period_end: sub.cancel_at_period_end,
+        access_ends_at: sub.access_ends_at().map(timestamp),
+    }
+}
+
+pub fn usage_to_proto(tier: Tier, usage: &Usage) -> pb::Usage {
+    let limits = tier.plan().limits;
+    pb::Usage {
+        cards_used: wire_count(usage.cards),
+        cards_limit: limits.cards.as_wire(),
+        contacts_used: wire_count(usage.contacts),
+        contacts_limit: limits.contacts.as_wire(),
+        analytics_retention_days: limits.analytics_retention_days.as_wire(),
+    }
+}
+
+pub fn limit_check_to_proto(check: LimitCheck) -> pb::CheckLimitResponse {
+    pb::CheckLimitResponse {
+        allowed: check.allowed,
+        effective_tier: tier_to_proto(check.tier).into(),
+        used: wire_count(check.used),
+        limit: check.limit.as_wire(),
+        remaining: check.remaining.map_or(Limit::Unlimited.as_wire(), wire_count),
+        over_limit_by: wire_count(check.over_limit_by),
+        reason: check.reason,
+    }
+}
+
+pub fn provider_to_proto(id: ProviderId) -> ipb::Provider {
+    match id {
+        ProviderId::Salesforce => ipb::Provider::Salesforce,
+        ProviderId::Hubspot => ipb::Provider::Hubspot,
+        ProviderId::ZohoCrm => ipb::Provider::ZohoCrm,
+        ProviderId::Mailchimp => ipb::Provider::Mailchimp,
+        ProviderId::Sendgrid => ipb::Provider::Sendgrid,
+        ProviderId::Zapier => ipb::Provider::Zapier,
+        ProviderId::GoogleDrive => ipb::Provider::GoogleDrive,
+        ProviderId::Dropbox => ipb::Provider::Dropbox,
+    }
+}
+
+fn input_type_to_proto(input: InputType) -> ipb::InputType {
+    match input {
+        InputType::Text => ipb::InputType::Text,
+        InputType::Password => ipb::InputType::Password,
+        InputType::Url => ipb::InputType::Url,
+        InputType::Number => ipb::InputType::Number,
+    }
+}
+
+pub fn catalogue_entry_to_proto(entry: &CatalogueEntry) -> ipb::ProviderInfo {
+    let spec = entry.spec;
+    ipb::ProviderInfo {
+        provider: provider_to_proto(spec.id).into(),
+        slug: spec.slug.to_string(),
+        name: spec.name.to_string(),
+        description: spec.description.to_string(),
+        icon_url: spec.icon_url.to_string(),
+        auth_kind: match spec.auth {
+            AuthKind::ApiKey => ipb::AuthKind::ApiKey,
+            AuthKind::OAuth2 => ipb::AuthKind::Oauth2,
+            AuthKind::WebhookUrl => ipb::AuthKind::WebhookUrl,
+        }
+        .into(),
+        credential_fields: spec
+            .credential_fields
+            .iter()
+            .map(|f| ipb::CredentialField {
+                key: f.key.to_string(),
+                label: f.label.to_string(),
+                input_type: input_type_to_proto(f.input_type).into(),
+                secret: f.secret,
+                required: f.required,
+                help: f.help.to_string(),
+            })
+            .collect(),
+        setting_fields: spec
+            .setting_fields
+            .iter()
+            .map(|f| ipb::SettingField {
+                key: f.key.to_string(),
+                label: f.label.to_string(),
+                input_type: input_type_to_proto(f.input_type).into(),
+                required: f.required,
+                help: f.help.to_string(),
+            })
+            .collect(),
+        batch_size: i32::try_from(spec.batch_size).unwrap_or(i32::MAX),
+        rate_limit: Some(ipb::RateLimit {
+            requests: i32::try_from(spec.rate_limit.requests).unwrap_or(i32::MAX),
+            per_seconds: i32::try_from(spec.rate_limit.per_seconds).unwrap_or(i32::MAX),
+        }),
+        available: entry.unavailable_reason.is_none(),
+        unavailable_reason: entry.unavailable_reason.unwrap_or_default().to_string(),
+        directions: spec
+            .directions
+            .iter()
+            .map(|d| {
+                match d {
+                    SyncDirection::Push => ipb::SyncDirection::Push,
+                    SyncDirection::Import => ipb::SyncDirection::Import,
+                }
+                .into()
+            })
+            .collect(),
+    }
+}
+
+pub fn integration_to_proto(integration: &Integration) -> ipb::Integration {
+    ipb::Integration {
+        id: integration.id.clone(),
+        provider: provider_to_proto(integration.provider).into(),
+        status: match integration.status {
+            IntegrationStatus::Active => ipb::IntegrationStatus::Active,
+            IntegrationStatus::Error => ipb::IntegrationStatus::Error,
+            IntegrationStatus::NeedsReauth => ipb::IntegrationStatus::NeedsReauth,
+        }
+        .into(),
+        last_sync_time: integration.last_sync_at.map(timestamp),
+        last_error: integration.last_error.clone().unwrap_or_default(),
+        settings: integration
+            .settings
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        create_time: Some(timestamp(integration.created_at)),
+        update_time: Some(timestamp(integration.updated_at)),
+    }
+}

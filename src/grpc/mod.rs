@@ -1,0 +1,62 @@
+//! The gRPC layer: generated code, proto <-> domain conversion and error mapping. No business
+//! logic lives here.
+
+pub mod billing;
+mod convert;
+pub mod integrations;
+
+use tonic::{Request, Status};
+
+use crate::{auth::Caller, store::StoreError};
+
+/// Generated protobuf and gRPC code (in OUT_DIR) and the descriptor set for reflection.
+pub mod proto {
+    #![allow(clippy::all, clippy::pedantic)]
+
+    pub mod billing {
+        tonic::include_proto!("nexus.billing.v1");
+    }
+    pub mod integrations {
+        tonic::include_proto!("nexus.integrations.v1");
+    }
+
+    /// Encoded `FileDescriptorSet` of every proto file, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("nexus_descriptor");
+}
+
+/// The verified caller the auth interceptor put in the request.
+pub(crate) fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
+    request
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .ok_or_else(|| Status::unauthenticated("missing bearer token"))
+}
+
+/// Maps a storage failure to a status the client can act on, logging the cause chain here
+/// (the client never sees internal details).
+pub(crate) fn store_status(error: StoreError) -> Status {
+    let unavailable = matches!(
+        &error,
+        StoreError::Database(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed)
+    );
+    let chain = error_chain(&error);
+    if unavailable {
+        tracing::warn!(error = %chain, "database unavailable");
+        Status::unavailable("database unavailable, try again later")
+    } else {
+        tracing::error!(error = %chain, "storage error");
+        Status::internal("internal error")
+    }
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

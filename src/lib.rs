@@ -1,0 +1,19 @@
+//! Nexus Cards billing and integrations service.
+//!
+//! Layers, from the bottom up: `domain` (types and rules, no I/O) -> `store` (the storage trait
+//! and its PostgreSQL and SQLite implementations) -> `billing`, `integrations` (use cases) ->
+//! `grpc`, `sidecar` (conversion and auth only) -> `startup` -> `main`.
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod billing;
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod grpc;
+pub mod integrations;
+pub mod metrics;
+pub mod sidecar;
+pub mod startup;
+pub mod store;
+pub mod telemetry;

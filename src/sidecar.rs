@@ -1,0 +1,194 @@
+//! The HTTP sidecar (hyper): raw-body webhook routes, health, readiness and metrics.
+//!
+//! Webhooks need the exact bytes the provider signed, so the body is read raw, with a size cap,
+//! and never parsed or logged here.
+
+use std::{convert::Infallible, sync::Arc, time::Duration, time::Instant};
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::{body::Incoming, server::conn::http1, service::service_fn};
+use hyper_util::{
+    rt::{TokioIo, TokioTimer},
+    server::graceful::GracefulShutdown,
+};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::{
+    store::Store,
+    telemetry::{REQUEST_ID_HEADER, request_span},
+};
+
+/// What the sidecar's routes need.
+pub struct SidecarState {
+    pub store: Arc<dyn Store>,
+    pub webhook_max_body_bytes: usize,
+    pub payments_configured: bool,
+}
+
+/// How long shutdown waits for in-flight sidecar requests.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves until `shutdown` is cancelled, then stops accepting and drains open connections.
+pub async fn serve(listener: TcpListener, state: Arc<SidecarState>, shutdown: CancellationToken) {
+    let graceful = GracefulShutdown::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => {
+                    let state = Arc::clone(&state);
+                    let service = service_fn(move |request| handle(Arc::clone(&state), request));
+                    let connection = http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(Duration::from_secs(10))
+                        .serve_connection(TokioIo::new(stream), service);
+                    let connection = graceful.watch(connection);
+                    tokio::spawn(async move {
+                        if let Err(e) = connection.await {
+                            tracing::debug!(error = %e, "sidecar connection ended with an error");
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "sidecar accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            () = shutdown.cancelled() => break,
+        }
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
+        tracing::warn!("sidecar connections still open after the drain timeout; closing them");
+    }
+}
+
+async fn handle(
+    state: Arc<SidecarState>,
+    mut request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let request_id = match request.headers().get(REQUEST_ID_HEADER) {
+        Some(id) => id.clone(),
+        None => {
+            let id = HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
+                .unwrap_or_else(|_| HeaderValue::from_static("-"));
+            request.headers_mut().insert(REQUEST_ID_HEADER, id.clone());
+            id
+        }
+    };
+    let span = request_span(&request);
+    let route = route_name(request.uri().path());
+    let started = Instant::now();
+    let mut response = route_request(&state, request).instrument(span.clone()).await;
+    response.headers_mut().insert(REQUEST_ID_HEADER, request_id);
+    let status = response.status().as_u16();
+    let elapsed = started.elapsed();
+    metrics::counter!("http_requests_total", "route" => route, "status" => status.to_string())
+        .increment(1);
+    metrics::histogram!("http_request_duration_seconds", "route" => route)
+        .record(elapsed.as_secs_f64());
+    span.in_scope(|| tracing::info!(status, latency_ms = elapsed.as_millis(), "request done"));
+    Ok(response)
+}
+
+/// A bounded label for metrics (never the raw path, which a client controls).
+fn route_name(path: &str) -> &'static str {
+    match path {
+        "/healthz" => "/healthz",
+        "/readyz" => "/readyz",
+        "/metrics" => "/metrics",
+        "/billing/webhook" => "/billing/webhook",
+        _ => "other",
+    }
+}
+
+async fn route_request(state: &SidecarState, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let method = request.method().clone();
+    match (method, request.uri().path()) {
+        (Method::GET, "/healthz") => text(StatusCode::OK, "ok"),
+        (Method::GET, "/readyz") => match state.store.ping().await {
+            Ok(()) => text(StatusCode::OK, "ready"),
+            Err(e) => {
+                tracing::warn!(error = %e, "readiness check failed");
+                text(StatusCode::SERVICE_UNAVAILABLE, "database unavailable")
+            }
+        },
+        (Method::GET, "/metrics") => {
+            let mut response = Response::new(Full::new(Bytes::from(crate::metrics::handle().render())));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            response
+        }
+        (Method::POST, "/billing/webhook") => billing_webhook(state, request).await,
+        (_, "/billing/webhook") => method_not_allowed("POST"),
+        (_, "/healthz" | "/readyz" | "/metrics") => method_not_allowed("GET"),
+        _ => text(StatusCode::NOT_FOUND, "not found"),
+    }
+}
+
+/// `POST /billing/webhook`: reads the raw body under the cap. The Stripe handler arrives with
+/// the Stripe billing issue; until then every delivery gets 503, so Stripe keeps retrying and
+/// nothing is lost.
+async fn billing_webhook(state: &SidecarState, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let _body = match read_body(request, state.webhook_max_body_bytes).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    if !state.payments_configured {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "payments are not configured");
+    }
+    text(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "webhook processing is not available in this version yet",
+    )
+}
+
+/// Reads a whole body of at most `cap` bytes, or answers 413 (too large) / 400 (broken body).
+async fn read_body(request: Request<Incoming>, cap: usize) -> Result<Bytes, Response<Full<Bytes>>> {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > cap as u64) {
+        return Err(too_large(cap));
+    }
+    match Limited::new(request.into_body(), cap).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<LengthLimitError>() => Err(too_large(cap)),
+        Err(e) => {
+            tracing::info!(error = %e, "could not read request body");
+            Err(text(StatusCode::BAD_REQUEST, "could not read request body"))
+        }
+    }
+}
+
+fn too_large(cap: usize) -> Response<Full<Bytes>> {
+    text(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        &format!("body larger than {cap} bytes"),
+    )
+}
+
+fn method_not_allowed(allow: &'static str) -> Response<Full<Bytes>> {
+    let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    response
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}

@@ -1,0 +1,295 @@
+//! Builds the application (database, migrations, listeners) and runs the gRPC server and the
+//! HTTP sidecar side by side until shutdown.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use http::{HeaderName, HeaderValue, Method};
+use secrecy::ExposeSecret;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+use tonic_web::GrpcWebLayer;
+use tower::ServiceBuilder;
+use tower_http::{
+    cors::{AllowOrigin, CorsLayer},
+    request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
+    trace::{DefaultOnResponse, TraceLayer},
+};
+
+use crate::{
+    auth::{AuthInterceptor, JwtVerifier, TokenRequest, mint},
+    billing::Billing,
+    config::Config,
+    domain::UserId,
+    grpc::{
+        billing::BillingApi,
+        integrations::IntegrationsApi,
+        proto::{
+            FILE_DESCRIPTOR_SET, billing::billing_service_server::BillingServiceServer,
+            integrations::integrations_service_server::IntegrationsServiceServer,
+        },
+    },
+    integrations::Integrations,
+    sidecar::{self, SidecarState},
+    store::{self, Store},
+    telemetry::request_span,
+};
+
+/// The user id of the development token printed at start-up.
+pub const DEV_USER_ID: &str = "dev-user";
+
+/// A built application: database migrated, both listeners bound (so port 0 works and the bound
+/// ports are known before serving).
+pub struct Application {
+    config: Config,
+    store: Arc<dyn Store>,
+    verifier: Arc<JwtVerifier>,
+    grpc_listener: TcpListener,
+    http_listener: TcpListener,
+    shutdown: CancellationToken,
+}
+
+impl Application {
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let store = store::connect(
+            config.database_url.expose_secret(),
+            config.database_max_connections,
+        )
+        .await
+        .context("cannot connect to the database (DATABASE_URL)")?;
+        store
+            .migrate()
+            .await
+            .context("cannot apply database migrations")?;
+        let verifier = Arc::new(JwtVerifier::new(&config.jwt)?);
+        let grpc_listener = TcpListener::bind(config.grpc_addr)
+            .await
+            .with_context(|| format!("cannot listen on GRPC_ADDR {}", config.grpc_addr))?;
+        let http_listener = TcpListener::bind(config.http_addr)
+            .await
+            .with_context(|| format!("cannot listen on HTTP_ADDR {}", config.http_addr))?;
+        Ok(Self {
+            config,
+            store,
+            verifier,
+            grpc_listener,
+            http_listener,
+            shutdown: CancellationToken::new(),
+        })
+    }
+
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_listener
+            .local_addr()
+            .unwrap_or(self.config.grpc_addr)
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_listener
+            .local_addr()
+            .unwrap_or(self.config.http_addr)
+    }
+
+    /// Cancel this token to stop the application gracefully.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// A 24-hour token for [`DEV_USER_ID`] when the JWT secret was generated for this process.
+    pub fn dev_token(&self) -> Option<String> {
+        if !self.config.jwt.generated {
+            return None;
+        }
+        let user = UserId::parse(DEV_USER_ID).ok()?;
+        mint(
+            &self.config.jwt,
+            &TokenRequest {
+                user_id: &user,
+                email: Some("dev@example.com"),
+                roles: &[],
+                ttl: Duration::from_secs(24 * 3600),
+            },
+        )
+        .ok()
+    }
+
+    /// Serves until the shutdown token is cancelled: stops accepting, finishes in-flight
+    /// requests, closes the database pool.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let Self {
+            config,
+            store,
+            verifier,
+            grpc_listener,
+            http_listener,
+            shutdown,
+        } = self;
+
+        if config.stripe.is_none() {
+            tracing::warn!(
+                "payments are not configured (STRIPE_SECRET_KEY is unset): payment RPCs answer FAILED_PRECONDITION"
+            );
+        }
+        if config.encryption_key_generated {
+            tracing::warn!(
+                data_dir = %config.data_dir.display(),
+                "ENCRYPTION_KEY is unset: using a development key kept in DATA_DIR/encryption.key"
+            );
+        }
+        if config.jwt.generated {
+            tracing::warn!("JWT_SECRET is unset: tokens are signed with a random secret for this process only");
+        }
+
+        let sidecar_state = Arc::new(SidecarState {
+            store: Arc::clone(&store),
+            webhook_max_body_bytes: config.webhook_max_body_bytes,
+            payments_configured: config.stripe.is_some(),
+        });
+        let grpc = grpc_server(
+            config.allowed_origins.clone(),
+            Arc::clone(&store),
+            verifier,
+            grpc_listener,
+            shutdown.clone(),
+        );
+        let http = sidecar::serve(http_listener, sidecar_state, shutdown.clone());
+        tracing::info!(grpc_addr = %config.grpc_addr, http_addr = %config.http_addr, "serving");
+
+        let grpc = tokio::spawn(grpc);
+        let http = tokio::spawn(http);
+        let (grpc_result, http_result) = tokio::join!(
+            async {
+                let r = grpc.await;
+                // If the gRPC server stops on its own, stop the sidecar too.
+                shutdown.cancel();
+                r
+            },
+            http
+        );
+        store.close().await;
+        http_result.context("HTTP sidecar task failed")?;
+        grpc_result.context("gRPC server task failed")??;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+async fn grpc_server(
+    allowed_origins: Vec<String>,
+    store: Arc<dyn Store>,
+    verifier: Arc<JwtVerifier>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<BillingServiceServer<BillingApi>>()
+        .await;
+    health
+        .set_serving::<IntegrationsServiceServer<IntegrationsApi>>()
+        .await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let auth = AuthInterceptor::new(verifier);
+    let billing = BillingServiceServer::with_interceptor(
+        BillingApi::new(Arc::new(Billing::new(Arc::clone(&store)))),
+        auth.clone(),
+    );
+    let integrations = IntegrationsServiceServer::with_interceptor(
+        IntegrationsApi::new(Arc::new(Integrations::new(store))),
+        auth,
+    );
+
+    let layers = ServiceBuilder::new()
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(
+            TraceLayer::new_for_grpc()
+                .make_span_with(|request: &http::Request<_>| request_span(request))
+                .on_request(())
+                .on_response(DefaultOnResponse::new().level(tracing::Level::INFO))
+                .on_failure(()),
+        )
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(crate::metrics::GrpcMetricsLayer)
+        .layer(cors_layer(&allowed_origins))
+        .layer(GrpcWebLayer::new());
+
+    Server::builder()
+        .accept_http1(true)
+        .layer(layers)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(billing)
+        .add_service(integrations)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            shutdown.cancelled().await;
+            health
+                .set_not_serving::<BillingServiceServer<BillingApi>>()
+                .await;
+            health
+                .set_not_serving::<IntegrationsServiceServer<IntegrationsApi>>()
+                .await;
+            tracing::info!("shutting down: finishing in-flight requests");
+        })
+        .await?;
+    Ok(())
+}
+
+/// CORS for grpc-web: only the configured origins, only POST, only the headers grpc-web sends.
+fn cors_layer(origins: &[String]) -> CorsLayer {
+    let origins: Vec<HeaderValue> = origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o).ok())
+        .collect();
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::list(origins))
+        .allow_methods([Method::POST])
+        .allow_headers([
+            HeaderName::from_static("authorization"),
+            HeaderName::from_static("content-type"),
+            HeaderName::from_static("x-grpc-web"),
+            HeaderName::from_static("x-user-agent"),
+            HeaderName::from_static("grpc-timeout"),
+            HeaderName::from_static("x-request-id"),
+        ])
+        .expose_headers([
+            HeaderName::from_static("grpc-status"),
+            HeaderName::from_static("grpc-message"),
+            HeaderName::from_static("grpc-status-details-bin"),
+            HeaderName::from_static("x-request-id"),
+        ])
+        .max_age(Duration::from_secs(24 * 3600))
+}
+
+/// Waits for SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => tracing::info!("SIGINT received"),
+        () = terminate => tracing::info!("SIGTERM received"),
+    }
+}

@@ -1,0 +1,95 @@
+//! SQLite storage: the embedded default, so the service runs on a fresh machine with no setup.
+//! WAL mode, foreign keys on, a busy timeout so concurrent writers wait instead of failing.
+
+use std::{str::FromStr, time::Duration};
+
+use async_trait::async_trait;
+use sqlx::{
+    SqlitePool,
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
+};
+
+use super::{
+    Backend, Store, StoreError,
+    rows::{IntegrationRow, SUBSCRIPTION_QUERY, SubscriptionRow, USAGE_QUERY, UsageRow},
+};
+use crate::domain::{Usage, UserId, integration::Integration, subscription::Subscription};
+
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        // create_if_missing makes the file, not its directory.
+        if let Some(dir) = options.get_filename().parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(sqlx::Error::Io)?;
+        }
+        let pool = SqlitePoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options)
+            .await?;
+        Ok(Self { pool })
+    }
+
+    /// The pool, for code that needs a transaction spanning several statements.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn backend(&self) -> Backend {
+        Backend::Sqlite
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        sqlx::migrate!("migrations/sqlite").run(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn subscription(&self, user: &UserId) -> Result<Option<Subscription>, StoreError> {
+        let row: Option<SubscriptionRow> = sqlx::query_as(SUBSCRIPTION_QUERY)
+            .bind(user.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(Subscription::try_from).transpose()
+    }
+
+    async fn usage(&self, user: &UserId) -> Result<Usage, StoreError> {
+        let row: UsageRow = sqlx::query_as(USAGE_QUERY)
+            .bind(user.as_str())
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.into())
+    }
+
+    async fn integrations(&self, user: &UserId) -> Result<Vec<Integration>, StoreError> {
+        let rows: Vec<IntegrationRow> = sqlx::query_as(
+            "SELECT id, user_id, provider, status, settings, last_sync_at, last_error, \
+                    created_at, updated_at \
+             FROM integrations WHERE user_id = $1 ORDER BY provider",
+        )
+        .bind(user.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(Integration::try_from).collect()
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+}
