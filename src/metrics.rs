@@ -56,7 +56,7 @@ where
     }
 
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
-        let method = request.uri().path().to_string();
+        let path = request.uri().path().to_string();
         let started = Instant::now();
         let future = self.inner.call(request);
         Box::pin(async move {
@@ -72,6 +72,9 @@ where
                     .to_string(),
                 Err(_) => "transport_error".to_string(),
             };
+            // The path is client-controlled: paths no service serves (UNIMPLEMENTED) share one
+            // label so they cannot grow the series without bound.
+            let method = if code == "12" { "unmatched".to_string() } else { path };
             metrics::counter!("grpc_requests_total", "method" => method.clone(), "code" => code)
                 .increment(1);
             metrics::histogram!("grpc_request_duration_seconds", "method" => method)

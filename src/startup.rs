@@ -53,6 +53,8 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        // Install the metrics recorder before anything can record.
+        crate::metrics::handle();
         let store = store::connect(
             config.database_url.expose_secret(),
             config.database_max_connections,
@@ -147,6 +149,10 @@ impl Application {
             webhook_max_body_bytes: config.webhook_max_body_bytes,
             payments_configured: config.stripe.is_some(),
         });
+        let (grpc_addr, http_addr) = (
+            grpc_listener.local_addr()?,
+            http_listener.local_addr()?,
+        );
         let grpc = grpc_server(
             config.allowed_origins.clone(),
             Arc::clone(&store),
@@ -155,7 +161,7 @@ impl Application {
             shutdown.clone(),
         );
         let http = sidecar::serve(http_listener, sidecar_state, shutdown.clone());
-        tracing::info!(grpc_addr = %config.grpc_addr, http_addr = %config.http_addr, "serving");
+        tracing::info!(%grpc_addr, %http_addr, "serving");
 
         let grpc = tokio::spawn(grpc);
         let http = tokio::spawn(http);
