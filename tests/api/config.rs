@@ -1,0 +1,239 @@
+//! Configuration and the command line, exercised through the real binary with a clean
+//! environment: errors name the setting (never its value), fallbacks make a first run work.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Output, Stdio},
+    time::Duration,
+};
+
+use nexus_billing::{auth::Claims, grpc::proto::billing::{GetUsageRequest, Tier}};
+
+use crate::helpers::{ENCRYPTION_KEY, JWT_SECRET, authed};
+
+const BIN: &str = env!("CARGO_BIN_EXE_nexus-billing");
+
+fn run(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(BIN)
+        .env_clear()
+        .current_dir(dir)
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run the binary: {e}"))
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn tempdir() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn production_without_required_settings_exits_2_naming_each_setting() {
+    let dir = tempdir();
+    let output = run(dir.path(), &["migrate"], &[("APP_ENV", "production")]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    let err = stderr(&output);
+    for setting in ["DATABASE_URL", "JWT_SECRET", "ENCRYPTION_KEY", "ALLOWED_ORIGINS"] {
+        assert!(err.contains(setting), "{setting} not named in:\n{err}");
+    }
+    // Production never falls back to a generated key in DATA_DIR.
+    assert!(!dir.path().join("data").exists());
+}
+
+#[test]
+fn invalid_values_are_named_without_echoing_secrets() {
+    let dir = tempdir();
+    let output = run(
+        dir.path(),
+        &["migrate"],
+        &[
+            ("APP_ENV", "production"),
+            ("DATABASE_URL", "mysql://db/nexus"),
+            ("ALLOWED_ORIGINS", "https://app.example.com"),
+            ("ENCRYPTION_KEY", "not-hex-secret-material"),
+            ("JWT_SECRET", "shortsecretvalue"),
+            ("STRIPE_SECRET_KEY", "pk_live_publishable_oops"),
+        ],
+    );
+    assert_eq!(output.status.code(), Some(2));
+    let err = stderr(&output);
+    for setting in [
+        "DATABASE_URL",
+        "ENCRYPTION_KEY",
+        "JWT_SECRET",
+        "STRIPE_SECRET_KEY",
+        "STRIPE_WEBHOOK_SECRET",
+        "STRIPE_PRICE_ID_PRO",
+        "STRIPE_PRICE_ID_PREMIUM",
+    ] {
+        assert!(err.contains(setting), "{setting} not named in:\n{err}");
+    }
+    for secret in ["not-hex-secret-material", "shortsecretvalue", "pk_live_publishable_oops"] {
+        assert!(!err.contains(secret), "a secret value was printed:\n{err}");
+    }
+}
+
+#[test]
+fn malformed_addresses_origins_and_base_urls_are_named() {
+    let dir = tempdir();
+    for (setting, value) in [
+        ("GRPC_ADDR", "not-an-address"),
+        ("HTTP_ADDR", "localhost"),
+        ("HUBSPOT_API_BASE", "ftp://files.example.com"),
+        ("STRIPE_API_BASE", "not a url"),
+        ("ALLOWED_ORIGINS", "https://app.example.com/with/path"),
+        ("JWT_ALGORITHM", "none"),
+    ] {
+        let output = run(dir.path(), &["migrate"], &[(setting, value)]);
+        assert_eq!(output.status.code(), Some(2), "{setting}: {}", stderr(&output));
+        assert!(stderr(&output).contains(setting), "{setting} not named in:\n{}", stderr(&output));
+    }
+}
+
+#[test]
+fn token_mints_a_token_the_configured_secret_verifies() {
+    let dir = tempdir();
+    let output = run(
+        dir.path(),
+        &["token", "--user-id", "u7", "--email", "u7@example.com", "--ttl", "2h", "--role", "service"],
+        &[("JWT_SECRET", JWT_SECRET), ("ENCRYPTION_KEY", ENCRYPTION_KEY)],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    let token = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+    validation.validate_aud = false;
+    let claims = jsonwebtoken::decode::<Claims>(
+        &token,
+        &jsonwebtoken::DecodingKey::from_secret(JWT_SECRET.as_bytes()),
+        &validation,
+    )
+    .unwrap_or_else(|e| panic!("the minted token does not verify: {e}"))
+    .claims;
+    assert_eq!(claims.sub, "u7");
+    assert_eq!(claims.email.as_deref(), Some("u7@example.com"));
+    assert_eq!(claims.roles, vec!["service".to_string()]);
+    let ttl = claims.exp.cast_signed() - chrono::Utc::now().timestamp();
+    assert!((7100..=7200).contains(&ttl), "ttl {ttl}");
+}
+
+#[test]
+fn token_without_a_jwt_secret_explains_why_it_cannot_help() {
+    let dir = tempdir();
+    let output = run(dir.path(), &["token", "--user-id", "u7"], &[]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stderr(&output).contains("JWT_SECRET"), "{}", stderr(&output));
+}
+
+#[test]
+fn migrate_creates_the_schema_in_a_fresh_sqlite_file() {
+    let dir = tempdir();
+    let output = run(dir.path(), &["migrate"], &[("DATA_DIR", "state")]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let db = dir.path().join("state/nexus.db");
+    assert!(db.exists(), "no database at {}", db.display());
+    let rt = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("{e}"));
+    let tables: Vec<String> = rt.block_on(async {
+        let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+            .fetch_all(&pool)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    });
+    for table in [
+        "activity_logs",
+        "billing_customers",
+        "cards",
+        "contacts",
+        "integrations",
+        "invoices",
+        "oauth_states",
+        "subscriptions",
+        "sync_jobs",
+        "webhook_inbox",
+    ] {
+        assert!(tables.iter().any(|t| t == table), "{table} missing from {tables:?}");
+    }
+    // The development key was generated once, private to the owner.
+    let key = dir.path().join("state/encryption.key");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&key).unwrap_or_else(|e| panic!("{e}")).permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+/// The README's first run: no configuration at all; the printed token works against the
+/// printed address; SIGTERM stops the process cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_run_with_no_configuration_serves_with_the_printed_token() {
+    let dir = tempdir();
+    let mut child = Command::new(BIN)
+        .env_clear()
+        .current_dir(dir.path())
+        // Only the ports differ from a real first run, so parallel tests cannot collide.
+        .envs([("GRPC_ADDR", "127.0.0.1:0"), ("HTTP_ADDR", "127.0.0.1:0")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let stdout = child.stdout.take().unwrap_or_else(|| panic!("no stdout"));
+    let (token, addr) = tokio::task::spawn_blocking(move || {
+        let (mut token, mut addr) = (None, None);
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(t) = line.strip_prefix("export TOKEN=") {
+                token = Some(t.to_string());
+            }
+            if line.starts_with("grpcurl") && line.contains("GetUsage") {
+                addr = line.split_whitespace().find(|w| w.starts_with("127.0.0.1:")).map(str::to_string);
+            }
+            if token.is_some() && addr.is_some() {
+                break;
+            }
+        }
+        (token, addr)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let (Some(token), Some(addr)) = (token, addr) else {
+        let _ = child.kill();
+        panic!("the banner with a token and an address was not printed");
+    };
+
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let usage = nexus_billing::grpc::proto::billing::billing_service_client::BillingServiceClient::new(channel)
+        .get_usage(authed(GetUsageRequest {}, &token))
+        .await
+        .unwrap_or_else(|e| panic!("the printed token was refused: {e}"))
+        .into_inner();
+    assert_eq!(usage.effective_tier(), Tier::Free);
+    assert!(dir.path().join("data/nexus.db").exists());
+
+    let pid = child.id().to_string();
+    let killed = Command::new("kill").args(["-TERM", &pid]).status();
+    assert!(killed.is_ok_and(|s| s.success()));
+    let status = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(status.is_some_and(|s| s.success()), "SIGTERM did not stop the server cleanly: {status:?}");
+}

@@ -1,0 +1,397 @@
+//! Test harness: the real server on random ports with a fresh database per test (a temporary
+//! SQLite file, or a new PostgreSQL database created from TEST_DATABASE_URL), plus clients.
+
+use std::{net::SocketAddr, time::Duration};
+
+use chrono::{DateTime, Utc};
+use clap::Parser;
+use nexus_billing::{
+    auth::{Claims, SERVICE_ROLE},
+    cli::Cli,
+    config::Config,
+    grpc::proto::{
+        billing::billing_service_client::BillingServiceClient,
+        integrations::integrations_service_client::IntegrationsServiceClient,
+    },
+    startup::Application,
+};
+use sqlx::{Connection, Executor, PgConnection, PgPool, SqlitePool};
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, transport::Channel};
+
+pub const JWT_SECRET: &str = "test-secret-that-is-long-enough-for-hs256-0123456789";
+pub const ENCRYPTION_KEY: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+pub const ALLOWED_ORIGIN: &str = "https://app.nexus.test";
+
+/// Which database a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Generates one `#[tokio::test]` per backend for each named `async fn(Backend)` of the module:
+/// `module::sqlite::name` and `module::postgres::name`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::helpers::Backend::Sqlite).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if $crate::helpers::postgres_available() {
+                        super::$name($crate::helpers::Backend::Postgres).await
+                    }
+                }
+            )*
+        }
+    };
+}
+
+/// Whether the PostgreSQL variants run: TEST_DATABASE_URL is set. With NEXUS_REQUIRE_POSTGRES=1
+/// (as in CI) a missing TEST_DATABASE_URL fails the test instead of skipping it.
+pub fn postgres_available() -> bool {
+    if std::env::var("TEST_DATABASE_URL").is_ok_and(|v| !v.is_empty()) {
+        return true;
+    }
+    assert!(
+        std::env::var("NEXUS_REQUIRE_POSTGRES").as_deref() != Ok("1"),
+        "NEXUS_REQUIRE_POSTGRES=1 but TEST_DATABASE_URL is not set"
+    );
+    eprintln!("skipped: TEST_DATABASE_URL is not set");
+    false
+}
+
+/// A pool on the test database, for seeding rows the card application would write.
+pub enum TestPool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Runs one statement on either backend with the same binds.
+#[macro_export]
+macro_rules! exec {
+    ($pool:expr, pg: $pg:expr, sqlite: $lite:expr $(, $bind:expr)* $(,)?) => {
+        $crate::exec!(@run $pool, $pg, $lite $(, $bind)*)
+    };
+    (@run $pool:expr, $pg:expr, $lite:expr $(, $bind:expr)*) => {
+        match $pool {
+            $crate::helpers::TestPool::Sqlite(pool) => {
+                sqlx::query($lite)$(.bind($bind))*.execute(pool).await.map(|_| ())
+            }
+            $crate::helpers::TestPool::Postgres(pool) => {
+                sqlx::query($pg)$(.bind($bind))*.execute(pool).await.map(|_| ())
+            }
+        }
+        .unwrap_or_else(|e| panic!("seeding failed: {e}"))
+    };
+    ($pool:expr, $sql:expr $(, $bind:expr)* $(,)?) => {
+        $crate::exec!(@run $pool, $sql, $sql $(, $bind)*)
+    };
+}
+
+/// A fresh, empty database for one test.
+pub struct TestDatabase {
+    pub url: String,
+    backend: Backend,
+    name: String,
+    admin_url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl TestDatabase {
+    pub async fn create(backend: Backend) -> Self {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        match backend {
+            Backend::Sqlite => Self {
+                url: format!("sqlite://{}", dir.path().join("test.db").display()),
+                backend,
+                name: String::new(),
+                admin_url: String::new(),
+                _dir: dir,
+            },
+            Backend::Postgres => {
+                let admin_url =
+                    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| panic!("TEST_DATABASE_URL"));
+                let name = format!("nexus_test_{}", uuid::Uuid::new_v4().simple());
+                let mut admin = PgConnection::connect(&admin_url)
+                    .await
+                    .unwrap_or_else(|e| panic!("cannot reach TEST_DATABASE_URL: {e}"));
+                admin
+                    .execute(sqlx::AssertSqlSafe(format!(r#"CREATE DATABASE "{name}""#)))
+                    .await
+                    .unwrap_or_else(|e| panic!("create database: {e}"));
+                let mut url = url::Url::parse(&admin_url).unwrap_or_else(|e| panic!("{e}"));
+                url.set_path(&format!("/{name}"));
+                Self {
+                    url: url.to_string(),
+                    backend,
+                    name,
+                    admin_url,
+                    _dir: dir,
+                }
+            }
+        }
+    }
+
+    pub async fn pool(&self) -> TestPool {
+        match self.backend {
+            Backend::Sqlite => TestPool::Sqlite(
+                SqlitePool::connect(&self.url)
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}")),
+            ),
+            Backend::Postgres => TestPool::Postgres(
+                PgPool::connect(&self.url)
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}")),
+            ),
+        }
+    }
+
+    /// Drops the PostgreSQL database, closing whatever is still connected to it.
+    pub async fn drop_database(&self) {
+        if self.backend == Backend::Postgres {
+            if let Ok(mut admin) = PgConnection::connect(&self.admin_url).await {
+                let sql = format!(r#"DROP DATABASE IF EXISTS "{}" WITH (FORCE)"#, self.name);
+                let _ = admin.execute(sqlx::AssertSqlSafe(sql)).await;
+            }
+        }
+    }
+}
+
+/// A running service.
+pub struct TestApp {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub db: TestDatabase,
+    pub pool: TestPool,
+    shutdown: CancellationToken,
+    server: tokio::task::JoinHandle<anyhow::Result<()>>,
+    _data_dir: tempfile::TempDir,
+}
+
+/// The settings every test server starts with; tests add or override with extra flags.
+fn base_args(db_url: &str, data_dir: &std::path::Path) -> Vec<String> {
+    [
+        "nexus-billing",
+        "--app-env",
+        "development",
+        "--data-dir",
+        &data_dir.display().to_string(),
+        "--database-url",
+        db_url,
+        "--database-max-connections",
+        "5",
+        "--grpc-addr",
+        "127.0.0.1:0",
+        "--http-addr",
+        "127.0.0.1:0",
+        "--allowed-origins",
+        ALLOWED_ORIGIN,
+        "--jwt-secret",
+        JWT_SECRET,
+        "--encryption-key",
+        ENCRYPTION_KEY,
+        "--log-level",
+        "warn",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+impl TestApp {
+    pub async fn spawn(backend: Backend) -> Self {
+        Self::spawn_with(backend, &[]).await
+    }
+
+    /// Starts the server with extra flags (later flags win over the defaults).
+    pub async fn spawn_with(backend: Backend, extra: &[&str]) -> Self {
+        let db = TestDatabase::create(backend).await;
+        let data_dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let mut args = base_args(&db.url, data_dir.path());
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let cli = Cli::try_parse_from(&args).unwrap_or_else(|e| panic!("test settings: {e}"));
+        let config = Config::from_settings(cli.settings).unwrap_or_else(|e| panic!("{e}"));
+        let app = Application::build(config)
+            .await
+            .unwrap_or_else(|e| panic!("build: {e:#}"));
+        let (grpc_addr, http_addr) = (app.grpc_addr(), app.http_addr());
+        let shutdown = app.shutdown_token();
+        let server = tokio::spawn(app.run_until_stopped());
+        let pool = db.pool().await;
+        Self {
+            grpc_addr,
+            http_addr,
+            db,
+            pool,
+            shutdown,
+            server,
+            _data_dir: data_dir,
+        }
+    }
+
+    /// Stops the server gracefully (failing the test if it does not stop cleanly) and drops
+    /// the test database.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let result = tokio::time::timeout(Duration::from_secs(15), self.server)
+            .await
+            .unwrap_or_else(|_| panic!("server did not stop within 15 s"))
+            .unwrap_or_else(|e| panic!("server task panicked: {e}"));
+        if let Err(e) = result {
+            panic!("server stopped with an error: {e:#}");
+        }
+        match self.pool {
+            TestPool::Sqlite(pool) => pool.close().await,
+            TestPool::Postgres(pool) => pool.close().await,
+        }
+        self.db.drop_database().await;
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.grpc_addr))
+            .unwrap_or_else(|e| panic!("{e}"))
+            .connect()
+            .await
+            .unwrap_or_else(|e| panic!("connect: {e}"))
+    }
+
+    pub async fn billing(&self) -> BillingServiceClient<Channel> {
+        BillingServiceClient::new(self.channel().await)
+    }
+
+    pub async fn integrations(&self) -> IntegrationsServiceClient<Channel> {
+        IntegrationsServiceClient::new(self.channel().await)
+    }
+
+    pub fn http_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http_addr)
+    }
+
+    pub fn grpc_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.grpc_addr)
+    }
+
+    pub async fn add_cards(&self, user: &str, n: usize) {
+        for _ in 0..n {
+            let id = uuid::Uuid::new_v4().to_string();
+            exec!(&self.pool, "INSERT INTO cards (id, user_id) VALUES ($1, $2)", id, user);
+        }
+    }
+
+    pub async fn add_contacts(&self, user: &str, n: usize) {
+        for i in 0..n {
+            let id = uuid::Uuid::new_v4().to_string();
+            exec!(
+                &self.pool,
+                "INSERT INTO contacts (id, user_id, email, first_name) VALUES ($1, $2, $3, $4)",
+                id,
+                user,
+                format!("contact{i}@example.com"),
+                format!("Contact {i}"),
+            );
+        }
+    }
+
+    /// Stores a subscription row as the Stripe webhooks will.
+    pub async fn set_subscription(&self, sub: SeedSubscription<'_>) {
+        seed_subscription(&self.pool, sub).await;
+    }
+}
+
+/// A subscription row to seed.
+pub struct SeedSubscription<'a> {
+    pub user: &'a str,
+    pub tier: &'a str,
+    pub status: &'a str,
+    pub period_end: DateTime<Utc>,
+    pub cancel_at_period_end: bool,
+}
+
+pub async fn seed_subscription(pool: &TestPool, sub: SeedSubscription<'_>) {
+    exec!(
+        pool,
+        "INSERT INTO subscriptions (user_id, tier, status, provider, provider_customer_id, \
+            provider_subscription_id, current_period_start, current_period_end, cancel_at_period_end) \
+         VALUES ($1, $2, $3, 'stripe', 'cus_test', $4, $5, $6, $7)",
+        sub.user,
+        sub.tier,
+        sub.status,
+        format!("sub_{}", sub.user),
+        sub.period_end - chrono::Duration::days(30),
+        sub.period_end,
+        sub.cancel_at_period_end,
+    );
+}
+
+/// Stores an integration row (credentials are an opaque blob here).
+pub async fn seed_integration(pool: &TestPool, user: &str, provider: &str, settings: &str) -> String {
+    let id = uuid::Uuid::new_v4().to_string();
+    exec!(
+        pool,
+        pg: "INSERT INTO integrations (id, user_id, provider, status, credentials, settings) \
+             VALUES ($1::uuid, $2, $3, 'active', $4, $5::jsonb)",
+        sqlite: "INSERT INTO integrations (id, user_id, provider, status, credentials, settings) \
+             VALUES ($1, $2, $3, 'active', $4, $5)",
+        id.clone(),
+        user,
+        provider,
+        vec![1u8, 2, 3],
+        settings,
+    );
+    id
+}
+
+/// An HS256 token for `user` signed with the test secret.
+pub fn token(user: &str) -> String {
+    sign(&claims(user, &[], 3600), JWT_SECRET)
+}
+
+/// A token with the `service` role.
+pub fn service_token(user: &str) -> String {
+    sign(&claims(user, &[SERVICE_ROLE], 3600), JWT_SECRET)
+}
+
+pub fn claims(user: &str, roles: &[&str], ttl_secs: i64) -> Claims {
+    let now = Utc::now().timestamp();
+    Claims {
+        sub: user.to_string(),
+        email: Some(format!("{user}@example.com")),
+        roles: roles.iter().map(|r| r.to_string()).collect(),
+        exp: u64::try_from(now + ttl_secs).unwrap_or(0),
+        iat: u64::try_from(now).ok(),
+        iss: None,
+        aud: None,
+    }
+}
+
+pub fn sign(claims: &Claims, secret: &str) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap_or_else(|e| panic!("sign: {e}"))
+}
+
+/// A request carrying `authorization: Bearer <token>`.
+pub fn authed<T>(message: T, token: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}")
+            .parse()
+            .unwrap_or_else(|e| panic!("{e}")),
+    );
+    request
+}

@@ -1,0 +1,13 @@
+//! End-to-end tests: the real server on random ports, a fresh database per test, talked to with
+//! the generated tonic clients, the health/reflection clients and plain HTTP. Every test that
+//! touches the database runs on SQLite and on PostgreSQL (when TEST_DATABASE_URL is set).
+
+mod auth;
+mod billing;
+mod config;
+mod grpc_web;
+mod health;
+mod helpers;
+mod integrations;
+mod sidecar;
+mod store_contract;
