@@ -95,15 +95,24 @@ impl JwtVerifier {
         };
         let mut validation = Validation::new(algorithm(config.algorithm));
         validation.leeway = config.leeway.as_secs();
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        // A configured issuer or audience must also be present: jsonwebtoken only compares
+        // the claims it is told are required.
+        let mut required = vec!["exp", "sub"];
         match &config.issuer {
-            Some(iss) => validation.set_issuer(&[iss]),
+            Some(iss) => {
+                validation.set_issuer(&[iss]);
+                required.push("iss");
+            }
             None => validation.iss = None,
         }
         match &config.audience {
-            Some(aud) => validation.set_audience(&[aud]),
+            Some(aud) => {
+                validation.set_audience(&[aud]);
+                required.push("aud");
+            }
             None => validation.validate_aud = false,
         }
+        validation.set_required_spec_claims(&required);
         Ok(Self { key, validation })
     }
 

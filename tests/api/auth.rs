@@ -89,7 +89,7 @@ async fn missing_malformed_expired_forged_and_unsigned_tokens_are_unauthenticate
 async fn issuer_and_audience_are_checked_when_configured(backend: Backend) {
     let app = TestApp::spawn_with(
         backend,
-        &["--jwt-issuer", "https://auth.nexus.test", "--jwt-audience", "nexus-billing"],
+        &[("--jwt-issuer", "https://auth.nexus.test"), ("--jwt-audience", "nexus-billing")],
     )
     .await;
     let exp = chrono::Utc::now().timestamp() + 3600;
@@ -169,7 +169,11 @@ async fn es256_configuration_refuses_an_hs256_token_signed_with_the_public_key(b
     let public_key = format!("{fixtures}/es256-public.pem");
     let app = TestApp::spawn_with(
         backend,
-        &["--jwt-secret=", "--jwt-algorithm", "ES256", "--jwt-public-key-file", &public_key],
+        &[
+            ("--jwt-secret", ""),
+            ("--jwt-algorithm", "ES256"),
+            ("--jwt-public-key-file", &public_key),
+        ],
     )
     .await;
     let private = std::fs::read(format!("{fixtures}/es256-private.pem")).unwrap_or_default();

@@ -179,33 +179,22 @@ pub struct TestApp {
     _data_dir: tempfile::TempDir,
 }
 
-/// The settings every test server starts with; tests add or override with extra flags.
-fn base_args(db_url: &str, data_dir: &std::path::Path) -> Vec<String> {
+/// The settings every test server starts with, as flag/value pairs.
+fn base_settings(db_url: &str, data_dir: &std::path::Path) -> Vec<(String, String)> {
     [
-        "nexus-billing",
-        "--app-env",
-        "development",
-        "--data-dir",
-        &data_dir.display().to_string(),
-        "--database-url",
-        db_url,
-        "--database-max-connections",
-        "5",
-        "--grpc-addr",
-        "127.0.0.1:0",
-        "--http-addr",
-        "127.0.0.1:0",
-        "--allowed-origins",
-        ALLOWED_ORIGIN,
-        "--jwt-secret",
-        JWT_SECRET,
-        "--encryption-key",
-        ENCRYPTION_KEY,
-        "--log-level",
-        "warn",
+        ("--app-env", "development"),
+        ("--data-dir", &data_dir.display().to_string()),
+        ("--database-url", db_url),
+        ("--database-max-connections", "5"),
+        ("--grpc-addr", "127.0.0.1:0"),
+        ("--http-addr", "127.0.0.1:0"),
+        ("--allowed-origins", ALLOWED_ORIGIN),
+        ("--jwt-secret", JWT_SECRET),
+        ("--encryption-key", ENCRYPTION_KEY),
+        ("--log-level", "warn"),
     ]
     .iter()
-    .map(|s| s.to_string())
+    .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect()
 }
 
@@ -214,13 +203,18 @@ impl TestApp {
         Self::spawn_with(backend, &[]).await
     }
 
-    /// Starts the server with extra flags (later flags win over the defaults).
-    pub async fn spawn_with(backend: Backend, extra: &[&str]) -> Self {
+    /// Starts the server with settings added to, or replacing, the defaults.
+    pub async fn spawn_with(backend: Backend, overrides: &[(&str, &str)]) -> Self {
         let db = TestDatabase::create(backend).await;
         let data_dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-        let mut args = base_args(&db.url, data_dir.path());
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let cli = Cli::try_parse_from(&args).unwrap_or_else(|e| panic!("test settings: {e}"));
+        let mut settings = base_settings(&db.url, data_dir.path());
+        for (flag, value) in overrides {
+            settings.retain(|(f, _)| f != flag);
+            settings.push((flag.to_string(), value.to_string()));
+        }
+        let args = std::iter::once("nexus-billing".to_string())
+            .chain(settings.into_iter().map(|(f, v)| format!("{f}={v}")));
+        let cli = Cli::try_parse_from(args).unwrap_or_else(|e| panic!("test settings: {e}"));
         let config = Config::from_settings(cli.settings).unwrap_or_else(|e| panic!("{e}"));
         let app = Application::build(config)
             .await

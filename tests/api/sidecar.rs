@@ -55,16 +55,11 @@ async fn the_webhook_route_caps_the_body_and_answers_503_until_stripe_lands(back
     let app = TestApp::spawn_with(
         backend,
         &[
-            "--stripe-secret-key",
-            "sk_test_123",
-            "--stripe-webhook-secret",
-            "whsec_test",
-            "--stripe-price-id-pro",
-            "price_pro",
-            "--stripe-price-id-premium",
-            "price_premium",
-            "--webhook-max-body-bytes",
-            "2048",
+            ("--stripe-secret-key", "sk_test_123"),
+            ("--stripe-webhook-secret", "whsec_test"),
+            ("--stripe-price-id-pro", "price_pro"),
+            ("--stripe-price-id-premium", "price_premium"),
+            ("--webhook-max-body-bytes", "2048"),
         ],
     )
     .await;
