@@ -89,8 +89,12 @@ fn algorithm(alg: JwtAlgorithm) -> Algorithm {
 impl JwtVerifier {
     pub fn new(config: &JwtConfig) -> Result<Self, KeyError> {
         let key = match (&config.key, config.algorithm) {
-            (JwtKey::Hmac(secret), _) => DecodingKey::from_secret(secret.expose_secret().as_bytes()),
-            (JwtKey::PublicPem(pem), JwtAlgorithm::Es256) => DecodingKey::from_ec_pem(pem.as_bytes())?,
+            (JwtKey::Hmac(secret), _) => {
+                DecodingKey::from_secret(secret.expose_secret().as_bytes())
+            }
+            (JwtKey::PublicPem(pem), JwtAlgorithm::Es256) => {
+                DecodingKey::from_ec_pem(pem.as_bytes())?
+            }
             (JwtKey::PublicPem(pem), _) => DecodingKey::from_rsa_pem(pem.as_bytes())?,
         };
         let mut validation = Validation::new(algorithm(config.algorithm));
@@ -129,7 +133,10 @@ impl JwtVerifier {
     /// Verifies the `authorization: Bearer <token>` value of a request.
     pub fn verify_header(&self, header: Option<&str>) -> Result<Caller, AuthError> {
         let token = header
-            .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+            .and_then(|h| {
+                h.strip_prefix("Bearer ")
+                    .or_else(|| h.strip_prefix("bearer "))
+            })
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or(AuthError::Missing)?;

@@ -7,8 +7,8 @@ use chrono::{Duration, Utc};
 
 use crate::{
     domain::{
-        LimitCheck, Resource, Subscription, Tier, Usage, UserId, subscription::DEFAULT_PAST_DUE_GRACE,
-        usage::check_limit,
+        LimitCheck, Resource, Subscription, Tier, Usage, UserId,
+        subscription::DEFAULT_PAST_DUE_GRACE, usage::check_limit,
     },
     store::{Store, StoreError},
 };
@@ -49,7 +49,8 @@ impl Billing {
 
     /// The user's counts and the tier whose limits apply.
     pub async fn usage(&self, user: &UserId) -> Result<(Tier, Usage), StoreError> {
-        let (entitlement, usage) = tokio::try_join!(self.entitlement(user), self.store.usage(user))?;
+        let (entitlement, usage) =
+            tokio::try_join!(self.entitlement(user), self.store.usage(user))?;
         Ok((entitlement.effective_tier, usage))
     }
 

@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use crate::config::Settings;
 
 #[derive(Debug, Parser)]
-#[command(name = "nexus-billing", version, about = "Nexus Cards billing and integrations service")]
+#[command(
+    name = "nexus-billing",
+    version,
+    about = "Nexus Cards billing and integrations service"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub settings: Settings,

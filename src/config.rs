@@ -43,7 +43,13 @@ pub enum JwtAlgorithm {
 #[derive(Debug, Clone, Args)]
 pub struct Settings {
     /// `development` (fallbacks for a first run) or `production` (every required setting must be set).
-    #[arg(long, env = "APP_ENV", value_enum, default_value = "development", global = true)]
+    #[arg(
+        long,
+        env = "APP_ENV",
+        value_enum,
+        default_value = "development",
+        global = true
+    )]
     pub app_env: AppEnv,
     /// Directory for the embedded SQLite database and the development encryption key.
     #[arg(long, env = "DATA_DIR", default_value = "data", global = true)]
@@ -52,20 +58,41 @@ pub struct Settings {
     #[arg(long, env = "DATABASE_URL", hide_env_values = true, global = true)]
     pub database_url: Option<String>,
     /// Maximum database connections per process.
-    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 10, global = true)]
+    #[arg(
+        long,
+        env = "DATABASE_MAX_CONNECTIONS",
+        default_value_t = 10,
+        global = true
+    )]
     pub database_max_connections: u32,
     /// Address of the gRPC (and grpc-web) server.
-    #[arg(long, env = "GRPC_ADDR", default_value = "127.0.0.1:50051", global = true)]
+    #[arg(
+        long,
+        env = "GRPC_ADDR",
+        default_value = "127.0.0.1:50051",
+        global = true
+    )]
     pub grpc_addr: SocketAddr,
     /// Address of the HTTP sidecar (webhooks, health, metrics).
-    #[arg(long, env = "HTTP_ADDR", default_value = "127.0.0.1:3001", global = true)]
+    #[arg(
+        long,
+        env = "HTTP_ADDR",
+        default_value = "127.0.0.1:3001",
+        global = true
+    )]
     pub http_addr: SocketAddr,
     /// Comma-separated browser origins allowed by CORS and as redirect targets.
     /// Unset in development: http://localhost:3000,http://127.0.0.1:3000.
     #[arg(long, env = "ALLOWED_ORIGINS", global = true)]
     pub allowed_origins: Option<String>,
     /// `text` (human-readable) or `json` log lines.
-    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text", global = true)]
+    #[arg(
+        long,
+        env = "LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
     pub log_format: LogFormat,
     /// Log filter, e.g. `info` or `nexus_billing=debug,info`.
     #[arg(long, env = "LOG_LEVEL", default_value = "info", global = true)]
@@ -74,7 +101,13 @@ pub struct Settings {
     #[arg(long, env = "JWT_SECRET", hide_env_values = true, global = true)]
     pub jwt_secret: Option<String>,
     /// Algorithm tokens must be signed with: HS256, RS256 or ES256.
-    #[arg(long, env = "JWT_ALGORITHM", value_enum, default_value = "HS256", global = true)]
+    #[arg(
+        long,
+        env = "JWT_ALGORITHM",
+        value_enum,
+        default_value = "HS256",
+        global = true
+    )]
     pub jwt_algorithm: JwtAlgorithm,
     /// PEM public key for RS256/ES256 (the key itself).
     #[arg(long, env = "JWT_PUBLIC_KEY", hide_env_values = true, global = true)]
@@ -95,7 +128,12 @@ pub struct Settings {
     #[arg(long, env = "STRIPE_SECRET_KEY", hide_env_values = true, global = true)]
     pub stripe_secret_key: Option<String>,
     /// Stripe webhook signing secrets (whsec_...), comma-separated during rotation.
-    #[arg(long, env = "STRIPE_WEBHOOK_SECRET", hide_env_values = true, global = true)]
+    #[arg(
+        long,
+        env = "STRIPE_WEBHOOK_SECRET",
+        hide_env_values = true,
+        global = true
+    )]
     pub stripe_webhook_secret: Option<String>,
     /// Stripe price id of the PRO plan.
     #[arg(long, env = "STRIPE_PRICE_ID_PRO", global = true)]
@@ -502,7 +540,7 @@ impl Config {
     pub fn is_allowed_redirect(&self, url: &str) -> bool {
         Url::parse(url).is_ok_and(|u| {
             let origin = u.origin().ascii_serialization();
-            self.allowed_origins.iter().any(|o| *o == origin)
+            self.allowed_origins.contains(&origin)
         })
     }
 }
@@ -585,7 +623,10 @@ mod tests {
     fn origins_are_normalised_and_paths_refused() {
         assert_eq!(
             parse_origins("https://app.example.com, http://localhost:3000/"),
-            Ok(vec!["https://app.example.com".into(), "http://localhost:3000".into()])
+            Ok(vec![
+                "https://app.example.com".into(),
+                "http://localhost:3000".into()
+            ])
         );
         assert!(parse_origins("https://app.example.com/path").is_err());
         assert!(parse_origins("app.example.com").is_err());

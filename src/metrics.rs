@@ -68,13 +68,21 @@ where
                     .headers()
                     .get("grpc-status")
                     .and_then(|v| v.to_str().ok())
-                    .unwrap_or(if response.status().is_success() { "0" } else { "http_error" })
+                    .unwrap_or(if response.status().is_success() {
+                        "0"
+                    } else {
+                        "http_error"
+                    })
                     .to_string(),
                 Err(_) => "transport_error".to_string(),
             };
             // The path is client-controlled: paths no service serves (UNIMPLEMENTED) share one
             // label so they cannot grow the series without bound.
-            let method = if code == "12" { "unmatched".to_string() } else { path };
+            let method = if code == "12" {
+                "unmatched".to_string()
+            } else {
+                path
+            };
             metrics::counter!("grpc_requests_total", "method" => method.clone(), "code" => code)
                 .increment(1);
             metrics::histogram!("grpc_request_duration_seconds", "method" => method)

@@ -61,7 +61,10 @@ pub async fn serve(listener: TcpListener, state: Arc<SidecarState>, shutdown: Ca
         }
     }
     drop(listener);
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!("sidecar connections still open after the drain timeout; closing them");
     }
 }
@@ -82,7 +85,9 @@ async fn handle(
     let span = request_span(&request);
     let route = route_name(request.uri().path());
     let started = Instant::now();
-    let mut response = route_request(&state, request).instrument(span.clone()).await;
+    let mut response = route_request(&state, request)
+        .instrument(span.clone())
+        .await;
     response.headers_mut().insert(REQUEST_ID_HEADER, request_id);
     let status = response.status().as_u16();
     let elapsed = started.elapsed();
@@ -117,7 +122,8 @@ async fn route_request(state: &SidecarState, request: Request<Incoming>) -> Resp
             }
         },
         (Method::GET, "/metrics") => {
-            let mut response = Response::new(Full::new(Bytes::from(crate::metrics::handle().render())));
+            let mut response =
+                Response::new(Full::new(Bytes::from(crate::metrics::handle().render())));
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -134,13 +140,19 @@ async fn route_request(state: &SidecarState, request: Request<Incoming>) -> Resp
 /// `POST /billing/webhook`: reads the raw body under the cap. The Stripe handler arrives with
 /// the Stripe billing issue; until then every delivery gets 503, so Stripe keeps retrying and
 /// nothing is lost.
-async fn billing_webhook(state: &SidecarState, request: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn billing_webhook(
+    state: &SidecarState,
+    request: Request<Incoming>,
+) -> Response<Full<Bytes>> {
     let _body = match read_body(request, state.webhook_max_body_bytes).await {
         Ok(body) => body,
         Err(response) => return response,
     };
     if !state.payments_configured {
-        return text(StatusCode::SERVICE_UNAVAILABLE, "payments are not configured");
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "payments are not configured",
+        );
     }
     text(
         StatusCode::SERVICE_UNAVAILABLE,

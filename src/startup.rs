@@ -141,7 +141,9 @@ impl Application {
             );
         }
         if config.jwt.generated {
-            tracing::warn!("JWT_SECRET is unset: tokens are signed with a random secret for this process only");
+            tracing::warn!(
+                "JWT_SECRET is unset: tokens are signed with a random secret for this process only"
+            );
         }
 
         let sidecar_state = Arc::new(SidecarState {
@@ -149,10 +151,7 @@ impl Application {
             webhook_max_body_bytes: config.webhook_max_body_bytes,
             payments_configured: config.stripe.is_some(),
         });
-        let (grpc_addr, http_addr) = (
-            grpc_listener.local_addr()?,
-            http_listener.local_addr()?,
-        );
+        let (grpc_addr, http_addr) = (grpc_listener.local_addr()?, http_listener.local_addr()?);
         let grpc = grpc_server(
             config.allowed_origins.clone(),
             Arc::clone(&store),

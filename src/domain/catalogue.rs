@@ -109,7 +109,10 @@ pub const CATALOGUE: [ProviderSpec; 8] = [
         credential_fields: &[],
         setting_fields: &[SYNC_INTERVAL],
         batch_size: 200,
-        rate_limit: RateLimit { requests: 100, per_seconds: 10 },
+        rate_limit: RateLimit {
+            requests: 100,
+            per_seconds: 10,
+        },
         directions: PUSH_AND_IMPORT,
     },
     ProviderSpec {
@@ -129,7 +132,10 @@ pub const CATALOGUE: [ProviderSpec; 8] = [
         }],
         setting_fields: &[SYNC_INTERVAL],
         batch_size: 100,
-        rate_limit: RateLimit { requests: 100, per_seconds: 10 },
+        rate_limit: RateLimit {
+            requests: 100,
+            per_seconds: 10,
+        },
         directions: PUSH_AND_IMPORT,
     },
     ProviderSpec {
@@ -142,7 +148,10 @@ pub const CATALOGUE: [ProviderSpec; 8] = [
         credential_fields: &[],
         setting_fields: &[SYNC_INTERVAL],
         batch_size: 100,
-        rate_limit: RateLimit { requests: 100, per_seconds: 60 },
+        rate_limit: RateLimit {
+            requests: 100,
+            per_seconds: 60,
+        },
         directions: PUSH_AND_IMPORT,
     },
     ProviderSpec {
@@ -171,7 +180,10 @@ pub const CATALOGUE: [ProviderSpec; 8] = [
             SYNC_INTERVAL,
         ],
         batch_size: 500,
-        rate_limit: RateLimit { requests: 10, per_seconds: 1 },
+        rate_limit: RateLimit {
+            requests: 10,
+            per_seconds: 1,
+        },
         directions: PUSH_AND_IMPORT,
     },
     ProviderSpec {
@@ -200,7 +212,10 @@ pub const CATALOGUE: [ProviderSpec; 8] = [
             SYNC_INTERVAL,
         ],
         batch_size: 10_000,
-        rate_limit: RateLimit { requests: 1, per_seconds: 1 },
+        rate_limit: RateLimit {
+            requests: 1,
+            per_seconds: 1,
+        },
         directions: PUSH_ONLY,
     },
     ProviderSpec {
@@ -220,7 +235,10 @@ pub const CATALOGUE: [ProviderSpec; 8] = [
         }],
         setting_fields: &[SYNC_INTERVAL],
         batch_size: 100,
-        rate_limit: RateLimit { requests: 20, per_seconds: 1 },
+        rate_limit: RateLimit {
+            requests: 20,
+            per_seconds: 1,
+        },
         directions: PUSH_ONLY,
     },
     ProviderSpec {
@@ -233,7 +251,10 @@ pub const CATALOGUE: [ProviderSpec; 8] = [
         credential_fields: &[],
         setting_fields: &[SYNC_INTERVAL],
         batch_size: 0,
-        rate_limit: RateLimit { requests: 10, per_seconds: 1 },
+        rate_limit: RateLimit {
+            requests: 10,
+            per_seconds: 1,
+        },
         directions: PUSH_ONLY,
     },
     ProviderSpec {
@@ -255,7 +276,10 @@ pub const CATALOGUE: [ProviderSpec; 8] = [
             SYNC_INTERVAL,
         ],
         batch_size: 0,
-        rate_limit: RateLimit { requests: 10, per_seconds: 1 },
+        rate_limit: RateLimit {
+            requests: 10,
+            per_seconds: 1,
+        },
         directions: PUSH_ONLY,
     },
 ];
@@ -324,7 +348,11 @@ mod tests {
             match spec.auth {
                 AuthKind::OAuth2 => assert!(spec.credential_fields.is_empty(), "{}", spec.slug),
                 AuthKind::ApiKey | AuthKind::WebhookUrl => {
-                    assert!(spec.credential_fields.iter().any(|f| f.secret && f.required))
+                    assert!(
+                        spec.credential_fields
+                            .iter()
+                            .any(|f| f.secret && f.required)
+                    )
                 }
             }
         }

@@ -200,7 +200,10 @@ mod tests {
     #[test]
     fn active_and_trialing_keep_their_tier() {
         for status in [SubscriptionStatus::Active, SubscriptionStatus::Trialing] {
-            assert_eq!(paid(status).effective_tier(now(), DEFAULT_PAST_DUE_GRACE), Tier::Pro);
+            assert_eq!(
+                paid(status).effective_tier(now(), DEFAULT_PAST_DUE_GRACE),
+                Tier::Pro
+            );
         }
     }
 
@@ -210,7 +213,10 @@ mod tests {
         sub.past_due_since = Some(now() - Duration::days(6));
         assert_eq!(sub.effective_tier(now(), DEFAULT_PAST_DUE_GRACE), Tier::Pro);
         sub.past_due_since = Some(now() - Duration::days(7));
-        assert_eq!(sub.effective_tier(now(), DEFAULT_PAST_DUE_GRACE), Tier::Free);
+        assert_eq!(
+            sub.effective_tier(now(), DEFAULT_PAST_DUE_GRACE),
+            Tier::Free
+        );
     }
 
     #[test]
@@ -222,7 +228,10 @@ mod tests {
             SubscriptionStatus::Unpaid,
             SubscriptionStatus::Paused,
         ] {
-            assert_eq!(paid(status).effective_tier(now(), DEFAULT_PAST_DUE_GRACE), Tier::Free);
+            assert_eq!(
+                paid(status).effective_tier(now(), DEFAULT_PAST_DUE_GRACE),
+                Tier::Free
+            );
         }
     }
 
@@ -233,14 +242,20 @@ mod tests {
         assert_eq!(sub.effective_tier(now(), DEFAULT_PAST_DUE_GRACE), Tier::Pro);
         assert_eq!(sub.access_ends_at(), sub.current_period_end);
         let after = now() + Duration::days(21);
-        assert_eq!(sub.effective_tier(after, DEFAULT_PAST_DUE_GRACE), Tier::Free);
+        assert_eq!(
+            sub.effective_tier(after, DEFAULT_PAST_DUE_GRACE),
+            Tier::Free
+        );
     }
 
     #[test]
     fn cancel_at_timestamp_ends_access_too() {
         let mut sub = paid(SubscriptionStatus::Active);
         sub.cancel_at = Some(now() - Duration::seconds(1));
-        assert_eq!(sub.effective_tier(now(), DEFAULT_PAST_DUE_GRACE), Tier::Free);
+        assert_eq!(
+            sub.effective_tier(now(), DEFAULT_PAST_DUE_GRACE),
+            Tier::Free
+        );
     }
 
     #[test]

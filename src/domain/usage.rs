@@ -107,24 +107,37 @@ mod tests {
         assert!(first.allowed);
         assert_eq!(first.remaining, Some(1));
 
-        let one = Usage { cards: 1, contacts: 0 };
+        let one = Usage {
+            cards: 1,
+            contacts: 0,
+        };
         let second = check_limit(Tier::Free, &one, Resource::Cards, 1);
         assert!(!second.allowed);
         assert_eq!(second.remaining, Some(0));
         assert_eq!(second.over_limit_by, 0);
-        assert!(second.reason.contains("allows 1 cards"), "{}", second.reason);
+        assert!(
+            second.reason.contains("allows 1 cards"),
+            "{}",
+            second.reason
+        );
     }
 
     #[test]
     fn quantity_is_checked_as_a_whole() {
-        let usage = Usage { cards: 0, contacts: 48 };
+        let usage = Usage {
+            cards: 0,
+            contacts: 48,
+        };
         assert!(check_limit(Tier::Free, &usage, Resource::Contacts, 2).allowed);
         assert!(!check_limit(Tier::Free, &usage, Resource::Contacts, 3).allowed);
     }
 
     #[test]
     fn unlimited_always_allows() {
-        let usage = Usage { cards: 10_000, contacts: 1_000_000 };
+        let usage = Usage {
+            cards: 10_000,
+            contacts: 1_000_000,
+        };
         let check = check_limit(Tier::Premium, &usage, Resource::Cards, 1);
         assert!(check.allowed);
         assert_eq!(check.remaining, None);
@@ -133,10 +146,17 @@ mod tests {
 
     #[test]
     fn after_a_downgrade_the_overage_is_reported() {
-        let usage = Usage { cards: 4, contacts: 0 };
+        let usage = Usage {
+            cards: 4,
+            contacts: 0,
+        };
         let check = check_limit(Tier::Free, &usage, Resource::Cards, 1);
         assert!(!check.allowed);
         assert_eq!(check.over_limit_by, 3);
-        assert!(check.reason.contains("3 over the limit"), "{}", check.reason);
+        assert!(
+            check.reason.contains("3 over the limit"),
+            "{}",
+            check.reason
+        );
     }
 }

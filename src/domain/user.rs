@@ -51,7 +51,10 @@ mod tests {
 
     #[test]
     fn parses_ordinary_ids_and_refuses_bad_ones() {
-        assert_eq!(UserId::parse("user-42").map(|u| u.to_string()), Ok("user-42".to_string()));
+        assert_eq!(
+            UserId::parse("user-42").map(|u| u.to_string()),
+            Ok("user-42".to_string())
+        );
         assert_eq!(UserId::parse("  "), Err(UserIdError::Empty));
         assert_eq!(UserId::parse("a".repeat(129)), Err(UserIdError::TooLong));
         assert_eq!(UserId::parse("a\nb"), Err(UserIdError::ControlCharacters));

@@ -7,7 +7,7 @@ use super::proto::{billing as pb, integrations as ipb};
 use crate::{
     billing::Entitlement,
     domain::{
-        LimitCheck, Limit, Plan, Resource, SubscriptionStatus, Tier, Usage,
+        Limit, LimitCheck, Plan, Resource, SubscriptionStatus, Tier, Usage,
         catalogue::{AuthKind, InputType, ProviderId, SyncDirection},
         integration::{Integration, IntegrationStatus},
         subscription::PaymentProvider,
@@ -116,7 +116,9 @@ pub fn limit_check_to_proto(check: LimitCheck) -> pb::CheckLimitResponse {
         effective_tier: tier_to_proto(check.tier).into(),
         used: wire_count(check.used),
         limit: check.limit.as_wire(),
-        remaining: check.remaining.map_or(Limit::Unlimited.as_wire(), wire_count),
+        remaining: check
+            .remaining
+            .map_or(Limit::Unlimited.as_wire(), wire_count),
         over_limit_by: wire_count(check.over_limit_by),
         reason: check.reason,
     }

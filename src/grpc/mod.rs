@@ -38,7 +38,9 @@ pub(crate) fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
 pub(crate) fn store_status(error: StoreError) -> Status {
     let unavailable = matches!(
         &error,
-        StoreError::Database(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed)
+        StoreError::Database(
+            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed
+        )
     );
     let chain = error_chain(&error);
     if unavailable {

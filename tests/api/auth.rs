@@ -59,20 +59,40 @@ async fn assert_refused(app: &TestApp, token: Option<&str>, case: &str) {
     }
 }
 
-async fn missing_malformed_expired_forged_and_unsigned_tokens_are_unauthenticated(backend: Backend) {
+async fn missing_malformed_expired_forged_and_unsigned_tokens_are_unauthenticated(
+    backend: Backend,
+) {
     let app = TestApp::spawn(backend).await;
     let now = chrono::Utc::now().timestamp();
     let cases: Vec<(&str, Option<String>)> = vec![
         ("no token", None),
         ("garbage", Some("not-a-jwt".into())),
-        ("expired an hour ago", Some(sign(&claims("u1", &[], -3600), JWT_SECRET))),
+        (
+            "expired an hour ago",
+            Some(sign(&claims("u1", &[], -3600), JWT_SECRET)),
+        ),
         (
             "wrong secret",
-            Some(sign(&claims("u1", &[], 3600), "another-secret-of-sufficient-length-xx")),
+            Some(sign(
+                &claims("u1", &[], 3600),
+                "another-secret-of-sufficient-length-xx",
+            )),
         ),
-        ("alg none", Some(unsigned_token(json!({"sub": "u1", "exp": now + 3600})))),
-        ("no exp claim", Some(hs256_token(json!({"sub": "u1"}), JWT_SECRET))),
-        ("empty subject", Some(hs256_token(json!({"sub": "", "exp": now + 3600}), JWT_SECRET))),
+        (
+            "alg none",
+            Some(unsigned_token(json!({"sub": "u1", "exp": now + 3600}))),
+        ),
+        (
+            "no exp claim",
+            Some(hs256_token(json!({"sub": "u1"}), JWT_SECRET)),
+        ),
+        (
+            "empty subject",
+            Some(hs256_token(
+                json!({"sub": "", "exp": now + 3600}),
+                JWT_SECRET,
+            )),
+        ),
     ];
     for (case, bad) in &cases {
         assert_refused(&app, bad.as_deref(), case).await;
@@ -89,7 +109,10 @@ async fn missing_malformed_expired_forged_and_unsigned_tokens_are_unauthenticate
 async fn issuer_and_audience_are_checked_when_configured(backend: Backend) {
     let app = TestApp::spawn_with(
         backend,
-        &[("--jwt-issuer", "https://auth.nexus.test"), ("--jwt-audience", "nexus-billing")],
+        &[
+            ("--jwt-issuer", "https://auth.nexus.test"),
+            ("--jwt-audience", "nexus-billing"),
+        ],
     )
     .await;
     let exp = chrono::Utc::now().timestamp() + 3600;
@@ -105,9 +128,18 @@ async fn issuer_and_audience_are_checked_when_configured(backend: Backend) {
     };
     let refused = [
         ("no iss, no aud", with(None, None)),
-        ("wrong issuer", with(Some("https://evil.test"), Some("nexus-billing"))),
-        ("wrong audience", with(Some("https://auth.nexus.test"), Some("other-service"))),
-        ("missing audience", with(Some("https://auth.nexus.test"), None)),
+        (
+            "wrong issuer",
+            with(Some("https://evil.test"), Some("nexus-billing")),
+        ),
+        (
+            "wrong audience",
+            with(Some("https://auth.nexus.test"), Some("other-service")),
+        ),
+        (
+            "missing audience",
+            with(Some("https://auth.nexus.test"), None),
+        ),
     ];
     for (case, bad) in &refused {
         assert_refused(&app, Some(bad), case).await;
@@ -154,7 +186,10 @@ async fn a_service_caller_may_check_another_users_limit(backend: Backend) {
     let check = app
         .billing()
         .await
-        .check_limit(authed(check_cards_of("customer"), &service_token("card-service")))
+        .check_limit(authed(
+            check_cards_of("customer"),
+            &service_token("card-service"),
+        ))
         .await
         .unwrap_or_else(|e| panic!("{e}"))
         .into_inner();
@@ -197,7 +232,12 @@ async fn es256_configuration_refuses_an_hs256_token_signed_with_the_public_key(b
         &jsonwebtoken::EncodingKey::from_secret(&public),
     )
     .unwrap_or_else(|e| panic!("{e}"));
-    assert_refused(&app, Some(&confused), "HS256 signed with the ES256 public key").await;
+    assert_refused(
+        &app,
+        Some(&confused),
+        "HS256 signed with the ES256 public key",
+    )
+    .await;
     assert_refused(&app, Some(&token("u1")), "HS256 token on an ES256 server").await;
     app.stop().await;
 }

@@ -102,7 +102,10 @@ async fn a_stored_paid_subscription_is_returned_with_its_dates(backend: Backend)
     assert!(sub.cancel_at_period_end);
     let end = sub.current_period_end.unwrap_or_default();
     assert_eq!(end.seconds, period_end.timestamp());
-    assert_eq!(sub.access_ends_at.unwrap_or_default().seconds, period_end.timestamp());
+    assert_eq!(
+        sub.access_ends_at.unwrap_or_default().seconds,
+        period_end.timestamp()
+    );
 
     // Another user still sees FREE: the row is not shared.
     let other = app
@@ -160,7 +163,10 @@ async fn paid_usage_reports_unlimited_as_minus_one(backend: Backend) {
         .into_inner();
     assert_eq!(usage.effective_tier(), Tier::Pro);
     let u = usage.usage.unwrap_or_default();
-    assert_eq!((u.cards_limit, u.contacts_used, u.contacts_limit), (5, 60, -1));
+    assert_eq!(
+        (u.cards_limit, u.contacts_used, u.contacts_limit),
+        (5, 60, -1)
+    );
     assert_eq!(u.analytics_retention_days, 90);
     app.stop().await;
 }
@@ -223,7 +229,11 @@ async fn check_limit_reports_overage_after_a_downgrade(backend: Backend) {
     assert!(!check.allowed);
     assert_eq!(check.effective_tier(), Tier::Free);
     assert_eq!((check.used, check.limit, check.over_limit_by), (4, 1, 3));
-    assert!(check.reason.contains("3 over the limit"), "{}", check.reason);
+    assert!(
+        check.reason.contains("3 over the limit"),
+        "{}",
+        check.reason
+    );
     app.stop().await;
 }
 

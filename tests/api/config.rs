@@ -7,7 +7,10 @@ use std::{
     time::Duration,
 };
 
-use nexus_billing::{auth::Claims, grpc::proto::billing::{GetUsageRequest, Tier}};
+use nexus_billing::{
+    auth::Claims,
+    grpc::proto::billing::{GetUsageRequest, Tier},
+};
 
 use crate::helpers::{ENCRYPTION_KEY, JWT_SECRET, authed};
 
@@ -37,7 +40,12 @@ fn production_without_required_settings_exits_2_naming_each_setting() {
     let output = run(dir.path(), &["migrate"], &[("APP_ENV", "production")]);
     assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
     let err = stderr(&output);
-    for setting in ["DATABASE_URL", "JWT_SECRET", "ENCRYPTION_KEY", "ALLOWED_ORIGINS"] {
+    for setting in [
+        "DATABASE_URL",
+        "JWT_SECRET",
+        "ENCRYPTION_KEY",
+        "ALLOWED_ORIGINS",
+    ] {
         assert!(err.contains(setting), "{setting} not named in:\n{err}");
     }
     // Production never falls back to a generated key in DATA_DIR.
@@ -72,7 +80,11 @@ fn invalid_values_are_named_without_echoing_secrets() {
     ] {
         assert!(err.contains(setting), "{setting} not named in:\n{err}");
     }
-    for secret in ["not-hex-secret-material", "shortsecretvalue", "pk_live_publishable_oops"] {
+    for secret in [
+        "not-hex-secret-material",
+        "shortsecretvalue",
+        "pk_live_publishable_oops",
+    ] {
         assert!(!err.contains(secret), "a secret value was printed:\n{err}");
     }
 }
@@ -89,8 +101,17 @@ fn malformed_addresses_origins_and_base_urls_are_named() {
         ("JWT_ALGORITHM", "none"),
     ] {
         let output = run(dir.path(), &["migrate"], &[(setting, value)]);
-        assert_eq!(output.status.code(), Some(2), "{setting}: {}", stderr(&output));
-        assert!(stderr(&output).contains(setting), "{setting} not named in:\n{}", stderr(&output));
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{setting}: {}",
+            stderr(&output)
+        );
+        assert!(
+            stderr(&output).contains(setting),
+            "{setting} not named in:\n{}",
+            stderr(&output)
+        );
     }
 }
 
@@ -99,8 +120,21 @@ fn token_mints_a_token_the_configured_secret_verifies() {
     let dir = tempdir();
     let output = run(
         dir.path(),
-        &["token", "--user-id", "u7", "--email", "u7@example.com", "--ttl", "2h", "--role", "service"],
-        &[("JWT_SECRET", JWT_SECRET), ("ENCRYPTION_KEY", ENCRYPTION_KEY)],
+        &[
+            "token",
+            "--user-id",
+            "u7",
+            "--email",
+            "u7@example.com",
+            "--ttl",
+            "2h",
+            "--role",
+            "service",
+        ],
+        &[
+            ("JWT_SECRET", JWT_SECRET),
+            ("ENCRYPTION_KEY", ENCRYPTION_KEY),
+        ],
     );
     assert!(output.status.success(), "{}", stderr(&output));
     let token = String::from_utf8_lossy(&output.stdout).trim().to_string();
@@ -125,7 +159,11 @@ fn token_without_a_jwt_secret_explains_why_it_cannot_help() {
     let dir = tempdir();
     let output = run(dir.path(), &["token", "--user-id", "u7"], &[]);
     assert_eq!(output.status.code(), Some(1));
-    assert!(stderr(&output).contains("JWT_SECRET"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("JWT_SECRET"),
+        "{}",
+        stderr(&output)
+    );
 }
 
 #[test]
@@ -157,12 +195,17 @@ fn migrate_creates_the_schema_in_a_fresh_sqlite_file() {
         "sync_jobs",
         "webhook_inbox",
     ] {
-        assert!(tables.iter().any(|t| t == table), "{table} missing from {tables:?}");
+        assert!(
+            tables.iter().any(|t| t == table),
+            "{table} missing from {tables:?}"
+        );
     }
     // The development key was generated once, private to the owner.
     let key = dir.path().join("state/encryption.key");
     let mode = std::os::unix::fs::PermissionsExt::mode(
-        &std::fs::metadata(&key).unwrap_or_else(|e| panic!("{e}")).permissions(),
+        &std::fs::metadata(&key)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .permissions(),
     );
     assert_eq!(mode & 0o777, 0o600);
 }
@@ -189,7 +232,10 @@ async fn a_first_run_with_no_configuration_serves_with_the_printed_token() {
                 token = Some(t.to_string());
             }
             if line.starts_with("grpcurl") && line.contains("GetUsage") {
-                addr = line.split_whitespace().find(|w| w.starts_with("127.0.0.1:")).map(str::to_string);
+                addr = line
+                    .split_whitespace()
+                    .find(|w| w.starts_with("127.0.0.1:"))
+                    .map(str::to_string);
             }
             if token.is_some() && addr.is_some() {
                 break;
@@ -209,7 +255,10 @@ async fn a_first_run_with_no_configuration_serves_with_the_printed_token() {
         .connect()
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let usage = nexus_billing::grpc::proto::billing::billing_service_client::BillingServiceClient::new(channel)
+    let usage =
+        nexus_billing::grpc::proto::billing::billing_service_client::BillingServiceClient::new(
+            channel,
+        )
         .get_usage(authed(GetUsageRequest {}, &token))
         .await
         .unwrap_or_else(|e| panic!("the printed token was refused: {e}"))
@@ -235,5 +284,8 @@ async fn a_first_run_with_no_configuration_serves_with_the_printed_token() {
     })
     .await
     .unwrap_or_else(|e| panic!("{e}"));
-    assert!(status.is_some_and(|s| s.success()), "SIGTERM did not stop the server cleanly: {status:?}");
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "SIGTERM did not stop the server cleanly: {status:?}"
+    );
 }

@@ -61,7 +61,10 @@ async fn a_grpc_web_call_over_http1_from_an_allowed_origin_works(backend: Backen
     assert_eq!(response.version(), reqwest::Version::HTTP_11);
     assert_eq!(response.status(), 200);
     assert_eq!(
-        response.headers().get("access-control-allow-origin").and_then(|v| v.to_str().ok()),
+        response
+            .headers()
+            .get("access-control-allow-origin")
+            .and_then(|v| v.to_str().ok()),
         Some(ALLOWED_ORIGIN)
     );
     assert!(
@@ -126,10 +129,16 @@ async fn cors_preflight_is_answered_for_an_allowed_origin_only(backend: Backend)
             .and_then(|v| v.to_str().ok())
             .map(str::to_lowercase)
     };
-    assert_eq!(header(&allowed, "access-control-allow-origin").as_deref(), Some(ALLOWED_ORIGIN));
+    assert_eq!(
+        header(&allowed, "access-control-allow-origin").as_deref(),
+        Some(ALLOWED_ORIGIN)
+    );
     let allow_headers = header(&allowed, "access-control-allow-headers").unwrap_or_default();
     for needed in ["authorization", "content-type", "x-grpc-web"] {
-        assert!(allow_headers.contains(needed), "{needed} missing from {allow_headers}");
+        assert!(
+            allow_headers.contains(needed),
+            "{needed} missing from {allow_headers}"
+        );
     }
 
     let refused = preflight(&app, "https://evil.example").await;

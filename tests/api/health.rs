@@ -1,7 +1,9 @@
 //! Standard gRPC health and server reflection (no token needed), and graceful shutdown.
 
 use nexus_billing::grpc::proto::billing::GetUsageRequest;
-use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
 use tonic_reflection::pb::v1::{
     ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
     server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
@@ -18,9 +20,15 @@ crate::on_both_backends!(
 async fn health_says_serving_without_a_token(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let mut health = HealthClient::new(app.channel().await);
-    for service in ["", "nexus.billing.v1.BillingService", "nexus.integrations.v1.IntegrationsService"] {
+    for service in [
+        "",
+        "nexus.billing.v1.BillingService",
+        "nexus.integrations.v1.IntegrationsService",
+    ] {
         let status = health
-            .check(HealthCheckRequest { service: service.to_string() })
+            .check(HealthCheckRequest {
+                service: service.to_string(),
+            })
             .await
             .unwrap_or_else(|e| panic!("{service:?}: {e}"))
             .into_inner()
@@ -56,7 +64,10 @@ async fn reflection_lists_both_services_without_a_token(backend: Backend) {
         "nexus.integrations.v1.IntegrationsService",
         "grpc.health.v1.Health",
     ] {
-        assert!(names.iter().any(|n| n == expected), "{expected} missing from {names:?}");
+        assert!(
+            names.iter().any(|n| n == expected),
+            "{expected} missing from {names:?}"
+        );
     }
     app.stop().await;
 }

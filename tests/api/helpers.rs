@@ -119,8 +119,8 @@ impl TestDatabase {
                 _dir: dir,
             },
             Backend::Postgres => {
-                let admin_url =
-                    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| panic!("TEST_DATABASE_URL"));
+                let admin_url = std::env::var("TEST_DATABASE_URL")
+                    .unwrap_or_else(|_| panic!("TEST_DATABASE_URL"));
                 let name = format!("nexus_test_{}", uuid::Uuid::new_v4().simple());
                 let mut admin = PgConnection::connect(&admin_url)
                     .await
@@ -159,11 +159,11 @@ impl TestDatabase {
 
     /// Drops the PostgreSQL database, closing whatever is still connected to it.
     pub async fn drop_database(&self) {
-        if self.backend == Backend::Postgres {
-            if let Ok(mut admin) = PgConnection::connect(&self.admin_url).await {
-                let sql = format!(r#"DROP DATABASE IF EXISTS "{}" WITH (FORCE)"#, self.name);
-                let _ = admin.execute(sqlx::AssertSqlSafe(sql)).await;
-            }
+        if self.backend == Backend::Postgres
+            && let Ok(mut admin) = PgConnection::connect(&self.admin_url).await
+        {
+            let sql = format!(r#"DROP DATABASE IF EXISTS "{}" WITH (FORCE)"#, self.name);
+            let _ = admin.execute(sqlx::AssertSqlSafe(sql)).await;
         }
     }
 }
@@ -279,7 +279,12 @@ impl TestApp {
     pub async fn add_cards(&self, user: &str, n: usize) {
         for _ in 0..n {
             let id = uuid::Uuid::new_v4().to_string();
-            exec!(&self.pool, "INSERT INTO cards (id, user_id) VALUES ($1, $2)", id, user);
+            exec!(
+                &self.pool,
+                "INSERT INTO cards (id, user_id) VALUES ($1, $2)",
+                id,
+                user
+            );
         }
     }
 
@@ -329,7 +334,12 @@ pub async fn seed_subscription(pool: &TestPool, sub: SeedSubscription<'_>) {
 }
 
 /// Stores an integration row (credentials are an opaque blob here).
-pub async fn seed_integration(pool: &TestPool, user: &str, provider: &str, settings: &str) -> String {
+pub async fn seed_integration(
+    pool: &TestPool,
+    user: &str,
+    provider: &str,
+    settings: &str,
+) -> String {
     let id = uuid::Uuid::new_v4().to_string();
     exec!(
         pool,

@@ -44,14 +44,23 @@ async fn list_providers_serves_the_whole_catalogue(backend: Backend) {
     let field = &hubspot.credential_fields[0];
     assert!(field.secret && field.required, "{field:?}");
     let mailchimp = &providers[3];
-    assert!(mailchimp.setting_fields.iter().any(|f| f.key == "listId" && f.required));
+    assert!(
+        mailchimp
+            .setting_fields
+            .iter()
+            .any(|f| f.key == "listId" && f.required)
+    );
     assert_eq!(mailchimp.batch_size, 500);
     let salesforce = &providers[0];
     assert_eq!(salesforce.auth_kind(), AuthKind::Oauth2);
     assert!(salesforce.credential_fields.is_empty());
     // Nothing can be connected in this version yet, and the catalogue says so.
     for p in &providers {
-        assert!(!p.available && !p.unavailable_reason.is_empty(), "{}", p.slug);
+        assert!(
+            !p.available && !p.unavailable_reason.is_empty(),
+            "{}",
+            p.slug
+        );
     }
     app.stop().await;
 }
@@ -74,7 +83,10 @@ async fn list_integrations_shows_only_the_callers_integrations(backend: Backend)
     assert_eq!(alice[0].id, hubspot_id);
     assert_eq!(alice[0].status(), IntegrationStatus::Active);
     assert!(alice[0].create_time.is_some());
-    assert_eq!(alice[1].settings.get("listId").map(String::as_str), Some("abc123"));
+    assert_eq!(
+        alice[1].settings.get("listId").map(String::as_str),
+        Some("abc123")
+    );
 
     let carol = client
         .list_integrations(authed(ListIntegrationsRequest {}, &token("carol")))

@@ -16,7 +16,9 @@ crate::on_both_backends!(
 async fn healthz_and_readyz_answer_ok(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     for (path, body) in [("/healthz", "ok"), ("/readyz", "ready")] {
-        let response = reqwest::get(app.http_url(path)).await.unwrap_or_else(|e| panic!("{e}"));
+        let response = reqwest::get(app.http_url(path))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(response.status(), 200, "{path}");
         assert_eq!(response.text().await.unwrap_or_default(), body);
     }
@@ -30,7 +32,9 @@ async fn metrics_count_grpc_requests_in_prometheus_text(backend: Backend) {
         .get_usage(authed(GetUsageRequest {}, &token("u1")))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let response = reqwest::get(app.http_url("/metrics")).await.unwrap_or_else(|e| panic!("{e}"));
+    let response = reqwest::get(app.http_url("/metrics"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(response.status(), 200);
     assert!(
         response
@@ -74,11 +78,18 @@ async fn the_webhook_route_caps_the_body_and_answers_503_until_stripe_lands(back
 
     // A chunked body (no Content-Length) over the cap is refused too.
     let chunks: Vec<Result<hyper::body::Frame<bytes::Bytes>, std::io::Error>> = (0..8)
-        .map(|_| Ok(hyper::body::Frame::data(bytes::Bytes::from(vec![b'y'; 512]))))
+        .map(|_| {
+            Ok(hyper::body::Frame::data(bytes::Bytes::from(vec![
+                b'y';
+                512
+            ])))
+        })
         .collect();
     let streamed = client
         .post(app.http_url("/billing/webhook"))
-        .body(reqwest::Body::wrap(http_body_util::StreamBody::new(tokio_stream::iter(chunks))))
+        .body(reqwest::Body::wrap(http_body_util::StreamBody::new(
+            tokio_stream::iter(chunks),
+        )))
         .send()
         .await
         .unwrap_or_else(|e| panic!("{e}"));
@@ -105,14 +116,21 @@ async fn the_webhook_route_says_when_payments_are_not_configured(backend: Backen
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(response.status(), 503);
-    assert_eq!(response.text().await.unwrap_or_default(), "payments are not configured");
+    assert_eq!(
+        response.text().await.unwrap_or_default(),
+        "payments are not configured"
+    );
     app.stop().await;
 }
 
 async fn unknown_routes_and_wrong_methods_are_refused(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let client = reqwest::Client::new();
-    let missing = client.get(app.http_url("/nope")).send().await.unwrap_or_else(|e| panic!("{e}"));
+    let missing = client
+        .get(app.http_url("/nope"))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(missing.status(), 404);
     let wrong = client
         .get(app.http_url("/billing/webhook"))
@@ -120,7 +138,10 @@ async fn unknown_routes_and_wrong_methods_are_refused(backend: Backend) {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(wrong.status(), 405);
-    assert_eq!(wrong.headers().get("allow").and_then(|v| v.to_str().ok()), Some("POST"));
+    assert_eq!(
+        wrong.headers().get("allow").and_then(|v| v.to_str().ok()),
+        Some("POST")
+    );
     app.stop().await;
 }
 
@@ -133,8 +154,18 @@ async fn request_ids_are_echoed_or_generated(backend: Backend) {
         .send()
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(echoed.headers().get("x-request-id").and_then(|v| v.to_str().ok()), Some("req-123"));
-    let generated = client.get(app.http_url("/healthz")).send().await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        echoed
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok()),
+        Some("req-123")
+    );
+    let generated = client
+        .get(app.http_url("/healthz"))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let id = generated
         .headers()
         .get("x-request-id")
@@ -152,10 +183,14 @@ async fn readyz_fails_when_postgres_goes_away() {
         return;
     }
     let app = TestApp::spawn(Backend::Postgres).await;
-    let ready = reqwest::get(app.http_url("/readyz")).await.unwrap_or_else(|e| panic!("{e}"));
+    let ready = reqwest::get(app.http_url("/readyz"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(ready.status(), 200);
     app.db.drop_database().await;
-    let gone = reqwest::get(app.http_url("/readyz")).await.unwrap_or_else(|e| panic!("{e}"));
+    let gone = reqwest::get(app.http_url("/readyz"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(gone.status(), 503);
     app.stop().await;
 }

@@ -4,11 +4,16 @@ use std::sync::Arc;
 
 use chrono::{Duration, Utc};
 use nexus_billing::{
-    domain::{SubscriptionStatus, Tier, Usage, UserId, catalogue::ProviderId, subscription::PaymentProvider},
+    domain::{
+        SubscriptionStatus, Tier, Usage, UserId, catalogue::ProviderId,
+        subscription::PaymentProvider,
+    },
     store::{self, Backend as StoreBackend, Store, StoreError},
 };
 
-use crate::helpers::{Backend, SeedSubscription, TestDatabase, seed_integration, seed_subscription};
+use crate::helpers::{
+    Backend, SeedSubscription, TestDatabase, seed_integration, seed_subscription,
+};
 
 crate::on_both_backends!(
     the_url_scheme_picks_the_backend_and_migrations_are_idempotent,
@@ -25,7 +30,9 @@ fn user(id: &str) -> UserId {
 
 async fn open(backend: Backend) -> (TestDatabase, Arc<dyn Store>) {
     let db = TestDatabase::create(backend).await;
-    let store = store::connect(&db.url, 3).await.unwrap_or_else(|e| panic!("{e}"));
+    let store = store::connect(&db.url, 3)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     store.migrate().await.unwrap_or_else(|e| panic!("{e}"));
     (db, store)
 }
@@ -42,7 +49,10 @@ async fn the_url_scheme_picks_the_backend_and_migrations_are_idempotent(backend:
         Backend::Postgres => StoreBackend::Postgres,
     };
     assert_eq!(store.backend(), expected);
-    store.migrate().await.unwrap_or_else(|e| panic!("second migrate: {e}"));
+    store
+        .migrate()
+        .await
+        .unwrap_or_else(|e| panic!("second migrate: {e}"));
     store.ping().await.unwrap_or_else(|e| panic!("{e}"));
     assert!(matches!(
         store::connect("mysql://localhost/db", 1).await.err(),
@@ -53,7 +63,10 @@ async fn the_url_scheme_picks_the_backend_and_migrations_are_idempotent(backend:
 
 async fn a_user_without_a_row_has_no_subscription(backend: Backend) {
     let (db, store) = open(backend).await;
-    let sub = store.subscription(&user("nobody")).await.unwrap_or_else(|e| panic!("{e}"));
+    let sub = store
+        .subscription(&user("nobody"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(sub, None);
     close(db, store).await;
 }
@@ -85,12 +98,18 @@ async fn a_subscription_round_trips_every_field(backend: Backend) {
     assert_eq!(sub.provider_subscription_id.as_deref(), Some("sub_payer"));
     assert!(sub.cancel_at_period_end);
     let stored_end = sub.current_period_end.unwrap_or_default();
-    assert!((stored_end - period_end).num_milliseconds().abs() < 1, "{stored_end} != {period_end}");
+    assert!(
+        (stored_end - period_end).num_milliseconds().abs() < 1,
+        "{stored_end} != {period_end}"
+    );
     assert_eq!(
         sub.current_period_start.map(|s| s.timestamp()),
         Some((period_end - Duration::days(30)).timestamp())
     );
-    assert_eq!(store.subscription(&user("payer2")).await.ok().flatten(), None);
+    assert_eq!(
+        store.subscription(&user("payer2")).await.ok().flatten(),
+        None
+    );
     close(db, store).await;
 }
 
@@ -98,18 +117,51 @@ async fn usage_is_counted_per_user(backend: Backend) {
     let (db, store) = open(backend).await;
     let pool = db.pool().await;
     for (id, owner) in [("c1", "a"), ("c2", "a"), ("c3", "b")] {
-        crate::exec!(&pool, "INSERT INTO cards (id, user_id) VALUES ($1, $2)", id, owner);
+        crate::exec!(
+            &pool,
+            "INSERT INTO cards (id, user_id) VALUES ($1, $2)",
+            id,
+            owner
+        );
     }
     for (id, owner) in [("k1", "a"), ("k2", "b"), ("k3", "b"), ("k4", "b")] {
-        crate::exec!(&pool, "INSERT INTO contacts (id, user_id) VALUES ($1, $2)", id, owner);
+        crate::exec!(
+            &pool,
+            "INSERT INTO contacts (id, user_id) VALUES ($1, $2)",
+            id,
+            owner
+        );
     }
     let usage = |u: &'static str| {
         let store = Arc::clone(&store);
-        async move { store.usage(&user(u)).await.unwrap_or_else(|e| panic!("{e}")) }
+        async move {
+            store
+                .usage(&user(u))
+                .await
+                .unwrap_or_else(|e| panic!("{e}"))
+        }
     };
-    assert_eq!(usage("a").await, Usage { cards: 2, contacts: 1 });
-    assert_eq!(usage("b").await, Usage { cards: 1, contacts: 3 });
-    assert_eq!(usage("c").await, Usage { cards: 0, contacts: 0 });
+    assert_eq!(
+        usage("a").await,
+        Usage {
+            cards: 2,
+            contacts: 1
+        }
+    );
+    assert_eq!(
+        usage("b").await,
+        Usage {
+            cards: 1,
+            contacts: 3
+        }
+    );
+    assert_eq!(
+        usage("c").await,
+        Usage {
+            cards: 0,
+            contacts: 0
+        }
+    );
     close(db, store).await;
 }
 
@@ -119,14 +171,26 @@ async fn integrations_are_listed_per_user_in_provider_order(backend: Backend) {
     seed_integration(&pool, "a", "zapier", "{}").await;
     let hubspot = seed_integration(&pool, "a", "hubspot", r#"{"syncInterval":"3600"}"#).await;
     seed_integration(&pool, "b", "dropbox", "{}").await;
-    let list = store.integrations(&user("a")).await.unwrap_or_else(|e| panic!("{e}"));
+    let list = store
+        .integrations(&user("a"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let providers: Vec<ProviderId> = list.iter().map(|i| i.provider).collect();
     assert_eq!(providers, vec![ProviderId::Hubspot, ProviderId::Zapier]);
     assert_eq!(list[0].id, hubspot);
     assert_eq!(list[0].user_id, user("a"));
-    assert_eq!(list[0].settings.get("syncInterval").map(String::as_str), Some("3600"));
+    assert_eq!(
+        list[0].settings.get("syncInterval").map(String::as_str),
+        Some("3600")
+    );
     assert_eq!(list[0].last_sync_at, None);
-    assert!(store.integrations(&user("c")).await.unwrap_or_default().is_empty());
+    assert!(
+        store
+            .integrations(&user("c"))
+            .await
+            .unwrap_or_default()
+            .is_empty()
+    );
     close(db, store).await;
 }
 
