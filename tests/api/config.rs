@@ -289,3 +289,38 @@ async fn a_first_run_with_no_configuration_serves_with_the_printed_token() {
         "SIGTERM did not stop the server cleanly: {status:?}"
     );
 }
+
+/// Every setting the binary reads is documented in .env.example and the README, and the example
+/// file itself is a working configuration.
+#[test]
+fn every_setting_is_documented_and_the_example_env_file_works() {
+    use clap::CommandFactory;
+    let root = env!("CARGO_MANIFEST_DIR");
+    let example = std::fs::read_to_string(format!("{root}/.env.example")).unwrap_or_default();
+    let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap_or_default();
+    let command = nexus_billing::cli::Cli::command();
+    let names: Vec<String> = command
+        .get_arguments()
+        .filter_map(|a| a.get_env())
+        .map(|e| e.to_string_lossy().into_owned())
+        .collect();
+    assert!(names.len() > 30, "settings found: {names:?}");
+    for name in &names {
+        assert!(example.contains(&format!("{name}=")), "{name} is missing from .env.example");
+        assert!(readme.contains(&format!("`{name}`")), "{name} is missing from README.md");
+    }
+
+    let vars: Vec<(String, String)> = dotenvy::from_path_iter(format!("{root}/.env.example"))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .map(|item| item.unwrap_or_else(|e| panic!(".env.example: {e}")))
+        .collect();
+    let dir = tempdir();
+    let output = Command::new(BIN)
+        .env_clear()
+        .current_dir(dir.path())
+        .envs(vars)
+        .arg("migrate")
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(output.status.success(), "{}", stderr(&output));
+}
