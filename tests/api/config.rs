@@ -306,8 +306,14 @@ fn every_setting_is_documented_and_the_example_env_file_works() {
         .collect();
     assert!(names.len() > 30, "settings found: {names:?}");
     for name in &names {
-        assert!(example.contains(&format!("{name}=")), "{name} is missing from .env.example");
-        assert!(readme.contains(&format!("`{name}`")), "{name} is missing from README.md");
+        assert!(
+            example.contains(&format!("{name}=")),
+            "{name} is missing from .env.example"
+        );
+        assert!(
+            readme.contains(&format!("`{name}`")),
+            "{name} is missing from README.md"
+        );
     }
 
     let vars: Vec<(String, String)> = dotenvy::from_path_iter(format!("{root}/.env.example"))

@@ -46,18 +46,26 @@ fn unframe(mut body: &[u8]) -> (Vec<u8>, String) {
     (data, trailers)
 }
 
-async fn a_grpc_web_call_over_http1_from_an_allowed_origin_works(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
-    let response = http1()
+/// ListPlans as a browser sends it over grpc-web, with or without a bearer token.
+async fn list_plans_from_browser(app: &TestApp, bearer: Option<&str>) -> reqwest::Response {
+    let mut request = http1()
         .post(app.grpc_url(LIST_PLANS))
         .header("content-type", "application/grpc-web+proto")
         .header("x-grpc-web", "1")
-        .header("origin", ALLOWED_ORIGIN)
-        .header("authorization", format!("Bearer {}", token("browser-user")))
+        .header("origin", ALLOWED_ORIGIN);
+    if let Some(bearer) = bearer {
+        request = request.header("authorization", format!("Bearer {bearer}"));
+    }
+    request
         .body(frame(&ListPlansRequest {}))
         .send()
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+async fn a_grpc_web_call_over_http1_from_an_allowed_origin_works(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let response = list_plans_from_browser(&app, Some(&token("browser-user"))).await;
     assert_eq!(response.version(), reqwest::Version::HTTP_11);
     assert_eq!(response.status(), 200);
     assert_eq!(
@@ -87,15 +95,7 @@ async fn a_grpc_web_call_over_http1_from_an_allowed_origin_works(backend: Backen
 
 async fn a_grpc_web_call_without_a_token_is_unauthenticated(backend: Backend) {
     let app = TestApp::spawn(backend).await;
-    let response = http1()
-        .post(app.grpc_url(LIST_PLANS))
-        .header("content-type", "application/grpc-web+proto")
-        .header("x-grpc-web", "1")
-        .header("origin", ALLOWED_ORIGIN)
-        .body(frame(&ListPlansRequest {}))
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let response = list_plans_from_browser(&app, None).await;
     let status = response
         .headers()
         .get("grpc-status")
