@@ -330,3 +330,111 @@ fn every_setting_is_documented_and_the_example_env_file_works() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(output.status.success(), "{}", stderr(&output));
 }
+
+/// Runs the binary at debug level, makes good and bad calls, and searches everything it wrote
+/// for the secrets it was given and the tokens it saw.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_or_token_reaches_the_logs_even_at_debug_level() {
+    let dir = tempdir();
+    let stripe_key = "sk_test_LOGCANARY0123456789";
+    let webhook_secret = "whsec_LOGCANARY0123456789";
+    let db_url = format!("sqlite://{}/canary.db", dir.path().display());
+    let mut child = Command::new(BIN)
+        .env_clear()
+        .current_dir(dir.path())
+        .envs([
+            ("GRPC_ADDR", "127.0.0.1:0"),
+            ("HTTP_ADDR", "127.0.0.1:0"),
+            ("LOG_LEVEL", "debug"),
+            ("LOG_FORMAT", "json"),
+            ("JWT_SECRET", JWT_SECRET),
+            ("ENCRYPTION_KEY", ENCRYPTION_KEY),
+            ("STRIPE_SECRET_KEY", stripe_key),
+            ("STRIPE_WEBHOOK_SECRET", webhook_secret),
+            ("STRIPE_PRICE_ID_PRO", "price_pro"),
+            ("STRIPE_PRICE_ID_PREMIUM", "price_premium"),
+            ("DATABASE_URL", db_url.as_str()),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let stderr_pipe = child.stderr.take().unwrap_or_else(|| panic!("no stderr"));
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr_pipe).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    // The "serving" log line carries the bound addresses.
+    let mut log = Vec::new();
+    let (mut grpc, mut http) = (None, None);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while (grpc.is_none() || http.is_none()) && std::time::Instant::now() < deadline {
+        let Ok(line) = lines_rx.recv_timeout(Duration::from_millis(200)) else {
+            continue;
+        };
+        if let Ok(json) = serde_json::from_str::<serde_json::Value>(&line)
+            && json["message"] == "serving"
+        {
+            grpc = json["grpc_addr"].as_str().map(str::to_string);
+            http = json["http_addr"].as_str().map(str::to_string);
+        }
+        log.push(line);
+    }
+    let (Some(grpc), Some(http)) = (grpc, http) else {
+        let _ = child.kill();
+        panic!("the server did not log its addresses:\n{}", log.join("\n"));
+    };
+
+    let good = crate::helpers::token("log-user");
+    let forged = crate::helpers::sign(
+        &crate::helpers::claims("log-user", &[], 3600),
+        "wrong-secret-wrong-secret-wrong!!",
+    );
+    let channel = tonic::transport::Channel::from_shared(format!("http://{grpc}"))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut client =
+        nexus_billing::grpc::proto::billing::billing_service_client::BillingServiceClient::new(
+            channel,
+        );
+    client
+        .get_usage(authed(GetUsageRequest {}, &good))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let refused = client.get_usage(authed(GetUsageRequest {}, &forged)).await;
+    assert!(refused.is_err());
+    let webhook_body = r#"{"id":"evt_LOGCANARY_BODY","object":"event"}"#;
+    let _ = reqwest::Client::new()
+        .post(format!("http://{http}/billing/webhook"))
+        .header("stripe-signature", "t=1,v1=LOGCANARYSIGNATURE")
+        .body(webhook_body)
+        .send()
+        .await;
+
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+    log.extend(lines_rx.try_iter());
+    let log = log.join("\n");
+    assert!(
+        log.contains("token refused"),
+        "the refusal should be logged:\n{log}"
+    );
+    for secret in [
+        JWT_SECRET,
+        ENCRYPTION_KEY,
+        stripe_key,
+        webhook_secret,
+        good.as_str(),
+        forged.as_str(),
+        "evt_LOGCANARY_BODY",
+        "LOGCANARYSIGNATURE",
+    ] {
+        assert!(!log.contains(secret), "{secret:?} was logged");
+    }
+}
