@@ -634,6 +634,36 @@ mod tests {
     }
 
     #[test]
+    fn redirects_must_be_absolute_and_on_an_allowed_origin() {
+        let settings = <crate::cli::Cli as clap::Parser>::try_parse_from([
+            "nexus-billing",
+            "--allowed-origins=https://app.example.com,http://localhost:3000",
+            &format!("--encryption-key={}", "ab".repeat(32)),
+            "--jwt-secret=test",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"))
+        .settings;
+        let config = Config::from_settings(settings).unwrap_or_else(|e| panic!("{e}"));
+        for ok in [
+            "https://app.example.com/billing/done?x=1",
+            "http://localhost:3000/",
+        ] {
+            assert!(config.is_allowed_redirect(ok), "{ok}");
+        }
+        for bad in [
+            "https://evil.example.com/",
+            "https://app.example.com.evil.example/",
+            "http://app.example.com/",
+            "https://app.example.com:8443/",
+            "/relative/path",
+            "//evil.example.com/",
+            "javascript:alert(1)",
+        ] {
+            assert!(!config.is_allowed_redirect(bad), "{bad}");
+        }
+    }
+
+    #[test]
     fn encryption_key_errors_never_echo_the_value() {
         let Err(e) = parse_key("zz-secret-material") else {
             panic!("a short key must be refused");

@@ -32,6 +32,9 @@ pub struct SidecarState {
 /// How long shutdown waits for in-flight sidecar requests.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a client may take to send a whole request body.
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Serves until `shutdown` is cancelled, then stops accepting and drains open connections.
 pub async fn serve(listener: TcpListener, state: Arc<SidecarState>, shutdown: CancellationToken) {
     let graceful = GracefulShutdown::new();
@@ -160,7 +163,8 @@ async fn billing_webhook(
     )
 }
 
-/// Reads a whole body of at most `cap` bytes, or answers 413 (too large) / 400 (broken body).
+/// Reads a whole body of at most `cap` bytes within [`BODY_READ_TIMEOUT`], or answers 413 (too
+/// large), 408 (too slow) or 400 (broken body).
 async fn read_body(request: Request<Incoming>, cap: usize) -> Result<Bytes, Response<Full<Bytes>>> {
     let declared = request
         .headers()
@@ -170,7 +174,17 @@ async fn read_body(request: Request<Incoming>, cap: usize) -> Result<Bytes, Resp
     if declared.is_some_and(|len| len > cap as u64) {
         return Err(too_large(cap));
     }
-    match Limited::new(request.into_body(), cap).collect().await {
+    let collected = tokio::time::timeout(
+        BODY_READ_TIMEOUT,
+        Limited::new(request.into_body(), cap).collect(),
+    );
+    let Ok(collected) = collected.await else {
+        return Err(text(
+            StatusCode::REQUEST_TIMEOUT,
+            "request body not received in time",
+        ));
+    };
+    match collected {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<LengthLimitError>() => Err(too_large(cap)),
         Err(e) => {
