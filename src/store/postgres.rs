@@ -28,11 +28,6 @@ impl PgStore {
             .await?;
         Ok(Self { pool })
     }
-
-    /// The pool, for code that needs a transaction spanning several statements.
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
 }
 
 #[async_trait]

@@ -42,11 +42,6 @@ impl SqliteStore {
             .await?;
         Ok(Self { pool })
     }
-
-    /// The pool, for code that needs a transaction spanning several statements.
-    pub fn pool(&self) -> &SqlitePool {
-        &self.pool
-    }
 }
 
 #[async_trait]
