@@ -141,6 +141,18 @@ pub struct Settings {
     /// Stripe price id of the PREMIUM plan.
     #[arg(long, env = "STRIPE_PRICE_ID_PREMIUM", global = true)]
     pub stripe_price_id_premium: Option<String>,
+    /// How far a webhook signature's timestamp may be from now, in seconds (Stripe uses 300).
+    #[arg(
+        long,
+        env = "STRIPE_WEBHOOK_TOLERANCE_SECS",
+        default_value_t = 300,
+        global = true
+    )]
+    pub stripe_webhook_tolerance_secs: u64,
+    /// How long a PAST_DUE subscription keeps its tier after the first failed payment
+    /// (e.g. `7d`, `36h`).
+    #[arg(long, env = "PAST_DUE_GRACE", default_value = "7d", value_parser = humantime::parse_duration, global = true)]
+    pub past_due_grace: Duration,
     /// Largest webhook body accepted, in bytes; larger ones get 413.
     #[arg(long, env = "WEBHOOK_MAX_BODY_BYTES", default_value_t = 1024 * 1024, global = true)]
     pub webhook_max_body_bytes: usize,
@@ -279,6 +291,8 @@ pub struct JwtConfig {
 pub struct StripeConfig {
     pub secret_key: SecretString,
     pub webhook_secrets: Vec<SecretString>,
+    /// How far a signature's timestamp may be from now.
+    pub webhook_tolerance: Duration,
     pub price_id_pro: String,
     pub price_id_premium: String,
 }
@@ -314,6 +328,8 @@ pub struct Config {
     pub jwt: JwtConfig,
     pub stripe: Option<StripeConfig>,
     pub webhook_max_body_bytes: usize,
+    /// How long PAST_DUE keeps the paid tier.
+    pub past_due_grace: Duration,
     pub encryption_key: EncryptionKey,
     /// True when the key was generated in DATA_DIR (development only).
     pub encryption_key_generated: bool,
@@ -481,9 +497,13 @@ impl Config {
                 };
                 let price_id_pro = price("STRIPE_PRICE_ID_PRO", s.stripe_price_id_pro);
                 let price_id_premium = price("STRIPE_PRICE_ID_PREMIUM", s.stripe_price_id_premium);
+                if s.stripe_webhook_tolerance_secs == 0 {
+                    problem("STRIPE_WEBHOOK_TOLERANCE_SECS", "must be at least 1".into());
+                }
                 Some(StripeConfig {
                     secret_key: key.into(),
                     webhook_secrets,
+                    webhook_tolerance: Duration::from_secs(s.stripe_webhook_tolerance_secs),
                     price_id_pro,
                     price_id_premium,
                 })
@@ -530,6 +550,7 @@ impl Config {
             jwt,
             stripe,
             webhook_max_body_bytes: s.webhook_max_body_bytes,
+            past_due_grace: s.past_due_grace,
             encryption_key,
             encryption_key_generated,
             endpoints: s.endpoints,
@@ -538,11 +559,19 @@ impl Config {
 
     /// Whether `url` is absolute and on one of the allowed origins (the open-redirect guard).
     pub fn is_allowed_redirect(&self, url: &str) -> bool {
-        Url::parse(url).is_ok_and(|u| {
-            let origin = u.origin().ascii_serialization();
-            self.allowed_origins.contains(&origin)
-        })
+        is_allowed_redirect(&self.allowed_origins, url)
     }
+}
+
+/// Whether `url` is an absolute http(s) URL on one of `origins` (normalised origins), with no
+/// user info (`https://app.example@evil.test/` is refused).
+pub fn is_allowed_redirect(origins: &[String], url: &str) -> bool {
+    Url::parse(url).is_ok_and(|u| {
+        matches!(u.scheme(), "http" | "https")
+            && u.username().is_empty()
+            && u.password().is_none()
+            && origins.contains(&u.origin().ascii_serialization())
+    })
 }
 
 fn non_empty(value: Option<String>) -> Option<String> {

@@ -1,18 +1,21 @@
 //! Nexus Cards billing and integrations service.
 //!
 //! Layers, from the bottom up: `domain` (types and rules, no I/O) -> `store` (the storage trait
-//! and its PostgreSQL and SQLite implementations) -> `billing`, `integrations` (use cases) ->
-//! `grpc`, `sidecar` (conversion and auth only) -> `startup` -> `main`.
+//! and its PostgreSQL and SQLite implementations) and `payments` (the payment-provider trait
+//! and Stripe) -> `billing`, `billing_webhook`, `integrations` (use cases) -> `grpc`, `sidecar`
+//! (conversion and auth only) -> `startup` -> `main`.
 #![forbid(unsafe_code)]
 
 pub mod auth;
 pub mod billing;
+pub mod billing_webhook;
 pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod grpc;
 pub mod integrations;
 pub mod metrics;
+pub mod payments;
 pub mod sidecar;
 pub mod startup;
 pub mod store;

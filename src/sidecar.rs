@@ -18,6 +18,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::{
+    billing::Billing,
+    billing_webhook::{WebhookError, WebhookOutcome},
     store::Store,
     telemetry::{REQUEST_ID_HEADER, request_span},
 };
@@ -25,8 +27,8 @@ use crate::{
 /// What the sidecar's routes need.
 pub struct SidecarState {
     pub store: Arc<dyn Store>,
+    pub billing: Arc<Billing>,
     pub webhook_max_body_bytes: usize,
-    pub payments_configured: bool,
 }
 
 /// How long shutdown waits for in-flight sidecar requests.
@@ -140,27 +142,55 @@ async fn route_request(state: &SidecarState, request: Request<Incoming>) -> Resp
     }
 }
 
-/// `POST /billing/webhook`: reads the raw body under the cap. The Stripe handler arrives with
-/// the Stripe billing issue; until then every delivery gets 503, so Stripe keeps retrying and
-/// nothing is lost.
+/// `POST /billing/webhook`: reads the raw body under the cap and hands the exact bytes to the
+/// Stripe webhook processor. 2xx means "done, do not send again" (processed, or a duplicate);
+/// 400 a bad signature or event; 5xx "try again later" with nothing stored.
 async fn billing_webhook(
     state: &SidecarState,
     request: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
-    let _body = match read_body(request, state.webhook_max_body_bytes).await {
+    let signature = request
+        .headers()
+        .get("stripe-signature")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let body = match read_body(request, state.webhook_max_body_bytes).await {
         Ok(body) => body,
         Err(response) => return response,
     };
-    if !state.payments_configured {
-        return text(
+    let result = state
+        .billing
+        .stripe_webhook(signature.as_deref(), &body)
+        .await;
+    let label = match &result {
+        Ok(WebhookOutcome::Processed) => "processed",
+        Ok(WebhookOutcome::Duplicate) => "duplicate",
+        Ok(WebhookOutcome::UnknownCustomer) => "unknown_customer",
+        Err(WebhookError::NotConfigured) => "not_configured",
+        Err(WebhookError::Rejected(_)) => "rejected",
+        Err(WebhookError::Store(_) | WebhookError::Provider(_)) => "failed",
+    };
+    metrics::counter!("webhook_deliveries_total", "provider" => "stripe", "outcome" => label)
+        .increment(1);
+    match result {
+        Ok(WebhookOutcome::Duplicate) => text(StatusCode::OK, "duplicate"),
+        Ok(_) => text(StatusCode::OK, "ok"),
+        Err(WebhookError::NotConfigured) => text(
             StatusCode::SERVICE_UNAVAILABLE,
             "payments are not configured",
-        );
+        ),
+        Err(WebhookError::Rejected(reason)) => {
+            tracing::info!(%reason, "webhook delivery rejected");
+            text(StatusCode::BAD_REQUEST, &reason.to_string())
+        }
+        Err(error) => {
+            tracing::error!(error = %crate::telemetry::error_chain(&error), "webhook processing failed; the provider will redeliver");
+            text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "processing failed; nothing was recorded, send it again later",
+            )
+        }
     }
-    text(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "webhook processing is not available in this version yet",
-    )
 }
 
 /// Reads a whole body of at most `cap` bytes within [`BODY_READ_TIMEOUT`], or answers 413 (too

@@ -21,7 +21,7 @@ use tower_http::{
 use crate::{
     auth::{AuthInterceptor, JwtVerifier, TokenRequest, mint},
     billing::Billing,
-    config::Config,
+    config::{Config, is_allowed_redirect},
     domain::UserId,
     grpc::{
         billing::BillingApi,
@@ -32,6 +32,7 @@ use crate::{
         },
     },
     integrations::Integrations,
+    payments::{Gateways, PaymentGateway, stripe::StripeGateway},
     sidecar::{self, SidecarState},
     store::{self, Store},
     telemetry::request_span,
@@ -45,6 +46,7 @@ pub const DEV_USER_ID: &str = "dev-user";
 pub struct Application {
     config: Config,
     store: Arc<dyn Store>,
+    billing: Arc<Billing>,
     verifier: Arc<JwtVerifier>,
     grpc_listener: TcpListener,
     http_listener: TcpListener,
@@ -65,6 +67,7 @@ impl Application {
             .migrate()
             .await
             .context("cannot apply database migrations")?;
+        let billing = Arc::new(build_billing(&config, Arc::clone(&store))?);
         let verifier = Arc::new(JwtVerifier::new(&config.jwt)?);
         let grpc_listener = TcpListener::bind(config.grpc_addr)
             .await
@@ -75,6 +78,7 @@ impl Application {
         Ok(Self {
             config,
             store,
+            billing,
             verifier,
             grpc_listener,
             http_listener,
@@ -123,6 +127,7 @@ impl Application {
         let Self {
             config,
             store,
+            billing,
             verifier,
             grpc_listener,
             http_listener,
@@ -148,13 +153,14 @@ impl Application {
 
         let sidecar_state = Arc::new(SidecarState {
             store: Arc::clone(&store),
+            billing: Arc::clone(&billing),
             webhook_max_body_bytes: config.webhook_max_body_bytes,
-            payments_configured: config.stripe.is_some(),
         });
         let (grpc_addr, http_addr) = (grpc_listener.local_addr()?, http_listener.local_addr()?);
         let grpc = grpc_server(
             config.allowed_origins.clone(),
             Arc::clone(&store),
+            billing,
             verifier,
             grpc_listener,
             shutdown.clone(),
@@ -181,9 +187,34 @@ impl Application {
     }
 }
 
+/// The billing use cases with the configured payment gateways.
+fn build_billing(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Billing> {
+    let stripe = match &config.stripe {
+        Some(stripe) => {
+            let gateway = StripeGateway::new(
+                stripe,
+                &config.endpoints.stripe_api_base,
+                stripe.webhook_tolerance,
+            )
+            .context("cannot set up Stripe")?;
+            Some(Arc::new(gateway) as Arc<dyn PaymentGateway>)
+        }
+        None => None,
+    };
+    let origins = config.allowed_origins.clone();
+    let redirect_allowed = Box::new(move |url: &str| is_allowed_redirect(&origins, url));
+    Ok(Billing::new(
+        store,
+        Gateways::new(stripe),
+        chrono::Duration::from_std(config.past_due_grace).context("PAST_DUE_GRACE is too long")?,
+        redirect_allowed,
+    ))
+}
+
 async fn grpc_server(
     allowed_origins: Vec<String>,
     store: Arc<dyn Store>,
+    billing: Arc<Billing>,
     verifier: Arc<JwtVerifier>,
     listener: TcpListener,
     shutdown: CancellationToken,
@@ -205,10 +236,7 @@ async fn grpc_server(
         .build_v1alpha()?;
 
     let auth = AuthInterceptor::new(verifier);
-    let billing = BillingServiceServer::with_interceptor(
-        BillingApi::new(Arc::new(Billing::new(Arc::clone(&store)))),
-        auth.clone(),
-    );
+    let billing = BillingServiceServer::with_interceptor(BillingApi::new(billing), auth.clone());
     let integrations = IntegrationsServiceServer::with_interceptor(
         IntegrationsApi::new(Arc::new(Integrations::new(store))),
         auth,

@@ -43,3 +43,15 @@ pub fn request_span<B>(request: &http::Request<B>) -> tracing::Span {
         user_id = tracing::field::Empty,
     )
 }
+
+/// An error and its causes on one line, for logs (never sent to a client).
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

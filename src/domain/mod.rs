@@ -1,9 +1,12 @@
 //! Domain types and rules: plans, limits, subscriptions, the provider catalogue. No I/O here;
 //! everything above (storage, gRPC, webhooks) builds on these.
 
+pub mod activity;
 pub mod catalogue;
 pub mod integration;
+pub mod invoice;
 pub mod plans;
+pub mod reconcile;
 pub mod subscription;
 pub mod usage;
 pub mod user;

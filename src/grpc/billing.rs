@@ -1,5 +1,4 @@
 //! `nexus.billing.v1.BillingService`: proto <-> domain conversion around [`crate::billing::Billing`].
-//! RPCs not listed here answer UNIMPLEMENTED (generated default stubs) until their issue lands.
 
 use std::sync::Arc;
 
@@ -8,17 +7,66 @@ use tonic::{Request, Response, Status};
 use super::{
     caller,
     convert::{
-        limit_check_to_proto, plan_to_proto, resource_from_proto, subscription_to_proto,
-        tier_to_proto, usage_to_proto,
+        cursor_from_token, invoice_to_proto, limit_check_to_proto, page_token,
+        payment_provider_from_proto, payment_provider_value, plan_to_proto, resource_from_proto,
+        subscription_to_proto, tier_from_proto, tier_to_proto, usage_to_proto,
     },
     proto::billing::{
-        CheckLimitRequest, CheckLimitResponse, GetSubscriptionRequest, GetSubscriptionResponse,
-        GetUsageRequest, GetUsageResponse, ListPlansRequest, ListPlansResponse,
+        CancelSubscriptionRequest, CancelSubscriptionResponse, ChangePlanRequest,
+        ChangePlanResponse, CheckLimitRequest, CheckLimitResponse, CreateCheckoutSessionRequest,
+        CreateCheckoutSessionResponse, CreatePortalSessionRequest, CreatePortalSessionResponse,
+        GetSubscriptionRequest, GetSubscriptionResponse, GetUsageRequest, GetUsageResponse,
+        ListInvoicesRequest, ListInvoicesResponse, ListPlansRequest, ListPlansResponse,
+        ResumeSubscriptionRequest, ResumeSubscriptionResponse,
         billing_service_server::BillingService,
     },
     store_status,
 };
-use crate::{billing::Billing, domain::plans::PLANS};
+use crate::{
+    billing::{Billing, BillingError, NewCheckout},
+    domain::plans::PLANS,
+    payments::PaymentError,
+    telemetry::error_chain,
+};
+
+/// Maps a billing failure to a status the client can act on; internal causes are logged here.
+fn billing_status(error: BillingError) -> Status {
+    match error {
+        BillingError::Store(e) => store_status(e),
+        BillingError::Invalid(message) => Status::invalid_argument(message),
+        BillingError::Precondition(message) => Status::failed_precondition(message),
+        BillingError::Payment(PaymentError::NotAvailable(message)) => {
+            Status::failed_precondition(message)
+        }
+        BillingError::Payment(e @ (PaymentError::Rejected(_) | PaymentError::NotFound(_))) => {
+            tracing::warn!(error = %e, "payment provider refused a request");
+            Status::failed_precondition(e.to_string())
+        }
+        BillingError::Payment(e @ PaymentError::Unavailable(_)) => {
+            tracing::warn!(error = %error_chain(&e), "payment provider unavailable");
+            Status::unavailable("the payment provider is unavailable, try again later")
+        }
+        BillingError::Payment(e @ PaymentError::Malformed(_)) => {
+            tracing::error!(error = %error_chain(&e), "unexpected answer from the payment provider");
+            Status::internal("internal error")
+        }
+    }
+}
+
+/// Largest URL accepted in a request.
+const MAX_URL_LEN: usize = 2048;
+
+fn url_field<'a>(name: &str, value: &'a str) -> Result<&'a str, Status> {
+    if value.is_empty() {
+        return Err(Status::invalid_argument(format!("{name} is required")));
+    }
+    if value.len() > MAX_URL_LEN {
+        return Err(Status::invalid_argument(format!(
+            "{name} is longer than {MAX_URL_LEN} characters"
+        )));
+    }
+    Ok(value)
+}
 
 /// Largest `quantity` a single CheckLimit may ask about.
 const MAX_QUANTITY: i64 = 1_000_000;
@@ -98,5 +146,113 @@ impl BillingService for BillingApi {
             .await
             .map_err(store_status)?;
         Ok(Response::new(limit_check_to_proto(check)))
+    }
+
+    async fn create_checkout_session(
+        &self,
+        request: Request<CreateCheckoutSessionRequest>,
+    ) -> Result<Response<CreateCheckoutSessionResponse>, Status> {
+        let caller = caller(&request)?;
+        let body = request.get_ref();
+        let provider = payment_provider_from_proto(body.provider)?;
+        let tier = tier_from_proto(body.tier)?;
+        let session = self
+            .billing
+            .create_checkout(NewCheckout {
+                user: &caller.user_id,
+                email: caller.email.as_deref(),
+                provider,
+                tier,
+                success_url: url_field("success_url", &body.success_url)?,
+                cancel_url: url_field("cancel_url", &body.cancel_url)?,
+                phone_number: Some(body.phone_number.as_str()).filter(|p| !p.is_empty()),
+            })
+            .await
+            .map_err(billing_status)?;
+        Ok(Response::new(CreateCheckoutSessionResponse {
+            session_id: session.id,
+            url: session.url,
+            provider: payment_provider_value(provider),
+        }))
+    }
+
+    async fn change_plan(
+        &self,
+        request: Request<ChangePlanRequest>,
+    ) -> Result<Response<ChangePlanResponse>, Status> {
+        let caller = caller(&request)?;
+        let tier = tier_from_proto(request.get_ref().tier)?;
+        let entitlement = self
+            .billing
+            .change_plan(&caller.user_id, tier)
+            .await
+            .map_err(billing_status)?;
+        Ok(Response::new(ChangePlanResponse {
+            subscription: Some(subscription_to_proto(&entitlement)),
+        }))
+    }
+
+    async fn cancel_subscription(
+        &self,
+        request: Request<CancelSubscriptionRequest>,
+    ) -> Result<Response<CancelSubscriptionResponse>, Status> {
+        let caller = caller(&request)?;
+        let entitlement = self
+            .billing
+            .set_cancel(&caller.user_id, true)
+            .await
+            .map_err(billing_status)?;
+        Ok(Response::new(CancelSubscriptionResponse {
+            subscription: Some(subscription_to_proto(&entitlement)),
+        }))
+    }
+
+    async fn resume_subscription(
+        &self,
+        request: Request<ResumeSubscriptionRequest>,
+    ) -> Result<Response<ResumeSubscriptionResponse>, Status> {
+        let caller = caller(&request)?;
+        let entitlement = self
+            .billing
+            .set_cancel(&caller.user_id, false)
+            .await
+            .map_err(billing_status)?;
+        Ok(Response::new(ResumeSubscriptionResponse {
+            subscription: Some(subscription_to_proto(&entitlement)),
+        }))
+    }
+
+    async fn create_portal_session(
+        &self,
+        request: Request<CreatePortalSessionRequest>,
+    ) -> Result<Response<CreatePortalSessionResponse>, Status> {
+        let caller = caller(&request)?;
+        let return_url = url_field("return_url", &request.get_ref().return_url)?;
+        let url = self
+            .billing
+            .portal(&caller.user_id, return_url)
+            .await
+            .map_err(billing_status)?;
+        Ok(Response::new(CreatePortalSessionResponse { url }))
+    }
+
+    async fn list_invoices(
+        &self,
+        request: Request<ListInvoicesRequest>,
+    ) -> Result<Response<ListInvoicesResponse>, Status> {
+        let caller = caller(&request)?;
+        let body = request.get_ref();
+        let page_size = u32::try_from(body.page_size)
+            .map_err(|_| Status::invalid_argument("page_size must not be negative"))?;
+        let cursor = cursor_from_token(&body.page_token)?;
+        let (invoices, next) = self
+            .billing
+            .invoices(&caller.user_id, cursor.as_ref(), page_size)
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(ListInvoicesResponse {
+            invoices: invoices.iter().map(invoice_to_proto).collect(),
+            next_page_token: next.as_ref().map(page_token).unwrap_or_default(),
+        }))
     }
 }

@@ -10,9 +10,11 @@ use crate::{
         Limit, LimitCheck, Plan, Resource, SubscriptionStatus, Tier, Usage,
         catalogue::{AuthKind, InputType, ProviderId, SyncDirection},
         integration::{Integration, IntegrationStatus},
+        invoice::{InvoiceStatus, StoredInvoice},
         subscription::PaymentProvider,
     },
     integrations::CatalogueEntry,
+    store::InvoiceCursor,
 };
 
 pub fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
@@ -54,6 +56,99 @@ fn payment_provider_to_proto(provider: Option<PaymentProvider>) -> pb::PaymentPr
         Some(PaymentProvider::Paypal) => pb::PaymentProvider::Paypal,
         Some(PaymentProvider::Mpesa) => pb::PaymentProvider::Mpesa,
     }
+}
+
+/// Reads the `tier` of a checkout or plan change; UNSPECIFIED or unknown is INVALID_ARGUMENT.
+pub fn tier_from_proto(value: i32) -> Result<Tier, Status> {
+    match pb::Tier::try_from(value) {
+        Ok(pb::Tier::Free) => Ok(Tier::Free),
+        Ok(pb::Tier::Pro) => Ok(Tier::Pro),
+        Ok(pb::Tier::Premium) => Ok(Tier::Premium),
+        Ok(pb::Tier::Unspecified) | Err(_) => Err(Status::invalid_argument(
+            "tier must be TIER_FREE, TIER_PRO or TIER_PREMIUM",
+        )),
+    }
+}
+
+/// Reads the `provider` of a checkout; UNSPECIFIED means Stripe.
+pub fn payment_provider_from_proto(value: i32) -> Result<PaymentProvider, Status> {
+    match pb::PaymentProvider::try_from(value) {
+        Ok(pb::PaymentProvider::Unspecified | pb::PaymentProvider::Stripe) => {
+            Ok(PaymentProvider::Stripe)
+        }
+        Ok(pb::PaymentProvider::Paypal) => Ok(PaymentProvider::Paypal),
+        Ok(pb::PaymentProvider::Mpesa) => Ok(PaymentProvider::Mpesa),
+        Err(_) => Err(Status::invalid_argument("unknown payment provider")),
+    }
+}
+
+pub fn payment_provider_value(provider: PaymentProvider) -> i32 {
+    payment_provider_to_proto(Some(provider)).into()
+}
+
+fn invoice_status_to_proto(status: InvoiceStatus) -> pb::InvoiceStatus {
+    match status {
+        InvoiceStatus::Draft => pb::InvoiceStatus::Draft,
+        InvoiceStatus::Open => pb::InvoiceStatus::Open,
+        InvoiceStatus::Paid => pb::InvoiceStatus::Paid,
+        InvoiceStatus::Uncollectible => pb::InvoiceStatus::Uncollectible,
+        InvoiceStatus::Void => pb::InvoiceStatus::Void,
+    }
+}
+
+pub fn invoice_to_proto(stored: &StoredInvoice) -> pb::Invoice {
+    let i = &stored.invoice;
+    let money = |amount_minor: i64| pb::Money {
+        amount_minor,
+        currency: i.currency.to_uppercase(),
+    };
+    pb::Invoice {
+        id: stored.id.clone(),
+        provider_invoice_id: i.provider_invoice_id.clone(),
+        provider: payment_provider_to_proto(Some(i.provider)).into(),
+        amount_due: Some(money(i.amount_due)),
+        amount_paid: Some(money(i.amount_paid)),
+        status: invoice_status_to_proto(i.status).into(),
+        hosted_invoice_url: i.hosted_invoice_url.clone().unwrap_or_default(),
+        invoice_pdf_url: i.invoice_pdf_url.clone().unwrap_or_default(),
+        period_start: i.period_start.map(timestamp),
+        period_end: i.period_end.map(timestamp),
+        create_time: Some(timestamp(i.created_at)),
+    }
+}
+
+/// An opaque page token: hex of `<created_at micros>:<id>`.
+pub fn page_token(cursor: &InvoiceCursor) -> String {
+    hex::encode(format!(
+        "{}:{}",
+        cursor.created_at.timestamp_micros(),
+        cursor.id
+    ))
+}
+
+/// Reads a page token from [`page_token`]; anything else is INVALID_ARGUMENT.
+pub fn cursor_from_token(token: &str) -> Result<Option<InvoiceCursor>, Status> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let invalid = || Status::invalid_argument("page_token is not one this service issued");
+    let text = hex::decode(token)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or_else(invalid)?;
+    let (micros, id) = text.split_once(':').ok_or_else(invalid)?;
+    let created_at = micros
+        .parse::<i64>()
+        .ok()
+        .and_then(DateTime::from_timestamp_micros)
+        .ok_or_else(invalid)?;
+    if id.is_empty() || id.len() > 64 {
+        return Err(invalid());
+    }
+    Ok(Some(InvoiceCursor {
+        created_at,
+        id: id.to_string(),
+    }))
 }
 
 /// Reads the `resource` field of a request; UNSPECIFIED or unknown values are INVALID_ARGUMENT.

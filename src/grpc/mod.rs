@@ -7,7 +7,7 @@ pub mod integrations;
 
 use tonic::{Request, Status};
 
-use crate::{auth::Caller, store::StoreError};
+use crate::{auth::Caller, store::StoreError, telemetry::error_chain};
 
 /// Generated protobuf and gRPC code (in OUT_DIR) and the descriptor set for reflection.
 pub mod proto {
@@ -50,15 +50,4 @@ pub(crate) fn store_status(error: StoreError) -> Status {
         tracing::error!(error = %chain, "storage error");
         Status::internal("internal error")
     }
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

@@ -10,6 +10,7 @@ use super::StoreError;
 use crate::domain::{
     UserId,
     integration::Integration,
+    invoice::{Invoice, InvoiceStatus, StoredInvoice},
     subscription::{PaymentProvider, Subscription},
 };
 
@@ -109,3 +110,101 @@ impl From<UsageRow> for crate::domain::Usage {
 pub(super) const USAGE_QUERY: &str = "SELECT \
      (SELECT COUNT(*) FROM cards WHERE user_id = $1) AS cards, \
      (SELECT COUNT(*) FROM contacts WHERE user_id = $1) AS contacts";
+
+#[derive(sqlx::FromRow)]
+pub(super) struct InvoiceRow {
+    id: String,
+    user_id: String,
+    provider: String,
+    provider_invoice_id: String,
+    provider_subscription_id: Option<String>,
+    amount_due: i64,
+    amount_paid: i64,
+    currency: String,
+    status: String,
+    hosted_invoice_url: Option<String>,
+    invoice_pdf_url: Option<String>,
+    period_start: Option<DateTime<Utc>>,
+    period_end: Option<DateTime<Utc>>,
+    provider_created_at: DateTime<Utc>,
+}
+
+impl TryFrom<InvoiceRow> for StoredInvoice {
+    type Error = StoreError;
+
+    fn try_from(row: InvoiceRow) -> Result<Self, Self::Error> {
+        Ok(StoredInvoice {
+            id: row.id,
+            invoice: Invoice {
+                user_id: UserId::parse(row.user_id).map_err(corrupt)?,
+                provider: row.provider.parse().map_err(corrupt)?,
+                provider_invoice_id: row.provider_invoice_id,
+                provider_subscription_id: row.provider_subscription_id,
+                amount_due: row.amount_due,
+                amount_paid: row.amount_paid,
+                currency: row.currency,
+                status: row.status.parse().map_err(corrupt)?,
+                hosted_invoice_url: row.hosted_invoice_url,
+                invoice_pdf_url: row.invoice_pdf_url,
+                period_start: row.period_start,
+                period_end: row.period_end,
+                created_at: row.provider_created_at,
+            },
+        })
+    }
+}
+
+/// Columns of [`InvoiceRow`] after `SELECT <id expression>, ` (a macro so `concat!` can use it).
+macro_rules! invoice_columns {
+    () => {
+        "user_id, provider, provider_invoice_id, provider_subscription_id, amount_due, \
+         amount_paid, currency, status, hosted_invoice_url, invoice_pdf_url, period_start, \
+         period_end, provider_created_at"
+    };
+}
+pub(super) use invoice_columns;
+
+#[derive(sqlx::FromRow)]
+pub(super) struct ActivityRow {
+    kind: String,
+    message: String,
+    details: Json<serde_json::Value>,
+    created_at: DateTime<Utc>,
+}
+
+impl From<ActivityRow> for super::ActivityRecord {
+    fn from(row: ActivityRow) -> Self {
+        Self {
+            kind: row.kind,
+            message: row.message,
+            details: row.details.0,
+            created_at: row.created_at,
+        }
+    }
+}
+
+pub(super) const SAVE_SUBSCRIPTION: &str = "UPDATE subscriptions SET tier = $2, status = $3, \
+     provider = $4, provider_customer_id = $5, provider_subscription_id = $6, \
+     current_period_start = $7, current_period_end = $8, cancel_at_period_end = $9, \
+     cancel_at = $10, past_due_since = $11 WHERE user_id = $1";
+
+pub(super) const ENSURE_SUBSCRIPTION: &str = "INSERT INTO subscriptions (user_id, tier, status) \
+     VALUES ($1, 'free', 'active') ON CONFLICT (user_id) DO NOTHING";
+
+pub(super) const RECORD_WEBHOOK: &str = "INSERT INTO webhook_inbox (provider, event_id, event_type) \
+     VALUES ($1, $2, $3) ON CONFLICT (provider, event_id) DO NOTHING";
+
+pub(super) const INVOICE_STATUS: &str =
+    "SELECT status FROM invoices WHERE provider = $1 AND provider_invoice_id = $2";
+
+pub(super) const LOG_ACTIVITY: &str =
+    "INSERT INTO activity_logs (user_id, kind, message, details) VALUES ($1, $2, $3, $4)";
+
+pub(super) fn parse_invoice_status(
+    status: Option<String>,
+) -> Result<Option<InvoiceStatus>, StoreError> {
+    status
+        .map(|s| s.parse::<InvoiceStatus>())
+        .transpose()
+        .map_err(corrupt)
+}

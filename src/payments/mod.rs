@@ -1,0 +1,254 @@
+//! Payment providers behind one trait. Stripe is implemented (`stripe`); PayPal and M-Pesa
+//! answer "not available" until their issue lands (`unavailable`).
+//!
+//! Everything crossing the trait is provider-neutral: the use cases in `billing` and
+//! `billing_webhook` never see a Stripe type.
+
+pub mod stripe;
+mod stripe_event;
+pub mod stripe_signature;
+pub mod unavailable;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::domain::{
+    Tier, UserId,
+    invoice::{Invoice, InvoiceStatus},
+    reconcile::RemoteSubscription,
+    subscription::PaymentProvider,
+};
+
+/// A failed call to a payment provider. Messages are safe to show: they never carry a key.
+#[derive(Debug, thiserror::Error)]
+pub enum PaymentError {
+    /// The provider is not configured or not built yet.
+    #[error("{0}")]
+    NotAvailable(String),
+    /// The provider refused the request (a 4xx): retrying the same request will not help.
+    #[error("the payment provider refused the request: {0}")]
+    Rejected(String),
+    /// The object does not exist at the provider.
+    #[error("not found at the payment provider: {0}")]
+    NotFound(String),
+    /// The provider could not be reached, timed out or failed (a 5xx): try again later.
+    #[error("the payment provider is unavailable: {0}")]
+    Unavailable(String),
+    /// The provider answered something this version cannot read.
+    #[error("unexpected answer from the payment provider: {0}")]
+    Malformed(String),
+}
+
+/// What a checkout needs.
+#[derive(Debug, Clone)]
+pub struct CheckoutRequest<'a> {
+    pub user: &'a UserId,
+    pub customer_id: &'a str,
+    pub tier: Tier,
+    pub success_url: &'a str,
+    pub cancel_url: &'a str,
+    /// For providers that charge a phone (M-Pesa).
+    pub phone_number: Option<&'a str>,
+}
+
+/// A checkout the user is sent to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckoutSession {
+    pub id: String,
+    pub url: String,
+}
+
+/// An invoice as the provider reports it right now (no user yet: the caller knows whose it is).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteInvoice {
+    pub provider: PaymentProvider,
+    pub id: String,
+    pub customer_id: Option<String>,
+    pub subscription_id: Option<String>,
+    pub amount_due: i64,
+    pub amount_paid: i64,
+    pub currency: String,
+    pub status: InvoiceStatus,
+    pub hosted_invoice_url: Option<String>,
+    pub invoice_pdf_url: Option<String>,
+    pub period_start: Option<DateTime<Utc>>,
+    pub period_end: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl RemoteInvoice {
+    pub fn for_user(self, user_id: UserId) -> Invoice {
+        Invoice {
+            user_id,
+            provider: self.provider,
+            provider_invoice_id: self.id,
+            provider_subscription_id: self.subscription_id,
+            amount_due: self.amount_due,
+            amount_paid: self.amount_paid,
+            currency: self.currency,
+            status: self.status,
+            hosted_invoice_url: self.hosted_invoice_url,
+            invoice_pdf_url: self.invoice_pdf_url,
+            period_start: self.period_start,
+            period_end: self.period_end,
+            created_at: self.created_at,
+        }
+    }
+}
+
+/// A verified webhook event, reduced to what this service acts on. Events are triggers: the
+/// objects they name are fetched again before anything is stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookEvent {
+    pub id: String,
+    pub event_type: String,
+    pub created: DateTime<Utc>,
+    /// The provider's customer the event is about, when it names one.
+    pub customer_id: Option<String>,
+    pub action: EventAction,
+}
+
+/// What an event asks this service to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventAction {
+    /// A checkout finished: link the customer and subscription to the user it was made for.
+    CheckoutCompleted {
+        user_ref: Option<String>,
+        subscription_id: Option<String>,
+    },
+    /// A subscription changed: fetch it and apply its current state.
+    SubscriptionChanged { subscription_id: String },
+    /// An invoice changed: fetch it (and its subscription) and store it.
+    InvoiceChanged {
+        invoice_id: String,
+        subscription_id: Option<String>,
+        outcome: InvoiceOutcome,
+    },
+    /// A trial ends soon: worth an activity entry.
+    TrialWillEnd {
+        subscription_id: String,
+        trial_end: Option<DateTime<Utc>>,
+    },
+    /// Verified and recorded, nothing else to do.
+    Ignore,
+}
+
+/// Which invoice event it was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InvoiceOutcome {
+    Paid,
+    PaymentFailed,
+    ActionRequired,
+}
+
+/// Why a webhook delivery was refused before any processing (answered with 400).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum WebhookRejection {
+    #[error("missing signature header")]
+    MissingSignature,
+    #[error("malformed signature header")]
+    MalformedSignature,
+    #[error("signature timestamp outside the tolerance")]
+    StaleTimestamp,
+    #[error("no signature matches")]
+    BadSignature,
+    #[error("malformed event: {0}")]
+    BadPayload(String),
+}
+
+/// One payment provider. Every method is required: a provider that cannot do something says so
+/// with [`PaymentError::NotAvailable`].
+#[async_trait]
+pub trait PaymentGateway: Send + Sync + 'static {
+    /// Which provider this is.
+    fn provider(&self) -> PaymentProvider;
+
+    /// Creates the provider's customer for `user` (idempotently) and returns its id.
+    async fn create_customer(
+        &self,
+        user: &UserId,
+        email: Option<&str>,
+    ) -> Result<String, PaymentError>;
+
+    /// Starts a checkout for a new subscription.
+    async fn create_checkout(
+        &self,
+        request: &CheckoutRequest<'_>,
+    ) -> Result<CheckoutSession, PaymentError>;
+
+    /// Switches a subscription to `tier`'s price, prorating the difference.
+    async fn change_tier(
+        &self,
+        subscription_id: &str,
+        tier: Tier,
+    ) -> Result<RemoteSubscription, PaymentError>;
+
+    /// Sets or clears cancellation at the end of the current period.
+    async fn set_cancel_at_period_end(
+        &self,
+        subscription_id: &str,
+        cancel: bool,
+    ) -> Result<RemoteSubscription, PaymentError>;
+
+    /// A self-service page for cards and invoices.
+    async fn create_portal(
+        &self,
+        customer_id: &str,
+        return_url: &str,
+    ) -> Result<String, PaymentError>;
+
+    /// The subscription's current state at the provider.
+    async fn fetch_subscription(
+        &self,
+        subscription_id: &str,
+    ) -> Result<RemoteSubscription, PaymentError>;
+
+    /// The invoice's current state at the provider.
+    async fn fetch_invoice(&self, invoice_id: &str) -> Result<RemoteInvoice, PaymentError>;
+
+    /// Verifies a webhook delivery over its raw bytes and reads what it asks for.
+    fn verify_webhook(
+        &self,
+        signature: Option<&str>,
+        body: &[u8],
+        now: DateTime<Utc>,
+    ) -> Result<WebhookEvent, WebhookRejection>;
+}
+
+/// The configured gateways, by provider.
+pub struct Gateways {
+    stripe: Option<Arc<dyn PaymentGateway>>,
+    paypal: Arc<dyn PaymentGateway>,
+    mpesa: Arc<dyn PaymentGateway>,
+}
+
+/// The message every payment RPC answers when Stripe is not configured.
+pub const NOT_CONFIGURED: &str = "payments are not configured";
+
+impl Gateways {
+    pub fn new(stripe: Option<Arc<dyn PaymentGateway>>) -> Self {
+        Self {
+            stripe,
+            paypal: Arc::new(unavailable::Unavailable::new(PaymentProvider::Paypal)),
+            mpesa: Arc::new(unavailable::Unavailable::new(PaymentProvider::Mpesa)),
+        }
+    }
+
+    /// The gateway of `provider`, or why there is none.
+    pub fn get(&self, provider: PaymentProvider) -> Result<&Arc<dyn PaymentGateway>, PaymentError> {
+        match provider {
+            PaymentProvider::Stripe => self
+                .stripe
+                .as_ref()
+                .ok_or_else(|| PaymentError::NotAvailable(NOT_CONFIGURED.into())),
+            PaymentProvider::Paypal => Ok(&self.paypal),
+            PaymentProvider::Mpesa => Ok(&self.mpesa),
+        }
+    }
+
+    pub fn stripe_configured(&self) -> bool {
+        self.stripe.is_some()
+    }
+}

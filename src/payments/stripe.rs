@@ -1,0 +1,386 @@
+//! Stripe, through async-stripe. Requests go to `STRIPE_API_BASE` (tests use a local fake).
+//!
+//! Every POST carries an `Idempotency-Key`: customer creation uses a key derived from the user
+//! (concurrent or retried creations return the same customer), other POSTs one random key per
+//! call, kept across async-stripe's retries. Reads are sent once and fail fast: the webhook
+//! caller answers 5xx and Stripe redelivers.
+
+use std::{collections::HashMap, time::Duration};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use secrecy::ExposeSecret;
+use sha2::{Digest, Sha256};
+use stripe::{Client, ClientBuilder, IdempotencyKey, RequestStrategy, StripeError, StripeRequest};
+use stripe_billing::{
+    billing_portal_session::CreateBillingPortalSession,
+    invoice::RetrieveInvoice,
+    subscription::{
+        RetrieveSubscription, UpdateSubscription, UpdateSubscriptionItems,
+        UpdateSubscriptionProrationBehavior,
+    },
+};
+use stripe_checkout::checkout_session::{
+    CreateCheckoutSession, CreateCheckoutSessionLineItems, CreateCheckoutSessionSubscriptionData,
+};
+use stripe_core::customer::CreateCustomer;
+use stripe_shared::{CheckoutSessionMode, InvoiceStatus as StripeInvoiceStatus};
+use url::Url;
+
+use super::{
+    CheckoutRequest, CheckoutSession, PaymentError, PaymentGateway, RemoteInvoice, WebhookEvent,
+    WebhookRejection, stripe_event, stripe_signature::SignatureVerifier,
+};
+use crate::{
+    config::StripeConfig,
+    domain::{
+        Tier, UserId,
+        invoice::InvoiceStatus,
+        reconcile::RemoteSubscription,
+        subscription::{PaymentProvider, SubscriptionStatus},
+    },
+};
+
+/// Per-attempt timeout of a Stripe request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Attempts of a POST (same idempotency key each time) before giving up.
+const POST_ATTEMPTS: u32 = 3;
+
+pub struct StripeGateway {
+    client: Client,
+    price_pro: String,
+    price_premium: String,
+    verifier: SignatureVerifier,
+}
+
+impl StripeGateway {
+    pub fn new(
+        config: &StripeConfig,
+        api_base: &Url,
+        tolerance: Duration,
+    ) -> Result<Self, PaymentError> {
+        let client = ClientBuilder::new(config.secret_key.expose_secret())
+            .url(api_base.as_str())
+            .timeout(REQUEST_TIMEOUT)
+            .request_strategy(RequestStrategy::Once)
+            .build()
+            .map_err(|e| {
+                PaymentError::NotAvailable(format!("cannot build the Stripe client: {e}"))
+            })?;
+        Ok(Self {
+            client,
+            price_pro: config.price_id_pro.clone(),
+            price_premium: config.price_id_premium.clone(),
+            verifier: SignatureVerifier::new(config.webhook_secrets.clone(), tolerance),
+        })
+    }
+
+    fn price_of(&self, tier: Tier) -> Result<&str, PaymentError> {
+        match tier {
+            Tier::Pro => Ok(&self.price_pro),
+            Tier::Premium => Ok(&self.price_premium),
+            Tier::Free => Err(PaymentError::Rejected("FREE has no price".into())),
+        }
+    }
+
+    fn tier_of(&self, price_id: &str) -> Option<Tier> {
+        if price_id == self.price_pro {
+            Some(Tier::Pro)
+        } else if price_id == self.price_premium {
+            Some(Tier::Premium)
+        } else {
+            None
+        }
+    }
+
+    fn remote_subscription(
+        &self,
+        sub: &stripe_shared::Subscription,
+    ) -> Result<RemoteSubscription, PaymentError> {
+        // One item per subscription is ours; its period is the subscription's (API versions
+        // since 2025-03-31 keep periods on items only).
+        let item = sub.items.data.first();
+        let price_id = item.map(|i| i.price.id.as_str().to_string());
+        let tier = price_id.as_deref().and_then(|p| self.tier_of(p));
+        if tier.is_none() {
+            tracing::warn!(
+                subscription_id = %sub.id.as_str(),
+                price_id = price_id.as_deref().unwrap_or("none"),
+                "Stripe subscription has a price that is not STRIPE_PRICE_ID_PRO or STRIPE_PRICE_ID_PREMIUM"
+            );
+        }
+        Ok(RemoteSubscription {
+            provider: PaymentProvider::Stripe,
+            id: sub.id.as_str().to_string(),
+            customer_id: sub.customer.id().as_str().to_string(),
+            status: status_of(&sub.status)?,
+            tier,
+            current_period_start: item.and_then(|i| time(i.current_period_start)),
+            current_period_end: item.and_then(|i| time(i.current_period_end)),
+            cancel_at_period_end: sub.cancel_at_period_end,
+            cancel_at: sub.cancel_at.and_then(time),
+        })
+    }
+}
+
+fn time(t: i64) -> Option<DateTime<Utc>> {
+    DateTime::from_timestamp(t, 0)
+}
+
+fn status_of(
+    status: &stripe_shared::SubscriptionStatus,
+) -> Result<SubscriptionStatus, PaymentError> {
+    use stripe_shared::SubscriptionStatus as S;
+    Ok(match status {
+        S::Active => SubscriptionStatus::Active,
+        S::Canceled => SubscriptionStatus::Canceled,
+        S::Incomplete => SubscriptionStatus::Incomplete,
+        S::IncompleteExpired => SubscriptionStatus::IncompleteExpired,
+        S::PastDue => SubscriptionStatus::PastDue,
+        S::Paused => SubscriptionStatus::Paused,
+        S::Trialing => SubscriptionStatus::Trialing,
+        S::Unpaid => SubscriptionStatus::Unpaid,
+        other => {
+            return Err(PaymentError::Malformed(format!(
+                "unknown subscription status {:?}",
+                other.as_str()
+            )));
+        }
+    })
+}
+
+fn invoice_status_of(status: Option<&StripeInvoiceStatus>) -> Result<InvoiceStatus, PaymentError> {
+    Ok(match status {
+        Some(StripeInvoiceStatus::Draft) | None => InvoiceStatus::Draft,
+        Some(StripeInvoiceStatus::Open) => InvoiceStatus::Open,
+        Some(StripeInvoiceStatus::Paid) => InvoiceStatus::Paid,
+        Some(StripeInvoiceStatus::Uncollectible) => InvoiceStatus::Uncollectible,
+        Some(StripeInvoiceStatus::Void) => InvoiceStatus::Void,
+        Some(other) => {
+            return Err(PaymentError::Malformed(format!(
+                "unknown invoice status {:?}",
+                other.as_str()
+            )));
+        }
+    })
+}
+
+/// Sorts a Stripe failure into what the caller can do about it. Stripe's message is kept (it
+/// names the parameter, never a key); the key itself is never part of an error.
+fn classify(error: StripeError) -> PaymentError {
+    match error {
+        StripeError::Stripe(api, status) => {
+            let message = api.message.clone().unwrap_or_else(|| "no message".into());
+            match status {
+                404 => PaymentError::NotFound(message),
+                400..=499 if status != 409 && status != 429 => PaymentError::Rejected(message),
+                _ => PaymentError::Unavailable(format!("status {status}: {message}")),
+            }
+        }
+        StripeError::JSONDeserialize(e) => PaymentError::Malformed(e),
+        StripeError::ClientError(e) => PaymentError::Unavailable(e),
+        StripeError::Timeout => PaymentError::Unavailable("timed out".into()),
+        StripeError::ConfigError(e) => PaymentError::NotAvailable(e),
+    }
+}
+
+/// One random key per logical call; async-stripe resends it on each retry.
+fn post_strategy() -> RequestStrategy {
+    RequestStrategy::ExponentialBackoff(POST_ATTEMPTS)
+}
+
+fn metadata(user: &UserId) -> HashMap<String, String> {
+    HashMap::from([("user_id".to_string(), user.to_string())])
+}
+
+#[async_trait]
+impl PaymentGateway for StripeGateway {
+    fn provider(&self) -> PaymentProvider {
+        PaymentProvider::Stripe
+    }
+
+    #[tracing::instrument(skip_all, fields(user_id = %user))]
+    async fn create_customer(
+        &self,
+        user: &UserId,
+        email: Option<&str>,
+    ) -> Result<String, PaymentError> {
+        // The same user (and email) always sends the same key, so two concurrent first
+        // checkouts, or a retry after a lost answer, get one customer.
+        let digest = Sha256::digest(format!("{user}\0{}", email.unwrap_or_default()));
+        let key = IdempotencyKey::new(format!("nexus-customer-{}", hex::encode(digest)))
+            .map_err(|e| PaymentError::Malformed(e.to_string()))?;
+        let mut request = CreateCustomer::new().metadata(metadata(user));
+        if let Some(email) = email {
+            request = request.email(email);
+        }
+        let customer = request
+            .customize()
+            .request_strategy(RequestStrategy::Idempotent(key))
+            .send(&self.client)
+            .await
+            .map_err(classify)?;
+        Ok(customer.id.as_str().to_string())
+    }
+
+    #[tracing::instrument(skip_all, fields(user_id = %request.user, tier = %request.tier))]
+    async fn create_checkout(
+        &self,
+        request: &CheckoutRequest<'_>,
+    ) -> Result<CheckoutSession, PaymentError> {
+        let price = self.price_of(request.tier)?;
+        let mut line = CreateCheckoutSessionLineItems::new();
+        line.price = Some(price.to_string());
+        line.quantity = Some(1);
+        let mut subscription_data = CreateCheckoutSessionSubscriptionData::new();
+        subscription_data.metadata = Some(metadata(request.user));
+        let session = CreateCheckoutSession::new()
+            .mode(CheckoutSessionMode::Subscription)
+            .customer(request.customer_id)
+            .client_reference_id(request.user.as_str())
+            .metadata(metadata(request.user))
+            .line_items(vec![line])
+            .subscription_data(subscription_data)
+            .success_url(request.success_url)
+            .cancel_url(request.cancel_url)
+            .customize()
+            .request_strategy(post_strategy())
+            .send(&self.client)
+            .await
+            .map_err(classify)?;
+        let url = session
+            .url
+            .ok_or_else(|| PaymentError::Malformed("checkout session without a URL".into()))?;
+        Ok(CheckoutSession {
+            id: session.id.as_str().to_string(),
+            url,
+        })
+    }
+
+    #[tracing::instrument(skip_all, fields(subscription_id, tier = %tier))]
+    async fn change_tier(
+        &self,
+        subscription_id: &str,
+        tier: Tier,
+    ) -> Result<RemoteSubscription, PaymentError> {
+        let price = self.price_of(tier)?;
+        let current = RetrieveSubscription::new(subscription_id)
+            .send(&self.client)
+            .await
+            .map_err(classify)?;
+        let item = current
+            .items
+            .data
+            .first()
+            .ok_or_else(|| PaymentError::Malformed("subscription without items".into()))?;
+        let mut change = UpdateSubscriptionItems::new();
+        change.id = Some(item.id.as_str().to_string());
+        change.price = Some(price.to_string());
+        let updated = UpdateSubscription::new(subscription_id)
+            .items(vec![change])
+            .proration_behavior(UpdateSubscriptionProrationBehavior::CreateProrations)
+            .cancel_at_period_end(false)
+            .customize()
+            .request_strategy(post_strategy())
+            .send(&self.client)
+            .await
+            .map_err(classify)?;
+        self.remote_subscription(&updated)
+    }
+
+    #[tracing::instrument(skip_all, fields(subscription_id, cancel))]
+    async fn set_cancel_at_period_end(
+        &self,
+        subscription_id: &str,
+        cancel: bool,
+    ) -> Result<RemoteSubscription, PaymentError> {
+        let updated = UpdateSubscription::new(subscription_id)
+            .cancel_at_period_end(cancel)
+            .customize()
+            .request_strategy(post_strategy())
+            .send(&self.client)
+            .await
+            .map_err(classify)?;
+        self.remote_subscription(&updated)
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn create_portal(
+        &self,
+        customer_id: &str,
+        return_url: &str,
+    ) -> Result<String, PaymentError> {
+        let session = CreateBillingPortalSession::new()
+            .customer(customer_id)
+            .return_url(return_url)
+            .customize()
+            .request_strategy(post_strategy())
+            .send(&self.client)
+            .await
+            .map_err(classify)?;
+        Ok(session.url)
+    }
+
+    #[tracing::instrument(skip_all, fields(subscription_id))]
+    async fn fetch_subscription(
+        &self,
+        subscription_id: &str,
+    ) -> Result<RemoteSubscription, PaymentError> {
+        let sub = RetrieveSubscription::new(subscription_id)
+            .send(&self.client)
+            .await
+            .map_err(classify)?;
+        self.remote_subscription(&sub)
+    }
+
+    #[tracing::instrument(skip_all, fields(invoice_id))]
+    async fn fetch_invoice(&self, invoice_id: &str) -> Result<RemoteInvoice, PaymentError> {
+        let invoice = RetrieveInvoice::new(invoice_id)
+            .send(&self.client)
+            .await
+            .map_err(classify)?;
+        let subscription_id = invoice
+            .parent
+            .as_ref()
+            .and_then(|p| p.subscription_details.as_ref())
+            .map(|d| d.subscription.id().as_str().to_string())
+            .or_else(|| {
+                invoice
+                    .subscription
+                    .as_ref()
+                    .map(|s| s.id().as_str().to_string())
+            });
+        Ok(RemoteInvoice {
+            provider: PaymentProvider::Stripe,
+            id: invoice
+                .id
+                .as_ref()
+                .map(|id| id.as_str().to_string())
+                .unwrap_or_else(|| invoice_id.to_string()),
+            customer_id: invoice
+                .customer
+                .as_ref()
+                .map(|c| c.id().as_str().to_string()),
+            subscription_id,
+            amount_due: invoice.amount_due,
+            amount_paid: invoice.amount_paid,
+            currency: invoice.currency.to_string(),
+            status: invoice_status_of(invoice.status.as_ref())?,
+            hosted_invoice_url: invoice.hosted_invoice_url.clone(),
+            invoice_pdf_url: invoice.invoice_pdf.clone(),
+            period_start: time(invoice.period_start),
+            period_end: time(invoice.period_end),
+            created_at: time(invoice.created).unwrap_or_else(Utc::now),
+        })
+    }
+
+    fn verify_webhook(
+        &self,
+        signature: Option<&str>,
+        body: &[u8],
+        now: DateTime<Utc>,
+    ) -> Result<WebhookEvent, WebhookRejection> {
+        self.verifier.verify(signature, body, now.timestamp())?;
+        stripe_event::parse(body)
+    }
+}

@@ -1,0 +1,137 @@
+//! The one implementation of [`super::BillingTx`], generated for each backend's transaction
+//! type: the SQL is shared, only the row-locking clause and the id type differ.
+
+/// `billing_tx!(Type, Database, lock_clause, id_cast)` implements `BillingTx` for
+/// `Type(sqlx::Transaction<'static, Database>)`.
+macro_rules! billing_tx {
+    ($name:ident, $db:ty, lock: $lock:literal, id_cast: $cast:literal) => {
+        pub struct $name(sqlx::Transaction<'static, $db>);
+
+        #[async_trait::async_trait]
+        impl $crate::store::BillingTx for $name {
+            async fn record_webhook(
+                &mut self,
+                provider: $crate::domain::subscription::PaymentProvider,
+                event_id: &str,
+                event_type: &str,
+            ) -> Result<bool, $crate::store::StoreError> {
+                let done = sqlx::query($crate::store::rows::RECORD_WEBHOOK)
+                    .bind(provider.as_str())
+                    .bind(event_id)
+                    .bind(event_type)
+                    .execute(&mut *self.0)
+                    .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn lock_subscription(
+                &mut self,
+                user: &$crate::domain::UserId,
+            ) -> Result<$crate::domain::Subscription, $crate::store::StoreError> {
+                sqlx::query($crate::store::rows::ENSURE_SUBSCRIPTION)
+                    .bind(user.as_str())
+                    .execute(&mut *self.0)
+                    .await?;
+                let row: $crate::store::rows::SubscriptionRow = sqlx::query_as(concat!(
+                    "SELECT user_id, tier, status, provider, provider_customer_id, \
+                     provider_subscription_id, current_period_start, current_period_end, \
+                     cancel_at_period_end, cancel_at, past_due_since FROM subscriptions \
+                     WHERE user_id = $1",
+                    $lock
+                ))
+                .bind(user.as_str())
+                .fetch_one(&mut *self.0)
+                .await?;
+                row.try_into()
+            }
+
+            async fn save_subscription(
+                &mut self,
+                s: &$crate::domain::Subscription,
+            ) -> Result<(), $crate::store::StoreError> {
+                sqlx::query($crate::store::rows::SAVE_SUBSCRIPTION)
+                    .bind(s.user_id.as_str())
+                    .bind(s.tier.as_str())
+                    .bind(s.status.as_str())
+                    .bind(s.provider.map(|p| p.as_str()))
+                    .bind(s.provider_customer_id.as_deref())
+                    .bind(s.provider_subscription_id.as_deref())
+                    .bind(s.current_period_start)
+                    .bind(s.current_period_end)
+                    .bind(s.cancel_at_period_end)
+                    .bind(s.cancel_at)
+                    .bind(s.past_due_since)
+                    .execute(&mut *self.0)
+                    .await?;
+                Ok(())
+            }
+
+            async fn save_invoice(
+                &mut self,
+                i: &$crate::domain::invoice::Invoice,
+            ) -> Result<Option<$crate::domain::invoice::InvoiceStatus>, $crate::store::StoreError>
+            {
+                let before: Option<String> = sqlx::query_scalar($crate::store::rows::INVOICE_STATUS)
+                    .bind(i.provider.as_str())
+                    .bind(&i.provider_invoice_id)
+                    .fetch_optional(&mut *self.0)
+                    .await?;
+                // An invoice never moves to another user: the update applies only to the
+                // row of the same user.
+                sqlx::query(concat!(
+                    "INSERT INTO invoices (id, user_id, provider, provider_invoice_id, \
+                     provider_subscription_id, amount_due, amount_paid, currency, status, \
+                     hosted_invoice_url, invoice_pdf_url, period_start, period_end, \
+                     provider_created_at) VALUES ($1",
+                    $cast,
+                    ", $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+                     ON CONFLICT (provider, provider_invoice_id) DO UPDATE SET \
+                     provider_subscription_id = excluded.provider_subscription_id, \
+                     amount_due = excluded.amount_due, amount_paid = excluded.amount_paid, \
+                     currency = excluded.currency, status = excluded.status, \
+                     hosted_invoice_url = excluded.hosted_invoice_url, \
+                     invoice_pdf_url = excluded.invoice_pdf_url, \
+                     period_start = excluded.period_start, period_end = excluded.period_end \
+                     WHERE invoices.user_id = excluded.user_id"
+                ))
+                .bind(uuid::Uuid::new_v4().to_string())
+                .bind(i.user_id.as_str())
+                .bind(i.provider.as_str())
+                .bind(&i.provider_invoice_id)
+                .bind(i.provider_subscription_id.as_deref())
+                .bind(i.amount_due)
+                .bind(i.amount_paid)
+                .bind(&i.currency)
+                .bind(i.status.as_str())
+                .bind(i.hosted_invoice_url.as_deref())
+                .bind(i.invoice_pdf_url.as_deref())
+                .bind(i.period_start)
+                .bind(i.period_end)
+                .bind(i.created_at)
+                .execute(&mut *self.0)
+                .await?;
+                $crate::store::rows::parse_invoice_status(before)
+            }
+
+            async fn log_activity(
+                &mut self,
+                user: &$crate::domain::UserId,
+                activity: &$crate::domain::activity::Activity,
+            ) -> Result<(), $crate::store::StoreError> {
+                sqlx::query($crate::store::rows::LOG_ACTIVITY)
+                    .bind(user.as_str())
+                    .bind(activity.kind)
+                    .bind(&activity.message)
+                    .bind(sqlx::types::Json(&activity.details))
+                    .execute(&mut *self.0)
+                    .await?;
+                Ok(())
+            }
+
+            async fn commit(self: Box<Self>) -> Result<(), $crate::store::StoreError> {
+                self.0.commit().await?;
+                Ok(())
+            }
+        }
+    };
+}

@@ -1,0 +1,452 @@
+//! A local fake of the few Stripe endpoints the service calls, built from Stripe's own example
+//! objects (tests/fixtures/stripe/fixtures.json, from stripe/openapi, MIT) so async-stripe can
+//! parse every answer. It keeps state (customers, subscriptions, invoices), records what it
+//! received, and can be told to fail. Also signs webhook events exactly as Stripe does.
+//!
+//! Shared with the benchmark (`benches/webhook_throughput.rs`), so it only uses what both have.
+
+#![allow(dead_code)]
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use hmac::{Hmac, KeyInit, Mac};
+use serde_json::{Value, json};
+use sha2::Sha256;
+use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate, matchers::any};
+
+pub const SECRET_KEY: &str = "sk_test_fake_0123456789";
+pub const WEBHOOK_SECRET: &str = "whsec_test_secret";
+pub const PRICE_PRO: &str = "price_pro_test";
+pub const PRICE_PREMIUM: &str = "price_premium_test";
+
+const FIXTURES: &str = include_str!("../fixtures/stripe/fixtures.json");
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One request the fake received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub method: String,
+    pub path: String,
+    pub idempotency_key: Option<String>,
+    pub authorization: Option<String>,
+    pub form: HashMap<String, String>,
+}
+
+#[derive(Default)]
+struct State {
+    customers: HashMap<String, Value>,
+    subscriptions: HashMap<String, Value>,
+    invoices: HashMap<String, Value>,
+    /// Idempotency key -> the answer given, as Stripe replays it.
+    replays: HashMap<String, Value>,
+    received: Vec<Received>,
+    fail_reads: bool,
+}
+
+/// The fake Stripe API.
+pub struct FakeStripe {
+    pub server: MockServer,
+    state: Arc<Mutex<State>>,
+    fixtures: Arc<Value>,
+    counter: Arc<AtomicU64>,
+}
+
+/// The state of a subscription at the fake.
+#[derive(Debug, Clone)]
+pub struct SubSpec<'a> {
+    pub id: &'a str,
+    pub customer: &'a str,
+    pub price: &'a str,
+    pub status: &'a str,
+    pub period_start: i64,
+    pub period_end: i64,
+    pub cancel_at_period_end: bool,
+}
+
+/// The state of an invoice at the fake.
+#[derive(Debug, Clone)]
+pub struct InvoiceSpec<'a> {
+    pub id: &'a str,
+    pub customer: &'a str,
+    pub subscription: &'a str,
+    pub status: &'a str,
+    pub amount_due: i64,
+    pub amount_paid: i64,
+    pub created: i64,
+}
+
+impl FakeStripe {
+    pub async fn start() -> Self {
+        let server = MockServer::start().await;
+        let state = Arc::new(Mutex::new(State::default()));
+        let fixtures: Value =
+            serde_json::from_str(FIXTURES).unwrap_or_else(|e| panic!("fixtures: {e}"));
+        let fixtures = Arc::new(fixtures["resources"].clone());
+        let counter = Arc::new(AtomicU64::new(0));
+        Mock::given(any())
+            .respond_with(Handler {
+                state: Arc::clone(&state),
+                fixtures: Arc::clone(&fixtures),
+                counter: Arc::clone(&counter),
+            })
+            .mount(&server)
+            .await;
+        Self {
+            server,
+            state,
+            fixtures,
+            counter,
+        }
+    }
+
+    pub fn uri(&self) -> String {
+        self.server.uri()
+    }
+
+    /// The settings that point the service at this fake.
+    pub fn settings(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("--stripe-secret-key", SECRET_KEY.to_string()),
+            ("--stripe-webhook-secret", WEBHOOK_SECRET.to_string()),
+            ("--stripe-price-id-pro", PRICE_PRO.to_string()),
+            ("--stripe-price-id-premium", PRICE_PREMIUM.to_string()),
+            ("--stripe-api-base", self.uri()),
+        ]
+    }
+
+    /// Makes every GET fail with 500 (Stripe down) until set back.
+    pub fn fail_reads(&self, fail: bool) {
+        lock(&self.state).fail_reads = fail;
+    }
+
+    /// Every request received so far.
+    pub fn received(&self) -> Vec<Received> {
+        lock(&self.state).received.clone()
+    }
+
+    /// Requests with this method whose path starts with `prefix`.
+    pub fn requests(&self, method: &str, prefix: &str) -> Vec<Received> {
+        self.received()
+            .into_iter()
+            .filter(|r| r.method == method && r.path.starts_with(prefix))
+            .collect()
+    }
+
+    /// Creates or replaces a subscription.
+    pub fn put_subscription(&self, spec: &SubSpec<'_>) -> Value {
+        let sub = subscription_object(&self.fixtures, spec);
+        lock(&self.state)
+            .subscriptions
+            .insert(spec.id.to_string(), sub.clone());
+        sub
+    }
+
+    pub fn subscription(&self, id: &str) -> Option<Value> {
+        lock(&self.state).subscriptions.get(id).cloned()
+    }
+
+    /// Changes fields of a stored subscription (e.g. `status`).
+    pub fn patch_subscription(&self, id: &str, patch: Value) -> Value {
+        let mut state = lock(&self.state);
+        let sub = state
+            .subscriptions
+            .get_mut(id)
+            .unwrap_or_else(|| panic!("no subscription {id}"));
+        merge(sub, patch);
+        sub.clone()
+    }
+
+    /// Creates or replaces an invoice.
+    pub fn put_invoice(&self, spec: &InvoiceSpec<'_>) -> Value {
+        let invoice = invoice_object(&self.fixtures, spec);
+        lock(&self.state)
+            .invoices
+            .insert(spec.id.to_string(), invoice.clone());
+        invoice
+    }
+
+    /// The id of the customer created for `user`, if any.
+    pub fn customer_of(&self, user: &str) -> Option<String> {
+        lock(&self.state)
+            .customers
+            .values()
+            .find(|c| c["metadata"]["user_id"] == user)
+            .and_then(|c| c["id"].as_str().map(str::to_string))
+    }
+
+    /// A Stripe event envelope around `object`, with a fresh id.
+    pub fn event(&self, kind: &str, object: &Value) -> (String, String) {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let id = format!("evt_test_{n}_{}", uuid::Uuid::new_v4().simple());
+        let body = json!({
+            "id": id,
+            "object": "event",
+            "api_version": "2026-09-30.endive",
+            "created": chrono::Utc::now().timestamp(),
+            "data": { "object": object },
+            "livemode": false,
+            "pending_webhooks": 1,
+            "request": { "id": null, "idempotency_key": null },
+            "type": kind,
+        });
+        (id, body.to_string())
+    }
+
+    /// A `checkout.session.completed` object as Stripe sends it.
+    pub fn checkout_completed(&self, user: &str, customer: &str, subscription: &str) -> Value {
+        let mut session = self.fixtures["checkout.session"].clone();
+        merge(
+            &mut session,
+            json!({
+                "id": format!("cs_test_{}", uuid::Uuid::new_v4().simple()),
+                "mode": "subscription",
+                "status": "complete",
+                "payment_status": "paid",
+                "customer": customer,
+                "subscription": subscription,
+                "client_reference_id": user,
+                "metadata": { "user_id": user },
+            }),
+        );
+        session
+    }
+}
+
+/// The `Stripe-Signature` header Stripe would send for `body` at `t`, one `v1` per secret.
+pub fn signature(body: &str, t: i64, secrets: &[&str]) -> String {
+    let mut header = format!("t={t}");
+    for secret in secrets {
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes())
+            .unwrap_or_else(|e| panic!("{e}"));
+        mac.update(format!("{t}.{body}").as_bytes());
+        header.push_str(&format!(",v1={}", hex::encode(mac.finalize().into_bytes())));
+    }
+    header
+}
+
+/// Signs `body` now with the test secret.
+pub fn sign_now(body: &str) -> String {
+    signature(body, chrono::Utc::now().timestamp(), &[WEBHOOK_SECRET])
+}
+
+fn merge(target: &mut Value, patch: Value) {
+    if let (Value::Object(t), Value::Object(p)) = (target, patch) {
+        for (k, v) in p {
+            t.insert(k, v);
+        }
+    }
+}
+
+fn subscription_object(fixtures: &Value, spec: &SubSpec<'_>) -> Value {
+    let mut sub = fixtures["subscription"].clone();
+    let mut item = fixtures["subscription_item"].clone();
+    let mut price = fixtures["price"].clone();
+    merge(&mut price, json!({ "id": spec.price }));
+    merge(
+        &mut item,
+        json!({
+            "id": format!("si_{}", spec.id),
+            "subscription": spec.id,
+            "price": price,
+            "current_period_start": spec.period_start,
+            "current_period_end": spec.period_end,
+            "quantity": 1,
+        }),
+    );
+    merge(
+        &mut sub,
+        json!({
+            "id": spec.id,
+            "customer": spec.customer,
+            "status": spec.status,
+            "cancel_at_period_end": spec.cancel_at_period_end,
+            "cancel_at": null,
+            "canceled_at": null,
+            "ended_at": null,
+            "latest_invoice": null,
+            "pending_update": null,
+            "schedule": null,
+            "trial_end": null,
+            "trial_start": null,
+            "metadata": {},
+            "items": { "object": "list", "data": [item], "has_more": false,
+                       "url": format!("/v1/subscription_items?subscription={}", spec.id) },
+        }),
+    );
+    sub
+}
+
+fn invoice_object(fixtures: &Value, spec: &InvoiceSpec<'_>) -> Value {
+    let mut invoice = fixtures["invoice"].clone();
+    merge(
+        &mut invoice,
+        json!({
+            "id": spec.id,
+            "customer": spec.customer,
+            "status": spec.status,
+            "amount_due": spec.amount_due,
+            "amount_paid": spec.amount_paid,
+            "amount_remaining": spec.amount_due - spec.amount_paid,
+            "currency": "usd",
+            "created": spec.created,
+            "period_start": spec.created - 30 * 86_400,
+            "period_end": spec.created,
+            "hosted_invoice_url": format!("https://invoice.stripe.test/i/{}", spec.id),
+            "invoice_pdf": format!("https://pay.stripe.test/invoice/{}/pdf", spec.id),
+            "billing_reason": "subscription_cycle",
+            "parent": {
+                "type": "subscription_details",
+                "quote_details": null,
+                "subscription_details": { "subscription": spec.subscription, "metadata": {} },
+            },
+        }),
+    );
+    invoice
+}
+
+fn error(status: u16, kind: &str, message: &str) -> ResponseTemplate {
+    ResponseTemplate::new(status)
+        .set_body_json(json!({ "error": { "type": kind, "message": message } }))
+}
+
+struct Handler {
+    state: Arc<Mutex<State>>,
+    fixtures: Arc<Value>,
+    counter: Arc<AtomicU64>,
+}
+
+impl Handler {
+    fn next(&self, prefix: &str) -> String {
+        format!("{prefix}_{}", self.counter.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+impl Respond for Handler {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        let header = |name: &str| {
+            request
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let form: HashMap<String, String> =
+            serde_urlencoded::from_bytes::<Vec<(String, String)>>(&request.body)
+                .unwrap_or_default()
+                .into_iter()
+                .collect();
+        let received = Received {
+            method: request.method.to_string(),
+            path: request.url.path().to_string(),
+            idempotency_key: header("idempotency-key"),
+            authorization: header("authorization"),
+            form: form.clone(),
+        };
+        let mut state = lock(&self.state);
+        state.received.push(received.clone());
+        if received.authorization.as_deref() != Some(&format!("Bearer {SECRET_KEY}")) {
+            return error(401, "invalid_request_error", "Invalid API Key provided");
+        }
+        let is_post = received.method == "POST";
+        if is_post {
+            // Stripe replays the first answer for a reused idempotency key.
+            if let Some(answer) = received
+                .idempotency_key
+                .as_ref()
+                .and_then(|k| state.replays.get(k))
+            {
+                return ResponseTemplate::new(200).set_body_json(answer.clone());
+            }
+        } else if state.fail_reads {
+            return error(500, "api_error", "injected failure");
+        }
+        let segments: Vec<&str> = received.path.trim_start_matches('/').split('/').collect();
+        let answer = match (received.method.as_str(), segments.as_slice()) {
+            ("POST", ["v1", "customers"]) => {
+                let mut customer = self.fixtures["customer"].clone();
+                let id = self.next("cus_test");
+                merge(
+                    &mut customer,
+                    json!({
+                        "id": id,
+                        "email": form.get("email"),
+                        "metadata": { "user_id": form.get("metadata[user_id]") },
+                    }),
+                );
+                state.customers.insert(id, customer.clone());
+                customer
+            }
+            ("POST", ["v1", "checkout", "sessions"]) => {
+                let mut session = self.fixtures["checkout.session"].clone();
+                let id = self.next("cs_test");
+                merge(
+                    &mut session,
+                    json!({
+                        "id": id,
+                        "url": format!("https://checkout.stripe.test/c/pay/{id}"),
+                        "mode": form.get("mode"),
+                        "status": "open",
+                        "customer": form.get("customer"),
+                        "client_reference_id": form.get("client_reference_id"),
+                        "success_url": form.get("success_url"),
+                        "cancel_url": form.get("cancel_url"),
+                    }),
+                );
+                session
+            }
+            ("POST", ["v1", "billing_portal", "sessions"]) => {
+                let mut session = self.fixtures["billing_portal.session"].clone();
+                let id = self.next("bps_test");
+                merge(
+                    &mut session,
+                    json!({
+                        "id": id,
+                        "customer": form.get("customer"),
+                        "return_url": form.get("return_url"),
+                        "url": format!("https://billing.stripe.test/p/session/{id}"),
+                    }),
+                );
+                session
+            }
+            ("GET", ["v1", "subscriptions", id]) => match state.subscriptions.get(*id) {
+                Some(sub) => sub.clone(),
+                None => return error(404, "invalid_request_error", "No such subscription"),
+            },
+            ("POST", ["v1", "subscriptions", id]) => {
+                let Some(sub) = state.subscriptions.get_mut(*id) else {
+                    return error(404, "invalid_request_error", "No such subscription");
+                };
+                if let Some(cancel) = form.get("cancel_at_period_end") {
+                    sub["cancel_at_period_end"] = json!(cancel == "true");
+                }
+                if let Some(price) = form.get("items[0][price]") {
+                    if form.get("items[0][id]").map(String::as_str)
+                        != sub["items"]["data"][0]["id"].as_str()
+                    {
+                        return error(400, "invalid_request_error", "items[0][id] is not an item of this subscription");
+                    }
+                    sub["items"]["data"][0]["price"]["id"] = json!(price);
+                }
+                sub.clone()
+            }
+            ("GET", ["v1", "invoices", id]) => match state.invoices.get(*id) {
+                Some(invoice) => invoice.clone(),
+                None => return error(404, "invalid_request_error", "No such invoice"),
+            },
+            _ => return error(404, "invalid_request_error", "Unrecognized request URL"),
+        };
+        if is_post && let Some(key) = received.idempotency_key {
+            state.replays.insert(key, answer.clone());
+        }
+        ResponseTemplate::new(200).set_body_json(answer)
+    }
+}
