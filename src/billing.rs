@@ -171,6 +171,7 @@ impl Billing {
                 success_url: new.success_url,
                 cancel_url: new.cancel_url,
                 phone_number: new.phone_number,
+                previous_subscription_id: current.subscription.provider_subscription_id.as_deref(),
             })
             .await?;
         tracing::info!(session_id = %session.id, "checkout session created");

@@ -51,6 +51,9 @@ pub struct CheckoutRequest<'a> {
     pub cancel_url: &'a str,
     /// For providers that charge a phone (M-Pesa).
     pub phone_number: Option<&'a str>,
+    /// The user's previous (ended) subscription, if any: a checkout asked again in the same
+    /// state is the same checkout.
+    pub previous_subscription_id: Option<&'a str>,
 }
 
 /// A checkout the user is sent to.

@@ -1,9 +1,12 @@
 //! Stripe, through async-stripe. Requests go to `STRIPE_API_BASE` (tests use a local fake).
 //!
-//! Every POST carries an `Idempotency-Key`: customer creation uses a key derived from the user
-//! (concurrent or retried creations return the same customer), other POSTs one random key per
-//! call, kept across async-stripe's retries. Reads are sent once and fail fast: the webhook
-//! caller answers 5xx and Stripe redelivers.
+//! Every POST carries an `Idempotency-Key`. Creations use a key derived from what they create:
+//! the customer from the user (two concurrent first checkouts get one customer), the checkout
+//! from the user, tier, URLs and the subscription it would replace (a double click or a retried
+//! RPC gets the same open session, not a second one). Updates use a fresh key per call: Stripe
+//! replays the first answer for a reused key without applying the update again, so a
+//! cancel -> resume -> cancel within 24 hours must not share keys. Requests are sent once and
+//! fail fast; callers retry (the webhook caller by answering 5xx so Stripe redelivers).
 
 use std::{collections::HashMap, time::Duration};
 
@@ -43,8 +46,6 @@ use crate::{
 
 /// Per-attempt timeout of a Stripe request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// Attempts of a POST (same idempotency key each time) before giving up.
-const POST_ATTEMPTS: u32 = 3;
 
 pub struct StripeGateway {
     client: Client,
@@ -184,9 +185,21 @@ fn classify(error: StripeError) -> PaymentError {
     }
 }
 
-/// One random key per logical call; async-stripe resends it on each retry.
-fn post_strategy() -> RequestStrategy {
-    RequestStrategy::ExponentialBackoff(POST_ATTEMPTS)
+fn key(value: String) -> Result<RequestStrategy, PaymentError> {
+    IdempotencyKey::new(value)
+        .map(RequestStrategy::Idempotent)
+        .map_err(|e| PaymentError::Malformed(e.to_string()))
+}
+
+/// A fresh idempotency key, for updates.
+fn fresh_key() -> Result<RequestStrategy, PaymentError> {
+    key(uuid::Uuid::new_v4().to_string())
+}
+
+/// A key derived from `parts`: the same creation asked twice carries the same key.
+fn derived_key(kind: &str, parts: &[&str]) -> Result<RequestStrategy, PaymentError> {
+    let digest = Sha256::digest(parts.join("\0"));
+    key(format!("nexus-{kind}-{}", hex::encode(digest)))
 }
 
 fn metadata(user: &UserId) -> HashMap<String, String> {
@@ -207,16 +220,14 @@ impl PaymentGateway for StripeGateway {
     ) -> Result<String, PaymentError> {
         // The same user (and email) always sends the same key, so two concurrent first
         // checkouts, or a retry after a lost answer, get one customer.
-        let digest = Sha256::digest(format!("{user}\0{}", email.unwrap_or_default()));
-        let key = IdempotencyKey::new(format!("nexus-customer-{}", hex::encode(digest)))
-            .map_err(|e| PaymentError::Malformed(e.to_string()))?;
+        let strategy = derived_key("customer", &[user.as_str(), email.unwrap_or_default()])?;
         let mut request = CreateCustomer::new().metadata(metadata(user));
         if let Some(email) = email {
             request = request.email(email);
         }
         let customer = request
             .customize()
-            .request_strategy(RequestStrategy::Idempotent(key))
+            .request_strategy(strategy)
             .send(&self.client)
             .await
             .map_err(classify)?;
@@ -229,6 +240,17 @@ impl PaymentGateway for StripeGateway {
         request: &CheckoutRequest<'_>,
     ) -> Result<CheckoutSession, PaymentError> {
         let price = self.price_of(request.tier)?;
+        let strategy = derived_key(
+            "checkout",
+            &[
+                request.user.as_str(),
+                price,
+                request.customer_id,
+                request.success_url,
+                request.cancel_url,
+                request.previous_subscription_id.unwrap_or("none"),
+            ],
+        )?;
         let mut line = CreateCheckoutSessionLineItems::new();
         line.price = Some(price.to_string());
         line.quantity = Some(1);
@@ -244,7 +266,7 @@ impl PaymentGateway for StripeGateway {
             .success_url(request.success_url)
             .cancel_url(request.cancel_url)
             .customize()
-            .request_strategy(post_strategy())
+            .request_strategy(strategy)
             .send(&self.client)
             .await
             .map_err(classify)?;
@@ -281,7 +303,7 @@ impl PaymentGateway for StripeGateway {
             .proration_behavior(UpdateSubscriptionProrationBehavior::CreateProrations)
             .cancel_at_period_end(false)
             .customize()
-            .request_strategy(post_strategy())
+            .request_strategy(fresh_key()?)
             .send(&self.client)
             .await
             .map_err(classify)?;
@@ -297,7 +319,7 @@ impl PaymentGateway for StripeGateway {
         let updated = UpdateSubscription::new(subscription_id)
             .cancel_at_period_end(cancel)
             .customize()
-            .request_strategy(post_strategy())
+            .request_strategy(fresh_key()?)
             .send(&self.client)
             .await
             .map_err(classify)?;
@@ -314,7 +336,7 @@ impl PaymentGateway for StripeGateway {
             .customer(customer_id)
             .return_url(return_url)
             .customize()
-            .request_strategy(post_strategy())
+            .request_strategy(fresh_key()?)
             .send(&self.client)
             .await
             .map_err(classify)?;

@@ -2,8 +2,9 @@
 
 use chrono::{Duration, Utc};
 use nexus_billing::grpc::proto::billing::{
-    CheckLimitRequest, CreateCheckoutSessionRequest, GetSubscriptionRequest, GetUsageRequest,
-    ListPlansRequest, Resource, SubscriptionStatus, Tier,
+    CancelSubscriptionRequest, ChangePlanRequest, CheckLimitRequest, CreateCheckoutSessionRequest,
+    CreatePortalSessionRequest, GetSubscriptionRequest, GetUsageRequest, ListInvoicesRequest,
+    ListPlansRequest, Resource, ResumeSubscriptionRequest, SubscriptionStatus, Tier,
 };
 use tonic::Code;
 
@@ -19,7 +20,7 @@ crate::on_both_backends!(
     check_limit_reports_overage_after_a_downgrade,
     cancellation_past_period_end_is_free_even_without_the_deletion_event,
     check_limit_rejects_bad_input,
-    payment_rpcs_answer_unimplemented_until_their_issue_lands,
+    payment_rpcs_say_payments_are_not_configured_and_reads_still_work,
 );
 
 async fn list_plans_returns_free_pro_premium_with_limits_and_prices(backend: Backend) {
@@ -294,11 +295,11 @@ async fn check_limit_rejects_bad_input(backend: Backend) {
     app.stop().await;
 }
 
-async fn payment_rpcs_answer_unimplemented_until_their_issue_lands(backend: Backend) {
+async fn payment_rpcs_say_payments_are_not_configured_and_reads_still_work(backend: Backend) {
     let app = TestApp::spawn(backend).await;
-    let status = app
-        .billing()
-        .await
+    let mut billing = app.billing().await;
+    let t = token("gina");
+    let checkout = billing
         .create_checkout_session(authed(
             CreateCheckoutSessionRequest {
                 tier: Tier::Pro.into(),
@@ -306,11 +307,62 @@ async fn payment_rpcs_answer_unimplemented_until_their_issue_lands(backend: Back
                 cancel_url: format!("{}/cancel", crate::helpers::ALLOWED_ORIGIN),
                 ..Default::default()
             },
-            &token("gina"),
+            &t,
         ))
         .await
-        .err()
-        .unwrap_or_else(|| panic!("CreateCheckoutSession is not implemented yet"));
-    assert_eq!(status.code(), Code::Unimplemented);
+        .err();
+    let change = billing
+        .change_plan(authed(
+            ChangePlanRequest {
+                tier: Tier::Premium.into(),
+            },
+            &t,
+        ))
+        .await
+        .err();
+    let cancel = billing
+        .cancel_subscription(authed(CancelSubscriptionRequest {}, &t))
+        .await
+        .err();
+    let resume = billing
+        .resume_subscription(authed(ResumeSubscriptionRequest {}, &t))
+        .await
+        .err();
+    let portal = billing
+        .create_portal_session(authed(
+            CreatePortalSessionRequest {
+                return_url: format!("{}/account", crate::helpers::ALLOWED_ORIGIN),
+            },
+            &t,
+        ))
+        .await
+        .err();
+    for (rpc, status) in [
+        ("CreateCheckoutSession", checkout),
+        ("ChangePlan", change),
+        ("CancelSubscription", cancel),
+        ("ResumeSubscription", resume),
+        ("CreatePortalSession", portal),
+    ] {
+        let status = status.unwrap_or_else(|| panic!("{rpc} must fail without Stripe"));
+        assert_eq!(status.code(), Code::FailedPrecondition, "{rpc}");
+        assert_eq!(status.message(), "payments are not configured", "{rpc}");
+    }
+    // Reading still works.
+    let sub = billing
+        .get_subscription(authed(GetSubscriptionRequest {}, &t))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_inner();
+    assert_eq!(
+        sub.subscription.map(|s| s.effective_tier),
+        Some(Tier::Free.into())
+    );
+    let invoices = billing
+        .list_invoices(authed(ListInvoicesRequest::default(), &t))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_inner();
+    assert!(invoices.invoices.is_empty());
     app.stop().await;
 }

@@ -225,8 +225,8 @@ impl FakeStripe {
 pub fn signature(body: &str, t: i64, secrets: &[&str]) -> String {
     let mut header = format!("t={t}");
     for secret in secrets {
-        let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes())
-            .unwrap_or_else(|e| panic!("{e}"));
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
         mac.update(format!("{t}.{body}").as_bytes());
         header.push_str(&format!(",v1={}", hex::encode(mac.finalize().into_bytes())));
     }
@@ -432,7 +432,11 @@ impl Respond for Handler {
                     if form.get("items[0][id]").map(String::as_str)
                         != sub["items"]["data"][0]["id"].as_str()
                     {
-                        return error(400, "invalid_request_error", "items[0][id] is not an item of this subscription");
+                        return error(
+                            400,
+                            "invalid_request_error",
+                            "items[0][id] is not an item of this subscription",
+                        );
                     }
                     sub["items"]["data"][0]["price"]["id"] = json!(price);
                 }

@@ -19,6 +19,8 @@ use sqlx::{Connection, Executor, PgConnection, PgPool, SqlitePool};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, transport::Channel};
 
+use crate::fake_stripe::{FakeStripe, sign_now};
+
 pub const JWT_SECRET: &str = "test-secret-that-is-long-enough-for-hs256-0123456789";
 pub const ENCRYPTION_KEY: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
 pub const ALLOWED_ORIGIN: &str = "https://app.nexus.test";
@@ -398,4 +400,69 @@ pub fn authed<T>(message: T, token: &str) -> Request<T> {
             .unwrap_or_else(|e| panic!("{e}")),
     );
     request
+}
+
+impl TestApp {
+    /// Starts the server with Stripe pointed at a fresh fake.
+    pub async fn spawn_with_stripe(backend: Backend) -> (Self, FakeStripe) {
+        Self::spawn_with_stripe_and(backend, &[]).await
+    }
+
+    /// Like [`TestApp::spawn_with_stripe`], with more settings.
+    pub async fn spawn_with_stripe_and(
+        backend: Backend,
+        extra: &[(&str, &str)],
+    ) -> (Self, FakeStripe) {
+        let stripe = FakeStripe::start().await;
+        let settings = stripe.settings();
+        let mut overrides: Vec<(&str, &str)> =
+            settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        overrides.extend_from_slice(extra);
+        (Self::spawn_with(backend, &overrides).await, stripe)
+    }
+
+    /// POSTs a webhook delivery; returns the status and body text.
+    pub async fn deliver(&self, body: &str, signature: Option<&str>) -> (u16, String) {
+        let mut request = reqwest::Client::new()
+            .post(self.http_url("/billing/webhook"))
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        if let Some(signature) = signature {
+            request = request.header("stripe-signature", signature);
+        }
+        let response = request.send().await.unwrap_or_else(|e| panic!("{e}"));
+        let status = response.status().as_u16();
+        (status, response.text().await.unwrap_or_default())
+    }
+
+    /// Delivers `body` signed now with the test secret, expecting 200.
+    pub async fn deliver_signed(&self, body: &str) {
+        let (status, text) = self.deliver(body, Some(&sign_now(body))).await;
+        assert_eq!(status, 200, "delivery refused: {text}");
+    }
+
+    /// `SELECT COUNT(*) FROM <table> [WHERE <condition>]`.
+    pub async fn count(&self, table: &str, condition: &str) -> i64 {
+        let sql = if condition.is_empty() {
+            format!("SELECT COUNT(*) FROM {table}")
+        } else {
+            format!("SELECT COUNT(*) FROM {table} WHERE {condition}")
+        };
+        let sql = sqlx::AssertSqlSafe(sql);
+        match &self.pool {
+            TestPool::Sqlite(pool) => sqlx::query_scalar(sql).fetch_one(pool).await,
+            TestPool::Postgres(pool) => sqlx::query_scalar(sql).fetch_one(pool).await,
+        }
+        .unwrap_or_else(|e| panic!("count {table}: {e}"))
+    }
+
+    /// The kinds in the user's activity log, oldest first.
+    pub async fn activity_kinds(&self, user: &str) -> Vec<String> {
+        let sql = "SELECT kind FROM activity_logs WHERE user_id = $1 ORDER BY id";
+        match &self.pool {
+            TestPool::Sqlite(pool) => sqlx::query_scalar(sql).bind(user).fetch_all(pool).await,
+            TestPool::Postgres(pool) => sqlx::query_scalar(sql).bind(user).fetch_all(pool).await,
+        }
+        .unwrap_or_else(|e| panic!("activity: {e}"))
+    }
 }

@@ -4,10 +4,14 @@
 
 mod auth;
 mod billing;
+mod checkout;
 mod config;
+mod fake_stripe;
 mod grpc_web;
 mod health;
 mod helpers;
 mod integrations;
 mod sidecar;
 mod store_contract;
+mod subscription_lifecycle;
+mod webhooks;

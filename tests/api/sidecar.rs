@@ -7,7 +7,7 @@ use crate::helpers::{Backend, TestApp, authed, token};
 crate::on_both_backends!(
     healthz_and_readyz_answer_ok,
     metrics_count_grpc_requests_in_prometheus_text,
-    the_webhook_route_caps_the_body_and_answers_503_until_stripe_lands,
+    the_webhook_route_caps_the_body_and_refuses_unsigned_deliveries,
     the_webhook_route_says_when_payments_are_not_configured,
     unknown_routes_and_wrong_methods_are_refused,
     request_ids_are_echoed_or_generated,
@@ -55,7 +55,7 @@ async fn metrics_count_grpc_requests_in_prometheus_text(backend: Backend) {
     app.stop().await;
 }
 
-async fn the_webhook_route_caps_the_body_and_answers_503_until_stripe_lands(backend: Backend) {
+async fn the_webhook_route_caps_the_body_and_refuses_unsigned_deliveries(backend: Backend) {
     let app = TestApp::spawn_with(
         backend,
         &[
@@ -102,8 +102,8 @@ async fn the_webhook_route_caps_the_body_and_answers_503_until_stripe_lands(back
         .send()
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    // 503 tells Stripe to deliver again later: nothing is lost before the handler exists.
-    assert_eq!(fits.status(), 503);
+    // It fits, so it reaches the verifier, which refuses the bad signature.
+    assert_eq!(fits.status(), 400);
     app.stop().await;
 }
 
