@@ -13,8 +13,9 @@ use chrono::{DateTime, Duration, Utc};
 use crate::{
     domain::{
         LimitCheck, Resource, Subscription, Tier, Usage, UserId,
+        activity::Activity,
         invoice::StoredInvoice,
-        reconcile::{Reconciled, RemoteSubscription, reconcile},
+        reconcile::{Reconciled, RemoteSubscription, is_live_status, reconcile},
         subscription::PaymentProvider,
         usage::check_limit,
     },
@@ -216,7 +217,7 @@ impl Billing {
     }
 
     /// Cancels at the end of the paid period (`cancel == true`), or undoes that.
-    #[tracing::instrument(skip_all, fields(user_id = %user, cancel))]
+    #[tracing::instrument(skip_all, fields(user_id = %user, cancel = cancel))]
     pub async fn set_cancel(
         &self,
         user: &UserId,
@@ -341,7 +342,26 @@ pub(crate) async fn apply_remote(
             Ok(next)
         }
         Reconciled::Ignore { reason } => {
-            tracing::warn!(user_id = %stored.user_id, %reason, "provider subscription not applied");
+            if is_live_status(remote.status) {
+                // A second live subscription (two checkouts completed in a race): the user may be
+                // charged twice. Keep the first, and leave a trail for support to refund.
+                tracing::error!(user_id = %stored.user_id, subscription_id = %remote.id, %reason,
+                    "second live subscription for one user; not applied, needs attention");
+                tx.log_activity(
+                    &stored.user_id,
+                    &Activity::new(
+                        "subscription.needs_attention",
+                        format!(
+                            "a second {} subscription is live at the payment provider and was not applied",
+                            remote.tier.unwrap_or(Tier::Free)
+                        ),
+                        serde_json::json!({ "subscription_id": remote.id, "kept": stored.provider_subscription_id }),
+                    ),
+                )
+                .await?;
+            } else {
+                tracing::info!(user_id = %stored.user_id, %reason, "provider subscription not applied");
+            }
             Ok(stored.clone())
         }
     }

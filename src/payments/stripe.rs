@@ -279,7 +279,7 @@ impl PaymentGateway for StripeGateway {
         })
     }
 
-    #[tracing::instrument(skip_all, fields(subscription_id, tier = %tier))]
+    #[tracing::instrument(skip_all, fields(subscription_id = %subscription_id, tier = %tier))]
     async fn change_tier(
         &self,
         subscription_id: &str,
@@ -310,7 +310,7 @@ impl PaymentGateway for StripeGateway {
         self.remote_subscription(&updated)
     }
 
-    #[tracing::instrument(skip_all, fields(subscription_id, cancel))]
+    #[tracing::instrument(skip_all, fields(subscription_id = %subscription_id, cancel = cancel))]
     async fn set_cancel_at_period_end(
         &self,
         subscription_id: &str,
@@ -343,7 +343,7 @@ impl PaymentGateway for StripeGateway {
         Ok(session.url)
     }
 
-    #[tracing::instrument(skip_all, fields(subscription_id))]
+    #[tracing::instrument(skip_all, fields(subscription_id = %subscription_id))]
     async fn fetch_subscription(
         &self,
         subscription_id: &str,
@@ -355,7 +355,7 @@ impl PaymentGateway for StripeGateway {
         self.remote_subscription(&sub)
     }
 
-    #[tracing::instrument(skip_all, fields(invoice_id))]
+    #[tracing::instrument(skip_all, fields(invoice_id = %invoice_id))]
     async fn fetch_invoice(&self, invoice_id: &str) -> Result<RemoteInvoice, PaymentError> {
         let invoice = RetrieveInvoice::new(invoice_id)
             .send(&self.client)

@@ -21,6 +21,7 @@ crate::on_both_backends!(
     a_database_failure_answers_5xx_records_nothing_and_the_redelivery_succeeds,
     a_stripe_failure_answers_5xx_records_nothing_and_the_redelivery_succeeds,
     events_for_unknown_customers_and_unhandled_types_are_recorded_and_acknowledged,
+    a_second_live_subscription_is_not_applied_and_is_flagged,
 );
 
 async fn inbox(app: &TestApp) -> i64 {
@@ -458,5 +459,46 @@ async fn events_for_unknown_customers_and_unhandled_types_are_recorded_and_ackno
     let (status, text) = app.deliver(&body, Some(&sign_now(&body))).await;
     assert_eq!((status, text.as_str()), (200, "duplicate"));
     assert_eq!(stripe.requests("GET", "/v1/subscriptions/").len(), fetches);
+    app.stop().await;
+}
+
+async fn a_second_live_subscription_is_not_applied_and_is_flagged(backend: Backend) {
+    let (app, stripe) = TestApp::spawn_with_stripe(backend).await;
+    let user = "gus";
+    let (customer, first) = subscribe(&app, &stripe, user, Tier::Pro).await;
+    // Two checkouts completed in a race: Stripe now has a second live subscription.
+    let (start, end) = crate::subscription_lifecycle::period();
+    let second = stripe.put_subscription(&crate::fake_stripe::SubSpec {
+        id: "sub_gus_second",
+        customer: &customer,
+        price: crate::fake_stripe::PRICE_PREMIUM,
+        status: "active",
+        period_start: start,
+        period_end: end,
+        cancel_at_period_end: false,
+    });
+    let (_, body) = stripe.event("customer.subscription.created", &second);
+    app.deliver_signed(&body).await;
+    let sub = subscription(&app, user).await;
+    assert_eq!(
+        sub.tier,
+        i32::from(Tier::Pro),
+        "the first subscription stays"
+    );
+    assert_eq!(
+        app.count(
+            "subscriptions",
+            &format!("provider_subscription_id = '{first}'")
+        )
+        .await,
+        1
+    );
+    assert!(
+        app.activity_kinds(user)
+            .await
+            .iter()
+            .any(|k| k == "subscription.needs_attention"),
+        "support can find the double charge"
+    );
     app.stop().await;
 }
