@@ -3,7 +3,7 @@
 //! the URL scheme. Queries are runtime `query_as` + `bind`, so one binary speaks to both.
 
 #[macro_use]
-mod billing_tx;
+mod shared;
 mod postgres;
 mod rows;
 mod sqlite;
@@ -47,7 +47,7 @@ pub enum StoreError {
 /// Everything the service reads and writes. Every query that returns user data takes the user id,
 /// so one user's rows can never be read through another user's request.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: BillingRecords + Send + Sync + 'static {
     /// Which database this is.
     fn backend(&self) -> Backend;
 
@@ -66,6 +66,26 @@ pub trait Store: Send + Sync + 'static {
     /// The user's integrations (without credentials), ordered by provider.
     async fn integrations(&self, user: &UserId) -> Result<Vec<Integration>, StoreError>;
 
+    /// The user's invoices, newest first, after `cursor`.
+    async fn invoices(
+        &self,
+        user: &UserId,
+        cursor: Option<&InvoiceCursor>,
+        limit: u32,
+    ) -> Result<Vec<StoredInvoice>, StoreError>;
+
+    /// Starts a write transaction for billing changes. On PostgreSQL, rows are locked as they are
+    /// read; on SQLite the transaction takes the database's single write lock up front
+    /// (`BEGIN IMMEDIATE`). Dropping it without `commit` rolls everything back.
+    async fn begin(&self) -> Result<Box<dyn BillingTx>, StoreError>;
+
+    /// Closes the pool, waiting for connections in use to be returned.
+    async fn close(&self);
+}
+
+/// Billing reads and single writes with the same SQL on both backends (`shared.rs`).
+#[async_trait]
+pub trait BillingRecords: Send + Sync {
     /// The user's customer id at `provider`, if one was created.
     async fn billing_customer(
         &self,
@@ -97,24 +117,8 @@ pub trait Store: Send + Sync + 'static {
         event_id: &str,
     ) -> Result<bool, StoreError>;
 
-    /// The user's invoices, newest first, after `cursor`.
-    async fn invoices(
-        &self,
-        user: &UserId,
-        cursor: Option<&InvoiceCursor>,
-        limit: u32,
-    ) -> Result<Vec<StoredInvoice>, StoreError>;
-
     /// The user's activity log, newest first.
     async fn activity(&self, user: &UserId, limit: u32) -> Result<Vec<ActivityRecord>, StoreError>;
-
-    /// Starts a write transaction for billing changes. On PostgreSQL, rows are locked as they are
-    /// read; on SQLite the transaction takes the database's single write lock up front
-    /// (`BEGIN IMMEDIATE`). Dropping it without `commit` rolls everything back.
-    async fn begin(&self) -> Result<Box<dyn BillingTx>, StoreError>;
-
-    /// Closes the pool, waiting for connections in use to be returned.
-    async fn close(&self);
 }
 
 /// Billing writes that must happen together or not at all: a webhook's inbox entry, the state

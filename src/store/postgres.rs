@@ -13,15 +13,12 @@ use super::{
     rows::{IntegrationRow, SUBSCRIPTION_QUERY, SubscriptionRow, USAGE_QUERY, UsageRow},
 };
 use crate::domain::{
-    Usage, UserId,
-    integration::Integration,
-    invoice::StoredInvoice,
-    subscription::{PaymentProvider, Subscription},
+    Usage, UserId, integration::Integration, invoice::StoredInvoice, subscription::Subscription,
 };
 
 use super::{
-    ActivityRecord, BillingTx, InvoiceCursor,
-    rows::{ActivityRow, InvoiceRow, invoice_columns},
+    BillingTx, InvoiceCursor,
+    rows::{InvoiceRow, invoice_columns},
 };
 
 pub struct PgStore {
@@ -86,71 +83,6 @@ impl Store for PgStore {
         rows.into_iter().map(Integration::try_from).collect()
     }
 
-    async fn billing_customer(
-        &self,
-        user: &UserId,
-        provider: PaymentProvider,
-    ) -> Result<Option<String>, StoreError> {
-        Ok(sqlx::query_scalar(
-            "SELECT customer_id FROM billing_customers WHERE user_id = $1 AND provider = $2",
-        )
-        .bind(user.as_str())
-        .bind(provider.as_str())
-        .fetch_optional(&self.pool)
-        .await?)
-    }
-
-    async fn save_billing_customer(
-        &self,
-        user: &UserId,
-        provider: PaymentProvider,
-        customer_id: &str,
-    ) -> Result<String, StoreError> {
-        sqlx::query(
-            "INSERT INTO billing_customers (user_id, provider, customer_id) VALUES ($1, $2, $3) \
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(user.as_str())
-        .bind(provider.as_str())
-        .bind(customer_id)
-        .execute(&self.pool)
-        .await?;
-        self.billing_customer(user, provider)
-            .await?
-            .ok_or_else(|| StoreError::Corrupt("customer id taken by another user".into()))
-    }
-
-    async fn user_for_customer(
-        &self,
-        provider: PaymentProvider,
-        customer_id: &str,
-    ) -> Result<Option<UserId>, StoreError> {
-        let user: Option<String> = sqlx::query_scalar(
-            "SELECT user_id FROM billing_customers WHERE provider = $1 AND customer_id = $2",
-        )
-        .bind(provider.as_str())
-        .bind(customer_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        user.map(UserId::parse)
-            .transpose()
-            .map_err(|e| StoreError::Corrupt(e.to_string()))
-    }
-
-    async fn webhook_recorded(
-        &self,
-        provider: PaymentProvider,
-        event_id: &str,
-    ) -> Result<bool, StoreError> {
-        let found: Option<i32> =
-            sqlx::query_scalar("SELECT 1 FROM webhook_inbox WHERE provider = $1 AND event_id = $2")
-                .bind(provider.as_str())
-                .bind(event_id)
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(found.is_some())
-    }
-
     async fn invoices(
         &self,
         user: &UserId,
@@ -173,18 +105,6 @@ impl Store for PgStore {
         rows.into_iter().map(StoredInvoice::try_from).collect()
     }
 
-    async fn activity(&self, user: &UserId, limit: u32) -> Result<Vec<ActivityRecord>, StoreError> {
-        let rows: Vec<ActivityRow> = sqlx::query_as(
-            "SELECT kind, message, details, created_at FROM activity_logs WHERE user_id = $1 \
-             ORDER BY id DESC LIMIT $2",
-        )
-        .bind(user.as_str())
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.into_iter().map(ActivityRecord::from).collect())
-    }
-
     async fn begin(&self) -> Result<Box<dyn BillingTx>, StoreError> {
         // READ COMMITTED plus row locks (`SELECT ... FOR UPDATE`) serialise writers per user.
         Ok(Box::new(PgTx(self.pool.begin().await?)))
@@ -196,3 +116,4 @@ impl Store for PgStore {
 }
 
 billing_tx!(PgTx, sqlx::Postgres, lock: " FOR UPDATE", id_cast: "::uuid");
+billing_records!(PgStore);

@@ -1,5 +1,5 @@
-//! The one implementation of [`super::BillingTx`], generated for each backend's transaction
-//! type: the SQL is shared, only the row-locking clause and the id type differ.
+//! Code both backends share, generated for each: the SQL is the same, only the pool or
+//! transaction type, the row-locking clause and the id type differ.
 
 /// `billing_tx!(Type, Database, lock_clause, id_cast)` implements `BillingTx` for
 /// `Type(sqlx::Transaction<'static, Database>)`.
@@ -131,6 +131,91 @@ macro_rules! billing_tx {
             async fn commit(self: Box<Self>) -> Result<(), $crate::store::StoreError> {
                 self.0.commit().await?;
                 Ok(())
+            }
+        }
+    };
+}
+
+/// `billing_records!(Type)` implements `BillingRecords` for a store with a `pool` field.
+macro_rules! billing_records {
+    ($name:ident) => {
+        #[async_trait::async_trait]
+        impl $crate::store::BillingRecords for $name {
+            async fn billing_customer(
+                &self,
+                user: &$crate::domain::UserId,
+                provider: $crate::domain::subscription::PaymentProvider,
+            ) -> Result<Option<String>, $crate::store::StoreError> {
+                Ok(sqlx::query_scalar(
+                    "SELECT customer_id FROM billing_customers WHERE user_id = $1 AND provider = $2",
+                )
+                .bind(user.as_str())
+                .bind(provider.as_str())
+                .fetch_optional(&self.pool)
+                .await?)
+            }
+
+            async fn save_billing_customer(
+                &self,
+                user: &$crate::domain::UserId,
+                provider: $crate::domain::subscription::PaymentProvider,
+                customer_id: &str,
+            ) -> Result<String, $crate::store::StoreError> {
+                sqlx::query(
+                    "INSERT INTO billing_customers (user_id, provider, customer_id) VALUES ($1, $2, $3) \
+                     ON CONFLICT DO NOTHING",
+                )
+                .bind(user.as_str())
+                .bind(provider.as_str())
+                .bind(customer_id)
+                .execute(&self.pool)
+                .await?;
+                self.billing_customer(user, provider)
+                    .await?
+                    .ok_or_else(|| $crate::store::StoreError::Corrupt("customer id taken by another user".into()))
+            }
+
+            async fn user_for_customer(
+                &self,
+                provider: $crate::domain::subscription::PaymentProvider,
+                customer_id: &str,
+            ) -> Result<Option<$crate::domain::UserId>, $crate::store::StoreError> {
+                let user: Option<String> = sqlx::query_scalar(
+                    "SELECT user_id FROM billing_customers WHERE provider = $1 AND customer_id = $2",
+                )
+                .bind(provider.as_str())
+                .bind(customer_id)
+                .fetch_optional(&self.pool)
+                .await?;
+                user.map($crate::domain::UserId::parse)
+                    .transpose()
+                    .map_err(|e| $crate::store::StoreError::Corrupt(e.to_string()))
+            }
+
+            async fn webhook_recorded(
+                &self,
+                provider: $crate::domain::subscription::PaymentProvider,
+                event_id: &str,
+            ) -> Result<bool, $crate::store::StoreError> {
+                let found: Option<i32> =
+                    sqlx::query_scalar("SELECT 1 FROM webhook_inbox WHERE provider = $1 AND event_id = $2")
+                        .bind(provider.as_str())
+                        .bind(event_id)
+                        .fetch_optional(&self.pool)
+                        .await?;
+                Ok(found.is_some())
+            }
+
+            async fn activity(&self, user: &$crate::domain::UserId, limit: u32) -> Result<Vec<$crate::store::ActivityRecord>, $crate::store::StoreError> {
+                let rows: Vec<$crate::store::rows::ActivityRow> = sqlx::query_as(
+                    "SELECT kind, message, details, created_at FROM activity_logs WHERE user_id = $1 \
+                     ORDER BY id DESC LIMIT $2",
+                )
+                .bind(user.as_str())
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows.into_iter().map($crate::store::ActivityRecord::from).collect())
             }
         }
     };
