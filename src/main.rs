@@ -98,9 +98,12 @@ fn token(
     Ok(())
 }
 
-/// Development only (JWT_SECRET unset): a ready-to-paste token and example calls.
+/// Development only (JWT_SECRET unset): a ready-to-paste token and example calls. Written
+/// with errors ignored: a closed stdout (a supervisor that stopped reading) must not stop the
+/// server.
 fn print_dev_banner(token: &str, grpc: std::net::SocketAddr, http: std::net::SocketAddr) {
-    println!(
+    use std::io::Write;
+    let banner = format!(
         "\n\
          Development token (user \"dev-user\", valid 24 h, this process only):\n\n\
          export TOKEN={token}\n\n\
@@ -108,6 +111,9 @@ fn print_dev_banner(token: &str, grpc: std::net::SocketAddr, http: std::net::Soc
          grpcurl -plaintext -H \"authorization: Bearer $TOKEN\" {grpc} nexus.billing.v1.BillingService/ListPlans\n\
          grpcurl -plaintext -H \"authorization: Bearer $TOKEN\" {grpc} nexus.billing.v1.BillingService/GetUsage\n\
          grpcurl -plaintext {grpc} grpc.health.v1.Health/Check\n\
-         curl http://{http}/readyz\n"
+         curl http://{http}/readyz\n\n"
     );
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(banner.as_bytes());
+    let _ = stdout.flush();
 }
