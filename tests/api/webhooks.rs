@@ -22,6 +22,7 @@ crate::on_both_backends!(
     a_stripe_failure_answers_5xx_records_nothing_and_the_redelivery_succeeds,
     events_for_unknown_customers_and_unhandled_types_are_recorded_and_acknowledged,
     a_second_live_subscription_is_not_applied_and_is_flagged,
+    a_completed_checkout_links_an_unknown_customer_but_never_moves_a_known_one,
 );
 
 async fn inbox(app: &TestApp) -> i64 {
@@ -499,6 +500,52 @@ async fn a_second_live_subscription_is_not_applied_and_is_flagged(backend: Backe
             .iter()
             .any(|k| k == "subscription.needs_attention"),
         "support can find the double charge"
+    );
+    app.stop().await;
+}
+
+async fn a_completed_checkout_links_an_unknown_customer_but_never_moves_a_known_one(
+    backend: Backend,
+) {
+    let (app, stripe) = TestApp::spawn_with_stripe(backend).await;
+    let (start, end) = crate::subscription_lifecycle::period();
+    // The customer id was never stored here (the answer to the customer creation was lost).
+    stripe.put_subscription(&crate::fake_stripe::SubSpec {
+        id: "sub_hal",
+        customer: "cus_lost",
+        price: crate::fake_stripe::PRICE_PRO,
+        status: "active",
+        period_start: start,
+        period_end: end,
+        cancel_at_period_end: false,
+    });
+    let (_, body) = stripe.event(
+        "checkout.session.completed",
+        &stripe.checkout_completed("hal", "cus_lost", "sub_hal"),
+    );
+    app.deliver_signed(&body).await;
+    assert_eq!(
+        subscription(&app, "hal").await.effective_tier,
+        i32::from(Tier::Pro)
+    );
+
+    // A session naming another user cannot move hal's customer (or subscription) to them.
+    let (_, body) = stripe.event(
+        "checkout.session.completed",
+        &stripe.checkout_completed("mallory", "cus_lost", "sub_hal"),
+    );
+    app.deliver_signed(&body).await;
+    assert_eq!(
+        subscription(&app, "mallory").await.effective_tier,
+        i32::from(Tier::Free)
+    );
+    assert_eq!(
+        app.count("billing_customers", "user_id = 'mallory'").await,
+        0
+    );
+    assert_eq!(
+        subscription(&app, "hal").await.effective_tier,
+        i32::from(Tier::Pro)
     );
     app.stop().await;
 }
