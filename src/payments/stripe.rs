@@ -94,6 +94,30 @@ impl StripeGateway {
         }
     }
 
+    async fn retrieve(
+        &self,
+        subscription_id: &str,
+    ) -> Result<stripe_shared::Subscription, PaymentError> {
+        RetrieveSubscription::new(subscription_id)
+            .send(&self.client)
+            .await
+            .map_err(classify)
+    }
+
+    /// Sends a subscription update with a fresh idempotency key and reads Stripe's answer.
+    async fn update(
+        &self,
+        request: UpdateSubscription,
+    ) -> Result<RemoteSubscription, PaymentError> {
+        let updated = request
+            .customize()
+            .request_strategy(fresh_key()?)
+            .send(&self.client)
+            .await
+            .map_err(classify)?;
+        self.remote_subscription(&updated)
+    }
+
     fn remote_subscription(
         &self,
         sub: &stripe_shared::Subscription,
@@ -286,10 +310,7 @@ impl PaymentGateway for StripeGateway {
         tier: Tier,
     ) -> Result<RemoteSubscription, PaymentError> {
         let price = self.price_of(tier)?;
-        let current = RetrieveSubscription::new(subscription_id)
-            .send(&self.client)
-            .await
-            .map_err(classify)?;
+        let current = self.retrieve(subscription_id).await?;
         let item = current
             .items
             .data
@@ -298,16 +319,13 @@ impl PaymentGateway for StripeGateway {
         let mut change = UpdateSubscriptionItems::new();
         change.id = Some(item.id.as_str().to_string());
         change.price = Some(price.to_string());
-        let updated = UpdateSubscription::new(subscription_id)
-            .items(vec![change])
-            .proration_behavior(UpdateSubscriptionProrationBehavior::CreateProrations)
-            .cancel_at_period_end(false)
-            .customize()
-            .request_strategy(fresh_key()?)
-            .send(&self.client)
-            .await
-            .map_err(classify)?;
-        self.remote_subscription(&updated)
+        self.update(
+            UpdateSubscription::new(subscription_id)
+                .items(vec![change])
+                .proration_behavior(UpdateSubscriptionProrationBehavior::CreateProrations)
+                .cancel_at_period_end(false),
+        )
+        .await
     }
 
     #[tracing::instrument(skip_all, fields(subscription_id = %subscription_id, cancel = cancel))]
@@ -316,14 +334,8 @@ impl PaymentGateway for StripeGateway {
         subscription_id: &str,
         cancel: bool,
     ) -> Result<RemoteSubscription, PaymentError> {
-        let updated = UpdateSubscription::new(subscription_id)
-            .cancel_at_period_end(cancel)
-            .customize()
-            .request_strategy(fresh_key()?)
-            .send(&self.client)
+        self.update(UpdateSubscription::new(subscription_id).cancel_at_period_end(cancel))
             .await
-            .map_err(classify)?;
-        self.remote_subscription(&updated)
     }
 
     #[tracing::instrument(skip_all)]
@@ -348,10 +360,7 @@ impl PaymentGateway for StripeGateway {
         &self,
         subscription_id: &str,
     ) -> Result<RemoteSubscription, PaymentError> {
-        let sub = RetrieveSubscription::new(subscription_id)
-            .send(&self.client)
-            .await
-            .map_err(classify)?;
+        let sub = self.retrieve(subscription_id).await?;
         self.remote_subscription(&sub)
     }
 
