@@ -3,11 +3,14 @@
 
 pub mod activity;
 pub mod catalogue;
+pub mod contact;
+pub mod credentials;
 pub mod integration;
 pub mod invoice;
 pub mod plans;
 pub mod reconcile;
 pub mod subscription;
+pub mod sync_job;
 pub mod usage;
 pub mod user;
 

@@ -4,11 +4,13 @@
 
 #[macro_use]
 mod shared;
+#[macro_use]
+mod integration_sql;
 mod postgres;
 mod rows;
 mod sqlite;
 
-use std::sync::Arc;
+use std::{collections::BTreeMap, sync::Arc};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -16,7 +18,10 @@ use chrono::{DateTime, Utc};
 use crate::domain::{
     Usage, UserId,
     activity::Activity,
-    integration::Integration,
+    catalogue::ProviderId,
+    contact::Contact,
+    integration::{Integration, IntegrationStatus},
+    sync_job::{Direction, JobProgress, JobState, SyncJob},
     invoice::{Invoice, InvoiceStatus, StoredInvoice},
     subscription::{PaymentProvider, Subscription},
 };
@@ -47,7 +52,7 @@ pub enum StoreError {
 /// Everything the service reads and writes. Every query that returns user data takes the user id,
 /// so one user's rows can never be read through another user's request.
 #[async_trait]
-pub trait Store: BillingRecords + Send + Sync + 'static {
+pub trait Store: BillingRecords + IntegrationStore + Send + Sync + 'static {
     /// Which database this is.
     fn backend(&self) -> Backend;
 
@@ -152,6 +157,148 @@ pub trait BillingTx: Send {
 
     /// Makes every change of this transaction visible.
     async fn commit(self: Box<Self>) -> Result<(), StoreError>;
+}
+
+/// Integrations, their sync jobs and the contacts they push, with the same SQL on both backends
+/// (`integration_sql.rs`). Job writes by a worker name the worker: they apply only while it
+/// still holds the job's lease, so a job taken over by another worker cannot be written twice.
+#[async_trait]
+pub trait IntegrationStore: Send + Sync {
+    /// The user's integration with `provider`, if connected.
+    async fn integration(
+        &self,
+        user: &UserId,
+        provider: ProviderId,
+    ) -> Result<Option<Integration>, StoreError>;
+
+    /// An integration by id (for workers; never answer a user with it).
+    async fn integration_by_id(&self, id: &str) -> Result<Option<Integration>, StoreError>;
+
+    /// The vault envelope of an integration's credentials.
+    async fn sealed_credentials(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Connects, or reconnects (one integration per user and provider): new credentials and
+    /// settings, status ACTIVE, last error cleared.
+    async fn save_integration(
+        &self,
+        user: &UserId,
+        provider: ProviderId,
+        sealed: &[u8],
+        settings: &BTreeMap<String, String>,
+    ) -> Result<Integration, StoreError>;
+
+    /// Deletes the integration, its credentials and its jobs; `false` if it did not exist.
+    async fn delete_integration(&self, user: &UserId, provider: ProviderId)
+    -> Result<bool, StoreError>;
+
+    async fn set_integration_health(
+        &self,
+        id: &str,
+        status: IntegrationStatus,
+        last_error: Option<&str>,
+    ) -> Result<(), StoreError>;
+
+    /// Records a finished sync (and clears the last error).
+    async fn record_sync_time(&self, id: &str, at: DateTime<Utc>) -> Result<(), StoreError>;
+
+    /// Appends an activity-log entry on its own.
+    async fn append_activity(&self, user: &UserId, activity: &Activity) -> Result<(), StoreError>;
+
+    async fn contact_count(&self, user: &UserId) -> Result<u64, StoreError>;
+
+    /// The user's contacts after the contact id `after`, in id order: one page of a sync.
+    async fn contacts_after(
+        &self,
+        user: &UserId,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Contact>, StoreError>;
+
+    /// Queues a job, or returns the integration's queued or running one; `true` when new.
+    async fn enqueue_sync(&self, job: &NewSyncJob<'_>) -> Result<(SyncJob, bool), StoreError>;
+
+    /// One of the user's jobs.
+    async fn sync_job(&self, user: &UserId, id: &str) -> Result<Option<SyncJob>, StoreError>;
+
+    /// Moves a scheduled, never-attempted job's next attempt to `now`.
+    async fn expedite_sync(&self, id: &str, now: DateTime<Utc>) -> Result<(), StoreError>;
+
+    /// Takes the next due job (or one whose lease expired), counting an attempt.
+    async fn claim_sync_job(
+        &self,
+        worker: &str,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+    ) -> Result<Option<SyncJob>, StoreError>;
+
+    /// `false` when the worker no longer holds the job.
+    async fn extend_lease(
+        &self,
+        id: &str,
+        worker: &str,
+        lease_until: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
+    /// Saves a checkpoint; `false` when the worker no longer holds the job.
+    async fn save_progress(
+        &self,
+        id: &str,
+        worker: &str,
+        progress: &JobProgress,
+    ) -> Result<bool, StoreError>;
+
+    /// Finishes or re-queues a job; `false` when the worker no longer holds it.
+    async fn end_sync_job(
+        &self,
+        id: &str,
+        worker: &str,
+        end: &JobEnd<'_>,
+    ) -> Result<bool, StoreError>;
+
+    /// Integration ids and envelopes in id order after `after` (for key rotation).
+    async fn sealed_credentials_page(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+
+    /// Replaces an envelope only if it is still `old` (a concurrent reconnect wins).
+    async fn replace_sealed_credentials(
+        &self,
+        id: &str,
+        old: &[u8],
+        new: &[u8],
+    ) -> Result<bool, StoreError>;
+}
+
+/// A job to queue.
+#[derive(Debug, Clone)]
+pub struct NewSyncJob<'a> {
+    pub integration_id: &'a str,
+    pub user: &'a UserId,
+    pub direction: Direction,
+    pub max_attempts: u32,
+    /// When it may start.
+    pub due: DateTime<Utc>,
+    pub now: DateTime<Utc>,
+}
+
+/// How a worker lets go of a job.
+#[derive(Debug, Clone)]
+pub enum JobEnd<'a> {
+    /// A final state.
+    Finished {
+        state: JobState,
+        at: DateTime<Utc>,
+        error: Option<&'a str>,
+    },
+    /// Back to the queue until `at`. `count_attempt: false` gives the attempt back (the job
+    /// was parked for a rate limit or stopped by a shutdown, not failed).
+    Retry {
+        at: DateTime<Utc>,
+        error: Option<&'a str>,
+        count_attempt: bool,
+    },
 }
 
 /// Where a page of invoices ends: the next page starts after this invoice.

@@ -117,3 +117,4 @@ impl Store for PgStore {
 
 billing_tx!(PgTx, sqlx::Postgres, lock: " FOR UPDATE", id_cast: "::uuid");
 billing_records!(PgStore);
+integration_store!(PgStore, id: "::uuid", text: "::text", skip_locked: " FOR UPDATE SKIP LOCKED");

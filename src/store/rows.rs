@@ -208,3 +208,88 @@ pub(super) fn parse_invoice_status(
         .transpose()
         .map_err(corrupt)
 }
+
+
+#[derive(sqlx::FromRow)]
+pub(super) struct ContactRow {
+    id: String,
+    email: Option<String>,
+    first_name: Option<String>,
+    last_name: Option<String>,
+    company: Option<String>,
+    phone: Option<String>,
+    job_title: Option<String>,
+}
+
+impl From<ContactRow> for crate::domain::contact::Contact {
+    fn from(row: ContactRow) -> Self {
+        Self {
+            id: row.id,
+            email: row.email,
+            first_name: row.first_name,
+            last_name: row.last_name,
+            company: row.company,
+            phone: row.phone,
+            job_title: row.job_title,
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(super) struct SyncJobRow {
+    id: String,
+    integration_id: String,
+    user_id: String,
+    provider: String,
+    direction: String,
+    state: String,
+    checkpoint: Option<String>,
+    contacts_done: i64,
+    contacts_total: i64,
+    contacts_skipped: i64,
+    skipped_reason: Option<String>,
+    contacts_failed: i64,
+    failures: Json<Vec<crate::domain::sync_job::RecordFailure>>,
+    last_error: Option<String>,
+    attempts: i32,
+    max_attempts: i32,
+    next_attempt_at: DateTime<Utc>,
+    created_at: DateTime<Utc>,
+    started_at: Option<DateTime<Utc>>,
+    finished_at: Option<DateTime<Utc>>,
+}
+
+fn count(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+impl TryFrom<SyncJobRow> for crate::domain::sync_job::SyncJob {
+    type Error = StoreError;
+
+    fn try_from(row: SyncJobRow) -> Result<Self, Self::Error> {
+        Ok(Self {
+            id: row.id,
+            integration_id: row.integration_id,
+            user_id: UserId::parse(row.user_id).map_err(corrupt)?,
+            provider: row.provider.parse().map_err(corrupt)?,
+            direction: row.direction.parse().map_err(corrupt)?,
+            state: row.state.parse().map_err(corrupt)?,
+            progress: crate::domain::sync_job::JobProgress {
+                checkpoint: row.checkpoint,
+                contacts_done: count(row.contacts_done),
+                contacts_total: count(row.contacts_total),
+                contacts_skipped: count(row.contacts_skipped),
+                skipped_reason: row.skipped_reason,
+                contacts_failed: count(row.contacts_failed),
+                failures: row.failures.0,
+            },
+            last_error: row.last_error,
+            attempts: u32::try_from(row.attempts).unwrap_or(0),
+            max_attempts: u32::try_from(row.max_attempts).unwrap_or(0),
+            next_attempt_at: row.next_attempt_at,
+            created_at: row.created_at,
+            started_at: row.started_at,
+            finished_at: row.finished_at,
+        })
+    }
+}

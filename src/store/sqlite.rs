@@ -132,3 +132,4 @@ impl Store for SqliteStore {
 
 billing_tx!(SqliteTx, sqlx::Sqlite, lock: "", id_cast: "");
 billing_records!(SqliteStore);
+integration_store!(SqliteStore, id: "", text: "", skip_locked: "");

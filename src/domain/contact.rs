@@ -1,0 +1,69 @@
+//! A contact as the card application stores it, and the fields every provider maps from.
+
+/// One of a user's contacts. Empty strings are treated like missing values.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Contact {
+    pub id: String,
+    pub email: Option<String>,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub company: Option<String>,
+    pub phone: Option<String>,
+    pub job_title: Option<String>,
+}
+
+impl Contact {
+    /// The email address, trimmed, when there is one.
+    pub fn email(&self) -> Option<&str> {
+        non_blank(self.email.as_deref())
+    }
+}
+
+/// `Some(trimmed)` unless the value is missing or blank.
+pub fn non_blank(value: Option<&str>) -> Option<&str> {
+    value.map(str::trim).filter(|v| !v.is_empty())
+}
+
+/// Splits a page of contacts into those a provider keyed by email can take (first occurrence of
+/// each address, compared case-insensitively) and how many were left out for having none.
+/// Duplicates within one page are dropped: the providers reject a batch naming an address twice.
+pub fn sendable_by_email(page: &[Contact]) -> (Vec<&Contact>, u64, u64) {
+    let mut seen = std::collections::HashSet::new();
+    let (mut sendable, mut without_email, mut duplicates) = (Vec::new(), 0, 0);
+    for contact in page {
+        match contact.email() {
+            None => without_email += 1,
+            Some(email) if !seen.insert(email.to_ascii_lowercase()) => duplicates += 1,
+            Some(_) => sendable.push(contact),
+        }
+    }
+    (sendable, without_email, duplicates)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn contact(id: &str, email: Option<&str>) -> Contact {
+        Contact {
+            id: id.into(),
+            email: email.map(str::to_string),
+            ..Contact::default()
+        }
+    }
+
+    #[test]
+    fn contacts_without_email_or_repeating_one_are_left_out() {
+        let page = [
+            contact("1", Some("a@x.test")),
+            contact("2", None),
+            contact("3", Some("  ")),
+            contact("4", Some("A@X.test")),
+            contact("5", Some("b@x.test")),
+        ];
+        let (sendable, without_email, duplicates) = sendable_by_email(&page);
+        let ids: Vec<&str> = sendable.iter().map(|c| c.id.as_str()).collect();
+        assert_eq!(ids, ["1", "5"]);
+        assert_eq!((without_email, duplicates), (2, 1));
+    }
+}

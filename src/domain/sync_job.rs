@@ -1,0 +1,192 @@
+//! Sync jobs: their states, their progress, and the rule that turns a finished run into a state.
+
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::{UserId, catalogue::ProviderId};
+
+/// Where a job is in its life. QUEUED and RUNNING are active; the others are final.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobState {
+    Queued,
+    Running,
+    Succeeded,
+    Partial,
+    Failed,
+}
+
+impl JobState {
+    pub const ALL: [JobState; 5] = [
+        Self::Queued,
+        Self::Running,
+        Self::Succeeded,
+        Self::Partial,
+        Self::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Partial => "partial",
+            Self::Failed => "failed",
+        }
+    }
+
+    pub fn is_final(self) -> bool {
+        !matches!(self, Self::Queued | Self::Running)
+    }
+}
+
+impl FromStr for JobState {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|v| v.as_str() == s)
+            .ok_or_else(|| format!("unknown job state {s:?}"))
+    }
+}
+
+/// Which way a job moves contacts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Push,
+    Import,
+    Both,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Push => "push",
+            Self::Import => "import",
+            Self::Both => "both",
+        }
+    }
+}
+
+impl FromStr for Direction {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [Self::Push, Self::Import, Self::Both]
+            .into_iter()
+            .find(|v| v.as_str() == s)
+            .ok_or_else(|| format!("unknown sync direction {s:?}"))
+    }
+}
+
+/// One contact the provider refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordFailure {
+    pub email: String,
+    pub message: String,
+}
+
+/// At most this many failures are kept on a job (the count is always exact).
+pub const MAX_LISTED_FAILURES: usize = 100;
+
+/// What a job has done so far; saved after every batch, so a resumed job continues from
+/// `checkpoint` (the id of the last contact handled) without sending anything twice.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct JobProgress {
+    pub checkpoint: Option<String>,
+    pub contacts_done: u64,
+    pub contacts_total: u64,
+    pub contacts_skipped: u64,
+    pub skipped_reason: Option<String>,
+    pub contacts_failed: u64,
+    pub failures: Vec<RecordFailure>,
+}
+
+impl JobProgress {
+    /// Adds a batch's refused records: the count always, the details up to the cap.
+    pub fn add_failures(&mut self, count: u64, failures: Vec<RecordFailure>) {
+        self.contacts_failed += count;
+        let room = MAX_LISTED_FAILURES.saturating_sub(self.failures.len());
+        self.failures.extend(failures.into_iter().take(room));
+    }
+
+    /// Adds contacts that were not sent, and why.
+    pub fn add_skipped(&mut self, count: u64, reason: &str) {
+        if count == 0 {
+            return;
+        }
+        self.contacts_skipped += count;
+        match &mut self.skipped_reason {
+            Some(reasons) if !reasons.contains(reason) => {
+                reasons.push_str("; ");
+                reasons.push_str(reason);
+            }
+            Some(_) => {}
+            None => self.skipped_reason = Some(reason.to_string()),
+        }
+    }
+
+    /// The final state of a run that reached the end of the contacts.
+    pub fn final_state(&self) -> JobState {
+        if self.contacts_failed > 0 {
+            JobState::Partial
+        } else {
+            JobState::Succeeded
+        }
+    }
+}
+
+/// A job as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncJob {
+    pub id: String,
+    pub integration_id: String,
+    pub user_id: UserId,
+    pub provider: ProviderId,
+    pub direction: Direction,
+    pub state: JobState,
+    pub progress: JobProgress,
+    pub last_error: Option<String>,
+    pub attempts: u32,
+    pub max_attempts: u32,
+    pub next_attempt_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_are_counted_exactly_but_listed_up_to_the_cap() {
+        let mut progress = JobProgress::default();
+        let failure = RecordFailure {
+            email: "a@x.test".into(),
+            message: "bad".into(),
+        };
+        progress.add_failures(150, vec![failure.clone(); 150]);
+        progress.add_failures(1, vec![failure]);
+        assert_eq!(progress.contacts_failed, 151);
+        assert_eq!(progress.failures.len(), MAX_LISTED_FAILURES);
+        assert_eq!(progress.final_state(), JobState::Partial);
+        assert_eq!(JobProgress::default().final_state(), JobState::Succeeded);
+    }
+
+    #[test]
+    fn skipped_reasons_are_listed_once_each() {
+        let mut progress = JobProgress::default();
+        progress.add_skipped(2, "no email address");
+        progress.add_skipped(0, "never shown");
+        progress.add_skipped(1, "no email address");
+        progress.add_skipped(1, "duplicate email address");
+        assert_eq!(progress.contacts_skipped, 4);
+        assert_eq!(
+            progress.skipped_reason.as_deref(),
+            Some("no email address; duplicate email address")
+        );
+    }
+}

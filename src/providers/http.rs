@@ -1,0 +1,212 @@
+//! What every provider client shares: throttled sending, and reading a failed response into a
+//! [`ProviderError`] (rate limits with their wait, bad credentials, permanent refusals, outages).
+
+use std::time::Duration;
+
+use chrono::Utc;
+use reqwest::{RequestBuilder, Response, StatusCode, header::HeaderMap};
+
+use super::{ProviderError, Throttle};
+use crate::domain::{catalogue::ProviderId, credentials::Credentials};
+
+/// Longest provider message kept (they can be pages of HTML).
+const MAX_REASON_CHARS: usize = 300;
+
+/// An HTTP client for one provider account.
+pub(super) struct Client {
+    pub http: reqwest::Client,
+    throttle: Throttle,
+    provider: ProviderId,
+    credentials: Credentials,
+}
+
+impl Client {
+    pub fn new(
+        http: reqwest::Client,
+        throttle: Throttle,
+        provider: ProviderId,
+        credentials: Credentials,
+    ) -> Self {
+        Self {
+            http,
+            throttle,
+            provider,
+            credentials,
+        }
+    }
+
+    /// Waits for the rate limiter, sends, and turns any non-2xx answer into an error.
+    pub async fn send(&self, request: RequestBuilder) -> Result<Response, ProviderError> {
+        self.throttle.wait().await;
+        let result = request.send().await;
+        let provider = self.provider.as_str();
+        let response = match result {
+            Ok(response) => response,
+            Err(e) => {
+                metrics::counter!("provider_requests_total", "provider" => provider, "status" => "error")
+                    .increment(1);
+                // Without the URL: a Zapier hook URL is itself the secret.
+                let e = e.without_url();
+                let what = if e.is_timeout() {
+                    "timed out"
+                } else if e.is_connect() {
+                    "could not be reached"
+                } else {
+                    "failed"
+                };
+                return Err(ProviderError::Unavailable(format!(
+                    "the request to {} {what}",
+                    self.provider
+                )));
+            }
+        };
+        let status = response.status();
+        metrics::counter!("provider_requests_total", "provider" => provider, "status" => status.as_u16().to_string())
+            .increment(1);
+        if status.is_success() {
+            return Ok(response);
+        }
+        let headers = response.headers().clone();
+        let body = response.text().await.unwrap_or_default();
+        Err(self.classify(status, &headers, &body))
+    }
+
+    /// Reads a JSON body, calling a malformed one an outage (worth retrying).
+    pub async fn json<T: serde::de::DeserializeOwned>(
+        &self,
+        response: Response,
+    ) -> Result<T, ProviderError> {
+        let bytes = response.bytes().await.map_err(|_| {
+            ProviderError::Unavailable(format!("{} sent an incomplete answer", self.provider))
+        })?;
+        serde_json::from_slice(&bytes).map_err(|e| {
+            ProviderError::Unavailable(format!(
+                "{} sent an answer this service cannot read ({e})",
+                self.provider
+            ))
+        })
+    }
+
+    fn classify(&self, status: StatusCode, headers: &HeaderMap, body: &str) -> ProviderError {
+        let reason = self.reason(status, body);
+        let rate_limit_words = ["ratelimit", "rate_limit", "rate limit", "request_limit_exceeded"];
+        let lower = body.to_ascii_lowercase();
+        let says_rate_limited = rate_limit_words.iter().any(|w| lower.contains(w));
+        match status.as_u16() {
+            429 => ProviderError::RateLimited {
+                retry_after: retry_after(headers),
+                daily: lower.contains("daily"),
+            },
+            401 | 403 if says_rate_limited => ProviderError::RateLimited {
+                retry_after: retry_after(headers),
+                daily: lower.contains("daily") || lower.contains("request_limit_exceeded"),
+            },
+            401 | 403 => ProviderError::Unauthorized(format!(
+                "{} refused the credentials: {reason}",
+                self.provider
+            )),
+            408 | 500..=599 => ProviderError::Unavailable(format!(
+                "{} is unavailable: {reason}",
+                self.provider
+            )),
+            _ => ProviderError::Rejected(format!("{} refused the request: {reason}", self.provider)),
+        }
+    }
+
+    /// The provider's own words for a failure, scrubbed of credentials and shortened.
+    pub fn reason(&self, status: StatusCode, body: &str) -> String {
+        let text = serde_json::from_str::<serde_json::Value>(body)
+            .ok()
+            .and_then(|json| message_of(&json))
+            .unwrap_or_else(|| format!("HTTP {}", status.as_u16()));
+        let mut text = self.credentials.scrub(&text);
+        if text.chars().count() > MAX_REASON_CHARS {
+            text = text.chars().take(MAX_REASON_CHARS).collect::<String>() + "...";
+        }
+        text
+    }
+
+    pub fn scrub(&self, text: &str) -> String {
+        self.credentials.scrub(text)
+    }
+}
+
+/// The human message in the error shapes the providers use.
+fn message_of(json: &serde_json::Value) -> Option<String> {
+    for key in ["message", "detail", "error_description", "title"] {
+        if let Some(text) = json.get(key).and_then(|v| v.as_str()) {
+            return Some(text.to_string());
+        }
+    }
+    if let Some(first) = json.get("errors").and_then(|e| e.get(0)) {
+        return message_of(first);
+    }
+    json.get("error").and_then(|v| match v {
+        serde_json::Value::String(s) => Some(s.clone()),
+        other => message_of(other),
+    })
+}
+
+/// How long the provider asked us to wait: `Retry-After` (seconds or an HTTP date), else a
+/// rate-limit reset header (epoch seconds, or seconds from now when small).
+pub(super) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    if let Some(value) = header("retry-after") {
+        if let Ok(secs) = value.parse::<f64>() {
+            return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+        }
+        if let Ok(at) = chrono::DateTime::parse_from_rfc2822(value) {
+            return Some((at.with_timezone(&Utc) - Utc::now()).to_std().unwrap_or_default());
+        }
+    }
+    for name in ["x-ratelimit-reset", "ratelimit-reset"] {
+        if let Some(value) = header(name).and_then(|v| v.parse::<i64>().ok()) {
+            let now = Utc::now().timestamp();
+            // Epoch seconds are far larger than any "seconds from now" value.
+            let secs = if value > 1_000_000_000 { value - now } else { value };
+            return Some(Duration::from_secs(u64::try_from(secs).unwrap_or(0)));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use reqwest::header::HeaderValue;
+
+    use super::*;
+
+    #[test]
+    fn retry_after_reads_seconds_dates_and_reset_epochs() {
+        let mut headers = HeaderMap::new();
+        headers.insert("retry-after", HeaderValue::from_static("7"));
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(7)));
+
+        let mut headers = HeaderMap::new();
+        let reset = (Utc::now().timestamp() + 30).to_string();
+        headers.insert("x-ratelimit-reset", HeaderValue::from_str(&reset).unwrap_or_else(|_| HeaderValue::from_static("0")));
+        let wait = retry_after(&headers).unwrap_or_default();
+        assert!((Duration::from_secs(28)..=Duration::from_secs(30)).contains(&wait), "{wait:?}");
+
+        let mut headers = HeaderMap::new();
+        let date = (Utc::now() + chrono::Duration::seconds(60)).to_rfc2822();
+        headers.insert("retry-after", HeaderValue::from_str(&date).unwrap_or_else(|_| HeaderValue::from_static("0")));
+        let wait = retry_after(&headers).unwrap_or_default();
+        assert!((Duration::from_secs(58)..=Duration::from_secs(60)).contains(&wait), "{wait:?}");
+
+        assert_eq!(retry_after(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn messages_are_found_in_each_providers_error_shape() {
+        let cases = [
+            (r#"{"status":"error","message":"Authentication credentials not found"}"#, "Authentication credentials not found"),
+            (r#"{"type":"x","title":"API Key Invalid","status":401,"detail":"Your API key may be invalid"}"#, "Your API key may be invalid"),
+            (r#"{"errors":[{"field":null,"message":"authorization required"}]}"#, "authorization required"),
+        ];
+        for (body, want) in cases {
+            let json: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+            assert_eq!(message_of(&json).as_deref(), Some(want));
+        }
+    }
+}

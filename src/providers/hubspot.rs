@@ -1,0 +1,141 @@
+//! HubSpot: `Authorization: Bearer <private app token>`, contacts upserted by email with
+//! `POST /crm/v3/objects/contacts/batch/upsert` (100 per call). A 207 answer lists the refused
+//! records in `errors[]`.
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use url::Url;
+
+use super::{ContactSink, ProviderError, PushReport, http::Client, required};
+use crate::domain::{
+    contact::{Contact, non_blank},
+    credentials::Credentials,
+    sync_job::RecordFailure,
+};
+
+pub struct Hubspot {
+    client: Client,
+    base: Url,
+    token: String,
+}
+
+impl Hubspot {
+    pub(super) fn new(
+        client: Client,
+        base: &Url,
+        credentials: &Credentials,
+    ) -> Result<Self, ProviderError> {
+        Ok(Self {
+            token: required(credentials, "accessToken")?.to_string(),
+            client,
+            base: base.clone(),
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base.as_str().trim_end_matches('/'))
+    }
+}
+
+#[derive(Serialize)]
+struct UpsertInput<'a> {
+    #[serde(rename = "idProperty")]
+    id_property: &'static str,
+    id: &'a str,
+    properties: Map<String, Value>,
+}
+
+#[derive(Deserialize)]
+struct UpsertAnswer {
+    #[serde(default)]
+    errors: Vec<UpsertError>,
+}
+
+#[derive(Deserialize)]
+struct UpsertError {
+    #[serde(default)]
+    message: String,
+    #[serde(default)]
+    context: Map<String, Value>,
+}
+
+/// Our fields under HubSpot's property names (empty fields are left out, so they never blank
+/// a value someone set in HubSpot).
+pub fn properties(contact: &Contact) -> Map<String, Value> {
+    let mut map = Map::new();
+    for (name, value) in [
+        ("email", contact.email.as_deref()),
+        ("firstname", contact.first_name.as_deref()),
+        ("lastname", contact.last_name.as_deref()),
+        ("company", contact.company.as_deref()),
+        ("phone", contact.phone.as_deref()),
+        ("jobtitle", contact.job_title.as_deref()),
+    ] {
+        if let Some(value) = non_blank(value) {
+            map.insert(name.into(), Value::String(value.into()));
+        }
+    }
+    map
+}
+
+#[async_trait]
+impl ContactSink for Hubspot {
+    async fn verify(&self) -> Result<(), ProviderError> {
+        let request = self
+            .client
+            .http
+            .get(self.url("/crm/v3/objects/contacts?limit=1"))
+            .bearer_auth(&self.token);
+        self.client.send(request).await.map(drop)
+    }
+
+    async fn push(&self, contacts: &[&Contact]) -> Result<PushReport, ProviderError> {
+        let inputs: Vec<UpsertInput<'_>> = contacts
+            .iter()
+            .filter_map(|c| {
+                Some(UpsertInput {
+                    id_property: "email",
+                    id: c.email()?,
+                    properties: properties(c),
+                })
+            })
+            .collect();
+        let request = self
+            .client
+            .http
+            .post(self.url("/crm/v3/objects/contacts/batch/upsert"))
+            .bearer_auth(&self.token)
+            .json(&serde_json::json!({ "inputs": inputs }));
+        let response = self.client.send(request).await?;
+        let answer: UpsertAnswer = self.client.json(response).await?;
+        let mut report = PushReport::default();
+        for error in answer.errors {
+            let message = self.client.scrub(&error.message);
+            // `context` names the refused ids (here, emails), e.g. {"ids": ["a@b.com"]}.
+            let emails: Vec<String> = error
+                .context
+                .values()
+                .filter_map(Value::as_array)
+                .flatten()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect();
+            if emails.is_empty() {
+                report.failed += 1;
+                report.failures.push(RecordFailure {
+                    email: String::new(),
+                    message,
+                });
+            } else {
+                report.failed += emails.len() as u64;
+                report
+                    .failures
+                    .extend(emails.into_iter().map(|email| RecordFailure {
+                        email,
+                        message: message.clone(),
+                    }));
+            }
+        }
+        Ok(report)
+    }
+}

@@ -1,0 +1,395 @@
+//! `integration_store!(Type, id: "..", text: "..", skip_locked: "..")` implements
+//! `IntegrationStore` for a store with a `pool` field. The SQL is the same on both backends;
+//! only the id casts (`$1::uuid`, `id::text` on PostgreSQL) and the row-locking clause of the
+//! job claim (`FOR UPDATE SKIP LOCKED` on PostgreSQL; SQLite runs one writer at a time) differ.
+//! Every timestamp compared in SQL is bound from Rust, so both backends compare like with like.
+
+macro_rules! integration_store {
+    ($name:ident, id: $id:literal, text: $text:literal, skip_locked: $lock:literal) => {
+        const _: () = {
+            use std::collections::BTreeMap;
+
+            use chrono::{DateTime, Utc};
+            use sqlx::types::Json;
+
+            use $crate::{
+                domain::{
+                    UserId,
+                    activity::Activity,
+                    catalogue::ProviderId,
+                    contact::Contact,
+                    integration::{Integration, IntegrationStatus},
+                    sync_job::{JobProgress, SyncJob},
+                },
+                store::{
+                    IntegrationStore, JobEnd, NewSyncJob, StoreError,
+                    rows::{ContactRow, IntegrationRow, SyncJobRow},
+                },
+            };
+
+            const INTEGRATION: &str = concat!(
+                "SELECT id", $text, " AS id, user_id, provider, status, settings, last_sync_at, \
+                 last_error, created_at, updated_at FROM integrations "
+            );
+            const JOB: &str = concat!(
+                "SELECT j.id", $text, " AS id, j.integration_id", $text, " AS integration_id, \
+                 j.user_id, i.provider, j.direction, j.state, j.checkpoint, j.contacts_done, \
+                 j.contacts_total, j.contacts_skipped, j.skipped_reason, j.contacts_failed, \
+                 j.failures, j.last_error, j.attempts, j.max_attempts, j.next_attempt_at, \
+                 j.created_at, j.started_at, j.finished_at \
+                 FROM sync_jobs j JOIN integrations i ON i.id = j.integration_id "
+            );
+
+            impl $name {
+                async fn job_where(
+                    &self,
+                    condition: &'static str,
+                    id: &str,
+                ) -> Result<Option<SyncJob>, StoreError> {
+                    let sql = sqlx::AssertSqlSafe(format!("{JOB}{condition}"));
+                    let row: Option<SyncJobRow> = sqlx::query_as(sql)
+                        .bind(id)
+                        .fetch_optional(&self.pool)
+                        .await?;
+                    row.map(SyncJob::try_from).transpose()
+                }
+            }
+
+            #[async_trait::async_trait]
+            impl IntegrationStore for $name {
+                async fn integration(
+                    &self,
+                    user: &UserId,
+                    provider: ProviderId,
+                ) -> Result<Option<Integration>, StoreError> {
+                    let sql = sqlx::AssertSqlSafe(format!(
+                        "{INTEGRATION}WHERE user_id = $1 AND provider = $2"
+                    ));
+                    let row: Option<IntegrationRow> = sqlx::query_as(sql)
+                        .bind(user.as_str())
+                        .bind(provider.as_str())
+                        .fetch_optional(&self.pool)
+                        .await?;
+                    row.map(Integration::try_from).transpose()
+                }
+
+                async fn integration_by_id(&self, id: &str) -> Result<Option<Integration>, StoreError> {
+                    let sql = sqlx::AssertSqlSafe(format!(
+                        "{INTEGRATION}WHERE id = {}",
+                        concat!("$1", $id)
+                    ));
+                    let row: Option<IntegrationRow> = sqlx::query_as(sql)
+                        .bind(id)
+                        .fetch_optional(&self.pool)
+                        .await?;
+                    row.map(Integration::try_from).transpose()
+                }
+
+                async fn sealed_credentials(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+                    Ok(sqlx::query_scalar(concat!(
+                        "SELECT credentials FROM integrations WHERE id = $1", $id
+                    ))
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?)
+                }
+
+                async fn save_integration(
+                    &self,
+                    user: &UserId,
+                    provider: ProviderId,
+                    sealed: &[u8],
+                    settings: &BTreeMap<String, String>,
+                ) -> Result<Integration, StoreError> {
+                    sqlx::query(concat!(
+                        "INSERT INTO integrations (id, user_id, provider, status, credentials, settings) \
+                         VALUES ($1", $id, ", $2, $3, 'active', $4, $5) \
+                         ON CONFLICT (user_id, provider) DO UPDATE SET status = 'active', \
+                         credentials = excluded.credentials, settings = excluded.settings, \
+                         last_error = NULL"
+                    ))
+                    .bind(uuid::Uuid::new_v4().to_string())
+                    .bind(user.as_str())
+                    .bind(provider.as_str())
+                    .bind(sealed)
+                    .bind(Json(settings))
+                    .execute(&self.pool)
+                    .await?;
+                    self.integration(user, provider)
+                        .await?
+                        .ok_or_else(|| StoreError::Corrupt("saved integration vanished".into()))
+                }
+
+                async fn delete_integration(
+                    &self,
+                    user: &UserId,
+                    provider: ProviderId,
+                ) -> Result<bool, StoreError> {
+                    // Its jobs go with it (ON DELETE CASCADE); a worker running one loses its
+                    // lease at its next checkpoint and stops.
+                    let done = sqlx::query("DELETE FROM integrations WHERE user_id = $1 AND provider = $2")
+                        .bind(user.as_str())
+                        .bind(provider.as_str())
+                        .execute(&self.pool)
+                        .await?;
+                    Ok(done.rows_affected() > 0)
+                }
+
+                async fn set_integration_health(
+                    &self,
+                    id: &str,
+                    status: IntegrationStatus,
+                    last_error: Option<&str>,
+                ) -> Result<(), StoreError> {
+                    sqlx::query(concat!(
+                        "UPDATE integrations SET status = $2, last_error = $3 WHERE id = $1", $id
+                    ))
+                    .bind(id)
+                    .bind(status.as_str())
+                    .bind(last_error)
+                    .execute(&self.pool)
+                    .await?;
+                    Ok(())
+                }
+
+                async fn record_sync_time(&self, id: &str, at: DateTime<Utc>) -> Result<(), StoreError> {
+                    sqlx::query(concat!(
+                        "UPDATE integrations SET last_sync_at = $2, last_error = NULL WHERE id = $1", $id
+                    ))
+                    .bind(id)
+                    .bind(at)
+                    .execute(&self.pool)
+                    .await?;
+                    Ok(())
+                }
+
+                async fn append_activity(&self, user: &UserId, activity: &Activity) -> Result<(), StoreError> {
+                    sqlx::query($crate::store::rows::LOG_ACTIVITY)
+                        .bind(user.as_str())
+                        .bind(activity.kind)
+                        .bind(&activity.message)
+                        .bind(Json(&activity.details))
+                        .execute(&self.pool)
+                        .await?;
+                    Ok(())
+                }
+
+                async fn contact_count(&self, user: &UserId) -> Result<u64, StoreError> {
+                    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM contacts WHERE user_id = $1")
+                        .bind(user.as_str())
+                        .fetch_one(&self.pool)
+                        .await?;
+                    Ok(u64::try_from(n).unwrap_or(0))
+                }
+
+                async fn contacts_after(
+                    &self,
+                    user: &UserId,
+                    after: Option<&str>,
+                    limit: u32,
+                ) -> Result<Vec<Contact>, StoreError> {
+                    let rows: Vec<ContactRow> = sqlx::query_as(
+                        "SELECT id, email, first_name, last_name, company, phone, job_title \
+                         FROM contacts WHERE user_id = $1 AND ($2 IS NULL OR id > $2) \
+                         ORDER BY id LIMIT $3",
+                    )
+                    .bind(user.as_str())
+                    .bind(after)
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await?;
+                    Ok(rows.into_iter().map(Contact::from).collect())
+                }
+
+                async fn enqueue_sync(&self, job: &NewSyncJob<'_>) -> Result<(SyncJob, bool), StoreError> {
+                    // The partial unique index allows one queued-or-running job per integration:
+                    // a second request finds the first one's job instead of adding another.
+                    for _ in 0..3 {
+                        let done = sqlx::query(concat!(
+                            "INSERT INTO sync_jobs (id, integration_id, user_id, direction, state, \
+                             max_attempts, next_attempt_at, created_at) \
+                             VALUES ($1", $id, ", $2", $id, ", $3, $4, 'queued', $5, $6, $7) \
+                             ON CONFLICT (integration_id) WHERE state IN ('queued', 'running') DO NOTHING"
+                        ))
+                        .bind(uuid::Uuid::new_v4().to_string())
+                        .bind(job.integration_id)
+                        .bind(job.user.as_str())
+                        .bind(job.direction.as_str())
+                        .bind(i32::try_from(job.max_attempts).unwrap_or(i32::MAX))
+                        .bind(job.due)
+                        .bind(job.now)
+                        .execute(&self.pool)
+                        .await?;
+                        let active = self
+                            .job_where(
+                                concat!(
+                                    "WHERE j.integration_id = $1", $id,
+                                    " AND j.state IN ('queued', 'running')"
+                                ),
+                                job.integration_id,
+                            )
+                            .await?;
+                        // None: the active job finished in between; try again.
+                        if let Some(active) = active {
+                            return Ok((active, done.rows_affected() == 1));
+                        }
+                    }
+                    Err(StoreError::Corrupt("could not queue a sync job".into()))
+                }
+
+                async fn sync_job(&self, user: &UserId, id: &str) -> Result<Option<SyncJob>, StoreError> {
+                    Ok(self
+                        .job_where(concat!("WHERE j.id = $1", $id), id)
+                        .await?
+                        .filter(|job| &job.user_id == user))
+                }
+
+                async fn expedite_sync(&self, id: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
+                    sqlx::query(concat!(
+                        "UPDATE sync_jobs SET next_attempt_at = $2 WHERE id = $1", $id,
+                        " AND state = 'queued' AND attempts = 0 AND next_attempt_at > $2"
+                    ))
+                    .bind(id)
+                    .bind(now)
+                    .execute(&self.pool)
+                    .await?;
+                    Ok(())
+                }
+
+                async fn claim_sync_job(
+                    &self,
+                    worker: &str,
+                    now: DateTime<Utc>,
+                    lease_until: DateTime<Utc>,
+                ) -> Result<Option<SyncJob>, StoreError> {
+                    let id: Option<String> = sqlx::query_scalar(concat!(
+                        "UPDATE sync_jobs SET state = 'running', lease_owner = $1, \
+                         lease_expires_at = $3, attempts = attempts + 1, \
+                         started_at = COALESCE(started_at, $2) \
+                         WHERE id = (SELECT id FROM sync_jobs \
+                           WHERE (state = 'queued' AND next_attempt_at <= $2) \
+                              OR (state = 'running' AND lease_expires_at < $2) \
+                           ORDER BY next_attempt_at LIMIT 1", $lock, ") \
+                         RETURNING id", $text
+                    ))
+                    .bind(worker)
+                    .bind(now)
+                    .bind(lease_until)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                    match id {
+                        Some(id) => self.job_where(concat!("WHERE j.id = $1", $id), &id).await,
+                        None => Ok(None),
+                    }
+                }
+
+                async fn extend_lease(
+                    &self,
+                    id: &str,
+                    worker: &str,
+                    lease_until: DateTime<Utc>,
+                ) -> Result<bool, StoreError> {
+                    let done = sqlx::query(concat!(
+                        "UPDATE sync_jobs SET lease_expires_at = $3 WHERE id = $1", $id,
+                        " AND lease_owner = $2 AND state = 'running'"
+                    ))
+                    .bind(id)
+                    .bind(worker)
+                    .bind(lease_until)
+                    .execute(&self.pool)
+                    .await?;
+                    Ok(done.rows_affected() == 1)
+                }
+
+                async fn save_progress(
+                    &self,
+                    id: &str,
+                    worker: &str,
+                    p: &JobProgress,
+                ) -> Result<bool, StoreError> {
+                    let done = sqlx::query(concat!(
+                        "UPDATE sync_jobs SET checkpoint = $3, contacts_done = $4, contacts_total = $5, \
+                         contacts_skipped = $6, skipped_reason = $7, contacts_failed = $8, failures = $9 \
+                         WHERE id = $1", $id, " AND lease_owner = $2 AND state = 'running'"
+                    ))
+                    .bind(id)
+                    .bind(worker)
+                    .bind(p.checkpoint.as_deref())
+                    .bind(i64::try_from(p.contacts_done).unwrap_or(i64::MAX))
+                    .bind(i64::try_from(p.contacts_total).unwrap_or(i64::MAX))
+                    .bind(i64::try_from(p.contacts_skipped).unwrap_or(i64::MAX))
+                    .bind(p.skipped_reason.as_deref())
+                    .bind(i64::try_from(p.contacts_failed).unwrap_or(i64::MAX))
+                    .bind(Json(&p.failures))
+                    .execute(&self.pool)
+                    .await?;
+                    Ok(done.rows_affected() == 1)
+                }
+
+                async fn end_sync_job(
+                    &self,
+                    id: &str,
+                    worker: &str,
+                    end: &JobEnd<'_>,
+                ) -> Result<bool, StoreError> {
+                    let query = match end {
+                        JobEnd::Finished { state, at, error } => sqlx::query(concat!(
+                            "UPDATE sync_jobs SET state = $3, last_error = $4, finished_at = $5, \
+                             lease_owner = NULL, lease_expires_at = NULL \
+                             WHERE id = $1", $id, " AND lease_owner = $2 AND state = 'running'"
+                        ))
+                        .bind(id)
+                        .bind(worker)
+                        .bind(state.as_str())
+                        .bind(*error)
+                        .bind(*at),
+                        JobEnd::Retry { at, error, count_attempt } => sqlx::query(concat!(
+                            "UPDATE sync_jobs SET state = 'queued', next_attempt_at = $3, last_error = $4, \
+                             attempts = attempts - $5, lease_owner = NULL, lease_expires_at = NULL \
+                             WHERE id = $1", $id, " AND lease_owner = $2 AND state = 'running'"
+                        ))
+                        .bind(id)
+                        .bind(worker)
+                        .bind(*at)
+                        .bind(*error)
+                        .bind(if *count_attempt { 0i32 } else { 1i32 }),
+                    };
+                    Ok(query.execute(&self.pool).await?.rows_affected() == 1)
+                }
+
+                async fn sealed_credentials_page(
+                    &self,
+                    after: Option<&str>,
+                    limit: u32,
+                ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+                    Ok(sqlx::query_as(concat!(
+                        "SELECT id", $text, " AS id, credentials FROM integrations \
+                         WHERE ($1", $id, " IS NULL OR id > $1", $id, ") ORDER BY id LIMIT $2"
+                    ))
+                    .bind(after)
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await?)
+                }
+
+                async fn replace_sealed_credentials(
+                    &self,
+                    id: &str,
+                    old: &[u8],
+                    new: &[u8],
+                ) -> Result<bool, StoreError> {
+                    let done = sqlx::query(concat!(
+                        "UPDATE integrations SET credentials = $3 WHERE id = $1", $id,
+                        " AND credentials = $2"
+                    ))
+                    .bind(id)
+                    .bind(old)
+                    .bind(new)
+                    .execute(&self.pool)
+                    .await?;
+                    Ok(done.rows_affected() == 1)
+                }
+            }
+        };
+    };
+}
