@@ -1,4 +1,4 @@
-//! The command line: `serve` (default), `migrate`, `token`. Settings come from the environment
+//! The command line: `serve` (default), `migrate`, `token`, `rotate-keys`. Settings come from the environment
 //! (or `.env`) and may also be given as flags; see [`crate::config::Settings`].
 
 use std::time::Duration;
@@ -26,6 +26,9 @@ pub enum Command {
     Serve,
     /// Apply database migrations and exit.
     Migrate,
+    /// Re-encrypt every stored credential under ENCRYPTION_KEY (run after moving the old key
+    /// to ENCRYPTION_KEY_PREVIOUS; servers keep running meanwhile).
+    RotateKeys,
     /// Print a token signed with JWT_SECRET (HS256), for development and scripts.
     Token {
         /// The token's `sub`.

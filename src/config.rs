@@ -3,6 +3,7 @@
 //! development fallbacks, and wraps secrets so `Debug` and logs show them redacted.
 
 use std::{
+    collections::BTreeMap,
     fmt,
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -13,6 +14,8 @@ use clap::{Args, ValueEnum};
 use rand::RngCore;
 use secrecy::{ExposeSecret, SecretBox, SecretString};
 use url::Url;
+
+use crate::domain::catalogue::{ProviderId, RateLimit};
 
 /// Deployment mode. In production no development fallback applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -160,6 +163,35 @@ pub struct Settings {
     /// generated once and kept in DATA_DIR/encryption.key.
     #[arg(long, env = "ENCRYPTION_KEY", hide_env_values = true, global = true)]
     pub encryption_key: Option<String>,
+    /// Previous vault keys (64 hex characters each, comma-separated), still accepted for
+    /// reading credentials until `rotate-keys` has re-sealed everything under ENCRYPTION_KEY.
+    #[arg(long, env = "ENCRYPTION_KEY_PREVIOUS", hide_env_values = true, global = true)]
+    pub encryption_key_previous: Option<String>,
+    /// Sync jobs each process runs at once (0: this process only serves the API).
+    #[arg(long, env = "SYNC_WORKERS", default_value_t = 2, global = true)]
+    pub sync_workers: usize,
+    /// How often an idle worker looks for due jobs (e.g. `1s`, `250ms`).
+    #[arg(long, env = "SYNC_POLL_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration, global = true)]
+    pub sync_poll_interval: Duration,
+    /// How long a worker holds a job without renewing it; a crashed worker's job is picked up
+    /// by another after this.
+    #[arg(long, env = "SYNC_LEASE", default_value = "60s", value_parser = humantime::parse_duration, global = true)]
+    pub sync_lease: Duration,
+    /// Attempts a job gets before it is FAILED (waits for rate limits do not count).
+    #[arg(long, env = "SYNC_MAX_ATTEMPTS", default_value_t = 8, global = true)]
+    pub sync_max_attempts: u32,
+    /// Tries of one provider request within an attempt before the attempt gives up.
+    #[arg(long, env = "SYNC_REQUEST_RETRIES", default_value_t = 3, global = true)]
+    pub sync_request_retries: u32,
+    /// First retry delay (doubling, with jitter, for requests and for attempts).
+    #[arg(long, env = "SYNC_RETRY_MIN_DELAY", default_value = "2s", value_parser = humantime::parse_duration, global = true)]
+    pub sync_retry_min_delay: Duration,
+    /// Longest retry delay between attempts.
+    #[arg(long, env = "SYNC_RETRY_MAX_DELAY", default_value = "15m", value_parser = humantime::parse_duration, global = true)]
+    pub sync_retry_max_delay: Duration,
+    /// Request budgets replacing the catalogue's, e.g. `hubspot=190/10s,mailchimp=10/1s`.
+    #[arg(long, env = "RATE_LIMITS", global = true)]
+    pub rate_limits: Option<String>,
     /// Base URLs of outside APIs (tests and staging point them at fakes).
     #[command(flatten)]
     pub endpoints: Endpoints,
@@ -185,6 +217,9 @@ pub struct Endpoints {
     pub mailchimp_token_url: Url,
     #[arg(long, env = "SENDGRID_API_BASE", default_value = "https://api.sendgrid.com", value_parser = parse_base_url, global = true)]
     pub sendgrid_api_base: Url,
+    /// Zapier hook URLs given by users must start with this.
+    #[arg(long, env = "ZAPIER_HOOK_BASE", default_value = "https://hooks.zapier.com/hooks/catch/", value_parser = parse_base_url, global = true)]
+    pub zapier_hook_base: Url,
     #[arg(long, env = "SALESFORCE_AUTHORIZE_URL", default_value = "https://login.salesforce.com/services/oauth2/authorize", value_parser = parse_base_url, global = true)]
     pub salesforce_authorize_url: Url,
     #[arg(long, env = "SALESFORCE_TOKEN_URL", default_value = "https://login.salesforce.com/services/oauth2/token", value_parser = parse_base_url, global = true)]
@@ -331,9 +366,25 @@ pub struct Config {
     /// How long PAST_DUE keeps the paid tier.
     pub past_due_grace: Duration,
     pub encryption_key: EncryptionKey,
+    /// Keys that still open credentials sealed before a rotation.
+    pub previous_encryption_keys: Vec<EncryptionKey>,
     /// True when the key was generated in DATA_DIR (development only).
     pub encryption_key_generated: bool,
+    pub sync: SyncConfig,
     pub endpoints: Endpoints,
+}
+
+/// Validated sync-worker settings.
+#[derive(Debug, Clone)]
+pub struct SyncConfig {
+    pub workers: usize,
+    pub poll_interval: Duration,
+    pub lease: Duration,
+    pub max_attempts: u32,
+    pub request_retries: u32,
+    pub retry_min_delay: Duration,
+    pub retry_max_delay: Duration,
+    pub rate_limits: BTreeMap<ProviderId, RateLimit>,
 }
 
 const DEV_ORIGINS: &str = "http://localhost:3000,http://127.0.0.1:3000";
@@ -534,6 +585,56 @@ impl Config {
             },
         };
 
+        let mut previous_encryption_keys = Vec::new();
+        for hex_key in non_empty(s.encryption_key_previous)
+            .iter()
+            .flat_map(|list| list.split(','))
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+        {
+            match parse_key(hex_key) {
+                Ok(key) => previous_encryption_keys.push(key),
+                Err(e) => problem("ENCRYPTION_KEY_PREVIOUS", e),
+            }
+        }
+
+        let rate_limits = match s.rate_limits.as_deref().map(parse_rate_limits) {
+            Some(Ok(limits)) => limits,
+            Some(Err(e)) => {
+                problem("RATE_LIMITS", e);
+                BTreeMap::new()
+            }
+            None => BTreeMap::new(),
+        };
+        if s.sync_lease < Duration::from_secs(1) {
+            problem("SYNC_LEASE", "must be at least 1s".into());
+        }
+        if s.sync_max_attempts == 0 {
+            problem("SYNC_MAX_ATTEMPTS", "must be at least 1".into());
+        }
+        if s.sync_request_retries == 0 {
+            problem("SYNC_REQUEST_RETRIES", "must be at least 1".into());
+        }
+        if s.sync_retry_min_delay > s.sync_retry_max_delay {
+            problem(
+                "SYNC_RETRY_MIN_DELAY",
+                "must not be longer than SYNC_RETRY_MAX_DELAY".into(),
+            );
+        }
+        if s.sync_poll_interval.is_zero() {
+            problem("SYNC_POLL_INTERVAL", "must be longer than 0".into());
+        }
+        let sync = SyncConfig {
+            workers: s.sync_workers,
+            poll_interval: s.sync_poll_interval,
+            lease: s.sync_lease,
+            max_attempts: s.sync_max_attempts,
+            request_retries: s.sync_request_retries,
+            retry_min_delay: s.sync_retry_min_delay,
+            retry_max_delay: s.sync_retry_max_delay,
+            rate_limits,
+        };
+
         if !problems.is_empty() {
             return Err(ConfigError(problems));
         }
@@ -552,7 +653,9 @@ impl Config {
             webhook_max_body_bytes: s.webhook_max_body_bytes,
             past_due_grace: s.past_due_grace,
             encryption_key,
+            previous_encryption_keys,
             encryption_key_generated,
+            sync,
             endpoints: s.endpoints,
         })
     }
@@ -594,6 +697,33 @@ pub fn parse_origins(list: &str) -> Result<Vec<String>, String> {
             Ok(url.origin().ascii_serialization())
         })
         .collect()
+}
+
+/// `slug=N/Ds` pairs, comma-separated, e.g. `hubspot=190/10s,zapier=20/1s`.
+pub fn parse_rate_limits(list: &str) -> Result<BTreeMap<ProviderId, RateLimit>, String> {
+    let mut limits = BTreeMap::new();
+    for item in list.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let bad = || format!("{item:?} is not like hubspot=190/10s");
+        let (slug, budget) = item.split_once('=').ok_or_else(bad)?;
+        let provider: ProviderId = slug.trim().parse().map_err(|e| format!("{e}"))?;
+        let (requests, window) = budget.split_once('/').ok_or_else(bad)?;
+        let requests: u32 = requests.trim().parse().map_err(|_| bad())?;
+        let window = humantime::parse_duration(window.trim()).map_err(|_| bad())?;
+        let per_seconds = u32::try_from(window.as_secs()).map_err(|_| bad())?;
+        if requests == 0 || per_seconds == 0 || window.subsec_nanos() != 0 {
+            return Err(format!(
+                "{item:?}: needs at least 1 request per whole number of seconds"
+            ));
+        }
+        limits.insert(
+            provider,
+            RateLimit {
+                requests,
+                per_seconds,
+            },
+        );
+    }
+    Ok(limits)
 }
 
 fn parse_key(hex_key: &str) -> Result<EncryptionKey, String> {

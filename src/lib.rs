@@ -14,6 +14,7 @@ pub mod config;
 pub mod domain;
 pub mod grpc;
 pub mod integrations;
+pub mod key_rotation;
 pub mod metrics;
 pub mod payments;
 pub mod providers;

@@ -8,7 +8,8 @@ use nexus_billing::{
     cli::{Cli, Command},
     config::Config,
     domain::UserId,
-    startup::{Application, shutdown_signal},
+    key_rotation::rotate_credentials,
+    startup::{Application, build_vault, shutdown_signal},
     store, telemetry,
 };
 use secrecy::ExposeSecret;
@@ -29,6 +30,7 @@ async fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config).await,
         Command::Migrate => migrate(config).await,
+        Command::RotateKeys => rotate_keys(config).await,
         Command::Token {
             user_id,
             email,
@@ -67,6 +69,35 @@ async fn migrate(config: Config) -> anyhow::Result<()> {
     store.migrate().await?;
     store.close().await;
     tracing::info!("migrations applied");
+    Ok(())
+}
+
+async fn rotate_keys(config: Config) -> anyhow::Result<()> {
+    let store = store::connect(
+        config.database_url.expose_secret(),
+        config.database_max_connections,
+    )
+    .await?;
+    store.migrate().await?;
+    let vault = build_vault(&config);
+    let report = rotate_credentials(store.as_ref(), &vault).await;
+    store.close().await;
+    let report = report?;
+    tracing::info!(
+        key_id = %vault.current_key_id(),
+        rotated = report.rotated,
+        already_current = report.already_current,
+        changed_meanwhile = report.changed_meanwhile,
+        unreadable = report.unreadable.len(),
+        "credential rotation finished"
+    );
+    if !report.unreadable.is_empty() {
+        anyhow::bail!(
+            "{} integration(s) have credentials no configured key opens (ids in the log); \
+             add the key they were sealed with to ENCRYPTION_KEY_PREVIOUS and run again",
+            report.unreadable.len()
+        );
+    }
     Ok(())
 }
 

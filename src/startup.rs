@@ -33,9 +33,12 @@ use crate::{
     },
     integrations::Integrations,
     payments::{Gateways, PaymentGateway, stripe::StripeGateway},
+    providers::{ProviderEndpoints, Providers, RateLimits},
     sidecar::{self, SidecarState},
     store::{self, Store},
+    sync_worker::SyncWorker,
     telemetry::request_span,
+    vault::Vault,
 };
 
 /// The user id of the development token printed at start-up.
@@ -47,6 +50,8 @@ pub struct Application {
     config: Config,
     store: Arc<dyn Store>,
     billing: Arc<Billing>,
+    integrations: Arc<Integrations>,
+    worker: Arc<SyncWorker>,
     verifier: Arc<JwtVerifier>,
     grpc_listener: TcpListener,
     http_listener: TcpListener,
@@ -68,6 +73,20 @@ impl Application {
             .await
             .context("cannot apply database migrations")?;
         let billing = Arc::new(build_billing(&config, Arc::clone(&store))?);
+        let vault = Arc::new(build_vault(&config));
+        let providers = Arc::new(build_providers(&config)?);
+        let integrations = Arc::new(Integrations::new(
+            Arc::clone(&store),
+            Arc::clone(&vault),
+            Arc::clone(&providers),
+            config.sync.max_attempts,
+        ));
+        let worker = Arc::new(SyncWorker::new(
+            Arc::clone(&store),
+            vault,
+            providers,
+            config.sync.clone(),
+        ));
         let verifier = Arc::new(JwtVerifier::new(&config.jwt)?);
         let grpc_listener = TcpListener::bind(config.grpc_addr)
             .await
@@ -79,6 +98,8 @@ impl Application {
             config,
             store,
             billing,
+            integrations,
+            worker,
             verifier,
             grpc_listener,
             http_listener,
@@ -122,12 +143,15 @@ impl Application {
     }
 
     /// Serves until the shutdown token is cancelled: stops accepting, finishes in-flight
-    /// requests, closes the database pool.
+    /// requests and sync batches (their jobs go back to the queue), closes the database pool.
+    /// Dropping the future instead stops everything at once, as a crash would.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let Self {
             config,
             store,
             billing,
+            integrations,
+            worker,
             verifier,
             grpc_listener,
             http_listener,
@@ -159,7 +183,7 @@ impl Application {
         let (grpc_addr, http_addr) = (grpc_listener.local_addr()?, http_listener.local_addr()?);
         let grpc = grpc_server(
             config.allowed_origins.clone(),
-            Arc::clone(&store),
+            integrations,
             billing,
             verifier,
             grpc_listener,
@@ -170,14 +194,17 @@ impl Application {
 
         let grpc = tokio::spawn(grpc);
         let http = tokio::spawn(http);
-        let (grpc_result, http_result) = tokio::join!(
+        // Not spawned: dropping this future (a crash in tests) must stop the workers too.
+        let workers = worker.run(shutdown.clone());
+        let (grpc_result, http_result, ()) = tokio::join!(
             async {
                 let r = grpc.await;
                 // If the gRPC server stops on its own, stop the sidecar too.
                 shutdown.cancel();
                 r
             },
-            http
+            http,
+            workers
         );
         store.close().await;
         http_result.context("HTTP sidecar task failed")?;
@@ -211,9 +238,35 @@ fn build_billing(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Billi
     ))
 }
 
+/// The vault with the current key and any previous ones.
+pub fn build_vault(config: &Config) -> Vault {
+    let previous: Vec<&[u8; 32]> = config
+        .previous_encryption_keys
+        .iter()
+        .map(|k| k.expose())
+        .collect();
+    Vault::new(config.encryption_key.expose(), &previous)
+}
+
+fn build_providers(config: &Config) -> anyhow::Result<Providers> {
+    let e = &config.endpoints;
+    let endpoints = ProviderEndpoints {
+        hubspot_api_base: e.hubspot_api_base.clone(),
+        mailchimp_api_base: e.mailchimp_api_base.clone(),
+        sendgrid_api_base: e.sendgrid_api_base.clone(),
+        zapier_hook_base: e.zapier_hook_base.clone(),
+        sendgrid_poll_interval: config.sync.poll_interval,
+    };
+    Providers::new(
+        endpoints,
+        Arc::new(RateLimits::new(&config.sync.rate_limits)),
+    )
+    .context("cannot set up the provider HTTP client")
+}
+
 async fn grpc_server(
     allowed_origins: Vec<String>,
-    store: Arc<dyn Store>,
+    integrations: Arc<Integrations>,
     billing: Arc<Billing>,
     verifier: Arc<JwtVerifier>,
     listener: TcpListener,
@@ -238,7 +291,7 @@ async fn grpc_server(
     let auth = AuthInterceptor::new(verifier);
     let billing = BillingServiceServer::with_interceptor(BillingApi::new(billing), auth.clone());
     let integrations = IntegrationsServiceServer::with_interceptor(
-        IntegrationsApi::new(Arc::new(Integrations::new(store))),
+        IntegrationsApi::new(integrations),
         auth,
     );
 

@@ -1,0 +1,581 @@
+//! The sync worker: takes due jobs from the database under a lease, pushes the user's contacts
+//! page by page to the provider, checkpoints after every batch, and decides what a failure
+//! means (retry with backoff, park until a rate limit resets, or stop for good).
+//!
+//! Any number of workers, in any number of processes on one database, share the queue: a claim
+//! takes one job (`FOR UPDATE SKIP LOCKED` on PostgreSQL), a heartbeat renews the lease, and
+//! every write names the worker, so a job whose lease was taken over is never written twice.
+
+use std::{sync::Arc, time::Duration};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use chrono::{DateTime, Utc};
+use serde_json::json;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::{
+    config::SyncConfig,
+    domain::{
+        UserId,
+        activity::Activity,
+        catalogue::ProviderId,
+        contact::{Contact, sendable_by_email},
+        integration::{Integration, IntegrationStatus},
+        sync_job::{Direction, JobProgress, JobState, SyncJob},
+    },
+    providers::{ContactSink, ProviderError, Providers, PushReport},
+    store::{JobEnd, NewSyncJob, Store, StoreError},
+    telemetry::error_chain,
+    vault::Vault,
+};
+
+/// The longest wait for a rate limit or a retry spent inside an attempt; a longer one parks
+/// the job and frees the worker.
+const MAX_INLINE_WAIT: Duration = Duration::from_secs(60);
+
+/// Everything a worker needs; shared by the worker loops of one process.
+pub struct SyncWorker {
+    store: Arc<dyn Store>,
+    vault: Arc<Vault>,
+    providers: Arc<Providers>,
+    config: SyncConfig,
+    /// Unique per process; each loop appends its slot.
+    name: String,
+}
+
+/// How an attempt ended.
+enum Outcome {
+    /// Every contact was handled.
+    Done(JobProgress),
+    /// The process is stopping: back to the queue at once, the attempt given back.
+    Stopped,
+    /// Another worker holds the job now (or it was deleted): leave it alone.
+    LeaseLost,
+    /// A rate limit: back to the queue until `until`, the attempt given back.
+    Parked { until: DateTime<Utc>, reason: String },
+    /// Worth another attempt later.
+    Retry { reason: String },
+    /// Will not work until the user acts; `integration` is what the integration becomes.
+    Broken {
+        reason: String,
+        integration: IntegrationStatus,
+    },
+}
+
+impl SyncWorker {
+    pub fn new(
+        store: Arc<dyn Store>,
+        vault: Arc<Vault>,
+        providers: Arc<Providers>,
+        config: SyncConfig,
+    ) -> Self {
+        let name = format!(
+            "{}-{}",
+            std::process::id(),
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        Self {
+            store,
+            vault,
+            providers,
+            config,
+            name,
+        }
+    }
+
+    /// Runs the configured number of worker loops until `shutdown`. Each loop finishes the
+    /// batch in flight and puts its job back in the queue before returning. Dropping the
+    /// returned future aborts them all (as a crash would): their leases then expire.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut loops = JoinSet::new();
+        for slot in 0..self.config.workers {
+            let worker = Arc::clone(&self);
+            let shutdown = shutdown.clone();
+            loops.spawn(async move { worker.work(slot, shutdown).await });
+        }
+        while loops.join_next().await.is_some() {}
+    }
+
+    async fn work(&self, slot: usize, shutdown: CancellationToken) {
+        let name = format!("{}-{slot}", self.name);
+        while !shutdown.is_cancelled() {
+            match self.run_next(&name, &shutdown).await {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %error_chain(&e), "sync worker cannot reach the database"),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(self.config.poll_interval) => {}
+                () = shutdown.cancelled() => {}
+            }
+        }
+    }
+
+    /// Claims and runs one due job; `false` when none was due.
+    pub async fn run_next(
+        &self,
+        worker: &str,
+        shutdown: &CancellationToken,
+    ) -> Result<bool, StoreError> {
+        let now = Utc::now();
+        let Some(job) = self
+            .store
+            .claim_sync_job(worker, now, now + self.lease())
+            .await?
+        else {
+            return Ok(false);
+        };
+        let span = tracing::info_span!(
+            "sync_job",
+            job_id = %job.id,
+            provider = job.provider.as_str(),
+            attempt = job.attempts
+        );
+        self.run_job(worker, job, shutdown).instrument(span).await;
+        Ok(true)
+    }
+
+    fn lease(&self) -> chrono::Duration {
+        chrono::Duration::from_std(self.config.lease).unwrap_or(chrono::Duration::seconds(60))
+    }
+
+    async fn run_job(&self, worker: &str, job: SyncJob, shutdown: &CancellationToken) {
+        tracing::info!(
+            checkpoint = job.progress.checkpoint.as_deref().unwrap_or(""),
+            "sync attempt started"
+        );
+        let outcome = tokio::select! {
+            outcome = self.attempt(worker, &job, shutdown) => match outcome {
+                Ok(outcome) => outcome,
+                Err(e) => {
+                    tracing::warn!(error = %error_chain(&e), "sync attempt hit a database error");
+                    Outcome::Retry { reason: "the service's database was unavailable".into() }
+                }
+            },
+            () = self.heartbeat(&job.id, worker) => Outcome::LeaseLost,
+        };
+        if let Err(e) = self.settle(worker, &job, outcome).await {
+            // The lease will expire and the job will be picked up again.
+            tracing::error!(error = %error_chain(&e), "cannot record the end of a sync attempt");
+        }
+    }
+
+    /// Renews the lease every third of its length; returns when the job is no longer ours.
+    async fn heartbeat(&self, id: &str, worker: &str) {
+        loop {
+            tokio::time::sleep(self.config.lease / 3).await;
+            match self
+                .store
+                .extend_lease(id, worker, Utc::now() + self.lease())
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(e) => tracing::warn!(error = %error_chain(&e), "cannot renew a job lease"),
+            }
+        }
+    }
+
+    async fn attempt(
+        &self,
+        worker: &str,
+        job: &SyncJob,
+        shutdown: &CancellationToken,
+    ) -> Result<Outcome, StoreError> {
+        let Some(integration) = self.store.integration_by_id(&job.integration_id).await? else {
+            return Ok(Outcome::LeaseLost);
+        };
+        if integration.status != IntegrationStatus::Active {
+            return Ok(Outcome::Broken {
+                reason: format!(
+                    "{} needs attention: {}",
+                    job.provider,
+                    integration.last_error.as_deref().unwrap_or("reconnect it")
+                ),
+                integration: integration.status,
+            });
+        }
+        if job.direction != Direction::Push {
+            return Ok(Outcome::Broken {
+                reason: "importing contacts is not available in this version yet".into(),
+                integration: IntegrationStatus::Active,
+            });
+        }
+        let sealed = self
+            .store
+            .sealed_credentials(&integration.id)
+            .await?
+            .unwrap_or_default();
+        let credentials = match self.vault.open(&sealed) {
+            Ok(credentials) => credentials,
+            Err(e) => {
+                tracing::error!(error = %e, "stored credentials cannot be opened");
+                return Ok(Outcome::Broken {
+                    reason: "the stored credentials cannot be read; connect the integration again"
+                        .into(),
+                    integration: IntegrationStatus::Error,
+                });
+            }
+        };
+        let sink = match self.providers.sink(
+            job.provider,
+            job.user_id.as_str(),
+            &credentials,
+            &integration.settings,
+        ) {
+            Ok(sink) => sink,
+            Err(e) => return Ok(broken(e)),
+        };
+        if job.attempts == 1 {
+            self.activity(
+                &job.user_id,
+                "sync.started",
+                format!("Started syncing contacts to {}", job.provider),
+                job,
+                None,
+            )
+            .await;
+        }
+
+        let mut progress = job.progress.clone();
+        progress.contacts_total = self.store.contact_count(&job.user_id).await?;
+        let batch_size = job.provider.spec().batch_size.max(1);
+        loop {
+            if shutdown.is_cancelled() {
+                return Ok(Outcome::Stopped);
+            }
+            let page = self
+                .store
+                .contacts_after(&job.user_id, progress.checkpoint.as_deref(), batch_size)
+                .await?;
+            let Some(last) = page.last().map(|c| c.id.clone()) else {
+                break;
+            };
+            let (sendable, without_email, duplicates): (Vec<&Contact>, u64, u64) =
+                if keyed_by_email(job.provider) {
+                    sendable_by_email(&page)
+                } else {
+                    (page.iter().collect(), 0, 0)
+                };
+            if !sendable.is_empty() {
+                match self.push_with_retries(&*sink, &sendable, shutdown).await {
+                    Ok(report) => progress.add_failures(report.failed, report.failures),
+                    Err(ProviderError::BatchRefused(reason)) => {
+                        let failed = batch_refused(&sendable, &reason);
+                        progress.add_failures(failed.failed, failed.failures);
+                    }
+                    Err(e) if shutdown.is_cancelled() && is_transient(&e) => {
+                        return Ok(Outcome::Stopped);
+                    }
+                    Err(e) => return Ok(self.outcome_of(e)),
+                }
+            }
+            progress.contacts_done += page.len() as u64;
+            progress.add_skipped(without_email, "no email address");
+            progress.add_skipped(duplicates, "email address repeated in a batch");
+            progress.checkpoint = Some(last);
+            if !self.store.save_progress(&job.id, worker, &progress).await? {
+                return Ok(Outcome::LeaseLost);
+            }
+            if page.len() < batch_size as usize {
+                break;
+            }
+        }
+        progress.contacts_total = progress.contacts_total.max(progress.contacts_done);
+        Ok(Outcome::Done(progress))
+    }
+
+    /// Pushes one batch, retrying outages and short rate limits within the attempt (honouring
+    /// `Retry-After`), with exponential backoff and jitter between tries.
+    async fn push_with_retries(
+        &self,
+        sink: &dyn ContactSink,
+        batch: &[&Contact],
+        shutdown: &CancellationToken,
+    ) -> Result<PushReport, ProviderError> {
+        let mut delays = ExponentialBuilder::default()
+            .with_min_delay(self.config.retry_min_delay)
+            .with_max_delay(MAX_INLINE_WAIT)
+            .with_max_times(self.config.request_retries.saturating_sub(1) as usize)
+            .with_jitter()
+            .build();
+        loop {
+            let error = match sink.push(batch).await {
+                Ok(report) => return Ok(report),
+                Err(e) => e,
+            };
+            let wait = match &error {
+                ProviderError::RateLimited {
+                    retry_after,
+                    daily: false,
+                } => delays.next().map(|backoff| retry_after.unwrap_or(backoff)),
+                ProviderError::Unavailable(_) => delays.next(),
+                _ => None,
+            };
+            let Some(wait) = wait.filter(|w| *w <= MAX_INLINE_WAIT) else {
+                return Err(error);
+            };
+            tracing::info!(error = %error, wait_ms = wait.as_millis() as u64, "provider request will be retried");
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = shutdown.cancelled() => return Err(error),
+            }
+        }
+    }
+
+    fn outcome_of(&self, error: ProviderError) -> Outcome {
+        let now = Utc::now();
+        match error {
+            ProviderError::RateLimited { retry_after, daily } => {
+                let until = match retry_after {
+                    Some(wait) => now + chrono::Duration::from_std(wait).unwrap_or_default(),
+                    None if daily => next_utc_midnight(now),
+                    None => now + chrono::Duration::from_std(self.config.retry_min_delay).unwrap_or_default(),
+                };
+                let reason = if daily {
+                    "the provider's daily request limit is used up; the sync resumes when it resets"
+                } else {
+                    "the provider asked to slow down; the sync resumes shortly"
+                };
+                Outcome::Parked {
+                    until,
+                    reason: reason.into(),
+                }
+            }
+            ProviderError::Unavailable(reason) => Outcome::Retry { reason },
+            other => broken(other),
+        }
+    }
+
+    /// Records how the attempt ended: the job's state, the integration's health, the activity
+    /// log, and the next recurring sync.
+    async fn settle(&self, worker: &str, job: &SyncJob, outcome: Outcome) -> Result<(), StoreError> {
+        let now = Utc::now();
+        let store = &self.store;
+        match outcome {
+            Outcome::LeaseLost => {
+                tracing::warn!("the job was taken over or deleted; this worker stops it");
+            }
+            Outcome::Stopped => {
+                let end = JobEnd::Retry {
+                    at: now,
+                    error: None,
+                    count_attempt: false,
+                };
+                store.end_sync_job(&job.id, worker, &end).await?;
+                tracing::info!("sync attempt stopped by shutdown; the job is queued again");
+            }
+            Outcome::Parked { until, reason } => {
+                let end = JobEnd::Retry {
+                    at: until,
+                    error: Some(&reason),
+                    count_attempt: false,
+                };
+                store.end_sync_job(&job.id, worker, &end).await?;
+                tracing::info!(resume_at = %until, "sync parked by a rate limit");
+            }
+            Outcome::Retry { reason } if job.attempts < job.max_attempts => {
+                let at = now + chrono::Duration::from_std(self.backoff(job.attempts)).unwrap_or_default();
+                let end = JobEnd::Retry {
+                    at,
+                    error: Some(&reason),
+                    count_attempt: true,
+                };
+                store.end_sync_job(&job.id, worker, &end).await?;
+                tracing::warn!(%reason, next_attempt_at = %at, "sync attempt failed; will retry");
+            }
+            Outcome::Retry { reason } => {
+                let reason = format!("gave up after {} attempts: {reason}", job.attempts);
+                if self.fail(worker, job, &reason).await? {
+                    self.store
+                        .set_integration_health(&job.integration_id, IntegrationStatus::Active, Some(&reason))
+                        .await?;
+                    self.schedule_next(job, now).await?;
+                }
+            }
+            Outcome::Broken {
+                reason,
+                integration,
+            } => {
+                if self.fail(worker, job, &reason).await? && integration != IntegrationStatus::Active {
+                    store
+                        .set_integration_health(&job.integration_id, integration, Some(&reason))
+                        .await?;
+                    self.activity(
+                        &job.user_id,
+                        "integration.error",
+                        format!("{} needs attention: {reason}", job.provider),
+                        job,
+                        None,
+                    )
+                    .await;
+                }
+            }
+            Outcome::Done(progress) => {
+                let state = progress.final_state();
+                let end = JobEnd::Finished {
+                    state,
+                    at: now,
+                    error: None,
+                };
+                if !store.end_sync_job(&job.id, worker, &end).await? {
+                    return Ok(());
+                }
+                store.record_sync_time(&job.integration_id, now).await?;
+                metrics::counter!("sync_jobs_finished_total", "provider" => job.provider.as_str(), "state" => state.as_str())
+                    .increment(1);
+                let (kind, message) = match state {
+                    JobState::Partial => (
+                        "sync.partial",
+                        format!(
+                            "Synced contacts to {}; {} were refused",
+                            job.provider, progress.contacts_failed
+                        ),
+                    ),
+                    _ => ("sync.succeeded", format!("Synced contacts to {}", job.provider)),
+                };
+                self.activity(&job.user_id, kind, message, job, Some(&progress)).await;
+                tracing::info!(
+                    state = state.as_str(),
+                    done = progress.contacts_done,
+                    failed = progress.contacts_failed,
+                    skipped = progress.contacts_skipped,
+                    "sync finished"
+                );
+                self.schedule_next(job, now).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Marks the job FAILED; `false` if it was no longer ours.
+    async fn fail(&self, worker: &str, job: &SyncJob, reason: &str) -> Result<bool, StoreError> {
+        let end = JobEnd::Finished {
+            state: JobState::Failed,
+            at: Utc::now(),
+            error: Some(reason),
+        };
+        if !self.store.end_sync_job(&job.id, worker, &end).await? {
+            return Ok(false);
+        }
+        metrics::counter!("sync_jobs_finished_total", "provider" => job.provider.as_str(), "state" => "failed")
+            .increment(1);
+        tracing::warn!(%reason, "sync failed");
+        self.activity(
+            &job.user_id,
+            "sync.failed",
+            format!("Syncing contacts to {} failed: {reason}", job.provider),
+            job,
+            None,
+        )
+        .await;
+        Ok(true)
+    }
+
+    /// The delay before attempt `attempts + 1`: exponential from SYNC_RETRY_MIN_DELAY, capped
+    /// at SYNC_RETRY_MAX_DELAY, with jitter.
+    fn backoff(&self, attempts: u32) -> Duration {
+        ExponentialBuilder::default()
+            .with_min_delay(self.config.retry_min_delay)
+            .with_max_delay(self.config.retry_max_delay)
+            .with_max_times(attempts as usize + 1)
+            .with_jitter()
+            .build()
+            .nth(attempts.saturating_sub(1) as usize)
+            .unwrap_or(self.config.retry_max_delay)
+            .min(self.config.retry_max_delay)
+    }
+
+    /// Queues the next sync when the integration has `syncInterval`.
+    async fn schedule_next(&self, job: &SyncJob, now: DateTime<Utc>) -> Result<(), StoreError> {
+        let Some(integration) = self.store.integration_by_id(&job.integration_id).await? else {
+            return Ok(());
+        };
+        if let Some(interval) = sync_interval(&integration) {
+            let (next, _) = self
+                .store
+                .enqueue_sync(&NewSyncJob {
+                    integration_id: &integration.id,
+                    user: &job.user_id,
+                    direction: job.direction,
+                    max_attempts: self.config.max_attempts,
+                    due: now + interval,
+                    now,
+                })
+                .await?;
+            tracing::info!(next_job = %next.id, due = %next.next_attempt_at, "next recurring sync queued");
+        }
+        Ok(())
+    }
+
+    /// Activity entries are best effort: a failure to write one is logged, never fatal.
+    async fn activity(
+        &self,
+        user: &UserId,
+        kind: &'static str,
+        message: String,
+        job: &SyncJob,
+        progress: Option<&JobProgress>,
+    ) {
+        let mut details = json!({ "provider": job.provider.as_str(), "job_id": job.id });
+        if let Some(p) = progress {
+            details["contacts_done"] = json!(p.contacts_done);
+            details["contacts_failed"] = json!(p.contacts_failed);
+            details["contacts_skipped"] = json!(p.contacts_skipped);
+        }
+        let entry = Activity::new(kind, message, details);
+        if let Err(e) = self.store.append_activity(user, &entry).await {
+            tracing::warn!(error = %error_chain(&e), kind, "cannot write an activity entry");
+        }
+    }
+}
+
+/// The recurring interval of an integration, if it has one.
+pub fn sync_interval(integration: &Integration) -> Option<chrono::Duration> {
+    let secs: i64 = integration.settings.get("syncInterval")?.trim().parse().ok()?;
+    (secs > 0).then(|| chrono::Duration::seconds(secs))
+}
+
+/// Providers that identify contacts by email (a contact without one cannot be sent).
+fn keyed_by_email(provider: ProviderId) -> bool {
+    !matches!(provider, ProviderId::Zapier)
+}
+
+fn is_transient(error: &ProviderError) -> bool {
+    matches!(
+        error,
+        ProviderError::Unavailable(_) | ProviderError::RateLimited { .. }
+    )
+}
+
+/// Failures that stop the job until the user acts.
+fn broken(error: ProviderError) -> Outcome {
+    Outcome::Broken {
+        reason: error.to_string(),
+        integration: IntegrationStatus::Error,
+    }
+}
+
+/// Every contact of a refused batch, as failures with the provider's reason.
+fn batch_refused(batch: &[&Contact], reason: &str) -> PushReport {
+    PushReport {
+        failed: batch.len() as u64,
+        failures: batch
+            .iter()
+            .map(|c| crate::domain::sync_job::RecordFailure {
+                email: c.email().unwrap_or_default().to_string(),
+                message: reason.to_string(),
+            })
+            .collect(),
+    }
+}
+
+fn next_utc_midnight(now: DateTime<Utc>) -> DateTime<Utc> {
+    let tomorrow = now.date_naive() + chrono::Days::new(1);
+    tomorrow
+        .and_hms_opt(0, 0, 0)
+        .map(|t| t.and_utc())
+        .unwrap_or(now + chrono::Duration::hours(24))
+}

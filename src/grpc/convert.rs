@@ -11,6 +11,7 @@ use crate::{
         catalogue::{AuthKind, InputType, ProviderId, SyncDirection},
         integration::{Integration, IntegrationStatus},
         invoice::{InvoiceStatus, StoredInvoice},
+        sync_job::{Direction, JobState, SyncJob},
         subscription::PaymentProvider,
     },
     integrations::CatalogueEntry,
@@ -232,6 +233,83 @@ pub fn provider_to_proto(id: ProviderId) -> ipb::Provider {
     }
 }
 
+/// The provider named in a request.
+pub fn provider_from_proto(value: i32) -> Result<ProviderId, Status> {
+    let provider = match ipb::Provider::try_from(value) {
+        Ok(ipb::Provider::Salesforce) => ProviderId::Salesforce,
+        Ok(ipb::Provider::Hubspot) => ProviderId::Hubspot,
+        Ok(ipb::Provider::ZohoCrm) => ProviderId::ZohoCrm,
+        Ok(ipb::Provider::Mailchimp) => ProviderId::Mailchimp,
+        Ok(ipb::Provider::Sendgrid) => ProviderId::Sendgrid,
+        Ok(ipb::Provider::Zapier) => ProviderId::Zapier,
+        Ok(ipb::Provider::GoogleDrive) => ProviderId::GoogleDrive,
+        Ok(ipb::Provider::Dropbox) => ProviderId::Dropbox,
+        Ok(ipb::Provider::Unspecified) => {
+            return Err(Status::invalid_argument("provider is required"));
+        }
+        Err(_) => {
+            return Err(Status::invalid_argument(format!(
+                "provider: unknown value {value}"
+            )));
+        }
+    };
+    Ok(provider)
+}
+
+/// The direction named in a request; unspecified means PUSH.
+pub fn direction_from_proto(value: i32) -> Result<Direction, Status> {
+    match ipb::SyncDirection::try_from(value) {
+        Ok(ipb::SyncDirection::Unspecified | ipb::SyncDirection::Push) => Ok(Direction::Push),
+        Ok(ipb::SyncDirection::Import) => Ok(Direction::Import),
+        Ok(ipb::SyncDirection::Both) => Ok(Direction::Both),
+        Err(_) => Err(Status::invalid_argument(format!(
+            "direction: unknown value {value}"
+        ))),
+    }
+}
+
+pub fn sync_job_to_proto(job: &SyncJob) -> ipb::SyncJob {
+    let p = &job.progress;
+    ipb::SyncJob {
+        id: job.id.clone(),
+        integration_id: job.integration_id.clone(),
+        provider: provider_to_proto(job.provider).into(),
+        direction: match job.direction {
+            Direction::Push => ipb::SyncDirection::Push,
+            Direction::Import => ipb::SyncDirection::Import,
+            Direction::Both => ipb::SyncDirection::Both,
+        }
+        .into(),
+        state: match job.state {
+            JobState::Queued => ipb::SyncJobState::Queued,
+            JobState::Running => ipb::SyncJobState::Running,
+            JobState::Succeeded => ipb::SyncJobState::Succeeded,
+            JobState::Partial => ipb::SyncJobState::Partial,
+            JobState::Failed => ipb::SyncJobState::Failed,
+        }
+        .into(),
+        contacts_done: wire_count(p.contacts_done),
+        contacts_total: wire_count(p.contacts_total),
+        failures: p
+            .failures
+            .iter()
+            .map(|f| ipb::RecordFailure {
+                email: f.email.clone(),
+                message: f.message.clone(),
+            })
+            .collect(),
+        contacts_skipped: wire_count(p.contacts_skipped),
+        skipped_reason: p.skipped_reason.clone().unwrap_or_default(),
+        last_error: job.last_error.clone().unwrap_or_default(),
+        attempts: i32::try_from(job.attempts).unwrap_or(i32::MAX),
+        next_attempt_time: (job.state == JobState::Queued).then(|| timestamp(job.next_attempt_at)),
+        create_time: Some(timestamp(job.created_at)),
+        start_time: job.started_at.map(timestamp),
+        finish_time: job.finished_at.map(timestamp),
+        contacts_failed: wire_count(p.contacts_failed),
+    }
+}
+
 fn input_type_to_proto(input: InputType) -> ipb::InputType {
     match input {
         InputType::Text => ipb::InputType::Text,
@@ -280,8 +358,8 @@ pub fn catalogue_entry_to_proto(entry: &CatalogueEntry) -> ipb::ProviderInfo {
             .collect(),
         batch_size: i32::try_from(spec.batch_size).unwrap_or(i32::MAX),
         rate_limit: Some(ipb::RateLimit {
-            requests: i32::try_from(spec.rate_limit.requests).unwrap_or(i32::MAX),
-            per_seconds: i32::try_from(spec.rate_limit.per_seconds).unwrap_or(i32::MAX),
+            requests: i32::try_from(entry.rate_limit.requests).unwrap_or(i32::MAX),
+            per_seconds: i32::try_from(entry.rate_limit.per_seconds).unwrap_or(i32::MAX),
         }),
         available: entry.unavailable_reason.is_none(),
         unavailable_reason: entry.unavailable_reason.unwrap_or_default().to_string(),

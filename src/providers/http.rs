@@ -109,6 +109,10 @@ impl Client {
                 "{} is unavailable: {reason}",
                 self.provider
             )),
+            400 | 413 | 422 => ProviderError::BatchRefused(format!(
+                "{} refused the request: {reason}",
+                self.provider
+            )),
             _ => ProviderError::Rejected(format!("{} refused the request: {reason}", self.provider)),
         }
     }

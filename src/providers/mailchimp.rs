@@ -116,10 +116,12 @@ impl ContactSink for Mailchimp {
             .basic_auth("nexus", Some(&self.api_key));
         match self.client.send(request).await {
             Ok(_) => Ok(()),
-            Err(ProviderError::Rejected(reason)) => Err(ProviderError::InvalidInput {
-                field: "listId",
-                reason,
-            }),
+            Err(ProviderError::Rejected(reason) | ProviderError::BatchRefused(reason)) => {
+                Err(ProviderError::InvalidInput {
+                    field: "listId",
+                    reason,
+                })
+            }
             Err(e) => Err(e),
         }
     }

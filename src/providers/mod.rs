@@ -31,7 +31,12 @@ pub enum ProviderError {
     /// The provider refused the credentials (401/403 that is not a rate limit). Do not retry.
     #[error("{0}")]
     Unauthorized(String),
-    /// The provider refused the request for good (another 4xx). Do not retry.
+    /// The provider refused this batch's content (400, 413, 422): its contacts count as failed
+    /// and the sync goes on with the next batch.
+    #[error("{0}")]
+    BatchRefused(String),
+    /// The provider refused the request for good (another 4xx, e.g. an audience that does
+    /// not exist). Do not retry.
     #[error("{0}")]
     Rejected(String),
     /// The provider asked us to slow down; `daily` means the day's quota is spent.

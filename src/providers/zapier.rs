@@ -79,7 +79,7 @@ impl ContactSink for Zapier {
             .post(self.hook.clone())
             .json(&json!({ "event": "connection_test", "contacts": [] }));
         match self.client.send(request).await {
-            Err(ProviderError::Rejected(_)) => Err(ProviderError::Unauthorized(
+            Err(ProviderError::Rejected(_) | ProviderError::BatchRefused(_)) => Err(ProviderError::Unauthorized(
                 "Zapier does not know this catch hook (is the Zap turned on?)".into(),
             )),
             other => other.map(drop),
