@@ -4,9 +4,21 @@ use tracing_subscriber::{EnvFilter, fmt, layer::SubscriberExt, util::SubscriberI
 
 use crate::config::LogFormat;
 
+/// HTTP client crates whose debug lines print request URLs, and a Zapier hook URL is itself a
+/// secret: they stay at `info` unless LOG_LEVEL names them explicitly.
+const QUIET_CLIENT_CRATES: [&str; 3] = ["reqwest", "hyper_util", "hyper"];
+
 /// Installs the global subscriber. Safe to call more than once (later calls are ignored).
 pub fn init(format: LogFormat, filter: &str) {
-    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let mut filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let named = filter.to_string();
+    for krate in QUIET_CLIENT_CRATES {
+        if !named.contains(krate)
+            && let Ok(directive) = format!("{krate}=info").parse()
+        {
+            filter = filter.add_directive(directive);
+        }
+    }
     let registry = tracing_subscriber::registry().with(filter);
     let _ = match format {
         LogFormat::Json => registry

@@ -103,6 +103,8 @@ macro_rules! exec {
 /// A fresh, empty database for one test.
 pub struct TestDatabase {
     pub url: String,
+    /// False for a second server on another's database: it must not drop it.
+    owned: bool,
     backend: Backend,
     name: String,
     admin_url: String,
@@ -115,6 +117,7 @@ impl TestDatabase {
         match backend {
             Backend::Sqlite => Self {
                 url: format!("sqlite://{}", dir.path().join("test.db").display()),
+                owned: true,
                 backend,
                 name: String::new(),
                 admin_url: String::new(),
@@ -135,6 +138,7 @@ impl TestDatabase {
                 url.set_path(&format!("/{name}"));
                 Self {
                     url: url.to_string(),
+                    owned: true,
                     backend,
                     name,
                     admin_url,
@@ -159,9 +163,21 @@ impl TestDatabase {
         }
     }
 
+    /// The same database, for a second server (which will not drop it).
+    pub fn borrow(&self) -> Self {
+        Self {
+            url: self.url.clone(),
+            owned: false,
+            backend: self.backend,
+            name: self.name.clone(),
+            admin_url: self.admin_url.clone(),
+            _dir: tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}")),
+        }
+    }
+
     /// Drops the PostgreSQL database, closing whatever is still connected to it.
     pub async fn drop_database(&self) {
-        if self.backend == Backend::Postgres
+        if self.owned && self.backend == Backend::Postgres
             && let Ok(mut admin) = PgConnection::connect(&self.admin_url).await
         {
             let sql = format!(r#"DROP DATABASE IF EXISTS "{}" WITH (FORCE)"#, self.name);
@@ -194,6 +210,9 @@ fn base_settings(db_url: &str, data_dir: &std::path::Path) -> Vec<(String, Strin
         ("--jwt-secret", JWT_SECRET),
         ("--encryption-key", ENCRYPTION_KEY),
         ("--log-level", "warn"),
+        ("--sync-poll-interval", "50ms"),
+        ("--sync-retry-min-delay", "50ms"),
+        ("--sync-retry-max-delay", "1s"),
     ]
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -209,6 +228,49 @@ impl TestApp {
     pub async fn spawn_with(backend: Backend, overrides: &[(&str, &str)]) -> Self {
         let db = TestDatabase::create(backend).await;
         let data_dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        Self::spawn_in(db, data_dir, overrides).await
+    }
+
+    /// A second server on this one's database (another replica).
+    pub async fn spawn_beside(&self, overrides: &[(&str, &str)]) -> Self {
+        let data_dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        Self::spawn_in(self.db.borrow(), data_dir, overrides).await
+    }
+
+    /// Stops the server abruptly, as a crash would (no graceful shutdown), and starts a new
+    /// one on the same database.
+    pub async fn crash_and_restart(self, overrides: &[(&str, &str)]) -> Self {
+        self.server.abort();
+        let _ = self.server.await;
+        match self.pool {
+            TestPool::Sqlite(pool) => pool.close().await,
+            TestPool::Postgres(pool) => pool.close().await,
+        }
+        Self::spawn_in(self.db, self._data_dir, overrides).await
+    }
+
+    /// Stops the server gracefully and starts a new one on the same database.
+    pub async fn restart(self, overrides: &[(&str, &str)]) -> Self {
+        self.shutdown.cancel();
+        let result = tokio::time::timeout(Duration::from_secs(15), self.server)
+            .await
+            .unwrap_or_else(|_| panic!("server did not stop within 15 s"))
+            .unwrap_or_else(|e| panic!("server task panicked: {e}"));
+        if let Err(e) = result {
+            panic!("server stopped with an error: {e:#}");
+        }
+        match self.pool {
+            TestPool::Sqlite(pool) => pool.close().await,
+            TestPool::Postgres(pool) => pool.close().await,
+        }
+        Self::spawn_in(self.db, self._data_dir, overrides).await
+    }
+
+    async fn spawn_in(
+        db: TestDatabase,
+        data_dir: tempfile::TempDir,
+        overrides: &[(&str, &str)],
+    ) -> Self {
         let mut settings = base_settings(&db.url, data_dir.path());
         for (flag, value) in overrides {
             settings.retain(|(f, _)| f != flag);
@@ -290,18 +352,44 @@ impl TestApp {
         }
     }
 
+    /// Adds `n` contacts `contact{i}@example.com` ("Contact {i}"), 100 rows per statement.
     pub async fn add_contacts(&self, user: &str, n: usize) {
-        for i in 0..n {
-            let id = uuid::Uuid::new_v4().to_string();
-            exec!(
-                &self.pool,
-                "INSERT INTO contacts (id, user_id, email, first_name) VALUES ($1, $2, $3, $4)",
-                id,
-                user,
-                format!("contact{i}@example.com"),
-                format!("Contact {i}"),
+        self.add_contacts_named(user, "contact", n).await;
+    }
+
+    /// Adds `n` contacts `{prefix}{i}@example.com`.
+    pub async fn add_contacts_named(&self, user: &str, prefix: &str, n: usize) {
+        for start in (0..n).step_by(100) {
+            let end = (start + 100).min(n);
+            let rows: Vec<String> = (start..end)
+                .map(|i| {
+                    format!(
+                        "('{}', '{user}', '{prefix}{i}@example.com', 'Contact', '{i}', 'Acme', '+1555{i:04}', 'Buyer')",
+                        uuid::Uuid::new_v4()
+                    )
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO contacts (id, user_id, email, first_name, last_name, company, phone, job_title) VALUES {}",
+                rows.join(", ")
             );
+            let sql = sqlx::AssertSqlSafe(sql);
+            match &self.pool {
+                TestPool::Sqlite(pool) => sqlx::query(sql).execute(pool).await.map(drop),
+                TestPool::Postgres(pool) => sqlx::query(sql).execute(pool).await.map(drop),
+            }
+            .unwrap_or_else(|e| panic!("seeding contacts: {e}"));
         }
+    }
+
+    /// Every stored credential envelope.
+    pub async fn sealed_credentials(&self) -> Vec<Vec<u8>> {
+        let sql = "SELECT credentials FROM integrations";
+        match &self.pool {
+            TestPool::Sqlite(pool) => sqlx::query_scalar(sql).fetch_all(pool).await,
+            TestPool::Postgres(pool) => sqlx::query_scalar(sql).fetch_all(pool).await,
+        }
+        .unwrap_or_else(|e| panic!("query: {e}"))
     }
 
     /// Stores a subscription row as the Stripe webhooks will.

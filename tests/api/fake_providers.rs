@@ -1,0 +1,419 @@
+//! Fakes of the four push providers on loopback (wiremock). Each checks what it receives (path,
+//! auth header, body shape, batch size), answers in the provider's own shape, and records every
+//! push so tests can assert what arrived. Behaviours a test can switch on: scripted answers for
+//! the next pushes (429 with Retry-After, 5xx, 401), refused records, a sliding-window rate
+//! limit, a delay, and pushes that never answer (a crash mid-request).
+
+use std::{
+    collections::{HashSet, VecDeque},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use base64::Engine;
+use serde_json::{Value, json};
+use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate, matchers::any};
+
+pub const HUBSPOT_TOKEN: &str = "pat-na1-FAKEHUBSPOTTOKEN-0123456789";
+pub const MAILCHIMP_KEY: &str = "0123456789abcdefFAKEMAILCHIMP-us6";
+pub const MAILCHIMP_LIST: &str = "list42";
+pub const SENDGRID_KEY: &str = "SG.FAKESENDGRIDKEY.0123456789";
+pub const ZAPIER_HOOK_PATH: &str = "/hooks/catch/123456/FAKEZAPHOOKSECRET/";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Hubspot,
+    Mailchimp,
+    Sendgrid,
+    Zapier,
+}
+
+impl Kind {
+    pub fn max_batch(self) -> usize {
+        match self {
+            Kind::Hubspot | Kind::Zapier => 100,
+            Kind::Mailchimp => 500,
+            Kind::Sendgrid => 10_000,
+        }
+    }
+}
+
+/// One push the fake accepted (2xx).
+#[derive(Debug, Clone)]
+pub struct Push {
+    pub emails: Vec<String>,
+    pub body: Value,
+}
+
+#[derive(Default)]
+struct State {
+    /// Answers for the next push requests, before normal behaviour.
+    scripted: VecDeque<ResponseTemplate>,
+    refused: HashSet<String>,
+    limit: Option<(usize, Duration)>,
+    window: VecDeque<Instant>,
+    rejected_429: usize,
+    push_requests: usize,
+    pushes: Vec<Push>,
+    /// Pushes after this many accepted ones never answer.
+    hang_after: Option<usize>,
+    delay: Option<Duration>,
+    verify_calls: usize,
+    sendgrid_jobs: Vec<(String, u64, bool)>,
+    problems: Vec<String>,
+}
+
+#[derive(Clone)]
+pub struct FakeProvider {
+    pub kind: Kind,
+    pub server: Arc<MockServer>,
+    state: Arc<Mutex<State>>,
+}
+
+impl FakeProvider {
+    pub async fn start(kind: Kind) -> Self {
+        let server = MockServer::start().await;
+        let state = Arc::new(Mutex::new(State::default()));
+        Mock::given(any())
+            .respond_with(Responder {
+                kind,
+                state: Arc::clone(&state),
+            })
+            .mount(&server)
+            .await;
+        Self {
+            kind,
+            server: Arc::new(server),
+            state,
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The settings pointing the service at this fake.
+    pub fn settings(&self) -> Vec<(&'static str, String)> {
+        let uri = self.server.uri();
+        match self.kind {
+            Kind::Hubspot => vec![("--hubspot-api-base", uri)],
+            Kind::Mailchimp => vec![("--mailchimp-api-base", uri)],
+            Kind::Sendgrid => vec![("--sendgrid-api-base", uri)],
+            Kind::Zapier => vec![("--zapier-hook-base", format!("{uri}/hooks/catch/"))],
+        }
+    }
+
+    /// Working credentials and settings for ConnectIntegration.
+    pub fn credentials(&self) -> (Vec<(String, String)>, Vec<(String, String)>) {
+        let pair = |k: &str, v: &str| (k.to_string(), v.to_string());
+        match self.kind {
+            Kind::Hubspot => (vec![pair("accessToken", HUBSPOT_TOKEN)], vec![]),
+            Kind::Mailchimp => (
+                vec![pair("apiKey", MAILCHIMP_KEY)],
+                vec![pair("listId", MAILCHIMP_LIST)],
+            ),
+            Kind::Sendgrid => (
+                vec![pair("apiKey", SENDGRID_KEY)],
+                vec![pair("listIds", "l1,l2")],
+            ),
+            Kind::Zapier => (
+                vec![pair(
+                    "webhookUrl",
+                    &format!("{}{ZAPIER_HOOK_PATH}", self.server.uri()),
+                )],
+                vec![],
+            ),
+        }
+    }
+
+    pub fn script(&self, answers: Vec<ResponseTemplate>) {
+        self.state().scripted.extend(answers);
+    }
+
+    pub fn refuse(&self, emails: &[&str]) {
+        self.state()
+            .refused
+            .extend(emails.iter().map(|e| e.to_string()));
+    }
+
+    pub fn enforce_limit(&self, requests: usize, per: Duration) {
+        self.state().limit = Some((requests, per));
+    }
+
+    pub fn hang_after(&self, accepted: usize) {
+        self.state().hang_after = Some(accepted);
+    }
+
+    pub fn delay_pushes(&self, delay: Duration) {
+        self.state().delay = Some(delay);
+    }
+
+    pub fn pushes(&self) -> Vec<Push> {
+        self.state().pushes.clone()
+    }
+
+    /// Every email accepted, in order (with repeats, if any were sent twice).
+    pub fn pushed_emails(&self) -> Vec<String> {
+        self.pushes().into_iter().flat_map(|p| p.emails).collect()
+    }
+
+    pub fn push_requests(&self) -> usize {
+        self.state().push_requests
+    }
+
+    pub fn rejected_429(&self) -> usize {
+        self.state().rejected_429
+    }
+
+    pub fn verify_calls(&self) -> usize {
+        self.state().verify_calls
+    }
+
+    /// Fails the test if any request broke the provider's rules.
+    pub fn assert_no_problems(&self) {
+        let problems = self.state().problems.clone();
+        assert!(problems.is_empty(), "{:?} fake saw bad requests: {problems:#?}", self.kind);
+    }
+}
+
+struct Responder {
+    kind: Kind,
+    state: Arc<Mutex<State>>,
+}
+
+fn error(status: u16, body: Value) -> ResponseTemplate {
+    ResponseTemplate::new(status).set_body_json(body)
+}
+
+fn header<'a>(request: &'a Request, name: &str) -> &'a str {
+    request
+        .headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+impl Responder {
+    fn authorised(&self, request: &Request) -> bool {
+        let auth = header(request, "authorization");
+        match self.kind {
+            Kind::Hubspot => auth == format!("Bearer {HUBSPOT_TOKEN}"),
+            Kind::Sendgrid => auth == format!("Bearer {SENDGRID_KEY}"),
+            Kind::Mailchimp => auth
+                .strip_prefix("Basic ")
+                .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+                .and_then(|raw| String::from_utf8(raw).ok())
+                .is_some_and(|pair| pair.split_once(':').map(|(_, key)| key) == Some(MAILCHIMP_KEY)),
+            Kind::Zapier => request.url.path() == ZAPIER_HOOK_PATH,
+        }
+    }
+
+    fn unauthorised(&self) -> ResponseTemplate {
+        match self.kind {
+            Kind::Hubspot => error(401, json!({"status": "error", "message": "Authentication credentials not found.", "category": "INVALID_AUTHENTICATION"})),
+            Kind::Mailchimp => error(401, json!({"type": "x", "title": "API Key Invalid", "status": 401, "detail": "Your API key may be invalid, or you've attempted to access the wrong datacenter."})),
+            Kind::Sendgrid => error(401, json!({"errors": [{"field": null, "message": "authorization required"}]})),
+            Kind::Zapier => error(404, json!({"status": "error", "message": "hook not found"})),
+        }
+    }
+
+    /// (is this a push, the contacts array) for the request, or None for other endpoints.
+    fn push_contacts<'a>(&self, request: &Request, body: &'a Value) -> Option<&'a Vec<Value>> {
+        let (method, path) = (request.method.as_str(), request.url.path());
+        let key = match (self.kind, method, path) {
+            (Kind::Hubspot, "POST", "/crm/v3/objects/contacts/batch/upsert") => "inputs",
+            (Kind::Mailchimp, "POST", p) if p == format!("/3.0/lists/{MAILCHIMP_LIST}") => "members",
+            (Kind::Sendgrid, "PUT", "/v3/marketing/contacts") => "contacts",
+            (Kind::Zapier, "POST", ZAPIER_HOOK_PATH) if body["event"] == "contacts" => "contacts",
+            _ => return None,
+        };
+        body[key].as_array()
+    }
+
+    fn email_of(&self, item: &Value) -> Option<String> {
+        let email = match self.kind {
+            Kind::Hubspot => &item["id"],
+            Kind::Mailchimp => &item["email_address"],
+            Kind::Sendgrid | Kind::Zapier => &item["email"],
+        };
+        email.as_str().map(str::to_string)
+    }
+
+    /// Checks one pushed item against the provider's documented shape.
+    fn check_item(&self, item: &Value, problems: &mut Vec<String>) {
+        match self.kind {
+            Kind::Hubspot => {
+                if item["idProperty"] != "email" || item["id"] != item["properties"]["email"] {
+                    problems.push(format!("hubspot input not keyed by email: {item}"));
+                }
+            }
+            Kind::Mailchimp => {
+                if item["status"] != "subscribed" || !item["merge_fields"].is_object() {
+                    problems.push(format!("mailchimp member malformed: {item}"));
+                }
+            }
+            Kind::Sendgrid => {
+                if item.get("first_name").is_none() {
+                    problems.push(format!("sendgrid contact without first_name: {item}"));
+                }
+            }
+            Kind::Zapier => {
+                if item.get("id").is_none() {
+                    problems.push(format!("zapier contact without id: {item}"));
+                }
+            }
+        }
+    }
+
+    fn accept(&self, state: &mut State, emails: Vec<String>, body: Value) -> ResponseTemplate {
+        let refused: Vec<String> = emails
+            .iter()
+            .filter(|e| state.refused.contains(*e))
+            .cloned()
+            .collect();
+        state.pushes.push(Push {
+            emails: emails.clone(),
+            body,
+        });
+        let answer = match self.kind {
+            Kind::Hubspot => {
+                let results: Vec<Value> = emails
+                    .iter()
+                    .filter(|e| !refused.contains(e))
+                    .enumerate()
+                    .map(|(i, e)| json!({"id": i.to_string(), "new": true, "properties": {"email": e}}))
+                    .collect();
+                if refused.is_empty() {
+                    error(200, json!({"status": "COMPLETE", "results": results}))
+                } else {
+                    let errors: Vec<Value> = refused
+                        .iter()
+                        .map(|e| json!({"status": "error", "category": "VALIDATION_ERROR", "message": format!("Email address {e} is invalid"), "context": {"ids": [e]}}))
+                        .collect();
+                    error(207, json!({"status": "COMPLETE", "results": results, "numErrors": errors.len(), "errors": errors}))
+                }
+            }
+            Kind::Mailchimp => {
+                let errors: Vec<Value> = refused
+                    .iter()
+                    .map(|e| json!({"email_address": e, "error": format!("{e} looks fake or invalid, please enter a real email address."), "error_code": "ERROR_CONTACT_EXISTS"}))
+                    .collect();
+                error(200, json!({
+                    "new_members": [], "updated_members": [],
+                    "errors": errors, "total_created": emails.len() - refused.len(),
+                    "total_updated": 0, "error_count": refused.len()
+                }))
+            }
+            Kind::Sendgrid => {
+                let job = format!("job-{}", state.sendgrid_jobs.len() + 1);
+                state
+                    .sendgrid_jobs
+                    .push((job.clone(), refused.len() as u64, false));
+                error(202, json!({"job_id": job}))
+            }
+            Kind::Zapier => error(200, json!({"status": "success", "id": "abc"})),
+        };
+        match state.delay {
+            Some(delay) => answer.set_delay(delay),
+            None => answer,
+        }
+    }
+}
+
+impl Respond for Responder {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if !self.authorised(request) {
+            return self.unauthorised();
+        }
+        let body: Value = serde_json::from_slice(&request.body).unwrap_or(Value::Null);
+        let path = request.url.path().to_string();
+
+        // Credential checks and SendGrid import status.
+        match (self.kind, request.method.as_str(), path.as_str()) {
+            (Kind::Hubspot, "GET", "/crm/v3/objects/contacts") => {
+                state.verify_calls += 1;
+                return error(200, json!({"results": []}));
+            }
+            (Kind::Mailchimp, "GET", p) if p.starts_with("/3.0/lists/") => {
+                state.verify_calls += 1;
+                return if p == format!("/3.0/lists/{MAILCHIMP_LIST}") {
+                    error(200, json!({"id": MAILCHIMP_LIST, "name": "Customers"}))
+                } else {
+                    error(404, json!({"title": "Resource Not Found", "status": 404, "detail": "The requested resource could not be found."}))
+                };
+            }
+            (Kind::Sendgrid, "GET", "/v3/scopes") => {
+                state.verify_calls += 1;
+                return error(200, json!({"scopes": ["marketing.read", "marketing.write"]}));
+            }
+            (Kind::Sendgrid, "GET", p) if p.starts_with("/v3/marketing/contacts/imports/") => {
+                let id = p.trim_start_matches("/v3/marketing/contacts/imports/");
+                let Some(job) = state.sendgrid_jobs.iter_mut().find(|j| j.0 == id) else {
+                    return error(404, json!({"errors": [{"message": "not found"}]}));
+                };
+                // Pending on the first poll, then done.
+                if !job.2 {
+                    job.2 = true;
+                    return error(200, json!({"id": id, "status": "pending", "job_type": "upsert", "results": {}}));
+                }
+                let errored = job.1;
+                return error(200, json!({"id": id, "status": "completed", "job_type": "upsert",
+                    "results": {"requested_count": 1, "created_count": 1, "updated_count": 0, "deleted_count": 0, "errored_count": errored}}));
+            }
+            (Kind::Zapier, "POST", ZAPIER_HOOK_PATH) if body["event"] == "connection_test" => {
+                state.verify_calls += 1;
+                return error(200, json!({"status": "success"}));
+            }
+            _ => {}
+        }
+
+        let Some(items) = self.push_contacts(request, &body) else {
+            state
+                .problems
+                .push(format!("unexpected {} {path}", request.method));
+            return error(404, json!({"message": "no such endpoint"}));
+        };
+        state.push_requests += 1;
+        if request.headers.get("content-type").and_then(|v| v.to_str().ok()) != Some("application/json") {
+            state.problems.push("push without a JSON content type".into());
+        }
+        if items.is_empty() || items.len() > self.kind.max_batch() {
+            state
+                .problems
+                .push(format!("batch of {} contacts", items.len()));
+        }
+        if self.kind == Kind::Mailchimp && body["update_existing"] != true {
+            state.problems.push("mailchimp push without update_existing".into());
+        }
+        if self.kind == Kind::Sendgrid && body["list_ids"] != json!(["l1", "l2"]) {
+            state.problems.push(format!("sendgrid list_ids: {}", body["list_ids"]));
+        }
+        let mut problems = Vec::new();
+        for item in items {
+            self.check_item(item, &mut problems);
+        }
+        state.problems.extend(problems);
+
+        if let Some(answer) = state.scripted.pop_front() {
+            return answer;
+        }
+        if let Some((requests, per)) = state.limit {
+            let now = Instant::now();
+            while state.window.front().is_some_and(|t| now.duration_since(*t) >= per) {
+                state.window.pop_front();
+            }
+            if state.window.len() >= requests {
+                state.rejected_429 += 1;
+                return error(429, json!({"status": "error", "message": "You have reached your ten_secondly_rolling limit.", "policyName": "TEN_SECONDLY_ROLLING"}))
+                    .insert_header("retry-after", "1");
+            }
+            state.window.push_back(now);
+        }
+        if state.hang_after.is_some_and(|n| state.pushes.len() >= n) {
+            return error(200, json!({})).set_delay(Duration::from_secs(3600));
+        }
+        let emails: Vec<String> = items.iter().filter_map(|i| self.email_of(i)).collect();
+        self.accept(&mut state, emails, body)
+    }
+}

@@ -1,0 +1,455 @@
+//! Durable sync jobs against fake providers: de-duplication, authorization, retries and rate
+//! limits, partial success, permanent failures, restarts and crashes mid-job, two servers on one
+//! database, and recurring syncs.
+
+use std::{collections::HashSet, time::Duration};
+
+use nexus_billing::grpc::proto::integrations::{
+    DisconnectIntegrationRequest, GetSyncJobRequest, IntegrationStatus, ListIntegrationsRequest,
+    Provider, SyncIntegrationRequest, SyncJobState, WatchSyncJobRequest,
+};
+use serde_json::json;
+use tonic::Code;
+use wiremock::ResponseTemplate;
+
+use crate::{
+    fake_providers::{FakeProvider, Kind},
+    helpers::{Backend, authed, token},
+    integrations::{connect, get_job, spawn_with_fakes, start_sync, wait_for_job},
+};
+
+crate::on_both_backends!(
+    a_second_sync_request_gets_the_active_job,
+    another_users_job_and_integration_are_not_found,
+    a_429_with_retry_after_is_waited_out_then_the_batch_succeeds,
+    two_outages_then_success_finish_in_one_attempt,
+    refused_credentials_stop_the_job_and_mark_the_integration,
+    refused_records_make_the_job_partial_without_resending,
+    an_outage_that_lasts_fails_after_the_bounded_attempts,
+    the_rate_limiter_keeps_a_large_sync_under_an_enforced_limit,
+    a_daily_limit_parks_the_job_until_the_reset,
+    a_restart_mid_job_resumes_from_the_checkpoint,
+    a_crash_mid_job_is_recovered_after_the_lease_expires,
+    two_servers_on_one_database_run_each_job_once,
+    sync_interval_schedules_the_next_sync,
+    contacts_without_email_are_skipped_with_a_reason,
+);
+
+fn all_emails(n: usize) -> Vec<String> {
+    let mut want: Vec<String> = (0..n).map(|i| format!("contact{i}@example.com")).collect();
+    want.sort();
+    want
+}
+
+fn sorted(mut emails: Vec<String>) -> Vec<String> {
+    emails.sort();
+    emails
+}
+
+async fn a_second_sync_request_gets_the_active_job(backend: Backend) {
+    let hubspot = FakeProvider::start(Kind::Hubspot).await;
+    // No workers: the job stays queued.
+    let app = spawn_with_fakes(backend, &[&hubspot], &[("--sync-workers", "0")]).await;
+    connect(&app, "ada", &hubspot).await;
+    let mut client = app.integrations().await;
+    let first = start_sync(&mut client, "ada", Provider::Hubspot).await;
+    assert_eq!(first.state(), SyncJobState::Queued);
+    let second = start_sync(&mut client, "ada", Provider::Hubspot).await;
+    assert_eq!(first.id, second.id);
+    assert_eq!(app.count("sync_jobs", "").await, 1);
+
+    let status = client
+        .sync_integration(authed(
+            SyncIntegrationRequest {
+                provider: Provider::Hubspot.into(),
+                direction: 2,
+            },
+            &token("ada"),
+        ))
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("import is not available yet"));
+    assert_eq!(status.code(), Code::Unimplemented);
+    app.stop().await;
+}
+
+async fn another_users_job_and_integration_are_not_found(backend: Backend) {
+    let hubspot = FakeProvider::start(Kind::Hubspot).await;
+    let app = spawn_with_fakes(backend, &[&hubspot], &[("--sync-workers", "0")]).await;
+    connect(&app, "ada", &hubspot).await;
+    let mut client = app.integrations().await;
+    let job = start_sync(&mut client, "ada", Provider::Hubspot).await;
+
+    let mallory = token("mallory");
+    for id in [job.id.as_str(), "not-a-uuid", "00000000-0000-0000-0000-000000000000"] {
+        let get = client
+            .get_sync_job(authed(GetSyncJobRequest { id: id.into() }, &mallory))
+            .await
+            .err();
+        assert_eq!(get.map(|s| s.code()), Some(Code::NotFound), "{id}");
+        let watch = client
+            .watch_sync_job(authed(WatchSyncJobRequest { id: id.into() }, &mallory))
+            .await
+            .err();
+        assert_eq!(watch.map(|s| s.code()), Some(Code::NotFound), "{id}");
+    }
+    let sync = client
+        .sync_integration(authed(
+            SyncIntegrationRequest {
+                provider: Provider::Hubspot.into(),
+                direction: 0,
+            },
+            &mallory,
+        ))
+        .await
+        .err();
+    assert_eq!(sync.map(|s| s.code()), Some(Code::NotFound));
+    let disconnect = client
+        .disconnect_integration(authed(
+            DisconnectIntegrationRequest {
+                provider: Provider::Hubspot.into(),
+            },
+            &mallory,
+        ))
+        .await
+        .err();
+    assert_eq!(disconnect.map(|s| s.code()), Some(Code::NotFound));
+    let listed = client
+        .list_integrations(authed(ListIntegrationsRequest {}, &mallory))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_inner()
+        .integrations;
+    assert!(listed.is_empty());
+    // Ada's integration and job are untouched.
+    assert_eq!(app.count("integrations", "").await, 1);
+    assert_eq!(get_job(&mut client, "ada", &job.id).await.id, job.id);
+    app.stop().await;
+}
+
+async fn a_429_with_retry_after_is_waited_out_then_the_batch_succeeds(backend: Backend) {
+    let hubspot = FakeProvider::start(Kind::Hubspot).await;
+    hubspot.script(vec![ResponseTemplate::new(429)
+        .insert_header("retry-after", "1")
+        .set_body_json(json!({"status": "error", "message": "You have reached your ten_secondly_rolling limit.", "policyName": "TEN_SECONDLY_ROLLING"}))]);
+    let app = spawn_with_fakes(backend, &[&hubspot], &[]).await;
+    app.add_contacts("ada", 300).await;
+    connect(&app, "ada", &hubspot).await;
+    let started = std::time::Instant::now();
+    let mut client = app.integrations().await;
+    let job = start_sync(&mut client, "ada", Provider::Hubspot).await;
+    let job = wait_for_job(&app, "ada", &job.id, Duration::from_secs(30)).await;
+    assert_eq!(job.state(), SyncJobState::Succeeded, "{job:?}");
+    assert_eq!(job.attempts, 1);
+    assert!(started.elapsed() >= Duration::from_secs(1), "Retry-After was not honoured");
+    assert_eq!(hubspot.push_requests(), 4, "3 batches and one retried");
+    assert_eq!(sorted(hubspot.pushed_emails()), all_emails(300));
+    app.stop().await;
+}
+
+async fn two_outages_then_success_finish_in_one_attempt(backend: Backend) {
+    let sendgrid = FakeProvider::start(Kind::Sendgrid).await;
+    sendgrid.script(vec![
+        ResponseTemplate::new(503).set_body_string("upstream unavailable"),
+        ResponseTemplate::new(502),
+    ]);
+    let app = spawn_with_fakes(backend, &[&sendgrid], &[]).await;
+    app.add_contacts("ada", 50).await;
+    connect(&app, "ada", &sendgrid).await;
+    let mut client = app.integrations().await;
+    let job = start_sync(&mut client, "ada", Provider::Sendgrid).await;
+    let job = wait_for_job(&app, "ada", &job.id, Duration::from_secs(30)).await;
+    assert_eq!(job.state(), SyncJobState::Succeeded, "{job:?}");
+    assert_eq!(job.attempts, 1);
+    assert_eq!(sendgrid.push_requests(), 3);
+    assert_eq!(sorted(sendgrid.pushed_emails()), all_emails(50));
+    sendgrid.assert_no_problems();
+    app.stop().await;
+}
+
+async fn refused_credentials_stop_the_job_and_mark_the_integration(backend: Backend) {
+    let hubspot = FakeProvider::start(Kind::Hubspot).await;
+    let app = spawn_with_fakes(backend, &[&hubspot], &[]).await;
+    app.add_contacts("ada", 250).await;
+    connect(&app, "ada", &hubspot).await;
+    // The token is revoked after connecting: every push now gets 401.
+    hubspot.script(vec![
+        ResponseTemplate::new(401).set_body_json(json!({"status": "error", "message": "The access token is expired or invalid", "category": "EXPIRED_AUTHENTICATION"}));
+        10
+    ]);
+    let mut client = app.integrations().await;
+    let job = start_sync(&mut client, "ada", Provider::Hubspot).await;
+    let job = wait_for_job(&app, "ada", &job.id, Duration::from_secs(20)).await;
+    assert_eq!(job.state(), SyncJobState::Failed);
+    assert!(job.last_error.contains("expired or invalid"), "{job:?}");
+    // Let any stray retry happen before counting.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(hubspot.push_requests(), 1, "a 401 is not retried");
+    let listed = client
+        .list_integrations(authed(ListIntegrationsRequest {}, &token("ada")))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_inner()
+        .integrations;
+    assert_eq!(listed[0].status(), IntegrationStatus::Error);
+    assert!(listed[0].last_error.contains("expired or invalid"));
+    let again = client
+        .sync_integration(authed(
+            SyncIntegrationRequest {
+                provider: Provider::Hubspot.into(),
+                direction: 0,
+            },
+            &token("ada"),
+        ))
+        .await
+        .err();
+    assert_eq!(again.map(|s| s.code()), Some(Code::FailedPrecondition));
+    let kinds = app.activity_kinds("ada").await;
+    assert!(kinds.contains(&"sync.failed".to_string()) && kinds.contains(&"integration.error".to_string()), "{kinds:?}");
+    app.stop().await;
+}
+
+async fn refused_records_make_the_job_partial_without_resending(backend: Backend) {
+    for kind in [Kind::Hubspot, Kind::Mailchimp, Kind::Sendgrid] {
+        let fake = FakeProvider::start(kind).await;
+        fake.refuse(&["contact7@example.com", "contact150@example.com", "contact999@example.com"]);
+        let app = spawn_with_fakes(backend, &[&fake], &[]).await;
+        app.add_contacts("ada", 1000).await;
+        connect(&app, "ada", &fake).await;
+        let mut client = app.integrations().await;
+        let job = start_sync(&mut client, "ada", provider(kind)).await;
+        let job = wait_for_job(&app, "ada", &job.id, Duration::from_secs(30)).await;
+        assert_eq!(job.state(), SyncJobState::Partial, "{kind:?}: {job:?}");
+        assert_eq!(job.contacts_failed, 3, "{kind:?}");
+        assert_eq!(job.contacts_done, 1000);
+        if kind != Kind::Sendgrid {
+            // SendGrid only counts refused contacts; the others name them.
+            let named: HashSet<&str> = job.failures.iter().map(|f| f.email.as_str()).collect();
+            assert_eq!(
+                named,
+                HashSet::from(["contact7@example.com", "contact150@example.com", "contact999@example.com"]),
+                "{kind:?}"
+            );
+        } else {
+            assert!(job.failures.iter().any(|f| f.message.contains("not imported")), "{job:?}");
+        }
+        assert_eq!(fake.push_requests(), 1000usize.div_ceil(kind.max_batch()), "{kind:?}: a batch was resent");
+        app.stop().await;
+    }
+}
+
+fn provider(kind: Kind) -> Provider {
+    crate::integrations::provider_of(kind)
+}
+
+async fn an_outage_that_lasts_fails_after_the_bounded_attempts(backend: Backend) {
+    let zapier = FakeProvider::start(Kind::Zapier).await;
+    let app = spawn_with_fakes(
+        backend,
+        &[&zapier],
+        &[("--sync-max-attempts", "2"), ("--sync-request-retries", "3")],
+    )
+    .await;
+    app.add_contacts("ada", 10).await;
+    connect(&app, "ada", &zapier).await;
+    zapier.script(vec![ResponseTemplate::new(500); 100]);
+    let mut client = app.integrations().await;
+    let job = start_sync(&mut client, "ada", Provider::Zapier).await;
+    let job = wait_for_job(&app, "ada", &job.id, Duration::from_secs(30)).await;
+    assert_eq!(job.state(), SyncJobState::Failed);
+    assert_eq!(job.attempts, 2);
+    assert!(job.last_error.contains("gave up after 2 attempts"), "{job:?}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(zapier.push_requests(), 6, "2 attempts of 3 tries each, then nothing");
+    app.stop().await;
+}
+
+async fn the_rate_limiter_keeps_a_large_sync_under_an_enforced_limit(backend: Backend) {
+    let hubspot = FakeProvider::start(Kind::Hubspot).await;
+    hubspot.enforce_limit(5, Duration::from_secs(1));
+    let app = spawn_with_fakes(backend, &[&hubspot], &[("--rate-limits", "hubspot=5/1s")]).await;
+    app.add_contacts("ada", 1500).await;
+    connect(&app, "ada", &hubspot).await;
+    let started = std::time::Instant::now();
+    let mut client = app.integrations().await;
+    let job = start_sync(&mut client, "ada", Provider::Hubspot).await;
+    let job = wait_for_job(&app, "ada", &job.id, Duration::from_secs(30)).await;
+    assert_eq!(job.state(), SyncJobState::Succeeded);
+    assert_eq!(hubspot.rejected_429(), 0, "the limiter let a request over the limit");
+    assert_eq!(hubspot.push_requests(), 15);
+    // 16 requests (check + 15 batches) spaced at 5/s (less 5 %): at least ~3 s.
+    assert!(started.elapsed() >= Duration::from_millis(2500), "{:?}", started.elapsed());
+    app.stop().await;
+}
+
+async fn a_daily_limit_parks_the_job_until_the_reset(backend: Backend) {
+    let hubspot = FakeProvider::start(Kind::Hubspot).await;
+    let app = spawn_with_fakes(backend, &[&hubspot], &[]).await;
+    app.add_contacts("ada", 150).await;
+    connect(&app, "ada", &hubspot).await;
+    hubspot.script(vec![ResponseTemplate::new(429)
+        .insert_header("retry-after", "2")
+        .set_body_json(json!({"status": "error", "message": "You have reached your daily limit.", "policyName": "DAILY"}))]);
+    let mut client = app.integrations().await;
+    let job = start_sync(&mut client, "ada", Provider::Hubspot).await;
+    // Parked: queued again with its next attempt at the reset, the attempt given back.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let parked = loop {
+        let now = get_job(&mut client, "ada", &job.id).await;
+        if now.state() == SyncJobState::Queued && !now.last_error.is_empty() {
+            break now;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never parked: {now:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(parked.last_error.contains("daily"), "{parked:?}");
+    assert_eq!(parked.attempts, 0);
+    let next = parked.next_attempt_time.unwrap_or_default().seconds;
+    assert!(next >= chrono::Utc::now().timestamp(), "next attempt should wait for the reset");
+    let done = wait_for_job(&app, "ada", &job.id, Duration::from_secs(20)).await;
+    assert_eq!(done.state(), SyncJobState::Succeeded);
+    assert_eq!(done.attempts, 1, "waiting for a limit is not a failed attempt");
+    assert_eq!(sorted(hubspot.pushed_emails()), all_emails(150));
+    app.stop().await;
+}
+
+async fn a_restart_mid_job_resumes_from_the_checkpoint(backend: Backend) {
+    let hubspot = FakeProvider::start(Kind::Hubspot).await;
+    hubspot.delay_pushes(Duration::from_millis(200));
+    let app = spawn_with_fakes(backend, &[&hubspot], &[]).await;
+    app.add_contacts("ada", 1000).await;
+    connect(&app, "ada", &hubspot).await;
+    let mut client = app.integrations().await;
+    let job = start_sync(&mut client, "ada", Provider::Hubspot).await;
+    while hubspot.pushes().len() < 3 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let settings: Vec<(&str, String)> = hubspot.settings();
+    let overrides: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let app = app.restart(&overrides).await;
+    let sent_before = hubspot.pushes().len();
+    assert!(sent_before < 10, "the job finished before the restart");
+    let job = wait_for_job(&app, "ada", &job.id, Duration::from_secs(30)).await;
+    assert_eq!(job.state(), SyncJobState::Succeeded);
+    assert_eq!(job.attempts, 1, "a graceful stop gives its attempt back");
+    let emails = hubspot.pushed_emails();
+    assert_eq!(emails.len(), 1000, "a contact was sent twice or lost");
+    assert_eq!(sorted(emails), all_emails(1000));
+    app.stop().await;
+}
+
+async fn a_crash_mid_job_is_recovered_after_the_lease_expires(backend: Backend) {
+    let hubspot = FakeProvider::start(Kind::Hubspot).await;
+    // The 4th batch never gets an answer: the process dies while it is in flight.
+    hubspot.hang_after(3);
+    let lease = [("--sync-lease", "1s")];
+    let settings: Vec<(&str, String)> = hubspot.settings();
+    let mut overrides: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    overrides.extend_from_slice(&lease);
+    let app = spawn_with_fakes(backend, &[&hubspot], &lease).await;
+    app.add_contacts("ada", 1000).await;
+    connect(&app, "ada", &hubspot).await;
+    let mut client = app.integrations().await;
+    let job = start_sync(&mut client, "ada", Provider::Hubspot).await;
+    while hubspot.push_requests() < 4 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    hubspot.hang_after(usize::MAX);
+    let app = app.crash_and_restart(&overrides).await;
+    let job = wait_for_job(&app, "ada", &job.id, Duration::from_secs(30)).await;
+    assert_eq!(job.state(), SyncJobState::Succeeded);
+    assert_eq!(job.attempts, 2, "the crashed attempt counts");
+    // Batches 1-3 were checkpointed and not sent again; the unanswered 4th was resent.
+    assert_eq!(hubspot.push_requests(), 11);
+    let emails = hubspot.pushed_emails();
+    assert_eq!(emails.len(), 1000);
+    assert_eq!(sorted(emails), all_emails(1000));
+    app.stop().await;
+}
+
+async fn two_servers_on_one_database_run_each_job_once(backend: Backend) {
+    let hubspot = FakeProvider::start(Kind::Hubspot).await;
+    hubspot.delay_pushes(Duration::from_millis(30));
+    let settings: Vec<(&str, String)> = hubspot.settings();
+    let mut overrides: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    overrides.push(("--sync-workers", "3"));
+    let first = spawn_with_fakes(backend, &[&hubspot], &[("--sync-workers", "3")]).await;
+    let second = first.spawn_beside(&overrides).await;
+    let users: Vec<String> = (0..8).map(|i| format!("user{i}")).collect();
+    let mut jobs = Vec::new();
+    for user in &users {
+        first.add_contacts_named(user, &format!("{user}-c"), 250).await;
+        connect(&first, user, &hubspot).await;
+    }
+    for (i, user) in users.iter().enumerate() {
+        let app = if i % 2 == 0 { &first } else { &second };
+        let mut client = app.integrations().await;
+        jobs.push(start_sync(&mut client, user, Provider::Hubspot).await);
+    }
+    for (user, job) in users.iter().zip(&jobs) {
+        let job = wait_for_job(&first, user, &job.id, Duration::from_secs(60)).await;
+        assert_eq!(job.state(), SyncJobState::Succeeded);
+        assert_eq!(job.attempts, 1, "{user}: a job was taken twice");
+    }
+    let emails = hubspot.pushed_emails();
+    let unique: HashSet<&String> = emails.iter().collect();
+    assert_eq!(emails.len(), 8 * 250, "a contact was sent twice");
+    assert_eq!(unique.len(), 8 * 250);
+    assert_eq!(hubspot.push_requests(), 8 * 3);
+    second.stop().await;
+    first.stop().await;
+}
+
+async fn sync_interval_schedules_the_next_sync(backend: Backend) {
+    let zapier = FakeProvider::start(Kind::Zapier).await;
+    let app = spawn_with_fakes(backend, &[&zapier], &[]).await;
+    app.add_contacts("ada", 20).await;
+    let mut request = crate::integrations::connect_request(&zapier);
+    request.settings.insert("syncInterval".into(), "3600".into());
+    let mut client = app.integrations().await;
+    client
+        .connect_integration(authed(request, &token("ada")))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    // Connecting with an interval starts the first sync at once...
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while app.count("sync_jobs", "state = 'succeeded'").await < 1 {
+        assert!(tokio::time::Instant::now() < deadline, "the first sync did not run");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // ...and its end queues the next one an hour later.
+    assert_eq!(app.count("sync_jobs", "state = 'queued'").await, 1);
+    let next = start_sync(&mut client, "ada", Provider::Zapier).await;
+    assert_eq!(next.state(), SyncJobState::Queued);
+    assert!(
+        next.next_attempt_time.unwrap_or_default().seconds <= chrono::Utc::now().timestamp() + 1,
+        "asking for a sync brings the scheduled one forward: {next:?}"
+    );
+    let done = wait_for_job(&app, "ada", &next.id, Duration::from_secs(20)).await;
+    assert_eq!(done.state(), SyncJobState::Succeeded);
+    assert_eq!(zapier.pushed_emails().len(), 40, "two syncs of 20 contacts");
+    app.stop().await;
+}
+
+async fn contacts_without_email_are_skipped_with_a_reason(backend: Backend) {
+    let mailchimp = FakeProvider::start(Kind::Mailchimp).await;
+    let app = spawn_with_fakes(backend, &[&mailchimp], &[]).await;
+    app.add_contacts("ada", 10).await;
+    for i in 0..4 {
+        crate::exec!(
+            &app.pool,
+            "INSERT INTO contacts (id, user_id, email, first_name) VALUES ($1, 'ada', NULL, $2)",
+            format!("no-email-{i}"),
+            format!("Nobody {i}"),
+        );
+    }
+    connect(&app, "ada", &mailchimp).await;
+    let mut client = app.integrations().await;
+    let job = start_sync(&mut client, "ada", Provider::Mailchimp).await;
+    let job = wait_for_job(&app, "ada", &job.id, Duration::from_secs(20)).await;
+    assert_eq!(job.state(), SyncJobState::Succeeded);
+    assert_eq!((job.contacts_done, job.contacts_skipped), (14, 4));
+    assert_eq!(job.skipped_reason, "no email address");
+    assert_eq!(sorted(mailchimp.pushed_emails()), all_emails(10));
+    app.stop().await;
+}
