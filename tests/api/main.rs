@@ -16,4 +16,5 @@ mod sidecar;
 mod store_contract;
 mod subscription_lifecycle;
 mod sync_jobs;
+mod vault;
 mod webhooks;
