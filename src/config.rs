@@ -165,7 +165,12 @@ pub struct Settings {
     pub encryption_key: Option<String>,
     /// Previous vault keys (64 hex characters each, comma-separated), still accepted for
     /// reading credentials until `rotate-keys` has re-sealed everything under ENCRYPTION_KEY.
-    #[arg(long, env = "ENCRYPTION_KEY_PREVIOUS", hide_env_values = true, global = true)]
+    #[arg(
+        long,
+        env = "ENCRYPTION_KEY_PREVIOUS",
+        hide_env_values = true,
+        global = true
+    )]
     pub encryption_key_previous: Option<String>,
     /// Sync jobs each process runs at once (0: this process only serves the API).
     #[arg(long, env = "SYNC_WORKERS", default_value_t = 2, global = true)]

@@ -241,10 +241,7 @@ impl Integrations {
         if uuid::Uuid::parse_str(id).is_err() {
             return Err(not_found());
         }
-        self.store
-            .sync_job(user, id)
-            .await?
-            .ok_or_else(not_found)
+        self.store.sync_job(user, id).await?.ok_or_else(not_found)
     }
 }
 

@@ -30,7 +30,9 @@ pub async fn rotate_credentials(
     let mut report = RotationReport::default();
     let mut after: Option<String> = None;
     loop {
-        let page = store.sealed_credentials_page(after.as_deref(), PAGE).await?;
+        let page = store
+            .sealed_credentials_page(after.as_deref(), PAGE)
+            .await?;
         let Some((last, _)) = page.last() else {
             break;
         };

@@ -79,7 +79,7 @@ async fn rotate_keys(config: Config) -> anyhow::Result<()> {
     )
     .await?;
     store.migrate().await?;
-    let vault = build_vault(&config);
+    let vault = build_vault(&config)?;
     let report = rotate_credentials(store.as_ref(), &vault).await;
     store.close().await;
     let report = report?;

@@ -73,7 +73,7 @@ impl Application {
             .await
             .context("cannot apply database migrations")?;
         let billing = Arc::new(build_billing(&config, Arc::clone(&store))?);
-        let vault = Arc::new(build_vault(&config));
+        let vault = Arc::new(build_vault(&config)?);
         let providers = Arc::new(build_providers(&config)?);
         let integrations = Arc::new(Integrations::new(
             Arc::clone(&store),
@@ -239,13 +239,13 @@ fn build_billing(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Billi
 }
 
 /// The vault with the current key and any previous ones.
-pub fn build_vault(config: &Config) -> Vault {
+pub fn build_vault(config: &Config) -> anyhow::Result<Vault> {
     let previous: Vec<&[u8; 32]> = config
         .previous_encryption_keys
         .iter()
         .map(|k| k.expose())
         .collect();
-    Vault::new(config.encryption_key.expose(), &previous)
+    Vault::new(config.encryption_key.expose(), &previous).context("cannot set up the vault")
 }
 
 fn build_providers(config: &Config) -> anyhow::Result<Providers> {
@@ -290,10 +290,8 @@ async fn grpc_server(
 
     let auth = AuthInterceptor::new(verifier);
     let billing = BillingServiceServer::with_interceptor(BillingApi::new(billing), auth.clone());
-    let integrations = IntegrationsServiceServer::with_interceptor(
-        IntegrationsApi::new(integrations),
-        auth,
-    );
+    let integrations =
+        IntegrationsServiceServer::with_interceptor(IntegrationsApi::new(integrations), auth);
 
     let layers = ServiceBuilder::new()
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))

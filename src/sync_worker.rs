@@ -54,7 +54,10 @@ enum Outcome {
     /// Another worker holds the job now (or it was deleted): leave it alone.
     LeaseLost,
     /// A rate limit: back to the queue until `until`, the attempt given back.
-    Parked { until: DateTime<Utc>, reason: String },
+    Parked {
+        until: DateTime<Utc>,
+        reason: String,
+    },
     /// Worth another attempt later.
     Retry { reason: String },
     /// Will not work until the user acts; `integration` is what the integration becomes.
@@ -104,7 +107,9 @@ impl SyncWorker {
             match self.run_next(&name, &shutdown).await {
                 Ok(true) => continue,
                 Ok(false) => {}
-                Err(e) => tracing::warn!(error = %error_chain(&e), "sync worker cannot reach the database"),
+                Err(e) => {
+                    tracing::warn!(error = %error_chain(&e), "sync worker cannot reach the database")
+                }
             }
             tokio::select! {
                 () = tokio::time::sleep(self.config.poll_interval) => {}
@@ -332,7 +337,10 @@ impl SyncWorker {
                 let until = match retry_after {
                     Some(wait) => now + chrono::Duration::from_std(wait).unwrap_or_default(),
                     None if daily => next_utc_midnight(now),
-                    None => now + chrono::Duration::from_std(self.config.retry_min_delay).unwrap_or_default(),
+                    None => {
+                        now + chrono::Duration::from_std(self.config.retry_min_delay)
+                            .unwrap_or_default()
+                    }
                 };
                 let reason = if daily {
                     "the provider's daily request limit is used up; the sync resumes when it resets"
@@ -351,7 +359,12 @@ impl SyncWorker {
 
     /// Records how the attempt ended: the job's state, the integration's health, the activity
     /// log, and the next recurring sync.
-    async fn settle(&self, worker: &str, job: &SyncJob, outcome: Outcome) -> Result<(), StoreError> {
+    async fn settle(
+        &self,
+        worker: &str,
+        job: &SyncJob,
+        outcome: Outcome,
+    ) -> Result<(), StoreError> {
         let now = Utc::now();
         let store = &self.store;
         match outcome {
@@ -377,7 +390,8 @@ impl SyncWorker {
                 tracing::info!(resume_at = %until, "sync parked by a rate limit");
             }
             Outcome::Retry { reason } if job.attempts < job.max_attempts => {
-                let at = now + chrono::Duration::from_std(self.backoff(job.attempts)).unwrap_or_default();
+                let at = now
+                    + chrono::Duration::from_std(self.backoff(job.attempts)).unwrap_or_default();
                 let end = JobEnd::Retry {
                     at,
                     error: Some(&reason),
@@ -390,7 +404,11 @@ impl SyncWorker {
                 let reason = format!("gave up after {} attempts: {reason}", job.attempts);
                 if self.fail(worker, job, &reason).await? {
                     self.store
-                        .set_integration_health(&job.integration_id, IntegrationStatus::Active, Some(&reason))
+                        .set_integration_health(
+                            &job.integration_id,
+                            IntegrationStatus::Active,
+                            Some(&reason),
+                        )
                         .await?;
                     self.schedule_next(job, now).await?;
                 }
@@ -399,7 +417,9 @@ impl SyncWorker {
                 reason,
                 integration,
             } => {
-                if self.fail(worker, job, &reason).await? && integration != IntegrationStatus::Active {
+                if self.fail(worker, job, &reason).await?
+                    && integration != IntegrationStatus::Active
+                {
                     store
                         .set_integration_health(&job.integration_id, integration, Some(&reason))
                         .await?;
@@ -434,9 +454,13 @@ impl SyncWorker {
                             job.provider, progress.contacts_failed
                         ),
                     ),
-                    _ => ("sync.succeeded", format!("Synced contacts to {}", job.provider)),
+                    _ => (
+                        "sync.succeeded",
+                        format!("Synced contacts to {}", job.provider),
+                    ),
                 };
-                self.activity(&job.user_id, kind, message, job, Some(&progress)).await;
+                self.activity(&job.user_id, kind, message, job, Some(&progress))
+                    .await;
                 tracing::info!(
                     state = state.as_str(),
                     done = progress.contacts_done,
@@ -534,7 +558,12 @@ impl SyncWorker {
 
 /// The recurring interval of an integration, if it has one.
 pub fn sync_interval(integration: &Integration) -> Option<chrono::Duration> {
-    let secs: i64 = integration.settings.get("syncInterval")?.trim().parse().ok()?;
+    let secs: i64 = integration
+        .settings
+        .get("syncInterval")?
+        .trim()
+        .parse()
+        .ok()?;
     (secs > 0).then(|| chrono::Duration::seconds(secs))
 }
 

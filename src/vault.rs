@@ -39,40 +39,43 @@ pub enum VaultError {
     Tampered,
     #[error("sealed credentials do not hold valid credentials")]
     Malformed,
+    #[error("the vault key cannot be used")]
+    KeySetup,
 }
 
 /// One configured key, split into its derived parts.
 struct VaultKey {
     id: [u8; KEY_ID_LEN],
     encryption: [u8; 32],
-    mac: [u8; 32],
+    /// HMAC keyed with the derived MAC key, cloned for each tag.
+    mac: HmacSha256,
 }
 
 impl VaultKey {
-    fn derive(master: &[u8; 32]) -> Self {
-        let id_bytes = prf(master, b"nexus-vault/v1/key-id");
+    fn derive(master: &[u8; 32]) -> Result<Self, VaultError> {
+        let id_bytes = prf(master, b"nexus-vault/v1/key-id")?;
         let mut id = [0u8; KEY_ID_LEN];
         id.copy_from_slice(&id_bytes[..KEY_ID_LEN]);
-        Self {
+        let mac_key = prf(master, b"nexus-vault/v1/mac")?;
+        Ok(Self {
             id,
-            encryption: prf(master, b"nexus-vault/v1/encryption"),
-            mac: prf(master, b"nexus-vault/v1/mac"),
-        }
+            encryption: prf(master, b"nexus-vault/v1/encryption")?,
+            mac: <HmacSha256 as KeyInit>::new_from_slice(&mac_key)
+                .map_err(|_| VaultError::KeySetup)?,
+        })
     }
 
     fn tag(&self, data: &[u8]) -> HmacSha256 {
-        let mut mac = <HmacSha256 as KeyInit>::new_from_slice(&self.mac)
-            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+        let mut mac = self.mac.clone();
         mac.update(data);
         mac
     }
 }
 
-fn prf(key: &[u8; 32], label: &[u8]) -> [u8; 32] {
-    let mut mac = <HmacSha256 as KeyInit>::new_from_slice(key)
-        .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+fn prf(key: &[u8; 32], label: &[u8]) -> Result<[u8; 32], VaultError> {
+    let mut mac = <HmacSha256 as KeyInit>::new_from_slice(key).map_err(|_| VaultError::KeySetup)?;
     mac.update(label);
-    mac.finalize().into_bytes().into()
+    Ok(mac.finalize().into_bytes().into())
 }
 
 /// Seals and opens credentials. Holds the current key and any previous ones.
@@ -91,11 +94,14 @@ impl fmt::Debug for Vault {
 }
 
 impl Vault {
-    pub fn new(current: &[u8; 32], previous: &[&[u8; 32]]) -> Self {
-        Self {
-            current: VaultKey::derive(current),
-            previous: previous.iter().map(|k| VaultKey::derive(k)).collect(),
-        }
+    pub fn new(current: &[u8; 32], previous: &[&[u8; 32]]) -> Result<Self, VaultError> {
+        Ok(Self {
+            current: VaultKey::derive(current)?,
+            previous: previous
+                .iter()
+                .map(|k| VaultKey::derive(k))
+                .collect::<Result<_, _>>()?,
+        })
     }
 
     /// The id of the key new envelopes are sealed with (safe to log).
@@ -187,19 +193,26 @@ mod tests {
 
     #[test]
     fn round_trip_with_a_fresh_iv_each_time() {
-        let vault = Vault::new(&KEY_A, &[]);
+        let vault = Vault::new(&KEY_A, &[]).unwrap_or_else(|e| panic!("{e}"));
         let (one, two) = (vault.seal(&creds()), vault.seal(&creds()));
         assert_ne!(one, two, "the IV must be fresh per encryption");
         assert!(
             !one.windows(10).any(|w| w == b"0123456789"),
             "plaintext must not show through"
         );
-        assert_eq!(vault.open(&one).ok().and_then(|c| c.get("apiKey").map(str::to_string)).as_deref(), Some("key-0123456789-us6"));
+        assert_eq!(
+            vault
+                .open(&one)
+                .ok()
+                .and_then(|c| c.get("apiKey").map(str::to_string))
+                .as_deref(),
+            Some("key-0123456789-us6")
+        );
     }
 
     #[test]
     fn every_flipped_bit_and_every_truncation_is_refused() {
-        let vault = Vault::new(&KEY_A, &[]);
+        let vault = Vault::new(&KEY_A, &[]).unwrap_or_else(|e| panic!("{e}"));
         let sealed = vault.seal(&creds());
         for i in 0..sealed.len() {
             for bit in [0x01, 0x80] {
@@ -218,22 +231,28 @@ mod tests {
 
     #[test]
     fn an_unknown_key_is_an_error_and_a_previous_key_still_opens() {
-        let old = Vault::new(&KEY_A, &[]);
+        let old = Vault::new(&KEY_A, &[]).unwrap_or_else(|e| panic!("{e}"));
         let sealed = old.seal(&creds());
-        let other = Vault::new(&KEY_B, &[]);
-        assert!(matches!(other.open(&sealed), Err(VaultError::UnknownKey(_))));
-        let rotated = Vault::new(&KEY_B, &[&KEY_A]);
+        let other = Vault::new(&KEY_B, &[]).unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(
+            other.open(&sealed),
+            Err(VaultError::UnknownKey(_))
+        ));
+        let rotated = Vault::new(&KEY_B, &[&KEY_A]).unwrap_or_else(|e| panic!("{e}"));
         assert!(rotated.open(&sealed).is_ok());
         assert!(rotated.needs_rotation(&sealed));
         let resealed = rotated.seal(&rotated.open(&sealed).unwrap_or_default());
         assert!(!rotated.needs_rotation(&resealed));
-        assert!(matches!(old.open(&resealed), Err(VaultError::UnknownKey(_))));
+        assert!(matches!(
+            old.open(&resealed),
+            Err(VaultError::UnknownKey(_))
+        ));
     }
 
     #[test]
     fn a_tag_forged_under_another_key_with_a_copied_key_id_is_refused() {
-        let vault = Vault::new(&KEY_A, &[]);
-        let attacker = Vault::new(&KEY_B, &[]);
+        let vault = Vault::new(&KEY_A, &[]).unwrap_or_else(|e| panic!("{e}"));
+        let attacker = Vault::new(&KEY_B, &[]).unwrap_or_else(|e| panic!("{e}"));
         let mut forged = attacker.seal(&creds());
         forged[1..5].copy_from_slice(&vault.current.id);
         assert_eq!(vault.open(&forged).err(), Some(VaultError::Tampered));

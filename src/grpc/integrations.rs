@@ -10,15 +10,16 @@ use tonic::{Request, Response, Status};
 use super::{
     caller,
     convert::{
-        catalogue_entry_to_proto, direction_from_proto, integration_to_proto,
-        provider_from_proto, sync_job_to_proto,
+        catalogue_entry_to_proto, direction_from_proto, integration_to_proto, provider_from_proto,
+        sync_job_to_proto,
     },
     proto::integrations::{
         ConnectIntegrationRequest, ConnectIntegrationResponse, DisconnectIntegrationRequest,
         DisconnectIntegrationResponse, GetSyncJobRequest, GetSyncJobResponse,
         ListIntegrationsRequest, ListIntegrationsResponse, ListProvidersRequest,
         ListProvidersResponse, SyncIntegrationRequest, SyncIntegrationResponse,
-        WatchSyncJobRequest, WatchSyncJobResponse, integrations_service_server::IntegrationsService,
+        WatchSyncJobRequest, WatchSyncJobResponse,
+        integrations_service_server::IntegrationsService,
     },
     store_status,
 };
@@ -54,11 +55,19 @@ fn integration_status(error: IntegrationError) -> Status {
     }
 }
 
-fn bounded(name: &str, map: std::collections::HashMap<String, String>) -> Result<BTreeMap<String, String>, Status> {
+fn bounded(
+    name: &str,
+    map: std::collections::HashMap<String, String>,
+) -> Result<BTreeMap<String, String>, Status> {
     if map.len() > MAX_FIELDS {
-        return Err(Status::invalid_argument(format!("{name}: at most {MAX_FIELDS} entries")));
+        return Err(Status::invalid_argument(format!(
+            "{name}: at most {MAX_FIELDS} entries"
+        )));
     }
-    if let Some((key, _)) = map.iter().find(|(k, v)| k.len() > 100 || v.len() > MAX_VALUE_LEN) {
+    if let Some((key, _)) = map
+        .iter()
+        .find(|(k, v)| k.len() > 100 || v.len() > MAX_VALUE_LEN)
+    {
         let key: String = key.chars().take(100).collect();
         return Err(Status::invalid_argument(format!(
             "{name}.{key}: longer than {MAX_VALUE_LEN} bytes"

@@ -89,7 +89,12 @@ impl Client {
 
     fn classify(&self, status: StatusCode, headers: &HeaderMap, body: &str) -> ProviderError {
         let reason = self.reason(status, body);
-        let rate_limit_words = ["ratelimit", "rate_limit", "rate limit", "request_limit_exceeded"];
+        let rate_limit_words = [
+            "ratelimit",
+            "rate_limit",
+            "rate limit",
+            "request_limit_exceeded",
+        ];
         let lower = body.to_ascii_lowercase();
         let says_rate_limited = rate_limit_words.iter().any(|w| lower.contains(w));
         match status.as_u16() {
@@ -105,15 +110,16 @@ impl Client {
                 "{} refused the credentials: {reason}",
                 self.provider
             )),
-            408 | 500..=599 => ProviderError::Unavailable(format!(
-                "{} is unavailable: {reason}",
-                self.provider
-            )),
+            408 | 500..=599 => {
+                ProviderError::Unavailable(format!("{} is unavailable: {reason}", self.provider))
+            }
             400 | 413 | 422 => ProviderError::BatchRefused(format!(
                 "{} refused the request: {reason}",
                 self.provider
             )),
-            _ => ProviderError::Rejected(format!("{} refused the request: {reason}", self.provider)),
+            _ => {
+                ProviderError::Rejected(format!("{} refused the request: {reason}", self.provider))
+            }
         }
     }
 
@@ -154,20 +160,33 @@ fn message_of(json: &serde_json::Value) -> Option<String> {
 /// How long the provider asked us to wait: `Retry-After` (seconds or an HTTP date), else a
 /// rate-limit reset header (epoch seconds, or seconds from now when small).
 pub(super) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
     if let Some(value) = header("retry-after") {
         if let Ok(secs) = value.parse::<f64>() {
             return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
         }
         if let Ok(at) = chrono::DateTime::parse_from_rfc2822(value) {
-            return Some((at.with_timezone(&Utc) - Utc::now()).to_std().unwrap_or_default());
+            return Some(
+                (at.with_timezone(&Utc) - Utc::now())
+                    .to_std()
+                    .unwrap_or_default(),
+            );
         }
     }
     for name in ["x-ratelimit-reset", "ratelimit-reset"] {
         if let Some(value) = header(name).and_then(|v| v.parse::<i64>().ok()) {
             let now = Utc::now().timestamp();
             // Epoch seconds are far larger than any "seconds from now" value.
-            let secs = if value > 1_000_000_000 { value - now } else { value };
+            let secs = if value > 1_000_000_000 {
+                value - now
+            } else {
+                value
+            };
             return Some(Duration::from_secs(u64::try_from(secs).unwrap_or(0)));
         }
     }
@@ -188,15 +207,27 @@ mod tests {
 
         let mut headers = HeaderMap::new();
         let reset = (Utc::now().timestamp() + 30).to_string();
-        headers.insert("x-ratelimit-reset", HeaderValue::from_str(&reset).unwrap_or_else(|_| HeaderValue::from_static("0")));
+        headers.insert(
+            "x-ratelimit-reset",
+            HeaderValue::from_str(&reset).unwrap_or_else(|_| HeaderValue::from_static("0")),
+        );
         let wait = retry_after(&headers).unwrap_or_default();
-        assert!((Duration::from_secs(28)..=Duration::from_secs(30)).contains(&wait), "{wait:?}");
+        assert!(
+            (Duration::from_secs(28)..=Duration::from_secs(30)).contains(&wait),
+            "{wait:?}"
+        );
 
         let mut headers = HeaderMap::new();
         let date = (Utc::now() + chrono::Duration::seconds(60)).to_rfc2822();
-        headers.insert("retry-after", HeaderValue::from_str(&date).unwrap_or_else(|_| HeaderValue::from_static("0")));
+        headers.insert(
+            "retry-after",
+            HeaderValue::from_str(&date).unwrap_or_else(|_| HeaderValue::from_static("0")),
+        );
         let wait = retry_after(&headers).unwrap_or_default();
-        assert!((Duration::from_secs(58)..=Duration::from_secs(60)).contains(&wait), "{wait:?}");
+        assert!(
+            (Duration::from_secs(58)..=Duration::from_secs(60)).contains(&wait),
+            "{wait:?}"
+        );
 
         assert_eq!(retry_after(&HeaderMap::new()), None);
     }
@@ -204,9 +235,18 @@ mod tests {
     #[test]
     fn messages_are_found_in_each_providers_error_shape() {
         let cases = [
-            (r#"{"status":"error","message":"Authentication credentials not found"}"#, "Authentication credentials not found"),
-            (r#"{"type":"x","title":"API Key Invalid","status":401,"detail":"Your API key may be invalid"}"#, "Your API key may be invalid"),
-            (r#"{"errors":[{"field":null,"message":"authorization required"}]}"#, "authorization required"),
+            (
+                r#"{"status":"error","message":"Authentication credentials not found"}"#,
+                "Authentication credentials not found",
+            ),
+            (
+                r#"{"type":"x","title":"API Key Invalid","status":401,"detail":"Your API key may be invalid"}"#,
+                "Your API key may be invalid",
+            ),
+            (
+                r#"{"errors":[{"field":null,"message":"authorization required"}]}"#,
+                "authorization required",
+            ),
         ];
         for (body, want) in cases {
             let json: serde_json::Value = serde_json::from_str(body).unwrap_or_default();

@@ -33,7 +33,9 @@ pub fn data_centre(api_key: &str) -> Result<&str, ProviderError> {
     let (_, dc) = api_key.rsplit_once('-').ok_or_else(invalid)?;
     let plain = !dc.is_empty()
         && dc.len() <= 10
-        && dc.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+        && dc
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
     if plain { Ok(dc) } else { Err(invalid()) }
 }
 
@@ -46,11 +48,12 @@ impl Mailchimp {
     ) -> Result<Self, ProviderError> {
         let api_key = required(credentials, "apiKey")?;
         let dc = data_centre(api_key)?;
-        let list_id = non_blank(settings.get("listId").map(String::as_str))
-            .ok_or(ProviderError::InvalidInput {
+        let list_id = non_blank(settings.get("listId").map(String::as_str)).ok_or(
+            ProviderError::InvalidInput {
                 field: "listId",
                 reason: "is required".into(),
-            })?;
+            },
+        )?;
         if !list_id.chars().all(|c| c.is_ascii_alphanumeric()) {
             return Err(ProviderError::InvalidInput {
                 field: "listId",
@@ -58,7 +61,10 @@ impl Mailchimp {
             });
         }
         Ok(Self {
-            base: base_template.replace("{dc}", dc).trim_end_matches('/').to_string(),
+            base: base_template
+                .replace("{dc}", dc)
+                .trim_end_matches('/')
+                .to_string(),
             api_key: api_key.to_string(),
             list_id: list_id.to_string(),
             client,
@@ -145,7 +151,10 @@ impl ContactSink for Mailchimp {
             })
             .collect();
         Ok(PushReport {
-            failed: answer.error_count.unwrap_or(failures.len() as u64).max(failures.len() as u64),
+            failed: answer
+                .error_count
+                .unwrap_or(failures.len() as u64)
+                .max(failures.len() as u64),
             failures,
         })
     }
@@ -158,7 +167,13 @@ mod tests {
     #[test]
     fn the_data_centre_comes_from_the_key_and_must_be_a_plain_label() {
         assert_eq!(data_centre("0123abcd-us6").ok(), Some("us6"));
-        for bad in ["0123abcd", "0123abcd-", "abc-us6.evil.test", "abc-US6", "abc-us6/x"] {
+        for bad in [
+            "0123abcd",
+            "0123abcd-",
+            "abc-us6.evil.test",
+            "abc-US6",
+            "abc-us6/x",
+        ] {
             assert!(data_centre(bad).is_err(), "{bad}");
         }
     }

@@ -243,8 +243,14 @@ mod tests {
             // Requests spaced `period` apart: a window (t - W, t] holds at most ceil(W / period).
             let period = q.replenish_interval().as_nanos();
             let most = window.as_nanos().div_ceil(period);
-            assert!(most <= u128::from(requests), "{requests}/{per_seconds}s allows {most}");
-            assert!(most * 100 >= u128::from(requests) * 90, "{requests}/{per_seconds}s only {most}");
+            assert!(
+                most <= u128::from(requests),
+                "{requests}/{per_seconds}s allows {most}"
+            );
+            assert!(
+                most * 100 >= u128::from(requests) * 90,
+                "{requests}/{per_seconds}s only {most}"
+            );
         }
     }
 }

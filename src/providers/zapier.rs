@@ -79,9 +79,11 @@ impl ContactSink for Zapier {
             .post(self.hook.clone())
             .json(&json!({ "event": "connection_test", "contacts": [] }));
         match self.client.send(request).await {
-            Err(ProviderError::Rejected(_) | ProviderError::BatchRefused(_)) => Err(ProviderError::Unauthorized(
-                "Zapier does not know this catch hook (is the Zap turned on?)".into(),
-            )),
+            Err(ProviderError::Rejected(_) | ProviderError::BatchRefused(_)) => {
+                Err(ProviderError::Unauthorized(
+                    "Zapier does not know this catch hook (is the Zap turned on?)".into(),
+                ))
+            }
             other => other.map(drop),
         }
     }
@@ -104,7 +106,8 @@ mod tests {
 
     #[test]
     fn only_hooks_under_the_configured_base_are_accepted() {
-        let base = Url::parse("https://hooks.zapier.com/hooks/catch/").unwrap_or_else(|e| panic!("{e}"));
+        let base =
+            Url::parse("https://hooks.zapier.com/hooks/catch/").unwrap_or_else(|e| panic!("{e}"));
         assert!(hook_url("https://hooks.zapier.com/hooks/catch/123/abc/", &base).is_ok());
         for bad in [
             "http://hooks.zapier.com/hooks/catch/123/abc/",

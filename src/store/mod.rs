@@ -21,9 +21,9 @@ use crate::domain::{
     catalogue::ProviderId,
     contact::Contact,
     integration::{Integration, IntegrationStatus},
-    sync_job::{Direction, JobProgress, JobState, SyncJob},
     invoice::{Invoice, InvoiceStatus, StoredInvoice},
     subscription::{PaymentProvider, Subscription},
+    sync_job::{Direction, JobProgress, JobState, SyncJob},
 };
 
 pub use postgres::PgStore;
@@ -188,8 +188,11 @@ pub trait IntegrationStore: Send + Sync {
     ) -> Result<Integration, StoreError>;
 
     /// Deletes the integration, its credentials and its jobs; `false` if it did not exist.
-    async fn delete_integration(&self, user: &UserId, provider: ProviderId)
-    -> Result<bool, StoreError>;
+    async fn delete_integration(
+        &self,
+        user: &UserId,
+        provider: ProviderId,
+    ) -> Result<bool, StoreError>;
 
     async fn set_integration_health(
         &self,

@@ -209,7 +209,6 @@ pub(super) fn parse_invoice_status(
         .map_err(corrupt)
 }
 
-
 #[derive(sqlx::FromRow)]
 pub(super) struct ContactRow {
     id: String,

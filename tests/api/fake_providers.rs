@@ -38,6 +38,9 @@ impl Kind {
     }
 }
 
+/// Key/value pairs of a connect request.
+pub type Fields = Vec<(String, String)>;
+
 /// One push the fake accepted (2xx).
 #[derive(Debug, Clone)]
 pub struct Push {
@@ -104,7 +107,7 @@ impl FakeProvider {
     }
 
     /// Working credentials and settings for ConnectIntegration.
-    pub fn credentials(&self) -> (Vec<(String, String)>, Vec<(String, String)>) {
+    pub fn credentials(&self) -> (Fields, Fields) {
         let pair = |k: &str, v: &str| (k.to_string(), v.to_string());
         match self.kind {
             Kind::Hubspot => (vec![pair("accessToken", HUBSPOT_TOKEN)], vec![]),
@@ -172,7 +175,11 @@ impl FakeProvider {
     /// Fails the test if any request broke the provider's rules.
     pub fn assert_no_problems(&self) {
         let problems = self.state().problems.clone();
-        assert!(problems.is_empty(), "{:?} fake saw bad requests: {problems:#?}", self.kind);
+        assert!(
+            problems.is_empty(),
+            "{:?} fake saw bad requests: {problems:#?}",
+            self.kind
+        );
     }
 }
 
@@ -203,16 +210,27 @@ impl Responder {
                 .strip_prefix("Basic ")
                 .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
                 .and_then(|raw| String::from_utf8(raw).ok())
-                .is_some_and(|pair| pair.split_once(':').map(|(_, key)| key) == Some(MAILCHIMP_KEY)),
+                .is_some_and(|pair| {
+                    pair.split_once(':').map(|(_, key)| key) == Some(MAILCHIMP_KEY)
+                }),
             Kind::Zapier => request.url.path() == ZAPIER_HOOK_PATH,
         }
     }
 
     fn unauthorised(&self) -> ResponseTemplate {
         match self.kind {
-            Kind::Hubspot => error(401, json!({"status": "error", "message": "Authentication credentials not found.", "category": "INVALID_AUTHENTICATION"})),
-            Kind::Mailchimp => error(401, json!({"type": "x", "title": "API Key Invalid", "status": 401, "detail": "Your API key may be invalid, or you've attempted to access the wrong datacenter."})),
-            Kind::Sendgrid => error(401, json!({"errors": [{"field": null, "message": "authorization required"}]})),
+            Kind::Hubspot => error(
+                401,
+                json!({"status": "error", "message": "Authentication credentials not found.", "category": "INVALID_AUTHENTICATION"}),
+            ),
+            Kind::Mailchimp => error(
+                401,
+                json!({"type": "x", "title": "API Key Invalid", "status": 401, "detail": "Your API key may be invalid, or you've attempted to access the wrong datacenter."}),
+            ),
+            Kind::Sendgrid => error(
+                401,
+                json!({"errors": [{"field": null, "message": "authorization required"}]}),
+            ),
             Kind::Zapier => error(404, json!({"status": "error", "message": "hook not found"})),
         }
     }
@@ -222,7 +240,9 @@ impl Responder {
         let (method, path) = (request.method.as_str(), request.url.path());
         let key = match (self.kind, method, path) {
             (Kind::Hubspot, "POST", "/crm/v3/objects/contacts/batch/upsert") => "inputs",
-            (Kind::Mailchimp, "POST", p) if p == format!("/3.0/lists/{MAILCHIMP_LIST}") => "members",
+            (Kind::Mailchimp, "POST", p) if p == format!("/3.0/lists/{MAILCHIMP_LIST}") => {
+                "members"
+            }
             (Kind::Sendgrid, "PUT", "/v3/marketing/contacts") => "contacts",
             (Kind::Zapier, "POST", ZAPIER_HOOK_PATH) if body["event"] == "contacts" => "contacts",
             _ => return None,
@@ -290,7 +310,10 @@ impl Responder {
                         .iter()
                         .map(|e| json!({"status": "error", "category": "VALIDATION_ERROR", "message": format!("Email address {e} is invalid"), "context": {"ids": [e]}}))
                         .collect();
-                    error(207, json!({"status": "COMPLETE", "results": results, "numErrors": errors.len(), "errors": errors}))
+                    error(
+                        207,
+                        json!({"status": "COMPLETE", "results": results, "numErrors": errors.len(), "errors": errors}),
+                    )
                 }
             }
             Kind::Mailchimp => {
@@ -298,11 +321,14 @@ impl Responder {
                     .iter()
                     .map(|e| json!({"email_address": e, "error": format!("{e} looks fake or invalid, please enter a real email address."), "error_code": "ERROR_CONTACT_EXISTS"}))
                     .collect();
-                error(200, json!({
-                    "new_members": [], "updated_members": [],
-                    "errors": errors, "total_created": emails.len() - refused.len(),
-                    "total_updated": 0, "error_count": refused.len()
-                }))
+                error(
+                    200,
+                    json!({
+                        "new_members": [], "updated_members": [],
+                        "errors": errors, "total_created": emails.len() - refused.len(),
+                        "total_updated": 0, "error_count": refused.len()
+                    }),
+                )
             }
             Kind::Sendgrid => {
                 let job = format!("job-{}", state.sendgrid_jobs.len() + 1);
@@ -340,12 +366,18 @@ impl Respond for Responder {
                 return if p == format!("/3.0/lists/{MAILCHIMP_LIST}") {
                     error(200, json!({"id": MAILCHIMP_LIST, "name": "Customers"}))
                 } else {
-                    error(404, json!({"title": "Resource Not Found", "status": 404, "detail": "The requested resource could not be found."}))
+                    error(
+                        404,
+                        json!({"title": "Resource Not Found", "status": 404, "detail": "The requested resource could not be found."}),
+                    )
                 };
             }
             (Kind::Sendgrid, "GET", "/v3/scopes") => {
                 state.verify_calls += 1;
-                return error(200, json!({"scopes": ["marketing.read", "marketing.write"]}));
+                return error(
+                    200,
+                    json!({"scopes": ["marketing.read", "marketing.write"]}),
+                );
             }
             (Kind::Sendgrid, "GET", p) if p.starts_with("/v3/marketing/contacts/imports/") => {
                 let id = p.trim_start_matches("/v3/marketing/contacts/imports/");
@@ -355,11 +387,17 @@ impl Respond for Responder {
                 // Pending on the first poll, then done.
                 if !job.2 {
                     job.2 = true;
-                    return error(200, json!({"id": id, "status": "pending", "job_type": "upsert", "results": {}}));
+                    return error(
+                        200,
+                        json!({"id": id, "status": "pending", "job_type": "upsert", "results": {}}),
+                    );
                 }
                 let errored = job.1;
-                return error(200, json!({"id": id, "status": "completed", "job_type": "upsert",
-                    "results": {"requested_count": 1, "created_count": 1, "updated_count": 0, "deleted_count": 0, "errored_count": errored}}));
+                return error(
+                    200,
+                    json!({"id": id, "status": "completed", "job_type": "upsert",
+                    "results": {"requested_count": 1, "created_count": 1, "updated_count": 0, "deleted_count": 0, "errored_count": errored}}),
+                );
             }
             (Kind::Zapier, "POST", ZAPIER_HOOK_PATH) if body["event"] == "connection_test" => {
                 state.verify_calls += 1;
@@ -375,8 +413,15 @@ impl Respond for Responder {
             return error(404, json!({"message": "no such endpoint"}));
         };
         state.push_requests += 1;
-        if request.headers.get("content-type").and_then(|v| v.to_str().ok()) != Some("application/json") {
-            state.problems.push("push without a JSON content type".into());
+        if request
+            .headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            != Some("application/json")
+        {
+            state
+                .problems
+                .push("push without a JSON content type".into());
         }
         if items.is_empty() || items.len() > self.kind.max_batch() {
             state
@@ -384,10 +429,14 @@ impl Respond for Responder {
                 .push(format!("batch of {} contacts", items.len()));
         }
         if self.kind == Kind::Mailchimp && body["update_existing"] != true {
-            state.problems.push("mailchimp push without update_existing".into());
+            state
+                .problems
+                .push("mailchimp push without update_existing".into());
         }
         if self.kind == Kind::Sendgrid && body["list_ids"] != json!(["l1", "l2"]) {
-            state.problems.push(format!("sendgrid list_ids: {}", body["list_ids"]));
+            state
+                .problems
+                .push(format!("sendgrid list_ids: {}", body["list_ids"]));
         }
         let mut problems = Vec::new();
         for item in items {
@@ -400,7 +449,11 @@ impl Respond for Responder {
         }
         if let Some((requests, per)) = state.limit {
             let now = Instant::now();
-            while state.window.front().is_some_and(|t| now.duration_since(*t) >= per) {
+            while state
+                .window
+                .front()
+                .is_some_and(|t| now.duration_since(*t) >= per)
+            {
                 state.window.pop_front();
             }
             if state.window.len() >= requests {

@@ -177,7 +177,8 @@ impl TestDatabase {
 
     /// Drops the PostgreSQL database, closing whatever is still connected to it.
     pub async fn drop_database(&self) {
-        if self.owned && self.backend == Backend::Postgres
+        if self.owned
+            && self.backend == Backend::Postgres
             && let Ok(mut admin) = PgConnection::connect(&self.admin_url).await
         {
             let sql = format!(r#"DROP DATABASE IF EXISTS "{}" WITH (FORCE)"#, self.name);

@@ -28,7 +28,11 @@ pub fn provider_of(kind: Kind) -> Provider {
 }
 
 /// Starts the service pointed at the given fakes, with more settings.
-pub async fn spawn_with_fakes(backend: Backend, fakes: &[&FakeProvider], extra: &[(&str, &str)]) -> TestApp {
+pub async fn spawn_with_fakes(
+    backend: Backend,
+    fakes: &[&FakeProvider],
+    extra: &[(&str, &str)],
+) -> TestApp {
     let settings: Vec<(&'static str, String)> = fakes.iter().flat_map(|f| f.settings()).collect();
     let mut overrides: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
     overrides.extend_from_slice(extra);
@@ -56,7 +60,11 @@ pub async fn connect(app: &TestApp, user: &str, fake: &FakeProvider) -> Integrat
         .unwrap_or_else(|| panic!("no integration"))
 }
 
-pub async fn start_sync(client: &mut IntegrationsServiceClient<Channel>, user: &str, provider: Provider) -> SyncJob {
+pub async fn start_sync(
+    client: &mut IntegrationsServiceClient<Channel>,
+    user: &str,
+    provider: Provider,
+) -> SyncJob {
     client
         .sync_integration(authed(
             SyncIntegrationRequest {
@@ -72,7 +80,11 @@ pub async fn start_sync(client: &mut IntegrationsServiceClient<Channel>, user: &
         .unwrap_or_else(|| panic!("no job"))
 }
 
-pub async fn get_job(client: &mut IntegrationsServiceClient<Channel>, user: &str, id: &str) -> SyncJob {
+pub async fn get_job(
+    client: &mut IntegrationsServiceClient<Channel>,
+    user: &str,
+    id: &str,
+) -> SyncJob {
     client
         .get_sync_job(authed(GetSyncJobRequest { id: id.into() }, &token(user)))
         .await
@@ -98,7 +110,10 @@ pub async fn wait_for_job(app: &TestApp, user: &str, id: &str, within: Duration)
         if is_final(&job) {
             return job;
         }
-        assert!(tokio::time::Instant::now() < deadline, "job not finished in {within:?}: {job:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "job not finished in {within:?}: {job:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -180,7 +195,10 @@ async fn list_providers_serves_the_whole_catalogue(backend: Backend) {
         let oauth = p.auth_kind() == AuthKind::Oauth2;
         assert_eq!(p.available, !oauth, "{}", p.slug);
         assert_eq!(p.unavailable_reason.is_empty(), !oauth, "{}", p.slug);
-        assert!(p.rate_limit.is_some_and(|r| r.requests > 0 && r.per_seconds > 0));
+        assert!(
+            p.rate_limit
+                .is_some_and(|r| r.requests > 0 && r.per_seconds > 0)
+        );
     }
     app.stop().await;
 }
@@ -218,7 +236,6 @@ async fn list_integrations_shows_only_the_callers_integrations(backend: Backend)
     app.stop().await;
 }
 
-
 async fn bad_connect_input_is_refused_before_calling_the_provider(backend: Backend) {
     let (hubspot, mailchimp, zapier) = (
         FakeProvider::start(Kind::Hubspot).await,
@@ -233,19 +250,95 @@ async fn bad_connect_input_is_refused_before_calling_the_provider(backend: Backe
         request
     };
     let cases: Vec<(ConnectIntegrationRequest, Code, &str)> = vec![
-        (with(&hubspot, &|r| r.provider = 0), Code::InvalidArgument, "provider is required"),
-        (with(&hubspot, &|r| r.provider = 99), Code::InvalidArgument, "provider"),
-        (with(&hubspot, &|r| r.credentials.clear()), Code::InvalidArgument, "credentials.accessToken"),
-        (with(&hubspot, &|r| { r.credentials.insert("accessToken".into(), "   ".into()); }), Code::InvalidArgument, "credentials.accessToken"),
-        (with(&hubspot, &|r| { r.credentials.insert("password".into(), "x".into()); }), Code::InvalidArgument, "credentials.password"),
-        (with(&hubspot, &|r| { r.settings.insert("color".into(), "red".into()); }), Code::InvalidArgument, "settings.color"),
-        (with(&hubspot, &|r| { r.settings.insert("syncInterval".into(), "5".into()); }), Code::InvalidArgument, "settings.syncInterval"),
-        (with(&hubspot, &|r| { r.settings.insert("syncInterval".into(), "soon".into()); }), Code::InvalidArgument, "settings.syncInterval"),
-        (with(&mailchimp, &|r| r.settings.clear()), Code::InvalidArgument, "settings.listId"),
-        (with(&mailchimp, &|r| { r.credentials.insert("apiKey".into(), "no-data-centre-".into()); }), Code::InvalidArgument, "credentials.apiKey"),
-        (with(&mailchimp, &|r| { r.credentials.insert("apiKey".into(), "abc-us6.evil.test".into()); }), Code::InvalidArgument, "credentials.apiKey"),
-        (with(&zapier, &|r| { r.credentials.insert("webhookUrl".into(), "http://169.254.169.254/hooks/catch/1/".into()); }), Code::InvalidArgument, "credentials.webhookUrl"),
-        (ConnectIntegrationRequest { provider: Provider::Salesforce.into(), ..Default::default() }, Code::FailedPrecondition, "OAuth"),
+        (
+            with(&hubspot, &|r| r.provider = 0),
+            Code::InvalidArgument,
+            "provider is required",
+        ),
+        (
+            with(&hubspot, &|r| r.provider = 99),
+            Code::InvalidArgument,
+            "provider",
+        ),
+        (
+            with(&hubspot, &|r| r.credentials.clear()),
+            Code::InvalidArgument,
+            "credentials.accessToken",
+        ),
+        (
+            with(&hubspot, &|r| {
+                r.credentials.insert("accessToken".into(), "   ".into());
+            }),
+            Code::InvalidArgument,
+            "credentials.accessToken",
+        ),
+        (
+            with(&hubspot, &|r| {
+                r.credentials.insert("password".into(), "x".into());
+            }),
+            Code::InvalidArgument,
+            "credentials.password",
+        ),
+        (
+            with(&hubspot, &|r| {
+                r.settings.insert("color".into(), "red".into());
+            }),
+            Code::InvalidArgument,
+            "settings.color",
+        ),
+        (
+            with(&hubspot, &|r| {
+                r.settings.insert("syncInterval".into(), "5".into());
+            }),
+            Code::InvalidArgument,
+            "settings.syncInterval",
+        ),
+        (
+            with(&hubspot, &|r| {
+                r.settings.insert("syncInterval".into(), "soon".into());
+            }),
+            Code::InvalidArgument,
+            "settings.syncInterval",
+        ),
+        (
+            with(&mailchimp, &|r| r.settings.clear()),
+            Code::InvalidArgument,
+            "settings.listId",
+        ),
+        (
+            with(&mailchimp, &|r| {
+                r.credentials
+                    .insert("apiKey".into(), "no-data-centre-".into());
+            }),
+            Code::InvalidArgument,
+            "credentials.apiKey",
+        ),
+        (
+            with(&mailchimp, &|r| {
+                r.credentials
+                    .insert("apiKey".into(), "abc-us6.evil.test".into());
+            }),
+            Code::InvalidArgument,
+            "credentials.apiKey",
+        ),
+        (
+            with(&zapier, &|r| {
+                r.credentials.insert(
+                    "webhookUrl".into(),
+                    "http://169.254.169.254/hooks/catch/1/".into(),
+                );
+            }),
+            Code::InvalidArgument,
+            "credentials.webhookUrl",
+        ),
+        (
+            ConnectIntegrationRequest {
+                provider: Provider::Salesforce.into(),
+                ..Default::default()
+            },
+            Code::FailedPrecondition,
+            "OAuth",
+        ),
     ];
     for (request, code, needle) in cases {
         let status = client
@@ -254,12 +347,18 @@ async fn bad_connect_input_is_refused_before_calling_the_provider(backend: Backe
             .err()
             .unwrap_or_else(|| panic!("accepted {request:?}"));
         assert_eq!(status.code(), code, "{request:?}: {status:?}");
-        assert!(status.message().contains(needle), "{needle:?} not in {:?}", status.message());
+        assert!(
+            status.message().contains(needle),
+            "{needle:?} not in {:?}",
+            status.message()
+        );
     }
     // A Mailchimp audience that does not exist is caught by the check call and named.
     let status = client
         .connect_integration(authed(
-            with(&mailchimp, &|r| { r.settings.insert("listId".into(), "nosuchlist".into()); }),
+            with(&mailchimp, &|r| {
+                r.settings.insert("listId".into(), "nosuchlist".into());
+            }),
             &token("u1"),
         ))
         .await
@@ -269,18 +368,27 @@ async fn bad_connect_input_is_refused_before_calling_the_provider(backend: Backe
     assert!(status.message().contains("settings.listId"), "{status:?}");
 
     for fake in [&hubspot, &zapier] {
-        assert_eq!(fake.verify_calls(), 0, "{:?} was called for bad input", fake.kind);
+        assert_eq!(
+            fake.verify_calls(),
+            0,
+            "{:?} was called for bad input",
+            fake.kind
+        );
     }
     assert_eq!(app.count("integrations", "").await, 0);
     app.stop().await;
 }
 
-async fn refused_credentials_are_invalid_argument_and_an_unreachable_provider_unavailable(backend: Backend) {
+async fn refused_credentials_are_invalid_argument_and_an_unreachable_provider_unavailable(
+    backend: Backend,
+) {
     let hubspot = FakeProvider::start(Kind::Hubspot).await;
     let app = spawn_with_fakes(backend, &[&hubspot], &[]).await;
     let mut client = app.integrations().await;
     let mut request = connect_request(&hubspot);
-    request.credentials.insert("accessToken".into(), "pat-wrong-token-0000".into());
+    request
+        .credentials
+        .insert("accessToken".into(), "pat-wrong-token-0000".into());
     let status = client
         .connect_integration(authed(request, &token("u1")))
         .await
@@ -288,15 +396,23 @@ async fn refused_credentials_are_invalid_argument_and_an_unreachable_provider_un
         .unwrap_or_else(|| panic!("a wrong token was accepted"));
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(
-        status.message().contains("HubSpot refused the credentials: Authentication credentials not found"),
+        status
+            .message()
+            .contains("HubSpot refused the credentials: Authentication credentials not found"),
         "{status:?}"
     );
-    assert!(!status.message().contains("pat-wrong-token"), "the token was echoed");
+    assert!(
+        !status.message().contains("pat-wrong-token"),
+        "the token was echoed"
+    );
     app.stop().await;
 
     // Nothing listens on this port.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
-    let dead = format!("http://{}", closed.local_addr().unwrap_or_else(|e| panic!("{e}")));
+    let dead = format!(
+        "http://{}",
+        closed.local_addr().unwrap_or_else(|e| panic!("{e}"))
+    );
     drop(closed);
     let app = TestApp::spawn_with(backend, &[("--hubspot-api-base", &dead)]).await;
     let status = app
@@ -333,20 +449,35 @@ async fn connect_sync_and_disconnect_each_provider(backend: Backend) {
         let job = start_sync(&mut client, "ada", provider).await;
         let updates = watch_job(&app, "ada", &job.id).await;
         let last = updates.last().unwrap_or_else(|| panic!("no updates"));
-        assert_eq!(last.state(), SyncJobState::Succeeded, "{:?}: {last:?}", fake.kind);
+        assert_eq!(
+            last.state(),
+            SyncJobState::Succeeded,
+            "{:?}: {last:?}",
+            fake.kind
+        );
         assert_eq!((last.contacts_done, last.contacts_total), (1000, 1000));
         assert_eq!(last.attempts, 1);
         assert!(last.finish_time.is_some() && last.start_time.is_some());
         let done: Vec<i64> = updates.iter().map(|u| u.contacts_done).collect();
-        assert!(done.windows(2).all(|w| w[0] <= w[1]), "progress went backwards: {done:?}");
+        assert!(
+            done.windows(2).all(|w| w[0] <= w[1]),
+            "progress went backwards: {done:?}"
+        );
 
         // The right number of batches, each within the provider's size, every contact once
         // and nobody else's.
         let pushes = fake.pushes();
-        assert_eq!(pushes.len(), 1000usize.div_ceil(fake.kind.max_batch()), "{:?}", fake.kind);
+        assert_eq!(
+            pushes.len(),
+            1000usize.div_ceil(fake.kind.max_batch()),
+            "{:?}",
+            fake.kind
+        );
         let mut emails = fake.pushed_emails();
         emails.sort();
-        let mut want: Vec<String> = (0..1000).map(|i| format!("contact{i}@example.com")).collect();
+        let mut want: Vec<String> = (0..1000)
+            .map(|i| format!("contact{i}@example.com"))
+            .collect();
         want.sort();
         assert_eq!(emails, want, "{:?}", fake.kind);
         fake.assert_no_problems();
@@ -374,24 +505,46 @@ async fn connect_sync_and_disconnect_each_provider(backend: Backend) {
             .unwrap_or_else(|e| panic!("{e}"))
             .into_inner()
             .integrations;
-        let mine = listed.iter().find(|i| i.provider() == provider).unwrap_or_else(|| panic!("not listed"));
+        let mine = listed
+            .iter()
+            .find(|i| i.provider() == provider)
+            .unwrap_or_else(|| panic!("not listed"));
         assert!(mine.last_sync_time.is_some());
         let shown = format!("{listed:?}");
         for (_, secret) in fake.credentials().0 {
-            assert!(!shown.contains(&secret), "ListIntegrations shows a credential");
+            assert!(
+                !shown.contains(&secret),
+                "ListIntegrations shows a credential"
+            );
         }
 
         client
-            .disconnect_integration(authed(DisconnectIntegrationRequest { provider: provider.into() }, &token("ada")))
+            .disconnect_integration(authed(
+                DisconnectIntegrationRequest {
+                    provider: provider.into(),
+                },
+                &token("ada"),
+            ))
             .await
             .unwrap_or_else(|e| panic!("disconnect: {e}"));
         for status in [
             client
-                .disconnect_integration(authed(DisconnectIntegrationRequest { provider: provider.into() }, &token("ada")))
+                .disconnect_integration(authed(
+                    DisconnectIntegrationRequest {
+                        provider: provider.into(),
+                    },
+                    &token("ada"),
+                ))
                 .await
                 .err(),
             client
-                .sync_integration(authed(SyncIntegrationRequest { provider: provider.into(), direction: 0 }, &token("ada")))
+                .sync_integration(authed(
+                    SyncIntegrationRequest {
+                        provider: provider.into(),
+                        direction: 0,
+                    },
+                    &token("ada"),
+                ))
                 .await
                 .err(),
         ] {
@@ -399,10 +552,23 @@ async fn connect_sync_and_disconnect_each_provider(backend: Backend) {
         }
     }
     assert_eq!(app.count("integrations", "").await, 0);
-    assert_eq!(app.count("sync_jobs", "").await, 0, "jobs go with their integration");
+    assert_eq!(
+        app.count("sync_jobs", "").await,
+        0,
+        "jobs go with their integration"
+    );
     let kinds = app.activity_kinds("ada").await;
-    for kind in ["integration.connected", "sync.started", "sync.succeeded", "integration.disconnected"] {
-        assert_eq!(kinds.iter().filter(|k| *k == kind).count(), 4, "{kind} in {kinds:?}");
+    for kind in [
+        "integration.connected",
+        "sync.started",
+        "sync.succeeded",
+        "integration.disconnected",
+    ] {
+        assert_eq!(
+            kinds.iter().filter(|k| *k == kind).count(),
+            4,
+            "{kind} in {kinds:?}"
+        );
     }
     app.stop().await;
 }
@@ -423,7 +589,10 @@ async fn connecting_again_updates_the_one_integration(backend: Backend) {
         .integration
         .unwrap_or_else(|| panic!("no integration"));
     assert_eq!(first.id, second.id, "one integration per user and provider");
-    assert_eq!(second.settings.get("syncInterval").map(String::as_str), Some("3600"));
+    assert_eq!(
+        second.settings.get("syncInterval").map(String::as_str),
+        Some("3600")
+    );
     assert_eq!(app.count("integrations", "").await, 1);
     app.stop().await;
 }
@@ -436,19 +605,28 @@ async fn credentials_are_stored_sealed_and_a_tampered_envelope_stops_the_sync(ba
     let sealed = app.sealed_credentials().await;
     assert_eq!(sealed.len(), 1);
     assert!(
-        !sealed[0].windows(HUBSPOT_TOKEN.len()).any(|w| w == HUBSPOT_TOKEN.as_bytes()),
+        !sealed[0]
+            .windows(HUBSPOT_TOKEN.len())
+            .any(|w| w == HUBSPOT_TOKEN.as_bytes()),
         "the token is stored in the clear"
     );
     let mut key = [0u8; 32];
     hex::decode_to_slice(ENCRYPTION_KEY, &mut key).unwrap_or_else(|e| panic!("{e}"));
-    let opened = Vault::new(&key, &[]).open(&sealed[0]).unwrap_or_else(|e| panic!("{e}"));
+    let opened = Vault::new(&key, &[])
+        .unwrap_or_else(|e| panic!("{e}"))
+        .open(&sealed[0])
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(opened.get("accessToken"), Some(HUBSPOT_TOKEN));
 
     // Flip one byte of the stored ciphertext: the vault refuses it and the sync stops with a
     // clear error instead of sending garbage.
     let mut tampered = sealed[0].clone();
     tampered[30] ^= 1;
-    crate::exec!(&app.pool, "UPDATE integrations SET credentials = $1", tampered);
+    crate::exec!(
+        &app.pool,
+        "UPDATE integrations SET credentials = $1",
+        tampered
+    );
     let mut client = app.integrations().await;
     let job = start_sync(&mut client, "ada", Provider::Hubspot).await;
     let job = wait_for_job(&app, "ada", &job.id, Duration::from_secs(20)).await;
@@ -475,7 +653,10 @@ async fn rate_limits_setting_overrides_the_catalogue(backend: Backend) {
         .unwrap_or_else(|e| panic!("{e}"))
         .into_inner()
         .providers;
-    let hubspot = providers.iter().find(|p| p.slug == "hubspot").unwrap_or_else(|| panic!("no hubspot"));
+    let hubspot = providers
+        .iter()
+        .find(|p| p.slug == "hubspot")
+        .unwrap_or_else(|| panic!("no hubspot"));
     let limit = hubspot.rate_limit.unwrap_or_default();
     assert_eq!((limit.requests, limit.per_seconds), (190, 10));
     app.stop().await;

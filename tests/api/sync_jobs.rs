@@ -81,7 +81,11 @@ async fn another_users_job_and_integration_are_not_found(backend: Backend) {
     let job = start_sync(&mut client, "ada", Provider::Hubspot).await;
 
     let mallory = token("mallory");
-    for id in [job.id.as_str(), "not-a-uuid", "00000000-0000-0000-0000-000000000000"] {
+    for id in [
+        job.id.as_str(),
+        "not-a-uuid",
+        "00000000-0000-0000-0000-000000000000",
+    ] {
         let get = client
             .get_sync_job(authed(GetSyncJobRequest { id: id.into() }, &mallory))
             .await
@@ -141,7 +145,10 @@ async fn a_429_with_retry_after_is_waited_out_then_the_batch_succeeds(backend: B
     let job = wait_for_job(&app, "ada", &job.id, Duration::from_secs(30)).await;
     assert_eq!(job.state(), SyncJobState::Succeeded, "{job:?}");
     assert_eq!(job.attempts, 1);
-    assert!(started.elapsed() >= Duration::from_secs(1), "Retry-After was not honoured");
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "Retry-After was not honoured"
+    );
     assert_eq!(hubspot.push_requests(), 4, "3 batches and one retried");
     assert_eq!(sorted(hubspot.pushed_emails()), all_emails(300));
     app.stop().await;
@@ -205,14 +212,22 @@ async fn refused_credentials_stop_the_job_and_mark_the_integration(backend: Back
         .err();
     assert_eq!(again.map(|s| s.code()), Some(Code::FailedPrecondition));
     let kinds = app.activity_kinds("ada").await;
-    assert!(kinds.contains(&"sync.failed".to_string()) && kinds.contains(&"integration.error".to_string()), "{kinds:?}");
+    assert!(
+        kinds.contains(&"sync.failed".to_string())
+            && kinds.contains(&"integration.error".to_string()),
+        "{kinds:?}"
+    );
     app.stop().await;
 }
 
 async fn refused_records_make_the_job_partial_without_resending(backend: Backend) {
     for kind in [Kind::Hubspot, Kind::Mailchimp, Kind::Sendgrid] {
         let fake = FakeProvider::start(kind).await;
-        fake.refuse(&["contact7@example.com", "contact150@example.com", "contact999@example.com"]);
+        fake.refuse(&[
+            "contact7@example.com",
+            "contact150@example.com",
+            "contact999@example.com",
+        ]);
         let app = spawn_with_fakes(backend, &[&fake], &[]).await;
         app.add_contacts("ada", 1000).await;
         connect(&app, "ada", &fake).await;
@@ -227,13 +242,26 @@ async fn refused_records_make_the_job_partial_without_resending(backend: Backend
             let named: HashSet<&str> = job.failures.iter().map(|f| f.email.as_str()).collect();
             assert_eq!(
                 named,
-                HashSet::from(["contact7@example.com", "contact150@example.com", "contact999@example.com"]),
+                HashSet::from([
+                    "contact7@example.com",
+                    "contact150@example.com",
+                    "contact999@example.com"
+                ]),
                 "{kind:?}"
             );
         } else {
-            assert!(job.failures.iter().any(|f| f.message.contains("not imported")), "{job:?}");
+            assert!(
+                job.failures
+                    .iter()
+                    .any(|f| f.message.contains("not imported")),
+                "{job:?}"
+            );
         }
-        assert_eq!(fake.push_requests(), 1000usize.div_ceil(kind.max_batch()), "{kind:?}: a batch was resent");
+        assert_eq!(
+            fake.push_requests(),
+            1000usize.div_ceil(kind.max_batch()),
+            "{kind:?}: a batch was resent"
+        );
         app.stop().await;
     }
 }
@@ -247,7 +275,10 @@ async fn an_outage_that_lasts_fails_after_the_bounded_attempts(backend: Backend)
     let app = spawn_with_fakes(
         backend,
         &[&zapier],
-        &[("--sync-max-attempts", "2"), ("--sync-request-retries", "3")],
+        &[
+            ("--sync-max-attempts", "2"),
+            ("--sync-request-retries", "3"),
+        ],
     )
     .await;
     app.add_contacts("ada", 10).await;
@@ -258,9 +289,16 @@ async fn an_outage_that_lasts_fails_after_the_bounded_attempts(backend: Backend)
     let job = wait_for_job(&app, "ada", &job.id, Duration::from_secs(30)).await;
     assert_eq!(job.state(), SyncJobState::Failed);
     assert_eq!(job.attempts, 2);
-    assert!(job.last_error.contains("gave up after 2 attempts"), "{job:?}");
+    assert!(
+        job.last_error.contains("gave up after 2 attempts"),
+        "{job:?}"
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(zapier.push_requests(), 6, "2 attempts of 3 tries each, then nothing");
+    assert_eq!(
+        zapier.push_requests(),
+        6,
+        "2 attempts of 3 tries each, then nothing"
+    );
     app.stop().await;
 }
 
@@ -275,10 +313,18 @@ async fn the_rate_limiter_keeps_a_large_sync_under_an_enforced_limit(backend: Ba
     let job = start_sync(&mut client, "ada", Provider::Hubspot).await;
     let job = wait_for_job(&app, "ada", &job.id, Duration::from_secs(30)).await;
     assert_eq!(job.state(), SyncJobState::Succeeded);
-    assert_eq!(hubspot.rejected_429(), 0, "the limiter let a request over the limit");
+    assert_eq!(
+        hubspot.rejected_429(),
+        0,
+        "the limiter let a request over the limit"
+    );
     assert_eq!(hubspot.push_requests(), 15);
     // 16 requests (check + 15 batches) spaced at 5/s (less 5 %): at least ~3 s.
-    assert!(started.elapsed() >= Duration::from_millis(2500), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_millis(2500),
+        "{:?}",
+        started.elapsed()
+    );
     app.stop().await;
 }
 
@@ -299,16 +345,25 @@ async fn a_daily_limit_parks_the_job_until_the_reset(backend: Backend) {
         if now.state() == SyncJobState::Queued && !now.last_error.is_empty() {
             break now;
         }
-        assert!(tokio::time::Instant::now() < deadline, "never parked: {now:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never parked: {now:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert!(parked.last_error.contains("daily"), "{parked:?}");
     assert_eq!(parked.attempts, 0);
     let next = parked.next_attempt_time.unwrap_or_default().seconds;
-    assert!(next >= chrono::Utc::now().timestamp(), "next attempt should wait for the reset");
+    assert!(
+        next >= chrono::Utc::now().timestamp(),
+        "next attempt should wait for the reset"
+    );
     let done = wait_for_job(&app, "ada", &job.id, Duration::from_secs(20)).await;
     assert_eq!(done.state(), SyncJobState::Succeeded);
-    assert_eq!(done.attempts, 1, "waiting for a limit is not a failed attempt");
+    assert_eq!(
+        done.attempts, 1,
+        "waiting for a limit is not a failed attempt"
+    );
     assert_eq!(sorted(hubspot.pushed_emails()), all_emails(150));
     app.stop().await;
 }
@@ -378,7 +433,9 @@ async fn two_servers_on_one_database_run_each_job_once(backend: Backend) {
     let users: Vec<String> = (0..8).map(|i| format!("user{i}")).collect();
     let mut jobs = Vec::new();
     for user in &users {
-        first.add_contacts_named(user, &format!("{user}-c"), 250).await;
+        first
+            .add_contacts_named(user, &format!("{user}-c"), 250)
+            .await;
         connect(&first, user, &hubspot).await;
     }
     for (i, user) in users.iter().enumerate() {
@@ -405,7 +462,9 @@ async fn sync_interval_schedules_the_next_sync(backend: Backend) {
     let app = spawn_with_fakes(backend, &[&zapier], &[]).await;
     app.add_contacts("ada", 20).await;
     let mut request = crate::integrations::connect_request(&zapier);
-    request.settings.insert("syncInterval".into(), "3600".into());
+    request
+        .settings
+        .insert("syncInterval".into(), "3600".into());
     let mut client = app.integrations().await;
     client
         .connect_integration(authed(request, &token("ada")))
@@ -414,7 +473,10 @@ async fn sync_interval_schedules_the_next_sync(backend: Backend) {
     // Connecting with an interval starts the first sync at once...
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while app.count("sync_jobs", "state = 'succeeded'").await < 1 {
-        assert!(tokio::time::Instant::now() < deadline, "the first sync did not run");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the first sync did not run"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // ...and its end queues the next one an hour later.

@@ -69,10 +69,15 @@ async fn rotate_keys_reseals_every_credential_under_the_new_key(backend: Backend
     let (old, new) = (key(ENCRYPTION_KEY), key(NEW_KEY));
 
     // Step 1: servers move to the new key and keep the old one for reading.
-    let fake_settings: Vec<(&str, String)> =
-        hubspot.settings().into_iter().chain(zapier.settings()).collect();
-    let mut overrides: Vec<(&str, &str)> =
-        fake_settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let fake_settings: Vec<(&str, String)> = hubspot
+        .settings()
+        .into_iter()
+        .chain(zapier.settings())
+        .collect();
+    let mut overrides: Vec<(&str, &str)> = fake_settings
+        .iter()
+        .map(|(k, v)| (*k, v.as_str()))
+        .collect();
     overrides.extend([
         ("--encryption-key", NEW_KEY),
         ("--encryption-key-previous", ENCRYPTION_KEY),
@@ -81,35 +86,51 @@ async fn rotate_keys_reseals_every_credential_under_the_new_key(backend: Backend
     let mut client = app.integrations().await;
     let job = start_sync(&mut client, "ada", Provider::Hubspot).await;
     let job = wait_for_job(&app, "ada", &job.id, Duration::from_secs(20)).await;
-    assert_eq!(job.state(), SyncJobState::Succeeded, "old envelopes still open: {job:?}");
+    assert_eq!(
+        job.state(),
+        SyncJobState::Succeeded,
+        "old envelopes still open: {job:?}"
+    );
 
     // Step 2: rotate while that server runs.
     let (ok, log) = rotate(&app.db.url, NEW_KEY, ENCRYPTION_KEY);
     assert!(ok, "rotate-keys failed:\n{log}");
     assert!(log.contains(r#""rotated":2"#), "{log}");
-    let new_vault = Vault::new(&new, &[]);
-    let old_vault = Vault::new(&old, &[]);
+    let new_vault = Vault::new(&new, &[]).unwrap_or_else(|e| panic!("{e}"));
+    let old_vault = Vault::new(&old, &[]).unwrap_or_else(|e| panic!("{e}"));
     for sealed in app.sealed_credentials().await {
         assert!(!new_vault.needs_rotation(&sealed));
         assert!(new_vault.open(&sealed).is_ok());
-        assert!(old_vault.open(&sealed).is_err(), "still readable with the old key");
+        assert!(
+            old_vault.open(&sealed).is_err(),
+            "still readable with the old key"
+        );
     }
     let (ok, log) = rotate(&app.db.url, NEW_KEY, ENCRYPTION_KEY);
-    assert!(ok && log.contains(r#""rotated":0"#) && log.contains(r#""already_current":2"#), "{log}");
+    assert!(
+        ok && log.contains(r#""rotated":0"#) && log.contains(r#""already_current":2"#),
+        "{log}"
+    );
     for secret in [HUBSPOT_TOKEN, "FAKEZAPHOOKSECRET", NEW_KEY, ENCRYPTION_KEY] {
         assert!(!log.contains(secret), "rotate-keys logged a secret");
     }
 
     // Step 3: the old key can go; everything still works with the new one alone.
-    let mut overrides: Vec<(&str, &str)> =
-        fake_settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut overrides: Vec<(&str, &str)> = fake_settings
+        .iter()
+        .map(|(k, v)| (*k, v.as_str()))
+        .collect();
     overrides.push(("--encryption-key", NEW_KEY));
     let app = app.restart(&overrides).await;
     let mut client = app.integrations().await;
     let job = start_sync(&mut client, "ada", Provider::Hubspot).await;
     let job = wait_for_job(&app, "ada", &job.id, Duration::from_secs(20)).await;
     assert_eq!(job.state(), SyncJobState::Succeeded, "{job:?}");
-    assert_eq!(hubspot.pushed_emails().len(), 10, "two syncs of five contacts");
+    assert_eq!(
+        hubspot.pushed_emails().len(),
+        10,
+        "two syncs of five contacts"
+    );
 
     // A key no server has is refused with a clear error, and nothing is changed.
     let unrelated = "b".repeat(64);
@@ -149,7 +170,10 @@ async fn no_credential_reaches_the_logs_of_a_whole_sync_run() {
     .collect();
     for fake in &fakes {
         for (flag, value) in fake.settings() {
-            let name = flag.trim_start_matches("--").replace('-', "_").to_uppercase();
+            let name = flag
+                .trim_start_matches("--")
+                .replace('-', "_")
+                .to_uppercase();
             env.push((name, value));
         }
     }
@@ -171,7 +195,11 @@ async fn no_credential_reaches_the_logs_of_a_whole_sync_run() {
     let mut log = Vec::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let grpc = loop {
-        assert!(std::time::Instant::now() < deadline, "no serving line:\n{}", log.join("\n"));
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no serving line:\n{}",
+            log.join("\n")
+        );
         let Ok(line) = lines_rx.recv_timeout(Duration::from_millis(200)) else {
             continue;
         };
@@ -190,7 +218,9 @@ async fn no_credential_reaches_the_logs_of_a_whole_sync_run() {
     let user = token("log-user");
 
     // Contacts for the sync, written straight into the service's database.
-    let pool = sqlx::SqlitePool::connect(&db_url).await.unwrap_or_else(|e| panic!("{e}"));
+    let pool = sqlx::SqlitePool::connect(&db_url)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     for i in 0..30 {
         sqlx::query("INSERT INTO contacts (id, user_id, email, first_name) VALUES ($1, 'log-user', $2, 'Log')")
             .bind(format!("c{i:03}"))
@@ -201,10 +231,19 @@ async fn no_credential_reaches_the_logs_of_a_whole_sync_run() {
     }
     let wrong = ConnectIntegrationRequest {
         provider: Provider::Hubspot.into(),
-        credentials: [("accessToken".to_string(), "pat-LOGCANARY-wrong-token".to_string())].into(),
+        credentials: [(
+            "accessToken".to_string(),
+            "pat-LOGCANARY-wrong-token".to_string(),
+        )]
+        .into(),
         settings: Default::default(),
     };
-    assert!(client.connect_integration(authed(wrong, &user)).await.is_err());
+    assert!(
+        client
+            .connect_integration(authed(wrong, &user))
+            .await
+            .is_err()
+    );
     for fake in &fakes {
         let provider = provider_of(fake.kind);
         client
@@ -223,26 +262,53 @@ async fn no_credential_reaches_the_logs_of_a_whole_sync_run() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         client
-            .disconnect_integration(authed(DisconnectIntegrationRequest { provider: provider.into() }, &user))
+            .disconnect_integration(authed(
+                DisconnectIntegrationRequest {
+                    provider: provider.into(),
+                },
+                &user,
+            ))
             .await
             .unwrap_or_else(|e| panic!("{e}"));
     }
-    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
     let _ = tokio::task::spawn_blocking(move || child.wait()).await;
     log.extend(lines_rx.try_iter());
     let log = log.join("\n");
-    assert!(log.contains("sync finished"), "the run should be logged:\n{log}");
-    let zapier_secret = ZAPIER_HOOK_PATH.trim_matches('/').rsplit('/').next().unwrap_or(ZAPIER_HOOK_PATH);
-    for secret in [HUBSPOT_TOKEN, MAILCHIMP_KEY, SENDGRID_KEY, zapier_secret, "pat-LOGCANARY-wrong-token", ENCRYPTION_KEY, JWT_SECRET, user.as_str()] {
+    assert!(
+        log.contains("sync finished"),
+        "the run should be logged:\n{log}"
+    );
+    let zapier_secret = ZAPIER_HOOK_PATH
+        .trim_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap_or(ZAPIER_HOOK_PATH);
+    for secret in [
+        HUBSPOT_TOKEN,
+        MAILCHIMP_KEY,
+        SENDGRID_KEY,
+        zapier_secret,
+        "pat-LOGCANARY-wrong-token",
+        ENCRYPTION_KEY,
+        JWT_SECRET,
+        user.as_str(),
+    ] {
         assert!(!log.contains(secret), "{secret:?} was logged");
     }
     // The activity log is user-visible: no credential there either.
-    let details: Vec<String> = sqlx::query_scalar("SELECT message || ' ' || details FROM activity_logs")
-        .fetch_all(&pool)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let details: Vec<String> =
+        sqlx::query_scalar("SELECT message || ' ' || details FROM activity_logs")
+            .fetch_all(&pool)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
     assert!(details.len() >= 12, "{details:?}");
     for secret in [HUBSPOT_TOKEN, MAILCHIMP_KEY, SENDGRID_KEY, zapier_secret] {
-        assert!(!details.iter().any(|d| d.contains(secret)), "{secret:?} in the activity log");
+        assert!(
+            !details.iter().any(|d| d.contains(secret)),
+            "{secret:?} in the activity log"
+        );
     }
 }
