@@ -84,7 +84,8 @@ fn base_env(db_url: &str) -> Vec<(String, String)> {
         ("DATABASE_URL", db_url),
         ("JWT_SECRET", JWT_SECRET),
         ("ENCRYPTION_KEY", ENCRYPTION_KEY),
-        ("LOG_LEVEL", "warn"),
+        // The "serving" line (info) carries the bound address.
+        ("LOG_LEVEL", "warn,nexus_billing=info"),
         ("LOG_FORMAT", "json"),
         ("GRPC_ADDR", "127.0.0.1:0"),
         ("HTTP_ADDR", "127.0.0.1:0"),

@@ -828,6 +828,29 @@ mod tests {
     }
 
     #[test]
+    fn rate_limits_parse_per_provider_and_refuse_nonsense() {
+        let limits = parse_rate_limits(" hubspot=190/10s, zapier=20/1s ").unwrap_or_default();
+        assert_eq!(
+            limits.get(&ProviderId::Hubspot),
+            Some(&RateLimit {
+                requests: 190,
+                per_seconds: 10
+            })
+        );
+        assert_eq!(limits.len(), 2);
+        for bad in [
+            "hubspot",
+            "hubspot=0/1s",
+            "hubspot=10/0s",
+            "nosuch=1/1s",
+            "hubspot=1/500ms",
+            "hubspot=x/1s",
+        ] {
+            assert!(parse_rate_limits(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn encryption_key_errors_never_echo_the_value() {
         let Err(e) = parse_key("zz-secret-material") else {
             panic!("a short key must be refused");

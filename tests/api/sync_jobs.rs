@@ -33,6 +33,7 @@ crate::on_both_backends!(
     two_servers_on_one_database_run_each_job_once,
     sync_interval_schedules_the_next_sync,
     contacts_without_email_are_skipped_with_a_reason,
+    disconnecting_mid_job_stops_it_and_deletes_its_jobs,
 );
 
 fn all_emails(n: usize) -> Vec<String> {
@@ -513,5 +514,46 @@ async fn contacts_without_email_are_skipped_with_a_reason(backend: Backend) {
     assert_eq!((job.contacts_done, job.contacts_skipped), (14, 4));
     assert_eq!(job.skipped_reason, "no email address");
     assert_eq!(sorted(mailchimp.pushed_emails()), all_emails(10));
+    app.stop().await;
+}
+
+async fn disconnecting_mid_job_stops_it_and_deletes_its_jobs(backend: Backend) {
+    let hubspot = FakeProvider::start(Kind::Hubspot).await;
+    hubspot.delay_pushes(Duration::from_millis(200));
+    let app = spawn_with_fakes(backend, &[&hubspot], &[]).await;
+    app.add_contacts("ada", 1000).await;
+    connect(&app, "ada", &hubspot).await;
+    let mut client = app.integrations().await;
+    let job = start_sync(&mut client, "ada", Provider::Hubspot).await;
+    while hubspot.push_requests() < 2 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    client
+        .disconnect_integration(authed(
+            DisconnectIntegrationRequest {
+                provider: Provider::Hubspot.into(),
+            },
+            &token("ada"),
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let at_disconnect = hubspot.push_requests();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(
+        hubspot.push_requests() <= at_disconnect + 1,
+        "the worker kept pushing after the disconnect: {} -> {}",
+        at_disconnect,
+        hubspot.push_requests()
+    );
+    let gone = client
+        .get_sync_job(authed(
+            GetSyncJobRequest { id: job.id.clone() },
+            &token("ada"),
+        ))
+        .await
+        .err();
+    assert_eq!(gone.map(|s| s.code()), Some(Code::NotFound));
+    assert_eq!(app.count("sync_jobs", "").await, 0);
+    assert_eq!(app.count("integrations", "").await, 0);
     app.stop().await;
 }
