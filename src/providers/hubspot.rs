@@ -7,12 +7,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use url::Url;
 
-use super::{ContactSink, ProviderError, PushReport, http::Client, required};
-use crate::domain::{
-    contact::{Contact, non_blank},
-    credentials::Credentials,
-    sync_job::RecordFailure,
-};
+use super::{ContactSink, ProviderError, PushReport, http::Client, json_fields, required};
+use crate::domain::{contact::Contact, credentials::Credentials, sync_job::RecordFailure};
 
 pub struct Hubspot {
     client: Client,
@@ -63,19 +59,14 @@ struct UpsertError {
 /// Our fields under HubSpot's property names (empty fields are left out, so they never blank
 /// a value someone set in HubSpot).
 pub fn properties(contact: &Contact) -> Map<String, Value> {
-    let mut map = Map::new();
-    for (name, value) in [
+    let map = json_fields(&[
         ("email", contact.email.as_deref()),
         ("firstname", contact.first_name.as_deref()),
         ("lastname", contact.last_name.as_deref()),
         ("company", contact.company.as_deref()),
         ("phone", contact.phone.as_deref()),
         ("jobtitle", contact.job_title.as_deref()),
-    ] {
-        if let Some(value) = non_blank(value) {
-            map.insert(name.into(), Value::String(value.into()));
-        }
-    }
+    ]);
     map
 }
 

@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
-use super::{ContactSink, ProviderError, PushReport, http::Client, required};
+use super::{ContactSink, ProviderError, PushReport, http::Client, json_fields, required};
 use crate::domain::{
     contact::{Contact, non_blank},
     credentials::Credentials,
@@ -94,16 +94,11 @@ struct MemberError {
 
 /// One member in Mailchimp's shape.
 pub fn member(contact: &Contact) -> Option<Value> {
-    let mut merge = Map::new();
-    for (tag, value) in [
+    let merge = json_fields(&[
         ("FNAME", contact.first_name.as_deref()),
         ("LNAME", contact.last_name.as_deref()),
         ("PHONE", contact.phone.as_deref()),
-    ] {
-        if let Some(value) = non_blank(value) {
-            merge.insert(tag.into(), Value::String(value.into()));
-        }
-    }
+    ]);
     Some(json!({
         "email_address": contact.email()?,
         "status": "subscribed",

@@ -218,6 +218,18 @@ impl Providers {
     }
 }
 
+/// The non-blank values among `fields`, as a JSON object under the provider's names. Blank
+/// fields are left out, so a sync never erases a value someone set at the provider.
+fn json_fields(fields: &[(&str, Option<&str>)]) -> serde_json::Map<String, serde_json::Value> {
+    fields
+        .iter()
+        .filter_map(|(name, value)| {
+            crate::domain::contact::non_blank(*value)
+                .map(|v| (name.to_string(), serde_json::Value::String(v.to_string())))
+        })
+        .collect()
+}
+
 /// The credential `key`, or an error naming it.
 fn required<'a>(credentials: &'a Credentials, key: &'static str) -> Result<&'a str, ProviderError> {
     credentials.get(key).ok_or(ProviderError::InvalidInput {

@@ -7,15 +7,11 @@ use std::{collections::BTreeMap, time::Duration};
 
 use async_trait::async_trait;
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use url::Url;
 
-use super::{ContactSink, ProviderError, PushReport, http::Client, required};
-use crate::domain::{
-    contact::{Contact, non_blank},
-    credentials::Credentials,
-    sync_job::RecordFailure,
-};
+use super::{ContactSink, ProviderError, PushReport, http::Client, json_fields, required};
+use crate::domain::{contact::Contact, credentials::Credentials, sync_job::RecordFailure};
 
 /// How long an import may stay pending before the batch counts as failed (and is retried).
 const MAX_IMPORT_WAIT: Duration = Duration::from_secs(600);
@@ -76,17 +72,12 @@ struct ImportResults {
 
 /// One contact in SendGrid's shape.
 pub fn contact_json(contact: &Contact) -> Option<Value> {
-    let mut map = Map::new();
-    map.insert("email".into(), Value::String(contact.email()?.into()));
-    for (name, value) in [
+    let mut map = json_fields(&[
         ("first_name", contact.first_name.as_deref()),
         ("last_name", contact.last_name.as_deref()),
         ("phone_number", contact.phone.as_deref()),
-    ] {
-        if let Some(value) = non_blank(value) {
-            map.insert(name.into(), Value::String(value.into()));
-        }
-    }
+    ]);
+    map.insert("email".into(), Value::String(contact.email()?.into()));
     Some(Value::Object(map))
 }
 

@@ -4,14 +4,11 @@
 //! host.
 
 use async_trait::async_trait;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use url::Url;
 
-use super::{ContactSink, ProviderError, PushReport, http::Client, required};
-use crate::domain::{
-    contact::{Contact, non_blank},
-    credentials::Credentials,
-};
+use super::{ContactSink, ProviderError, PushReport, http::Client, json_fields, required};
+use crate::domain::{contact::Contact, credentials::Credentials};
 
 pub struct Zapier {
     client: Client,
@@ -51,20 +48,15 @@ impl Zapier {
 
 /// One contact as sent to the hook (our own field names; the Zap maps them).
 pub fn contact_json(contact: &Contact) -> Value {
-    let mut map = Map::new();
-    map.insert("id".into(), Value::String(contact.id.clone()));
-    for (name, value) in [
+    let mut map = json_fields(&[
         ("email", contact.email.as_deref()),
         ("first_name", contact.first_name.as_deref()),
         ("last_name", contact.last_name.as_deref()),
         ("company", contact.company.as_deref()),
         ("phone", contact.phone.as_deref()),
         ("job_title", contact.job_title.as_deref()),
-    ] {
-        if let Some(value) = non_blank(value) {
-            map.insert(name.into(), Value::String(value.into()));
-        }
-    }
+    ]);
+    map.insert("id".into(), Value::String(contact.id.clone()));
     Value::Object(map)
 }
 

@@ -188,13 +188,14 @@ macro_rules! integration_store {
                     after: Option<&str>,
                     limit: u32,
                 ) -> Result<Vec<Contact>, StoreError> {
+                    // `id > ''` rather than `($2 IS NULL OR id > $2)`: a plain range the
+                    // (user_id, id) index serves, so every page costs the same however deep.
                     let rows: Vec<ContactRow> = sqlx::query_as(
                         "SELECT id, email, first_name, last_name, company, phone, job_title \
-                         FROM contacts WHERE user_id = $1 AND ($2 IS NULL OR id > $2) \
-                         ORDER BY id LIMIT $3",
+                         FROM contacts WHERE user_id = $1 AND id > $2 ORDER BY id LIMIT $3",
                     )
                     .bind(user.as_str())
-                    .bind(after)
+                    .bind(after.unwrap_or(""))
                     .bind(i64::from(limit))
                     .fetch_all(&self.pool)
                     .await?;
@@ -364,9 +365,9 @@ macro_rules! integration_store {
                 ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
                     Ok(sqlx::query_as(concat!(
                         "SELECT id", $text, " AS id, credentials FROM integrations \
-                         WHERE ($1", $id, " IS NULL OR id > $1", $id, ") ORDER BY id LIMIT $2"
+                         WHERE id > $1", $id, " ORDER BY id LIMIT $2"
                     ))
-                    .bind(after)
+                    .bind(after.unwrap_or("00000000-0000-0000-0000-000000000000"))
                     .bind(i64::from(limit))
                     .fetch_all(&self.pool)
                     .await?)

@@ -252,6 +252,13 @@ impl TestApp {
 
     /// Stops the server gracefully and starts a new one on the same database.
     pub async fn restart(self, overrides: &[(&str, &str)]) -> Self {
+        let (db, data_dir) = self.shut_down().await;
+        Self::spawn_in(db, data_dir, overrides).await
+    }
+
+    /// Stops the server gracefully, failing the test if it does not stop cleanly, and closes
+    /// the test pool; the database is kept.
+    async fn shut_down(self) -> (TestDatabase, tempfile::TempDir) {
         self.shutdown.cancel();
         let result = tokio::time::timeout(Duration::from_secs(15), self.server)
             .await
@@ -264,7 +271,7 @@ impl TestApp {
             TestPool::Sqlite(pool) => pool.close().await,
             TestPool::Postgres(pool) => pool.close().await,
         }
-        Self::spawn_in(self.db, self._data_dir, overrides).await
+        (self.db, self._data_dir)
     }
 
     async fn spawn_in(
@@ -302,19 +309,8 @@ impl TestApp {
     /// Stops the server gracefully (failing the test if it does not stop cleanly) and drops
     /// the test database.
     pub async fn stop(self) {
-        self.shutdown.cancel();
-        let result = tokio::time::timeout(Duration::from_secs(15), self.server)
-            .await
-            .unwrap_or_else(|_| panic!("server did not stop within 15 s"))
-            .unwrap_or_else(|e| panic!("server task panicked: {e}"));
-        if let Err(e) = result {
-            panic!("server stopped with an error: {e:#}");
-        }
-        match self.pool {
-            TestPool::Sqlite(pool) => pool.close().await,
-            TestPool::Postgres(pool) => pool.close().await,
-        }
-        self.db.drop_database().await;
+        let (db, _data_dir) = self.shut_down().await;
+        db.drop_database().await;
     }
 
     pub async fn channel(&self) -> Channel {
