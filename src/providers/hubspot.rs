@@ -59,15 +59,14 @@ struct UpsertError {
 /// Our fields under HubSpot's property names (empty fields are left out, so they never blank
 /// a value someone set in HubSpot).
 pub fn properties(contact: &Contact) -> Map<String, Value> {
-    let map = json_fields(&[
+    json_fields(&[
         ("email", contact.email.as_deref()),
         ("firstname", contact.first_name.as_deref()),
         ("lastname", contact.last_name.as_deref()),
         ("company", contact.company.as_deref()),
         ("phone", contact.phone.as_deref()),
         ("jobtitle", contact.job_title.as_deref()),
-    ]);
-    map
+    ])
 }
 
 #[async_trait]
