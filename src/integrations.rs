@@ -131,16 +131,15 @@ impl Integrations {
         } else {
             format!("Connected {provider}")
         };
-        self.store
-            .append_activity(
-                user,
-                &Activity::new(
-                    "integration.connected",
-                    message,
-                    json!({ "provider": provider.as_str(), "integration_id": integration.id, "reconnected": existed }),
-                ),
-            )
-            .await?;
+        self.activity(
+            user,
+            Activity::new(
+                "integration.connected",
+                message,
+                json!({ "provider": provider.as_str(), "integration_id": integration.id, "reconnected": existed }),
+            ),
+        )
+        .await;
         tracing::info!(provider = provider.as_str(), integration_id = %integration.id, reconnected = existed, "integration connected");
         if sync_interval(&integration).is_some() {
             // Recurring syncs start now; each finished sync queues the next.
@@ -158,16 +157,15 @@ impl Integrations {
         if !self.store.delete_integration(user, provider).await? {
             return Err(not_connected(provider));
         }
-        self.store
-            .append_activity(
-                user,
-                &Activity::new(
-                    "integration.disconnected",
-                    format!("Disconnected {provider}"),
-                    json!({ "provider": provider.as_str() }),
-                ),
-            )
-            .await?;
+        self.activity(
+            user,
+            Activity::new(
+                "integration.disconnected",
+                format!("Disconnected {provider}"),
+                json!({ "provider": provider.as_str() }),
+            ),
+        )
+        .await;
         tracing::info!(provider = provider.as_str(), "integration disconnected");
         Ok(())
     }
@@ -233,6 +231,14 @@ impl Integrations {
             tracing::info!(job_id = %job.id, provider = integration.provider.as_str(), "sync queued");
         }
         Ok((job, created))
+    }
+
+    /// Activity entries are best effort: the change they describe is already stored, so a
+    /// failure to write one is logged, never turned into an error for a request that worked.
+    async fn activity(&self, user: &UserId, activity: Activity) {
+        if let Err(e) = self.store.append_activity(user, &activity).await {
+            tracing::warn!(error = %crate::telemetry::error_chain(&e), kind = activity.kind, "cannot write an activity entry");
+        }
     }
 
     /// One of the user's jobs; another user's (or a made-up) id is NOT_FOUND.
