@@ -197,9 +197,58 @@ pub struct Settings {
     /// Request budgets replacing the catalogue's, e.g. `hubspot=190/10s,mailchimp=10/1s`.
     #[arg(long, env = "RATE_LIMITS", global = true)]
     pub rate_limits: Option<String>,
+    /// Public URL of the sidecar's OAuth callback (`GET /integrations/oauth/callback`), the
+    /// redirect URI registered with every OAuth app.
+    #[arg(long, env = "OAUTH_REDIRECT_URL", default_value = "http://localhost:3001/integrations/oauth/callback", value_parser = parse_base_url, global = true)]
+    pub oauth_redirect_url: Url,
+    /// OAuth app credentials; a provider without both is listed as unavailable.
+    #[command(flatten)]
+    pub oauth_clients: OAuthClients,
     /// Base URLs of outside APIs (tests and staging point them at fakes).
     #[command(flatten)]
     pub endpoints: Endpoints,
+}
+
+/// The OAuth app of each OAuth provider (client id and secret, from the provider's developer
+/// console).
+#[derive(Debug, Clone, Args)]
+pub struct OAuthClients {
+    #[arg(long, env = "SALESFORCE_CLIENT_ID", global = true)]
+    pub salesforce_client_id: Option<String>,
+    #[arg(
+        long,
+        env = "SALESFORCE_CLIENT_SECRET",
+        hide_env_values = true,
+        global = true
+    )]
+    pub salesforce_client_secret: Option<String>,
+    #[arg(long, env = "ZOHO_CLIENT_ID", global = true)]
+    pub zoho_client_id: Option<String>,
+    #[arg(
+        long,
+        env = "ZOHO_CLIENT_SECRET",
+        hide_env_values = true,
+        global = true
+    )]
+    pub zoho_client_secret: Option<String>,
+    #[arg(long, env = "GOOGLE_CLIENT_ID", global = true)]
+    pub google_client_id: Option<String>,
+    #[arg(
+        long,
+        env = "GOOGLE_CLIENT_SECRET",
+        hide_env_values = true,
+        global = true
+    )]
+    pub google_client_secret: Option<String>,
+    #[arg(long, env = "DROPBOX_CLIENT_ID", global = true)]
+    pub dropbox_client_id: Option<String>,
+    #[arg(
+        long,
+        env = "DROPBOX_CLIENT_SECRET",
+        hide_env_values = true,
+        global = true
+    )]
+    pub dropbox_client_secret: Option<String>,
 }
 
 /// Base URLs of every outside API, each defaulting to the real service.
@@ -377,6 +426,21 @@ pub struct Config {
     pub encryption_key_generated: bool,
     pub sync: SyncConfig,
     pub endpoints: Endpoints,
+    pub oauth: OAuthConfig,
+}
+
+/// Validated OAuth settings: the callback URL and the apps that are configured.
+#[derive(Debug, Clone)]
+pub struct OAuthConfig {
+    pub redirect_url: Url,
+    pub clients: BTreeMap<ProviderId, OAuthClient>,
+}
+
+/// One provider's OAuth app.
+#[derive(Debug, Clone)]
+pub struct OAuthClient {
+    pub client_id: String,
+    pub client_secret: SecretString,
 }
 
 /// Validated sync-worker settings.
@@ -640,6 +704,68 @@ impl Config {
             rate_limits,
         };
 
+        let c = s.oauth_clients;
+        let mut clients = BTreeMap::new();
+        for (provider, id_name, secret_name, id, secret) in [
+            (
+                ProviderId::Salesforce,
+                "SALESFORCE_CLIENT_ID",
+                "SALESFORCE_CLIENT_SECRET",
+                c.salesforce_client_id,
+                c.salesforce_client_secret,
+            ),
+            (
+                ProviderId::ZohoCrm,
+                "ZOHO_CLIENT_ID",
+                "ZOHO_CLIENT_SECRET",
+                c.zoho_client_id,
+                c.zoho_client_secret,
+            ),
+            (
+                ProviderId::GoogleDrive,
+                "GOOGLE_CLIENT_ID",
+                "GOOGLE_CLIENT_SECRET",
+                c.google_client_id,
+                c.google_client_secret,
+            ),
+            (
+                ProviderId::Dropbox,
+                "DROPBOX_CLIENT_ID",
+                "DROPBOX_CLIENT_SECRET",
+                c.dropbox_client_id,
+                c.dropbox_client_secret,
+            ),
+        ] {
+            match (non_empty(id), non_empty(secret)) {
+                (Some(client_id), Some(secret)) => {
+                    clients.insert(
+                        provider,
+                        OAuthClient {
+                            client_id,
+                            client_secret: secret.into(),
+                        },
+                    );
+                }
+                (Some(_), None) => {
+                    problem(secret_name, format!("is required when {id_name} is set"))
+                }
+                (None, Some(_)) => {
+                    problem(id_name, format!("is required when {secret_name} is set"))
+                }
+                (None, None) => {}
+            }
+        }
+        if production && !clients.is_empty() && s.oauth_redirect_url.scheme() != "https" {
+            problem(
+                "OAUTH_REDIRECT_URL",
+                "must be https:// when APP_ENV=production".into(),
+            );
+        }
+        let oauth = OAuthConfig {
+            redirect_url: s.oauth_redirect_url,
+            clients,
+        };
+
         if !problems.is_empty() {
             return Err(ConfigError(problems));
         }
@@ -662,6 +788,7 @@ impl Config {
             encryption_key_generated,
             sync,
             endpoints: s.endpoints,
+            oauth,
         })
     }
 

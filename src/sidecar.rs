@@ -1,4 +1,5 @@
-//! The HTTP sidecar (hyper): raw-body webhook routes, health, readiness and metrics.
+//! The HTTP sidecar (hyper): raw-body webhook routes, the OAuth callback, health, readiness
+//! and metrics.
 //!
 //! Webhooks need the exact bytes the provider signed, so the body is read raw, with a size cap,
 //! and never parsed or logged here.
@@ -20,6 +21,7 @@ use tracing::Instrument;
 use crate::{
     billing::Billing,
     billing_webhook::{WebhookError, WebhookOutcome},
+    integrations::Integrations,
     store::Store,
     telemetry::{REQUEST_ID_HEADER, request_span},
 };
@@ -28,6 +30,7 @@ use crate::{
 pub struct SidecarState {
     pub store: Arc<dyn Store>,
     pub billing: Arc<Billing>,
+    pub integrations: Arc<Integrations>,
     pub webhook_max_body_bytes: usize,
 }
 
@@ -111,6 +114,7 @@ fn route_name(path: &str) -> &'static str {
         "/readyz" => "/readyz",
         "/metrics" => "/metrics",
         "/billing/webhook" => "/billing/webhook",
+        OAUTH_CALLBACK => OAUTH_CALLBACK,
         _ => "other",
     }
 }
@@ -137,6 +141,8 @@ async fn route_request(state: &SidecarState, request: Request<Incoming>) -> Resp
         }
         (Method::POST, "/billing/webhook") => billing_webhook(state, request).await,
         (_, "/billing/webhook") => method_not_allowed("POST"),
+        (Method::GET, OAUTH_CALLBACK) => oauth_callback(state, request.uri().query()).await,
+        (_, OAUTH_CALLBACK) => method_not_allowed("GET"),
         (_, "/healthz" | "/readyz" | "/metrics") => method_not_allowed("GET"),
         _ => text(StatusCode::NOT_FOUND, "not found"),
     }
@@ -191,6 +197,68 @@ async fn billing_webhook(
             )
         }
     }
+}
+
+/// Where OAuth providers send the browser back (OAUTH_REDIRECT_URL points here).
+pub const OAUTH_CALLBACK: &str = "/integrations/oauth/callback";
+
+/// `GET /integrations/oauth/callback?code=..&state=..` (or `?error=access_denied&state=..`):
+/// finishes the flow the state names, then sends the browser to its `redirect_after` with
+/// the outcome. A state that is unknown, used or malformed gets a plain 400 page: there is no
+/// trusted place to send the browser.
+async fn oauth_callback(state: &SidecarState, query: Option<&str>) -> Response<Full<Bytes>> {
+    let mut code = None;
+    let mut flow_state = None;
+    let mut denied = None;
+    for (key, value) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        match key.as_ref() {
+            "code" => code = Some(value.into_owned()),
+            "state" => flow_state = Some(value.into_owned()),
+            "error" => denied = Some(value.into_owned()),
+            _ => {}
+        }
+    }
+    let outcome = state
+        .integrations
+        .complete_oauth(
+            None,
+            None,
+            flow_state.as_deref().unwrap_or(""),
+            code.as_deref(),
+            denied.as_deref(),
+        )
+        .await;
+    let label = match &outcome.result {
+        Ok(_) => "connected",
+        Err(e) => e.code(),
+    };
+    metrics::counter!("oauth_callbacks_total", "outcome" => label).increment(1);
+    let mut response = match outcome.redirect_url() {
+        Some(location) => {
+            let mut response = Response::new(Full::new(Bytes::new()));
+            *response.status_mut() = StatusCode::SEE_OTHER;
+            match HeaderValue::from_str(&location) {
+                Ok(location) => {
+                    response.headers_mut().insert(header::LOCATION, location);
+                    response
+                }
+                Err(_) => text(StatusCode::BAD_REQUEST, "cannot return to the application"),
+            }
+        }
+        None => text(
+            StatusCode::BAD_REQUEST,
+            "This sign-in link was already used, has expired or is not valid. \
+             Start connecting the integration again from Nexus Cards.",
+        ),
+    };
+    // The URL carried a one-time code: keep it out of caches and Referer headers.
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    response
 }
 
 /// Reads a whole body of at most `cap` bytes within [`BODY_READ_TIMEOUT`], or answers 413 (too

@@ -32,12 +32,14 @@ use crate::{
         },
     },
     integrations::Integrations,
+    oauth::OAuth,
     payments::{Gateways, PaymentGateway, stripe::StripeGateway},
     providers::{ProviderEndpoints, Providers, RateLimits},
     sidecar::{self, SidecarState},
     store::{self, Store},
     sync_worker::SyncWorker,
     telemetry::request_span,
+    tokens::TokenKeeper,
     vault::Vault,
 };
 
@@ -75,15 +77,22 @@ impl Application {
         let billing = Arc::new(build_billing(&config, Arc::clone(&store))?);
         let vault = Arc::new(build_vault(&config)?);
         let providers = Arc::new(build_providers(&config)?);
+        let oauth =
+            Arc::new(OAuth::new(&config.oauth, &config.endpoints).context("cannot set up OAuth")?);
+        let origins = config.allowed_origins.clone();
         let integrations = Arc::new(Integrations::new(
             Arc::clone(&store),
             Arc::clone(&vault),
             Arc::clone(&providers),
+            Arc::clone(&oauth),
+            Box::new(move |url: &str| is_allowed_redirect(&origins, url)),
             config.sync.max_attempts,
         ));
+        let tokens = Arc::new(TokenKeeper::new(Arc::clone(&store), vault, oauth));
         let worker = Arc::new(SyncWorker::new(
             Arc::clone(&store),
-            vault,
+            Arc::clone(&billing),
+            tokens,
             providers,
             config.sync.clone(),
         ));
@@ -178,6 +187,7 @@ impl Application {
         let sidecar_state = Arc::new(SidecarState {
             store: Arc::clone(&store),
             billing: Arc::clone(&billing),
+            integrations: Arc::clone(&integrations),
             webhook_max_body_bytes: config.webhook_max_body_bytes,
         });
         let (grpc_addr, http_addr) = (grpc_listener.local_addr()?, http_listener.local_addr()?);
@@ -256,6 +266,10 @@ fn build_providers(config: &Config) -> anyhow::Result<Providers> {
         sendgrid_api_base: e.sendgrid_api_base.clone(),
         zapier_hook_base: e.zapier_hook_base.clone(),
         sendgrid_poll_interval: config.sync.poll_interval,
+        salesforce_api_base: e.salesforce_api_base.clone(),
+        zoho_api_base: e.zoho_api_base.clone(),
+        google_upload_base: e.google_upload_base.clone(),
+        dropbox_content_base: e.dropbox_content_base.clone(),
     };
     Providers::new(
         endpoints,

@@ -16,19 +16,23 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::{
+    billing::Billing,
     config::SyncConfig,
     domain::{
-        UserId,
+        Limit, UserId,
         activity::Activity,
-        catalogue::ProviderId,
+        catalogue::{AuthKind, ProviderId},
         contact::{Contact, sendable_by_email},
+        contact_csv::contacts_csv,
+        credentials::Credentials,
         integration::{Integration, IntegrationStatus},
         sync_job::{Direction, JobProgress, JobState, SyncJob},
     },
-    providers::{ContactSink, ProviderError, Providers, PushReport},
+    oauth::keys,
+    providers::{ProviderError, Providers, PushReport},
     store::{JobEnd, NewSyncJob, Store, StoreError},
     telemetry::error_chain,
-    vault::Vault,
+    tokens::{TokenError, TokenKeeper},
 };
 
 /// The longest wait for a rate limit or a retry spent inside an attempt; a longer one parks
@@ -38,7 +42,8 @@ const MAX_INLINE_WAIT: Duration = Duration::from_secs(60);
 /// Everything a worker needs; shared by the worker loops of one process.
 pub struct SyncWorker {
     store: Arc<dyn Store>,
-    vault: Arc<Vault>,
+    billing: Arc<Billing>,
+    tokens: Arc<TokenKeeper>,
     providers: Arc<Providers>,
     config: SyncConfig,
     /// Unique per process; each loop appends its slot.
@@ -70,7 +75,8 @@ enum Outcome {
 impl SyncWorker {
     pub fn new(
         store: Arc<dyn Store>,
-        vault: Arc<Vault>,
+        billing: Arc<Billing>,
+        tokens: Arc<TokenKeeper>,
         providers: Arc<Providers>,
         config: SyncConfig,
     ) -> Self {
@@ -81,7 +87,8 @@ impl SyncWorker {
         );
         Self {
             store,
-            vault,
+            billing,
+            tokens,
             providers,
             config,
             name,
@@ -202,42 +209,21 @@ impl SyncWorker {
                 integration: integration.status,
             });
         }
-        if job.direction != Direction::Push {
+        if job.direction != Direction::Push && !job.provider.spec().can_import() {
             return Ok(Outcome::Broken {
-                reason: "importing contacts is not available in this version yet".into(),
+                reason: format!("contacts cannot be imported from {}", job.provider),
                 integration: IntegrationStatus::Active,
             });
         }
-        let sealed = self
-            .store
-            .sealed_credentials(&integration.id)
-            .await?
-            .unwrap_or_default();
-        let credentials = match self.vault.open(&sealed) {
-            Ok(credentials) => credentials,
-            Err(e) => {
-                tracing::error!(error = %e, "stored credentials cannot be opened");
-                return Ok(Outcome::Broken {
-                    reason: "the stored credentials cannot be read; connect the integration again"
-                        .into(),
-                    integration: IntegrationStatus::Error,
-                });
-            }
-        };
-        let sink = match self.providers.sink(
-            job.provider,
-            job.user_id.as_str(),
-            &credentials,
-            &integration.settings,
-        ) {
-            Ok(sink) => sink,
-            Err(e) => return Ok(broken(e)),
+        let mut session = match Session::open(&self.tokens, integration).await {
+            Ok(session) => session,
+            Err(outcome) => return Ok(outcome),
         };
         if job.attempts == 1 {
             self.activity(
                 &job.user_id,
                 "sync.started",
-                format!("Started syncing contacts to {}", job.provider),
+                format!("Started syncing contacts with {}", job.provider),
                 job,
                 None,
             )
@@ -245,11 +231,53 @@ impl SyncWorker {
         }
 
         let mut progress = job.progress.clone();
+        let importing_already = progress
+            .checkpoint
+            .as_deref()
+            .is_some_and(|c| c.starts_with(IMPORT_CHECKPOINT));
+        if job.direction != Direction::Import && !importing_already {
+            let pushed = if job.provider.spec().batch_size == 0 {
+                self.push_file(&mut session, job, &mut progress, shutdown)
+                    .await?
+            } else {
+                self.push_records(&mut session, worker, job, &mut progress, shutdown)
+                    .await?
+            };
+            if let Some(outcome) = pushed {
+                return Ok(outcome);
+            }
+            if job.direction == Direction::Both {
+                progress.checkpoint = Some(IMPORT_CHECKPOINT.to_string());
+                if !self.store.save_progress(&job.id, worker, &progress).await? {
+                    return Ok(Outcome::LeaseLost);
+                }
+            }
+        }
+        if job.direction != Direction::Push
+            && let Some(outcome) = self
+                .import(&mut session, worker, job, &mut progress, shutdown)
+                .await?
+        {
+            return Ok(outcome);
+        }
+        progress.contacts_total = progress.contacts_total.max(progress.contacts_done);
+        Ok(Outcome::Done(progress))
+    }
+
+    /// Pushes the contacts page by page from the checkpoint. `Some` ends the attempt early.
+    async fn push_records(
+        &self,
+        session: &mut Session<'_>,
+        worker: &str,
+        job: &SyncJob,
+        progress: &mut JobProgress,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<Outcome>, StoreError> {
         progress.contacts_total = self.store.contact_count(&job.user_id).await?;
         let batch_size = job.provider.spec().batch_size.max(1);
         loop {
             if shutdown.is_cancelled() {
-                return Ok(Outcome::Stopped);
+                return Ok(Some(Outcome::Stopped));
             }
             let page = self
                 .store
@@ -265,41 +293,218 @@ impl SyncWorker {
                     (page.iter().collect(), 0, 0)
                 };
             if !sendable.is_empty() {
-                match self.push_with_retries(&*sink, &sendable, shutdown).await {
+                let pushed = loop {
+                    if let Err(outcome) = session.keep_fresh().await {
+                        return Ok(Some(outcome));
+                    }
+                    let sink = match self.providers.sink(
+                        job.provider,
+                        job.user_id.as_str(),
+                        &session.credentials,
+                        &session.integration.settings,
+                    ) {
+                        Ok(sink) => sink,
+                        Err(e) => return Ok(Some(broken(e))),
+                    };
+                    match self.with_retries(shutdown, || sink.push(&sendable)).await {
+                        Err(ProviderError::Unauthorized(reason)) => {
+                            if let Err(outcome) = session.after_unauthorized(reason).await {
+                                return Ok(Some(outcome));
+                            }
+                        }
+                        other => break other,
+                    }
+                };
+                match pushed {
                     Ok(report) => progress.add_failures(report.failed, report.failures),
                     Err(ProviderError::BatchRefused(reason)) => {
                         let failed = batch_refused(&sendable, &reason);
                         progress.add_failures(failed.failed, failed.failures);
                     }
                     Err(e) if shutdown.is_cancelled() && is_transient(&e) => {
-                        return Ok(Outcome::Stopped);
+                        return Ok(Some(Outcome::Stopped));
                     }
-                    Err(e) => return Ok(self.outcome_of(e)),
+                    Err(e) => return Ok(Some(self.outcome_of(e))),
                 }
             }
             progress.contacts_done += page.len() as u64;
             progress.add_skipped(without_email, "no email address");
             progress.add_skipped(duplicates, "email address repeated in a batch");
             progress.checkpoint = Some(last);
-            if !self.store.save_progress(&job.id, worker, &progress).await? {
-                return Ok(Outcome::LeaseLost);
+            if !self.store.save_progress(&job.id, worker, progress).await? {
+                return Ok(Some(Outcome::LeaseLost));
             }
             if page.len() < batch_size as usize {
                 break;
             }
         }
-        progress.contacts_total = progress.contacts_total.max(progress.contacts_done);
-        Ok(Outcome::Done(progress))
+        Ok(None)
     }
 
-    /// Pushes one batch, retrying outages and short rate limits within the attempt (honouring
-    /// `Retry-After`), with exponential backoff and jitter between tries.
-    async fn push_with_retries(
+    /// Writes every contact into one CSV file and uploads it whole (Google Drive, Dropbox).
+    /// There is no checkpoint: a retry uploads the whole file again, which replaces it.
+    async fn push_file(
         &self,
-        sink: &dyn ContactSink,
-        batch: &[&Contact],
+        session: &mut Session<'_>,
+        job: &SyncJob,
+        progress: &mut JobProgress,
         shutdown: &CancellationToken,
-    ) -> Result<PushReport, ProviderError> {
+    ) -> Result<Option<Outcome>, StoreError> {
+        let mut contacts = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self
+                .store
+                .contacts_after(&job.user_id, after.as_deref(), FILE_PAGE)
+                .await?;
+            let full = page.len() == FILE_PAGE as usize;
+            after = page.last().map(|c| c.id.clone());
+            contacts.extend(page);
+            if !full {
+                break;
+            }
+        }
+        let csv = contacts_csv(&contacts);
+        let uploaded = loop {
+            if let Err(outcome) = session.keep_fresh().await {
+                return Ok(Some(outcome));
+            }
+            let sink = match self.providers.file_sink(
+                job.provider,
+                job.user_id.as_str(),
+                &session.credentials,
+                &session.integration.settings,
+            ) {
+                Ok(sink) => sink,
+                Err(e) => return Ok(Some(broken(e))),
+            };
+            match self.with_retries(shutdown, || sink.upload(&csv)).await {
+                Err(ProviderError::Unauthorized(reason)) => {
+                    if let Err(outcome) = session.after_unauthorized(reason).await {
+                        return Ok(Some(outcome));
+                    }
+                }
+                other => break other,
+            }
+        };
+        match uploaded {
+            Ok(new_file) => {
+                if let Some(file_id) = new_file {
+                    // Kept so the next sync updates this file instead of making another.
+                    match self
+                        .tokens
+                        .remember(&session.integration, crate::oauth::keys::FILE_ID, &file_id)
+                        .await
+                    {
+                        Ok(()) => {}
+                        Err(TokenError::Store(e)) => return Err(e),
+                        Err(e) => return Ok(Some(session_outcome(e))),
+                    }
+                }
+                progress.contacts_total = contacts.len() as u64;
+                progress.contacts_done = contacts.len() as u64;
+                Ok(None)
+            }
+            Err(e) if shutdown.is_cancelled() && is_transient(&e) => Ok(Some(Outcome::Stopped)),
+            Err(e) => Ok(Some(self.outcome_of(e))),
+        }
+    }
+
+    /// Reads the provider's contacts page by page from the checkpoint into the user's
+    /// contacts, within the plan's contact limit.
+    async fn import(
+        &self,
+        session: &mut Session<'_>,
+        worker: &str,
+        job: &SyncJob,
+        progress: &mut JobProgress,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<Outcome>, StoreError> {
+        let entitlement = self.billing.entitlement(&job.user_id).await?;
+        let plan = entitlement.effective_tier.plan();
+        let limit = match plan.limits.contacts {
+            Limit::Max(n) => Some(n),
+            Limit::Unlimited => None,
+        };
+        let over_limit_reason = format!(
+            "the {} plan allows {} contacts; upgrade to import the rest",
+            plan.name,
+            limit.unwrap_or_default()
+        );
+        loop {
+            if shutdown.is_cancelled() {
+                return Ok(Some(Outcome::Stopped));
+            }
+            let cursor = progress
+                .checkpoint
+                .as_deref()
+                .and_then(|c| c.strip_prefix(IMPORT_CHECKPOINT))
+                .filter(|c| !c.is_empty())
+                .map(str::to_string);
+            let read = loop {
+                if let Err(outcome) = session.keep_fresh().await {
+                    return Ok(Some(outcome));
+                }
+                let source = match self.providers.source(
+                    job.provider,
+                    job.user_id.as_str(),
+                    &session.credentials,
+                    &session.integration.settings,
+                ) {
+                    Ok(source) => source,
+                    Err(e) => return Ok(Some(broken(e))),
+                };
+                match self
+                    .with_retries(shutdown, || source.page(cursor.as_deref()))
+                    .await
+                {
+                    Err(ProviderError::Unauthorized(reason)) => {
+                        if let Err(outcome) = session.after_unauthorized(reason).await {
+                            return Ok(Some(outcome));
+                        }
+                    }
+                    other => break other,
+                }
+            };
+            let page = match read {
+                Ok(page) => page,
+                Err(e) if shutdown.is_cancelled() && is_transient(&e) => {
+                    return Ok(Some(Outcome::Stopped));
+                }
+                Err(e) => return Ok(Some(self.outcome_of(e))),
+            };
+            let counts = self
+                .store
+                .import_contacts(&job.user_id, &page.contacts, limit, Utc::now())
+                .await?;
+            progress.contacts_done += page.contacts.len() as u64;
+            progress.contacts_total = progress.contacts_total.max(progress.contacts_done);
+            progress.add_skipped(counts.over_limit, &over_limit_reason);
+            let Some(next) = page.next else {
+                progress.checkpoint = Some(format!("{IMPORT_CHECKPOINT}end"));
+                if !self.store.save_progress(&job.id, worker, progress).await? {
+                    return Ok(Some(Outcome::LeaseLost));
+                }
+                return Ok(None);
+            };
+            progress.checkpoint = Some(format!("{IMPORT_CHECKPOINT}{next}"));
+            if !self.store.save_progress(&job.id, worker, progress).await? {
+                return Ok(Some(Outcome::LeaseLost));
+            }
+        }
+    }
+
+    /// Calls the provider, retrying outages and short rate limits within the attempt
+    /// (honouring `Retry-After`), with exponential backoff and jitter between tries.
+    async fn with_retries<T, F, Fut>(
+        &self,
+        shutdown: &CancellationToken,
+        mut call: F,
+    ) -> Result<T, ProviderError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, ProviderError>>,
+    {
         let mut delays = ExponentialBuilder::default()
             .with_min_delay(self.config.retry_min_delay)
             .with_max_delay(MAX_INLINE_WAIT)
@@ -307,8 +512,8 @@ impl SyncWorker {
             .with_jitter()
             .build();
         loop {
-            let error = match sink.push(batch).await {
-                Ok(report) => return Ok(report),
+            let error = match call().await {
+                Ok(value) => return Ok(value),
                 Err(e) => e,
             };
             let wait = match &error {
@@ -552,6 +757,88 @@ impl SyncWorker {
         let entry = Activity::new(kind, message, details);
         if let Err(e) = self.store.append_activity(user, &entry).await {
             tracing::warn!(error = %error_chain(&e), kind, "cannot write an activity entry");
+        }
+    }
+}
+
+/// Checkpoints of the import phase start with this (push checkpoints are contact ids).
+const IMPORT_CHECKPOINT: &str = "import:";
+/// Contacts read per query when building a file.
+const FILE_PAGE: u32 = 1000;
+
+/// The credentials one attempt works with: refreshed before they expire, and once after a 401.
+struct Session<'a> {
+    tokens: &'a TokenKeeper,
+    integration: Integration,
+    credentials: Credentials,
+    oauth: bool,
+    forced_refresh: bool,
+}
+
+impl<'a> Session<'a> {
+    async fn open(tokens: &'a TokenKeeper, integration: Integration) -> Result<Self, Outcome> {
+        let oauth = integration.provider.spec().auth == AuthKind::OAuth2;
+        let credentials = tokens
+            .credentials(&integration, None)
+            .await
+            .map_err(session_outcome)?;
+        Ok(Self {
+            tokens,
+            integration,
+            credentials,
+            oauth,
+            forced_refresh: false,
+        })
+    }
+
+    /// Refreshes the access token when it is about to expire (OAuth providers only).
+    async fn keep_fresh(&mut self) -> Result<(), Outcome> {
+        if self.oauth {
+            self.credentials = self
+                .tokens
+                .credentials(&self.integration, None)
+                .await
+                .map_err(session_outcome)?;
+        }
+        Ok(())
+    }
+
+    /// A 401: one forced refresh per attempt for OAuth providers; otherwise the credentials
+    /// are refused for good.
+    async fn after_unauthorized(&mut self, reason: String) -> Result<(), Outcome> {
+        if !self.oauth || self.forced_refresh {
+            return Err(broken(ProviderError::Unauthorized(reason)));
+        }
+        self.forced_refresh = true;
+        tracing::info!("the provider refused the access token; refreshing it once");
+        let rejected = self.credentials.get(keys::ACCESS_TOKEN).map(str::to_string);
+        self.credentials = self
+            .tokens
+            .credentials(&self.integration, rejected.as_deref())
+            .await
+            .map_err(session_outcome)?;
+        Ok(())
+    }
+}
+
+/// What a failure to get credentials means for the attempt.
+fn session_outcome(error: TokenError) -> Outcome {
+    match error {
+        TokenError::NeedsReauth(reason) => Outcome::Broken {
+            reason,
+            integration: IntegrationStatus::NeedsReauth,
+        },
+        TokenError::Unreadable => Outcome::Broken {
+            reason: error.to_string(),
+            integration: IntegrationStatus::Error,
+        },
+        TokenError::Gone => Outcome::LeaseLost,
+        TokenError::Unavailable(reason) => Outcome::Retry { reason },
+        TokenError::Store(e) => {
+            tracing::warn!(error = %error_chain(&e), "cannot read credentials");
+            Outcome::Retry {
+                reason: "the service's database was unavailable".into(),
+            }
         }
     }
 }

@@ -284,6 +284,13 @@ pub const CATALOGUE: [ProviderSpec; 8] = [
     },
 ];
 
+impl ProviderSpec {
+    /// Whether contacts can be imported from the provider.
+    pub fn can_import(&self) -> bool {
+        self.directions.contains(&SyncDirection::Import)
+    }
+}
+
 impl ProviderId {
     /// The catalogue entry of this provider.
     pub fn spec(self) -> &'static ProviderSpec {

@@ -19,6 +19,30 @@ impl Contact {
     }
 }
 
+/// A contact as a provider holds it, read by an import.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RemoteContact {
+    pub email: String,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub company: Option<String>,
+    pub phone: Option<String>,
+    pub job_title: Option<String>,
+    /// When the provider last changed it; a local contact edited later is left alone.
+    pub modified_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// What storing one page of imported contacts did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ImportCounts {
+    pub inserted: u64,
+    pub updated: u64,
+    /// Matched a contact edited here after the provider's change: left as it is.
+    pub kept_newer: u64,
+    /// New contacts not stored because the plan's contact limit was reached.
+    pub over_limit: u64,
+}
+
 /// `Some(trimmed)` unless the value is missing or blank.
 pub fn non_blank(value: Option<&str>) -> Option<&str> {
     value.map(str::trim).filter(|v| !v.is_empty())

@@ -26,6 +26,13 @@ impl Credentials {
             .filter(|v| !v.is_empty())
     }
 
+    /// A copy with `key` set to `value`.
+    pub fn with(&self, key: &str, value: &str) -> Self {
+        let mut values = self.0.clone();
+        values.insert(key.to_string(), SecretString::from(value.to_string()));
+        Self(values)
+    }
+
     pub fn keys(&self) -> impl Iterator<Item = &str> {
         self.0.keys().map(String::as_str)
     }

@@ -4,6 +4,7 @@
 pub mod activity;
 pub mod catalogue;
 pub mod contact;
+pub mod contact_csv;
 pub mod credentials;
 pub mod integration;
 pub mod invoice;

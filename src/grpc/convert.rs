@@ -362,7 +362,7 @@ pub fn catalogue_entry_to_proto(entry: &CatalogueEntry) -> ipb::ProviderInfo {
             per_seconds: i32::try_from(entry.rate_limit.per_seconds).unwrap_or(i32::MAX),
         }),
         available: entry.unavailable_reason.is_none(),
-        unavailable_reason: entry.unavailable_reason.unwrap_or_default().to_string(),
+        unavailable_reason: entry.unavailable_reason.clone().unwrap_or_default(),
         directions: spec
             .directions
             .iter()

@@ -1,6 +1,5 @@
 //! `nexus.integrations.v1.IntegrationsService`: proto <-> domain conversion around
-//! [`crate::integrations::Integrations`]. StartOAuth and CompleteOAuth answer UNIMPLEMENTED
-//! (generated default stubs) until the OAuth issue lands.
+//! [`crate::integrations::Integrations`].
 
 use std::{collections::BTreeMap, pin::Pin, sync::Arc, time::Duration};
 
@@ -14,11 +13,11 @@ use super::{
         sync_job_to_proto,
     },
     proto::integrations::{
-        ConnectIntegrationRequest, ConnectIntegrationResponse, DisconnectIntegrationRequest,
-        DisconnectIntegrationResponse, GetSyncJobRequest, GetSyncJobResponse,
-        ListIntegrationsRequest, ListIntegrationsResponse, ListProvidersRequest,
-        ListProvidersResponse, SyncIntegrationRequest, SyncIntegrationResponse,
-        WatchSyncJobRequest, WatchSyncJobResponse,
+        CompleteOAuthRequest, CompleteOAuthResponse, ConnectIntegrationRequest,
+        ConnectIntegrationResponse, DisconnectIntegrationRequest, DisconnectIntegrationResponse,
+        GetSyncJobRequest, GetSyncJobResponse, ListIntegrationsRequest, ListIntegrationsResponse,
+        ListProvidersRequest, ListProvidersResponse, StartOAuthRequest, StartOAuthResponse,
+        SyncIntegrationRequest, SyncIntegrationResponse, WatchSyncJobRequest, WatchSyncJobResponse,
         integrations_service_server::IntegrationsService,
     },
     store_status,
@@ -51,6 +50,7 @@ fn integration_status(error: IntegrationError) -> Status {
             tracing::warn!(reason = %m, "provider unavailable");
             Status::unavailable(m)
         }
+        IntegrationError::PermissionDenied(m) => Status::permission_denied(m),
         IntegrationError::Store(e) => store_status(e),
     }
 }
@@ -126,6 +126,60 @@ impl IntegrationsService for IntegrationsApi {
             .await
             .map_err(integration_status)?;
         Ok(Response::new(ConnectIntegrationResponse {
+            integration: Some(integration_to_proto(&integration)),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(provider))]
+    async fn start_o_auth(
+        &self,
+        request: Request<StartOAuthRequest>,
+    ) -> Result<Response<StartOAuthResponse>, Status> {
+        let caller = caller(&request)?;
+        let message = request.into_inner();
+        let provider = provider_from_proto(message.provider)?;
+        tracing::Span::current().record("provider", provider.as_str());
+        let settings = bounded("settings", message.settings)?;
+        let (url, expires_at) = self
+            .integrations
+            .start_oauth(&caller.user_id, provider, &message.redirect_after, settings)
+            .await
+            .map_err(integration_status)?;
+        Ok(Response::new(StartOAuthResponse {
+            authorization_url: url.into(),
+            expire_time: Some(prost_types::Timestamp {
+                seconds: expires_at.timestamp(),
+                nanos: 0,
+            }),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(provider))]
+    async fn complete_o_auth(
+        &self,
+        request: Request<CompleteOAuthRequest>,
+    ) -> Result<Response<CompleteOAuthResponse>, Status> {
+        let caller = caller(&request)?;
+        let message = request.into_inner();
+        let provider = provider_from_proto(message.provider)?;
+        tracing::Span::current().record("provider", provider.as_str());
+        if message.code.len() > MAX_VALUE_LEN {
+            return Err(Status::invalid_argument(format!(
+                "code: longer than {MAX_VALUE_LEN} bytes"
+            )));
+        }
+        let outcome = self
+            .integrations
+            .complete_oauth(
+                Some(&caller.user_id),
+                Some(provider),
+                &message.state,
+                Some(&message.code),
+                None,
+            )
+            .await;
+        let integration = outcome.result.map_err(integration_status)?;
+        Ok(Response::new(CompleteOAuthResponse {
             integration: Some(integration_to_proto(&integration)),
         }))
     }

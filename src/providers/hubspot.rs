@@ -2,12 +2,17 @@
 //! `POST /crm/v3/objects/contacts/batch/upsert` (100 per call). A 207 answer lists the refused
 //! records in `errors[]`.
 
+use std::collections::BTreeMap;
+
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use url::Url;
 
-use super::{ContactSink, ProviderError, PushReport, http::Client, json_fields, required};
+use super::{
+    ContactSink, ContactSource, ImportPage, ProviderError, PushReport, http::Client, json_fields,
+    remote_contact, required,
+};
 use crate::domain::{contact::Contact, credentials::Credentials, sync_job::RecordFailure};
 
 pub struct Hubspot {
@@ -127,5 +132,74 @@ impl ContactSink for Hubspot {
             }
         }
         Ok(report)
+    }
+}
+
+#[derive(Deserialize)]
+struct ContactsPage {
+    #[serde(default)]
+    results: Vec<HubspotContact>,
+    #[serde(default)]
+    paging: Option<Paging>,
+}
+
+#[derive(Deserialize)]
+struct HubspotContact {
+    #[serde(default)]
+    properties: BTreeMap<String, Option<String>>,
+    #[serde(default, rename = "updatedAt")]
+    updated_at: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Paging {
+    next: Option<NextPage>,
+}
+
+#[derive(Deserialize)]
+struct NextPage {
+    after: String,
+}
+
+/// Reads contacts 100 at a time, following `paging.next.after`.
+#[async_trait]
+impl ContactSource for Hubspot {
+    async fn page(&self, cursor: Option<&str>) -> Result<ImportPage, ProviderError> {
+        let mut url = Url::parse(&self.url("/crm/v3/objects/contacts"))
+            .map_err(|e| ProviderError::Rejected(format!("bad HubSpot URL: {e}")))?;
+        url.query_pairs_mut()
+            .append_pair("limit", "100")
+            .append_pair(
+                "properties",
+                "email,firstname,lastname,company,phone,jobtitle,lastmodifieddate",
+            );
+        if let Some(after) = cursor {
+            url.query_pairs_mut().append_pair("after", after);
+        }
+        let request = self.client.http.get(url).bearer_auth(&self.token);
+        let response = self.client.send(request).await?;
+        let page: ContactsPage = self.client.json(response).await?;
+        let contacts = page
+            .results
+            .into_iter()
+            .filter_map(|c| {
+                let p = |key: &str| c.properties.get(key).cloned().flatten();
+                remote_contact(
+                    p("email"),
+                    [
+                        p("firstname"),
+                        p("lastname"),
+                        p("company"),
+                        p("phone"),
+                        p("jobtitle"),
+                    ],
+                    c.updated_at.as_deref().or(p("lastmodifieddate").as_deref()),
+                )
+            })
+            .collect();
+        Ok(ImportPage {
+            contacts,
+            next: page.paging.and_then(|p| p.next).map(|n| n.after),
+        })
     }
 }

@@ -9,7 +9,10 @@ use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ContactSink, ProviderError, PushReport, http::Client, json_fields, required};
+use super::{
+    ContactSink, ContactSource, ImportPage, ProviderError, PushReport, http::Client, json_fields,
+    remote_contact, required,
+};
 use crate::domain::{
     contact::{Contact, non_blank},
     credentials::Credentials,
@@ -171,5 +174,68 @@ mod tests {
         ] {
             assert!(data_centre(bad).is_err(), "{bad}");
         }
+    }
+}
+
+/// Members read per request (Mailchimp's maximum).
+const MEMBERS_PER_PAGE: u64 = 1000;
+
+#[derive(Deserialize)]
+struct MembersPage {
+    #[serde(default)]
+    members: Vec<ListMember>,
+    #[serde(default)]
+    total_items: u64,
+}
+
+#[derive(Deserialize)]
+struct ListMember {
+    #[serde(default)]
+    email_address: Option<String>,
+    #[serde(default)]
+    merge_fields: BTreeMap<String, Value>,
+    #[serde(default)]
+    last_changed: Option<String>,
+}
+
+/// Reads the audience's members by offset, 1,000 at a time.
+#[async_trait]
+impl ContactSource for Mailchimp {
+    async fn page(&self, cursor: Option<&str>) -> Result<ImportPage, ProviderError> {
+        let offset: u64 = cursor.and_then(|c| c.parse().ok()).unwrap_or(0);
+        let url = format!(
+            "{}/members?count={MEMBERS_PER_PAGE}&offset={offset}",
+            self.list_url()
+        );
+        let request = self
+            .client
+            .http
+            .get(url)
+            .basic_auth("nexus", Some(&self.api_key));
+        let response = self.client.send(request).await?;
+        let page: MembersPage = self.client.json(response).await?;
+        let read = page.members.len() as u64;
+        let contacts = page
+            .members
+            .into_iter()
+            .filter_map(|m| {
+                let field = |key: &str| {
+                    m.merge_fields
+                        .get(key)
+                        .and_then(Value::as_str)
+                        .map(str::to_string)
+                };
+                remote_contact(
+                    m.email_address.clone(),
+                    [field("FNAME"), field("LNAME"), None, field("PHONE"), None],
+                    m.last_changed.as_deref(),
+                )
+            })
+            .collect();
+        let next = offset + read;
+        Ok(ImportPage {
+            contacts,
+            next: (read > 0 && next < page.total_items).then(|| next.to_string()),
+        })
     }
 }

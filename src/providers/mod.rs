@@ -2,21 +2,26 @@
 //! contact fields to the provider's names and reads the provider's partial-error shape.
 //! Every request waits for the per-provider-and-account rate limiter first ([`Throttle`]).
 
+pub mod dropbox;
+pub mod google_drive;
 mod http;
 pub mod hubspot;
 pub mod mailchimp;
+pub mod salesforce;
 pub mod sendgrid;
 pub mod zapier;
+pub mod zoho;
 
 use std::{collections::BTreeMap, num::NonZeroU32, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use url::Url;
 
 use crate::domain::{
     catalogue::{CATALOGUE, ProviderId, RateLimit},
-    contact::Contact,
+    contact::{Contact, RemoteContact, non_blank},
     credentials::Credentials,
     sync_job::RecordFailure,
 };
@@ -70,6 +75,30 @@ pub trait ContactSink: Send + Sync {
     async fn push(&self, contacts: &[&Contact]) -> Result<PushReport, ProviderError>;
 }
 
+/// A provider that keeps the contacts as one file (Google Drive, Dropbox).
+#[async_trait]
+pub trait FileSink: Send + Sync {
+    /// Uploads the whole file, replacing the previous one. Returns a file id to keep when the
+    /// provider made a new file.
+    async fn upload(&self, csv: &[u8]) -> Result<Option<String>, ProviderError>;
+}
+
+/// One page of a provider's contacts.
+#[derive(Debug, Clone, Default)]
+pub struct ImportPage {
+    pub contacts: Vec<RemoteContact>,
+    /// Where the next page starts (the provider's cursor, offset or page number); `None` at
+    /// the end.
+    pub next: Option<String>,
+}
+
+/// A provider account contacts can be imported from.
+#[async_trait]
+pub trait ContactSource: Send + Sync {
+    /// The page at `cursor` (`None`: the first).
+    async fn page(&self, cursor: Option<&str>) -> Result<ImportPage, ProviderError>;
+}
+
 /// Where each provider's API lives (tests point these at fakes).
 #[derive(Debug, Clone)]
 pub struct ProviderEndpoints {
@@ -82,6 +111,12 @@ pub struct ProviderEndpoints {
     pub zapier_hook_base: Url,
     /// How often a SendGrid import job's status is polled.
     pub sendgrid_poll_interval: Duration,
+    /// Replaces the `instance_url` of Salesforce token answers when set.
+    pub salesforce_api_base: Option<Url>,
+    /// Replaces the `api_domain` of Zoho token answers when set.
+    pub zoho_api_base: Option<Url>,
+    pub google_upload_base: Url,
+    pub dropbox_content_base: Url,
 }
 
 /// Request budgets, one limiter per provider keyed by account.
@@ -176,6 +211,20 @@ impl Providers {
         &self.limits
     }
 
+    fn client(
+        &self,
+        provider: ProviderId,
+        account: &str,
+        credentials: &Credentials,
+    ) -> http::Client {
+        http::Client::new(
+            self.http.clone(),
+            Throttle::new(Arc::clone(&self.limits), provider, account.to_string()),
+            provider,
+            credentials.clone(),
+        )
+    }
+
     /// A client for one account. `account` keys the rate limiter (one per user and provider).
     pub fn sink(
         &self,
@@ -184,12 +233,7 @@ impl Providers {
         credentials: &Credentials,
         settings: &BTreeMap<String, String>,
     ) -> Result<Box<dyn ContactSink>, ProviderError> {
-        let client = http::Client::new(
-            self.http.clone(),
-            Throttle::new(Arc::clone(&self.limits), provider, account.to_string()),
-            provider,
-            credentials.clone(),
-        );
+        let client = self.client(provider, account, credentials);
         match provider {
             ProviderId::Hubspot => Ok(Box::new(hubspot::Hubspot::new(
                 client,
@@ -214,14 +258,112 @@ impl Providers {
                 &self.endpoints.zapier_hook_base,
                 credentials,
             )?)),
-            ProviderId::Salesforce
-            | ProviderId::ZohoCrm
-            | ProviderId::GoogleDrive
-            | ProviderId::Dropbox => Err(ProviderError::Rejected(format!(
-                "{provider} connections are not available in this version yet"
+            ProviderId::Salesforce => Ok(Box::new(salesforce::Salesforce::new(
+                client,
+                self.endpoints.salesforce_api_base.as_ref(),
+                credentials,
+            )?)),
+            ProviderId::ZohoCrm => Ok(Box::new(zoho::Zoho::new(
+                client,
+                self.endpoints.zoho_api_base.as_ref(),
+                credentials,
+            )?)),
+            ProviderId::GoogleDrive | ProviderId::Dropbox => Err(ProviderError::Rejected(format!(
+                "{provider} keeps contacts as a file, not record by record"
             ))),
         }
     }
+
+    /// The file destination of Google Drive and Dropbox.
+    pub fn file_sink(
+        &self,
+        provider: ProviderId,
+        account: &str,
+        credentials: &Credentials,
+        settings: &BTreeMap<String, String>,
+    ) -> Result<Box<dyn FileSink>, ProviderError> {
+        let client = self.client(provider, account, credentials);
+        match provider {
+            ProviderId::GoogleDrive => Ok(Box::new(google_drive::GoogleDrive::new(
+                client,
+                &self.endpoints.google_upload_base,
+                credentials,
+            )?)),
+            ProviderId::Dropbox => Ok(Box::new(dropbox::Dropbox::new(
+                client,
+                &self.endpoints.dropbox_content_base,
+                credentials,
+                settings,
+            )?)),
+            _ => Err(ProviderError::Rejected(format!(
+                "{provider} takes contacts record by record, not as a file"
+            ))),
+        }
+    }
+
+    /// Where an import reads from (HubSpot, Salesforce, Zoho CRM, Mailchimp).
+    pub fn source(
+        &self,
+        provider: ProviderId,
+        account: &str,
+        credentials: &Credentials,
+        settings: &BTreeMap<String, String>,
+    ) -> Result<Box<dyn ContactSource>, ProviderError> {
+        let client = self.client(provider, account, credentials);
+        match provider {
+            ProviderId::Hubspot => Ok(Box::new(hubspot::Hubspot::new(
+                client,
+                &self.endpoints.hubspot_api_base,
+                credentials,
+            )?)),
+            ProviderId::Mailchimp => Ok(Box::new(mailchimp::Mailchimp::new(
+                client,
+                &self.endpoints.mailchimp_api_base,
+                credentials,
+                settings,
+            )?)),
+            ProviderId::Salesforce => Ok(Box::new(salesforce::Salesforce::new(
+                client,
+                self.endpoints.salesforce_api_base.as_ref(),
+                credentials,
+            )?)),
+            ProviderId::ZohoCrm => Ok(Box::new(zoho::Zoho::new(
+                client,
+                self.endpoints.zoho_api_base.as_ref(),
+                credentials,
+            )?)),
+            _ => Err(ProviderError::Rejected(format!(
+                "contacts cannot be imported from {provider}"
+            ))),
+        }
+    }
+}
+
+/// A provider's contact in our shape: fields trimmed, blanks dropped; `None` without an email
+/// address (contacts are matched by it).
+fn remote_contact(
+    email: Option<String>,
+    [first_name, last_name, company, phone, job_title]: [Option<String>; 5],
+    modified_at: Option<&str>,
+) -> Option<RemoteContact> {
+    let clean = |v: Option<String>| non_blank(v.as_deref()).map(str::to_string);
+    Some(RemoteContact {
+        email: clean(email)?,
+        first_name: clean(first_name),
+        last_name: clean(last_name),
+        company: clean(company),
+        phone: clean(phone),
+        job_title: clean(job_title),
+        modified_at: modified_at.and_then(parse_time),
+    })
+}
+
+/// A provider timestamp: RFC 3339, or Salesforce's `2024-01-31T10:00:00.000+0000`.
+fn parse_time(value: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(value)
+        .or_else(|_| DateTime::parse_from_str(value, "%Y-%m-%dT%H:%M:%S%.f%z"))
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
 }
 
 /// The non-blank values among `fields`, as a JSON object under the provider's names. Blank
@@ -247,6 +389,22 @@ fn required<'a>(credentials: &'a Credentials, key: &'static str) -> Result<&'a s
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn provider_timestamps_are_read_in_each_format() {
+        let want = DateTime::parse_from_rfc3339("2024-01-31T10:00:00Z")
+            .map(|t| t.with_timezone(&Utc))
+            .ok();
+        for value in [
+            "2024-01-31T10:00:00Z",
+            "2024-01-31T10:00:00.000Z",
+            "2024-01-31T10:00:00.000+0000",
+            "2024-01-31T11:00:00+01:00",
+        ] {
+            assert_eq!(parse_time(value), want, "{value}");
+        }
+        assert_eq!(parse_time("yesterday"), None);
+    }
 
     #[test]
     fn quotas_keep_a_request_of_margin_in_any_window() {

@@ -5,7 +5,8 @@
 //! Every timestamp compared in SQL is bound from Rust, so both backends compare like with like.
 
 macro_rules! integration_store {
-    ($name:ident, id: $id:literal, text: $text:literal, skip_locked: $lock:literal) => {
+    ($name:ident, id: $id:literal, text: $text:literal, skip_locked: $lock:literal,
+     begin: $begin:literal, user_lock: $user_lock:literal) => {
         const _: () = {
             use std::collections::BTreeMap;
 
@@ -17,12 +18,12 @@ macro_rules! integration_store {
                     UserId,
                     activity::Activity,
                     catalogue::ProviderId,
-                    contact::Contact,
+                    contact::{Contact, ImportCounts, RemoteContact},
                     integration::{Integration, IntegrationStatus},
                     sync_job::{JobProgress, SyncJob},
                 },
                 store::{
-                    IntegrationStore, JobEnd, NewSyncJob, StoreError,
+                    IntegrationStore, JobEnd, NewSyncJob, OAuthState, StoreError,
                     rows::{ContactRow, IntegrationRow, SyncJobRow},
                 },
             };
@@ -389,6 +390,168 @@ macro_rules! integration_store {
                     .execute(&self.pool)
                     .await?;
                     Ok(done.rows_affected() == 1)
+                }
+
+                async fn save_oauth_state(&self, state: &OAuthState, now: DateTime<Utc>) -> Result<(), StoreError> {
+                    sqlx::query("DELETE FROM oauth_states WHERE expires_at < $1")
+                        .bind(now)
+                        .execute(&self.pool)
+                        .await?;
+                    sqlx::query(
+                        "INSERT INTO oauth_states (state_hash, user_id, provider, code_verifier, \
+                         redirect_after, settings, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                    )
+                    .bind(&state.state_hash)
+                    .bind(state.user.as_str())
+                    .bind(state.provider.as_str())
+                    .bind(state.sealed_verifier.as_deref())
+                    .bind(&state.redirect_after)
+                    .bind(Json(&state.settings))
+                    .bind(state.expires_at)
+                    .execute(&self.pool)
+                    .await?;
+                    Ok(())
+                }
+
+                async fn take_oauth_state(
+                    &self,
+                    state_hash: &str,
+                    user: Option<&UserId>,
+                ) -> Result<Option<OAuthState>, StoreError> {
+                    type Row = (String, String, Option<Vec<u8>>, String, Json<BTreeMap<String, String>>, DateTime<Utc>);
+                    let row: Option<Row> = sqlx::query_as(
+                        "DELETE FROM oauth_states WHERE state_hash = $1 AND ($2 = '' OR user_id = $2) \
+                         RETURNING user_id, provider, code_verifier, redirect_after, settings, expires_at",
+                    )
+                    .bind(state_hash)
+                    .bind(user.map(UserId::as_str).unwrap_or(""))
+                    .fetch_optional(&self.pool)
+                    .await?;
+                    let Some((user_id, provider, sealed_verifier, redirect_after, settings, expires_at)) = row else {
+                        return Ok(None);
+                    };
+                    Ok(Some(OAuthState {
+                        state_hash: state_hash.to_string(),
+                        user: UserId::parse(&user_id)
+                            .map_err(|_| StoreError::Corrupt(format!("bad user id in oauth_states: {user_id:?}")))?,
+                        provider: provider
+                            .parse::<ProviderId>()
+                            .map_err(|_| StoreError::Corrupt(format!("unknown provider {provider:?} in oauth_states")))?,
+                        sealed_verifier,
+                        redirect_after,
+                        settings: settings.0,
+                        expires_at,
+                    }))
+                }
+
+                async fn lock_token_refresh(
+                    &self,
+                    id: &str,
+                    owner: &str,
+                    until: DateTime<Utc>,
+                    now: DateTime<Utc>,
+                ) -> Result<bool, StoreError> {
+                    let done = sqlx::query(concat!(
+                        "UPDATE integrations SET refresh_lock_owner = $2, refresh_lock_until = $3 \
+                         WHERE id = $1", $id, " AND (refresh_lock_until IS NULL OR refresh_lock_until < $4)"
+                    ))
+                    .bind(id)
+                    .bind(owner)
+                    .bind(until)
+                    .bind(now)
+                    .execute(&self.pool)
+                    .await?;
+                    Ok(done.rows_affected() == 1)
+                }
+
+                async fn unlock_token_refresh(&self, id: &str, owner: &str) -> Result<(), StoreError> {
+                    sqlx::query(concat!(
+                        "UPDATE integrations SET refresh_lock_owner = NULL, refresh_lock_until = NULL \
+                         WHERE id = $1", $id, " AND refresh_lock_owner = $2"
+                    ))
+                    .bind(id)
+                    .bind(owner)
+                    .execute(&self.pool)
+                    .await?;
+                    Ok(())
+                }
+
+                async fn import_contacts(
+                    &self,
+                    user: &UserId,
+                    contacts: &[RemoteContact],
+                    limit: Option<u64>,
+                    now: DateTime<Utc>,
+                ) -> Result<ImportCounts, StoreError> {
+                    let mut tx = self.pool.begin_with($begin).await?;
+                    // One import per user at a time adds contacts, so two imports cannot both
+                    // add the same address or pass the plan limit together.
+                    if !$user_lock.is_empty() {
+                        sqlx::query($user_lock).bind(user.as_str()).execute(&mut *tx).await?;
+                    }
+                    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM contacts WHERE user_id = $1")
+                        .bind(user.as_str())
+                        .fetch_one(&mut *tx)
+                        .await?;
+                    let mut count = u64::try_from(count).unwrap_or(0);
+                    let mut counts = ImportCounts::default();
+                    for c in contacts {
+                        let existing: Option<(String, DateTime<Utc>)> = sqlx::query_as(
+                            "SELECT id, updated_at FROM contacts WHERE user_id = $1 AND lower(email) = lower($2) \
+                             ORDER BY created_at, id LIMIT 1",
+                        )
+                        .bind(user.as_str())
+                        .bind(&c.email)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                        match existing {
+                            Some((_, local)) if c.modified_at.is_none_or(|remote| remote <= local) => {
+                                counts.kept_newer += 1;
+                            }
+                            Some((id, _)) => {
+                                // Blank remote fields keep the local value.
+                                sqlx::query(
+                                    "UPDATE contacts SET first_name = COALESCE($2, first_name), \
+                                     last_name = COALESCE($3, last_name), company = COALESCE($4, company), \
+                                     phone = COALESCE($5, phone), job_title = COALESCE($6, job_title), \
+                                     updated_at = $7 WHERE id = $1",
+                                )
+                                .bind(&id)
+                                .bind(c.first_name.as_deref())
+                                .bind(c.last_name.as_deref())
+                                .bind(c.company.as_deref())
+                                .bind(c.phone.as_deref())
+                                .bind(c.job_title.as_deref())
+                                .bind(now)
+                                .execute(&mut *tx)
+                                .await?;
+                                counts.updated += 1;
+                            }
+                            None if limit.is_some_and(|max| count >= max) => counts.over_limit += 1,
+                            None => {
+                                sqlx::query(
+                                    "INSERT INTO contacts (id, user_id, email, first_name, last_name, company, \
+                                     phone, job_title, created_at, updated_at) \
+                                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)",
+                                )
+                                .bind(uuid::Uuid::new_v4().to_string())
+                                .bind(user.as_str())
+                                .bind(&c.email)
+                                .bind(c.first_name.as_deref())
+                                .bind(c.last_name.as_deref())
+                                .bind(c.company.as_deref())
+                                .bind(c.phone.as_deref())
+                                .bind(c.job_title.as_deref())
+                                .bind(now)
+                                .execute(&mut *tx)
+                                .await?;
+                                count += 1;
+                                counts.inserted += 1;
+                            }
+                        }
+                    }
+                    tx.commit().await?;
+                    Ok(counts)
                 }
             }
         };

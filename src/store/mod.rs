@@ -19,7 +19,7 @@ use crate::domain::{
     Usage, UserId,
     activity::Activity,
     catalogue::ProviderId,
-    contact::Contact,
+    contact::{Contact, ImportCounts, RemoteContact},
     integration::{Integration, IntegrationStatus},
     invoice::{Invoice, InvoiceStatus, StoredInvoice},
     subscription::{PaymentProvider, Subscription},
@@ -272,6 +272,59 @@ pub trait IntegrationStore: Send + Sync {
         old: &[u8],
         new: &[u8],
     ) -> Result<bool, StoreError>;
+
+    /// Stores a started OAuth flow (and drops expired ones).
+    async fn save_oauth_state(
+        &self,
+        state: &OAuthState,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+
+    /// Takes (deletes and returns) a started flow, so a state works once. With `user`, only
+    /// that user's flow is taken: another user's state is left alone and `None` returned.
+    async fn take_oauth_state(
+        &self,
+        state_hash: &str,
+        user: Option<&UserId>,
+    ) -> Result<Option<OAuthState>, StoreError>;
+
+    /// Takes the integration's token-refresh lock until `until` unless another holder's lock
+    /// is still running; `true` when taken.
+    async fn lock_token_refresh(
+        &self,
+        id: &str,
+        owner: &str,
+        until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
+    /// Releases the lock if `owner` still holds it.
+    async fn unlock_token_refresh(&self, id: &str, owner: &str) -> Result<(), StoreError>;
+
+    /// Stores one page of imported contacts in one transaction, matching by user and email
+    /// (case-insensitive): a match is updated unless it was edited here after the provider's
+    /// change; a new contact is added while the user has fewer than `limit` contacts.
+    async fn import_contacts(
+        &self,
+        user: &UserId,
+        contacts: &[RemoteContact],
+        limit: Option<u64>,
+        now: DateTime<Utc>,
+    ) -> Result<ImportCounts, StoreError>;
+}
+
+/// A started OAuth flow, kept until the provider sends the user back (or it expires).
+#[derive(Debug, Clone)]
+pub struct OAuthState {
+    /// SHA-256 of the state (the state itself is only in the authorization URL).
+    pub state_hash: String,
+    pub user: UserId,
+    pub provider: ProviderId,
+    /// The PKCE verifier, sealed by the vault.
+    pub sealed_verifier: Option<Vec<u8>>,
+    pub redirect_after: String,
+    pub settings: BTreeMap<String, String>,
+    pub expires_at: DateTime<Utc>,
 }
 
 /// A job to queue.

@@ -117,4 +117,5 @@ impl Store for PgStore {
 
 billing_tx!(PgTx, sqlx::Postgres, lock: " FOR UPDATE", id_cast: "::uuid");
 billing_records!(PgStore);
-integration_store!(PgStore, id: "::uuid", text: "::text", skip_locked: " FOR UPDATE SKIP LOCKED");
+integration_store!(PgStore, id: "::uuid", text: "::text", skip_locked: " FOR UPDATE SKIP LOCKED",
+    begin: "BEGIN", user_lock: "SELECT pg_advisory_xact_lock(hashtext($1))");

@@ -132,4 +132,5 @@ impl Store for SqliteStore {
 
 billing_tx!(SqliteTx, sqlx::Sqlite, lock: "", id_cast: "");
 billing_records!(SqliteStore);
-integration_store!(SqliteStore, id: "", text: "", skip_locked: "");
+integration_store!(SqliteStore, id: "", text: "", skip_locked: "",
+    begin: "BEGIN IMMEDIATE", user_lock: "");

@@ -1,0 +1,61 @@
+//! The contacts file written to Google Drive and Dropbox: a header row, then one row per
+//! contact, RFC 4180 (comma separated, CRLF line ends, a field quoted when it holds a comma,
+//! a quote or a line break, quotes doubled). UTF-8 without a byte-order mark.
+
+use super::contact::Contact;
+
+/// The header row, in column order.
+pub const HEADER: [&str; 6] = [
+    "Email",
+    "First Name",
+    "Last Name",
+    "Company",
+    "Phone",
+    "Job Title",
+];
+
+/// Builds the file from contacts in the order given.
+pub fn contacts_csv<'a>(contacts: impl IntoIterator<Item = &'a Contact>) -> Vec<u8> {
+    let mut out = csv::WriterBuilder::new()
+        .terminator(csv::Terminator::CRLF)
+        .quote_style(csv::QuoteStyle::Necessary)
+        .from_writer(Vec::new());
+    // Writing to a Vec cannot fail; a record error would only come from mismatched lengths.
+    let _ = out.write_record(HEADER);
+    for c in contacts {
+        let field = |v: &Option<String>| v.as_deref().unwrap_or("").trim().to_string();
+        let _ = out.write_record([
+            field(&c.email),
+            field(&c.first_name),
+            field(&c.last_name),
+            field(&c.company),
+            field(&c.phone),
+            field(&c.job_title),
+        ]);
+    }
+    out.into_inner().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_are_quoted_only_when_rfc_4180_needs_it() {
+        let c = Contact {
+            id: "1".into(),
+            email: Some("a@b.com".into()),
+            first_name: Some("Zoë".into()),
+            last_name: Some("O\"Neil, Jr".into()),
+            company: Some("Line\nBreak".into()),
+            phone: None,
+            job_title: Some(" CTO ".into()),
+        };
+        let csv = String::from_utf8(contacts_csv([&c])).unwrap_or_default();
+        assert_eq!(
+            csv,
+            "Email,First Name,Last Name,Company,Phone,Job Title\r\n\
+             a@b.com,Zoë,\"O\"\"Neil, Jr\",\"Line\nBreak\",,CTO\r\n"
+        );
+    }
+}

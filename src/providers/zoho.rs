@@ -1,0 +1,213 @@
+//! Zoho CRM: `Authorization: Zoho-oauthtoken <token>` against the account's `api_domain` (from
+//! the token answer; each data centre has its own). Contacts are upserted 100 per call with
+//! `duplicate_check_fields: ["Email"]`; the answer has one result per record, in order.
+//! Imports read `GET /crm/v2/Contacts?page=N&per_page=200` until `info.more_records` is false.
+
+use async_trait::async_trait;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use url::Url;
+
+use super::{
+    ContactSink, ContactSource, ImportPage, ProviderError, PushReport, http::Client, json_fields,
+    remote_contact, required, salesforce::api_host,
+};
+use crate::{
+    domain::{contact::Contact, credentials::Credentials, sync_job::RecordFailure},
+    oauth::keys,
+};
+
+const PER_PAGE: u32 = 200;
+
+pub struct Zoho {
+    client: Client,
+    base: Url,
+    token: String,
+}
+
+impl Zoho {
+    /// `base_override` (ZOHO_API_BASE) replaces the `api_domain` of the token answer.
+    pub(super) fn new(
+        client: Client,
+        base_override: Option<&Url>,
+        credentials: &Credentials,
+    ) -> Result<Self, ProviderError> {
+        let base = match base_override {
+            Some(base) => base.clone(),
+            None => api_host(credentials, keys::API_DOMAIN)?,
+        };
+        Ok(Self {
+            token: required(credentials, keys::ACCESS_TOKEN)?.to_string(),
+            client,
+            base,
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base.as_str().trim_end_matches('/'))
+    }
+
+    fn authorization(&self) -> String {
+        format!("Zoho-oauthtoken {}", self.token)
+    }
+}
+
+/// Our fields under Zoho's Contact field names. `Last_Name` is mandatory in Zoho: the email
+/// address stands in when there is none.
+pub fn record(contact: &Contact) -> Map<String, Value> {
+    let mut fields = json_fields(&[
+        ("Email", contact.email.as_deref()),
+        ("First_Name", contact.first_name.as_deref()),
+        ("Last_Name", contact.last_name.as_deref()),
+        ("Phone", contact.phone.as_deref()),
+        ("Title", contact.job_title.as_deref()),
+        ("Account_Name", contact.company.as_deref()),
+    ]);
+    if !fields.contains_key("Last_Name")
+        && let Some(email) = contact.email()
+    {
+        fields.insert("Last_Name".into(), Value::String(email.to_string()));
+    }
+    fields
+}
+
+#[derive(Deserialize)]
+struct UpsertAnswer {
+    #[serde(default)]
+    data: Vec<RecordResult>,
+}
+
+#[derive(Deserialize)]
+struct RecordResult {
+    #[serde(default)]
+    status: String,
+    #[serde(default)]
+    code: String,
+    #[serde(default)]
+    message: String,
+}
+
+#[derive(Deserialize, Default)]
+struct ContactsPage {
+    #[serde(default)]
+    data: Vec<ZohoContact>,
+    #[serde(default)]
+    info: Option<PageInfo>,
+}
+
+#[derive(Deserialize)]
+struct PageInfo {
+    #[serde(default)]
+    more_records: bool,
+}
+
+#[derive(Deserialize)]
+struct ZohoContact {
+    #[serde(rename = "Email", default)]
+    email: Option<String>,
+    #[serde(rename = "First_Name", default)]
+    first_name: Option<String>,
+    #[serde(rename = "Last_Name", default)]
+    last_name: Option<String>,
+    #[serde(rename = "Phone", default)]
+    phone: Option<String>,
+    #[serde(rename = "Title", default)]
+    title: Option<String>,
+    /// A lookup (`{"name": ..., "id": ...}`) or plain text.
+    #[serde(rename = "Account_Name", default)]
+    account: Option<Value>,
+    #[serde(rename = "Modified_Time", default)]
+    modified: Option<String>,
+}
+
+#[async_trait]
+impl ContactSink for Zoho {
+    async fn verify(&self) -> Result<(), ProviderError> {
+        let request = self
+            .client
+            .http
+            .get(self.url("/crm/v2/Contacts?per_page=1"))
+            .header("Authorization", self.authorization());
+        self.client.send(request).await.map(drop)
+    }
+
+    async fn push(&self, contacts: &[&Contact]) -> Result<PushReport, ProviderError> {
+        let data: Vec<Map<String, Value>> = contacts.iter().map(|c| record(c)).collect();
+        let request = self
+            .client
+            .http
+            .post(self.url("/crm/v2/Contacts/upsert"))
+            .header("Authorization", self.authorization())
+            .json(&json!({
+                "data": data,
+                "duplicate_check_fields": ["Email"],
+                "trigger": [],
+            }));
+        let response = self.client.send(request).await?;
+        let answer: UpsertAnswer = self.client.json(response).await?;
+        let mut report = PushReport::default();
+        for (i, result) in answer.data.iter().enumerate() {
+            if result.status == "success" {
+                continue;
+            }
+            report.failed += 1;
+            report.failures.push(RecordFailure {
+                email: contacts
+                    .get(i)
+                    .and_then(|c| c.email())
+                    .unwrap_or_default()
+                    .to_string(),
+                message: self
+                    .client
+                    .scrub(&format!("{}: {}", result.code, result.message)),
+            });
+        }
+        Ok(report)
+    }
+}
+
+#[async_trait]
+impl ContactSource for Zoho {
+    async fn page(&self, cursor: Option<&str>) -> Result<ImportPage, ProviderError> {
+        let page_number: u32 = cursor.and_then(|c| c.parse().ok()).unwrap_or(1);
+        let url = self.url(&format!(
+            "/crm/v2/Contacts?page={page_number}&per_page={PER_PAGE}"
+        ));
+        let request = self
+            .client
+            .http
+            .get(url)
+            .header("Authorization", self.authorization());
+        let response = self.client.send(request).await?;
+        // Zoho answers 204 with no body when there are no contacts.
+        let page: ContactsPage = if response.status() == reqwest::StatusCode::NO_CONTENT {
+            ContactsPage::default()
+        } else {
+            self.client.json(response).await?
+        };
+        let more = page.info.as_ref().is_some_and(|i| i.more_records);
+        let contacts = page
+            .data
+            .into_iter()
+            .filter_map(|c| {
+                let company = match c.account {
+                    Some(Value::String(name)) => Some(name),
+                    Some(Value::Object(lookup)) => lookup
+                        .get("name")
+                        .and_then(Value::as_str)
+                        .map(str::to_string),
+                    _ => None,
+                };
+                remote_contact(
+                    c.email,
+                    [c.first_name, c.last_name, company, c.phone, c.title],
+                    c.modified.as_deref(),
+                )
+            })
+            .collect();
+        Ok(ImportPage {
+            contacts,
+            next: more.then(|| (page_number + 1).to_string()),
+        })
+    }
+}
