@@ -469,10 +469,22 @@ impl Integrations {
         if created {
             return Ok(job);
         }
+        // The integration's queued job is brought forward (a scheduled one) and widened to
+        // cover this direction too, unless it has started.
         let now = Utc::now();
-        if job.attempts == 0 && job.next_attempt_at > now {
-            self.store.expedite_sync(&job.id, now).await?;
+        let wanted = job.direction.and(direction);
+        if job.attempts == 0
+            && (job.next_attempt_at > now || wanted != job.direction)
+            && self.store.expedite_sync(&job.id, now, wanted).await?
+        {
             return Ok(self.store.sync_job(user, &job.id).await?.unwrap_or(job));
+        }
+        if wanted != job.direction {
+            return Err(IntegrationError::FailedPrecondition(format!(
+                "a {} sync of {provider} is running (job {}); ask again when it has finished",
+                job.direction.as_str(),
+                job.id
+            )));
         }
         Ok(job)
     }

@@ -61,6 +61,11 @@ pub enum Direction {
 }
 
 impl Direction {
+    /// A direction covering both `self` and `other`.
+    pub fn and(self, other: Direction) -> Direction {
+        if self == other { self } else { Direction::Both }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Push => "push",

@@ -20,7 +20,7 @@ macro_rules! integration_store {
                     catalogue::ProviderId,
                     contact::{Contact, ImportCounts, RemoteContact},
                     integration::{Integration, IntegrationStatus},
-                    sync_job::{JobProgress, SyncJob},
+                    sync_job::{Direction, JobProgress, SyncJob},
                 },
                 store::{
                     IntegrationStore, JobEnd, NewSyncJob, OAuthState, StoreError,
@@ -246,16 +246,23 @@ macro_rules! integration_store {
                         .filter(|job| &job.user_id == user))
                 }
 
-                async fn expedite_sync(&self, id: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
-                    sqlx::query(concat!(
-                        "UPDATE sync_jobs SET next_attempt_at = $2 WHERE id = $1", $id,
-                        " AND state = 'queued' AND attempts = 0 AND next_attempt_at > $2"
+                async fn expedite_sync(
+                    &self,
+                    id: &str,
+                    now: DateTime<Utc>,
+                    direction: Direction,
+                ) -> Result<bool, StoreError> {
+                    let done = sqlx::query(concat!(
+                        "UPDATE sync_jobs SET direction = $3, next_attempt_at = \
+                         CASE WHEN next_attempt_at > $2 THEN $2 ELSE next_attempt_at END \
+                         WHERE id = $1", $id, " AND state = 'queued' AND attempts = 0"
                     ))
                     .bind(id)
                     .bind(now)
+                    .bind(direction.as_str())
                     .execute(&self.pool)
                     .await?;
-                    Ok(())
+                    Ok(done.rows_affected() == 1)
                 }
 
                 async fn claim_sync_job(

@@ -223,8 +223,14 @@ pub trait IntegrationStore: Send + Sync {
     /// One of the user's jobs.
     async fn sync_job(&self, user: &UserId, id: &str) -> Result<Option<SyncJob>, StoreError>;
 
-    /// Moves a scheduled, never-attempted job's next attempt to `now`.
-    async fn expedite_sync(&self, id: &str, now: DateTime<Utc>) -> Result<(), StoreError>;
+    /// Moves a queued, never-attempted job's next attempt to `now` (if later) and sets its
+    /// direction; `false` when the job has started meanwhile.
+    async fn expedite_sync(
+        &self,
+        id: &str,
+        now: DateTime<Utc>,
+        direction: Direction,
+    ) -> Result<bool, StoreError>;
 
     /// Takes the next due job (or one whose lease expired), counting an attempt.
     async fn claim_sync_job(

@@ -6,7 +6,7 @@ use std::{collections::HashSet, time::Duration};
 
 use nexus_billing::grpc::proto::integrations::{
     DisconnectIntegrationRequest, GetSyncJobRequest, IntegrationStatus, ListIntegrationsRequest,
-    Provider, SyncIntegrationRequest, SyncJobState, WatchSyncJobRequest,
+    Provider, SyncDirection, SyncIntegrationRequest, SyncJobState, WatchSyncJobRequest,
 };
 use serde_json::json;
 use tonic::Code;
@@ -59,18 +59,36 @@ async fn a_second_sync_request_gets_the_active_job(backend: Backend) {
     assert_eq!(first.id, second.id);
     assert_eq!(app.count("sync_jobs", "").await, 1);
 
-    let status = client
+    // Asking to import while a push is queued widens that job to both directions.
+    let widened = client
         .sync_integration(authed(
             SyncIntegrationRequest {
                 provider: Provider::Hubspot.into(),
-                direction: 2,
+                direction: SyncDirection::Import.into(),
+            },
+            &token("ada"),
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("import: {e}"))
+        .into_inner()
+        .job
+        .unwrap_or_default();
+    assert_eq!(widened.id, first.id);
+    assert_eq!(widened.direction(), SyncDirection::Both);
+    assert_eq!(app.count("sync_jobs", "").await, 1);
+    // Zapier cannot import.
+    let status = client
+        .sync_integration(authed(
+            SyncIntegrationRequest {
+                provider: Provider::Zapier.into(),
+                direction: SyncDirection::Import.into(),
             },
             &token("ada"),
         ))
         .await
         .err()
-        .unwrap_or_else(|| panic!("import is not available yet"));
-    assert_eq!(status.code(), Code::Unimplemented);
+        .unwrap_or_else(|| panic!("Zapier has nothing to import"));
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     app.stop().await;
 }
 
