@@ -64,7 +64,13 @@ struct State {
     verify_calls: usize,
     sendgrid_jobs: Vec<(String, u64, bool)>,
     problems: Vec<String>,
+    /// Contacts held at the provider, for imports: (email, first name, last name, modified).
+    remote: Vec<(String, String, String, String)>,
+    import_requests: usize,
 }
+
+/// Contacts per import page (small, so a test crosses pages).
+pub const IMPORT_PAGE: usize = 3;
 
 #[derive(Clone)]
 pub struct FakeProvider {
@@ -166,6 +172,18 @@ impl FakeProvider {
 
     pub fn rejected_429(&self) -> usize {
         self.state().rejected_429
+    }
+
+    /// Contacts the provider holds, for imports: (email, first, last, modified RFC 3339).
+    pub fn set_remote(&self, contacts: &[(&str, &str, &str, &str)]) {
+        self.state().remote = contacts
+            .iter()
+            .map(|(e, f, l, m)| (e.to_string(), f.to_string(), l.to_string(), m.to_string()))
+            .collect();
+    }
+
+    pub fn import_requests(&self) -> usize {
+        self.state().import_requests
     }
 
     pub fn verify_calls(&self) -> usize {
@@ -358,8 +376,45 @@ impl Respond for Responder {
         // Credential checks and SendGrid import status.
         match (self.kind, request.method.as_str(), path.as_str()) {
             (Kind::Hubspot, "GET", "/crm/v3/objects/contacts") => {
-                state.verify_calls += 1;
-                return error(200, json!({"results": []}));
+                let query: std::collections::HashMap<String, String> =
+                    request.url.query_pairs().into_owned().collect();
+                if query.get("limit").map(String::as_str) == Some("1") {
+                    state.verify_calls += 1;
+                    return error(200, json!({"results": []}));
+                }
+                state.import_requests += 1;
+                let after: usize = query.get("after").and_then(|a| a.parse().ok()).unwrap_or(0);
+                if !query.get("properties").is_some_and(|p| p.contains("email")) {
+                    state.problems.push("import without the email property".into());
+                }
+                let page: Vec<Value> = state
+                    .remote
+                    .iter()
+                    .enumerate()
+                    .skip(after)
+                    .take(IMPORT_PAGE)
+                    .map(|(i, (e, f, l, m))| json!({"id": i.to_string(), "properties": {"email": e, "firstname": f, "lastname": l, "company": null}, "createdAt": m, "updatedAt": m, "archived": false}))
+                    .collect();
+                let next = after + page.len();
+                let mut body = json!({"results": page});
+                if next < state.remote.len() {
+                    body["paging"] = json!({"next": {"after": next.to_string(), "link": "https://api.hubapi.com/..."}});
+                }
+                return error(200, body);
+            }
+            (Kind::Mailchimp, "GET", p) if p == format!("/3.0/lists/{MAILCHIMP_LIST}/members") => {
+                state.import_requests += 1;
+                let query: std::collections::HashMap<String, String> =
+                    request.url.query_pairs().into_owned().collect();
+                let offset: usize = query.get("offset").and_then(|a| a.parse().ok()).unwrap_or(0);
+                let members: Vec<Value> = state
+                    .remote
+                    .iter()
+                    .skip(offset)
+                    .take(IMPORT_PAGE)
+                    .map(|(e, f, l, m)| json!({"id": "x", "email_address": e, "status": "subscribed", "merge_fields": {"FNAME": f, "LNAME": l, "PHONE": ""}, "last_changed": m}))
+                    .collect();
+                return error(200, json!({"members": members, "list_id": MAILCHIMP_LIST, "total_items": state.remote.len()}));
             }
             (Kind::Mailchimp, "GET", p) if p.starts_with("/3.0/lists/") => {
                 state.verify_calls += 1;
