@@ -488,6 +488,8 @@ async fn tokens_are_refreshed_before_they_expire_and_rotated_tokens_kept(backend
     app.add_contacts("ada", 5).await;
     connect_oauth(&app, "ada", &fake, &[]).await;
     let first_refresh = fake.current_refresh_token();
+    // Refreshed tokens live an hour.
+    fake.set_expires_in(3600);
 
     let mut client = app.integrations().await;
     let job = start_sync(&mut client, "ada", Provider::GoogleDrive).await;
@@ -501,7 +503,8 @@ async fn tokens_are_refreshed_before_they_expire_and_rotated_tokens_kept(backend
     let stored = stored_credentials(&app).await;
     assert_eq!(stored.get("refreshToken"), rotated.as_deref());
 
-    // The next sync refreshes with the rotated token.
+    // The next refresh (forced by a 401) uses the rotated token.
+    fake.expire_access_tokens();
     let job = start_sync(&mut client, "ada", Provider::GoogleDrive).await;
     let job = wait_for_job(&app, "ada", &job.id, Duration::from_secs(20)).await;
     assert_eq!(job.state(), SyncJobState::Succeeded, "{job:?}");
@@ -571,6 +574,7 @@ async fn two_workers_needing_a_refresh_make_one_refresh_call(backend: Backend) {
     fake.set_expires_in(60);
     let app = spawn_with_oauth(backend, &[&fake], &[("--sync-workers", "0")]).await;
     connect_oauth(&app, "ada", &fake, &[]).await;
+    fake.set_expires_in(3600);
     fake.delay_refresh(Duration::from_millis(300));
 
     // Two token keepers (as in two replicas) on the same database.
