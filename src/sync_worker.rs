@@ -237,7 +237,7 @@ impl SyncWorker {
             .is_some_and(|c| c.starts_with(IMPORT_CHECKPOINT));
         if job.direction != Direction::Import && !importing_already {
             let pushed = if job.provider.spec().batch_size == 0 {
-                self.push_file(&mut session, job, &mut progress, shutdown)
+                self.push_file(&mut session, worker, job, &mut progress, shutdown)
                     .await?
             } else {
                 self.push_records(&mut session, worker, job, &mut progress, shutdown)
@@ -346,6 +346,7 @@ impl SyncWorker {
     async fn push_file(
         &self,
         session: &mut Session<'_>,
+        worker: &str,
         job: &SyncJob,
         progress: &mut JobProgress,
         shutdown: &CancellationToken,
@@ -403,6 +404,9 @@ impl SyncWorker {
                 }
                 progress.contacts_total = contacts.len() as u64;
                 progress.contacts_done = contacts.len() as u64;
+                if !self.store.save_progress(&job.id, worker, progress).await? {
+                    return Ok(Some(Outcome::LeaseLost));
+                }
                 Ok(None)
             }
             Err(e) if shutdown.is_cancelled() && is_transient(&e) => Ok(Some(Outcome::Stopped)),

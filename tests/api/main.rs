@@ -14,6 +14,7 @@ mod health;
 mod helpers;
 mod integrations;
 mod oauth;
+mod oauth_providers;
 mod sidecar;
 mod store_contract;
 mod subscription_lifecycle;
