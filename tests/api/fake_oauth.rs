@@ -103,7 +103,6 @@ struct State {
     expires_in: u64,
     refresh_delay: Option<Duration>,
     revoked: Vec<String>,
-    api_calls: usize,
     unauthorised_calls: usize,
     records: Vec<Record>,
     push_requests: Vec<(String, Value)>,
@@ -261,9 +260,6 @@ impl FakeOAuth {
     pub fn unauthorised_calls(&self) -> usize {
         self.state().unauthorised_calls
     }
-    pub fn api_calls(&self) -> usize {
-        self.state().api_calls
-    }
     pub fn records(&self) -> Vec<Record> {
         self.state().records.clone()
     }
@@ -311,9 +307,12 @@ pub fn record(email: &str, first: &str, last: &str, modified: &str) -> Record {
     Record {
         id: String::new(),
         email: email.into(),
-        fields: [("first".to_string(), first.to_string()), ("last".to_string(), last.to_string())]
-            .into_iter()
-            .collect(),
+        fields: [
+            ("first".to_string(), first.to_string()),
+            ("last".to_string(), last.to_string()),
+        ]
+        .into_iter()
+        .collect(),
         modified: modified.into(),
     }
 }
@@ -377,7 +376,6 @@ impl Respond for Responder {
                 ),
             };
         }
-        s.api_calls += 1;
         match self.kind {
             OKind::Salesforce => self.salesforce(&mut s, request, &method, &path),
             OKind::Zoho => self.zoho(&mut s, request, &method, &path),
@@ -397,7 +395,10 @@ impl Responder {
         if form.get("client_id").map(String::as_str) != Some(CLIENT_ID)
             || form.get("client_secret").map(String::as_str) != Some(CLIENT_SECRET)
         {
-            s.problems.push(format!("token request without the client credentials: {:?}", form.keys()));
+            s.problems.push(format!(
+                "token request without the client credentials: {:?}",
+                form.keys()
+            ));
             return json_answer(401, json!({"error": "invalid_client"}));
         }
         if header(request, "content-type") != "application/x-www-form-urlencoded" {
@@ -410,17 +411,25 @@ impl Responder {
                 }
                 let code = form.get("code").cloned().unwrap_or_default();
                 let Some((challenge, redirect)) = s.codes.remove(&code) else {
-                    return json_answer(400, json!({"error": "invalid_grant", "error_description": "code not valid"}));
+                    return json_answer(
+                        400,
+                        json!({"error": "invalid_grant", "error_description": "code not valid"}),
+                    );
                 };
                 if form.get("redirect_uri") != Some(&redirect) {
-                    s.problems.push("redirect_uri differs from the authorization request".into());
+                    s.problems
+                        .push("redirect_uri differs from the authorization request".into());
                     return json_answer(400, json!({"error": "invalid_grant"}));
                 }
                 if let Some(challenge) = challenge {
                     let verifier = form.get("code_verifier").cloned().unwrap_or_default();
                     if s256(&verifier) != challenge {
-                        s.problems.push("PKCE verifier does not match the challenge".into());
-                        return json_answer(400, json!({"error": "invalid_grant", "error_description": "PKCE"}));
+                        s.problems
+                            .push("PKCE verifier does not match the challenge".into());
+                        return json_answer(
+                            400,
+                            json!({"error": "invalid_grant", "error_description": "PKCE"}),
+                        );
                     }
                 }
                 let refresh = format!("rt-{}", uuid::Uuid::new_v4().simple());
@@ -431,9 +440,13 @@ impl Responder {
                 s.refresh_calls += 1;
                 let delay = s.refresh_delay;
                 let answer = if s.refuse_refresh {
-                    json_answer(400, json!({"error": "invalid_grant", "error_description": "token has been revoked"}))
+                    json_answer(
+                        400,
+                        json!({"error": "invalid_grant", "error_description": "token has been revoked"}),
+                    )
                 } else if form.get("refresh_token") != s.refresh_token.as_ref() {
-                    s.problems.push("refresh with a refresh token that is not the current one".into());
+                    s.problems
+                        .push("refresh with a refresh token that is not the current one".into());
                     json_answer(400, json!({"error": "invalid_grant"}))
                 } else if s.rotate {
                     let refresh = format!("rt-{}", uuid::Uuid::new_v4().simple());
@@ -535,7 +548,13 @@ impl Responder {
         Some((page, more))
     }
 
-    fn salesforce(&self, s: &mut State, request: &Request, method: &str, path: &str) -> ResponseTemplate {
+    fn salesforce(
+        &self,
+        s: &mut State,
+        request: &Request,
+        method: &str,
+        path: &str,
+    ) -> ResponseTemplate {
         let base = "/services/data/v59.0";
         match (method, path) {
             ("GET", p) if p == format!("{base}/query") => {
@@ -554,7 +573,8 @@ impl Responder {
                         .map(|e| e.trim().trim_matches('\'').replace("\\'", "'"))
                         .collect();
                     if emails.len() > 200 {
-                        s.problems.push(format!("SOQL lookup of {} emails", emails.len()));
+                        s.problems
+                            .push(format!("SOQL lookup of {} emails", emails.len()));
                     }
                     let records: Vec<Value> = s
                         .records
@@ -562,7 +582,10 @@ impl Responder {
                         .filter(|r| emails.iter().any(|e| e.eq_ignore_ascii_case(&r.email)))
                         .map(|r| json!({"attributes": {"type": "Contact"}, "Id": r.id, "Email": r.email}))
                         .collect();
-                    return json_answer(200, json!({"totalSize": records.len(), "done": true, "records": records}));
+                    return json_answer(
+                        200,
+                        json!({"totalSize": records.len(), "done": true, "records": records}),
+                    );
                 }
                 if !q.contains("FROM Contact") {
                     s.problems.push(format!("unexpected SOQL {q}"));
@@ -570,7 +593,11 @@ impl Responder {
                 self.salesforce_page(s, 0)
             }
             ("GET", p) if p.starts_with(&format!("{base}/query/next-")) => {
-                let offset = p.rsplit('-').next().and_then(|n| n.parse().ok()).unwrap_or(0);
+                let offset = p
+                    .rsplit('-')
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0);
                 self.salesforce_page(s, offset)
             }
             ("GET", p) if p == format!("{base}/limits") => json_answer(200, json!({})),
@@ -578,11 +605,13 @@ impl Responder {
                 let body: Value = serde_json::from_slice(&request.body).unwrap_or(Value::Null);
                 s.push_requests.push((m.to_string(), body.clone()));
                 if body["allOrNone"] != false {
-                    s.problems.push("composite request without allOrNone:false".into());
+                    s.problems
+                        .push("composite request without allOrNone:false".into());
                 }
                 let records = body["records"].as_array().cloned().unwrap_or_default();
                 if records.is_empty() || records.len() > 200 {
-                    s.problems.push(format!("composite request of {} records", records.len()));
+                    s.problems
+                        .push(format!("composite request of {} records", records.len()));
                 }
                 let mut results = Vec::new();
                 for r in records {
@@ -594,10 +623,11 @@ impl Responder {
                         results.push(json!({"success": false, "errors": [{"statusCode": "INVALID_EMAIL_ADDRESS", "message": "Email: invalid email address", "fields": ["Email"]}]}));
                         continue;
                     }
-                    let fields: BTreeMap<String, String> = ["FirstName", "LastName", "Phone", "Title"]
-                        .iter()
-                        .filter_map(|k| r[*k].as_str().map(|v| (k.to_string(), v.to_string())))
-                        .collect();
+                    let fields: BTreeMap<String, String> =
+                        ["FirstName", "LastName", "Phone", "Title"]
+                            .iter()
+                            .filter_map(|k| r[*k].as_str().map(|v| (k.to_string(), v.to_string())))
+                            .collect();
                     if m == "PATCH" {
                         let id = r["Id"].as_str().unwrap_or_default();
                         match s.records.iter_mut().find(|x| x.id == id) {
@@ -614,8 +644,12 @@ impl Responder {
                         if r.get("Id").is_some() {
                             s.problems.push("create with an Id".into());
                         }
-                        if s.records.iter().any(|x| x.email.eq_ignore_ascii_case(&email)) {
-                            s.problems.push(format!("duplicate contact created for {email}"));
+                        if s.records
+                            .iter()
+                            .any(|x| x.email.eq_ignore_ascii_case(&email))
+                        {
+                            s.problems
+                                .push(format!("duplicate contact created for {email}"));
                         }
                         let (id, _) = Self::upsert(s, &email, fields);
                         results.push(json!({"id": id, "success": true, "errors": []}));
@@ -625,7 +659,10 @@ impl Responder {
             }
             _ => {
                 s.problems.push(format!("unexpected {method} {path}"));
-                json_answer(404, json!([{"message": "not found", "errorCode": "NOT_FOUND"}]))
+                json_answer(
+                    404,
+                    json!([{"message": "not found", "errorCode": "NOT_FOUND"}]),
+                )
             }
         }
     }
@@ -637,10 +674,12 @@ impl Responder {
         let next = offset + page.len();
         let records: Vec<Value> = page
             .iter()
-            .map(|r| json!({"attributes": {"type": "Contact"}, "Id": r.id, "Email": r.email,
+            .map(|r| {
+                json!({"attributes": {"type": "Contact"}, "Id": r.id, "Email": r.email,
                 "FirstName": r.fields.get("first"), "LastName": r.fields.get("last"),
                 "Phone": null, "Title": null,
-                "LastModifiedDate": r.modified.replace('Z', ".000+0000")}))
+                "LastModifiedDate": r.modified.replace('Z', ".000+0000")})
+            })
             .collect();
         let mut body = json!({"totalSize": s.records.len(), "done": !more, "records": records});
         if more {
@@ -655,7 +694,8 @@ impl Responder {
                 let body: Value = serde_json::from_slice(&request.body).unwrap_or(Value::Null);
                 s.push_requests.push((method.into(), body.clone()));
                 if body["duplicate_check_fields"] != json!(["Email"]) {
-                    s.problems.push("upsert without duplicate_check_fields [Email]".into());
+                    s.problems
+                        .push("upsert without duplicate_check_fields [Email]".into());
                 }
                 let data = body["data"].as_array().cloned().unwrap_or_default();
                 if data.is_empty() || data.len() > 100 {
@@ -671,13 +711,16 @@ impl Responder {
                         results.push(json!({"code": "INVALID_DATA", "details": {"api_name": "Email"}, "message": "invalid data", "status": "error"}));
                         continue;
                     }
-                    let fields: BTreeMap<String, String> = ["First_Name", "Last_Name", "Phone", "Title", "Account_Name"]
-                        .iter()
-                        .filter_map(|k| r[*k].as_str().map(|v| (k.to_string(), v.to_string())))
-                        .collect();
+                    let fields: BTreeMap<String, String> =
+                        ["First_Name", "Last_Name", "Phone", "Title", "Account_Name"]
+                            .iter()
+                            .filter_map(|k| r[*k].as_str().map(|v| (k.to_string(), v.to_string())))
+                            .collect();
                     let (id, created) = Self::upsert(s, &email, fields);
-                    results.push(json!({"code": "SUCCESS", "action": if created {"insert"} else {"update"},
-                        "details": {"id": id}, "message": "record added", "status": "success"}));
+                    results.push(
+                        json!({"code": "SUCCESS", "action": if created {"insert"} else {"update"},
+                        "details": {"id": id}, "message": "record added", "status": "success"}),
+                    );
                 }
                 json_answer(200, json!({"data": results}))
             }
@@ -701,32 +744,51 @@ impl Responder {
                         "Last_Name": r.fields.get("last"), "Account_Name": {"name": "Zoho Corp", "id": "1"},
                         "Modified_Time": r.modified.replace('Z', "+00:00")}))
                     .collect();
-                json_answer(200, json!({"data": data, "info": {"per_page": size, "count": data.len(), "page": page, "more_records": more}}))
+                json_answer(
+                    200,
+                    json!({"data": data, "info": {"per_page": size, "count": data.len(), "page": page, "more_records": more}}),
+                )
             }
             _ => {
                 s.problems.push(format!("unexpected {method} {path}"));
-                json_answer(404, json!({"code": "INVALID_URL_PATTERN", "status": "error", "message": "not found"}))
+                json_answer(
+                    404,
+                    json!({"code": "INVALID_URL_PATTERN", "status": "error", "message": "not found"}),
+                )
             }
         }
     }
 
-    fn drive(&self, s: &mut State, request: &Request, method: &str, path: &str) -> ResponseTemplate {
+    fn drive(
+        &self,
+        s: &mut State,
+        request: &Request,
+        method: &str,
+        path: &str,
+    ) -> ResponseTemplate {
         let upload_type = request
             .url
             .query_pairs()
             .find(|(k, _)| k == "uploadType")
             .map(|(_, v)| v.into_owned())
             .unwrap_or_default();
-        let file_id = path.strip_prefix("/upload/drive/v3/files/").map(str::to_string);
+        let file_id = path
+            .strip_prefix("/upload/drive/v3/files/")
+            .map(str::to_string);
         match (method, path, upload_type.as_str()) {
-            ("POST", "/upload/drive/v3/files", "multipart")
-            | ("PATCH", _, "multipart") => {
+            ("POST", "/upload/drive/v3/files", "multipart") | ("PATCH", _, "multipart") => {
                 if file_id.as_ref().is_some_and(|id| !s.files.contains_key(id)) {
-                    return json_answer(404, json!({"error": {"code": 404, "message": "File not found."}}));
+                    return json_answer(
+                        404,
+                        json!({"error": {"code": 404, "message": "File not found."}}),
+                    );
                 }
                 let Some((metadata, content)) = multipart(request) else {
                     s.problems.push("malformed multipart body".into());
-                    return json_answer(400, json!({"error": {"code": 400, "message": "bad multipart"}}));
+                    return json_answer(
+                        400,
+                        json!({"error": {"code": 400, "message": "bad multipart"}}),
+                    );
                 };
                 if metadata["name"] != "contacts.csv" || metadata["mimeType"] != "text/csv" {
                     s.problems.push(format!("metadata {metadata}"));
@@ -735,17 +797,24 @@ impl Responder {
                     s.problems.push("multipart upload above 5 MB".into());
                 }
                 let id = file_id.unwrap_or_else(|| format!("file{}", s.files.len() + 1));
-                s.uploads.push((format!("{method} multipart"), id.clone(), content.clone()));
+                s.uploads
+                    .push((format!("{method} multipart"), id.clone(), content.clone()));
                 s.files.insert(id.clone(), content);
                 json_answer(200, json!({"id": id}))
             }
             ("POST", "/upload/drive/v3/files", "resumable") | ("PATCH", _, "resumable") => {
                 if file_id.as_ref().is_some_and(|id| !s.files.contains_key(id)) {
-                    return json_answer(404, json!({"error": {"code": 404, "message": "File not found."}}));
+                    return json_answer(
+                        404,
+                        json!({"error": {"code": 404, "message": "File not found."}}),
+                    );
                 }
-                let declared: usize = header(request, "x-upload-content-length").parse().unwrap_or(0);
+                let declared: usize = header(request, "x-upload-content-length")
+                    .parse()
+                    .unwrap_or(0);
                 if declared <= 5 * 1024 * 1024 {
-                    s.problems.push(format!("resumable upload of {declared} bytes"));
+                    s.problems
+                        .push(format!("resumable upload of {declared} bytes"));
                 }
                 let session = format!("s{}", s.sessions.len() + 1);
                 s.sessions.insert(session.clone(), file_id);
@@ -762,38 +831,53 @@ impl Responder {
                 };
                 let id = file_id.unwrap_or_else(|| format!("file{}", s.files.len() + 1));
                 let content = request.body.clone();
-                s.uploads.push(("PUT resumable".into(), id.clone(), content.clone()));
+                s.uploads
+                    .push(("PUT resumable".into(), id.clone(), content.clone()));
                 s.files.insert(id.clone(), content);
                 json_answer(200, json!({"id": id}))
             }
             _ => {
-                s.problems.push(format!("unexpected {method} {path}?uploadType={upload_type}"));
+                s.problems.push(format!(
+                    "unexpected {method} {path}?uploadType={upload_type}"
+                ));
                 json_answer(404, json!({"error": {"code": 404, "message": "not found"}}))
             }
         }
     }
 
-    fn dropbox(&self, s: &mut State, request: &Request, method: &str, path: &str) -> ResponseTemplate {
+    fn dropbox(
+        &self,
+        s: &mut State,
+        request: &Request,
+        method: &str,
+        path: &str,
+    ) -> ResponseTemplate {
         if (method, path) != ("POST", "/2/files/upload") {
             s.problems.push(format!("unexpected {method} {path}"));
             return json_answer(404, json!({"error_summary": "not_found/"}));
         }
         let raw_arg = header(request, "dropbox-api-arg");
         if !raw_arg.is_ascii() || raw_arg.is_empty() {
-            s.problems.push("Dropbox-API-Arg missing or not ASCII".into());
+            s.problems
+                .push("Dropbox-API-Arg missing or not ASCII".into());
         }
         let arg: Value = serde_json::from_str(raw_arg).unwrap_or(Value::Null);
         if arg["mode"] != "overwrite" || arg["autorename"] != false {
             s.problems.push(format!("upload arguments {arg}"));
         }
         if header(request, "content-type") != "application/octet-stream" {
-            s.problems.push("upload not application/octet-stream".into());
+            s.problems
+                .push("upload not application/octet-stream".into());
         }
         let file = arg["path"].as_str().unwrap_or_default().to_string();
         let content = request.body.clone();
-        s.uploads.push(("POST upload".into(), file.clone(), content.clone()));
+        s.uploads
+            .push(("POST upload".into(), file.clone(), content.clone()));
         s.files.insert(file.clone(), content);
-        json_answer(200, json!({"name": "contacts.csv", "path_display": file, "id": "id:abc"}))
+        json_answer(
+            200,
+            json!({"name": "contacts.csv", "path_display": file, "id": "id:abc"}),
+        )
     }
 }
 

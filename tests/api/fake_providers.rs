@@ -385,7 +385,9 @@ impl Respond for Responder {
                 state.import_requests += 1;
                 let after: usize = query.get("after").and_then(|a| a.parse().ok()).unwrap_or(0);
                 if !query.get("properties").is_some_and(|p| p.contains("email")) {
-                    state.problems.push("import without the email property".into());
+                    state
+                        .problems
+                        .push("import without the email property".into());
                 }
                 let page: Vec<Value> = state
                     .remote
@@ -406,7 +408,10 @@ impl Respond for Responder {
                 state.import_requests += 1;
                 let query: std::collections::HashMap<String, String> =
                     request.url.query_pairs().into_owned().collect();
-                let offset: usize = query.get("offset").and_then(|a| a.parse().ok()).unwrap_or(0);
+                let offset: usize = query
+                    .get("offset")
+                    .and_then(|a| a.parse().ok())
+                    .unwrap_or(0);
                 let members: Vec<Value> = state
                     .remote
                     .iter()
@@ -414,7 +419,10 @@ impl Respond for Responder {
                     .take(IMPORT_PAGE)
                     .map(|(e, f, l, m)| json!({"id": "x", "email_address": e, "status": "subscribed", "merge_fields": {"FNAME": f, "LNAME": l, "PHONE": ""}, "last_changed": m}))
                     .collect();
-                return error(200, json!({"members": members, "list_id": MAILCHIMP_LIST, "total_items": state.remote.len()}));
+                return error(
+                    200,
+                    json!({"members": members, "list_id": MAILCHIMP_LIST, "total_items": state.remote.len()}),
+                );
             }
             (Kind::Mailchimp, "GET", p) if p.starts_with("/3.0/lists/") => {
                 state.verify_calls += 1;

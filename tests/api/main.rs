@@ -12,6 +12,7 @@ mod fake_stripe;
 mod grpc_web;
 mod health;
 mod helpers;
+mod imports;
 mod integrations;
 mod oauth;
 mod oauth_providers;

@@ -10,8 +10,8 @@ use nexus_billing::{
     config::Config,
     domain::{UserId, catalogue::ProviderId, credentials::Credentials},
     grpc::proto::integrations::{
-        CompleteOAuthRequest, ConnectIntegrationRequest, DisconnectIntegrationRequest,
-        Integration, IntegrationStatus, ListIntegrationsRequest, ListProvidersRequest, Provider,
+        CompleteOAuthRequest, ConnectIntegrationRequest, DisconnectIntegrationRequest, Integration,
+        IntegrationStatus, ListIntegrationsRequest, ListProvidersRequest, Provider,
         StartOAuthRequest, SyncJobState,
     },
     oauth::OAuth,
@@ -141,7 +141,11 @@ pub async fn callback(app: &TestApp, query: &[(&str, &str)]) -> Landing {
 }
 
 fn success_location(kind: OKind) -> String {
-    format!("{}&integration={}&status=connected", redirect_after(), slug(kind))
+    format!(
+        "{}&integration={}&status=connected",
+        redirect_after(),
+        slug(kind)
+    )
 }
 
 /// The whole flow for `user`, expecting success.
@@ -198,7 +202,11 @@ async fn every_oauth_provider_connects_through_the_callback(backend: Backend) {
         .into_inner()
         .providers;
     for p in &providers {
-        assert!(p.available, "{} should be available: {}", p.slug, p.unavailable_reason);
+        assert!(
+            p.available,
+            "{} should be available: {}",
+            p.slug, p.unavailable_reason
+        );
     }
 
     for fake in &fakes {
@@ -218,25 +226,41 @@ async fn every_oauth_provider_connects_through_the_callback(backend: Backend) {
         let requests = fake.token_requests();
         assert_eq!(requests.len(), 1, "{:?}", fake.kind);
         let exchange = &requests[0];
-        assert_eq!(exchange.get("grant_type").map(String::as_str), Some("authorization_code"));
+        assert_eq!(
+            exchange.get("grant_type").map(String::as_str),
+            Some("authorization_code")
+        );
         assert_eq!(exchange.get("code"), Some(&code));
-        assert_eq!(exchange.get("redirect_uri").map(String::as_str), Some(REDIRECT_URI));
+        assert_eq!(
+            exchange.get("redirect_uri").map(String::as_str),
+            Some(REDIRECT_URI)
+        );
         assert_eq!(exchange.contains_key("code_verifier"), fake.kind.pkce());
 
         // A replayed callback is refused and changes nothing.
         let replay = callback(&app, &[("code", &code), ("state", &state)]).await;
         assert_eq!(replay.status, 400);
         assert_eq!(replay.location, None);
-        assert_eq!(fake.token_requests().len(), 1, "a replay reached the token endpoint");
+        assert_eq!(
+            fake.token_requests().len(),
+            1,
+            "a replay reached the token endpoint"
+        );
         fake.assert_no_problems();
     }
 
     // Tokens are stored sealed: not one of them is in the database in the clear.
-    let refresh_tokens: Vec<String> = fakes.iter().filter_map(|f| f.current_refresh_token()).collect();
+    let refresh_tokens: Vec<String> = fakes
+        .iter()
+        .filter_map(|f| f.current_refresh_token())
+        .collect();
     assert_eq!(refresh_tokens.len(), 4);
     for sealed in app.sealed_credentials().await {
         for t in &refresh_tokens {
-            assert!(!sealed.windows(t.len()).any(|w| w == t.as_bytes()), "a token is stored in the clear");
+            assert!(
+                !sealed.windows(t.len()).any(|w| w == t.as_bytes()),
+                "a token is stored in the clear"
+            );
         }
     }
 
@@ -339,15 +363,26 @@ async fn a_state_works_once_for_its_own_user_and_expires(backend: Backend) {
     assert_eq!(landing.status, 303);
     assert_eq!(
         landing.location,
-        Some(format!("{}&integration=salesforce&status=error&error=expired", redirect_after()))
+        Some(format!(
+            "{}&integration=salesforce&status=error&error=expired",
+            redirect_after()
+        ))
     );
     assert!(integration_of(&app, "bob").await.is_empty());
-    assert_eq!(fake.token_requests().len(), 1, "an expired state reached the token endpoint");
+    assert_eq!(
+        fake.token_requests().len(),
+        1,
+        "an expired state reached the token endpoint"
+    );
 
     // A made-up state.
     let landing = callback(&app, &[("code", "x"), ("state", &"f".repeat(64))]).await;
     assert_eq!(landing.status, 400);
-    assert!(landing.body.contains("Start connecting"), "{}", landing.body);
+    assert!(
+        landing.body.contains("Start connecting"),
+        "{}",
+        landing.body
+    );
     assert_eq!(app.count("oauth_states", "").await, 0);
     fake.assert_no_problems();
     app.stop().await;
@@ -383,7 +418,10 @@ async fn denied_consent_and_a_failed_exchange_store_nothing(backend: Backend) {
     // The state is used up by the refusal.
     assert_eq!(app.count("oauth_states", "").await, 0);
 
-    fake.fail_exchange(400, json!({"error": "invalid_grant", "error_description": "Bad Request"}));
+    fake.fail_exchange(
+        400,
+        json!({"error": "invalid_grant", "error_description": "Bad Request"}),
+    );
     let url = start_oauth(&app, "ada", OKind::GoogleDrive, &[]).await;
     let (code, state) = fake.authorize(&url, REDIRECT_URI);
     let landing = callback(&app, &[("code", &code), ("state", &state)]).await;
@@ -420,11 +458,26 @@ async fn start_oauth_checks_its_input_and_unconfigured_providers_are_unavailable
         settings: Default::default(),
     };
     for (request, code) in [
-        (start(Provider::Salesforce, "https://evil.test/steal"), Code::InvalidArgument),
-        (start(Provider::Salesforce, "/relative"), Code::InvalidArgument),
-        (start(Provider::Hubspot, &redirect_after()), Code::InvalidArgument),
-        (start(Provider::Dropbox, &redirect_after()), Code::FailedPrecondition),
-        (start(Provider::Unspecified, &redirect_after()), Code::InvalidArgument),
+        (
+            start(Provider::Salesforce, "https://evil.test/steal"),
+            Code::InvalidArgument,
+        ),
+        (
+            start(Provider::Salesforce, "/relative"),
+            Code::InvalidArgument,
+        ),
+        (
+            start(Provider::Hubspot, &redirect_after()),
+            Code::InvalidArgument,
+        ),
+        (
+            start(Provider::Dropbox, &redirect_after()),
+            Code::FailedPrecondition,
+        ),
+        (
+            start(Provider::Unspecified, &redirect_after()),
+            Code::InvalidArgument,
+        ),
     ] {
         let status = client
             .start_o_auth(authed(request.clone(), &token("ada")))
@@ -434,7 +487,9 @@ async fn start_oauth_checks_its_input_and_unconfigured_providers_are_unavailable
         assert_eq!(status.code(), code, "{request:?}: {status:?}");
     }
     let bad_setting = StartOAuthRequest {
-        settings: [("nope".to_string(), "1".to_string())].into_iter().collect(),
+        settings: [("nope".to_string(), "1".to_string())]
+            .into_iter()
+            .collect(),
         ..start(Provider::Salesforce, &redirect_after())
     };
     let status = client
@@ -443,7 +498,11 @@ async fn start_oauth_checks_its_input_and_unconfigured_providers_are_unavailable
         .err()
         .unwrap_or_else(|| panic!("unknown setting accepted"));
     assert_eq!(status.code(), Code::InvalidArgument);
-    assert!(status.message().contains("settings.nope"), "{}", status.message());
+    assert!(
+        status.message().contains("settings.nope"),
+        "{}",
+        status.message()
+    );
     assert_eq!(app.count("oauth_states", "").await, 0);
 
     let providers = client
@@ -457,7 +516,11 @@ async fn start_oauth_checks_its_input_and_unconfigured_providers_are_unavailable
             "salesforce" => assert!(p.available),
             "zoho_crm" | "google_drive" | "dropbox" => {
                 assert!(!p.available, "{}", p.slug);
-                assert!(p.unavailable_reason.contains("not configured"), "{}", p.unavailable_reason);
+                assert!(
+                    p.unavailable_reason.contains("not configured"),
+                    "{}",
+                    p.unavailable_reason
+                );
             }
             _ => assert!(p.available, "{}", p.slug),
         }
@@ -467,7 +530,9 @@ async fn start_oauth_checks_its_input_and_unconfigured_providers_are_unavailable
         .connect_integration(authed(
             ConnectIntegrationRequest {
                 provider: Provider::Salesforce.into(),
-                credentials: [("accessToken".to_string(), "x".to_string())].into_iter().collect(),
+                credentials: [("accessToken".to_string(), "x".to_string())]
+                    .into_iter()
+                    .collect(),
                 settings: Default::default(),
             },
             &token("ada"),
@@ -579,14 +644,22 @@ async fn two_workers_needing_a_refresh_make_one_refresh_call(backend: Backend) {
 
     // Two token keepers (as in two replicas) on the same database.
     let settings: Vec<(String, String)> = fake.settings();
-    let args = ["nexus-billing".to_string(), format!("--database-url={}", app.db.url)]
-        .into_iter()
-        .chain(settings.iter().map(|(k, v)| format!("{k}={v}")))
-        .chain([format!("--oauth-redirect-url={REDIRECT_URI}"), format!("--encryption-key={ENCRYPTION_KEY}")]);
+    let args = [
+        "nexus-billing".to_string(),
+        format!("--database-url={}", app.db.url),
+    ]
+    .into_iter()
+    .chain(settings.iter().map(|(k, v)| format!("{k}={v}")))
+    .chain([
+        format!("--oauth-redirect-url={REDIRECT_URI}"),
+        format!("--encryption-key={ENCRYPTION_KEY}"),
+    ]);
     let cli = Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{e}"));
     let config = Config::from_settings(cli.settings).unwrap_or_else(|e| panic!("{e}"));
-    let oauth = Arc::new(OAuth::new(&config.oauth, &config.endpoints).unwrap_or_else(|e| panic!("{e}")));
-    let vault = Arc::new(nexus_billing::startup::build_vault(&config).unwrap_or_else(|e| panic!("{e}")));
+    let oauth =
+        Arc::new(OAuth::new(&config.oauth, &config.endpoints).unwrap_or_else(|e| panic!("{e}")));
+    let vault =
+        Arc::new(nexus_billing::startup::build_vault(&config).unwrap_or_else(|e| panic!("{e}")));
     let keeper = |_: usize| async {
         let store = nexus_billing::store::connect(&app.db.url, 2)
             .await
@@ -603,7 +676,10 @@ async fn two_workers_needing_a_refresh_make_one_refresh_call(backend: Backend) {
         .await
         .unwrap_or_else(|e| panic!("{e}"))
         .unwrap_or_else(|| panic!("not connected"));
-    let (first, second) = tokio::join!(a.credentials(&integration, None), b.credentials(&integration, None));
+    let (first, second) = tokio::join!(
+        a.credentials(&integration, None),
+        b.credentials(&integration, None)
+    );
     let first = first.unwrap_or_else(|e| panic!("{e}"));
     let second = second.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(fake.refresh_calls(), 1, "both refreshed");

@@ -42,8 +42,18 @@ fn sizes(requests: &[(String, Value)], method: &str, key: &str) -> Vec<usize> {
 async fn salesforce_updates_contacts_found_by_email_and_creates_the_rest(backend: Backend) {
     let fake = FakeOAuth::start(OKind::Salesforce).await;
     fake.add_records(vec![
-        record("contact0@example.com", "Already", "There", "2024-01-01T00:00:00Z"),
-        record("CONTACT7@example.com", "Also", "There", "2024-01-01T00:00:00Z"),
+        record(
+            "contact0@example.com",
+            "Already",
+            "There",
+            "2024-01-01T00:00:00Z",
+        ),
+        record(
+            "CONTACT7@example.com",
+            "Also",
+            "There",
+            "2024-01-01T00:00:00Z",
+        ),
     ]);
     fake.refuse(&["contact9@example.com"]);
     let app = spawn_with_oauth(backend, &[&fake], &[]).await;
@@ -55,10 +65,17 @@ async fn salesforce_updates_contacts_found_by_email_and_creates_the_rest(backend
     assert_eq!(job.contacts_done, 250);
     assert_eq!(job.contacts_failed, 1);
     assert_eq!(job.failures[0].email, "contact9@example.com");
-    assert!(job.failures[0].message.contains("INVALID_EMAIL_ADDRESS"), "{:?}", job.failures);
+    assert!(
+        job.failures[0].message.contains("INVALID_EMAIL_ADDRESS"),
+        "{:?}",
+        job.failures
+    );
     let requests = fake.push_requests();
     // The two existing contacts were updated by id, the others created (at most 200 a call).
-    assert_eq!(sizes(&requests, "PATCH", "records").iter().sum::<usize>(), 2);
+    assert_eq!(
+        sizes(&requests, "PATCH", "records").iter().sum::<usize>(),
+        2
+    );
     let created = sizes(&requests, "POST", "records");
     assert_eq!(created.iter().sum::<usize>(), 248);
     assert!(created.iter().all(|n| *n <= 200), "{created:?}");
@@ -76,7 +93,10 @@ async fn salesforce_updates_contacts_found_by_email_and_creates_the_rest(backend
     assert_eq!(job.state(), SyncJobState::Partial);
     let requests: Vec<(String, Value)> = fake.push_requests().split_off(requests.len());
     assert_eq!(sizes(&requests, "POST", "records").iter().sum::<usize>(), 1);
-    assert_eq!(sizes(&requests, "PATCH", "records").iter().sum::<usize>(), 249);
+    assert_eq!(
+        sizes(&requests, "PATCH", "records").iter().sum::<usize>(),
+        249
+    );
     assert_eq!(fake.records().len(), 249, "a re-sync duplicated contacts");
     fake.assert_no_problems();
     app.stop().await;
@@ -113,9 +133,33 @@ async fn zoho_upserts_100_per_call_against_the_accounts_api_domain(backend: Back
 
 /// Contacts whose fields need RFC 4180 quoting, and the exact file they make.
 async fn add_awkward_contacts(app: &TestApp, user: &str) -> Vec<u8> {
-    let rows: [(&str, Option<&str>, &str, &str, &str, Option<&str>, Option<&str>); 3] = [
-        ("c1", Some("a@x.com"), "Zoë", "O'Brien", "Acme, Inc.", Some("+1 555 0100"), Some("CEO")),
-        ("c2", Some("b@x.com"), "Jean \"JJ\"", "Dupré", "Line one\nLine two", None, None),
+    let rows: [(
+        &str,
+        Option<&str>,
+        &str,
+        &str,
+        &str,
+        Option<&str>,
+        Option<&str>,
+    ); 3] = [
+        (
+            "c1",
+            Some("a@x.com"),
+            "Zoë",
+            "O'Brien",
+            "Acme, Inc.",
+            Some("+1 555 0100"),
+            Some("CEO"),
+        ),
+        (
+            "c2",
+            Some("b@x.com"),
+            "Jean \"JJ\"",
+            "Dupré",
+            "Line one\nLine two",
+            None,
+            None,
+        ),
         ("c3", None, "日本", "語", "", None, Some("\u{1F600} fan")),
     ];
     for (id, email, first, last, company, phone, title) in rows {
@@ -159,7 +203,10 @@ async fn google_drive_keeps_one_file_updated_in_place(backend: Backend) {
     );
     assert_eq!(uploads[0].2, expected, "not byte for byte");
     let file_id = uploads[0].1.clone();
-    assert_eq!(stored_credentials(&app).await.get("fileId"), Some(file_id.as_str()));
+    assert_eq!(
+        stored_credentials(&app).await.get("fileId"),
+        Some(file_id.as_str())
+    );
 
     // The next sync updates the same file.
     exec!(

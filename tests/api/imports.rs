@@ -1,0 +1,323 @@
+//! Importing contacts from HubSpot, Mailchimp, Salesforce and Zoho CRM: pages followed to the
+//! end, contacts matched by email (case-insensitive, one contact per address), a newer local
+//! edit kept, the FREE plan's contact limit, resuming after a crash, and push-then-import.
+
+use std::time::Duration;
+
+use nexus_billing::grpc::proto::integrations::{
+    Provider, SyncDirection, SyncIntegrationRequest, SyncJob, SyncJobState,
+};
+use sqlx::Row;
+
+use crate::{
+    exec,
+    fake_oauth::{FakeOAuth, OKind, record},
+    fake_providers::{FakeProvider, Kind},
+    helpers::{Backend, SeedSubscription, TestApp, TestPool, authed, token},
+    integrations::{connect, spawn_with_fakes, wait_for_job},
+    oauth::{connect_oauth, spawn_with_oauth},
+};
+
+crate::on_both_backends!(
+    imports_page_through_each_crm_and_keep_newer_local_edits,
+    a_free_plan_import_stops_at_the_contact_limit,
+    an_import_resumes_from_its_checkpoint_after_a_crash,
+    both_directions_push_then_import,
+);
+
+/// The remote contacts every provider holds in the first test: 8 entries over 3 pages, one
+/// address twice (in another case), one matching an older local contact and one matching a
+/// local contact edited after the remote change.
+const REMOTE: [(&str, &str, &str, &str); 8] = [
+    ("old@x.com", "Remote", "Old", "2024-06-01T00:00:00Z"),
+    ("new@x.com", "Remote", "New", "2024-06-01T00:00:00Z"),
+    ("r1@x.com", "Ann", "One", "2024-06-01T00:00:00Z"),
+    ("r2@x.com", "Bo", "Two", "2024-06-01T00:00:00Z"),
+    ("r3@x.com", "Cy", "Three", "2024-06-01T00:00:00Z"),
+    ("R1@X.com", "Ann", "Again", "2024-06-02T00:00:00Z"),
+    ("r4@x.com", "Di", "Four", "2024-06-01T00:00:00Z"),
+    ("r5@x.com", "Ed", "Five", "2024-06-01T00:00:00Z"),
+];
+
+pub async fn start_import(
+    app: &TestApp,
+    user: &str,
+    provider: Provider,
+    direction: SyncDirection,
+) -> SyncJob {
+    app.integrations()
+        .await
+        .sync_integration(authed(
+            SyncIntegrationRequest {
+                provider: provider.into(),
+                direction: direction.into(),
+            },
+            &token(user),
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("sync {direction:?}: {e}"))
+        .into_inner()
+        .job
+        .unwrap_or_else(|| panic!("no job"))
+}
+
+async fn add_local(app: &TestApp, user: &str, id: &str, email: &str, first: &str, updated: &str) {
+    let at = chrono::DateTime::parse_from_rfc3339(updated)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .with_timezone(&chrono::Utc);
+    exec!(
+        &app.pool,
+        "INSERT INTO contacts (id, user_id, email, first_name, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $5)",
+        id,
+        user,
+        email,
+        first,
+        at
+    );
+}
+
+/// (lower-cased email, first name, last name) of the user's contacts, sorted.
+async fn contacts_of(app: &TestApp, user: &str) -> Vec<(String, String, String)> {
+    let sql = "SELECT email, first_name, last_name FROM contacts WHERE user_id = $1 ORDER BY lower(email)";
+    let rows: Vec<(String, Option<String>, Option<String>)> = match &app.pool {
+        TestPool::Sqlite(pool) => sqlx::query(sql)
+            .bind(user)
+            .fetch_all(pool)
+            .await
+            .map(|rows| {
+                rows.iter()
+                    .map(|r| (r.get(0), r.get(1), r.get(2)))
+                    .collect()
+            }),
+        TestPool::Postgres(pool) => sqlx::query(sql)
+            .bind(user)
+            .fetch_all(pool)
+            .await
+            .map(|rows| {
+                rows.iter()
+                    .map(|r| (r.get(0), r.get(1), r.get(2)))
+                    .collect()
+            }),
+    }
+    .unwrap_or_else(|e| panic!("{e}"));
+    rows.into_iter()
+        .map(|(e, f, l)| {
+            (
+                e.to_lowercase(),
+                f.unwrap_or_default(),
+                l.unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+fn records() -> Vec<crate::fake_oauth::Record> {
+    REMOTE
+        .iter()
+        .map(|(e, f, l, m)| record(e, f, l, m))
+        .collect()
+}
+
+async fn imports_page_through_each_crm_and_keep_newer_local_edits(backend: Backend) {
+    let hubspot = FakeProvider::start(Kind::Hubspot).await;
+    let mailchimp = FakeProvider::start(Kind::Mailchimp).await;
+    hubspot.set_remote(&REMOTE);
+    mailchimp.set_remote(&REMOTE);
+    let salesforce = FakeOAuth::start(OKind::Salesforce).await;
+    let zoho = FakeOAuth::start(OKind::Zoho).await;
+    salesforce.add_records(records());
+    zoho.add_records(records());
+    let mut settings: Vec<(String, String)> = hubspot
+        .settings()
+        .into_iter()
+        .chain(mailchimp.settings())
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    settings.push(("--sync-workers".into(), "2".into()));
+    let extra: Vec<(&str, &str)> = settings
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let app = spawn_with_oauth(backend, &[&salesforce, &zoho], &extra).await;
+
+    for (user, provider) in [
+        ("hs", Provider::Hubspot),
+        ("mc", Provider::Mailchimp),
+        ("sf", Provider::Salesforce),
+        ("zo", Provider::ZohoCrm),
+    ] {
+        add_local(
+            &app,
+            user,
+            &format!("{user}-1"),
+            "Old@X.com",
+            "LocalOld",
+            "2020-01-01T00:00:00Z",
+        )
+        .await;
+        add_local(
+            &app,
+            user,
+            &format!("{user}-2"),
+            "NEW@x.com",
+            "LocalNewer",
+            "2030-01-01T00:00:00Z",
+        )
+        .await;
+        match provider {
+            Provider::Hubspot => drop(connect(&app, user, &hubspot).await),
+            Provider::Mailchimp => drop(connect(&app, user, &mailchimp).await),
+            Provider::Salesforce => drop(connect_oauth(&app, user, &salesforce, &[]).await),
+            _ => drop(connect_oauth(&app, user, &zoho, &[]).await),
+        }
+        let job = start_import(&app, user, provider, SyncDirection::Import).await;
+        assert_eq!(job.direction(), SyncDirection::Import);
+        let job = wait_for_job(&app, user, &job.id, Duration::from_secs(20)).await;
+        assert_eq!(
+            job.state(),
+            SyncJobState::Succeeded,
+            "{provider:?}: {job:?}"
+        );
+        assert_eq!(job.contacts_done, 8, "{provider:?}");
+        let contacts = contacts_of(&app, user).await;
+        let want: Vec<(String, String, String)> = [
+            ("new@x.com", "LocalNewer", ""),
+            ("old@x.com", "Remote", "Old"),
+            ("r1@x.com", "Ann", "One"),
+            ("r2@x.com", "Bo", "Two"),
+            ("r3@x.com", "Cy", "Three"),
+            ("r4@x.com", "Di", "Four"),
+            ("r5@x.com", "Ed", "Five"),
+        ]
+        .iter()
+        .map(|(e, f, l)| (e.to_string(), f.to_string(), l.to_string()))
+        .collect();
+        // r1 appears once: its second entry found the contact the first one made (edited
+        // here since, so kept).
+        let got = contacts;
+        assert_eq!(got, want, "{provider:?}");
+    }
+    assert_eq!(hubspot.import_requests(), 3, "HubSpot pages");
+    assert_eq!(mailchimp.import_requests(), 3, "Mailchimp pages");
+    assert_eq!(salesforce.import_requests(), 3, "Salesforce pages");
+    assert_eq!(zoho.import_requests(), 3, "Zoho pages");
+    hubspot.assert_no_problems();
+    mailchimp.assert_no_problems();
+    salesforce.assert_no_problems();
+    zoho.assert_no_problems();
+    app.stop().await;
+}
+
+async fn a_free_plan_import_stops_at_the_contact_limit(backend: Backend) {
+    let fake = FakeOAuth::start(OKind::Salesforce).await;
+    fake.add_records(
+        (0..12)
+            .map(|i| {
+                record(
+                    &format!("remote{i}@x.com"),
+                    "R",
+                    &i.to_string(),
+                    "2024-06-01T00:00:00Z",
+                )
+            })
+            .collect(),
+    );
+    let app = spawn_with_oauth(backend, &[&fake], &[]).await;
+    app.add_contacts("ada", 45).await;
+    connect_oauth(&app, "ada", &fake, &[]).await;
+    let job = start_import(&app, "ada", Provider::Salesforce, SyncDirection::Import).await;
+    let job = wait_for_job(&app, "ada", &job.id, Duration::from_secs(20)).await;
+    assert_eq!(job.state(), SyncJobState::Succeeded, "{job:?}");
+    assert_eq!(job.contacts_done, 12);
+    assert_eq!(job.contacts_skipped, 7);
+    assert!(
+        job.skipped_reason.contains("Free plan allows 50 contacts"),
+        "{}",
+        job.skipped_reason
+    );
+    assert_eq!(contacts_of(&app, "ada").await.len(), 50);
+
+    // A PREMIUM user has no limit.
+    app.set_subscription(SeedSubscription {
+        user: "bea",
+        tier: "premium",
+        status: "active",
+        period_end: chrono::Utc::now() + chrono::Duration::days(20),
+        cancel_at_period_end: false,
+    })
+    .await;
+    app.add_contacts("bea", 45).await;
+    connect_oauth(&app, "bea", &fake, &[]).await;
+    let job = start_import(&app, "bea", Provider::Salesforce, SyncDirection::Import).await;
+    let job = wait_for_job(&app, "bea", &job.id, Duration::from_secs(20)).await;
+    assert_eq!(job.contacts_skipped, 0, "{job:?}");
+    assert_eq!(contacts_of(&app, "bea").await.len(), 57);
+    fake.assert_no_problems();
+    app.stop().await;
+}
+
+async fn an_import_resumes_from_its_checkpoint_after_a_crash(backend: Backend) {
+    let fake = FakeOAuth::start(OKind::Zoho).await;
+    fake.add_records(
+        (0..9)
+            .map(|i| {
+                record(
+                    &format!("z{i}@x.com"),
+                    "Z",
+                    &i.to_string(),
+                    "2024-06-01T00:00:00Z",
+                )
+            })
+            .collect(),
+    );
+    // Pages 1 and 2 are answered; page 3 never is: the process dies while waiting.
+    fake.hang_import_after(2);
+    let lease = [("--sync-lease", "1s")];
+    let app = spawn_with_oauth(backend, &[&fake], &lease).await;
+    connect_oauth(&app, "ada", &fake, &[]).await;
+    let job = start_import(&app, "ada", Provider::ZohoCrm, SyncDirection::Import).await;
+    while fake.import_requests() < 3 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    fake.hang_import_after(usize::MAX);
+    let settings = fake.settings();
+    let mut overrides: Vec<(&str, &str)> = settings
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    overrides.push(("--oauth-redirect-url", crate::oauth::REDIRECT_URI));
+    overrides.extend_from_slice(&lease);
+    let app = app.crash_and_restart(&overrides).await;
+    let job = wait_for_job(&app, "ada", &job.id, Duration::from_secs(30)).await;
+    assert_eq!(job.state(), SyncJobState::Succeeded, "{job:?}");
+    assert_eq!(job.attempts, 2);
+    assert_eq!(job.contacts_done, 9);
+    // Pages 1-2 were checkpointed and not read again; page 3 was asked for twice.
+    assert_eq!(fake.import_requests(), 4);
+    assert_eq!(contacts_of(&app, "ada").await.len(), 9);
+    fake.assert_no_problems();
+    app.stop().await;
+}
+
+async fn both_directions_push_then_import(backend: Backend) {
+    let hubspot = FakeProvider::start(Kind::Hubspot).await;
+    hubspot.set_remote(&[
+        ("h1@x.com", "H", "One", "2024-06-01T00:00:00Z"),
+        ("h2@x.com", "H", "Two", "2024-06-01T00:00:00Z"),
+        ("h3@x.com", "H", "Three", "2024-06-01T00:00:00Z"),
+        ("h4@x.com", "H", "Four", "2024-06-01T00:00:00Z"),
+    ]);
+    let app = spawn_with_fakes(backend, &[&hubspot], &[]).await;
+    app.add_contacts("ada", 2).await;
+    connect(&app, "ada", &hubspot).await;
+    let job = start_import(&app, "ada", Provider::Hubspot, SyncDirection::Both).await;
+    let job = wait_for_job(&app, "ada", &job.id, Duration::from_secs(20)).await;
+    assert_eq!(job.state(), SyncJobState::Succeeded, "{job:?}");
+    assert_eq!(job.direction(), SyncDirection::Both);
+    assert_eq!(job.contacts_done, 2 + 4);
+    assert_eq!(hubspot.pushed_emails().len(), 2);
+    assert_eq!(hubspot.import_requests(), 2);
+    assert_eq!(contacts_of(&app, "ada").await.len(), 6);
+    hubspot.assert_no_problems();
+    app.stop().await;
+}
