@@ -131,17 +131,20 @@ async fn zoho_upserts_100_per_call_against_the_accounts_api_domain(backend: Back
     app.stop().await;
 }
 
+/// id, email, first, last, company, phone, title.
+type Row<'a> = (
+    &'a str,
+    Option<&'a str>,
+    &'a str,
+    &'a str,
+    &'a str,
+    Option<&'a str>,
+    Option<&'a str>,
+);
+
 /// Contacts whose fields need RFC 4180 quoting, and the exact file they make.
 async fn add_awkward_contacts(app: &TestApp, user: &str) -> Vec<u8> {
-    let rows: [(
-        &str,
-        Option<&str>,
-        &str,
-        &str,
-        &str,
-        Option<&str>,
-        Option<&str>,
-    ); 3] = [
+    let rows: [Row<'_>; 3] = [
         (
             "c1",
             Some("a@x.com"),
