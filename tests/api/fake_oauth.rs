@@ -103,6 +103,8 @@ struct State {
     expires_in: u64,
     refresh_delay: Option<Duration>,
     revoked: Vec<String>,
+    /// Every access and refresh token handed out.
+    secrets: Vec<String>,
     unauthorised_calls: usize,
     records: Vec<Record>,
     push_requests: Vec<(String, Value)>,
@@ -223,6 +225,7 @@ impl FakeOAuth {
         let code = format!("code-{}-{}", s.issued, uuid::Uuid::new_v4().simple());
         s.codes
             .insert(code.clone(), (challenge, redirect_uri.to_string()));
+        s.secrets.push(code.clone());
         (code, state)
     }
 
@@ -253,6 +256,15 @@ impl FakeOAuth {
     }
     pub fn current_refresh_token(&self) -> Option<String> {
         self.state().refresh_token.clone()
+    }
+    /// Every token handed out, and every authorization code issued.
+    pub fn secrets(&self) -> Vec<String> {
+        let s = self.state();
+        s.secrets
+            .iter()
+            .cloned()
+            .chain(s.codes.keys().cloned())
+            .collect()
     }
     pub fn revoked(&self) -> Vec<String> {
         self.state().revoked.clone()
@@ -470,6 +482,8 @@ impl Responder {
     fn issue(&self, s: &mut State, refresh: Option<String>) -> ResponseTemplate {
         let access = format!("at-{}", uuid::Uuid::new_v4().simple());
         s.valid_access.insert(access.clone());
+        s.secrets.push(access.clone());
+        s.secrets.extend(refresh.clone());
         let mut body = json!({"access_token": access, "token_type": "Bearer"});
         if self.kind != OKind::Salesforce {
             body["expires_in"] = json!(s.expires_in);

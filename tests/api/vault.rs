@@ -10,21 +10,23 @@ use std::{
 
 use nexus_billing::{
     grpc::proto::integrations::{
-        ConnectIntegrationRequest, DisconnectIntegrationRequest, Provider, SyncJobState,
-        integrations_service_client::IntegrationsServiceClient,
+        ConnectIntegrationRequest, DisconnectIntegrationRequest, Provider, StartOAuthRequest,
+        SyncJobState, integrations_service_client::IntegrationsServiceClient,
     },
     vault::Vault,
 };
 
 use crate::{
+    fake_oauth::{FakeOAuth, OKind},
     fake_providers::{
         FakeProvider, HUBSPOT_TOKEN, Kind, MAILCHIMP_KEY, SENDGRID_KEY, ZAPIER_HOOK_PATH,
     },
-    helpers::{Backend, ENCRYPTION_KEY, JWT_SECRET, authed, token},
+    helpers::{ALLOWED_ORIGIN, Backend, ENCRYPTION_KEY, JWT_SECRET, authed, token},
     integrations::{
         connect, connect_request, get_job, is_final, provider_of, spawn_with_fakes, start_sync,
         wait_for_job,
     },
+    oauth::REDIRECT_URI,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_nexus-billing");
@@ -147,6 +149,7 @@ async fn rotate_keys_reseals_every_credential_under_the_new_key(backend: Backend
 /// credentials.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_credential_reaches_the_logs_of_a_whole_sync_run() {
+    let zoho = FakeOAuth::start(OKind::Zoho).await;
     let fakes = [
         FakeProvider::start(Kind::Hubspot).await,
         FakeProvider::start(Kind::Mailchimp).await,
@@ -164,18 +167,22 @@ async fn no_credential_reaches_the_logs_of_a_whole_sync_run() {
         ("ENCRYPTION_KEY", ENCRYPTION_KEY),
         ("DATABASE_URL", db_url.as_str()),
         ("SYNC_POLL_INTERVAL", "50ms"),
+        ("ALLOWED_ORIGINS", ALLOWED_ORIGIN),
     ]
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
-    for fake in &fakes {
-        for (flag, value) in fake.settings() {
-            let name = flag
-                .trim_start_matches("--")
-                .replace('-', "_")
-                .to_uppercase();
-            env.push((name, value));
-        }
+    let settings = fakes
+        .iter()
+        .flat_map(|f| f.settings().into_iter().map(|(k, v)| (k.to_string(), v)))
+        .chain(zoho.settings())
+        .chain([("--oauth-redirect-url".to_string(), REDIRECT_URI.to_string())]);
+    for (flag, value) in settings {
+        let name = flag
+            .trim_start_matches("--")
+            .replace('-', "_")
+            .to_uppercase();
+        env.push((name, value));
     }
     let mut child = Command::new(BIN)
         .env_clear()
@@ -194,7 +201,7 @@ async fn no_credential_reaches_the_logs_of_a_whole_sync_run() {
     });
     let mut log = Vec::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let grpc = loop {
+    let (grpc, http) = loop {
         assert!(
             std::time::Instant::now() < deadline,
             "no serving line:\n{}",
@@ -206,7 +213,10 @@ async fn no_credential_reaches_the_logs_of_a_whole_sync_run() {
         let json: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
         log.push(line);
         if json["message"] == "serving" {
-            break json["grpc_addr"].as_str().unwrap_or_default().to_string();
+            break (
+                json["grpc_addr"].as_str().unwrap_or_default().to_string(),
+                json["http_addr"].as_str().unwrap_or_default().to_string(),
+            );
         }
     };
     let channel = tonic::transport::Channel::from_shared(format!("http://{grpc}"))
@@ -271,16 +281,73 @@ async fn no_credential_reaches_the_logs_of_a_whole_sync_run() {
             .await
             .unwrap_or_else(|e| panic!("{e}"));
     }
+    // An OAuth provider: the flow through the callback, a sync whose token is refused once
+    // (forcing a refresh), and a disconnect that revokes the grant.
+    let url = client
+        .start_o_auth(authed(
+            StartOAuthRequest {
+                provider: Provider::ZohoCrm.into(),
+                redirect_after: format!("{ALLOWED_ORIGIN}/integrations"),
+                settings: Default::default(),
+            },
+            &user,
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_inner()
+        .authorization_url;
+    let (code, state) = zoho.authorize(&url, REDIRECT_URI);
+    let callback = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .get(format!(
+            "http://{http}/integrations/oauth/callback?code={code}&state={state}"
+        ))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(callback.status().as_u16(), 303);
+    zoho.expire_access_tokens();
+    let job = start_sync(&mut client, "log-user", Provider::ZohoCrm).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let job = get_job(&mut client, "log-user", &job.id).await;
+        if is_final(&job) {
+            assert_eq!(job.state(), SyncJobState::Succeeded, "{job:?}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{job:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(zoho.refresh_calls(), 1);
+    client
+        .disconnect_integration(authed(
+            DisconnectIntegrationRequest {
+                provider: Provider::ZohoCrm.into(),
+            },
+            &user,
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(zoho.revoked().len(), 1);
+    let oauth_secrets = zoho.secrets();
+    assert!(oauth_secrets.len() >= 4, "{oauth_secrets:?}");
+
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
     let _ = tokio::task::spawn_blocking(move || child.wait()).await;
     log.extend(lines_rx.try_iter());
     let log = log.join("\n");
-    assert!(
-        log.contains("sync finished"),
-        "the run should be logged:\n{log}"
-    );
+    for line in [
+        "sync finished",
+        "OAuth flow started",
+        "access token refreshed",
+        "access revoked",
+    ] {
+        assert!(log.contains(line), "{line:?} should be logged:\n{log}");
+    }
     let zapier_secret = ZAPIER_HOOK_PATH
         .trim_matches('/')
         .rsplit('/')
@@ -295,7 +362,12 @@ async fn no_credential_reaches_the_logs_of_a_whole_sync_run() {
         ENCRYPTION_KEY,
         JWT_SECRET,
         user.as_str(),
-    ] {
+        crate::fake_oauth::CLIENT_SECRET,
+        state.as_str(),
+    ]
+    .into_iter()
+    .chain(oauth_secrets.iter().map(String::as_str))
+    {
         assert!(!log.contains(secret), "{secret:?} was logged");
     }
     // The activity log is user-visible: no credential there either.
