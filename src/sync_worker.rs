@@ -23,7 +23,7 @@ use crate::{
         activity::Activity,
         catalogue::{AuthKind, ProviderId},
         contact::{Contact, sendable_by_email},
-        contact_csv::contacts_csv,
+        contact_csv::ContactsCsv,
         credentials::Credentials,
         integration::{Integration, IntegrationStatus},
         sync_job::{Direction, JobProgress, JobState, SyncJob},
@@ -351,21 +351,21 @@ impl SyncWorker {
         progress: &mut JobProgress,
         shutdown: &CancellationToken,
     ) -> Result<Option<Outcome>, StoreError> {
-        let mut contacts = Vec::new();
+        let mut file = ContactsCsv::default();
         let mut after: Option<String> = None;
         loop {
             let page = self
                 .store
                 .contacts_after(&job.user_id, after.as_deref(), FILE_PAGE)
                 .await?;
-            let full = page.len() == FILE_PAGE as usize;
+            file.add(&page);
             after = page.last().map(|c| c.id.clone());
-            contacts.extend(page);
-            if !full {
+            if page.len() < FILE_PAGE as usize {
                 break;
             }
         }
-        let csv = contacts_csv(&contacts);
+        let rows = file.rows();
+        let csv = file.finish();
         let uploaded = loop {
             if let Err(outcome) = session.keep_fresh().await {
                 return Ok(Some(outcome));
@@ -402,8 +402,8 @@ impl SyncWorker {
                         Err(e) => return Ok(Some(session_outcome(e))),
                     }
                 }
-                progress.contacts_total = contacts.len() as u64;
-                progress.contacts_done = contacts.len() as u64;
+                progress.contacts_total = rows;
+                progress.contacts_done = rows;
                 if !self.store.save_progress(&job.id, worker, progress).await? {
                     return Ok(Some(Outcome::LeaseLost));
                 }

@@ -14,26 +14,55 @@ pub const HEADER: [&str; 6] = [
     "Job Title",
 ];
 
+/// The file, written a page of contacts at a time (only the file's bytes are held).
+pub struct ContactsCsv {
+    out: csv::Writer<Vec<u8>>,
+    rows: u64,
+}
+
+impl Default for ContactsCsv {
+    fn default() -> Self {
+        let mut out = csv::WriterBuilder::new()
+            .terminator(csv::Terminator::CRLF)
+            .quote_style(csv::QuoteStyle::Necessary)
+            .from_writer(Vec::new());
+        // Writing to a Vec cannot fail; a record error would only come from mismatched lengths.
+        let _ = out.write_record(HEADER);
+        Self { out, rows: 0 }
+    }
+}
+
+impl ContactsCsv {
+    pub fn add<'a>(&mut self, contacts: impl IntoIterator<Item = &'a Contact>) {
+        for c in contacts {
+            let field = |v: &Option<String>| v.as_deref().unwrap_or("").trim().to_string();
+            let _ = self.out.write_record([
+                field(&c.email),
+                field(&c.first_name),
+                field(&c.last_name),
+                field(&c.company),
+                field(&c.phone),
+                field(&c.job_title),
+            ]);
+            self.rows += 1;
+        }
+    }
+
+    /// Contacts written so far.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    pub fn finish(self) -> Vec<u8> {
+        self.out.into_inner().unwrap_or_default()
+    }
+}
+
 /// Builds the file from contacts in the order given.
 pub fn contacts_csv<'a>(contacts: impl IntoIterator<Item = &'a Contact>) -> Vec<u8> {
-    let mut out = csv::WriterBuilder::new()
-        .terminator(csv::Terminator::CRLF)
-        .quote_style(csv::QuoteStyle::Necessary)
-        .from_writer(Vec::new());
-    // Writing to a Vec cannot fail; a record error would only come from mismatched lengths.
-    let _ = out.write_record(HEADER);
-    for c in contacts {
-        let field = |v: &Option<String>| v.as_deref().unwrap_or("").trim().to_string();
-        let _ = out.write_record([
-            field(&c.email),
-            field(&c.first_name),
-            field(&c.last_name),
-            field(&c.company),
-            field(&c.phone),
-            field(&c.job_title),
-        ]);
-    }
-    out.into_inner().unwrap_or_default()
+    let mut file = ContactsCsv::default();
+    file.add(contacts);
+    file.finish()
 }
 
 #[cfg(test)]
