@@ -17,185 +17,19 @@
 #[path = "../tests/api/fake_providers.rs"]
 mod fake_providers;
 
-use std::{
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+#[allow(dead_code)]
+mod support;
+
+use std::time::{Duration, Instant};
 
 use fake_providers::{FakeProvider, HUBSPOT_TOKEN, Kind};
 use nexus_billing::grpc::proto::integrations::{
-    ConnectIntegrationRequest, GetSyncJobRequest, Provider, SyncIntegrationRequest, SyncJobState,
+    ConnectIntegrationRequest, Provider, SyncIntegrationRequest, SyncJobState,
     integrations_service_client::IntegrationsServiceClient,
 };
-use sqlx::{Connection, Executor, PgConnection, PgPool, SqlitePool};
-
-const BIN: &str = env!("CARGO_BIN_EXE_nexus-billing");
-const JWT_SECRET: &str = "bench-secret-that-is-long-enough-for-hs256-0123456789";
-const ENCRYPTION_KEY: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
-const USER: &str = "bench-user";
-
-struct Database {
-    url: String,
-    cleanup: Option<(String, String)>,
-    _dir: tempfile::TempDir,
-}
-
-impl Database {
-    async fn create() -> anyhow::Result<Self> {
-        let dir = tempfile::tempdir()?;
-        match std::env::var("BENCH_DATABASE_URL") {
-            Ok(admin_url) => {
-                let name = format!("nexus_bench_{}", uuid::Uuid::new_v4().simple());
-                let mut admin = PgConnection::connect(&admin_url).await?;
-                admin
-                    .execute(sqlx::AssertSqlSafe(format!(r#"CREATE DATABASE "{name}""#)))
-                    .await?;
-                let mut url = url::Url::parse(&admin_url)?;
-                url.set_path(&format!("/{name}"));
-                Ok(Self {
-                    url: url.to_string(),
-                    cleanup: Some((admin_url, name)),
-                    _dir: dir,
-                })
-            }
-            Err(_) => Ok(Self {
-                url: format!("sqlite://{}/bench.db", dir.path().display()),
-                cleanup: None,
-                _dir: dir,
-            }),
-        }
-    }
-
-    async fn drop(self) -> anyhow::Result<()> {
-        if let Some((admin_url, name)) = self.cleanup {
-            let mut admin = PgConnection::connect(&admin_url).await?;
-            admin
-                .execute(sqlx::AssertSqlSafe(format!(
-                    r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#
-                )))
-                .await?;
-        }
-        Ok(())
-    }
-}
-
-fn base_env(db_url: &str) -> Vec<(String, String)> {
-    [
-        ("DATABASE_URL", db_url),
-        ("JWT_SECRET", JWT_SECRET),
-        ("ENCRYPTION_KEY", ENCRYPTION_KEY),
-        // The "serving" line (info) carries the bound address.
-        ("LOG_LEVEL", "warn,nexus_billing=info"),
-        ("LOG_FORMAT", "json"),
-        ("GRPC_ADDR", "127.0.0.1:0"),
-        ("HTTP_ADDR", "127.0.0.1:0"),
-        ("SYNC_POLL_INTERVAL", "50ms"),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect()
-}
-
-/// Migrates with the binary, then inserts the contacts 1,000 rows per statement.
-async fn seed(db_url: &str, contacts: usize) -> anyhow::Result<()> {
-    let migrated = Command::new(BIN)
-        .env_clear()
-        .envs(base_env(db_url))
-        .arg("migrate")
-        .status()?;
-    anyhow::ensure!(migrated.success(), "migrate failed");
-    let (pg, lite) = if db_url.starts_with("postgres") {
-        (Some(PgPool::connect(db_url).await?), None)
-    } else {
-        (None, Some(SqlitePool::connect(db_url).await?))
-    };
-    for start in (0..contacts).step_by(1000) {
-        let rows: Vec<String> = (start..(start + 1000).min(contacts))
-            .map(|i| {
-                format!(
-                    "('c{i:08}', '{USER}', 'contact{i}@example.com', 'Contact', 'Number {i}', 'Acme Ltd', '+1555{i:07}', 'Buyer')"
-                )
-            })
-            .collect();
-        let sql = format!(
-            "INSERT INTO contacts (id, user_id, email, first_name, last_name, company, phone, job_title) VALUES {}",
-            rows.join(", ")
-        );
-        let sql = sqlx::AssertSqlSafe(sql);
-        match (&pg, &lite) {
-            (Some(pool), _) => sqlx::query(sql).execute(pool).await.map(drop)?,
-            (_, Some(pool)) => sqlx::query(sql).execute(pool).await.map(drop)?,
-            _ => {}
-        }
-    }
-    if let Some(pool) = pg {
-        pool.close().await;
-    }
-    if let Some(pool) = lite {
-        pool.close().await;
-    }
-    Ok(())
-}
-
-/// Starts `serve` and waits for its "serving" line.
-fn serve(env: Vec<(String, String)>) -> anyhow::Result<(Child, String)> {
-    use std::io::{BufRead, BufReader};
-    let mut child = Command::new(BIN)
-        .env_clear()
-        .envs(env)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let stderr = child
-        .stderr
-        .take()
-        .ok_or_else(|| anyhow::anyhow!("no stderr"))?;
-    let mut lines = BufReader::new(stderr).lines();
-    let grpc = loop {
-        let line = lines
-            .next()
-            .ok_or_else(|| anyhow::anyhow!("the service exited before serving"))??;
-        let json: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-        if json["message"] == "serving" {
-            break json["grpc_addr"].as_str().unwrap_or_default().to_string();
-        }
-    };
-    // Keep draining stderr so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines.by_ref() {});
-    Ok((child, grpc))
-}
-
-/// Peak resident memory of a process, in MiB (Linux `VmHWM`).
-fn peak_rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(f64::NAN, |kb| kb / 1024.0)
-}
-
-fn mint_token(db_url: &str) -> anyhow::Result<String> {
-    let out = Command::new(BIN)
-        .env_clear()
-        .envs(base_env(db_url))
-        .args(["token", "--user-id", USER, "--ttl", "2h"])
-        .output()?;
-    anyhow::ensure!(out.status.success(), "token failed");
-    Ok(String::from_utf8(out.stdout)?.trim().to_string())
-}
-
-fn authed<T>(message: T, token: &str) -> anyhow::Result<tonic::Request<T>> {
-    let mut request = tonic::Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse()?);
-    Ok(request)
-}
+use support::{
+    Database, authed, base_env, mint_token, peak_rss_mib, seed, serve, stop, wait_for_job,
+};
 
 struct RunResult {
     requests: usize,
@@ -216,7 +50,7 @@ async fn run(contacts: usize, limited: bool) -> anyhow::Result<RunResult> {
     } else {
         env.push(("RATE_LIMITS".into(), "hubspot=100000/1s".into()));
     }
-    let (mut child, grpc) = serve(env)?;
+    let (child, grpc, _) = serve(env)?;
     let token = mint_token(&db.url)?;
     let result = async {
         let mut client = IntegrationsServiceClient::connect(format!("http://{grpc}")).await?;
@@ -244,18 +78,7 @@ async fn run(contacts: usize, limited: bool) -> anyhow::Result<RunResult> {
             .into_inner()
             .job
             .ok_or_else(|| anyhow::anyhow!("no job"))?;
-        let job = loop {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            let now = client
-                .get_sync_job(authed(GetSyncJobRequest { id: job.id.clone() }, &token)?)
-                .await?
-                .into_inner()
-                .job
-                .ok_or_else(|| anyhow::anyhow!("no job"))?;
-            if !matches!(now.state(), SyncJobState::Queued | SyncJobState::Running) {
-                break now;
-            }
-        };
+        let job = wait_for_job(&mut client, &token, &job.id).await?;
         let seconds = started.elapsed().as_secs_f64();
         anyhow::ensure!(
             job.state() == SyncJobState::Succeeded && job.contacts_done == contacts as i64,
@@ -275,10 +98,7 @@ async fn run(contacts: usize, limited: bool) -> anyhow::Result<RunResult> {
         })
     }
     .await;
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let _ = child.wait();
+    stop(child);
     db.drop().await?;
     result
 }

@@ -67,6 +67,8 @@ struct State {
     /// Contacts held at the provider, for imports: (email, first name, last name, modified).
     remote: Vec<(String, String, String, String)>,
     import_requests: usize,
+    /// Contacts per import page; 0 means [`IMPORT_PAGE`].
+    import_page: usize,
 }
 
 /// Contacts per import page (small, so a test crosses pages).
@@ -180,6 +182,10 @@ impl FakeProvider {
             .iter()
             .map(|(e, f, l, m)| (e.to_string(), f.to_string(), l.to_string(), m.to_string()))
             .collect();
+    }
+
+    pub fn set_import_page(&self, contacts: usize) {
+        self.state().import_page = contacts;
     }
 
     pub fn import_requests(&self) -> usize {
@@ -384,6 +390,11 @@ impl Respond for Responder {
                 }
                 state.import_requests += 1;
                 let after: usize = query.get("after").and_then(|a| a.parse().ok()).unwrap_or(0);
+                let page_size = if state.import_page == 0 {
+                    IMPORT_PAGE
+                } else {
+                    state.import_page
+                };
                 if !query.get("properties").is_some_and(|p| p.contains("email")) {
                     state
                         .problems
@@ -394,7 +405,7 @@ impl Respond for Responder {
                     .iter()
                     .enumerate()
                     .skip(after)
-                    .take(IMPORT_PAGE)
+                    .take(page_size)
                     .map(|(i, (e, f, l, m))| json!({"id": i.to_string(), "properties": {"email": e, "firstname": f, "lastname": l, "company": null}, "createdAt": m, "updatedAt": m, "archived": false}))
                     .collect();
                 let next = after + page.len();

@@ -307,6 +307,7 @@ async fn both_directions_push_then_import(backend: Backend) {
         ("h3@x.com", "H", "Three", "2024-06-01T00:00:00Z"),
         ("h4@x.com", "H", "Four", "2024-06-01T00:00:00Z"),
     ]);
+    hubspot.set_import_page(2);
     let app = spawn_with_fakes(backend, &[&hubspot], &[]).await;
     app.add_contacts("ada", 2).await;
     connect(&app, "ada", &hubspot).await;

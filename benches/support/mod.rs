@@ -1,0 +1,228 @@
+//! What the benchmark programs share: a scratch database, seeding, running the real binary
+//! and reading its peak memory, tokens and polling a job.
+
+use std::{
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use nexus_billing::grpc::proto::integrations::{
+    GetSyncJobRequest, SyncJob, SyncJobState,
+    integrations_service_client::IntegrationsServiceClient,
+};
+use sqlx::{Connection, Executor, PgConnection, PgPool, SqlitePool};
+use tonic::transport::Channel;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_nexus-billing");
+pub const JWT_SECRET: &str = "bench-secret-that-is-long-enough-for-hs256-0123456789";
+pub const ENCRYPTION_KEY: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+pub const USER: &str = "bench-user";
+
+pub struct Database {
+    pub url: String,
+    cleanup: Option<(String, String)>,
+    _dir: tempfile::TempDir,
+}
+
+impl Database {
+    pub async fn create() -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        match std::env::var("BENCH_DATABASE_URL") {
+            Ok(admin_url) => {
+                let name = format!("nexus_bench_{}", uuid::Uuid::new_v4().simple());
+                let mut admin = PgConnection::connect(&admin_url).await?;
+                admin
+                    .execute(sqlx::AssertSqlSafe(format!(r#"CREATE DATABASE "{name}""#)))
+                    .await?;
+                let mut url = url::Url::parse(&admin_url)?;
+                url.set_path(&format!("/{name}"));
+                Ok(Self {
+                    url: url.to_string(),
+                    cleanup: Some((admin_url, name)),
+                    _dir: dir,
+                })
+            }
+            Err(_) => Ok(Self {
+                url: format!("sqlite://{}/bench.db", dir.path().display()),
+                cleanup: None,
+                _dir: dir,
+            }),
+        }
+    }
+
+    pub async fn drop(self) -> anyhow::Result<()> {
+        if let Some((admin_url, name)) = self.cleanup {
+            let mut admin = PgConnection::connect(&admin_url).await?;
+            admin
+                .execute(sqlx::AssertSqlSafe(format!(
+                    r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#
+                )))
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+pub fn base_env(db_url: &str) -> Vec<(String, String)> {
+    [
+        ("DATABASE_URL", db_url),
+        ("JWT_SECRET", JWT_SECRET),
+        ("ENCRYPTION_KEY", ENCRYPTION_KEY),
+        // The "serving" line (info) carries the bound address.
+        ("LOG_LEVEL", "warn,nexus_billing=info"),
+        ("LOG_FORMAT", "json"),
+        ("GRPC_ADDR", "127.0.0.1:0"),
+        ("HTTP_ADDR", "127.0.0.1:0"),
+        ("SYNC_POLL_INTERVAL", "50ms"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+/// Migrates with the binary, then inserts the contacts 1,000 rows per statement.
+pub async fn seed(db_url: &str, contacts: usize) -> anyhow::Result<()> {
+    let migrated = Command::new(BIN)
+        .env_clear()
+        .envs(base_env(db_url))
+        .arg("migrate")
+        .status()?;
+    anyhow::ensure!(migrated.success(), "migrate failed");
+    let (pg, lite) = if db_url.starts_with("postgres") {
+        (Some(PgPool::connect(db_url).await?), None)
+    } else {
+        (None, Some(SqlitePool::connect(db_url).await?))
+    };
+    for start in (0..contacts).step_by(1000) {
+        let rows: Vec<String> = (start..(start + 1000).min(contacts))
+            .map(|i| {
+                format!(
+                    "('c{i:08}', '{USER}', 'contact{i}@example.com', 'Contact', 'Number {i}', 'Acme Ltd', '+1555{i:07}', 'Buyer')"
+                )
+            })
+            .collect();
+        let sql = format!(
+            "INSERT INTO contacts (id, user_id, email, first_name, last_name, company, phone, job_title) VALUES {}",
+            rows.join(", ")
+        );
+        let sql = sqlx::AssertSqlSafe(sql);
+        match (&pg, &lite) {
+            (Some(pool), _) => sqlx::query(sql).execute(pool).await.map(drop)?,
+            (_, Some(pool)) => sqlx::query(sql).execute(pool).await.map(drop)?,
+            _ => {}
+        }
+    }
+    if let Some(pool) = pg {
+        pool.close().await;
+    }
+    if let Some(pool) = lite {
+        pool.close().await;
+    }
+    Ok(())
+}
+
+/// Starts `serve` and waits for its "serving" line; the child, gRPC and HTTP addresses.
+pub fn serve(env: Vec<(String, String)>) -> anyhow::Result<(Child, String, String)> {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(BIN)
+        .env_clear()
+        .envs(env)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let stderr = child
+        .stderr
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stderr"))?;
+    let mut lines = BufReader::new(stderr).lines();
+    let (grpc, http) = loop {
+        let line = lines
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("the service exited before serving"))??;
+        let json: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        if json["message"] == "serving" {
+            break (
+                json["grpc_addr"].as_str().unwrap_or_default().to_string(),
+                json["http_addr"].as_str().unwrap_or_default().to_string(),
+            );
+        }
+    };
+    // Keep draining stderr so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines.by_ref() {});
+    Ok((child, grpc, http))
+}
+
+/// Peak resident memory of a process, in MiB (Linux `VmHWM`).
+pub fn peak_rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+pub fn mint_token(db_url: &str) -> anyhow::Result<String> {
+    let out = Command::new(BIN)
+        .env_clear()
+        .envs(base_env(db_url))
+        .args(["token", "--user-id", USER, "--ttl", "2h"])
+        .output()?;
+    anyhow::ensure!(out.status.success(), "token failed");
+    Ok(String::from_utf8(out.stdout)?.trim().to_string())
+}
+
+pub fn authed<T>(message: T, token: &str) -> anyhow::Result<tonic::Request<T>> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse()?);
+    Ok(request)
+}
+
+/// Runs one statement on the database.
+pub async fn execute(db_url: &str, sql: &str) -> anyhow::Result<()> {
+    let sql = sqlx::AssertSqlSafe(sql.to_string());
+    if db_url.starts_with("postgres") {
+        let pool = PgPool::connect(db_url).await?;
+        sqlx::query(sql).execute(&pool).await?;
+        pool.close().await;
+    } else {
+        let pool = SqlitePool::connect(db_url).await?;
+        sqlx::query(sql).execute(&pool).await?;
+        pool.close().await;
+    }
+    Ok(())
+}
+
+/// Polls the job every 100 ms until it has finished.
+pub async fn wait_for_job(
+    client: &mut IntegrationsServiceClient<Channel>,
+    token: &str,
+    id: &str,
+) -> anyhow::Result<SyncJob> {
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = client
+            .get_sync_job(authed(GetSyncJobRequest { id: id.to_string() }, token)?)
+            .await?
+            .into_inner()
+            .job
+            .ok_or_else(|| anyhow::anyhow!("no job"))?;
+        if !matches!(now.state(), SyncJobState::Queued | SyncJobState::Running) {
+            return Ok(now);
+        }
+    }
+}
+
+/// Stops the service gracefully.
+pub fn stop(mut child: Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+}
