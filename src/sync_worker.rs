@@ -234,7 +234,7 @@ impl SyncWorker {
         let importing_already = progress
             .checkpoint
             .as_deref()
-            .is_some_and(|c| c.starts_with(IMPORT_CHECKPOINT));
+            .is_some_and(|c| c.starts_with(IMPORT_CHECKPOINT) || c == IMPORT_DONE);
         if job.direction != Direction::Import && !importing_already {
             let pushed = if job.provider.spec().batch_size == 0 {
                 self.push_file(&mut session, worker, job, &mut progress, shutdown)
@@ -435,9 +435,13 @@ impl SyncWorker {
             plan.name,
             limit.unwrap_or_default()
         );
+        let mut restarted = false;
         loop {
             if shutdown.is_cancelled() {
                 return Ok(Some(Outcome::Stopped));
+            }
+            if progress.checkpoint.as_deref() == Some(IMPORT_DONE) {
+                return Ok(None);
             }
             let cursor = progress
                 .checkpoint
@@ -475,6 +479,16 @@ impl SyncWorker {
                 Err(e) if shutdown.is_cancelled() && is_transient(&e) => {
                     return Ok(Some(Outcome::Stopped));
                 }
+                // A saved cursor can expire at the provider (Salesforce query locators last
+                // minutes): read again from the first page, once. Storing is idempotent.
+                Err(ProviderError::BatchRefused(reason) | ProviderError::Rejected(reason))
+                    if cursor.is_some() && !restarted =>
+                {
+                    tracing::info!(%reason, "the provider refused the saved import cursor; starting the import over");
+                    restarted = true;
+                    progress.checkpoint = Some(IMPORT_CHECKPOINT.to_string());
+                    continue;
+                }
                 Err(e) => return Ok(Some(self.outcome_of(e))),
             };
             let counts = self
@@ -485,7 +499,7 @@ impl SyncWorker {
             progress.contacts_total = progress.contacts_total.max(progress.contacts_done);
             progress.add_skipped(counts.over_limit, &over_limit_reason);
             let Some(next) = page.next else {
-                progress.checkpoint = Some(format!("{IMPORT_CHECKPOINT}end"));
+                progress.checkpoint = Some(IMPORT_DONE.to_string());
                 if !self.store.save_progress(&job.id, worker, progress).await? {
                     return Ok(Some(Outcome::LeaseLost));
                 }
@@ -767,6 +781,8 @@ impl SyncWorker {
 
 /// Checkpoints of the import phase start with this (push checkpoints are contact ids).
 const IMPORT_CHECKPOINT: &str = "import:";
+/// The checkpoint of an import that read its last page.
+const IMPORT_DONE: &str = "import-done";
 /// Contacts read per query when building a file.
 const FILE_PAGE: u32 = 1000;
 

@@ -501,18 +501,31 @@ macro_rules! integration_store {
                         .fetch_one(&mut *tx)
                         .await?;
                     let mut count = u64::try_from(count).unwrap_or(0);
+                    // The page's addresses already here: one query, oldest contact first.
+                    let emails: Vec<String> = contacts.iter().map(|c| c.email.to_lowercase()).collect();
+                    let mut known: std::collections::HashMap<String, (String, DateTime<Utc>)> =
+                        std::collections::HashMap::new();
+                    if !emails.is_empty() {
+                        let placeholders: Vec<String> = (0..emails.len()).map(|i| format!("${}", i + 2)).collect();
+                        let sql = sqlx::AssertSqlSafe(format!(
+                            "SELECT id, lower(email), updated_at FROM contacts WHERE user_id = $1 \
+                             AND lower(email) IN ({}) ORDER BY created_at DESC, id DESC",
+                            placeholders.join(", ")
+                        ));
+                        let mut query = sqlx::query_as::<_, (String, String, DateTime<Utc>)>(sql).bind(user.as_str());
+                        for email in &emails {
+                            query = query.bind(email);
+                        }
+                        // Newest first, so the oldest contact of an address is the one kept.
+                        for (id, email, updated_at) in query.fetch_all(&mut *tx).await? {
+                            known.insert(email, (id, updated_at));
+                        }
+                    }
                     let mut counts = ImportCounts::default();
-                    for c in contacts {
-                        let existing: Option<(String, DateTime<Utc>)> = sqlx::query_as(
-                            "SELECT id, updated_at FROM contacts WHERE user_id = $1 AND lower(email) = lower($2) \
-                             ORDER BY created_at, id LIMIT 1",
-                        )
-                        .bind(user.as_str())
-                        .bind(&c.email)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                        match existing {
-                            Some((_, local)) if c.modified_at.is_none_or(|remote| remote <= local) => {
+                    let mut inserts: Vec<(String, &RemoteContact)> = Vec::new();
+                    for (c, email) in contacts.iter().zip(&emails) {
+                        match known.get(email) {
+                            Some((_, local)) if c.modified_at.is_none_or(|remote| remote <= *local) => {
                                 counts.kept_newer += 1;
                             }
                             Some((id, _)) => {
@@ -523,7 +536,7 @@ macro_rules! integration_store {
                                      phone = COALESCE($5, phone), job_title = COALESCE($6, job_title), \
                                      updated_at = $7 WHERE id = $1",
                                 )
-                                .bind(&id)
+                                .bind(id)
                                 .bind(c.first_name.as_deref())
                                 .bind(c.last_name.as_deref())
                                 .bind(c.company.as_deref())
@@ -533,29 +546,47 @@ macro_rules! integration_store {
                                 .execute(&mut *tx)
                                 .await?;
                                 counts.updated += 1;
+                                // A repeat of the address later in the page finds it edited now.
+                                known.insert(email.clone(), (id.clone(), now));
                             }
                             None if limit.is_some_and(|max| count >= max) => counts.over_limit += 1,
                             None => {
-                                sqlx::query(
-                                    "INSERT INTO contacts (id, user_id, email, first_name, last_name, company, \
-                                     phone, job_title, created_at, updated_at) \
-                                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)",
+                                let id = uuid::Uuid::new_v4().to_string();
+                                known.insert(email.clone(), (id.clone(), now));
+                                inserts.push((id, c));
+                                count += 1;
+                                counts.inserted += 1;
+                            }
+                        }
+                    }
+                    if !inserts.is_empty() {
+                        // $1 user, $2 now, then 7 values per contact.
+                        let rows: Vec<String> = (0..inserts.len())
+                            .map(|i| {
+                                let p = 3 + i * 7;
+                                format!(
+                                    "(${}, $1, ${}, ${}, ${}, ${}, ${}, ${}, $2, $2)",
+                                    p, p + 1, p + 2, p + 3, p + 4, p + 5, p + 6
                                 )
-                                .bind(uuid::Uuid::new_v4().to_string())
-                                .bind(user.as_str())
+                            })
+                            .collect();
+                        let sql = sqlx::AssertSqlSafe(format!(
+                            "INSERT INTO contacts (id, user_id, email, first_name, last_name, company, \
+                             phone, job_title, created_at, updated_at) VALUES {}",
+                            rows.join(", ")
+                        ));
+                        let mut query = sqlx::query(sql).bind(user.as_str()).bind(now);
+                        for (id, c) in &inserts {
+                            query = query
+                                .bind(id)
                                 .bind(&c.email)
                                 .bind(c.first_name.as_deref())
                                 .bind(c.last_name.as_deref())
                                 .bind(c.company.as_deref())
                                 .bind(c.phone.as_deref())
-                                .bind(c.job_title.as_deref())
-                                .bind(now)
-                                .execute(&mut *tx)
-                                .await?;
-                                count += 1;
-                                counts.inserted += 1;
-                            }
+                                .bind(c.job_title.as_deref());
                         }
+                        query.execute(&mut *tx).await?;
                     }
                     tx.commit().await?;
                     Ok(counts)
