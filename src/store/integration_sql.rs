@@ -496,11 +496,17 @@ macro_rules! integration_store {
                     if !$user_lock.is_empty() {
                         sqlx::query($user_lock).bind(user.as_str()).execute(&mut *tx).await?;
                     }
-                    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM contacts WHERE user_id = $1")
-                        .bind(user.as_str())
-                        .fetch_one(&mut *tx)
-                        .await?;
-                    let mut count = u64::try_from(count).unwrap_or(0);
+                    // Counted only under a limit (an unlimited plan never needs it).
+                    let mut count = match limit {
+                        Some(_) => {
+                            let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM contacts WHERE user_id = $1")
+                                .bind(user.as_str())
+                                .fetch_one(&mut *tx)
+                                .await?;
+                            u64::try_from(n).unwrap_or(0)
+                        }
+                        None => 0,
+                    };
                     // The page's addresses already here: one query, oldest contact first.
                     let emails: Vec<String> = contacts.iter().map(|c| c.email.to_lowercase()).collect();
                     let mut known: std::collections::HashMap<String, (String, DateTime<Utc>)> =

@@ -113,6 +113,8 @@ struct State {
     import_requests: usize,
     /// Import pages after this many never answer (a crash mid-import).
     hang_import_after: Option<usize>,
+    /// Salesforce next-page links name this; links of an earlier one are expired.
+    cursor_epoch: usize,
     files: BTreeMap<String, Vec<u8>>,
     uploads: Vec<(String, String, Vec<u8>)>,
     sessions: HashMap<String, Option<String>>,
@@ -292,6 +294,10 @@ impl FakeOAuth {
     }
     pub fn import_requests(&self) -> usize {
         self.state().import_requests
+    }
+    /// Every Salesforce next-page link handed out so far stops working.
+    pub fn expire_cursors(&self) {
+        self.state().cursor_epoch += 1;
     }
     pub fn hang_import_after(&self, pages: usize) {
         self.state().hang_import_after = Some(pages);
@@ -607,11 +613,19 @@ impl Responder {
                 self.salesforce_page(s, 0)
             }
             ("GET", p) if p.starts_with(&format!("{base}/query/next-")) => {
-                let offset = p
-                    .rsplit('-')
+                let mut parts = p.rsplit('-');
+                let offset = parts.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+                let epoch: usize = parts
                     .next()
                     .and_then(|n| n.parse().ok())
-                    .unwrap_or(0);
+                    .unwrap_or(usize::MAX);
+                if epoch != s.cursor_epoch {
+                    s.import_requests += 1;
+                    return json_answer(
+                        400,
+                        json!([{"message": "invalid query locator", "errorCode": "INVALID_QUERY_LOCATOR"}]),
+                    );
+                }
                 self.salesforce_page(s, offset)
             }
             ("GET", p) if p == format!("{base}/limits") => json_answer(200, json!({})),
@@ -697,7 +711,10 @@ impl Responder {
             .collect();
         let mut body = json!({"totalSize": s.records.len(), "done": !more, "records": records});
         if more {
-            body["nextRecordsUrl"] = json!(format!("/services/data/v59.0/query/next-{next}"));
+            body["nextRecordsUrl"] = json!(format!(
+                "/services/data/v59.0/query/next-{}-{next}",
+                s.cursor_epoch
+            ));
         }
         json_answer(200, body)
     }

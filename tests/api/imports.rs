@@ -22,6 +22,7 @@ crate::on_both_backends!(
     imports_page_through_each_crm_and_keep_newer_local_edits,
     a_free_plan_import_stops_at_the_contact_limit,
     an_import_resumes_from_its_checkpoint_after_a_crash,
+    an_expired_salesforce_cursor_starts_the_import_over,
     both_directions_push_then_import,
 );
 
@@ -295,6 +296,54 @@ async fn an_import_resumes_from_its_checkpoint_after_a_crash(backend: Backend) {
     // Pages 1-2 were checkpointed and not read again; page 3 was asked for twice.
     assert_eq!(fake.import_requests(), 4);
     assert_eq!(contacts_of(&app, "ada").await.len(), 9);
+    fake.assert_no_problems();
+    app.stop().await;
+}
+
+async fn an_expired_salesforce_cursor_starts_the_import_over(backend: Backend) {
+    let fake = FakeOAuth::start(OKind::Salesforce).await;
+    fake.add_records(
+        (0..9)
+            .map(|i| {
+                record(
+                    &format!("s{i}@x.com"),
+                    "S",
+                    &i.to_string(),
+                    "2024-06-01T00:00:00Z",
+                )
+            })
+            .collect(),
+    );
+    // Page 1 is answered, page 2 never is; by the time the job resumes, the saved
+    // nextRecordsUrl has expired.
+    fake.hang_import_after(1);
+    let lease = [("--sync-lease", "1s")];
+    let app = spawn_with_oauth(backend, &[&fake], &lease).await;
+    connect_oauth(&app, "ada", &fake, &[]).await;
+    let job = start_import(&app, "ada", Provider::Salesforce, SyncDirection::Import).await;
+    while fake.import_requests() < 2 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    fake.hang_import_after(usize::MAX);
+    fake.expire_cursors();
+    let settings = fake.settings();
+    let mut overrides: Vec<(&str, &str)> = settings
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    overrides.push(("--oauth-redirect-url", crate::oauth::REDIRECT_URI));
+    overrides.extend_from_slice(&lease);
+    let app = app.crash_and_restart(&overrides).await;
+    let job = wait_for_job(&app, "ada", &job.id, Duration::from_secs(30)).await;
+    assert_eq!(job.state(), SyncJobState::Succeeded, "{job:?}");
+    assert_eq!(job.attempts, 2);
+    // Page 1, the unanswered page 2, the refused saved link, then pages 1-3 afresh.
+    assert_eq!(fake.import_requests(), 6);
+    assert_eq!(
+        contacts_of(&app, "ada").await.len(),
+        9,
+        "nothing stored twice"
+    );
     fake.assert_no_problems();
     app.stop().await;
 }
