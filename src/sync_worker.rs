@@ -35,6 +35,37 @@ use crate::{
     tokens::{TokenError, TokenKeeper},
 };
 
+/// Calls the provider with the session's credentials, kept fresh: builds the client with the
+/// `Providers` method `$build`, runs `$call` with retries, and after a 401 refreshes the token
+/// once and calls again. Returns from the enclosing function with the outcome when no usable
+/// credentials or client can be had; otherwise evaluates to the call's result.
+macro_rules! call_provider {
+    ($self:ident, $session:ident, $job:ident, $shutdown:ident, $build:ident, |$client:ident| $call:expr) => {
+        loop {
+            if let Err(outcome) = $session.keep_fresh().await {
+                return Ok(Some(outcome));
+            }
+            let $client = match $self.providers.$build(
+                $job.provider,
+                $job.user_id.as_str(),
+                &$session.credentials,
+                &$session.integration.settings,
+            ) {
+                Ok(client) => client,
+                Err(e) => return Ok(Some(broken(e))),
+            };
+            match $self.with_retries($shutdown, || $call).await {
+                Err(ProviderError::Unauthorized(reason)) => {
+                    if let Err(outcome) = $session.after_unauthorized(reason).await {
+                        return Ok(Some(outcome));
+                    }
+                }
+                other => break other,
+            }
+        }
+    };
+}
+
 /// The longest wait for a rate limit or a retry spent inside an attempt; a longer one parks
 /// the job and frees the worker.
 const MAX_INLINE_WAIT: Duration = Duration::from_secs(60);
@@ -293,28 +324,8 @@ impl SyncWorker {
                     (page.iter().collect(), 0, 0)
                 };
             if !sendable.is_empty() {
-                let pushed = loop {
-                    if let Err(outcome) = session.keep_fresh().await {
-                        return Ok(Some(outcome));
-                    }
-                    let sink = match self.providers.sink(
-                        job.provider,
-                        job.user_id.as_str(),
-                        &session.credentials,
-                        &session.integration.settings,
-                    ) {
-                        Ok(sink) => sink,
-                        Err(e) => return Ok(Some(broken(e))),
-                    };
-                    match self.with_retries(shutdown, || sink.push(&sendable)).await {
-                        Err(ProviderError::Unauthorized(reason)) => {
-                            if let Err(outcome) = session.after_unauthorized(reason).await {
-                                return Ok(Some(outcome));
-                            }
-                        }
-                        other => break other,
-                    }
-                };
+                let pushed = call_provider!(self, session, job, shutdown, sink, |sink| sink
+                    .push(&sendable));
                 match pushed {
                     Ok(report) => progress.add_failures(report.failed, report.failures),
                     Err(ProviderError::BatchRefused(reason)) => {
@@ -366,28 +377,8 @@ impl SyncWorker {
         }
         let rows = file.rows();
         let csv = file.finish();
-        let uploaded = loop {
-            if let Err(outcome) = session.keep_fresh().await {
-                return Ok(Some(outcome));
-            }
-            let sink = match self.providers.file_sink(
-                job.provider,
-                job.user_id.as_str(),
-                &session.credentials,
-                &session.integration.settings,
-            ) {
-                Ok(sink) => sink,
-                Err(e) => return Ok(Some(broken(e))),
-            };
-            match self.with_retries(shutdown, || sink.upload(&csv)).await {
-                Err(ProviderError::Unauthorized(reason)) => {
-                    if let Err(outcome) = session.after_unauthorized(reason).await {
-                        return Ok(Some(outcome));
-                    }
-                }
-                other => break other,
-            }
-        };
+        let uploaded = call_provider!(self, session, job, shutdown, file_sink, |sink| sink
+            .upload(&csv));
         match uploaded {
             Ok(new_file) => {
                 if let Some(file_id) = new_file {
@@ -449,31 +440,8 @@ impl SyncWorker {
                 .and_then(|c| c.strip_prefix(IMPORT_CHECKPOINT))
                 .filter(|c| !c.is_empty())
                 .map(str::to_string);
-            let read = loop {
-                if let Err(outcome) = session.keep_fresh().await {
-                    return Ok(Some(outcome));
-                }
-                let source = match self.providers.source(
-                    job.provider,
-                    job.user_id.as_str(),
-                    &session.credentials,
-                    &session.integration.settings,
-                ) {
-                    Ok(source) => source,
-                    Err(e) => return Ok(Some(broken(e))),
-                };
-                match self
-                    .with_retries(shutdown, || source.page(cursor.as_deref()))
-                    .await
-                {
-                    Err(ProviderError::Unauthorized(reason)) => {
-                        if let Err(outcome) = session.after_unauthorized(reason).await {
-                            return Ok(Some(outcome));
-                        }
-                    }
-                    other => break other,
-                }
-            };
+            let read = call_provider!(self, session, job, shutdown, source, |source| source
+                .page(cursor.as_deref()));
             let page = match read {
                 Ok(page) => page,
                 Err(e) if shutdown.is_cancelled() && is_transient(&e) => {
