@@ -501,24 +501,24 @@ mod tests {
     #[test]
     fn revocation_urls_are_derived_from_the_token_urls() {
         let google =
-            Url::parse("https://oauth2.googleapis.com/token").unwrap_or_else(|_| unreachable!());
+            Url::parse("https://oauth2.googleapis.com/token").unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
             sibling(&google, "revoke").as_str(),
             "https://oauth2.googleapis.com/revoke"
         );
         let sf = Url::parse("https://login.salesforce.com/services/oauth2/token")
-            .unwrap_or_else(|_| unreachable!());
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
             sibling(&sf, "revoke").as_str(),
             "https://login.salesforce.com/services/oauth2/revoke"
         );
         let zoho = Url::parse("https://accounts.zoho.com/oauth/v2/token")
-            .unwrap_or_else(|_| unreachable!());
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
             child(&zoho, "revoke").as_str(),
             "https://accounts.zoho.com/oauth/v2/token/revoke"
         );
-        let dropbox = Url::parse("https://api.dropboxapi.com").unwrap_or_else(|_| unreachable!());
+        let dropbox = Url::parse("https://api.dropboxapi.com").unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
             child(&dropbox, "2/auth/token/revoke").as_str(),
             "https://api.dropboxapi.com/2/auth/token/revoke"
