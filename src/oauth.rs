@@ -394,7 +394,22 @@ impl OAuth {
                 self.http.post(url)
             }
             Revocation::Bearer(url) => {
-                let access = credentials.get(keys::ACCESS_TOKEN).unwrap_or(token);
+                // Dropbox revokes the grant of the access token it is called with; an expired
+                // one would be refused and leave the refresh token alive, so get a fresh one.
+                let expired = expires_at(credentials).is_none_or(|at| at <= Utc::now());
+                let fresh = match credentials.get(keys::REFRESH_TOKEN) {
+                    Some(refresh) if expired => match self.refresh(provider, refresh).await {
+                        Ok(tokens) => Some(tokens.access_token),
+                        // The grant is already gone.
+                        Err(OAuthError::InvalidGrant(_)) => return Ok(()),
+                        Err(e) => return Err(e),
+                    },
+                    _ => None,
+                };
+                let access = fresh
+                    .as_deref()
+                    .or_else(|| credentials.get(keys::ACCESS_TOKEN))
+                    .unwrap_or(token);
                 self.http.post(url.clone()).bearer_auth(access)
             }
         };

@@ -511,9 +511,18 @@ impl Responder {
     fn revoke(&self, request: &Request) -> ResponseTemplate {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let token = match self.kind {
-            OKind::Dropbox => header(request, "authorization")
-                .trim_start_matches("Bearer ")
-                .to_string(),
+            OKind::Dropbox => {
+                let token = header(request, "authorization")
+                    .trim_start_matches("Bearer ")
+                    .to_string();
+                // Dropbox authenticates the call with the token it revokes.
+                if !s.valid_access.contains(&token) {
+                    s.unauthorised_calls += 1;
+                    return json_answer(401, json!({"error_summary": "expired_access_token/"}));
+                }
+                s.valid_access.remove(&token);
+                token
+            }
             OKind::Zoho => request
                 .url
                 .query_pairs()

@@ -36,6 +36,7 @@ crate::on_both_backends!(
     tokens_are_refreshed_before_they_expire_and_rotated_tokens_kept,
     a_401_forces_one_refresh_and_invalid_grant_needs_reauth,
     two_workers_needing_a_refresh_make_one_refresh_call,
+    dropbox_revocation_refreshes_an_expired_access_token_first,
 );
 
 /// The callback URL registered with the fake providers.
@@ -686,6 +687,40 @@ async fn two_workers_needing_a_refresh_make_one_refresh_call(backend: Backend) {
     assert_eq!(first.get("accessToken"), second.get("accessToken"));
     let stored = stored_credentials(&app).await;
     assert_eq!(stored.get("accessToken"), first.get("accessToken"));
+    fake.assert_no_problems();
+    app.stop().await;
+}
+
+async fn dropbox_revocation_refreshes_an_expired_access_token_first(backend: Backend) {
+    let fake = FakeOAuth::start(OKind::Dropbox).await;
+    // The access token is expired by the time the user disconnects.
+    fake.set_expires_in(0);
+    let app = spawn_with_oauth(backend, &[&fake], &[("--sync-workers", "0")]).await;
+    connect_oauth(&app, "ada", &fake, &[]).await;
+    let first_access = stored_credentials(&app)
+        .await
+        .get("accessToken")
+        .map(str::to_string);
+    app.integrations()
+        .await
+        .disconnect_integration(authed(
+            DisconnectIntegrationRequest {
+                provider: Provider::Dropbox.into(),
+            },
+            &token("ada"),
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("disconnect: {e}"));
+    assert_eq!(fake.refresh_calls(), 1, "no fresh token for the revocation");
+    let revoked = fake.revoked();
+    assert_eq!(revoked.len(), 1);
+    assert_ne!(Some(&revoked[0]), first_access.as_ref());
+    assert_eq!(
+        fake.unauthorised_calls(),
+        0,
+        "revoked with an expired token"
+    );
+    assert_eq!(app.count("integrations", "").await, 0);
     fake.assert_no_problems();
     app.stop().await;
 }
