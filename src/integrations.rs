@@ -98,8 +98,6 @@ pub enum IntegrationError {
     #[error("{0}")]
     FailedPrecondition(String),
     #[error("{0}")]
-    Unimplemented(String),
-    #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
     PermissionDenied(String),
@@ -115,7 +113,6 @@ impl IntegrationError {
             IntegrationError::NotFound(_) => "invalid_state",
             IntegrationError::PermissionDenied(_) => "access_denied",
             IntegrationError::FailedPrecondition(_) => "expired",
-            IntegrationError::Unimplemented(_) => "unavailable",
             IntegrationError::Unavailable(_) | IntegrationError::Store(_) => {
                 "temporarily_unavailable"
             }

@@ -463,6 +463,13 @@ impl SyncWorker {
                 .store
                 .import_contacts(&job.user_id, &page.contacts, limit, Utc::now())
                 .await?;
+            tracing::debug!(
+                inserted = counts.inserted,
+                updated = counts.updated,
+                kept_newer = counts.kept_newer,
+                over_limit = counts.over_limit,
+                "import page stored"
+            );
             progress.contacts_done += page.contacts.len() as u64;
             progress.contacts_total = progress.contacts_total.max(progress.contacts_done);
             progress.add_skipped(counts.over_limit, &over_limit_reason);

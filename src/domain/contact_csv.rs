@@ -58,13 +58,6 @@ impl ContactsCsv {
     }
 }
 
-/// Builds the file from contacts in the order given.
-pub fn contacts_csv<'a>(contacts: impl IntoIterator<Item = &'a Contact>) -> Vec<u8> {
-    let mut file = ContactsCsv::default();
-    file.add(contacts);
-    file.finish()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -80,7 +73,10 @@ mod tests {
             phone: None,
             job_title: Some(" CTO ".into()),
         };
-        let csv = String::from_utf8(contacts_csv([&c])).unwrap_or_default();
+        let mut file = ContactsCsv::default();
+        file.add([&c]);
+        assert_eq!(file.rows(), 1);
+        let csv = String::from_utf8(file.finish()).unwrap_or_default();
         assert_eq!(
             csv,
             "Email,First Name,Last Name,Company,Phone,Job Title\r\n\

@@ -45,7 +45,6 @@ fn integration_status(error: IntegrationError) -> Status {
         IntegrationError::InvalidArgument(m) => Status::invalid_argument(m),
         IntegrationError::NotFound(m) => Status::not_found(m),
         IntegrationError::FailedPrecondition(m) => Status::failed_precondition(m),
-        IntegrationError::Unimplemented(m) => Status::unimplemented(m),
         IntegrationError::Unavailable(m) => {
             tracing::warn!(reason = %m, "provider unavailable");
             Status::unavailable(m)

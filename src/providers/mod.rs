@@ -225,6 +225,42 @@ impl Providers {
         )
     }
 
+    /// The client of a CRM (pushed to and imported from), or `None` for other providers.
+    fn crm(
+        &self,
+        provider: ProviderId,
+        account: &str,
+        credentials: &Credentials,
+        settings: &BTreeMap<String, String>,
+    ) -> Result<Option<Box<dyn Crm>>, ProviderError> {
+        let client = self.client(provider, account, credentials);
+        let crm: Box<dyn Crm> = match provider {
+            ProviderId::Hubspot => Box::new(hubspot::Hubspot::new(
+                client,
+                &self.endpoints.hubspot_api_base,
+                credentials,
+            )?),
+            ProviderId::Mailchimp => Box::new(mailchimp::Mailchimp::new(
+                client,
+                &self.endpoints.mailchimp_api_base,
+                credentials,
+                settings,
+            )?),
+            ProviderId::Salesforce => Box::new(salesforce::Salesforce::new(
+                client,
+                self.endpoints.salesforce_api_base.as_ref(),
+                credentials,
+            )?),
+            ProviderId::ZohoCrm => Box::new(zoho::Zoho::new(
+                client,
+                self.endpoints.zoho_api_base.as_ref(),
+                credentials,
+            )?),
+            _ => return Ok(None),
+        };
+        Ok(Some(crm))
+    }
+
     /// A client for one account. `account` keys the rate limiter (one per user and provider).
     pub fn sink(
         &self,
@@ -233,19 +269,11 @@ impl Providers {
         credentials: &Credentials,
         settings: &BTreeMap<String, String>,
     ) -> Result<Box<dyn ContactSink>, ProviderError> {
+        if let Some(crm) = self.crm(provider, account, credentials, settings)? {
+            return Ok(crm);
+        }
         let client = self.client(provider, account, credentials);
         match provider {
-            ProviderId::Hubspot => Ok(Box::new(hubspot::Hubspot::new(
-                client,
-                &self.endpoints.hubspot_api_base,
-                credentials,
-            )?)),
-            ProviderId::Mailchimp => Ok(Box::new(mailchimp::Mailchimp::new(
-                client,
-                &self.endpoints.mailchimp_api_base,
-                credentials,
-                settings,
-            )?)),
             ProviderId::Sendgrid => Ok(Box::new(sendgrid::Sendgrid::new(
                 client,
                 &self.endpoints.sendgrid_api_base,
@@ -258,17 +286,7 @@ impl Providers {
                 &self.endpoints.zapier_hook_base,
                 credentials,
             )?)),
-            ProviderId::Salesforce => Ok(Box::new(salesforce::Salesforce::new(
-                client,
-                self.endpoints.salesforce_api_base.as_ref(),
-                credentials,
-            )?)),
-            ProviderId::ZohoCrm => Ok(Box::new(zoho::Zoho::new(
-                client,
-                self.endpoints.zoho_api_base.as_ref(),
-                credentials,
-            )?)),
-            ProviderId::GoogleDrive | ProviderId::Dropbox => Err(ProviderError::Rejected(format!(
+            _ => Err(ProviderError::Rejected(format!(
                 "{provider} keeps contacts as a file, not record by record"
             ))),
         }
@@ -309,34 +327,37 @@ impl Providers {
         credentials: &Credentials,
         settings: &BTreeMap<String, String>,
     ) -> Result<Box<dyn ContactSource>, ProviderError> {
-        let client = self.client(provider, account, credentials);
-        match provider {
-            ProviderId::Hubspot => Ok(Box::new(hubspot::Hubspot::new(
-                client,
-                &self.endpoints.hubspot_api_base,
-                credentials,
-            )?)),
-            ProviderId::Mailchimp => Ok(Box::new(mailchimp::Mailchimp::new(
-                client,
-                &self.endpoints.mailchimp_api_base,
-                credentials,
-                settings,
-            )?)),
-            ProviderId::Salesforce => Ok(Box::new(salesforce::Salesforce::new(
-                client,
-                self.endpoints.salesforce_api_base.as_ref(),
-                credentials,
-            )?)),
-            ProviderId::ZohoCrm => Ok(Box::new(zoho::Zoho::new(
-                client,
-                self.endpoints.zoho_api_base.as_ref(),
-                credentials,
-            )?)),
-            _ => Err(ProviderError::Rejected(format!(
+        match self.crm(provider, account, credentials, settings)? {
+            Some(crm) => Ok(crm),
+            None => Err(ProviderError::Rejected(format!(
                 "contacts cannot be imported from {provider}"
             ))),
         }
     }
+}
+
+/// A CRM: contacts are pushed to it and imported from it.
+trait Crm: ContactSink + ContactSource {}
+impl<T: ContactSink + ContactSource> Crm for T {}
+
+/// The API host of a provider whose host comes with the tokens (Salesforce `instanceUrl`, Zoho
+/// `apiDomain`), unless a setting replaces it; it must be an http(s) URL.
+fn api_base(
+    base_override: Option<&Url>,
+    credentials: &Credentials,
+    key: &'static str,
+) -> Result<Url, ProviderError> {
+    if let Some(base) = base_override {
+        return Ok(base.clone());
+    }
+    let raw = required(credentials, key)?;
+    Url::parse(raw)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "https" | "http") && u.host().is_some())
+        .ok_or(ProviderError::InvalidInput {
+            field: key,
+            reason: "is not an http(s) URL".into(),
+        })
 }
 
 /// A provider's contact in our shape: fields trimmed, blanks dropped; `None` without an email

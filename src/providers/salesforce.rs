@@ -12,8 +12,8 @@ use serde_json::{Map, Value, json};
 use url::Url;
 
 use super::{
-    ContactSink, ContactSource, ImportPage, ProviderError, PushReport, http::Client, json_fields,
-    remote_contact, required,
+    ContactSink, ContactSource, ImportPage, ProviderError, PushReport, api_base, http::Client,
+    json_fields, remote_contact, required,
 };
 use crate::{
     domain::{contact::Contact, credentials::Credentials, sync_job::RecordFailure},
@@ -36,14 +36,10 @@ impl Salesforce {
         base_override: Option<&Url>,
         credentials: &Credentials,
     ) -> Result<Self, ProviderError> {
-        let base = match base_override {
-            Some(base) => base.clone(),
-            None => api_host(credentials, keys::INSTANCE_URL)?,
-        };
         Ok(Self {
+            base: api_base(base_override, credentials, keys::INSTANCE_URL)?,
             token: required(credentials, keys::ACCESS_TOKEN)?.to_string(),
             client,
-            base,
         })
     }
 
@@ -139,18 +135,6 @@ impl Salesforce {
         }
         Ok(())
     }
-}
-
-/// An API host from the credentials, which must be an http(s) URL.
-pub(super) fn api_host(credentials: &Credentials, key: &'static str) -> Result<Url, ProviderError> {
-    let raw = required(credentials, key)?;
-    Url::parse(raw)
-        .ok()
-        .filter(|u| matches!(u.scheme(), "https" | "http") && u.host().is_some())
-        .ok_or(ProviderError::InvalidInput {
-            field: key,
-            reason: "is not an http(s) URL".into(),
-        })
 }
 
 /// A SOQL string literal: quotes and backslashes escaped.

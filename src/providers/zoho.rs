@@ -9,8 +9,8 @@ use serde_json::{Map, Value, json};
 use url::Url;
 
 use super::{
-    ContactSink, ContactSource, ImportPage, ProviderError, PushReport, http::Client, json_fields,
-    remote_contact, required, salesforce::api_host,
+    ContactSink, ContactSource, ImportPage, ProviderError, PushReport, api_base, http::Client,
+    json_fields, remote_contact, required,
 };
 use crate::{
     domain::{contact::Contact, credentials::Credentials, sync_job::RecordFailure},
@@ -32,14 +32,10 @@ impl Zoho {
         base_override: Option<&Url>,
         credentials: &Credentials,
     ) -> Result<Self, ProviderError> {
-        let base = match base_override {
-            Some(base) => base.clone(),
-            None => api_host(credentials, keys::API_DOMAIN)?,
-        };
         Ok(Self {
+            base: api_base(base_override, credentials, keys::API_DOMAIN)?,
             token: required(credentials, keys::ACCESS_TOKEN)?.to_string(),
             client,
-            base,
         })
     }
 

@@ -15,7 +15,7 @@ use crate::{
     fake_providers::{FakeProvider, Kind},
     helpers::{Backend, SeedSubscription, TestApp, TestPool, authed, token},
     integrations::{connect, spawn_with_fakes, wait_for_job},
-    oauth::{connect_oauth, spawn_with_oauth},
+    oauth::{connect_oauth, oauth_settings, spawn_with_oauth},
 };
 
 crate::on_both_backends!(
@@ -257,39 +257,53 @@ async fn a_free_plan_import_stops_at_the_contact_limit(backend: Backend) {
     app.stop().await;
 }
 
-async fn an_import_resumes_from_its_checkpoint_after_a_crash(backend: Backend) {
-    let fake = FakeOAuth::start(OKind::Zoho).await;
+/// Imports 9 contacts (3 pages) from `kind` for "ada": the first `answered` pages are answered,
+/// the next never is, and the process dies while waiting. `before_restart` changes the fake
+/// before a new server takes the job over (after the 1 s lease); returns when the job is over.
+async fn crash_during_import(
+    backend: Backend,
+    kind: OKind,
+    provider: Provider,
+    answered: usize,
+    before_restart: impl FnOnce(&FakeOAuth),
+) -> (TestApp, FakeOAuth, SyncJob) {
+    let fake = FakeOAuth::start(kind).await;
     fake.add_records(
         (0..9)
             .map(|i| {
                 record(
-                    &format!("z{i}@x.com"),
-                    "Z",
+                    &format!("c{i}@x.com"),
+                    "C",
                     &i.to_string(),
                     "2024-06-01T00:00:00Z",
                 )
             })
             .collect(),
     );
-    // Pages 1 and 2 are answered; page 3 never is: the process dies while waiting.
-    fake.hang_import_after(2);
+    fake.hang_import_after(answered);
     let lease = [("--sync-lease", "1s")];
     let app = spawn_with_oauth(backend, &[&fake], &lease).await;
     connect_oauth(&app, "ada", &fake, &[]).await;
-    let job = start_import(&app, "ada", Provider::ZohoCrm, SyncDirection::Import).await;
-    while fake.import_requests() < 3 {
+    let job = start_import(&app, "ada", provider, SyncDirection::Import).await;
+    while fake.import_requests() < answered + 1 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     fake.hang_import_after(usize::MAX);
-    let settings = fake.settings();
+    before_restart(&fake);
+    let settings = oauth_settings(&[&fake]);
     let mut overrides: Vec<(&str, &str)> = settings
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
-    overrides.push(("--oauth-redirect-url", crate::oauth::REDIRECT_URI));
     overrides.extend_from_slice(&lease);
     let app = app.crash_and_restart(&overrides).await;
     let job = wait_for_job(&app, "ada", &job.id, Duration::from_secs(30)).await;
+    (app, fake, job)
+}
+
+async fn an_import_resumes_from_its_checkpoint_after_a_crash(backend: Backend) {
+    let (app, fake, job) =
+        crash_during_import(backend, OKind::Zoho, Provider::ZohoCrm, 2, |_| {}).await;
     assert_eq!(job.state(), SyncJobState::Succeeded, "{job:?}");
     assert_eq!(job.attempts, 2);
     assert_eq!(job.contacts_done, 9);
@@ -301,40 +315,16 @@ async fn an_import_resumes_from_its_checkpoint_after_a_crash(backend: Backend) {
 }
 
 async fn an_expired_salesforce_cursor_starts_the_import_over(backend: Backend) {
-    let fake = FakeOAuth::start(OKind::Salesforce).await;
-    fake.add_records(
-        (0..9)
-            .map(|i| {
-                record(
-                    &format!("s{i}@x.com"),
-                    "S",
-                    &i.to_string(),
-                    "2024-06-01T00:00:00Z",
-                )
-            })
-            .collect(),
-    );
     // Page 1 is answered, page 2 never is; by the time the job resumes, the saved
     // nextRecordsUrl has expired.
-    fake.hang_import_after(1);
-    let lease = [("--sync-lease", "1s")];
-    let app = spawn_with_oauth(backend, &[&fake], &lease).await;
-    connect_oauth(&app, "ada", &fake, &[]).await;
-    let job = start_import(&app, "ada", Provider::Salesforce, SyncDirection::Import).await;
-    while fake.import_requests() < 2 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    fake.hang_import_after(usize::MAX);
-    fake.expire_cursors();
-    let settings = fake.settings();
-    let mut overrides: Vec<(&str, &str)> = settings
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    overrides.push(("--oauth-redirect-url", crate::oauth::REDIRECT_URI));
-    overrides.extend_from_slice(&lease);
-    let app = app.crash_and_restart(&overrides).await;
-    let job = wait_for_job(&app, "ada", &job.id, Duration::from_secs(30)).await;
+    let (app, fake, job) = crash_during_import(
+        backend,
+        OKind::Salesforce,
+        Provider::Salesforce,
+        1,
+        FakeOAuth::expire_cursors,
+    )
+    .await;
     assert_eq!(job.state(), SyncJobState::Succeeded, "{job:?}");
     assert_eq!(job.attempts, 2);
     // Page 1, the unanswered page 2, the refused saved link, then pages 1-3 afresh.

@@ -66,14 +66,22 @@ pub async fn spawn_with_oauth(
     fakes: &[&FakeOAuth],
     extra: &[(&str, &str)],
 ) -> TestApp {
-    let settings: Vec<(String, String)> = fakes.iter().flat_map(|f| f.settings()).collect();
+    let settings = oauth_settings(fakes);
     let mut overrides: Vec<(&str, &str)> = settings
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
-    overrides.push(("--oauth-redirect-url", REDIRECT_URI));
     overrides.extend_from_slice(extra);
     TestApp::spawn_with(backend, &overrides).await
+}
+
+/// The settings pointing the service at the fakes, with the callback URL.
+pub fn oauth_settings(fakes: &[&FakeOAuth]) -> Vec<(String, String)> {
+    fakes
+        .iter()
+        .flat_map(|f| f.settings())
+        .chain([("--oauth-redirect-url".to_string(), REDIRECT_URI.to_string())])
+        .collect()
 }
 
 fn redirect_after() -> String {
