@@ -1,4 +1,5 @@
-//! The command line: `serve` (default), `migrate`, `token`, `rotate-keys`. Settings come from the environment
+//! The command line: `serve` (default), `migrate`, `token`, `rotate-keys`, `webhooks`,
+//! `reconcile`. Settings come from the environment
 //! (or `.env`) and may also be given as flags; see [`crate::config::Settings`].
 
 use std::time::Duration;
@@ -29,6 +30,13 @@ pub enum Command {
     /// Re-encrypt every stored credential under ENCRYPTION_KEY (run after moving the old key
     /// to ENCRYPTION_KEY_PREVIOUS; servers keep running meanwhile).
     RotateKeys,
+    /// Webhook events the processor gave up on (dead letters).
+    Webhooks {
+        #[command(subcommand)]
+        command: WebhooksCommand,
+    },
+    /// Bring in missed Stripe events and re-read overdue subscriptions once, then exit.
+    Reconcile,
     /// Print a token signed with JWT_SECRET (HS256), for development and scripts.
     Token {
         /// The token's `sub`.
@@ -43,5 +51,20 @@ pub enum Command {
         /// A role to include (repeatable), e.g. `--role service` for internal callers.
         #[arg(long = "role")]
         roles: Vec<String>,
+    },
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum WebhooksCommand {
+    /// List failed events, newest first, with the reason.
+    Failed {
+        /// How many to list.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Put a failed event back in the queue; a running server applies it.
+    Replay {
+        /// The event id (evt_...).
+        event_id: String,
     },
 }

@@ -152,6 +152,38 @@ pub struct Settings {
         global = true
     )]
     pub stripe_webhook_tolerance_secs: u64,
+    /// More Stripe price ids of the PRO plan (comma-separated): existing subscriptions on them
+    /// are PRO; new checkouts use STRIPE_PRICE_ID_PRO.
+    #[arg(long, env = "STRIPE_PRICE_IDS_PRO", global = true)]
+    pub stripe_price_ids_pro: Option<String>,
+    /// More Stripe price ids of the PREMIUM plan (comma-separated).
+    #[arg(long, env = "STRIPE_PRICE_IDS_PREMIUM", global = true)]
+    pub stripe_price_ids_premium: Option<String>,
+    /// Requests per second this service (each replica) sends to Stripe at most, all calls
+    /// together. Stripe allows 25/s in test mode and 100/s in live mode, and 25/s per endpoint.
+    #[arg(long, env = "STRIPE_MAX_REQUESTS_PER_SECOND", default_value_t = 20, global = true)]
+    pub stripe_max_requests_per_second: u32,
+    /// What to do when a user ends up with a second live subscription (paid in two tabs):
+    /// `refund` cancels the newer one at once and refunds it; `flag` keeps it and flags it.
+    #[arg(long, env = "DUPLICATE_SUBSCRIPTION_POLICY", value_enum, default_value = "refund", global = true)]
+    pub duplicate_subscription_policy: crate::billing::DuplicatePolicy,
+    /// Background workers applying stored webhook events (0: this replica only takes them in).
+    #[arg(long, env = "WEBHOOK_WORKERS", default_value_t = 2, global = true)]
+    pub webhook_workers: usize,
+    /// How often an idle webhook worker looks for stored events.
+    #[arg(long, env = "WEBHOOK_POLL_INTERVAL", default_value = "200ms", value_parser = humantime::parse_duration, global = true)]
+    pub webhook_poll_interval: Duration,
+    /// Attempts before an event that fails permanently (object gone, unreadable) is a dead
+    /// letter. Temporary failures (Stripe 429/5xx, timeouts) are retried until they pass.
+    #[arg(long, env = "WEBHOOK_MAX_ATTEMPTS", default_value_t = 5, global = true)]
+    pub webhook_max_attempts: u32,
+    /// Longest wait between two attempts of a failing event (the wait doubles from 1 s).
+    #[arg(long, env = "WEBHOOK_RETRY_MAX_DELAY", default_value = "5m", value_parser = humantime::parse_duration, global = true)]
+    pub webhook_retry_max_delay: Duration,
+    /// How often the reconciler brings in missed Stripe events and re-reads overdue
+    /// subscriptions (`0s`: never; `nexus-billing reconcile` runs it once).
+    #[arg(long, env = "RECONCILE_INTERVAL", default_value = "1h", value_parser = humantime::parse_duration, global = true)]
+    pub reconcile_interval: Duration,
     /// How long a PAST_DUE subscription keeps its tier after the first failed payment
     /// (e.g. `7d`, `36h`).
     #[arg(long, env = "PAST_DUE_GRACE", default_value = "7d", value_parser = humantime::parse_duration, global = true)]
@@ -382,8 +414,22 @@ pub struct StripeConfig {
     pub webhook_secrets: Vec<SecretString>,
     /// How far a signature's timestamp may be from now.
     pub webhook_tolerance: Duration,
-    pub price_id_pro: String,
-    pub price_id_premium: String,
+    /// The price new PRO checkouts use, then any others that are PRO too.
+    pub prices_pro: Vec<String>,
+    /// The price new PREMIUM checkouts use, then any others that are PREMIUM too.
+    pub prices_premium: Vec<String>,
+    pub max_requests_per_second: u32,
+}
+
+/// Validated settings of the webhook event processor and the reconciler.
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    pub workers: usize,
+    pub poll_interval: Duration,
+    pub max_attempts: u32,
+    pub retry_max_delay: Duration,
+    /// `None`: the reconciler runs only on demand.
+    pub reconcile_interval: Option<Duration>,
 }
 
 /// The 32-byte vault key.
@@ -425,6 +471,8 @@ pub struct Config {
     /// True when the key was generated in DATA_DIR (development only).
     pub encryption_key_generated: bool,
     pub sync: SyncConfig,
+    pub webhooks: WebhookConfig,
+    pub duplicate_policy: crate::billing::DuplicatePolicy,
     pub endpoints: Endpoints,
     pub oauth: OAuthConfig,
 }
@@ -620,12 +668,33 @@ impl Config {
                 if s.stripe_webhook_tolerance_secs == 0 {
                     problem("STRIPE_WEBHOOK_TOLERANCE_SECS", "must be at least 1".into());
                 }
+                if s.stripe_max_requests_per_second == 0 {
+                    problem("STRIPE_MAX_REQUESTS_PER_SECOND", "must be at least 1".into());
+                }
+                let list = |first: String, more: &Option<String>| {
+                    let mut all = vec![first];
+                    for p in more.as_deref().unwrap_or_default().split(',').map(str::trim) {
+                        if !p.is_empty() && !all.iter().any(|q| q == p) {
+                            all.push(p.to_string());
+                        }
+                    }
+                    all
+                };
+                let prices_pro = list(price_id_pro, &s.stripe_price_ids_pro);
+                let prices_premium = list(price_id_premium, &s.stripe_price_ids_premium);
+                if prices_pro.iter().any(|p| !p.is_empty() && prices_premium.contains(p)) {
+                    problem(
+                        "STRIPE_PRICE_IDS_PREMIUM",
+                        "a price cannot be both PRO and PREMIUM".into(),
+                    );
+                }
                 Some(StripeConfig {
                     secret_key: key.into(),
                     webhook_secrets,
                     webhook_tolerance: Duration::from_secs(s.stripe_webhook_tolerance_secs),
-                    price_id_pro,
-                    price_id_premium,
+                    prices_pro,
+                    prices_premium,
+                    max_requests_per_second: s.stripe_max_requests_per_second,
                 })
             }
         };
@@ -787,6 +856,14 @@ impl Config {
             previous_encryption_keys,
             encryption_key_generated,
             sync,
+            duplicate_policy: s.duplicate_subscription_policy,
+            webhooks: WebhookConfig {
+                workers: s.webhook_workers,
+                poll_interval: s.webhook_poll_interval,
+                max_attempts: s.webhook_max_attempts.max(1),
+                retry_max_delay: s.webhook_retry_max_delay.max(Duration::from_secs(1)),
+                reconcile_interval: (!s.reconcile_interval.is_zero()).then_some(s.reconcile_interval),
+            },
             endpoints: s.endpoints,
             oauth,
         })

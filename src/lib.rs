@@ -2,13 +2,12 @@
 //!
 //! Layers, from the bottom up: `domain` (types and rules, no I/O) -> `store` (the storage trait
 //! and its PostgreSQL and SQLite implementations) and `payments` (the payment-provider trait
-//! and Stripe) -> `billing`, `billing_webhook`, `integrations` (use cases) -> `grpc`, `sidecar`
+//! and Stripe) -> `billing` (checkout, plan changes, webhook intake, event processor, reconciler), `integrations` (use cases) -> `grpc`, `sidecar`
 //! (conversion and auth only) -> `startup` -> `main`.
 #![forbid(unsafe_code)]
 
 pub mod auth;
 pub mod billing;
-pub mod billing_webhook;
 pub mod cli;
 pub mod config;
 pub mod domain;

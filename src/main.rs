@@ -5,11 +5,11 @@ use std::process::ExitCode;
 use clap::Parser;
 use nexus_billing::{
     auth::{TokenRequest, mint},
-    cli::{Cli, Command},
+    cli::{Cli, Command, WebhooksCommand},
     config::Config,
     domain::UserId,
     key_rotation::rotate_credentials,
-    startup::{Application, build_vault, shutdown_signal},
+    startup::{Application, build_billing_only, build_vault, shutdown_signal},
     store, telemetry,
 };
 use secrecy::ExposeSecret;
@@ -31,6 +31,8 @@ async fn main() -> ExitCode {
         Command::Serve => serve(config).await,
         Command::Migrate => migrate(config).await,
         Command::RotateKeys => rotate_keys(config).await,
+        Command::Webhooks { command } => webhooks(config, command).await,
+        Command::Reconcile => reconcile(config).await,
         Command::Token {
             user_id,
             email,
@@ -98,6 +100,67 @@ async fn rotate_keys(config: Config) -> anyhow::Result<()> {
             report.unreadable.len()
         );
     }
+    Ok(())
+}
+
+async fn webhooks(config: Config, command: WebhooksCommand) -> anyhow::Result<()> {
+    use nexus_billing::domain::subscription::PaymentProvider;
+    let store = store::connect(
+        config.database_url.expose_secret(),
+        config.database_max_connections,
+    )
+    .await?;
+    store.migrate().await?;
+    let result = match command {
+        WebhooksCommand::Failed { limit } => store.failed_events(limit).await.map(|events| {
+            if events.is_empty() {
+                println!("no failed webhook events");
+            }
+            for e in events {
+                println!(
+                    "{}\t{}\t{}\tcreated {}\tattempts {}\t{}",
+                    e.event_id,
+                    e.provider.as_str(),
+                    e.event_type,
+                    e.created.map(|t| t.to_rfc3339()).unwrap_or_default(),
+                    e.attempts,
+                    e.last_error.unwrap_or_default()
+                );
+            }
+            true
+        }),
+        WebhooksCommand::Replay { event_id } => {
+            let mut found = false;
+            for provider in PaymentProvider::ALL {
+                if store.replay_event(provider, &event_id).await? {
+                    found = true;
+                }
+            }
+            if found {
+                println!("{event_id} is queued again; a running server applies it");
+            }
+            Ok(found)
+        }
+    };
+    store.close().await;
+    if !result? {
+        anyhow::bail!("no failed event with that id (see `nexus-billing webhooks failed`)");
+    }
+    Ok(())
+}
+
+async fn reconcile(config: Config) -> anyhow::Result<()> {
+    let (billing, store) = build_billing_only(&config).await?;
+    let report = billing.reconcile().await;
+    store.close().await;
+    let report = report?;
+    println!(
+        "events listed {}, added {}; subscriptions refreshed {}, adopted {}",
+        report.events_listed,
+        report.events_added,
+        report.subscriptions_refreshed,
+        report.subscriptions_adopted
+    );
     Ok(())
 }
 

@@ -20,7 +20,7 @@ use tracing::Instrument;
 
 use crate::{
     billing::Billing,
-    billing_webhook::{WebhookError, WebhookOutcome},
+    billing::{WebhookError, WebhookOutcome},
     integrations::Integrations,
     store::Store,
     telemetry::{REQUEST_ID_HEADER, request_span},
@@ -149,8 +149,8 @@ async fn route_request(state: &SidecarState, request: Request<Incoming>) -> Resp
 }
 
 /// `POST /billing/webhook`: reads the raw body under the cap and hands the exact bytes to the
-/// Stripe webhook processor. 2xx means "done, do not send again" (processed, or a duplicate);
-/// 400 a bad signature or event; 5xx "try again later" with nothing stored.
+/// webhook intake. 2xx means "stored, do not send again" (the event processor applies it, or it
+/// was a duplicate); 400 a bad signature or event; 503 "try again later" with nothing stored.
 async fn billing_webhook(
     state: &SidecarState,
     request: Request<Incoming>,
@@ -169,12 +169,11 @@ async fn billing_webhook(
         .stripe_webhook(signature.as_deref(), &body)
         .await;
     let label = match &result {
-        Ok(WebhookOutcome::Processed) => "processed",
+        Ok(WebhookOutcome::Stored) => "stored",
         Ok(WebhookOutcome::Duplicate) => "duplicate",
-        Ok(WebhookOutcome::UnknownCustomer) => "unknown_customer",
         Err(WebhookError::NotConfigured) => "not_configured",
         Err(WebhookError::Rejected(_)) => "rejected",
-        Err(WebhookError::Store(_) | WebhookError::Provider(_)) => "failed",
+        Err(WebhookError::Store(_)) => "failed",
     };
     metrics::counter!("webhook_deliveries_total", "provider" => "stripe", "outcome" => label)
         .increment(1);
@@ -190,10 +189,10 @@ async fn billing_webhook(
             text(StatusCode::BAD_REQUEST, &reason.to_string())
         }
         Err(error) => {
-            tracing::error!(error = %crate::telemetry::error_chain(&error), "webhook processing failed; the provider will redeliver");
+            tracing::error!(error = %crate::telemetry::error_chain(&error), "webhook event cannot be stored; the provider will redeliver");
             text(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "processing failed; nothing was recorded, send it again later",
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cannot store the event now; nothing was recorded, send it again later",
             )
         }
     }

@@ -20,7 +20,7 @@ use tower_http::{
 
 use crate::{
     auth::{AuthInterceptor, JwtVerifier, TokenRequest, mint},
-    billing::Billing,
+    billing::{Billing, EventProcessor, reconciler},
     config::{Config, is_allowed_redirect},
     domain::UserId,
     grpc::{
@@ -54,6 +54,7 @@ pub struct Application {
     billing: Arc<Billing>,
     integrations: Arc<Integrations>,
     worker: Arc<SyncWorker>,
+    events: Arc<EventProcessor>,
     verifier: Arc<JwtVerifier>,
     grpc_listener: TcpListener,
     http_listener: TcpListener,
@@ -96,6 +97,10 @@ impl Application {
             providers,
             config.sync.clone(),
         ));
+        let events = Arc::new(EventProcessor::new(
+            Arc::clone(&billing),
+            config.webhooks.clone(),
+        ));
         let verifier = Arc::new(JwtVerifier::new(&config.jwt)?);
         let grpc_listener = TcpListener::bind(config.grpc_addr)
             .await
@@ -109,6 +114,7 @@ impl Application {
             billing,
             integrations,
             worker,
+            events,
             verifier,
             grpc_listener,
             http_listener,
@@ -161,6 +167,7 @@ impl Application {
             billing,
             integrations,
             worker,
+            events,
             verifier,
             grpc_listener,
             http_listener,
@@ -184,6 +191,16 @@ impl Application {
             );
         }
 
+        let reconcile_loop = {
+            let billing = Arc::clone(&billing);
+            let shutdown = shutdown.clone();
+            let interval = config.webhooks.reconcile_interval;
+            async move {
+                if let Some(interval) = interval {
+                    reconciler::run(billing, interval, shutdown).await;
+                }
+            }
+        };
         let sidecar_state = Arc::new(SidecarState {
             store: Arc::clone(&store),
             billing: Arc::clone(&billing),
@@ -205,7 +222,13 @@ impl Application {
         let grpc = tokio::spawn(grpc);
         let http = tokio::spawn(http);
         // Not spawned: dropping this future (a crash in tests) must stop the workers too.
-        let workers = worker.run(shutdown.clone());
+        let workers = async {
+            tokio::join!(
+                worker.run(shutdown.clone()),
+                events.run(shutdown.clone()),
+                reconcile_loop
+            );
+        };
         let (grpc_result, http_result, ()) = tokio::join!(
             async {
                 let r = grpc.await;
@@ -222,6 +245,18 @@ impl Application {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// The billing use cases on their own (for one-off commands such as `reconcile`).
+pub async fn build_billing_only(config: &Config) -> anyhow::Result<(Billing, Arc<dyn Store>)> {
+    let store = store::connect(
+        config.database_url.expose_secret(),
+        config.database_max_connections,
+    )
+    .await
+    .context("cannot connect to the database (DATABASE_URL)")?;
+    store.migrate().await.context("cannot apply database migrations")?;
+    Ok((build_billing(config, Arc::clone(&store))?, store))
 }
 
 /// The billing use cases with the configured payment gateways.
@@ -245,6 +280,7 @@ fn build_billing(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Billi
         Gateways::new(stripe),
         chrono::Duration::from_std(config.past_due_grace).context("PAST_DUE_GRACE is too long")?,
         redirect_allowed,
+        config.duplicate_policy,
     ))
 }
 

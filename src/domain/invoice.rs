@@ -42,6 +42,39 @@ impl fmt::Display for InvoiceStatus {
     }
 }
 
+/// Currencies whose amounts have no minor unit (Stripe's list): 500 JPY is `500`, not `5.00`.
+const ZERO_DECIMAL: [&str; 16] = [
+    "bif", "clp", "djf", "gnf", "jpy", "kmf", "krw", "mga", "pyg", "rwf", "ugx", "vnd", "vuv",
+    "xaf", "xof", "xpf",
+];
+/// Currencies with three decimals.
+const THREE_DECIMAL: [&str; 5] = ["bhd", "jod", "kwd", "omr", "tnd"];
+
+/// An amount in minor units as people read it: `19.00 USD`, `500 JPY`, `1.500 KWD`.
+pub fn format_amount(minor: i64, currency: &str) -> String {
+    let code = currency.to_ascii_lowercase();
+    let decimals: u32 = if ZERO_DECIMAL.contains(&code.as_str()) {
+        0
+    } else if THREE_DECIMAL.contains(&code.as_str()) {
+        3
+    } else {
+        2
+    };
+    let sign = if minor < 0 { "-" } else { "" };
+    let abs = minor.unsigned_abs();
+    let upper = currency.to_ascii_uppercase();
+    if decimals == 0 {
+        return format!("{sign}{abs} {upper}");
+    }
+    let unit = 10u64.pow(decimals);
+    format!(
+        "{sign}{}.{:0width$} {upper}",
+        abs / unit,
+        abs % unit,
+        width = decimals as usize
+    )
+}
+
 /// A stored invoice status name that this version does not know.
 #[derive(Debug, thiserror::Error)]
 #[error("unknown invoice status {0:?}")]
@@ -86,4 +119,18 @@ pub struct Invoice {
 pub struct StoredInvoice {
     pub id: String,
     pub invoice: Invoice,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn amounts_follow_the_currency_minor_unit() {
+        assert_eq!(format_amount(1900, "usd"), "19.00 USD");
+        assert_eq!(format_amount(5, "eur"), "0.05 EUR");
+        assert_eq!(format_amount(500, "jpy"), "500 JPY");
+        assert_eq!(format_amount(1500, "kwd"), "1.500 KWD");
+        assert_eq!(format_amount(-250, "usd"), "-2.50 USD");
+    }
 }

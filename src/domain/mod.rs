@@ -6,6 +6,7 @@ pub mod catalogue;
 pub mod contact;
 pub mod contact_csv;
 pub mod credentials;
+pub mod freshness;
 pub mod integration;
 pub mod invoice;
 pub mod plans;

@@ -20,12 +20,28 @@ pub struct RemoteSubscription {
     pub id: String,
     pub customer_id: String,
     pub status: SubscriptionStatus,
+    /// The price of its (single) item.
+    pub price_id: Option<String>,
     /// The tier of its price; `None` when the price is not one of ours.
     pub tier: Option<Tier>,
     pub current_period_start: Option<DateTime<Utc>>,
     pub current_period_end: Option<DateTime<Utc>>,
     pub cancel_at_period_end: bool,
     pub cancel_at: Option<DateTime<Utc>>,
+}
+
+impl RemoteSubscription {
+    /// When access ends because of a scheduled cancellation, if one is scheduled.
+    pub fn access_ends_at(&self) -> Option<DateTime<Utc>> {
+        let at_period_end = self
+            .cancel_at_period_end
+            .then_some(self.current_period_end)
+            .flatten();
+        match (self.cancel_at, at_period_end) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
 }
 
 /// What merging decided.
@@ -81,11 +97,9 @@ pub fn reconcile(
             ),
         };
     }
-    let tier = match remote.tier {
-        Some(tier) => tier,
-        None if same => stored.tier,
-        None => Tier::Free,
-    };
+    // A price this service does not map to a tier is never silently FREE: the last known tier
+    // stays, and the change is flagged below.
+    let tier = remote.tier.unwrap_or(stored.tier);
     let past_due_since = match (
         remote.status,
         same && stored.status == SubscriptionStatus::PastDue,
@@ -106,8 +120,20 @@ pub fn reconcile(
         cancel_at_period_end: remote.cancel_at_period_end,
         cancel_at: remote.cancel_at,
         past_due_since,
+        state_as_of: stored.state_as_of,
     };
-    let activity = describe_change(stored, &next, same);
+    let mut activity = describe_change(stored, &next, same);
+    if remote.tier.is_none() && (!same || stored.status != next.status) {
+        activity.push(Activity::new(
+            "subscription.needs_attention",
+            format!(
+                "the subscription's price {} is not one of the plans; it keeps the {} tier",
+                remote.price_id.as_deref().unwrap_or("(none)"),
+                next.tier
+            ),
+            json!({ "subscription_id": remote.id, "price_id": remote.price_id }),
+        ));
+    }
     Reconciled::Apply { next, activity }
 }
 
@@ -198,6 +224,7 @@ mod tests {
             provider: PaymentProvider::Stripe,
             id: id.into(),
             customer_id: "cus_1".into(),
+            price_id: None,
             status,
             tier: Some(tier),
             current_period_start: Some(t(-10)),

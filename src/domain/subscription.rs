@@ -123,6 +123,9 @@ pub struct Subscription {
     pub cancel_at: Option<DateTime<Utc>>,
     /// When the first payment of the current failure streak failed.
     pub past_due_since: Option<DateTime<Utc>>,
+    /// The instant this state is known to have been current at the provider (see
+    /// `domain::freshness`); `None` before the provider was ever heard from.
+    pub state_as_of: Option<DateTime<Utc>>,
 }
 
 impl Subscription {
@@ -140,6 +143,7 @@ impl Subscription {
             cancel_at_period_end: false,
             cancel_at: None,
             past_due_since: None,
+            state_as_of: None,
         }
     }
 

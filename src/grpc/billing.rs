@@ -35,6 +35,7 @@ fn billing_status(error: BillingError) -> Status {
         BillingError::Store(e) => store_status(e),
         BillingError::Invalid(message) => Status::invalid_argument(message),
         BillingError::Precondition(message) => Status::failed_precondition(message),
+        BillingError::Busy(message) => Status::aborted(message),
         BillingError::Payment(PaymentError::NotAvailable(message)) => {
             Status::failed_precondition(message)
         }

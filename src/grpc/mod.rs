@@ -36,12 +36,7 @@ pub(crate) fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
 /// Maps a storage failure to a status the client can act on, logging the cause chain here
 /// (the client never sees internal details).
 pub(crate) fn store_status(error: StoreError) -> Status {
-    let unavailable = matches!(
-        &error,
-        StoreError::Database(
-            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed
-        )
-    );
+    let unavailable = error.is_temporary();
     let chain = error_chain(&error);
     if unavailable {
         tracing::warn!(error = %chain, "database unavailable");

@@ -5,6 +5,7 @@
 //! `billing_webhook` never see a Stripe type.
 
 pub mod stripe;
+pub mod stripe_budget;
 mod stripe_event;
 pub mod stripe_signature;
 pub mod unavailable;
@@ -101,8 +102,9 @@ impl RemoteInvoice {
     }
 }
 
-/// A verified webhook event, reduced to what this service acts on. Events are triggers: the
-/// objects they name are fetched again before anything is stored.
+/// A verified webhook event, reduced to what this service acts on. An event carries its object
+/// as it was at `created` (a snapshot); it is applied when provably newer than what is stored,
+/// and the object is fetched only when that cannot be told.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WebhookEvent {
     pub id: String,
@@ -110,7 +112,19 @@ pub struct WebhookEvent {
     pub created: DateTime<Utc>,
     /// The provider's customer the event is about, when it names one.
     pub customer_id: Option<String>,
+    /// The id of the event's object.
+    pub object_id: Option<String>,
     pub action: EventAction,
+}
+
+impl WebhookEvent {
+    /// Events with one order key are applied one at a time, oldest first: the customer's.
+    pub fn order_key(&self) -> &str {
+        self.customer_id
+            .as_deref()
+            .or(self.object_id.as_deref())
+            .unwrap_or(&self.id)
+    }
 }
 
 /// What an event asks this service to do.
@@ -121,14 +135,19 @@ pub enum EventAction {
         user_ref: Option<String>,
         subscription_id: Option<String>,
     },
-    /// A subscription changed: fetch it and apply its current state.
-    SubscriptionChanged { subscription_id: String },
-    /// An invoice changed: fetch it (and its subscription) and store it.
+    /// A subscription changed; `snapshot` is its state at the event's creation, when readable.
+    SubscriptionChanged {
+        subscription_id: String,
+        snapshot: Option<Box<RemoteSubscription>>,
+    },
+    /// An invoice changed; `snapshot` is its state at the event's creation, when readable.
     InvoiceChanged {
         invoice_id: String,
-        subscription_id: Option<String>,
         outcome: InvoiceOutcome,
+        snapshot: Option<Box<RemoteInvoice>>,
     },
+    /// The provider deleted the customer.
+    CustomerDeleted,
     /// A trial ends soon: worth an activity entry.
     TrialWillEnd {
         subscription_id: String,
@@ -141,9 +160,13 @@ pub enum EventAction {
 /// Which invoice event it was.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InvoiceOutcome {
+    /// Created, finalized or updated: stored, nothing to tell the user.
+    Updated,
     Paid,
     PaymentFailed,
     ActionRequired,
+    Voided,
+    MarkedUncollectible,
 }
 
 /// Why a webhook delivery was refused before any processing (answered with 400).
@@ -218,6 +241,45 @@ pub trait PaymentGateway: Send + Sync + 'static {
         body: &[u8],
         now: DateTime<Utc>,
     ) -> Result<WebhookEvent, WebhookRejection>;
+
+    /// Reads an event already verified (a stored one, or one listed from the provider's API).
+    fn read_event(&self, body: &[u8]) -> Result<WebhookEvent, WebhookRejection>;
+
+    /// One page of the provider's events created after `created_after`, newest first, each as
+    /// its raw JSON; `starting_after` continues a listing. `has_more` says whether more follow.
+    async fn list_events(
+        &self,
+        created_after: DateTime<Utc>,
+        starting_after: Option<&str>,
+    ) -> Result<EventPage, PaymentError>;
+
+    /// Every subscription of the customer (any status), as the provider reports them now.
+    async fn customer_subscriptions(
+        &self,
+        customer_id: &str,
+    ) -> Result<Vec<RemoteSubscription>, PaymentError>;
+
+    /// Expires an open checkout session, so it can no longer be paid.
+    async fn expire_checkout(&self, session_id: &str) -> Result<(), PaymentError>;
+
+    /// Cancels a subscription now (not at the period end) and refunds its latest payment;
+    /// returns the refunded amount in minor units, if a payment was refunded.
+    async fn cancel_and_refund(&self, subscription_id: &str) -> Result<Option<i64>, PaymentError>;
+}
+
+/// One page of listed events.
+#[derive(Debug, Clone, Default)]
+pub struct EventPage {
+    /// Each event's id and raw JSON, newest first.
+    pub events: Vec<(String, String)>,
+    pub has_more: bool,
+}
+
+impl PaymentError {
+    /// Whether trying again later can succeed (the provider was down, slow or rate limited).
+    pub fn is_temporary(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
+    }
 }
 
 /// The configured gateways, by provider.

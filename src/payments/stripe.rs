@@ -31,8 +31,11 @@ use stripe_shared::{CheckoutSessionMode, InvoiceStatus as StripeInvoiceStatus};
 use url::Url;
 
 use super::{
-    CheckoutRequest, CheckoutSession, PaymentError, PaymentGateway, RemoteInvoice, WebhookEvent,
-    WebhookRejection, stripe_event, stripe_signature::SignatureVerifier,
+    CheckoutRequest, CheckoutSession, EventPage, PaymentError, PaymentGateway, RemoteInvoice,
+    WebhookEvent, WebhookRejection,
+    stripe_budget::StripeBudget,
+    stripe_event::{self, PriceMap},
+    stripe_signature::SignatureVerifier,
 };
 use crate::{
     config::StripeConfig,
@@ -49,9 +52,34 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct StripeGateway {
     client: Client,
-    price_pro: String,
-    price_premium: String,
+    /// For the few calls async-stripe's typed requests do not cover in a version-tolerant way
+    /// (event listings kept as raw JSON, refunds).
+    http: reqwest::Client,
+    api_base: Url,
+    secret_key: secrecy::SecretString,
+    prices: PriceMap,
     verifier: SignatureVerifier,
+    budget: StripeBudget,
+}
+
+/// How a failed Stripe call is counted in `stripe_requests_total{status}`.
+fn outcome_of(error: &StripeError) -> &'static str {
+    match error {
+        StripeError::Stripe(_, 429) => "429",
+        StripeError::Stripe(_, s) if *s >= 500 => "5xx",
+        StripeError::Stripe(..) => "4xx",
+        StripeError::Timeout => "timeout",
+        _ => "error",
+    }
+}
+
+fn raw_outcome_of(error: &PaymentError) -> &'static str {
+    match error {
+        PaymentError::Unavailable(m) if m.starts_with("status 429") => "429",
+        PaymentError::Unavailable(m) if m.starts_with("status 5") => "5xx",
+        PaymentError::Unavailable(_) => "error",
+        _ => "4xx",
+    }
 }
 
 impl StripeGateway {
@@ -68,40 +96,102 @@ impl StripeGateway {
             .map_err(|e| {
                 PaymentError::NotAvailable(format!("cannot build the Stripe client: {e}"))
             })?;
+        let http = reqwest::Client::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| PaymentError::NotAvailable(format!("cannot build the HTTP client: {e}")))?;
         Ok(Self {
             client,
-            price_pro: config.price_id_pro.clone(),
-            price_premium: config.price_id_premium.clone(),
+            http,
+            api_base: api_base.clone(),
+            secret_key: config.secret_key.clone(),
+            prices: PriceMap {
+                pro: config.prices_pro.clone(),
+                premium: config.prices_premium.clone(),
+            },
             verifier: SignatureVerifier::new(config.webhook_secrets.clone(), tolerance),
+            budget: StripeBudget::new(config.max_requests_per_second),
         })
     }
 
     fn price_of(&self, tier: Tier) -> Result<&str, PaymentError> {
-        match tier {
-            Tier::Pro => Ok(&self.price_pro),
-            Tier::Premium => Ok(&self.price_premium),
-            Tier::Free => Err(PaymentError::Rejected("FREE has no price".into())),
-        }
+        self.prices
+            .price_of(tier)
+            .ok_or_else(|| PaymentError::Rejected("FREE has no price".into()))
     }
 
-    fn tier_of(&self, price_id: &str) -> Option<Tier> {
-        if price_id == self.price_pro {
-            Some(Tier::Pro)
-        } else if price_id == self.price_premium {
-            Some(Tier::Premium)
-        } else {
-            None
-        }
+    /// Sends a typed request within the budget.
+    async fn send<T: Send>(
+        &self,
+        endpoint: &'static str,
+        request: impl std::future::Future<Output = Result<T, StripeError>>,
+    ) -> Result<T, PaymentError> {
+        self.budget
+            .call(endpoint, request, outcome_of)
+            .await
+            .map_err(classify)
+    }
+
+    /// Sends a raw request within the budget and reads the JSON answer.
+    async fn raw(
+        &self,
+        endpoint: &'static str,
+        request: reqwest::RequestBuilder,
+    ) -> Result<serde_json::Value, PaymentError> {
+        let request = request.bearer_auth(self.secret_key.expose_secret());
+        self.budget
+            .call(
+                endpoint,
+                async {
+                    let response = request.send().await.map_err(|e| {
+                        PaymentError::Unavailable(if e.is_timeout() {
+                            "timed out".to_string()
+                        } else {
+                            "cannot reach Stripe".to_string()
+                        })
+                    })?;
+                    let status = response.status().as_u16();
+                    let body: serde_json::Value = response
+                        .json()
+                        .await
+                        .map_err(|_| PaymentError::Malformed(format!("status {status}: not JSON")))?;
+                    if (200..300).contains(&status) {
+                        return Ok(body);
+                    }
+                    let message = body
+                        .pointer("/error/message")
+                        .and_then(serde_json::Value::as_str)
+                        .unwrap_or("no message")
+                        .to_string();
+                    Err(match status {
+                        404 => PaymentError::NotFound(message),
+                        400..=499 if status != 409 && status != 429 => {
+                            PaymentError::Rejected(message)
+                        }
+                        _ => PaymentError::Unavailable(format!("status {status}: {message}")),
+                    })
+                },
+                raw_outcome_of,
+            )
+            .await
+    }
+
+    fn url(&self, path: &str) -> Result<Url, PaymentError> {
+        self.api_base
+            .join(path)
+            .map_err(|e| PaymentError::NotAvailable(format!("STRIPE_API_BASE: {e}")))
     }
 
     async fn retrieve(
         &self,
         subscription_id: &str,
     ) -> Result<stripe_shared::Subscription, PaymentError> {
-        RetrieveSubscription::new(subscription_id)
-            .send(&self.client)
-            .await
-            .map_err(classify)
+        self.send(
+            "GET /v1/subscriptions/{id}",
+            RetrieveSubscription::new(subscription_id).send(&self.client),
+        )
+        .await
     }
 
     /// Sends a subscription update with a fresh idempotency key and reads Stripe's answer.
@@ -109,12 +199,15 @@ impl StripeGateway {
         &self,
         request: UpdateSubscription,
     ) -> Result<RemoteSubscription, PaymentError> {
-        let updated = request
-            .customize()
-            .request_strategy(fresh_key()?)
-            .send(&self.client)
-            .await
-            .map_err(classify)?;
+        let updated = self
+            .send(
+                "POST /v1/subscriptions/{id}",
+                request
+                    .customize()
+                    .request_strategy(fresh_key()?)
+                    .send(&self.client),
+            )
+            .await?;
         self.remote_subscription(&updated)
     }
 
@@ -126,20 +219,14 @@ impl StripeGateway {
         // since 2025-03-31 keep periods on items only).
         let item = sub.items.data.first();
         let price_id = item.map(|i| i.price.id.as_str().to_string());
-        let tier = price_id.as_deref().and_then(|p| self.tier_of(p));
-        if tier.is_none() {
-            tracing::warn!(
-                subscription_id = %sub.id.as_str(),
-                price_id = price_id.as_deref().unwrap_or("none"),
-                "Stripe subscription has a price that is not STRIPE_PRICE_ID_PRO or STRIPE_PRICE_ID_PREMIUM"
-            );
-        }
+        let tier = price_id.as_deref().and_then(|p| self.prices.tier_of(p));
         Ok(RemoteSubscription {
             provider: PaymentProvider::Stripe,
             id: sub.id.as_str().to_string(),
             customer_id: sub.customer.id().as_str().to_string(),
             status: status_of(&sub.status)?,
             tier,
+            price_id,
             current_period_start: item.and_then(|i| time(i.current_period_start)),
             current_period_end: item.and_then(|i| time(i.current_period_end)),
             cancel_at_period_end: sub.cancel_at_period_end,
@@ -249,12 +336,15 @@ impl PaymentGateway for StripeGateway {
         if let Some(email) = email {
             request = request.email(email);
         }
-        let customer = request
-            .customize()
-            .request_strategy(strategy)
-            .send(&self.client)
-            .await
-            .map_err(classify)?;
+        let customer = self
+            .send(
+                "POST /v1/customers",
+                request
+                    .customize()
+                    .request_strategy(strategy)
+                    .send(&self.client),
+            )
+            .await?;
         Ok(customer.id.as_str().to_string())
     }
 
@@ -280,7 +370,7 @@ impl PaymentGateway for StripeGateway {
         line.quantity = Some(1);
         let mut subscription_data = CreateCheckoutSessionSubscriptionData::new();
         subscription_data.metadata = Some(metadata(request.user));
-        let session = CreateCheckoutSession::new()
+        let create = CreateCheckoutSession::new()
             .mode(CheckoutSessionMode::Subscription)
             .customer(request.customer_id)
             .client_reference_id(request.user.as_str())
@@ -288,12 +378,16 @@ impl PaymentGateway for StripeGateway {
             .line_items(vec![line])
             .subscription_data(subscription_data)
             .success_url(request.success_url)
-            .cancel_url(request.cancel_url)
-            .customize()
-            .request_strategy(strategy)
-            .send(&self.client)
-            .await
-            .map_err(classify)?;
+            .cancel_url(request.cancel_url);
+        let session = self
+            .send(
+                "POST /v1/checkout/sessions",
+                create
+                    .customize()
+                    .request_strategy(strategy)
+                    .send(&self.client),
+            )
+            .await?;
         let url = session
             .url
             .ok_or_else(|| PaymentError::Malformed("checkout session without a URL".into()))?;
@@ -344,14 +438,18 @@ impl PaymentGateway for StripeGateway {
         customer_id: &str,
         return_url: &str,
     ) -> Result<String, PaymentError> {
-        let session = CreateBillingPortalSession::new()
+        let create = CreateBillingPortalSession::new()
             .customer(customer_id)
-            .return_url(return_url)
-            .customize()
-            .request_strategy(fresh_key()?)
-            .send(&self.client)
-            .await
-            .map_err(classify)?;
+            .return_url(return_url);
+        let session = self
+            .send(
+                "POST /v1/billing_portal/sessions",
+                create
+                    .customize()
+                    .request_strategy(fresh_key()?)
+                    .send(&self.client),
+            )
+            .await?;
         Ok(session.url)
     }
 
@@ -366,10 +464,12 @@ impl PaymentGateway for StripeGateway {
 
     #[tracing::instrument(skip_all, fields(invoice_id = %invoice_id))]
     async fn fetch_invoice(&self, invoice_id: &str) -> Result<RemoteInvoice, PaymentError> {
-        let invoice = RetrieveInvoice::new(invoice_id)
-            .send(&self.client)
-            .await
-            .map_err(classify)?;
+        let invoice = self
+            .send(
+                "GET /v1/invoices/{id}",
+                RetrieveInvoice::new(invoice_id).send(&self.client),
+            )
+            .await?;
         let subscription_id = invoice
             .parent
             .as_ref()
@@ -412,6 +512,153 @@ impl PaymentGateway for StripeGateway {
         now: DateTime<Utc>,
     ) -> Result<WebhookEvent, WebhookRejection> {
         self.verifier.verify(signature, body, now.timestamp())?;
-        stripe_event::parse(body)
+        stripe_event::parse(body, &self.prices)
+    }
+
+    fn read_event(&self, body: &[u8]) -> Result<WebhookEvent, WebhookRejection> {
+        stripe_event::parse(body, &self.prices)
+    }
+
+    async fn list_events(
+        &self,
+        created_after: DateTime<Utc>,
+        starting_after: Option<&str>,
+    ) -> Result<EventPage, PaymentError> {
+        let mut query = vec![
+            ("limit", "100".to_string()),
+            ("created[gt]", created_after.timestamp().to_string()),
+        ];
+        if let Some(after) = starting_after {
+            query.push(("starting_after", after.to_string()));
+        }
+        let page = self
+            .raw(
+                "GET /v1/events",
+                self.http.get(self.url("v1/events")?).query(&query),
+            )
+            .await?;
+        let data = page
+            .get("data")
+            .and_then(serde_json::Value::as_array)
+            .ok_or_else(|| PaymentError::Malformed("event list without data".into()))?;
+        let mut events = Vec::with_capacity(data.len());
+        for event in data {
+            let id = event
+                .get("id")
+                .and_then(serde_json::Value::as_str)
+                .ok_or_else(|| PaymentError::Malformed("listed event without id".into()))?;
+            events.push((id.to_string(), event.to_string()));
+        }
+        Ok(EventPage {
+            events,
+            has_more: page
+                .get("has_more")
+                .and_then(serde_json::Value::as_bool)
+                .unwrap_or(false),
+        })
+    }
+
+    async fn customer_subscriptions(
+        &self,
+        customer_id: &str,
+    ) -> Result<Vec<RemoteSubscription>, PaymentError> {
+        let page = self
+            .raw(
+                "GET /v1/subscriptions",
+                self.http.get(self.url("v1/subscriptions")?).query(&[
+                    ("customer", customer_id),
+                    ("status", "all"),
+                    ("limit", "100"),
+                ]),
+            )
+            .await?;
+        let data = page
+            .get("data")
+            .and_then(serde_json::Value::as_array)
+            .ok_or_else(|| PaymentError::Malformed("subscription list without data".into()))?;
+        data.iter()
+            .map(|sub| {
+                stripe_event::subscription_from_json(sub, &self.prices).ok_or_else(|| {
+                    PaymentError::Malformed("a listed subscription cannot be read".into())
+                })
+            })
+            .collect()
+    }
+
+    #[tracing::instrument(skip_all, fields(session_id = %session_id))]
+    async fn expire_checkout(&self, session_id: &str) -> Result<(), PaymentError> {
+        let path = format!("v1/checkout/sessions/{session_id}/expire");
+        let result = self
+            .raw(
+                "POST /v1/checkout/sessions/{id}/expire",
+                self.http
+                    .post(self.url(&path)?)
+                    .header("Idempotency-Key", format!("nexus-expire-{session_id}")),
+            )
+            .await;
+        match result {
+            // Already complete or expired: nothing is left to pay in it.
+            Ok(_) | Err(PaymentError::Rejected(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(subscription_id = %subscription_id))]
+    async fn cancel_and_refund(&self, subscription_id: &str) -> Result<Option<i64>, PaymentError> {
+        let path = format!("v1/subscriptions/{subscription_id}");
+        let cancelled = match self
+            .raw(
+                "DELETE /v1/subscriptions/{id}",
+                self.http.delete(self.url(&path)?),
+            )
+            .await
+        {
+            Ok(sub) => sub,
+            // Cancelled before (a retry): read it as it is.
+            Err(PaymentError::Rejected(_)) => {
+                self.raw(
+                    "GET /v1/subscriptions/{id}",
+                    self.http.get(self.url(&path)?),
+                )
+                .await?
+            }
+            Err(e) => return Err(e),
+        };
+        let Some(invoice_id) = stripe_event::id_of_value(cancelled.get("latest_invoice")) else {
+            return Ok(None);
+        };
+        let invoice = self
+            .raw(
+                "GET /v1/invoices/{id}",
+                self.http
+                    .get(self.url(&format!("v1/invoices/{invoice_id}"))?)
+                    .query(&[("expand[]", "payments")]),
+            )
+            .await?;
+        let amount = invoice
+            .get("amount_paid")
+            .and_then(serde_json::Value::as_i64)
+            .unwrap_or(0);
+        // Newer API versions list the invoice's payments; older ones name its payment intent.
+        let payment_intent = invoice
+            .pointer("/payments/data/0/payment/payment_intent")
+            .and_then(|v| stripe_event::id_of_value(Some(v)))
+            .or_else(|| stripe_event::id_of_value(invoice.get("payment_intent")));
+        let (Some(payment_intent), true) = (payment_intent, amount > 0) else {
+            return Ok(None);
+        };
+        self.raw(
+            "POST /v1/refunds",
+            self.http
+                .post(self.url("v1/refunds")?)
+                .header("Idempotency-Key", format!("nexus-refund-{subscription_id}"))
+                .form(&[
+                    ("payment_intent", payment_intent.as_str()),
+                    ("reason", "duplicate"),
+                    ("metadata[subscription_id]", subscription_id),
+                ]),
+        )
+        .await?;
+        Ok(Some(amount))
     }
 }

@@ -79,4 +79,31 @@ impl PaymentGateway for Unavailable {
     ) -> Result<WebhookEvent, WebhookRejection> {
         Err(WebhookRejection::BadSignature)
     }
+
+    fn read_event(&self, _: &[u8]) -> Result<WebhookEvent, WebhookRejection> {
+        Err(WebhookRejection::BadPayload("this provider has no events yet".into()))
+    }
+
+    async fn list_events(
+        &self,
+        _: DateTime<Utc>,
+        _: Option<&str>,
+    ) -> Result<super::EventPage, PaymentError> {
+        Err(self.error())
+    }
+
+    async fn customer_subscriptions(
+        &self,
+        _: &str,
+    ) -> Result<Vec<RemoteSubscription>, PaymentError> {
+        Err(self.error())
+    }
+
+    async fn expire_checkout(&self, _: &str) -> Result<(), PaymentError> {
+        Err(self.error())
+    }
+
+    async fn cancel_and_refund(&self, _: &str) -> Result<Option<i64>, PaymentError> {
+        Err(self.error())
+    }
 }

@@ -6,6 +6,8 @@
 mod shared;
 #[macro_use]
 mod integration_sql;
+#[macro_use]
+mod webhook_sql;
 mod postgres;
 mod rows;
 mod sqlite;
@@ -49,10 +51,35 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+impl StoreError {
+    /// Whether trying again later can succeed: the database was unreachable, busy or locked
+    /// (SQLite's "database is locked"), or a transaction lost a serialisation race.
+    pub fn is_temporary(&self) -> bool {
+        match self {
+            Self::Database(
+                sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::WorkerCrashed,
+            ) => true,
+            Self::Database(sqlx::Error::Database(e)) => {
+                // SQLite: SQLITE_BUSY (5) and SQLITE_LOCKED (6) with their extended codes;
+                // PostgreSQL: serialization failure, deadlock, shutdown, too many connections.
+                matches!(
+                    e.code().as_deref(),
+                    Some("5" | "6" | "261" | "262" | "517" | "40001" | "40P01" | "57P01" | "53300")
+                ) || e.message().contains("database is locked")
+            }
+            _ => false,
+        }
+    }
+}
+
 /// Everything the service reads and writes. Every query that returns user data takes the user id,
 /// so one user's rows can never be read through another user's request.
 #[async_trait]
-pub trait Store: BillingRecords + IntegrationStore + Send + Sync + 'static {
+pub trait Store: BillingRecords + WebhookStore + IntegrationStore + Send + Sync + 'static {
     /// Which database this is.
     fn backend(&self) -> Backend;
 
@@ -114,13 +141,38 @@ pub trait BillingRecords: Send + Sync {
         customer_id: &str,
     ) -> Result<Option<UserId>, StoreError>;
 
-    /// Whether the webhook event was already processed (a fast path; the inbox insert inside the
-    /// processing transaction is what guarantees exactly once).
-    async fn webhook_recorded(
+    /// Takes the user's subscription-change lock until `until` unless another holder's lock is
+    /// still running; `true` when taken. RPCs that change a subscription at the provider hold
+    /// it across the provider call instead of a database transaction.
+    async fn lock_subscription_changes(
         &self,
-        provider: PaymentProvider,
-        event_id: &str,
+        user: &UserId,
+        owner: &str,
+        until: DateTime<Utc>,
+        now: DateTime<Utc>,
     ) -> Result<bool, StoreError>;
+
+    /// Releases the lock if `owner` still holds it.
+    async fn unlock_subscription_changes(
+        &self,
+        user: &UserId,
+        owner: &str,
+    ) -> Result<(), StoreError>;
+
+    /// The user's checkout sessions that are still open.
+    async fn open_checkouts(&self, user: &UserId) -> Result<Vec<String>, StoreError>;
+
+    /// Remembers a checkout session opened for the user (a replayed one is kept once).
+    async fn save_checkout(
+        &self,
+        user: &UserId,
+        provider: PaymentProvider,
+        id: &str,
+        url: &str,
+    ) -> Result<(), StoreError>;
+
+    /// Marks a checkout session expired.
+    async fn checkout_expired(&self, id: &str) -> Result<(), StoreError>;
 
     /// The user's activity log, newest first.
     async fn activity(&self, user: &UserId, limit: u32) -> Result<Vec<ActivityRecord>, StoreError>;
@@ -130,13 +182,14 @@ pub trait BillingRecords: Send + Sync {
 /// it changes and its activity entries commit in one transaction.
 #[async_trait]
 pub trait BillingTx: Send {
-    /// Records a webhook event; `false` when it was already recorded (a duplicate delivery).
-    /// Concurrent deliveries of one event wait on each other here: only one can record it.
-    async fn record_webhook(
+    /// Marks a pending inbox event done with its outcome; `false` when it is no longer pending
+    /// (another processor applied it): the caller must then roll back.
+    async fn finish_event(
         &mut self,
         provider: PaymentProvider,
         event_id: &str,
-        event_type: &str,
+        outcome: &str,
+        now: DateTime<Utc>,
     ) -> Result<bool, StoreError>;
 
     /// The user's subscription, locked until commit (created FREE if the user has none).
@@ -145,18 +198,188 @@ pub trait BillingTx: Send {
     /// Stores the user's subscription (which must have been locked).
     async fn save_subscription(&mut self, subscription: &Subscription) -> Result<(), StoreError>;
 
-    /// Inserts or updates the invoice (one row per provider invoice) and returns the status it
-    /// had before, if it was known.
-    async fn save_invoice(
+    /// The stored invoice's owner, status and freshness, locked until commit.
+    async fn invoice_state(
         &mut self,
-        invoice: &Invoice,
-    ) -> Result<Option<InvoiceStatus>, StoreError>;
+        provider: PaymentProvider,
+        invoice_id: &str,
+    ) -> Result<Option<InvoiceState>, StoreError>;
+
+    /// Inserts or updates the invoice (one row per provider invoice; never another user's),
+    /// known to be current at `as_of`.
+    async fn save_invoice(&mut self, invoice: &Invoice, as_of: DateTime<Utc>)
+    -> Result<(), StoreError>;
+
+    /// Forgets a customer the provider deleted: the user's next checkout creates a new one.
+    async fn forget_customer(
+        &mut self,
+        provider: PaymentProvider,
+        customer_id: &str,
+    ) -> Result<(), StoreError>;
 
     /// Appends an activity-log entry.
     async fn log_activity(&mut self, user: &UserId, activity: &Activity) -> Result<(), StoreError>;
 
     /// Makes every change of this transaction visible.
     async fn commit(self: Box<Self>) -> Result<(), StoreError>;
+}
+
+/// A stored invoice's owner, status and freshness.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvoiceState {
+    pub user_id: UserId,
+    pub status: InvoiceStatus,
+    pub state_as_of: Option<DateTime<Utc>>,
+}
+
+/// A verified webhook event as the intake stores it.
+#[derive(Debug, Clone)]
+pub struct NewInboxEvent<'a> {
+    pub provider: PaymentProvider,
+    pub event_id: &'a str,
+    pub event_type: &'a str,
+    pub created: DateTime<Utc>,
+    pub object_id: Option<&'a str>,
+    /// Events with one key are applied one at a time, in `created` order (the customer).
+    pub order_key: &'a str,
+    /// The raw event JSON, exactly as received.
+    pub payload: &'a str,
+}
+
+/// A stored event waiting to be applied.
+#[derive(Debug, Clone)]
+pub struct PendingEvent {
+    pub provider: PaymentProvider,
+    pub event_id: String,
+    pub event_type: String,
+    pub created: DateTime<Utc>,
+    pub payload: String,
+    pub attempts: u32,
+}
+
+/// An event that was given up on (a dead letter), for operators.
+#[derive(Debug, Clone)]
+pub struct FailedEvent {
+    pub provider: PaymentProvider,
+    pub event_id: String,
+    pub event_type: String,
+    pub created: Option<DateTime<Utc>>,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    pub received_at: DateTime<Utc>,
+}
+
+/// A paid subscription whose stored period ended without news from the provider.
+#[derive(Debug, Clone)]
+pub struct OverdueSubscription {
+    pub user: UserId,
+    pub provider: PaymentProvider,
+    pub subscription_id: String,
+    pub customer_id: Option<String>,
+}
+
+/// The webhook inbox and the event processor's leases (`webhook_sql.rs`).
+///
+/// The inbox row is the unit of exactly-once: an event is applied in the transaction that moves
+/// its row from pending to done ([`BillingTx::finish_event`]). The stream lease only orders the
+/// work: one processor at a time per order key (customer), so a customer's events are applied
+/// one after the other, oldest first.
+#[async_trait]
+pub trait WebhookStore: Send + Sync {
+    /// Stores a verified event as pending; `false` when it was already stored (a duplicate).
+    async fn store_event(
+        &self,
+        event: &NewInboxEvent<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
+    /// Order keys with pending events that no processor holds, oldest event first.
+    async fn ready_order_keys(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<String>, StoreError>;
+
+    /// Takes the lease of an order key until `until` unless it is held (or held back) past
+    /// `now`; `true` when taken.
+    async fn claim_order_key(
+        &self,
+        key: &str,
+        owner: &str,
+        until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
+    /// Renews the lease; `false` when `owner` no longer holds it.
+    async fn extend_order_key(
+        &self,
+        key: &str,
+        owner: &str,
+        until: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
+    /// Lets go of an order key; with `hold_until`, no processor takes it before then (a back-off).
+    async fn release_order_key(
+        &self,
+        key: &str,
+        owner: &str,
+        hold_until: Option<DateTime<Utc>>,
+    ) -> Result<(), StoreError>;
+
+    /// The key's pending events in the provider's order (created, then id).
+    async fn pending_events(&self, key: &str, limit: u32)
+    -> Result<Vec<PendingEvent>, StoreError>;
+
+    /// Counts a failed attempt of a pending event; with `dead`, gives up on it (state failed).
+    async fn event_attempt_failed(
+        &self,
+        provider: PaymentProvider,
+        event_id: &str,
+        error: &str,
+        dead: bool,
+    ) -> Result<(), StoreError>;
+
+    /// Events given up on, newest first.
+    async fn failed_events(&self, limit: u32) -> Result<Vec<FailedEvent>, StoreError>;
+
+    /// Puts a failed event back to pending with its attempts reset; `false` if it is not failed.
+    async fn replay_event(
+        &self,
+        provider: PaymentProvider,
+        event_id: &str,
+    ) -> Result<bool, StoreError>;
+
+    /// How many events wait to be applied.
+    async fn pending_event_count(&self) -> Result<u64, StoreError>;
+
+    /// The `created` of the newest stored event of `provider`.
+    async fn newest_event_created(
+        &self,
+        provider: PaymentProvider,
+    ) -> Result<Option<DateTime<Utc>>, StoreError>;
+
+    /// Whether the event is stored (pending, done or failed).
+    async fn event_stored(
+        &self,
+        provider: PaymentProvider,
+        event_id: &str,
+    ) -> Result<bool, StoreError>;
+
+    /// Paid subscriptions whose stored period ended before `ended_before` and whose state is
+    /// older than that: the provider's news about them was missed.
+    async fn overdue_subscriptions(
+        &self,
+        ended_before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<OverdueSubscription>, StoreError>;
+
+    /// Subscriptions that ended (cancelled, expired) with state newer than `since`: the user
+    /// may still have another live one at the provider.
+    async fn ended_subscriptions(
+        &self,
+        since: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<OverdueSubscription>, StoreError>;
 }
 
 /// Integrations, their sync jobs and the contacts they push, with the same SQL on both backends

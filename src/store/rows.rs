@@ -31,11 +31,13 @@ pub(super) struct SubscriptionRow {
     cancel_at_period_end: bool,
     cancel_at: Option<DateTime<Utc>>,
     past_due_since: Option<DateTime<Utc>>,
+    state_as_of: Option<DateTime<Utc>>,
 }
 
 pub(super) const SUBSCRIPTION_QUERY: &str = "SELECT user_id, tier, status, provider, \
      provider_customer_id, provider_subscription_id, current_period_start, current_period_end, \
-     cancel_at_period_end, cancel_at, past_due_since FROM subscriptions WHERE user_id = $1";
+     cancel_at_period_end, cancel_at, past_due_since, state_as_of FROM subscriptions \
+     WHERE user_id = $1";
 
 impl TryFrom<SubscriptionRow> for Subscription {
     type Error = StoreError;
@@ -57,6 +59,7 @@ impl TryFrom<SubscriptionRow> for Subscription {
             cancel_at_period_end: row.cancel_at_period_end,
             cancel_at: row.cancel_at,
             past_due_since: row.past_due_since,
+            state_as_of: row.state_as_of,
         })
     }
 }
@@ -186,27 +189,23 @@ impl From<ActivityRow> for super::ActivityRecord {
 pub(super) const SAVE_SUBSCRIPTION: &str = "UPDATE subscriptions SET tier = $2, status = $3, \
      provider = $4, provider_customer_id = $5, provider_subscription_id = $6, \
      current_period_start = $7, current_period_end = $8, cancel_at_period_end = $9, \
-     cancel_at = $10, past_due_since = $11 WHERE user_id = $1";
+     cancel_at = $10, past_due_since = $11, state_as_of = $12 WHERE user_id = $1";
 
 pub(super) const ENSURE_SUBSCRIPTION: &str = "INSERT INTO subscriptions (user_id, tier, status) \
      VALUES ($1, 'free', 'active') ON CONFLICT (user_id) DO NOTHING";
 
-pub(super) const RECORD_WEBHOOK: &str = "INSERT INTO webhook_inbox (provider, event_id, event_type) \
-     VALUES ($1, $2, $3) ON CONFLICT (provider, event_id) DO NOTHING";
-
-pub(super) const INVOICE_STATUS: &str =
-    "SELECT status FROM invoices WHERE provider = $1 AND provider_invoice_id = $2";
 
 pub(super) const LOG_ACTIVITY: &str =
     "INSERT INTO activity_logs (user_id, kind, message, details) VALUES ($1, $2, $3, $4)";
 
-pub(super) fn parse_invoice_status(
-    status: Option<String>,
-) -> Result<Option<InvoiceStatus>, StoreError> {
-    status
-        .map(|s| s.parse::<InvoiceStatus>())
-        .transpose()
-        .map_err(corrupt)
+pub(super) fn invoice_state(
+    (user_id, status, as_of): (String, String, Option<DateTime<Utc>>),
+) -> Result<super::InvoiceState, StoreError> {
+    Ok(super::InvoiceState {
+        user_id: UserId::parse(user_id).map_err(corrupt)?,
+        status: status.parse::<InvoiceStatus>().map_err(corrupt)?,
+        state_as_of: as_of,
+    })
 }
 
 #[derive(sqlx::FromRow)]

@@ -9,18 +9,23 @@ macro_rules! billing_tx {
 
         #[async_trait::async_trait]
         impl $crate::store::BillingTx for $name {
-            async fn record_webhook(
+            async fn finish_event(
                 &mut self,
                 provider: $crate::domain::subscription::PaymentProvider,
                 event_id: &str,
-                event_type: &str,
+                outcome: &str,
+                now: chrono::DateTime<chrono::Utc>,
             ) -> Result<bool, $crate::store::StoreError> {
-                let done = sqlx::query($crate::store::rows::RECORD_WEBHOOK)
-                    .bind(provider.as_str())
-                    .bind(event_id)
-                    .bind(event_type)
-                    .execute(&mut *self.0)
-                    .await?;
+                let done = sqlx::query(
+                    "UPDATE webhook_inbox SET state = 'done', outcome = $3, processed_at = $4, \
+                     last_error = NULL WHERE provider = $1 AND event_id = $2 AND state = 'pending'",
+                )
+                .bind(provider.as_str())
+                .bind(event_id)
+                .bind(outcome)
+                .bind(now)
+                .execute(&mut *self.0)
+                .await?;
                 Ok(done.rows_affected() == 1)
             }
 
@@ -35,8 +40,8 @@ macro_rules! billing_tx {
                 let row: $crate::store::rows::SubscriptionRow = sqlx::query_as(concat!(
                     "SELECT user_id, tier, status, provider, provider_customer_id, \
                      provider_subscription_id, current_period_start, current_period_end, \
-                     cancel_at_period_end, cancel_at, past_due_since FROM subscriptions \
-                     WHERE user_id = $1",
+                     cancel_at_period_end, cancel_at, past_due_since, state_as_of \
+                     FROM subscriptions WHERE user_id = $1",
                     $lock
                 ))
                 .bind(user.as_str())
@@ -61,37 +66,49 @@ macro_rules! billing_tx {
                     .bind(s.cancel_at_period_end)
                     .bind(s.cancel_at)
                     .bind(s.past_due_since)
+                    .bind(s.state_as_of)
                     .execute(&mut *self.0)
                     .await?;
                 Ok(())
             }
 
+            async fn invoice_state(
+                &mut self,
+                provider: $crate::domain::subscription::PaymentProvider,
+                invoice_id: &str,
+            ) -> Result<Option<$crate::store::InvoiceState>, $crate::store::StoreError> {
+                let row: Option<(String, String, Option<chrono::DateTime<chrono::Utc>>)> =
+                    sqlx::query_as(concat!("SELECT user_id, status, state_as_of FROM invoices \
+                     WHERE provider = $1 AND provider_invoice_id = $2", $lock))
+                    .bind(provider.as_str())
+                    .bind(invoice_id)
+                    .fetch_optional(&mut *self.0)
+                    .await?;
+                row.map($crate::store::rows::invoice_state).transpose()
+            }
+
             async fn save_invoice(
                 &mut self,
                 i: &$crate::domain::invoice::Invoice,
-            ) -> Result<Option<$crate::domain::invoice::InvoiceStatus>, $crate::store::StoreError>
-            {
-                let before: Option<String> = sqlx::query_scalar($crate::store::rows::INVOICE_STATUS)
-                    .bind(i.provider.as_str())
-                    .bind(&i.provider_invoice_id)
-                    .fetch_optional(&mut *self.0)
-                    .await?;
+                as_of: chrono::DateTime<chrono::Utc>,
+            ) -> Result<(), $crate::store::StoreError> {
                 // An invoice never moves to another user: the update applies only to the
                 // row of the same user.
                 sqlx::query(concat!(
                     "INSERT INTO invoices (id, user_id, provider, provider_invoice_id, \
                      provider_subscription_id, amount_due, amount_paid, currency, status, \
                      hosted_invoice_url, invoice_pdf_url, period_start, period_end, \
-                     provider_created_at) VALUES ($1",
+                     provider_created_at, state_as_of) VALUES ($1",
                     $cast,
-                    ", $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+                    ", $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
                      ON CONFLICT (provider, provider_invoice_id) DO UPDATE SET \
                      provider_subscription_id = excluded.provider_subscription_id, \
                      amount_due = excluded.amount_due, amount_paid = excluded.amount_paid, \
                      currency = excluded.currency, status = excluded.status, \
                      hosted_invoice_url = excluded.hosted_invoice_url, \
                      invoice_pdf_url = excluded.invoice_pdf_url, \
-                     period_start = excluded.period_start, period_end = excluded.period_end \
+                     period_start = excluded.period_start, period_end = excluded.period_end, \
+                     state_as_of = excluded.state_as_of \
                      WHERE invoices.user_id = excluded.user_id"
                 ))
                 .bind(uuid::Uuid::new_v4().to_string())
@@ -108,9 +125,23 @@ macro_rules! billing_tx {
                 .bind(i.period_start)
                 .bind(i.period_end)
                 .bind(i.created_at)
+                .bind(as_of)
                 .execute(&mut *self.0)
                 .await?;
-                $crate::store::rows::parse_invoice_status(before)
+                Ok(())
+            }
+
+            async fn forget_customer(
+                &mut self,
+                provider: $crate::domain::subscription::PaymentProvider,
+                customer_id: &str,
+            ) -> Result<(), $crate::store::StoreError> {
+                sqlx::query("DELETE FROM billing_customers WHERE provider = $1 AND customer_id = $2")
+                    .bind(provider.as_str())
+                    .bind(customer_id)
+                    .execute(&mut *self.0)
+                    .await?;
+                Ok(())
             }
 
             async fn log_activity(
@@ -192,18 +223,84 @@ macro_rules! billing_records {
                     .map_err(|e| $crate::store::StoreError::Corrupt(e.to_string()))
             }
 
-            async fn webhook_recorded(
+            async fn lock_subscription_changes(
                 &self,
-                provider: $crate::domain::subscription::PaymentProvider,
-                event_id: &str,
+                user: &$crate::domain::UserId,
+                owner: &str,
+                until: chrono::DateTime<chrono::Utc>,
+                now: chrono::DateTime<chrono::Utc>,
             ) -> Result<bool, $crate::store::StoreError> {
-                let found: Option<i32> =
-                    sqlx::query_scalar("SELECT 1 FROM webhook_inbox WHERE provider = $1 AND event_id = $2")
-                        .bind(provider.as_str())
-                        .bind(event_id)
-                        .fetch_optional(&self.pool)
-                        .await?;
-                Ok(found.is_some())
+                sqlx::query($crate::store::rows::ENSURE_SUBSCRIPTION)
+                    .bind(user.as_str())
+                    .execute(&self.pool)
+                    .await?;
+                let done = sqlx::query(
+                    "UPDATE subscriptions SET change_lock_owner = $2, change_lock_until = $3 \
+                     WHERE user_id = $1 AND (change_lock_until IS NULL OR change_lock_until <= $4)",
+                )
+                .bind(user.as_str())
+                .bind(owner)
+                .bind(until)
+                .bind(now)
+                .execute(&self.pool)
+                .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn unlock_subscription_changes(
+                &self,
+                user: &$crate::domain::UserId,
+                owner: &str,
+            ) -> Result<(), $crate::store::StoreError> {
+                sqlx::query(
+                    "UPDATE subscriptions SET change_lock_owner = NULL, change_lock_until = NULL \
+                     WHERE user_id = $1 AND change_lock_owner = $2",
+                )
+                .bind(user.as_str())
+                .bind(owner)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn open_checkouts(
+                &self,
+                user: &$crate::domain::UserId,
+            ) -> Result<Vec<String>, $crate::store::StoreError> {
+                Ok(sqlx::query_scalar(
+                    "SELECT id FROM checkout_sessions WHERE user_id = $1 AND state = 'open' ORDER BY created_at",
+                )
+                .bind(user.as_str())
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn save_checkout(
+                &self,
+                user: &$crate::domain::UserId,
+                provider: $crate::domain::subscription::PaymentProvider,
+                id: &str,
+                url: &str,
+            ) -> Result<(), $crate::store::StoreError> {
+                sqlx::query(
+                    "INSERT INTO checkout_sessions (id, user_id, provider, url) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (id) DO NOTHING",
+                )
+                .bind(id)
+                .bind(user.as_str())
+                .bind(provider.as_str())
+                .bind(url)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn checkout_expired(&self, id: &str) -> Result<(), $crate::store::StoreError> {
+                sqlx::query("UPDATE checkout_sessions SET state = 'expired' WHERE id = $1")
+                    .bind(id)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
             }
 
             async fn activity(&self, user: &$crate::domain::UserId, limit: u32) -> Result<Vec<$crate::store::ActivityRecord>, $crate::store::StoreError> {

@@ -39,6 +39,7 @@ pub struct Received {
     pub idempotency_key: Option<String>,
     pub authorization: Option<String>,
     pub form: HashMap<String, String>,
+    pub query: HashMap<String, String>,
 }
 
 #[derive(Default)]
@@ -50,6 +51,22 @@ struct State {
     replays: HashMap<String, Value>,
     received: Vec<Received>,
     fail_reads: bool,
+    /// Events `GET /v1/events` lists, newest first.
+    events: Vec<Value>,
+    /// Answer this many requests with 429 before serving again.
+    throttle_next: u32,
+    /// Requests per second the fake allows (per endpoint and overall); above it, 429.
+    limit_per_second: Option<usize>,
+    /// Arrival instants of served requests, by endpoint (for the limit).
+    recent: HashMap<String, std::collections::VecDeque<std::time::Instant>>,
+    recent_all: std::collections::VecDeque<std::time::Instant>,
+    /// 429s answered.
+    throttled: u64,
+    /// Delay of every answer (Stripe answers in 100-500 ms).
+    delay: std::time::Duration,
+    /// Extra delay of GET answers (their state is taken when the request arrives).
+    read_delay: std::time::Duration,
+    refunds: Vec<HashMap<String, String>>,
 }
 
 /// The fake Stripe API.
@@ -128,6 +145,42 @@ impl FakeStripe {
         lock(&self.state).fail_reads = fail;
     }
 
+    /// Answers every request after `delay`, as a real Stripe does.
+    pub fn set_delay(&self, delay: std::time::Duration) {
+        lock(&self.state).delay = delay;
+    }
+
+    /// Answers GETs `delay` later still; the answer is the state when the request arrived.
+    pub fn delay_reads(&self, delay: std::time::Duration) {
+        lock(&self.state).read_delay = delay;
+    }
+
+    /// Enforces `per_second` requests per second per endpoint and overall (429 above it).
+    pub fn limit(&self, per_second: usize) {
+        lock(&self.state).limit_per_second = Some(per_second);
+    }
+
+    /// Answers the next `n` requests with 429 (a rate-limit storm).
+    pub fn throttle_next(&self, n: u32) {
+        lock(&self.state).throttle_next = n;
+    }
+
+    /// How many requests were answered 429.
+    pub fn throttled(&self) -> u64 {
+        lock(&self.state).throttled
+    }
+
+    /// Refunds created (their form fields).
+    pub fn refunds(&self) -> Vec<HashMap<String, String>> {
+        lock(&self.state).refunds.clone()
+    }
+
+    /// Adds an event to what `GET /v1/events` lists (as if Stripe had created it).
+    pub fn publish(&self, body: &str) {
+        let event: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}"));
+        lock(&self.state).events.insert(0, event);
+    }
+
     /// Every request received so far.
     pub fn received(&self) -> Vec<Received> {
         lock(&self.state).received.clone()
@@ -183,15 +236,20 @@ impl FakeStripe {
             .and_then(|c| c["id"].as_str().map(str::to_string))
     }
 
-    /// A Stripe event envelope around `object`, with a fresh id.
+    /// A Stripe event envelope around `object`, with a fresh id, created now.
     pub fn event(&self, kind: &str, object: &Value) -> (String, String) {
+        self.event_at(kind, object, chrono::Utc::now().timestamp())
+    }
+
+    /// A Stripe event envelope around `object`, created at `created` (unix seconds).
+    pub fn event_at(&self, kind: &str, object: &Value, created: i64) -> (String, String) {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let id = format!("evt_test_{n}_{}", uuid::Uuid::new_v4().simple());
         let body = json!({
             "id": id,
             "object": "event",
             "api_version": "2026-09-30.endive",
-            "created": chrono::Utc::now().timestamp(),
+            "created": created,
             "data": { "object": object },
             "livemode": false,
             "pending_webhooks": 1,
@@ -350,12 +408,69 @@ impl Respond for Handler {
             idempotency_key: header("idempotency-key"),
             authorization: header("authorization"),
             form: form.clone(),
+            query: request.url.query_pairs().into_owned().collect(),
         };
         let mut state = lock(&self.state);
         state.received.push(received.clone());
         if received.authorization.as_deref() != Some(&format!("Bearer {SECRET_KEY}")) {
             return error(401, "invalid_request_error", "Invalid API Key provided");
         }
+        let delay = state.delay
+            + if received.method == "GET" {
+                state.read_delay
+            } else {
+                std::time::Duration::ZERO
+            };
+        if state.throttle_next > 0 {
+            state.throttle_next -= 1;
+            state.throttled += 1;
+            return error(429, "rate_limit_error", "Too many requests").set_delay(delay);
+        }
+        if let Some(limit) = state.limit_per_second {
+            let now = std::time::Instant::now();
+            let window = std::time::Duration::from_secs(1);
+            let endpoint = endpoint_of(&received.method, &received.path);
+            let recent = state.recent.entry(endpoint).or_default();
+            while recent.front().is_some_and(|t| now.duration_since(*t) >= window) {
+                recent.pop_front();
+            }
+            let endpoint_full = recent.len() >= limit;
+            if !endpoint_full {
+                recent.push_back(now);
+            }
+            let all = &mut state.recent_all;
+            while all.front().is_some_and(|t| now.duration_since(*t) >= window) {
+                all.pop_front();
+            }
+            if endpoint_full || all.len() >= limit * 4 {
+                state.throttled += 1;
+                return error(429, "rate_limit_error", "Too many requests").set_delay(delay);
+            }
+            all.push_back(now);
+        }
+        let answer = self.answer(&mut state, &received, &form);
+        answer.set_delay(delay)
+    }
+}
+
+/// The endpoint a request counts against (`GET /v1/subscriptions/{id}`).
+fn endpoint_of(method: &str, path: &str) -> String {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let named: Vec<&str> = segments
+        .iter()
+        .enumerate()
+        .map(|(i, s)| if i >= 2 && i % 2 == 0 { "{id}" } else { s })
+        .collect();
+    format!("{method} /{}", named.join("/"))
+}
+
+impl Handler {
+    fn answer(
+        &self,
+        state: &mut State,
+        received: &Received,
+        form: &HashMap<String, String>,
+    ) -> ResponseTemplate {
         let is_post = received.method == "POST";
         if is_post {
             // Stripe replays the first answer for a reused idempotency key.
@@ -446,9 +561,67 @@ impl Respond for Handler {
                 Some(invoice) => invoice.clone(),
                 None => return error(404, "invalid_request_error", "No such invoice"),
             },
+            ("GET", ["v1", "events"]) => {
+                let query: HashMap<String, String> = received.query.clone();
+                let after: i64 = query
+                    .get("created[gt]")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                let mut listed: Vec<Value> = state
+                    .events
+                    .iter()
+                    .filter(|e| e["created"].as_i64().unwrap_or(0) > after)
+                    .cloned()
+                    .collect();
+                if let Some(start) = query.get("starting_after") {
+                    let at = listed.iter().position(|e| e["id"] == start.as_str());
+                    listed = at.map(|i| listed.split_off(i + 1)).unwrap_or_default();
+                }
+                let has_more = listed.len() > 2;
+                listed.truncate(2);
+                json!({ "object": "list", "url": "/v1/events", "has_more": has_more, "data": listed })
+            }
+            ("GET", ["v1", "subscriptions"]) => {
+                let customer = received.query.get("customer").cloned().unwrap_or_default();
+                let listed: Vec<Value> = state
+                    .subscriptions
+                    .values()
+                    .filter(|s| s["customer"] == customer.as_str())
+                    .cloned()
+                    .collect();
+                json!({ "object": "list", "url": "/v1/subscriptions", "has_more": false, "data": listed })
+            }
+            ("DELETE", ["v1", "subscriptions", id]) => {
+                let Some(sub) = state.subscriptions.get_mut(*id) else {
+                    return error(404, "invalid_request_error", "No such subscription");
+                };
+                if sub["status"] == "canceled" {
+                    return error(400, "invalid_request_error", "already canceled");
+                }
+                sub["status"] = json!("canceled");
+                let invoice = format!("in_latest_{id}");
+                sub["latest_invoice"] = json!(invoice);
+                let sub = sub.clone();
+                let mut paid = self.fixtures["invoice"].clone();
+                merge(&mut paid, json!({ "id": invoice, "customer": sub["customer"],
+                    "status": "paid", "amount_paid": 1900, "amount_due": 1900,
+                    "payments": { "object": "list", "data": [
+                        { "payment": { "type": "payment_intent", "payment_intent": format!("pi_{id}") } }
+                    ] } }));
+                state.invoices.insert(invoice, paid);
+                sub
+            }
+            ("POST", ["v1", "refunds"]) => {
+                state.refunds.push(form.clone());
+                json!({ "id": self.next("re_test"), "object": "refund", "status": "succeeded",
+                        "payment_intent": form.get("payment_intent") })
+            }
+            ("POST", ["v1", "checkout", "sessions", id, "expire"]) => {
+                json!({ "id": id, "object": "checkout.session", "status": "expired" })
+            }
             _ => return error(404, "invalid_request_error", "Unrecognized request URL"),
         };
-        if is_post && let Some(key) = received.idempotency_key {
+        if is_post && let Some(key) = received.idempotency_key.clone() {
             state.replays.insert(key, answer.clone());
         }
         ResponseTemplate::new(200).set_body_json(answer)

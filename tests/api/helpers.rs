@@ -214,6 +214,10 @@ fn base_settings(db_url: &str, data_dir: &std::path::Path) -> Vec<(String, Strin
         ("--sync-poll-interval", "50ms"),
         ("--sync-retry-min-delay", "50ms"),
         ("--sync-retry-max-delay", "1s"),
+        ("--webhook-poll-interval", "20ms"),
+        ("--webhook-retry-max-delay", "2s"),
+        // Tests run the reconciler on demand (`nexus-billing reconcile`).
+        ("--reconcile-interval", "0s"),
     ]
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -520,10 +524,33 @@ impl TestApp {
         (status, response.text().await.unwrap_or_default())
     }
 
-    /// Delivers `body` signed now with the test secret, expecting 200.
+    /// Delivers `body` signed now with the test secret, expecting 200, and waits until the
+    /// event processor has applied every stored event.
     pub async fn deliver_signed(&self, body: &str) {
         let (status, text) = self.deliver(body, Some(&sign_now(body))).await;
         assert_eq!(status, 200, "delivery refused: {text}");
+        self.settle().await;
+    }
+
+    /// Waits (up to 30 s) until no stored webhook event is pending.
+    pub async fn settle(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let pending = self.count("webhook_inbox", "state = 'pending'").await;
+            if pending == 0 {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{pending} webhook events still pending after 30 s"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The database URL (for running the binary against this server's database).
+    pub fn database_url(&self) -> &str {
+        &self.db.url
     }
 
     /// `SELECT COUNT(*) FROM <table> [WHERE <condition>]`.

@@ -6,6 +6,7 @@ mod auth;
 mod billing;
 mod checkout;
 mod config;
+mod event_processing;
 mod fake_oauth;
 mod fake_providers;
 mod fake_stripe;

@@ -305,10 +305,12 @@ async fn failed_payment_keeps_the_tier_within_grace_then_recovers_with_an_invoic
         created,
     };
     let open = stripe.put_invoice(&invoice);
+    // Stripe tells the subscription's news in its own event, not in the invoice's.
     let past_due = stripe.patch_subscription(&sub_id, json!({ "status": "past_due" }));
-    let _ = past_due;
     let (_, failed) = stripe.event("invoice.payment_failed", &open);
     app.deliver_signed(&failed).await;
+    let (_, updated) = stripe.event("customer.subscription.updated", &past_due);
+    app.deliver_signed(&updated).await;
 
     let sub = subscription(&app, user).await;
     assert_eq!(sub.status, i32::from(SubscriptionStatus::PastDue));
@@ -339,11 +341,13 @@ async fn failed_payment_keeps_the_tier_within_grace_then_recovers_with_an_invoic
         amount_paid: 900,
         ..invoice
     });
-    stripe.patch_subscription(&sub_id, json!({ "status": "active" }));
+    let active = stripe.patch_subscription(&sub_id, json!({ "status": "active" }));
     let (_, paid_event) = stripe.event("invoice.paid", &paid);
     app.deliver_signed(&paid_event).await;
     let (_, succeeded_event) = stripe.event("invoice.payment_succeeded", &paid);
     app.deliver_signed(&succeeded_event).await;
+    let (_, updated) = stripe.event("customer.subscription.updated", &active);
+    app.deliver_signed(&updated).await;
 
     let sub = subscription(&app, user).await;
     assert_eq!(sub.status, i32::from(SubscriptionStatus::Active));

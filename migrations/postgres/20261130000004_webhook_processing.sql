@@ -1,0 +1,47 @@
+-- Webhooks are stored on intake and applied later by the event processor (issue 11).
+-- Rows recorded before this migration were processed at intake: they are 'done'.
+ALTER TABLE webhook_inbox
+    ADD COLUMN event_created_at TIMESTAMPTZ,
+    ADD COLUMN object_id        TEXT,
+    ADD COLUMN order_key        TEXT,
+    ADD COLUMN payload          TEXT,
+    ADD COLUMN state            TEXT NOT NULL DEFAULT 'done'
+        CHECK (state IN ('pending', 'done', 'failed')),
+    ADD COLUMN outcome          TEXT,
+    ADD COLUMN attempts         INTEGER NOT NULL DEFAULT 0,
+    ADD COLUMN last_error       TEXT,
+    ADD COLUMN processed_at     TIMESTAMPTZ;
+-- Pending events, oldest first, and one customer's pending events in Stripe's order.
+CREATE INDEX webhook_inbox_pending_idx ON webhook_inbox (received_at) WHERE state = 'pending';
+CREATE INDEX webhook_inbox_order_idx ON webhook_inbox (order_key, event_created_at) WHERE state = 'pending';
+CREATE INDEX webhook_inbox_failed_idx ON webhook_inbox (received_at) WHERE state = 'failed';
+CREATE INDEX webhook_inbox_created_idx ON webhook_inbox (provider, event_created_at);
+
+-- One processor at a time per customer (the order key): a lease, also used to hold a customer
+-- back after a failure (lease_owner NULL, lease_until = the next attempt).
+CREATE TABLE webhook_streams (
+    order_key    TEXT PRIMARY KEY,
+    lease_owner  TEXT,
+    lease_until  TIMESTAMPTZ NOT NULL
+);
+
+-- The instant the stored state is known to be current: a snapshot older than it is stale.
+ALTER TABLE subscriptions
+    ADD COLUMN state_as_of        TIMESTAMPTZ,
+    ADD COLUMN change_lock_owner  TEXT,
+    ADD COLUMN change_lock_until  TIMESTAMPTZ;
+ALTER TABLE invoices ADD COLUMN state_as_of TIMESTAMPTZ;
+CREATE INDEX subscriptions_period_end_idx ON subscriptions (current_period_end)
+    WHERE provider_subscription_id IS NOT NULL;
+
+-- Checkout sessions this service opened, so earlier open ones can be expired.
+CREATE TABLE checkout_sessions (
+    id          TEXT PRIMARY KEY,
+    user_id     TEXT NOT NULL,
+    provider    TEXT NOT NULL,
+    url         TEXT NOT NULL,
+    state       TEXT NOT NULL DEFAULT 'open' CHECK (state IN ('open', 'expired')),
+    created_at  TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+CREATE INDEX checkout_sessions_user_idx ON checkout_sessions (user_id) WHERE state = 'open';
+

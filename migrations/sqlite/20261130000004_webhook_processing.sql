@@ -1,0 +1,40 @@
+-- Webhooks are stored on intake and applied later by the event processor (issue 11).
+-- Rows recorded before this migration were processed at intake: they are 'done'.
+ALTER TABLE webhook_inbox ADD COLUMN event_created_at TEXT;
+ALTER TABLE webhook_inbox ADD COLUMN object_id TEXT;
+ALTER TABLE webhook_inbox ADD COLUMN order_key TEXT;
+ALTER TABLE webhook_inbox ADD COLUMN payload TEXT;
+ALTER TABLE webhook_inbox ADD COLUMN state TEXT NOT NULL DEFAULT 'done'
+    CHECK (state IN ('pending', 'done', 'failed'));
+ALTER TABLE webhook_inbox ADD COLUMN outcome TEXT;
+ALTER TABLE webhook_inbox ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE webhook_inbox ADD COLUMN last_error TEXT;
+ALTER TABLE webhook_inbox ADD COLUMN processed_at TEXT;
+CREATE INDEX webhook_inbox_pending_idx ON webhook_inbox (received_at) WHERE state = 'pending';
+CREATE INDEX webhook_inbox_order_idx ON webhook_inbox (order_key, event_created_at) WHERE state = 'pending';
+CREATE INDEX webhook_inbox_failed_idx ON webhook_inbox (received_at) WHERE state = 'failed';
+CREATE INDEX webhook_inbox_created_idx ON webhook_inbox (provider, event_created_at);
+
+CREATE TABLE webhook_streams (
+    order_key    TEXT PRIMARY KEY,
+    lease_owner  TEXT,
+    lease_until  TEXT NOT NULL
+);
+
+ALTER TABLE subscriptions ADD COLUMN state_as_of TEXT;
+ALTER TABLE subscriptions ADD COLUMN change_lock_owner TEXT;
+ALTER TABLE subscriptions ADD COLUMN change_lock_until TEXT;
+ALTER TABLE invoices ADD COLUMN state_as_of TEXT;
+CREATE INDEX subscriptions_period_end_idx ON subscriptions (current_period_end)
+    WHERE provider_subscription_id IS NOT NULL;
+
+CREATE TABLE checkout_sessions (
+    id          TEXT PRIMARY KEY,
+    user_id     TEXT NOT NULL,
+    provider    TEXT NOT NULL,
+    url         TEXT NOT NULL,
+    state       TEXT NOT NULL DEFAULT 'open' CHECK (state IN ('open', 'expired')),
+    created_at  TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+);
+CREATE INDEX checkout_sessions_user_idx ON checkout_sessions (user_id) WHERE state = 'open';
+

@@ -1,0 +1,102 @@
+//! Starting a paid subscription: the provider's customer (created once per user) and a checkout
+//! session. One paid subscription per user: a user with a live one is sent to ChangePlan, and
+//! the user's earlier open checkout sessions are expired before a new one is opened, so two tabs
+//! cannot both be paid.
+
+use chrono::Utc;
+
+use super::{Billing, BillingError};
+use crate::{
+    domain::{Tier, UserId, subscription::PaymentProvider},
+    payments::{CheckoutRequest, CheckoutSession, PaymentGateway},
+};
+
+/// What a checkout needs from the caller.
+#[derive(Debug, Clone)]
+pub struct NewCheckout<'a> {
+    pub user: &'a UserId,
+    pub email: Option<&'a str>,
+    pub provider: PaymentProvider,
+    pub tier: Tier,
+    pub success_url: &'a str,
+    pub cancel_url: &'a str,
+    pub phone_number: Option<&'a str>,
+}
+
+impl Billing {
+    fn check_redirect(&self, name: &str, url: &str) -> Result<(), BillingError> {
+        if (self.redirect_allowed)(url) {
+            Ok(())
+        } else {
+            Err(BillingError::Invalid(format!(
+                "{name} must be an absolute URL on one of the allowed origins (ALLOWED_ORIGINS)"
+            )))
+        }
+    }
+
+    /// Starts a checkout for a paid tier.
+    #[tracing::instrument(skip_all, fields(user_id = %new.user, tier = %new.tier))]
+    pub async fn create_checkout(
+        &self,
+        new: NewCheckout<'_>,
+    ) -> Result<CheckoutSession, BillingError> {
+        let gateway = self.gateways.get(new.provider)?;
+        if !new.tier.is_paid() {
+            return Err(BillingError::Invalid(
+                "checkout is for PRO or PREMIUM; to leave a paid plan use ChangePlan(FREE) or CancelSubscription".into(),
+            ));
+        }
+        self.check_redirect("success_url", new.success_url)?;
+        self.check_redirect("cancel_url", new.cancel_url)?;
+        let current = self.entitlement(new.user).await?;
+        if current.subscription.is_live(Utc::now()) {
+            return Err(BillingError::Precondition(format!(
+                "you already have a {} subscription; use ChangePlan to switch plans",
+                current.subscription.tier
+            )));
+        }
+        let customer_id = self.customer(gateway.as_ref(), new.user, new.email).await?;
+        let session = gateway
+            .create_checkout(&CheckoutRequest {
+                user: new.user,
+                customer_id: &customer_id,
+                tier: new.tier,
+                success_url: new.success_url,
+                cancel_url: new.cancel_url,
+                phone_number: new.phone_number,
+                previous_subscription_id: current.subscription.provider_subscription_id.as_deref(),
+            })
+            .await?;
+        // The same request asked again gets the same session back (idempotency): keep it open.
+        for earlier in self.store.open_checkouts(new.user).await? {
+            if earlier != session.id {
+                gateway.expire_checkout(&earlier).await?;
+                self.store.checkout_expired(&earlier).await?;
+                tracing::info!(session_id = %earlier, "earlier checkout session expired");
+            }
+        }
+        self.store
+            .save_checkout(new.user, gateway.provider(), &session.id, &session.url)
+            .await?;
+        tracing::info!(session_id = %session.id, "checkout session created");
+        Ok(session)
+    }
+
+    /// The user's customer at the gateway's provider, created once and reused.
+    async fn customer(
+        &self,
+        gateway: &dyn PaymentGateway,
+        user: &UserId,
+        email: Option<&str>,
+    ) -> Result<String, BillingError> {
+        let provider = gateway.provider();
+        if let Some(id) = self.store.billing_customer(user, provider).await? {
+            return Ok(id);
+        }
+        let created = gateway.create_customer(user, email).await?;
+        Ok(self
+            .store
+            .save_billing_customer(user, provider, &created)
+            .await?)
+    }
+}

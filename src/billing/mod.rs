@@ -1,0 +1,245 @@
+//! Billing use cases: subscription state, usage and limit checks, the billing portal and
+//! invoices here; checkout, plan changes, webhook intake, the event processor and the
+//! reconciler in their own files. Plain async code over the store, the payment gateways and the
+//! pure rules in `domain`; the gRPC layer only converts to and from the wire.
+//!
+//! No payment provider is ever called inside a database transaction: the provider's answer is
+//! applied afterwards in a short transaction that holds the user's subscription row and refuses
+//! to overwrite state known to be newer than the answer (`domain::freshness`).
+
+mod checkout;
+pub mod event_processor;
+mod plan_changes;
+pub mod reconciler;
+pub mod webhook_intake;
+
+pub use checkout::NewCheckout;
+pub use event_processor::EventProcessor;
+pub use webhook_intake::{WebhookError, WebhookOutcome};
+
+use std::sync::Arc;
+
+use chrono::{Duration, Utc};
+
+use crate::{
+    domain::{
+        LimitCheck, Resource, Subscription, Tier, Usage, UserId,
+        freshness::{Evidence, Freshness, freshness},
+        invoice::StoredInvoice,
+        reconcile::{Reconciled, RemoteSubscription, is_live_status, reconcile},
+        subscription::PaymentProvider,
+        usage::check_limit,
+    },
+    payments::{Gateways, PaymentError},
+    store::{BillingTx, InvoiceCursor, Store, StoreError},
+};
+
+/// A failed billing request, sorted by what the caller can do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum BillingError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Payment(#[from] PaymentError),
+    /// The request itself is wrong.
+    #[error("{0}")]
+    Invalid(String),
+    /// The request is fine but the user's state does not allow it.
+    #[error("{0}")]
+    Precondition(String),
+    /// Another change of the same subscription is running: try again.
+    #[error("{0}")]
+    Busy(String),
+}
+
+/// Checks redirect URLs against the allowed origins (the open-redirect guard).
+pub type RedirectGuard = Box<dyn Fn(&str) -> bool + Send + Sync>;
+
+/// What happens when a user ends up with a second live subscription (paid in two tabs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DuplicatePolicy {
+    /// Cancel the newer one at once and refund its payment.
+    Refund,
+    /// Keep both at the provider and flag it for support.
+    Flag,
+}
+
+pub struct Billing {
+    store: Arc<dyn Store>,
+    gateways: Gateways,
+    past_due_grace: Duration,
+    redirect_allowed: RedirectGuard,
+    duplicate_policy: DuplicatePolicy,
+    /// Wakes the event processor when the intake stored an event.
+    stored_events: tokio::sync::Notify,
+}
+
+/// A subscription with the tier it entitles to now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entitlement {
+    pub subscription: Subscription,
+    pub effective_tier: Tier,
+}
+
+/// Largest invoice page.
+pub const MAX_PAGE_SIZE: u32 = 100;
+/// Invoice page size when the caller does not say.
+pub const DEFAULT_PAGE_SIZE: u32 = 20;
+
+impl Billing {
+    pub fn new(
+        store: Arc<dyn Store>,
+        gateways: Gateways,
+        past_due_grace: Duration,
+        redirect_allowed: RedirectGuard,
+        duplicate_policy: DuplicatePolicy,
+    ) -> Self {
+        Self {
+            store,
+            gateways,
+            past_due_grace,
+            redirect_allowed,
+            duplicate_policy,
+            stored_events: tokio::sync::Notify::new(),
+        }
+    }
+
+    pub(crate) fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub(crate) fn gateways(&self) -> &Gateways {
+        &self.gateways
+    }
+
+    fn entitle(&self, subscription: Subscription) -> Entitlement {
+        let effective_tier = subscription.effective_tier(Utc::now(), self.past_due_grace);
+        Entitlement {
+            subscription,
+            effective_tier,
+        }
+    }
+
+    /// The user's subscription; a user with no row is on FREE and ACTIVE.
+    pub async fn entitlement(&self, user: &UserId) -> Result<Entitlement, StoreError> {
+        let subscription = self
+            .store
+            .subscription(user)
+            .await?
+            .unwrap_or_else(|| Subscription::free(user.clone()));
+        Ok(self.entitle(subscription))
+    }
+
+    /// The user's counts and the tier whose limits apply.
+    pub async fn usage(&self, user: &UserId) -> Result<(Tier, Usage), StoreError> {
+        let (entitlement, usage) =
+            tokio::try_join!(self.entitlement(user), self.store.usage(user))?;
+        Ok((entitlement.effective_tier, usage))
+    }
+
+    /// May the user create `quantity` more of `resource`?
+    pub async fn check_limit(
+        &self,
+        user: &UserId,
+        resource: Resource,
+        quantity: u64,
+    ) -> Result<LimitCheck, StoreError> {
+        let (tier, usage) = self.usage(user).await?;
+        Ok(check_limit(tier, &usage, resource, quantity))
+    }
+
+    /// A billing-portal URL for the user's customer.
+    #[tracing::instrument(skip_all, fields(user_id = %user))]
+    pub async fn portal(&self, user: &UserId, return_url: &str) -> Result<String, BillingError> {
+        let gateway = self.gateways.get(PaymentProvider::Stripe)?;
+        self.check_redirect("return_url", return_url)?;
+        let customer = self
+            .store
+            .billing_customer(user, gateway.provider())
+            .await?
+            .ok_or_else(|| {
+                BillingError::Precondition(
+                    "you have no billing account yet; start a subscription with CreateCheckoutSession".into(),
+                )
+            })?;
+        Ok(gateway.create_portal(&customer, return_url).await?)
+    }
+
+    /// One page of the user's invoices, newest first, and the cursor of the next page.
+    pub async fn invoices(
+        &self,
+        user: &UserId,
+        after: Option<&InvoiceCursor>,
+        page_size: u32,
+    ) -> Result<(Vec<StoredInvoice>, Option<InvoiceCursor>), StoreError> {
+        let size = match page_size {
+            0 => DEFAULT_PAGE_SIZE,
+            n => n.min(MAX_PAGE_SIZE),
+        };
+        let mut page = self.store.invoices(user, after, size + 1).await?;
+        let next = if page.len() > size as usize {
+            page.truncate(size as usize);
+            page.last().map(|last| InvoiceCursor {
+                created_at: last.invoice.created_at,
+                id: last.id.clone(),
+            })
+        } else {
+            None
+        };
+        Ok((page, next))
+    }
+}
+
+/// What applying a provider's view of a subscription did.
+#[derive(Debug)]
+pub(crate) enum Applied {
+    /// Stored (possibly unchanged): the state now stored.
+    Stored(Subscription),
+    /// Older than what is stored: nothing changed.
+    Stale,
+    /// The order cannot be told: fetch the subscription and apply that instead.
+    NeedsFetch,
+    /// Another live subscription of the user: not applied (see [`DuplicatePolicy`]).
+    Duplicate,
+    /// Not the user's current subscription (an old one's late news): nothing changed.
+    Ignored,
+}
+
+/// Merges the provider's view of a subscription, known current at `evidence`, into the locked
+/// row `stored` and logs what changed.
+pub(crate) async fn apply_remote(
+    tx: &mut dyn BillingTx,
+    stored: &Subscription,
+    remote: &RemoteSubscription,
+    evidence: Evidence,
+) -> Result<Applied, StoreError> {
+    let same = stored.provider_subscription_id.as_deref() == Some(remote.id.as_str());
+    if same {
+        match freshness(stored.state_as_of, evidence) {
+            Freshness::Newer => {}
+            Freshness::Stale => return Ok(Applied::Stale),
+            Freshness::Unclear => return Ok(Applied::NeedsFetch),
+        }
+    }
+    match reconcile(stored, remote, evidence.as_of()) {
+        Reconciled::Apply { mut next, activity } => {
+            next.state_as_of = Some(evidence.as_of());
+            if &next != stored {
+                tx.save_subscription(&next).await?;
+            }
+            for entry in &activity {
+                tx.log_activity(&stored.user_id, entry).await?;
+            }
+            Ok(Applied::Stored(next))
+        }
+        Reconciled::Ignore { reason } if is_live_status(remote.status) => {
+            tracing::warn!(user_id = %stored.user_id, subscription_id = %remote.id, %reason,
+                "second live subscription for one user");
+            Ok(Applied::Duplicate)
+        }
+        Reconciled::Ignore { reason } => {
+            tracing::info!(user_id = %stored.user_id, %reason, "provider subscription not applied");
+            Ok(Applied::Ignored)
+        }
+    }
+}

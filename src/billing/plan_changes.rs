@@ -1,0 +1,184 @@
+//! Plan changes, cancellation at the period end and resumption: decided from the provider's
+//! current subscription (a cancel scheduled in the billing portal whose webhook has not landed
+//! yet is still resumable), with no database transaction open while the provider is called.
+//!
+//! Two changes for one user never interleave: each holds the user's change lock (a short lease
+//! in the database, so it works across replicas) from the first provider call until the answer
+//! is stored.
+
+use std::time::Duration as StdDuration;
+
+use chrono::{Duration, Utc};
+
+use super::{Applied, Billing, BillingError, Entitlement, apply_remote};
+use crate::{
+    domain::{
+        Subscription, Tier, UserId, freshness::Evidence, reconcile::RemoteSubscription,
+        reconcile::is_live_status, subscription::PaymentProvider,
+    },
+    payments::PaymentGateway,
+};
+
+/// How long one change may hold the lock (a crashed holder's lock expires after it).
+const CHANGE_LOCK: Duration = Duration::seconds(60);
+/// How long a change waits for another one of the same user before giving up.
+const CHANGE_WAIT: StdDuration = StdDuration::from_secs(30);
+
+/// A change asked of the provider.
+enum Change {
+    Tier(Tier),
+    CancelAtPeriodEnd(bool),
+}
+
+impl Billing {
+    /// Switches the live subscription to `tier` (prorated); FREE means cancel at period end.
+    #[tracing::instrument(skip_all, fields(user_id = %user, tier = %tier))]
+    pub async fn change_plan(
+        &self,
+        user: &UserId,
+        tier: Tier,
+    ) -> Result<Entitlement, BillingError> {
+        if !tier.is_paid() {
+            return self.set_cancel(user, true).await;
+        }
+        self.change_at_provider(user, |remote| {
+            let cancelling = remote.cancel_at_period_end || remote.cancel_at.is_some();
+            if remote.tier == Some(tier) && !cancelling {
+                return Ok(None);
+            }
+            Ok(Some(Change::Tier(tier)))
+        })
+        .await
+    }
+
+    /// Cancels at the end of the paid period (`cancel == true`), or undoes that.
+    #[tracing::instrument(skip_all, fields(user_id = %user, cancel = cancel))]
+    pub async fn set_cancel(
+        &self,
+        user: &UserId,
+        cancel: bool,
+    ) -> Result<Entitlement, BillingError> {
+        self.change_at_provider(user, |remote| {
+            if !cancel && remote.cancel_at.is_some() && !remote.cancel_at_period_end {
+                return Err(BillingError::Precondition(
+                    "this subscription has a fixed end date set in the billing portal; change it there".into(),
+                ));
+            }
+            if remote.cancel_at_period_end == cancel {
+                return Ok(None);
+            }
+            Ok(Some(Change::CancelAtPeriodEnd(cancel)))
+        })
+        .await
+    }
+
+    /// Runs one change of the user's subscription at its provider under the user's change lock.
+    async fn change_at_provider(
+        &self,
+        user: &UserId,
+        decide: impl FnOnce(&RemoteSubscription) -> Result<Option<Change>, BillingError>,
+    ) -> Result<Entitlement, BillingError> {
+        // Fail fast when payments are off, before touching the database.
+        self.gateways.get(PaymentProvider::Stripe)?;
+        let owner = uuid::Uuid::new_v4().to_string();
+        self.lock_changes(user, &owner).await?;
+        let result = self.change_locked(user, decide).await;
+        if let Err(e) = self.store.unlock_subscription_changes(user, &owner).await {
+            // The lock expires on its own.
+            tracing::warn!(error = %e, "cannot release a subscription-change lock");
+        }
+        result
+    }
+
+    async fn lock_changes(&self, user: &UserId, owner: &str) -> Result<(), BillingError> {
+        let started = tokio::time::Instant::now();
+        loop {
+            let now = Utc::now();
+            if self
+                .store
+                .lock_subscription_changes(user, owner, now + CHANGE_LOCK, now)
+                .await?
+            {
+                return Ok(());
+            }
+            if started.elapsed() > CHANGE_WAIT {
+                return Err(BillingError::Busy(
+                    "another change of this subscription is in progress; try again".into(),
+                ));
+            }
+            tokio::time::sleep(StdDuration::from_millis(50)).await;
+        }
+    }
+
+    async fn change_locked(
+        &self,
+        user: &UserId,
+        decide: impl FnOnce(&RemoteSubscription) -> Result<Option<Change>, BillingError>,
+    ) -> Result<Entitlement, BillingError> {
+        let no_subscription = || {
+            BillingError::Precondition(
+                "you have no paid subscription; start one with CreateCheckoutSession".into(),
+            )
+        };
+        let stored = self.entitlement(user).await?.subscription;
+        let (Some(provider), Some(subscription_id)) =
+            (stored.provider, stored.provider_subscription_id.clone())
+        else {
+            return Err(no_subscription());
+        };
+        let gateway = self.gateways.get(provider)?;
+        // The provider's state now, not the stored row (its news may still be on the way).
+        let fetched_at = Utc::now();
+        let remote = gateway.fetch_subscription(&subscription_id).await?;
+        let live = is_live_status(remote.status)
+            && remote.access_ends_at().is_none_or(|end| end > fetched_at);
+        let change = if live { decide(&remote)? } else { None };
+        let (remote, evidence) = match change {
+            None => (remote, Evidence::Fetched(fetched_at)),
+            Some(change) => {
+                let started = Utc::now();
+                let answer = send(gateway.as_ref(), &subscription_id, change).await?;
+                (answer, Evidence::Fetched(started))
+            }
+        };
+        let next = self.store_remote(user, &remote, evidence).await?;
+        if !live {
+            return Err(no_subscription());
+        }
+        Ok(self.entitle(next))
+    }
+
+    /// Stores the provider's answer in a short transaction (never over newer state) and returns
+    /// what is stored.
+    pub(crate) async fn store_remote(
+        &self,
+        user: &UserId,
+        remote: &RemoteSubscription,
+        evidence: Evidence,
+    ) -> Result<Subscription, BillingError> {
+        let mut tx = self.store.begin().await?;
+        let stored = tx.lock_subscription(user).await?;
+        let next = match apply_remote(tx.as_mut(), &stored, remote, evidence).await? {
+            Applied::Stored(next) => next,
+            // A webhook stored newer news meanwhile: that is the state.
+            _ => stored,
+        };
+        tx.commit().await?;
+        Ok(next)
+    }
+}
+
+async fn send(
+    gateway: &dyn PaymentGateway,
+    subscription_id: &str,
+    change: Change,
+) -> Result<RemoteSubscription, BillingError> {
+    Ok(match change {
+        Change::Tier(tier) => gateway.change_tier(subscription_id, tier).await?,
+        Change::CancelAtPeriodEnd(cancel) => {
+            gateway
+                .set_cancel_at_period_end(subscription_id, cancel)
+                .await?
+        }
+    })
+}

@@ -1,0 +1,156 @@
+//! The reconciler heals what webhooks missed (`RECONCILE_INTERVAL`, and `nexus-billing
+//! reconcile` on demand):
+//! - events: lists the provider's events since the newest one stored (with an overlap) and
+//!   stores those the inbox lacks, so events lost while the endpoint was down past the
+//!   provider's retries, or disabled, are still applied by the event processor;
+//! - overdue subscriptions: a paid subscription whose period ended longer ago than the grace
+//!   period with no news since is fetched and stored;
+//! - adoption: when the stored subscription has ended, the customer's subscriptions are listed
+//!   and one still live is adopted (a second subscription is not ignored forever).
+
+use std::{sync::Arc, time::Duration};
+
+use chrono::Utc;
+use tokio_util::sync::CancellationToken;
+
+use super::{Billing, BillingError};
+use crate::{
+    domain::{freshness::Evidence, reconcile::is_live_status, subscription::PaymentProvider},
+    payments::PaymentGateway,
+    store::OverdueSubscription,
+    telemetry::error_chain,
+};
+
+/// Events are listed from this long before the newest stored one (deliveries arrive out of
+/// order, so the newest stored is not the end of an unbroken run).
+const EVENT_OVERLAP: chrono::Duration = chrono::Duration::hours(1);
+/// How far back the provider keeps events.
+const EVENT_RETENTION: chrono::Duration = chrono::Duration::days(30);
+/// Subscriptions handled per run and kind.
+const BATCH: u32 = 500;
+
+/// What one run did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReconcileReport {
+    pub events_listed: u64,
+    pub events_added: u64,
+    pub subscriptions_refreshed: u64,
+    pub subscriptions_adopted: u64,
+}
+
+impl Billing {
+    /// One reconciliation run against Stripe.
+    #[tracing::instrument(skip_all)]
+    pub async fn reconcile(&self) -> Result<ReconcileReport, BillingError> {
+        let gateway = self.gateways.get(PaymentProvider::Stripe)?;
+        let mut report = ReconcileReport::default();
+        self.missed_events(gateway.as_ref(), &mut report).await?;
+        let now = Utc::now();
+        for overdue in self
+            .store
+            .overdue_subscriptions(now - self.past_due_grace, BATCH)
+            .await?
+        {
+            let fetched_at = Utc::now();
+            let remote = gateway.fetch_subscription(&overdue.subscription_id).await?;
+            let ended = !is_live_status(remote.status);
+            self.store_remote(&overdue.user, &remote, Evidence::Fetched(fetched_at))
+                .await?;
+            report.subscriptions_refreshed += 1;
+            if ended && self.adopt(gateway.as_ref(), &overdue).await? {
+                report.subscriptions_adopted += 1;
+            }
+        }
+        for ended in self
+            .store
+            .ended_subscriptions(now - EVENT_RETENTION, BATCH)
+            .await?
+        {
+            if self.adopt(gateway.as_ref(), &ended).await? {
+                report.subscriptions_adopted += 1;
+            }
+        }
+        tracing::info!(?report, "reconciliation finished");
+        Ok(report)
+    }
+
+    async fn missed_events(
+        &self,
+        gateway: &dyn PaymentGateway,
+        report: &mut ReconcileReport,
+    ) -> Result<(), BillingError> {
+        let since = match self.store.newest_event_created(gateway.provider()).await? {
+            Some(newest) => newest - EVENT_OVERLAP,
+            None => Utc::now() - EVENT_RETENTION,
+        };
+        let mut after: Option<String> = None;
+        loop {
+            let page = gateway.list_events(since, after.as_deref()).await?;
+            for (id, payload) in &page.events {
+                report.events_listed += 1;
+                if self.store.event_stored(gateway.provider(), id).await? {
+                    continue;
+                }
+                match self.take_in(gateway, payload).await {
+                    Ok(super::WebhookOutcome::Stored) => {
+                        report.events_added += 1;
+                        tracing::info!(event_id = %id, "missed event brought in");
+                    }
+                    Ok(super::WebhookOutcome::Duplicate) => {}
+                    Err(super::WebhookError::Store(e)) => return Err(e.into()),
+                    Err(e) => tracing::warn!(event_id = %id, error = %e, "listed event not readable"),
+                }
+            }
+            match (page.has_more, page.events.last()) {
+                (true, Some((last, _))) => after = Some(last.clone()),
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    /// Adopts a live subscription of the customer when the stored one has ended; `true` if one
+    /// was adopted.
+    async fn adopt(
+        &self,
+        gateway: &dyn PaymentGateway,
+        ended: &OverdueSubscription,
+    ) -> Result<bool, BillingError> {
+        let Some(customer) = ended.customer_id.as_deref() else {
+            return Ok(false);
+        };
+        let listed_at = Utc::now();
+        let live = gateway
+            .customer_subscriptions(customer)
+            .await?
+            .into_iter()
+            .find(|s| s.id != ended.subscription_id && is_live_status(s.status));
+        let Some(live) = live else {
+            return Ok(false);
+        };
+        let stored = self
+            .store_remote(&ended.user, &live, Evidence::Fetched(listed_at))
+            .await?;
+        let adopted = stored.provider_subscription_id.as_deref() == Some(live.id.as_str());
+        if adopted {
+            tracing::info!(user_id = %ended.user, subscription_id = %live.id,
+                "live subscription adopted after the stored one ended");
+        }
+        Ok(adopted)
+    }
+}
+
+/// Runs the reconciler every `interval` until shutdown (the first run after one interval).
+pub async fn run(billing: Arc<Billing>, interval: Duration, shutdown: CancellationToken) {
+    if billing.gateways.get(PaymentProvider::Stripe).is_err() {
+        return;
+    }
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            () = shutdown.cancelled() => return,
+        }
+        if let Err(e) = billing.reconcile().await {
+            tracing::warn!(error = %error_chain(&e), "reconciliation failed; next run will retry");
+        }
+    }
+}
