@@ -29,8 +29,18 @@ pub struct Claims {
     pub iat: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iss: Option<String>,
+    /// One audience, or several (RFC 7519 allows both); jsonwebtoken checks the configured
+    /// one is among them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub aud: Option<String>,
+    pub aud: Option<Audience>,
+}
+
+/// The `aud` claim: a string or an array of strings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Audience {
+    One(String),
+    Many(Vec<String>),
 }
 
 /// Who is calling, from a verified token. Handlers find it in the request extensions.
@@ -201,7 +211,7 @@ pub fn mint(config: &JwtConfig, request: &TokenRequest<'_>) -> Result<String, St
         exp: now + request.ttl.as_secs(),
         iat: Some(now),
         iss: config.issuer.clone(),
-        aud: config.audience.clone(),
+        aud: config.audience.clone().map(Audience::One),
     };
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),

@@ -24,7 +24,7 @@ pub struct NewCheckout<'a> {
 }
 
 impl Billing {
-    fn check_redirect(&self, name: &str, url: &str) -> Result<(), BillingError> {
+    pub(super) fn check_redirect(&self, name: &str, url: &str) -> Result<(), BillingError> {
         if (self.redirect_allowed)(url) {
             Ok(())
         } else {

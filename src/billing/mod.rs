@@ -104,14 +104,6 @@ impl Billing {
         }
     }
 
-    pub(crate) fn store(&self) -> &Arc<dyn Store> {
-        &self.store
-    }
-
-    pub(crate) fn gateways(&self) -> &Gateways {
-        &self.gateways
-    }
-
     fn entitle(&self, subscription: Subscription) -> Entitlement {
         let effective_tier = subscription.effective_tier(Utc::now(), self.past_due_grace);
         Entitlement {

@@ -51,17 +51,25 @@ impl Billing {
         // Verified bytes are JSON (the event was read from them), so they are UTF-8 text.
         let payload = std::str::from_utf8(body)
             .map_err(|_| WebhookRejection::BadPayload("not UTF-8".into()))?;
-        let outcome = self.take_in(gateway.as_ref(), payload).await?;
-        Ok(outcome)
+        Ok(self.store_event(gateway.as_ref(), &event, payload).await?)
     }
 
-    /// Stores a verified event (from a delivery, or listed by the reconciler) for processing.
+    /// Stores an event listed from the provider's API (by the reconciler) for processing.
     pub(crate) async fn take_in(
         &self,
         gateway: &dyn PaymentGateway,
         payload: &str,
     ) -> Result<WebhookOutcome, WebhookError> {
         let event = gateway.read_event(payload.as_bytes())?;
+        Ok(self.store_event(gateway, &event, payload).await?)
+    }
+
+    async fn store_event(
+        &self,
+        gateway: &dyn PaymentGateway,
+        event: &crate::payments::WebhookEvent,
+        payload: &str,
+    ) -> Result<WebhookOutcome, StoreError> {
         let span = tracing::Span::current();
         span.record("event_id", event.id.as_str());
         span.record("event_type", event.event_type.as_str());

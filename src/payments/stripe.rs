@@ -183,6 +183,12 @@ impl StripeGateway {
             .map_err(|e| PaymentError::NotAvailable(format!("STRIPE_API_BASE: {e}")))
     }
 
+    fn url_with(&self, path: &str, query: &[(&str, &str)]) -> Result<Url, PaymentError> {
+        let mut url = self.url(path)?;
+        url.query_pairs_mut().extend_pairs(query);
+        Ok(url)
+    }
+
     async fn retrieve(
         &self,
         subscription_id: &str,
@@ -233,6 +239,13 @@ impl StripeGateway {
             cancel_at: sub.cancel_at.and_then(time),
         })
     }
+}
+
+/// An `application/x-www-form-urlencoded` body.
+fn form(pairs: &[(&str, &str)]) -> String {
+    url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs)
+        .finish()
 }
 
 fn time(t: i64) -> Option<DateTime<Utc>> {
@@ -524,17 +537,15 @@ impl PaymentGateway for StripeGateway {
         created_after: DateTime<Utc>,
         starting_after: Option<&str>,
     ) -> Result<EventPage, PaymentError> {
-        let mut query = vec![
-            ("limit", "100".to_string()),
-            ("created[gt]", created_after.timestamp().to_string()),
-        ];
+        let created_gt = created_after.timestamp().to_string();
+        let mut query = vec![("limit", "100"), ("created[gt]", created_gt.as_str())];
         if let Some(after) = starting_after {
-            query.push(("starting_after", after.to_string()));
+            query.push(("starting_after", after));
         }
         let page = self
             .raw(
                 "GET /v1/events",
-                self.http.get(self.url("v1/events")?).query(&query),
+                self.http.get(self.url_with("v1/events", &query)?),
             )
             .await?;
         let data = page
@@ -565,11 +576,10 @@ impl PaymentGateway for StripeGateway {
         let page = self
             .raw(
                 "GET /v1/subscriptions",
-                self.http.get(self.url("v1/subscriptions")?).query(&[
-                    ("customer", customer_id),
-                    ("status", "all"),
-                    ("limit", "100"),
-                ]),
+                self.http.get(self.url_with(
+                    "v1/subscriptions",
+                    &[("customer", customer_id), ("status", "all"), ("limit", "100")],
+                )?),
             )
             .await?;
         let data = page
@@ -630,9 +640,10 @@ impl PaymentGateway for StripeGateway {
         let invoice = self
             .raw(
                 "GET /v1/invoices/{id}",
-                self.http
-                    .get(self.url(&format!("v1/invoices/{invoice_id}"))?)
-                    .query(&[("expand[]", "payments")]),
+                self.http.get(self.url_with(
+                    &format!("v1/invoices/{invoice_id}"),
+                    &[("expand[]", "payments")],
+                )?),
             )
             .await?;
         let amount = invoice
@@ -652,11 +663,12 @@ impl PaymentGateway for StripeGateway {
             self.http
                 .post(self.url("v1/refunds")?)
                 .header("Idempotency-Key", format!("nexus-refund-{subscription_id}"))
-                .form(&[
+                .header("Content-Type", "application/x-www-form-urlencoded")
+                .body(form(&[
                     ("payment_intent", payment_intent.as_str()),
                     ("reason", "duplicate"),
                     ("metadata[subscription_id]", subscription_id),
-                ]),
+                ])),
         )
         .await?;
         Ok(Some(amount))

@@ -144,6 +144,22 @@ async fn issuer_and_audience_are_checked_when_configured(backend: Backend) {
     for (case, bad) in &refused {
         assert_refused(&app, Some(bad), case).await;
     }
+    // `aud` may be an array: accepted when it holds the configured audience.
+    let many = |aud: serde_json::Value| {
+        hs256_token(
+            json!({"sub": "u1", "exp": exp, "iss": "https://auth.nexus.test", "aud": aud}),
+            JWT_SECRET,
+        )
+    };
+    assert_refused(&app, Some(&many(json!(["a", "b"]))), "array without ours").await;
+    app.billing()
+        .await
+        .get_usage(authed(
+            GetUsageRequest {},
+            &many(json!(["other-service", "nexus-billing"])),
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("an array audience holding ours was refused: {e}"));
     app.billing()
         .await
         .get_usage(authed(

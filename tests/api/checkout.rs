@@ -265,6 +265,20 @@ async fn invoices_are_paged_newest_first_and_private(backend: Backend) {
         .err()
         .unwrap_or_else(|| panic!("a made-up token must be refused"));
     assert_eq!(status.code(), Code::InvalidArgument);
+    // Well-formed but naming no invoice id this service issues (PostgreSQL would fail the cast).
+    let forged = hex::encode(format!("{}:abc", Utc::now().timestamp_micros()));
+    let status = billing
+        .list_invoices(authed(
+            ListInvoicesRequest {
+                page_size: 2,
+                page_token: forged,
+            },
+            &token("lena"),
+        ))
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("a forged token must be refused"));
+    assert_eq!(status.code(), Code::InvalidArgument);
     let status = billing
         .list_invoices(authed(
             ListInvoicesRequest {
