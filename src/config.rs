@@ -161,11 +161,22 @@ pub struct Settings {
     pub stripe_price_ids_premium: Option<String>,
     /// Requests per second this service (each replica) sends to Stripe at most, all calls
     /// together. Stripe allows 25/s in test mode and 100/s in live mode, and 25/s per endpoint.
-    #[arg(long, env = "STRIPE_MAX_REQUESTS_PER_SECOND", default_value_t = 20, global = true)]
+    #[arg(
+        long,
+        env = "STRIPE_MAX_REQUESTS_PER_SECOND",
+        default_value_t = 20,
+        global = true
+    )]
     pub stripe_max_requests_per_second: u32,
     /// What to do when a user ends up with a second live subscription (paid in two tabs):
     /// `refund` cancels the newer one at once and refunds it; `flag` keeps it and flags it.
-    #[arg(long, env = "DUPLICATE_SUBSCRIPTION_POLICY", value_enum, default_value = "refund", global = true)]
+    #[arg(
+        long,
+        env = "DUPLICATE_SUBSCRIPTION_POLICY",
+        value_enum,
+        default_value = "refund",
+        global = true
+    )]
     pub duplicate_subscription_policy: crate::billing::DuplicatePolicy,
     /// Background workers applying stored webhook events (0: this replica only takes them in).
     #[arg(long, env = "WEBHOOK_WORKERS", default_value_t = 2, global = true)]
@@ -669,11 +680,19 @@ impl Config {
                     problem("STRIPE_WEBHOOK_TOLERANCE_SECS", "must be at least 1".into());
                 }
                 if s.stripe_max_requests_per_second == 0 {
-                    problem("STRIPE_MAX_REQUESTS_PER_SECOND", "must be at least 1".into());
+                    problem(
+                        "STRIPE_MAX_REQUESTS_PER_SECOND",
+                        "must be at least 1".into(),
+                    );
                 }
                 let list = |first: String, more: &Option<String>| {
                     let mut all = vec![first];
-                    for p in more.as_deref().unwrap_or_default().split(',').map(str::trim) {
+                    for p in more
+                        .as_deref()
+                        .unwrap_or_default()
+                        .split(',')
+                        .map(str::trim)
+                    {
                         if !p.is_empty() && !all.iter().any(|q| q == p) {
                             all.push(p.to_string());
                         }
@@ -682,7 +701,10 @@ impl Config {
                 };
                 let prices_pro = list(price_id_pro, &s.stripe_price_ids_pro);
                 let prices_premium = list(price_id_premium, &s.stripe_price_ids_premium);
-                if prices_pro.iter().any(|p| !p.is_empty() && prices_premium.contains(p)) {
+                if prices_pro
+                    .iter()
+                    .any(|p| !p.is_empty() && prices_premium.contains(p))
+                {
                     problem(
                         "STRIPE_PRICE_IDS_PREMIUM",
                         "a price cannot be both PRO and PREMIUM".into(),
@@ -862,7 +884,8 @@ impl Config {
                 poll_interval: s.webhook_poll_interval,
                 max_attempts: s.webhook_max_attempts.max(1),
                 retry_max_delay: s.webhook_retry_max_delay.max(Duration::from_secs(1)),
-                reconcile_interval: (!s.reconcile_interval.is_zero()).then_some(s.reconcile_interval),
+                reconcile_interval: (!s.reconcile_interval.is_zero())
+                    .then_some(s.reconcile_interval),
             },
             endpoints: s.endpoints,
             oauth,

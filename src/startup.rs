@@ -255,7 +255,10 @@ pub async fn build_billing_only(config: &Config) -> anyhow::Result<(Billing, Arc
     )
     .await
     .context("cannot connect to the database (DATABASE_URL)")?;
-    store.migrate().await.context("cannot apply database migrations")?;
+    store
+        .migrate()
+        .await
+        .context("cannot apply database migrations")?;
     Ok((build_billing(config, Arc::clone(&store))?, store))
 }
 

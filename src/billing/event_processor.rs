@@ -157,7 +157,10 @@ impl EventProcessor {
         let store = &self.billing.store;
         let now = Utc::now();
         for key in store.ready_order_keys(now, 16).await? {
-            if store.claim_order_key(&key, worker, now + LEASE, now).await? {
+            if store
+                .claim_order_key(&key, worker, now + LEASE, now)
+                .await?
+            {
                 let hold = self.run_key(&key, worker).await;
                 store.release_order_key(&key, worker, hold).await?;
                 return Ok(true);
@@ -198,7 +201,10 @@ impl EventProcessor {
                     }
                 }
             }
-            if let Err(e) = store.extend_order_key(key, worker, Utc::now() + LEASE).await {
+            if let Err(e) = store
+                .extend_order_key(key, worker, Utc::now() + LEASE)
+                .await
+            {
                 tracing::warn!(error = %error_chain(&e), "cannot renew an event lease");
             }
         }
@@ -232,7 +238,11 @@ impl EventProcessor {
         Some(Utc::now() + chrono::Duration::from_std(delay).unwrap_or(LEASE))
     }
 
-    async fn apply(&self, pending: &PendingEvent, fetched: &mut Fetched) -> Result<Outcome, Failure> {
+    async fn apply(
+        &self,
+        pending: &PendingEvent,
+        fetched: &mut Fetched,
+    ) -> Result<Outcome, Failure> {
         let billing = &self.billing;
         let gateway = billing.gateways.get(pending.provider)?;
         let event = gateway
@@ -416,7 +426,10 @@ impl Work<'_> {
                 .as_deref()
                 .is_some_and(|c| c != remote.customer_id)
             {
-                tracing::warn!(subscription_id = id, "subscription belongs to another customer; ignored");
+                tracing::warn!(
+                    subscription_id = id,
+                    "subscription belongs to another customer; ignored"
+                );
                 return self.processor.finish(self.pending, "ignored", None).await;
             }
             let mut tx = self.billing().store.begin().await?;
@@ -438,7 +451,12 @@ impl Work<'_> {
                 (Applied::Ignored, _) => "ignored",
             };
             if !tx
-                .finish_event(self.pending.provider, &self.pending.event_id, outcome, Utc::now())
+                .finish_event(
+                    self.pending.provider,
+                    &self.pending.event_id,
+                    outcome,
+                    Utc::now(),
+                )
                 .await?
             {
                 return Ok("duplicate");
@@ -454,7 +472,10 @@ impl Work<'_> {
     async fn duplicate(&self, remote: &RemoteSubscription) -> Result<Outcome, Failure> {
         let stored = self.billing().store.subscription(self.user).await?;
         let kept = stored.and_then(|s| s.provider_subscription_id);
-        let tier = remote.tier.map(|t| t.to_string()).unwrap_or_else(|| "paid".into());
+        let tier = remote
+            .tier
+            .map(|t| t.to_string())
+            .unwrap_or_else(|| "paid".into());
         let (outcome, entry) = match self.billing().duplicate_policy {
             DuplicatePolicy::Refund => {
                 let refunded = self.gateway.cancel_and_refund(&remote.id).await?;
@@ -515,7 +536,10 @@ impl Work<'_> {
                 .zip(remote.customer_id.as_deref())
                 .is_some_and(|(event, invoice)| event != invoice)
             {
-                tracing::warn!(invoice_id = id, "invoice belongs to another customer; ignored");
+                tracing::warn!(
+                    invoice_id = id,
+                    "invoice belongs to another customer; ignored"
+                );
                 return self.processor.finish(self.pending, "ignored", None).await;
             }
             let mut tx = self.billing().store.begin().await?;
@@ -540,7 +564,11 @@ impl Work<'_> {
             if moves {
                 tx.save_invoice(&invoice, evidence.as_of()).await?;
             }
-            let now_status = if moves { Some(invoice.status) } else { before_status };
+            let now_status = if moves {
+                Some(invoice.status)
+            } else {
+                before_status
+            };
             for entry in invoice_activity(&invoice, outcome, before_status, now_status) {
                 tx.log_activity(self.user, &entry).await?;
             }
@@ -660,10 +688,9 @@ fn invoice_activity(
     let entry = match outcome {
         // invoice.paid and invoice.payment_succeeded both arrive for one payment: log it once,
         // when the stored invoice becomes paid.
-        InvoiceOutcome::Paid if became(InvoiceStatus::Paid) => Some((
-            "payment.succeeded",
-            format!("payment of {amount} received"),
-        )),
+        InvoiceOutcome::Paid if became(InvoiceStatus::Paid) => {
+            Some(("payment.succeeded", format!("payment of {amount} received")))
+        }
         InvoiceOutcome::PaymentFailed => {
             Some(("payment.failed", format!("payment of {amount} failed")))
         }

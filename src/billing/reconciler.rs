@@ -98,7 +98,9 @@ impl Billing {
                     }
                     Ok(super::WebhookOutcome::Duplicate) => {}
                     Err(super::WebhookError::Store(e)) => return Err(e.into()),
-                    Err(e) => tracing::warn!(event_id = %id, error = %e, "listed event not readable"),
+                    Err(e) => {
+                        tracing::warn!(event_id = %id, error = %e, "listed event not readable")
+                    }
                 }
             }
             match (page.has_more, page.events.last()) {

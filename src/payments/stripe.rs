@@ -100,7 +100,9 @@ impl StripeGateway {
             .timeout(REQUEST_TIMEOUT)
             .redirect(reqwest::redirect::Policy::none())
             .build()
-            .map_err(|e| PaymentError::NotAvailable(format!("cannot build the HTTP client: {e}")))?;
+            .map_err(|e| {
+                PaymentError::NotAvailable(format!("cannot build the HTTP client: {e}"))
+            })?;
         Ok(Self {
             client,
             http,
@@ -152,10 +154,9 @@ impl StripeGateway {
                         })
                     })?;
                     let status = response.status().as_u16();
-                    let body: serde_json::Value = response
-                        .json()
-                        .await
-                        .map_err(|_| PaymentError::Malformed(format!("status {status}: not JSON")))?;
+                    let body: serde_json::Value = response.json().await.map_err(|_| {
+                        PaymentError::Malformed(format!("status {status}: not JSON"))
+                    })?;
                     if (200..300).contains(&status) {
                         return Ok(body);
                     }
@@ -578,7 +579,11 @@ impl PaymentGateway for StripeGateway {
                 "GET /v1/subscriptions",
                 self.http.get(self.url_with(
                     "v1/subscriptions",
-                    &[("customer", customer_id), ("status", "all"), ("limit", "100")],
+                    &[
+                        ("customer", customer_id),
+                        ("status", "all"),
+                        ("limit", "100"),
+                    ],
                 )?),
             )
             .await?;

@@ -26,9 +26,7 @@ impl StripeBudget {
         };
         Self {
             global: RateLimiter::direct(quota(limit(per_second.max(1)))),
-            endpoints: RateLimiter::keyed(quota(limit(
-                per_second.clamp(1, STRIPE_ENDPOINT_LIMIT),
-            ))),
+            endpoints: RateLimiter::keyed(quota(limit(per_second.clamp(1, STRIPE_ENDPOINT_LIMIT)))),
         }
     }
 

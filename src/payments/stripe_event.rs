@@ -79,9 +79,8 @@ pub(super) fn subscription_from_json(sub: &Value, prices: &PriceMap) -> Option<R
         .and_then(|i| id_of(i.get("price")))
         .or_else(|| item.and_then(|i| id_of(i.get("plan"))));
     // API versions since 2025-03-31 keep periods on items; older ones on the subscription.
-    let period = |name: &str| {
-        timestamp(item.and_then(|i| i.get(name))).or_else(|| timestamp(sub.get(name)))
-    };
+    let period =
+        |name: &str| timestamp(item.and_then(|i| i.get(name))).or_else(|| timestamp(sub.get(name)));
     Some(RemoteSubscription {
         provider: PaymentProvider::Stripe,
         id: id_of(sub.get("id"))?,
@@ -99,7 +98,12 @@ pub(super) fn subscription_from_json(sub: &Value, prices: &PriceMap) -> Option<R
 /// An invoice object as this service sees it; `None` when a field it needs is missing.
 pub(super) fn invoice_from_json(invoice: &Value) -> Option<RemoteInvoice> {
     let status: InvoiceStatus = invoice.get("status")?.as_str()?.parse().ok()?;
-    let text = |name: &str| invoice.get(name).and_then(Value::as_str).map(str::to_string);
+    let text = |name: &str| {
+        invoice
+            .get(name)
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
     Some(RemoteInvoice {
         provider: PaymentProvider::Stripe,
         id: id_of(invoice.get("id"))?,
@@ -138,7 +142,11 @@ pub(super) fn parse(body: &[u8], prices: &PriceMap) -> Result<WebhookEvent, Webh
         .ok_or_else(|| bad("missing data.object"))?;
     let object_id = id_of(object.get("id"));
     let mut customer_id = id_of(object.get("customer"));
-    let required_id = || object_id.clone().ok_or_else(|| bad("missing data.object.id"));
+    let required_id = || {
+        object_id
+            .clone()
+            .ok_or_else(|| bad("missing data.object.id"))
+    };
     let invoice = |outcome| -> Result<EventAction, WebhookRejection> {
         Ok(EventAction::InvoiceChanged {
             invoice_id: required_id()?,
@@ -245,7 +253,10 @@ mod tests {
             else {
                 panic!("{:?}", e.action)
             };
-            assert_eq!((invoice_id.as_str(), outcome), ("in_1", InvoiceOutcome::Paid));
+            assert_eq!(
+                (invoice_id.as_str(), outcome),
+                ("in_1", InvoiceOutcome::Paid)
+            );
             assert_eq!(snapshot.subscription_id.as_deref(), Some(want));
             assert_eq!(snapshot.status, InvoiceStatus::Paid);
         }
@@ -298,12 +309,24 @@ mod tests {
             "current_period_end": 1_802_592_000,
             "items": {"data": [{"price": "price_premium"}]}});
         let a = subscription_from_json(&new, &prices()).unwrap_or_else(|| panic!("new"));
-        assert_eq!((a.tier, a.status), (Some(Tier::Pro), SubscriptionStatus::Active));
-        assert_eq!(a.current_period_end.map(|t| t.timestamp()), Some(1_802_592_000));
+        assert_eq!(
+            (a.tier, a.status),
+            (Some(Tier::Pro), SubscriptionStatus::Active)
+        );
+        assert_eq!(
+            a.current_period_end.map(|t| t.timestamp()),
+            Some(1_802_592_000)
+        );
         let b = subscription_from_json(&old, &prices()).unwrap_or_else(|| panic!("old"));
-        assert_eq!((b.tier, b.status), (Some(Tier::Premium), SubscriptionStatus::PastDue));
+        assert_eq!(
+            (b.tier, b.status),
+            (Some(Tier::Premium), SubscriptionStatus::PastDue)
+        );
         assert!(b.cancel_at_period_end);
-        assert_eq!(b.current_period_start.map(|t| t.timestamp()), Some(1_800_000_000));
+        assert_eq!(
+            b.current_period_start.map(|t| t.timestamp()),
+            Some(1_800_000_000)
+        );
         // An unknown price is kept, with no tier; an unknown status means no snapshot.
         let odd = json!({"id": "sub_1", "customer": "cus_1", "status": "active",
             "cancel_at_period_end": false, "items": {"data": [{"price": {"id": "price_x"}}]}});
@@ -316,13 +339,26 @@ mod tests {
 
     #[test]
     fn voided_uncollectible_and_deleted_customers_are_read() {
-        let e = parse_with(&event("invoice.voided", json!({"id": "in_1", "customer": "cus_1",
+        let e = parse_with(&event(
+            "invoice.voided",
+            json!({"id": "in_1", "customer": "cus_1",
             "status": "void", "amount_due": 0, "amount_paid": 0, "currency": "jpy",
-            "created": 1_800_000_000})))
+            "created": 1_800_000_000}),
+        ))
         .unwrap_or_else(|e| panic!("{e}"));
-        assert!(matches!(e.action, EventAction::InvoiceChanged { outcome: InvoiceOutcome::Voided, snapshot: Some(_), .. }));
-        let e = parse_with(&event("customer.deleted", json!({"id": "cus_9", "object": "customer"})))
-            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(
+            e.action,
+            EventAction::InvoiceChanged {
+                outcome: InvoiceOutcome::Voided,
+                snapshot: Some(_),
+                ..
+            }
+        ));
+        let e = parse_with(&event(
+            "customer.deleted",
+            json!({"id": "cus_9", "object": "customer"}),
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(e.action, EventAction::CustomerDeleted);
         assert_eq!(e.order_key(), "cus_9");
     }

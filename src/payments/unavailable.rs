@@ -81,7 +81,9 @@ impl PaymentGateway for Unavailable {
     }
 
     fn read_event(&self, _: &[u8]) -> Result<WebhookEvent, WebhookRejection> {
-        Err(WebhookRejection::BadPayload("this provider has no events yet".into()))
+        Err(WebhookRejection::BadPayload(
+            "this provider has no events yet".into(),
+        ))
     }
 
     async fn list_events(

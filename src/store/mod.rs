@@ -207,8 +207,11 @@ pub trait BillingTx: Send {
 
     /// Inserts or updates the invoice (one row per provider invoice; never another user's),
     /// known to be current at `as_of`.
-    async fn save_invoice(&mut self, invoice: &Invoice, as_of: DateTime<Utc>)
-    -> Result<(), StoreError>;
+    async fn save_invoice(
+        &mut self,
+        invoice: &Invoice,
+        as_of: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
 
     /// Forgets a customer the provider deleted: the user's next checkout creates a new one.
     async fn forget_customer(
@@ -327,8 +330,7 @@ pub trait WebhookStore: Send + Sync {
     ) -> Result<(), StoreError>;
 
     /// The key's pending events in the provider's order (created, then id).
-    async fn pending_events(&self, key: &str, limit: u32)
-    -> Result<Vec<PendingEvent>, StoreError>;
+    async fn pending_events(&self, key: &str, limit: u32) -> Result<Vec<PendingEvent>, StoreError>;
 
     /// Counts a failed attempt of a pending event; with `dead`, gives up on it (state failed).
     async fn event_attempt_failed(

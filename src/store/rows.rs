@@ -194,7 +194,6 @@ pub(super) const SAVE_SUBSCRIPTION: &str = "UPDATE subscriptions SET tier = $2, 
 pub(super) const ENSURE_SUBSCRIPTION: &str = "INSERT INTO subscriptions (user_id, tier, status) \
      VALUES ($1, 'free', 'active') ON CONFLICT (user_id) DO NOTHING";
 
-
 pub(super) const LOG_ACTIVITY: &str =
     "INSERT INTO activity_logs (user_id, kind, message, details) VALUES ($1, $2, $3, $4)";
 

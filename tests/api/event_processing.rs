@@ -106,7 +106,11 @@ async fn the_intake_answers_while_stripe_is_down_and_the_events_apply_once_it_is
     let started = std::time::Instant::now();
     let (status, text) = app.deliver(&body, Some(&sign_now(&body))).await;
     assert_eq!((status, text.as_str()), (200, "ok"));
-    assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(
         !stripe.requests("GET", "/v1/subscriptions/").is_empty(),
@@ -133,7 +137,9 @@ async fn three_servers_and_duplicate_deliveries_apply_each_event_once(backend: B
     let mut bodies = Vec::new();
     for user in &users {
         let (customer, sub_id) = paid_at_stripe(&app, &stripe, user).await;
-        let sub = stripe.subscription(&sub_id).unwrap_or_else(|| panic!("sub"));
+        let sub = stripe
+            .subscription(&sub_id)
+            .unwrap_or_else(|| panic!("sub"));
         let created = Utc::now().timestamp() - 60;
         bodies.push(stripe.event_at(
             "checkout.session.completed",
@@ -157,7 +163,11 @@ async fn three_servers_and_duplicate_deliveries_apply_each_event_once(backend: B
                 .header("stripe-signature", sign_now(body))
                 .body(body.clone());
             deliveries.spawn(async move {
-                request.send().await.map(|r| r.status().as_u16()).unwrap_or(0)
+                request
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+                    .unwrap_or(0)
             });
         }
     }
@@ -170,7 +180,10 @@ async fn three_servers_and_duplicate_deliveries_apply_each_event_once(backend: B
         assert_eq!(tier_of(&app, user).await, i32::from(Tier::Pro), "{user}");
         let kinds = app.activity_kinds(user).await;
         assert_eq!(
-            kinds.iter().filter(|k| *k == "subscription.started").count(),
+            kinds
+                .iter()
+                .filter(|k| *k == "subscription.started")
+                .count(),
             1,
             "{user}: {kinds:?}"
         );
@@ -198,7 +211,10 @@ async fn a_429_storm_delays_events_without_losing_them(backend: Backend) {
 async fn the_stripe_budget_keeps_the_fake_under_its_rate_limit(backend: Backend) {
     let (app, stripe) = TestApp::spawn_with_stripe_and(
         backend,
-        &[("--stripe-max-requests-per-second", "5"), ("--webhook-workers", "4")],
+        &[
+            ("--stripe-max-requests-per-second", "5"),
+            ("--webhook-workers", "4"),
+        ],
     )
     .await;
     let mut bodies = Vec::new();
@@ -227,9 +243,16 @@ async fn the_stripe_budget_keeps_the_fake_under_its_rate_limit(backend: Backend)
     let fetches = stripe.received().len() - before;
     assert_eq!(fetches, 12, "one fetch per checkout");
     assert_eq!(stripe.throttled(), 0, "the service kept under the limit");
-    assert!(started.elapsed() >= Duration::from_secs(2), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
     for i in 0..12 {
-        assert_eq!(tier_of(&app, &format!("budget{i}")).await, i32::from(Tier::Pro));
+        assert_eq!(
+            tier_of(&app, &format!("budget{i}")).await,
+            i32::from(Tier::Pro)
+        );
     }
     app.stop().await;
 }
@@ -251,7 +274,9 @@ async fn a_permanent_failure_is_a_dead_letter_until_replayed(backend: Backend) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(
-        stripe.requests("GET", "/v1/subscriptions/sub_kim_late").len(),
+        stripe
+            .requests("GET", "/v1/subscriptions/sub_kim_late")
+            .len(),
         2,
         "two attempts, then given up"
     );
@@ -292,7 +317,9 @@ async fn a_slow_fetch_never_overwrites_a_newer_snapshot(backend: Backend) {
         user
     );
     stripe.delay_reads(Duration::from_secs(2));
-    let reads_before = stripe.requests("GET", &format!("/v1/subscriptions/{sub_id}")).len();
+    let reads_before = stripe
+        .requests("GET", &format!("/v1/subscriptions/{sub_id}"))
+        .len();
     let reconcile = {
         let args = ["reconcile"];
         let (app_url, settings) = (app.database_url().to_string(), stripe.settings());
@@ -308,13 +335,23 @@ async fn a_slow_fetch_never_overwrites_a_newer_snapshot(backend: Backend) {
             for (flag, value) in settings {
                 command.arg(format!("{flag}={value}"));
             }
-            command.args(args).output().unwrap_or_else(|e| panic!("{e}"))
+            command
+                .args(args)
+                .output()
+                .unwrap_or_else(|e| panic!("{e}"))
         })
     };
     // The reconciler's fetch has started (its answer, still active, is held back) ...
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while stripe.requests("GET", &format!("/v1/subscriptions/{sub_id}")).len() == reads_before {
-        assert!(std::time::Instant::now() < deadline, "the reconciler never fetched");
+    while stripe
+        .requests("GET", &format!("/v1/subscriptions/{sub_id}"))
+        .len()
+        == reads_before
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the reconciler never fetched"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // ... when a newer snapshot (cancelled) arrives and is applied.
@@ -330,7 +367,11 @@ async fn a_slow_fetch_never_overwrites_a_newer_snapshot(backend: Backend) {
         i32::from(SubscriptionStatus::Canceled)
     );
     let output = reconcile.await.unwrap_or_else(|e| panic!("{e}"));
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert_eq!(
         subscription(&app, user).await.status,
         i32::from(SubscriptionStatus::Canceled),
@@ -342,11 +383,9 @@ async fn a_slow_fetch_never_overwrites_a_newer_snapshot(backend: Backend) {
 async fn the_reconciler_brings_in_an_undelivered_event_and_adopts_a_live_subscription(
     backend: Backend,
 ) {
-    let (app, stripe) = TestApp::spawn_with_stripe_and(
-        backend,
-        &[("--duplicate-subscription-policy", "flag")],
-    )
-    .await;
+    let (app, stripe) =
+        TestApp::spawn_with_stripe_and(backend, &[("--duplicate-subscription-policy", "flag")])
+            .await;
     let user = "milo";
     let (customer, first) = subscribe(&app, &stripe, user, Tier::Pro).await;
     // A second subscription (paid in another tab) is flagged and kept at Stripe.
@@ -379,7 +418,11 @@ async fn the_reconciler_brings_in_an_undelivered_event_and_adopts_a_live_subscri
     assert!(text.contains("added 1"), "{text}");
     app.settle().await;
     assert_eq!(
-        app.count("webhook_inbox", &format!("event_id = '{lost_id}' AND state = 'done'")).await,
+        app.count(
+            "webhook_inbox",
+            &format!("event_id = '{lost_id}' AND state = 'done'")
+        )
+        .await,
         1
     );
     assert_eq!(
@@ -433,7 +476,10 @@ async fn two_paid_checkouts_end_with_one_live_subscription_and_a_refund(backend:
         Some("pi_sub_nora_tab2")
     );
     let kinds = app.activity_kinds(user).await;
-    assert!(kinds.iter().any(|k| k == "subscription.duplicate_refunded"), "{kinds:?}");
+    assert!(
+        kinds.iter().any(|k| k == "subscription.duplicate_refunded"),
+        "{kinds:?}"
+    );
     assert_eq!(subscription(&app, user).await.tier, i32::from(Tier::Pro));
     app.stop().await;
 }
@@ -466,7 +512,11 @@ async fn check_limit_keeps_answering_while_deliveries_wait_on_a_slow_stripe(back
             .body(body);
         deliveries.spawn(async move {
             let started = std::time::Instant::now();
-            let status = request.send().await.map(|r| r.status().as_u16()).unwrap_or(0);
+            let status = request
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0);
             (status, started.elapsed())
         });
     }
@@ -492,7 +542,10 @@ async fn check_limit_keeps_answering_while_deliveries_wait_on_a_slow_stripe(back
         assert_eq!(status, 200);
         assert!(took < Duration::from_secs(2), "a delivery waited {took:?}");
     }
-    assert!(slowest < Duration::from_secs(1), "CheckLimit took {slowest:?}");
+    assert!(
+        slowest < Duration::from_secs(1),
+        "CheckLimit took {slowest:?}"
+    );
     app.settle().await;
     assert_eq!(tier_of(&app, "slow7").await, i32::from(Tier::Pro));
     app.stop().await;

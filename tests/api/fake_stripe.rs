@@ -431,7 +431,10 @@ impl Respond for Handler {
             let window = std::time::Duration::from_secs(1);
             let endpoint = endpoint_of(&received.method, &received.path);
             let recent = state.recent.entry(endpoint).or_default();
-            while recent.front().is_some_and(|t| now.duration_since(*t) >= window) {
+            while recent
+                .front()
+                .is_some_and(|t| now.duration_since(*t) >= window)
+            {
                 recent.pop_front();
             }
             let endpoint_full = recent.len() >= limit;
@@ -439,7 +442,10 @@ impl Respond for Handler {
                 recent.push_back(now);
             }
             let all = &mut state.recent_all;
-            while all.front().is_some_and(|t| now.duration_since(*t) >= window) {
+            while all
+                .front()
+                .is_some_and(|t| now.duration_since(*t) >= window)
+            {
                 all.pop_front();
             }
             if endpoint_full || all.len() >= limit * 4 {
@@ -603,11 +609,14 @@ impl Handler {
                 sub["latest_invoice"] = json!(invoice);
                 let sub = sub.clone();
                 let mut paid = self.fixtures["invoice"].clone();
-                merge(&mut paid, json!({ "id": invoice, "customer": sub["customer"],
+                merge(
+                    &mut paid,
+                    json!({ "id": invoice, "customer": sub["customer"],
                     "status": "paid", "amount_paid": 1900, "amount_due": 1900,
                     "payments": { "object": "list", "data": [
                         { "payment": { "type": "payment_intent", "payment_intent": format!("pi_{id}") } }
-                    ] } }));
+                    ] } }),
+                );
                 state.invoices.insert(invoice, paid);
                 sub
             }

@@ -178,7 +178,9 @@ fn orders(n: usize, shuffles: u64) -> Vec<Vec<usize>> {
     out
 }
 
-/// The final state a user ends in, as the API reports it.
+/// The final state a user ends in, as the API reports it, and the money entries of the
+/// activity log. (The subscription entries tell the transitions this service saw, which
+/// depend on the order: a fetch sees the newest state at once, snapshots step through it.)
 async fn final_state(app: &TestApp, user: &str) -> (i32, i32, i32, bool, i64, Vec<String>) {
     let sub = subscription(app, user).await;
     let invoices = app
@@ -188,6 +190,9 @@ async fn final_state(app: &TestApp, user: &str) -> (i32, i32, i32, bool, i64, Ve
         )
         .await;
     let mut kinds = app.activity_kinds(user).await;
+    kinds.retain(|k| {
+        k.starts_with("payment.") || k.ends_with("canceled") || k.ends_with("needs_attention")
+    });
     kinds.sort();
     (
         sub.tier,
@@ -202,7 +207,11 @@ async fn final_state(app: &TestApp, user: &str) -> (i32, i32, i32, bool, i64, Ve
 async fn any_delivery_order_ends_in_the_same_state(backend: Backend) {
     let (app, stripe) = TestApp::spawn_with_stripe(backend).await;
     let mut states = Vec::new();
-    let reads_at_start = stripe.received().iter().filter(|r| r.method == "GET").count();
+    let reads_at_start = stripe
+        .received()
+        .iter()
+        .filter(|r| r.method == "GET")
+        .count();
     let runs = orders(6, 8).len();
     for (run, order) in orders(6, 8).into_iter().enumerate() {
         let user = format!("order{run}");
@@ -249,11 +258,20 @@ async fn any_delivery_order_ends_in_the_same_state(backend: Backend) {
             stripe.event_at("invoice.payment_succeeded", &invoice, t + 3),
             stripe.event_at("customer.subscription.updated", &premium, t + 4),
         ];
-        let reads_before = stripe.received().iter().filter(|r| r.method == "GET").count();
+        let reads_before = stripe
+            .received()
+            .iter()
+            .filter(|r| r.method == "GET")
+            .count();
         for i in order {
             app.deliver_signed(&events[i].1).await;
         }
-        let reads = stripe.received().iter().filter(|r| r.method == "GET").count() - reads_before;
+        let reads = stripe
+            .received()
+            .iter()
+            .filter(|r| r.method == "GET")
+            .count()
+            - reads_before;
         // Snapshots are applied in order or skipped as stale; only a checkout that arrives
         // before any subscription state needs a fetch, and two invoice events of one second
         // may need one more.
@@ -267,9 +285,16 @@ async fn any_delivery_order_ends_in_the_same_state(backend: Backend) {
     for (run, state) in states.iter().enumerate() {
         assert_eq!(state, &states[0], "run {run} ended differently");
     }
-    let reads = stripe.received().iter().filter(|r| r.method == "GET").count() - reads_at_start;
+    let reads = stripe
+        .received()
+        .iter()
+        .filter(|r| r.method == "GET")
+        .count()
+        - reads_at_start;
+    // At most one fetch for a checkout that comes before any subscription state and one for
+    // the second of two invoice events of one second; most runs need none.
     assert!(
-        reads <= runs,
+        reads <= 2 * runs,
         "{reads} Stripe reads for {} events",
         runs * 6
     );
@@ -323,8 +348,11 @@ async fn a_late_stale_event_cannot_move_state_backwards(backend: Backend) {
     app.deliver_signed(&late).await;
     assert_eq!(stripe.requests("GET", "/v1/subscriptions/").len(), reads);
     assert_eq!(
-        app.count("webhook_inbox", &format!("event_id = '{late_id}' AND outcome = 'stale'"))
-            .await,
+        app.count(
+            "webhook_inbox",
+            &format!("event_id = '{late_id}' AND outcome = 'stale'")
+        )
+        .await,
         1
     );
     let sub = subscription(&app, user).await;
@@ -387,14 +415,21 @@ async fn a_database_failure_answers_503_records_nothing_and_the_redelivery_succe
     assert_eq!(status, 200, "{text}");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while app
-        .count("webhook_inbox", &format!("event_id = '{event_id}' AND attempts > 0"))
+        .count(
+            "webhook_inbox",
+            &format!("event_id = '{event_id}' AND attempts > 0"),
+        )
         .await
         == 0
     {
         assert!(std::time::Instant::now() < deadline, "never attempted");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    assert_eq!(app.count("invoices", "").await, 0, "the invoice write was rolled back");
+    assert_eq!(
+        app.count("invoices", "").await,
+        0,
+        "the invoice write was rolled back"
+    );
     exec!(
         &app.pool,
         "ALTER TABLE activity_logs_unavailable RENAME TO activity_logs"
@@ -459,11 +494,9 @@ async fn events_for_unknown_customers_and_unhandled_types_are_recorded_and_ackno
 }
 
 async fn a_second_live_subscription_is_not_applied_and_is_flagged(backend: Backend) {
-    let (app, stripe) = TestApp::spawn_with_stripe_and(
-        backend,
-        &[("--duplicate-subscription-policy", "flag")],
-    )
-    .await;
+    let (app, stripe) =
+        TestApp::spawn_with_stripe_and(backend, &[("--duplicate-subscription-policy", "flag")])
+            .await;
     let user = "gus";
     let (customer, first) = subscribe(&app, &stripe, user, Tier::Pro).await;
     // Two checkouts completed in a race: Stripe now has a second live subscription.
