@@ -43,5 +43,5 @@ CREATE TABLE checkout_sessions (
     state       TEXT NOT NULL DEFAULT 'open' CHECK (state IN ('open', 'expired')),
     created_at  TIMESTAMPTZ NOT NULL DEFAULT now()
 );
-CREATE INDEX checkout_sessions_user_idx ON checkout_sessions (user_id) WHERE state = 'open';
+CREATE INDEX checkout_sessions_user_idx ON checkout_sessions (user_id);
 

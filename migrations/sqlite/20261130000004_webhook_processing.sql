@@ -36,5 +36,5 @@ CREATE TABLE checkout_sessions (
     state       TEXT NOT NULL DEFAULT 'open' CHECK (state IN ('open', 'expired')),
     created_at  TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
 );
-CREATE INDEX checkout_sessions_user_idx ON checkout_sessions (user_id) WHERE state = 'open';
+CREATE INDEX checkout_sessions_user_idx ON checkout_sessions (user_id);
 

@@ -56,6 +56,7 @@ impl Billing {
             )));
         }
         let customer_id = self.customer(gateway.as_ref(), new.user, new.email).await?;
+        let earlier = self.store.checkouts(new.user).await?;
         let session = gateway
             .create_checkout(&CheckoutRequest {
                 user: new.user,
@@ -65,15 +66,17 @@ impl Billing {
                 cancel_url: new.cancel_url,
                 phone_number: new.phone_number,
                 previous_subscription_id: current.subscription.provider_subscription_id.as_deref(),
+                expired_before: earlier.iter().filter(|(_, open)| !open).count(),
             })
             .await?;
         // The same request asked again gets the same session back (idempotency): keep it open.
-        for earlier in self.store.open_checkouts(new.user).await? {
-            if earlier != session.id {
-                gateway.expire_checkout(&earlier).await?;
-                self.store.checkout_expired(&earlier).await?;
-                tracing::info!(session_id = %earlier, "earlier checkout session expired");
-            }
+        for (id, _) in earlier
+            .iter()
+            .filter(|(id, open)| *open && id != &session.id)
+        {
+            gateway.expire_checkout(id).await?;
+            self.store.checkout_expired(id).await?;
+            tracing::info!(session_id = %id, "earlier checkout session expired");
         }
         self.store
             .save_checkout(new.user, gateway.provider(), &session.id, &session.url)

@@ -55,6 +55,9 @@ pub struct CheckoutRequest<'a> {
     /// The user's previous (ended) subscription, if any: a checkout asked again in the same
     /// state is the same checkout.
     pub previous_subscription_id: Option<&'a str>,
+    /// How many of the user's checkout sessions were expired: a session expired since is never
+    /// handed out again for the same request.
+    pub expired_before: usize,
 }
 
 /// A checkout the user is sent to.

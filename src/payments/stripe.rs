@@ -377,6 +377,7 @@ impl PaymentGateway for StripeGateway {
                 request.success_url,
                 request.cancel_url,
                 request.previous_subscription_id.unwrap_or("none"),
+                &request.expired_before.to_string(),
             ],
         )?;
         let mut line = CreateCheckoutSessionLineItems::new();

@@ -159,8 +159,8 @@ pub trait BillingRecords: Send + Sync {
         owner: &str,
     ) -> Result<(), StoreError>;
 
-    /// The user's checkout sessions that are still open.
-    async fn open_checkouts(&self, user: &UserId) -> Result<Vec<String>, StoreError>;
+    /// The user's checkout sessions, oldest first, each with whether it is still open.
+    async fn checkouts(&self, user: &UserId) -> Result<Vec<(String, bool)>, StoreError>;
 
     /// Remembers a checkout session opened for the user (a replayed one is kept once).
     async fn save_checkout(

@@ -263,16 +263,17 @@ macro_rules! billing_records {
                 Ok(())
             }
 
-            async fn open_checkouts(
+            async fn checkouts(
                 &self,
                 user: &$crate::domain::UserId,
-            ) -> Result<Vec<String>, $crate::store::StoreError> {
-                Ok(sqlx::query_scalar(
-                    "SELECT id FROM checkout_sessions WHERE user_id = $1 AND state = 'open' ORDER BY created_at",
+            ) -> Result<Vec<(String, bool)>, $crate::store::StoreError> {
+                let rows: Vec<(String, String)> = sqlx::query_as(
+                    "SELECT id, state FROM checkout_sessions WHERE user_id = $1 ORDER BY created_at, id",
                 )
                 .bind(user.as_str())
                 .fetch_all(&self.pool)
-                .await?)
+                .await?;
+                Ok(rows.into_iter().map(|(id, state)| (id, state == "open")).collect())
             }
 
             async fn save_checkout(

@@ -17,6 +17,7 @@ use crate::{
 crate::on_both_backends!(
     checkout_refuses_open_redirects_and_bad_tiers,
     a_second_checkout_with_a_live_subscription_points_to_change_plan,
+    a_new_checkout_expires_the_earlier_open_ones,
     other_providers_and_plan_changes_without_a_subscription_are_preconditions,
     the_portal_is_for_the_users_own_customer,
     invoices_are_paged_newest_first_and_private,
@@ -29,6 +30,51 @@ fn checkout(tier: i32, success: &str, cancel: &str) -> CreateCheckoutSessionRequ
         cancel_url: cancel.to_string(),
         ..Default::default()
     }
+}
+
+async fn a_new_checkout_expires_the_earlier_open_ones(backend: Backend) {
+    let (app, stripe) = TestApp::spawn_with_stripe(backend).await;
+    let billing = app.billing().await;
+    let (ok, no) = (
+        format!("{ALLOWED_ORIGIN}/done"),
+        format!("{ALLOWED_ORIGIN}/no"),
+    );
+    let open = |tier: Tier| {
+        let request = authed(checkout(tier.into(), &ok, &no), &token("tabs"));
+        let mut billing = billing.clone();
+        async move {
+            billing
+                .create_checkout_session(request)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"))
+                .into_inner()
+                .session_id
+        }
+    };
+    let first = open(Tier::Pro).await;
+    // A double click is the same session, and expires nothing.
+    assert_eq!(open(Tier::Pro).await, first);
+    assert!(stripe.requests("POST", "/v1/checkout/sessions/").is_empty());
+    // Another tab asks for PREMIUM: the PRO session can no longer be paid.
+    let second = open(Tier::Premium).await;
+    assert_ne!(second, first);
+    let expired: Vec<String> = stripe
+        .requests("POST", "/v1/checkout/sessions/")
+        .into_iter()
+        .map(|r| r.path)
+        .collect();
+    assert_eq!(
+        expired,
+        vec![format!("/v1/checkout/sessions/{first}/expire")]
+    );
+    // Back to PRO: a new session, never the expired one.
+    let third = open(Tier::Pro).await;
+    assert!(
+        third != first && third != second,
+        "{first} {second} {third}"
+    );
+    assert_eq!(stripe.requests("POST", "/v1/checkout/sessions/").len(), 2);
+    app.stop().await;
 }
 
 async fn checkout_refuses_open_redirects_and_bad_tiers(backend: Backend) {
