@@ -149,7 +149,8 @@ async fn run(db_url: &str) -> anyhow::Result<()> {
     let created = now - 30;
     let mut deliveries: Vec<(usize, String)> = Vec::with_capacity(users * 5);
     for u in 0..users {
-        let (customer, sub, invoice) = (format!("cus_r{u}"), format!("sub_r{u}"), format!("in_r{u}"));
+        let (customer, sub, invoice) =
+            (format!("cus_r{u}"), format!("sub_r{u}"), format!("in_r{u}"));
         let spec = InvoiceSpec {
             id: &invoice,
             customer: &customer,
@@ -160,8 +161,15 @@ async fn run(db_url: &str) -> anyhow::Result<()> {
             created,
         };
         let draft = stripe.put_invoice(&spec);
-        let open = stripe.put_invoice(&InvoiceSpec { status: "open", ..spec.clone() });
-        let paid = stripe.put_invoice(&InvoiceSpec { status: "paid", amount_paid: 900, ..spec });
+        let open = stripe.put_invoice(&InvoiceSpec {
+            status: "open",
+            ..spec.clone()
+        });
+        let paid = stripe.put_invoice(&InvoiceSpec {
+            status: "paid",
+            amount_paid: 900,
+            ..spec
+        });
         let renewed = stripe.put_subscription(&SubSpec {
             id: &sub,
             customer: &customer,
@@ -212,13 +220,19 @@ async fn run(db_url: &str) -> anyhow::Result<()> {
         &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
     )?;
     let client = BillingServiceClient::connect(grpc).await?;
-    let alone = probe(client.clone(), &token, Arc::new(AtomicBool::new(false)), Some(1000)).await?;
+    let alone = probe(
+        client.clone(),
+        token.clone(),
+        Arc::new(AtomicBool::new(false)),
+        Some(1000),
+    )
+    .await?;
 
     stripe.set_delay(Duration::from_millis(delay_ms));
     stripe.limit(25);
     let requests_before = stripe.received().len();
     let stop_probe = Arc::new(AtomicBool::new(false));
-    let storm_probe = tokio::spawn(probe(client, &token, Arc::clone(&stop_probe), None));
+    let storm_probe = tokio::spawn(probe(client, token, Arc::clone(&stop_probe), None));
 
     let http = reqwest::Client::new();
     let next = Arc::new(AtomicUsize::new(0));
@@ -299,7 +313,9 @@ async fn run(db_url: &str) -> anyhow::Result<()> {
 
     let mut latencies = latencies.lock().map(|l| l.clone()).unwrap_or_default();
     latencies.sort();
-    println!("| users | deliveries | senders | Stripe delay | intake events/s | intake p50 ms | intake p99 ms | non-2xx | Stripe requests | 429s | converged s |");
+    println!(
+        "| users | deliveries | senders | Stripe delay | intake events/s | intake p50 ms | intake p99 ms | non-2xx | Stripe requests | 429s | converged s |"
+    );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     println!(
         "| {users} | {total} | {senders} | {delay_ms} ms | {:.0} | {:.2} | {:.2} | {} | {stripe_requests} | {} | {:.1} |",
@@ -316,14 +332,14 @@ async fn run(db_url: &str) -> anyhow::Result<()> {
     for (label, run) in [("alone", &alone), ("during the storm", &during)] {
         println!(
             "| {label} | {} | {:.2} | {:.2} | {} |",
-            run.calls,
-            run.p50_ms,
-            run.p99_ms,
-            run.failed
+            run.calls, run.p50_ms, run.p99_ms, run.failed
         );
     }
     println!();
-    println!("event outcomes: {outcomes:?}; intake took {:.1} s", intake.as_secs_f64());
+    println!(
+        "event outcomes: {outcomes:?}; intake took {:.1} s",
+        intake.as_secs_f64()
+    );
     pool.close().await;
     shutdown.cancel();
     server.await??;
@@ -340,7 +356,7 @@ struct Probe {
 /// Calls CheckLimit every 5 ms (200/s) until `stop` (or `count` calls); each call's latency.
 async fn probe(
     client: BillingServiceClient<tonic::transport::Channel>,
-    token: &str,
+    token: String,
     stop: Arc<AtomicBool>,
     count: Option<usize>,
 ) -> anyhow::Result<Probe> {
