@@ -20,6 +20,7 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::{Applied, Billing, DuplicatePolicy, apply_remote};
 use crate::{
@@ -136,7 +137,7 @@ impl EventProcessor {
         while !shutdown.is_cancelled() {
             // Registered before looking, so an event stored meanwhile still wakes this worker.
             let stored = self.billing.stored_events.notified();
-            match self.run_next(&name).await {
+            match self.run_next(&name, &shutdown).await {
                 Ok(true) => continue,
                 Ok(false) => {}
                 Err(e) => {
@@ -153,7 +154,11 @@ impl EventProcessor {
 
     /// Takes one customer with pending events and applies a batch of them; `false` when no
     /// customer was ready.
-    pub async fn run_next(&self, worker: &str) -> Result<bool, StoreError> {
+    async fn run_next(
+        &self,
+        worker: &str,
+        shutdown: &CancellationToken,
+    ) -> Result<bool, StoreError> {
         let store = &self.billing.store;
         let now = Utc::now();
         for key in store.ready_order_keys(now, 16).await? {
@@ -161,7 +166,7 @@ impl EventProcessor {
                 .claim_order_key(&key, worker, now + LEASE, now)
                 .await?
             {
-                let hold = self.run_key(&key, worker).await;
+                let hold = self.run_key(&key, worker, shutdown).await;
                 store.release_order_key(&key, worker, hold).await?;
                 return Ok(true);
             }
@@ -169,9 +174,14 @@ impl EventProcessor {
         Ok(false)
     }
 
-    /// Applies the key's pending events in order; returns until when to hold the key back
-    /// after a failure.
-    async fn run_key(&self, key: &str, worker: &str) -> Option<DateTime<Utc>> {
+    /// Applies the key's pending events in order (stopping early at shutdown); returns until
+    /// when to hold the key back after a failure.
+    async fn run_key(
+        &self,
+        key: &str,
+        worker: &str,
+        shutdown: &CancellationToken,
+    ) -> Option<DateTime<Utc>> {
         let store = &self.billing.store;
         let events = match store.pending_events(key, BATCH).await {
             Ok(events) => events,
@@ -182,11 +192,12 @@ impl EventProcessor {
         };
         let mut fetched = Fetched::default();
         for pending in events {
+            if shutdown.is_cancelled() {
+                break;
+            }
             let span = tracing::info_span!("webhook_event", event_id = %pending.event_id,
                 event_type = %pending.event_type, attempt = pending.attempts + 1);
-            let _entered = span.enter();
-            let result = self.apply(&pending, &mut fetched).await;
-            drop(_entered);
+            let result = self.apply(&pending, &mut fetched).instrument(span).await;
             match result {
                 Ok(outcome) => {
                     let lag = (Utc::now() - pending.created).num_milliseconds().max(0) as f64;

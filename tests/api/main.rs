@@ -17,6 +17,7 @@ mod imports;
 mod integrations;
 mod oauth;
 mod oauth_providers;
+mod plan_changes;
 mod sidecar;
 mod store_contract;
 mod subscription_lifecycle;
