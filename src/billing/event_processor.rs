@@ -42,8 +42,6 @@ use crate::{
 
 /// How long a worker holds a customer's events before it must renew.
 const LEASE: chrono::Duration = chrono::Duration::seconds(30);
-/// Events of one customer applied per lease before the worker lets others have a turn.
-const BATCH: u32 = 50;
 
 /// Why an event could not be applied now.
 #[derive(Debug, thiserror::Error)]
@@ -161,7 +159,7 @@ impl EventProcessor {
     ) -> Result<bool, StoreError> {
         let store = &self.billing.store;
         let now = Utc::now();
-        for key in store.ready_order_keys(now, 16).await? {
+        for key in store.ready_order_keys(now).await? {
             if store
                 .claim_order_key(&key, worker, now + LEASE, now)
                 .await?
@@ -183,7 +181,7 @@ impl EventProcessor {
         shutdown: &CancellationToken,
     ) -> Option<DateTime<Utc>> {
         let store = &self.billing.store;
-        let events = match store.pending_events(key, BATCH).await {
+        let events = match store.pending_events(key).await {
             Ok(events) => events,
             Err(e) => {
                 tracing::warn!(error = %error_chain(&e), "cannot read pending events");

@@ -296,12 +296,8 @@ pub trait WebhookStore: Send + Sync {
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError>;
 
-    /// Order keys with pending events that no processor holds, oldest event first.
-    async fn ready_order_keys(
-        &self,
-        now: DateTime<Utc>,
-        limit: u32,
-    ) -> Result<Vec<String>, StoreError>;
+    /// Up to 16 order keys with pending events that no processor holds, oldest event first.
+    async fn ready_order_keys(&self, now: DateTime<Utc>) -> Result<Vec<String>, StoreError>;
 
     /// Takes the lease of an order key until `until` unless it is held (or held back) past
     /// `now`; `true` when taken.
@@ -329,8 +325,8 @@ pub trait WebhookStore: Send + Sync {
         hold_until: Option<DateTime<Utc>>,
     ) -> Result<(), StoreError>;
 
-    /// The key's pending events in the provider's order (created, then id).
-    async fn pending_events(&self, key: &str, limit: u32) -> Result<Vec<PendingEvent>, StoreError>;
+    /// Up to 50 of the key's pending events in the provider's order (created, then id).
+    async fn pending_events(&self, key: &str) -> Result<Vec<PendingEvent>, StoreError>;
 
     /// Counts a failed attempt of a pending event; with `dead`, gives up on it (state failed).
     async fn event_attempt_failed(
