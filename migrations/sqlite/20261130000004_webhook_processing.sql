@@ -10,10 +10,23 @@ ALTER TABLE webhook_inbox ADD COLUMN outcome TEXT;
 ALTER TABLE webhook_inbox ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE webhook_inbox ADD COLUMN last_error TEXT;
 ALTER TABLE webhook_inbox ADD COLUMN processed_at TEXT;
-CREATE INDEX webhook_inbox_pending_idx ON webhook_inbox (received_at) WHERE state = 'pending';
-CREATE INDEX webhook_inbox_order_idx ON webhook_inbox (order_key, event_created_at) WHERE state = 'pending';
 CREATE INDEX webhook_inbox_failed_idx ON webhook_inbox (received_at) WHERE state = 'failed';
 CREATE INDEX webhook_inbox_created_idx ON webhook_inbox (provider, event_created_at);
+
+-- Events waiting to be applied, one narrow row each (the inbox row keeps the payload and the
+-- history). The processor's scans touch only this table, so they stay cheap whatever the
+-- planner knows about the inbox (measured: ordering the wide inbox by arrival cost 800 ms a
+-- claim on a fresh database during a storm).
+CREATE TABLE webhook_queue (
+    provider          TEXT NOT NULL,
+    event_id          TEXT NOT NULL,
+    order_key         TEXT NOT NULL,
+    event_created_at  TEXT NOT NULL,
+    received_at       TEXT NOT NULL,
+    PRIMARY KEY (provider, event_id)
+);
+CREATE INDEX webhook_queue_received_idx ON webhook_queue (received_at);
+CREATE INDEX webhook_queue_order_idx ON webhook_queue (order_key, event_created_at);
 
 CREATE TABLE webhook_streams (
     order_key    TEXT PRIMARY KEY,

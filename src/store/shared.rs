@@ -26,7 +26,15 @@ macro_rules! billing_tx {
                 .bind(now)
                 .execute(&mut *self.0)
                 .await?;
-                Ok(done.rows_affected() == 1)
+                if done.rows_affected() != 1 {
+                    return Ok(false);
+                }
+                sqlx::query("DELETE FROM webhook_queue WHERE provider = $1 AND event_id = $2")
+                    .bind(provider.as_str())
+                    .bind(event_id)
+                    .execute(&mut *self.0)
+                    .await?;
+                Ok(true)
             }
 
             async fn lock_subscription(
