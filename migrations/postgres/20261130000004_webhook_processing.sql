@@ -29,6 +29,25 @@ CREATE TABLE webhook_queue (
 CREATE INDEX webhook_queue_received_idx ON webhook_queue (received_at);
 CREATE INDEX webhook_queue_order_idx ON webhook_queue (order_key, event_created_at);
 
+-- The queue mirrors the inbox's pending rows, kept so by the database in the same statement:
+-- an event stored pending is queued; one leaving pending (done, failed) leaves the queue; a
+-- replayed one (back to pending) is queued again.
+CREATE FUNCTION webhook_queue_sync() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'UPDATE' AND OLD.state = 'pending' AND NEW.state <> 'pending' THEN
+        DELETE FROM webhook_queue WHERE provider = OLD.provider AND event_id = OLD.event_id;
+    END IF;
+    IF NEW.state = 'pending' AND (TG_OP = 'INSERT' OR OLD.state <> 'pending') THEN
+        INSERT INTO webhook_queue (provider, event_id, order_key, event_created_at, received_at)
+        VALUES (NEW.provider, NEW.event_id, NEW.order_key, NEW.event_created_at, NEW.received_at)
+        ON CONFLICT DO NOTHING;
+    END IF;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER webhook_inbox_queue AFTER INSERT OR UPDATE OF state ON webhook_inbox
+    FOR EACH ROW EXECUTE FUNCTION webhook_queue_sync();
+
 -- One processor at a time per customer (the order key): a lease, also used to hold a customer
 -- back after a failure (lease_owner NULL, lease_until = the next attempt).
 CREATE TABLE webhook_streams (

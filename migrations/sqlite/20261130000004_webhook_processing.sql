@@ -28,6 +28,24 @@ CREATE TABLE webhook_queue (
 CREATE INDEX webhook_queue_received_idx ON webhook_queue (received_at);
 CREATE INDEX webhook_queue_order_idx ON webhook_queue (order_key, event_created_at);
 
+-- The queue mirrors the inbox's pending rows, kept so by the database in the same statement:
+-- an event stored pending is queued; one leaving pending (done, failed) leaves the queue; a
+-- replayed one (back to pending) is queued again.
+CREATE TRIGGER webhook_inbox_queue_insert AFTER INSERT ON webhook_inbox
+    WHEN NEW.state = 'pending'
+BEGIN
+    INSERT OR IGNORE INTO webhook_queue (provider, event_id, order_key, event_created_at, received_at)
+    VALUES (NEW.provider, NEW.event_id, NEW.order_key, NEW.event_created_at, NEW.received_at);
+END;
+CREATE TRIGGER webhook_inbox_queue_update AFTER UPDATE OF state ON webhook_inbox
+    WHEN OLD.state IS NOT NEW.state
+BEGIN
+    DELETE FROM webhook_queue WHERE provider = OLD.provider AND event_id = OLD.event_id;
+    INSERT OR IGNORE INTO webhook_queue (provider, event_id, order_key, event_created_at, received_at)
+    SELECT NEW.provider, NEW.event_id, NEW.order_key, NEW.event_created_at, NEW.received_at
+    WHERE NEW.state = 'pending';
+END;
+
 CREATE TABLE webhook_streams (
     order_key    TEXT PRIMARY KEY,
     lease_owner  TEXT,

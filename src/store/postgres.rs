@@ -119,4 +119,4 @@ billing_tx!(PgTx, sqlx::Postgres, lock: " FOR UPDATE", id_cast: "::uuid");
 billing_records!(PgStore);
 integration_store!(PgStore, id: "::uuid", text: "::text", skip_locked: " FOR UPDATE SKIP LOCKED",
     begin: "BEGIN", user_lock: "SELECT pg_advisory_xact_lock(hashtext($1))");
-webhook_store!(PgStore, begin: "BEGIN");
+webhook_store!(PgStore);

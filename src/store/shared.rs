@@ -26,15 +26,7 @@ macro_rules! billing_tx {
                 .bind(now)
                 .execute(&mut *self.0)
                 .await?;
-                if done.rows_affected() != 1 {
-                    return Ok(false);
-                }
-                sqlx::query("DELETE FROM webhook_queue WHERE provider = $1 AND event_id = $2")
-                    .bind(provider.as_str())
-                    .bind(event_id)
-                    .execute(&mut *self.0)
-                    .await?;
-                Ok(true)
+                Ok(done.rows_affected() == 1)
             }
 
             async fn lock_subscription(

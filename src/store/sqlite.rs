@@ -134,4 +134,4 @@ billing_tx!(SqliteTx, sqlx::Sqlite, lock: "", id_cast: "");
 billing_records!(SqliteStore);
 integration_store!(SqliteStore, id: "", text: "", skip_locked: "",
     begin: "BEGIN IMMEDIATE", user_lock: "");
-webhook_store!(SqliteStore, begin: "BEGIN IMMEDIATE");
+webhook_store!(SqliteStore);
