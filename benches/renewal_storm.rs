@@ -304,6 +304,9 @@ async fn run(db_url: &str) -> anyhow::Result<()> {
     };
     stop_probe.store(true, Ordering::Relaxed);
     let during = storm_probe.await??;
+    let intake_end = started + intake;
+    let (in_intake, in_drain): (Calls, Calls) =
+        during.iter().partition(|(sent, _, _)| *sent < intake_end);
     let stripe_requests = stripe.received().len() - requests_before;
     let outcomes: Vec<(String, i64)> = sqlx::query_as(
         "SELECT COALESCE(outcome, state), COUNT(*) FROM webhook_inbox GROUP BY 1 ORDER BY 1",
@@ -329,7 +332,12 @@ async fn run(db_url: &str) -> anyhow::Result<()> {
     println!();
     println!("| CheckLimit probe (200/s) | calls | p50 ms | p99 ms | failed |");
     println!("|---|---:|---:|---:|---:|");
-    for (label, run) in [("alone", &alone), ("during the storm", &during)] {
+    for (label, run) in [
+        ("alone", summary(&alone)),
+        ("during the storm", summary(&during)),
+        ("  while deliveries arrive", summary(&in_intake)),
+        ("  while the processor drains", summary(&in_drain)),
+    ] {
         println!(
             "| {label} | {} | {:.2} | {:.2} | {} |",
             run.calls, run.p50_ms, run.p99_ms, run.failed
@@ -353,13 +361,27 @@ struct Probe {
     p99_ms: f64,
 }
 
+/// Each probe call: when it was sent, whether it succeeded, how long it took.
+type Calls = Vec<(Instant, bool, Duration)>;
+
+fn summary(calls: &[(Instant, bool, Duration)]) -> Probe {
+    let mut latencies: Vec<Duration> = calls.iter().map(|c| c.2).collect();
+    latencies.sort();
+    Probe {
+        calls: calls.len(),
+        failed: calls.iter().filter(|c| !c.1).count(),
+        p50_ms: quantile(&latencies, 0.5),
+        p99_ms: quantile(&latencies, 0.99),
+    }
+}
+
 /// Calls CheckLimit every 5 ms (200/s) until `stop` (or `count` calls); each call's latency.
 async fn probe(
     client: BillingServiceClient<tonic::transport::Channel>,
     token: String,
     stop: Arc<AtomicBool>,
     count: Option<usize>,
-) -> anyhow::Result<Probe> {
+) -> anyhow::Result<Calls> {
     let mut tick = tokio::time::interval(Duration::from_millis(5));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut calls = tokio::task::JoinSet::new();
@@ -378,24 +400,13 @@ async fn probe(
         calls.spawn(async move {
             let started = Instant::now();
             let ok = client.check_limit(request).await.is_ok();
-            (ok, started.elapsed())
+            (started, ok, started.elapsed())
         });
         sent += 1;
     }
-    let mut latencies = Vec::with_capacity(sent);
-    let mut failed = 0;
-    while let Some(done) = calls.join_next().await {
-        let (ok, took) = done?;
-        if !ok {
-            failed += 1;
-        }
-        latencies.push(took);
+    let mut done = Vec::with_capacity(sent);
+    while let Some(call) = calls.join_next().await {
+        done.push(call?);
     }
-    latencies.sort();
-    Ok(Probe {
-        calls: sent,
-        failed,
-        p50_ms: quantile(&latencies, 0.5),
-        p99_ms: quantile(&latencies, 0.99),
-    })
+    Ok(done)
 }
