@@ -1,8 +1,10 @@
-//! Webhook throughput and latency on PostgreSQL, with the fake Stripe on loopback.
+//! Webhook intake throughput and latency on PostgreSQL, with the fake Stripe on loopback.
 //!
 //! Signed `invoice.paid` deliveries (each a new event id, spread over many users) are sent to the
 //! running service at 1, 8 and 64 concurrent senders; then 1,000,000 processed events are added
 //! to the inbox and the same runs are repeated, to show the cost does not grow with history.
+//! Since issue 11 a delivery is verified and stored only; the event processor applies it in the
+//! background (its throughput is in `renewal_storm`).
 //!
 //! Run: `cargo bench --bench webhook_throughput` (PostgreSQL from BENCH_DATABASE_URL, default
 //! postgres://postgres@127.0.0.1:5432/postgres; a scratch database is created and dropped).
