@@ -8,6 +8,7 @@
 //! to overwrite state known to be newer than the answer (`domain::freshness`).
 
 mod checkout;
+mod event_apply;
 pub mod event_processor;
 mod plan_changes;
 pub mod reconciler;

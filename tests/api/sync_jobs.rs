@@ -498,7 +498,14 @@ async fn sync_interval_schedules_the_next_sync(backend: Backend) {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // ...and its end queues the next one an hour later.
+    // ...and its end queues the next one an hour later (just after the job is marked done).
+    while app.count("sync_jobs", "state = 'queued'").await < 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the next sync was not queued"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(app.count("sync_jobs", "state = 'queued'").await, 1);
     let next = start_sync(&mut client, "ada", Provider::Zapier).await;
     assert_eq!(next.state(), SyncJobState::Queued);
