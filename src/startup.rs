@@ -65,16 +65,7 @@ impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         // Install the metrics recorder before anything can record.
         crate::metrics::handle();
-        let store = store::connect(
-            config.database_url.expose_secret(),
-            config.database_max_connections,
-        )
-        .await
-        .context("cannot connect to the database (DATABASE_URL)")?;
-        store
-            .migrate()
-            .await
-            .context("cannot apply database migrations")?;
+        let store = connect_store(&config).await?;
         let billing = Arc::new(build_billing(&config, Arc::clone(&store))?);
         let vault = Arc::new(build_vault(&config)?);
         let providers = Arc::new(build_providers(&config)?);
@@ -249,6 +240,12 @@ impl Application {
 
 /// The billing use cases on their own (for one-off commands such as `reconcile`).
 pub async fn build_billing_only(config: &Config) -> anyhow::Result<(Billing, Arc<dyn Store>)> {
+    let store = connect_store(config).await?;
+    Ok((build_billing(config, Arc::clone(&store))?, store))
+}
+
+/// The configured database, migrated.
+async fn connect_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     let store = store::connect(
         config.database_url.expose_secret(),
         config.database_max_connections,
@@ -259,7 +256,7 @@ pub async fn build_billing_only(config: &Config) -> anyhow::Result<(Billing, Arc
         .migrate()
         .await
         .context("cannot apply database migrations")?;
-    Ok((build_billing(config, Arc::clone(&store))?, store))
+    Ok(store)
 }
 
 /// The billing use cases with the configured payment gateways.

@@ -33,14 +33,11 @@ pub struct RemoteSubscription {
 impl RemoteSubscription {
     /// When access ends because of a scheduled cancellation, if one is scheduled.
     pub fn access_ends_at(&self) -> Option<DateTime<Utc>> {
-        let at_period_end = self
-            .cancel_at_period_end
-            .then_some(self.current_period_end)
-            .flatten();
-        match (self.cancel_at, at_period_end) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        super::subscription::access_ends_at(
+            self.cancel_at_period_end,
+            self.current_period_end,
+            self.cancel_at,
+        )
     }
 }
 

@@ -107,6 +107,20 @@ impl FromStr for PaymentProvider {
 /// How long a PAST_DUE subscription keeps its tier after the first failed payment, unless configured.
 pub const DEFAULT_PAST_DUE_GRACE: Duration = Duration::days(7);
 
+/// When access ends for a subscription cancelled at its period end and/or on a fixed date
+/// (Stripe's `cancel_at`): the earlier of the two; `None` when neither is scheduled.
+pub fn access_ends_at(
+    cancel_at_period_end: bool,
+    current_period_end: Option<DateTime<Utc>>,
+    cancel_at: Option<DateTime<Utc>>,
+) -> Option<DateTime<Utc>> {
+    let at_period_end = cancel_at_period_end.then_some(current_period_end).flatten();
+    match (cancel_at, at_period_end) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 /// A user's subscription as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subscription {
@@ -149,14 +163,11 @@ impl Subscription {
 
     /// When access to the paid tier ends because of a pending or past cancellation.
     pub fn access_ends_at(&self) -> Option<DateTime<Utc>> {
-        let at_period_end = self
-            .cancel_at_period_end
-            .then_some(self.current_period_end)
-            .flatten();
-        match (self.cancel_at, at_period_end) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        access_ends_at(
+            self.cancel_at_period_end,
+            self.current_period_end,
+            self.cancel_at,
+        )
     }
 
     /// The tier the user is entitled to at `now`. The single place this rule lives.

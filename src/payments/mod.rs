@@ -7,6 +7,7 @@
 pub mod stripe;
 pub mod stripe_budget;
 mod stripe_event;
+mod stripe_raw;
 pub mod stripe_signature;
 pub mod unavailable;
 

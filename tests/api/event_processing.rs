@@ -57,24 +57,7 @@ fn run_cli(app: &TestApp, stripe: &FakeStripe, args: &[&str]) -> (bool, String) 
 /// A user with a customer at the fake (created through a checkout) and an active subscription
 /// at the fake that this service has not heard of yet. Returns (customer, subscription).
 async fn paid_at_stripe(app: &TestApp, stripe: &FakeStripe, user: &str) -> (String, String) {
-    use nexus_billing::grpc::proto::billing::CreateCheckoutSessionRequest;
-    app.billing()
-        .await
-        .create_checkout_session(authed(
-            CreateCheckoutSessionRequest {
-                tier: Tier::Pro.into(),
-                success_url: format!("{}/ok", crate::helpers::ALLOWED_ORIGIN),
-                cancel_url: format!("{}/no", crate::helpers::ALLOWED_ORIGIN),
-                ..Default::default()
-            },
-            &crate::helpers::token(user),
-        ))
-        .await
-        .unwrap_or_else(|e| panic!("checkout: {e}"));
-    let customer = stripe
-        .customer_of(user)
-        .unwrap_or_else(|| panic!("no customer"));
-    let sub_id = format!("sub_{user}");
+    let (customer, sub_id) = crate::webhooks::checkout_only(app, stripe, user).await;
     let (start, end) = period();
     stripe.put_subscription(&SubSpec {
         id: &sub_id,

@@ -302,7 +302,7 @@ async fn any_delivery_order_ends_in_the_same_state(backend: Backend) {
 }
 
 /// CreateCheckoutSession only (no events): returns (customer, a new subscription id).
-async fn checkout_only(app: &TestApp, stripe: &FakeStripe, user: &str) -> (String, String) {
+pub async fn checkout_only(app: &TestApp, stripe: &FakeStripe, user: &str) -> (String, String) {
     use nexus_billing::grpc::proto::billing::CreateCheckoutSessionRequest;
     app.billing()
         .await
