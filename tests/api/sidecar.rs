@@ -95,7 +95,9 @@ async fn the_webhook_route_caps_the_body_and_refuses_unsigned_deliveries(backend
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(streamed.status(), 413);
 
-    let fits = client
+    // A fresh connection: the server closes the one it refused with 413 (its body unread), and
+    // a pooled client could reuse it before seeing that.
+    let fits = reqwest::Client::new()
         .post(app.http_url("/billing/webhook"))
         .header("stripe-signature", "t=1,v1=00")
         .body(r#"{"id":"evt_1","type":"invoice.paid"}"#)
