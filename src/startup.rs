@@ -31,15 +31,12 @@ use crate::{
             integrations::integrations_service_server::IntegrationsServiceServer,
         },
     },
-    integrations::Integrations,
-    oauth::OAuth,
+    integrations::{Integrations, oauth::OAuth, sync_worker::SyncWorker, tokens::TokenKeeper},
     payments::{Gateways, PaymentGateway, stripe::StripeGateway},
     providers::{ProviderEndpoints, Providers, RateLimits},
     sidecar::{self, SidecarState},
     store::{self, Store},
-    sync_worker::SyncWorker,
     telemetry::request_span,
-    tokens::TokenKeeper,
     vault::Vault,
 };
 

@@ -17,7 +17,7 @@ use super::{
 };
 use crate::{
     domain::{contact::Contact, credentials::Credentials, sync_job::RecordFailure},
-    oauth::keys,
+    integrations::oauth::keys,
 };
 
 /// The REST API version used.

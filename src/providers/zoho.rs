@@ -14,7 +14,7 @@ use super::{
 };
 use crate::{
     domain::{contact::Contact, credentials::Credentials, sync_job::RecordFailure},
-    oauth::keys,
+    integrations::oauth::keys,
 };
 
 const PER_PAGE: u32 = 200;

@@ -13,7 +13,7 @@ use crate::{
         credentials::Credentials,
         integration::{Integration, IntegrationStatus},
     },
-    oauth::{OAuth, OAuthError, expires_at, keys},
+    integrations::oauth::{OAuth, OAuthError, expires_at, keys},
     store::{Store, StoreError},
     telemetry::error_chain,
     vault::Vault,

@@ -10,6 +10,13 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use url::Url;
 
+pub mod oauth;
+pub mod sync_worker;
+pub mod tokens;
+
+use oauth::{OAuth, OAuthError, TokenSet};
+use sync_worker::sync_interval;
+
 use crate::{
     billing::RedirectGuard,
     domain::{
@@ -20,10 +27,8 @@ use crate::{
         integration::{Integration, IntegrationStatus},
         sync_job::{Direction, SyncJob},
     },
-    oauth::{OAuth, OAuthError, TokenSet},
     providers::{ProviderError, Providers},
     store::{NewSyncJob, OAuthState, Store, StoreError},
-    sync_worker::sync_interval,
     vault::Vault,
 };
 

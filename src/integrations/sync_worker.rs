@@ -28,11 +28,11 @@ use crate::{
         integration::{Integration, IntegrationStatus},
         sync_job::{Direction, JobProgress, JobState, SyncJob},
     },
-    oauth::keys,
+    integrations::oauth::keys,
     providers::{ProviderError, Providers, PushReport},
     store::{JobEnd, NewSyncJob, Store, StoreError},
     telemetry::error_chain,
-    tokens::{TokenError, TokenKeeper},
+    integrations::tokens::{TokenError, TokenKeeper},
 };
 
 /// Calls the provider with the session's credentials, kept fresh: builds the client with the
@@ -385,7 +385,7 @@ impl SyncWorker {
                     // Kept so the next sync updates this file instead of making another.
                     match self
                         .tokens
-                        .remember(&session.integration, crate::oauth::keys::FILE_ID, &file_id)
+                        .remember(&session.integration, crate::integrations::oauth::keys::FILE_ID, &file_id)
                         .await
                     {
                         Ok(()) => {}
