@@ -237,9 +237,26 @@ pub struct Settings {
     /// Longest retry delay between attempts.
     #[arg(long, env = "SYNC_RETRY_MAX_DELAY", default_value = "15m", value_parser = humantime::parse_duration, global = true)]
     pub sync_retry_max_delay: Duration,
+    /// Rate-limit parks in a row (no batch saved in between) after which a sync job fails;
+    /// each park waits longer (SYNC_RETRY_MIN_DELAY doubling to SYNC_RETRY_MAX_DELAY).
+    #[arg(long, env = "SYNC_MAX_RATE_LIMITED", default_value_t = 10, global = true)]
+    pub sync_max_rate_limited: u32,
+    /// How often the scheduler queues the integrations whose `syncInterval` has elapsed.
+    #[arg(long, env = "SYNC_SCHEDULER_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration, global = true)]
+    pub sync_scheduler_interval: Duration,
+    /// Finished sync jobs and activity entries older than this many days are deleted.
+    #[arg(long, env = "RETENTION_DAYS", default_value_t = 90, global = true)]
+    pub retention_days: u32,
+    /// Open WatchSyncJob streams one user may hold at once (more are RESOURCE_EXHAUSTED).
+    #[arg(long, env = "MAX_WATCH_STREAMS_PER_USER", default_value_t = 8, global = true)]
+    pub max_watch_streams_per_user: usize,
     /// Request budgets replacing the catalogue's, e.g. `hubspot=190/10s,mailchimp=10/1s`.
     #[arg(long, env = "RATE_LIMITS", global = true)]
     pub rate_limits: Option<String>,
+    /// Zoho accounts servers (origins, comma-separated) a Zoho callback's `accounts-server` may
+    /// name; the code is exchanged and tokens refreshed there. Zoho's data centres by default.
+    #[arg(long, env = "ZOHO_ACCOUNTS_SERVERS", default_value = ZOHO_ACCOUNTS_SERVERS, global = true)]
+    pub zoho_accounts_servers: String,
     /// Public URL of the sidecar's OAuth callback (`GET /integrations/oauth/callback`), the
     /// redirect URI registered with every OAuth app.
     #[arg(long, env = "OAUTH_REDIRECT_URL", default_value = "http://localhost:3001/integrations/oauth/callback", value_parser = parse_base_url, global = true)]
@@ -493,6 +510,9 @@ pub struct Config {
 pub struct OAuthConfig {
     pub redirect_url: Url,
     pub clients: BTreeMap<ProviderId, OAuthClient>,
+    /// The sidecar's start route, beside the callback (`.../oauth/start`).
+    pub start_url: Url,
+    pub zoho_accounts_servers: Vec<Url>,
 }
 
 /// One provider's OAuth app.
@@ -513,7 +533,16 @@ pub struct SyncConfig {
     pub retry_min_delay: Duration,
     pub retry_max_delay: Duration,
     pub rate_limits: BTreeMap<ProviderId, RateLimit>,
+    pub max_rate_limited: u32,
+    pub scheduler_interval: Duration,
+    pub retention_days: u32,
+    pub max_watch_streams_per_user: usize,
 }
+
+/// Zoho's accounts servers, one per data centre (US, EU, IN, AU, JP, CA, SA, CN).
+const ZOHO_ACCOUNTS_SERVERS: &str = "https://accounts.zoho.com,https://accounts.zoho.eu,\
+https://accounts.zoho.in,https://accounts.zoho.com.au,https://accounts.zoho.jp,\
+https://accounts.zohocloud.ca,https://accounts.zoho.sa,https://accounts.zoho.com.cn";
 
 const DEV_ORIGINS: &str = "http://localhost:3000,http://127.0.0.1:3000";
 
@@ -793,7 +822,20 @@ impl Config {
             retry_min_delay: s.sync_retry_min_delay,
             retry_max_delay: s.sync_retry_max_delay,
             rate_limits,
+            max_rate_limited: s.sync_max_rate_limited,
+            scheduler_interval: s.sync_scheduler_interval,
+            retention_days: s.retention_days,
+            max_watch_streams_per_user: s.max_watch_streams_per_user,
         };
+        if s.sync_scheduler_interval.is_zero() {
+            problem("SYNC_SCHEDULER_INTERVAL", "must be longer than 0".into());
+        }
+        if s.retention_days == 0 {
+            problem("RETENTION_DAYS", "must be at least 1".into());
+        }
+        if s.max_watch_streams_per_user == 0 {
+            problem("MAX_WATCH_STREAMS_PER_USER", "must be at least 1".into());
+        }
 
         let c = s.oauth_clients;
         let mut clients = BTreeMap::new();
@@ -852,9 +894,22 @@ impl Config {
                 "must be https:// when APP_ENV=production".into(),
             );
         }
+        let mut zoho_accounts_servers = Vec::new();
+        for server in s.zoho_accounts_servers.split(',').map(str::trim).filter(|v| !v.is_empty()) {
+            match parse_base_url(server) {
+                Ok(url) => zoho_accounts_servers.push(url),
+                Err(e) => problem("ZOHO_ACCOUNTS_SERVERS", format!("{server:?}: {e}")),
+            }
+        }
+        let start_url = s
+            .oauth_redirect_url
+            .join("start")
+            .unwrap_or_else(|_| s.oauth_redirect_url.clone());
         let oauth = OAuthConfig {
             redirect_url: s.oauth_redirect_url,
             clients,
+            start_url,
+            zoho_accounts_servers,
         };
 
         if !problems.is_empty() {

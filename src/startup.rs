@@ -31,7 +31,10 @@ use crate::{
             integrations::integrations_service_server::IntegrationsServiceServer,
         },
     },
-    integrations::{Integrations, oauth::OAuth, sync_worker::SyncWorker, tokens::TokenKeeper},
+    integrations::{
+        Integrations, IntegrationsSettings, oauth::OAuth, scheduler, sync_worker::SyncWorker,
+        tokens::TokenKeeper,
+    },
     payments::{Gateways, PaymentGateway, stripe::StripeGateway},
     providers::{ProviderEndpoints, Providers, RateLimits},
     sidecar::{self, SidecarState},
@@ -74,8 +77,13 @@ impl Application {
             Arc::clone(&vault),
             Arc::clone(&providers),
             Arc::clone(&oauth),
-            Box::new(move |url: &str| is_allowed_redirect(&origins, url)),
-            config.sync.max_attempts,
+            IntegrationsSettings {
+                redirect_allowed: Box::new(move |url: &str| is_allowed_redirect(&origins, url)),
+                max_attempts: config.sync.max_attempts,
+                oauth_start_url: config.oauth.start_url.clone(),
+                zoho_accounts_servers: config.oauth.zoho_accounts_servers.clone(),
+                max_watch_streams_per_user: config.sync.max_watch_streams_per_user,
+            },
         ));
         let tokens = Arc::new(TokenKeeper::new(Arc::clone(&store), vault, oauth));
         let worker = Arc::new(SyncWorker::new(
@@ -189,11 +197,21 @@ impl Application {
                 }
             }
         };
+        let scheduler_loop = scheduler::run(
+            Arc::clone(&store),
+            scheduler::SchedulerConfig {
+                tick: config.sync.scheduler_interval,
+                max_attempts: config.sync.max_attempts,
+                retention: chrono::Duration::days(i64::from(config.sync.retention_days)),
+            },
+            shutdown.clone(),
+        );
         let sidecar_state = Arc::new(SidecarState {
             store: Arc::clone(&store),
             billing: Arc::clone(&billing),
             integrations: Arc::clone(&integrations),
             webhook_max_body_bytes: config.webhook_max_body_bytes,
+            secure_cookies: config.oauth.redirect_url.scheme() == "https",
         });
         let (grpc_addr, http_addr) = (grpc_listener.local_addr()?, http_listener.local_addr()?);
         let grpc = grpc_server(
@@ -214,7 +232,8 @@ impl Application {
             tokio::join!(
                 worker.run(shutdown.clone()),
                 events.run(shutdown.clone()),
-                reconcile_loop
+                reconcile_loop,
+                scheduler_loop
             );
         };
         let (grpc_result, http_result, ()) = tokio::join!(

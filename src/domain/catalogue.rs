@@ -94,6 +94,15 @@ const SYNC_INTERVAL: SettingField = SettingField {
     help: "Leave empty to sync only on demand.",
 };
 
+/// Providers that can be imported from have this setting: which way automatic syncs go.
+const SYNC_DIRECTION: SettingField = SettingField {
+    key: "syncDirection",
+    label: "Automatic syncs",
+    input_type: InputType::Text,
+    required: false,
+    help: "push (default), import or both: which way the automatic syncs move contacts.",
+};
+
 const PUSH_AND_IMPORT: &[SyncDirection] = &[SyncDirection::Push, SyncDirection::Import];
 const PUSH_ONLY: &[SyncDirection] = &[SyncDirection::Push];
 
@@ -107,7 +116,7 @@ pub const CATALOGUE: [ProviderSpec; 8] = [
         icon_url: "/icons/salesforce.svg",
         auth: AuthKind::OAuth2,
         credential_fields: &[],
-        setting_fields: &[SYNC_INTERVAL],
+        setting_fields: &[SYNC_INTERVAL, SYNC_DIRECTION],
         batch_size: 200,
         rate_limit: RateLimit {
             requests: 100,
@@ -130,7 +139,7 @@ pub const CATALOGUE: [ProviderSpec; 8] = [
             required: true,
             help: "HubSpot > Settings > Integrations > Private apps, with the crm.objects.contacts scopes.",
         }],
-        setting_fields: &[SYNC_INTERVAL],
+        setting_fields: &[SYNC_INTERVAL, SYNC_DIRECTION],
         batch_size: 100,
         rate_limit: RateLimit {
             requests: 100,
@@ -146,7 +155,7 @@ pub const CATALOGUE: [ProviderSpec; 8] = [
         icon_url: "/icons/zoho-crm.svg",
         auth: AuthKind::OAuth2,
         credential_fields: &[],
-        setting_fields: &[SYNC_INTERVAL],
+        setting_fields: &[SYNC_INTERVAL, SYNC_DIRECTION],
         batch_size: 100,
         rate_limit: RateLimit {
             requests: 100,
@@ -178,6 +187,7 @@ pub const CATALOGUE: [ProviderSpec; 8] = [
                 help: "Audience > Settings > Audience name and defaults > Audience ID.",
             },
             SYNC_INTERVAL,
+            SYNC_DIRECTION,
         ],
         batch_size: 500,
         rate_limit: RateLimit {

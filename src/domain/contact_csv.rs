@@ -1,6 +1,10 @@
 //! The contacts file written to Google Drive and Dropbox: a header row, then one row per
 //! contact, RFC 4180 (comma separated, CRLF line ends, a field quoted when it holds a comma,
 //! a quote or a line break, quotes doubled). UTF-8 without a byte-order mark.
+//!
+//! Cells a spreadsheet would read as a formula (starting with `=`, `+`, `-`, `@`, a tab or a
+//! carriage return) are neutralised as OWASP recommends: prefixed with a single quote, so a
+//! contact named `=HYPERLINK(...)` is shown as text, never evaluated.
 
 use super::contact::Contact;
 
@@ -35,7 +39,7 @@ impl Default for ContactsCsv {
 impl ContactsCsv {
     pub fn add<'a>(&mut self, contacts: impl IntoIterator<Item = &'a Contact>) {
         for c in contacts {
-            let field = |v: &Option<String>| v.as_deref().unwrap_or("").trim().to_string();
+            let field = |v: &Option<String>| neutralise(v.as_deref().unwrap_or("").trim());
             let _ = self.out.write_record([
                 field(&c.email),
                 field(&c.first_name),
@@ -58,9 +62,35 @@ impl ContactsCsv {
     }
 }
 
+/// The cell as text a spreadsheet shows and never evaluates.
+pub fn neutralise(cell: &str) -> String {
+    if cell.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{cell}")
+    } else {
+        cell.to_string()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn formula_cells_are_neutralised() {
+        for (cell, want) in [
+            ("=1+2", "'=1+2"),
+            ("+254700000000", "'+254700000000"),
+            ("-5", "'-5"),
+            ("@SUM(A1)", "'@SUM(A1)"),
+            ("\tx", "'\tx"),
+            ("\rx", "'\rx"),
+            ("Ada", "Ada"),
+            ("a=b", "a=b"),
+            ("", ""),
+        ] {
+            assert_eq!(neutralise(cell), want, "{cell:?}");
+        }
+    }
 
     #[test]
     fn fields_are_quoted_only_when_rfc_4180_needs_it() {

@@ -15,15 +15,18 @@ pub enum JobState {
     Succeeded,
     Partial,
     Failed,
+    /// Stopped by its user (CancelSyncJob).
+    Canceled,
 }
 
 impl JobState {
-    pub const ALL: [JobState; 5] = [
+    pub const ALL: [JobState; 6] = [
         Self::Queued,
         Self::Running,
         Self::Succeeded,
         Self::Partial,
         Self::Failed,
+        Self::Canceled,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -33,6 +36,7 @@ impl JobState {
             Self::Succeeded => "succeeded",
             Self::Partial => "partial",
             Self::Failed => "failed",
+            Self::Canceled => "canceled",
         }
     }
 
@@ -133,13 +137,50 @@ impl JobProgress {
         }
     }
 
-    /// The final state of a run that reached the end of the contacts.
+    /// The final state of a run that reached the end of the contacts: FAILED when the
+    /// provider refused every contact that was sent (a list that does not exist, say), PARTIAL
+    /// when it refused some.
     pub fn final_state(&self) -> JobState {
-        if self.contacts_failed > 0 {
+        let sent = self.contacts_done.saturating_sub(self.contacts_skipped);
+        if self.contacts_failed > 0 && self.contacts_failed >= sent {
+            JobState::Failed
+        } else if self.contacts_failed > 0 {
             JobState::Partial
         } else {
             JobState::Succeeded
         }
+    }
+}
+
+/// A position in push order: a contact's `updated_at` (as normalised text, see the store) and
+/// its id. A push sends the contacts after its start key; a successful push saves its last key
+/// on the integration (the watermark), so the next push starts after it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PushKey {
+    pub at: String,
+    pub id: String,
+}
+
+impl PushKey {
+    /// Before every contact.
+    pub fn start() -> Self {
+        Self {
+            at: "0001-01-01T00:00:00.000000Z".into(),
+            id: String::new(),
+        }
+    }
+
+    /// `at|id` (an id may itself hold `|`; `at` never does).
+    pub fn encode(&self) -> String {
+        format!("{}|{}", self.at, self.id)
+    }
+
+    pub fn decode(text: &str) -> Option<Self> {
+        let (at, id) = text.split_once('|')?;
+        (at.len() >= 20 && at.starts_with(|c: char| c.is_ascii_digit())).then(|| Self {
+            at: at.to_string(),
+            id: id.to_string(),
+        })
     }
 }
 
@@ -160,6 +201,10 @@ pub struct SyncJob {
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// Ignore the integration's watermark and push every contact.
+    pub full: bool,
+    /// How many times in a row the provider's rate limit parked the job.
+    pub rate_limited: u32,
 }
 
 #[cfg(test)]
@@ -177,8 +222,28 @@ mod tests {
         progress.add_failures(1, vec![failure]);
         assert_eq!(progress.contacts_failed, 151);
         assert_eq!(progress.failures.len(), MAX_LISTED_FAILURES);
+        assert_eq!(progress.final_state(), JobState::Failed, "nothing was sent");
+        progress.contacts_done = 200;
         assert_eq!(progress.final_state(), JobState::Partial);
         assert_eq!(JobProgress::default().final_state(), JobState::Succeeded);
+        let all_refused = JobProgress {
+            contacts_done: 10,
+            contacts_skipped: 2,
+            contacts_failed: 8,
+            ..JobProgress::default()
+        };
+        assert_eq!(all_refused.final_state(), JobState::Failed);
+    }
+
+    #[test]
+    fn push_keys_round_trip_and_order() {
+        let key = PushKey {
+            at: "2026-11-30T10:00:00.000000Z".into(),
+            id: "a|b".into(),
+        };
+        assert_eq!(PushKey::decode(&key.encode()), Some(key.clone()));
+        assert_eq!(PushKey::decode("contact-17"), None, "an old id-only checkpoint");
+        assert!(PushKey::start() < key);
     }
 
     #[test]

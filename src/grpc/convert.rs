@@ -287,6 +287,7 @@ pub fn sync_job_to_proto(job: &SyncJob) -> ipb::SyncJob {
             JobState::Succeeded => ipb::SyncJobState::Succeeded,
             JobState::Partial => ipb::SyncJobState::Partial,
             JobState::Failed => ipb::SyncJobState::Failed,
+            JobState::Canceled => ipb::SyncJobState::Canceled,
         }
         .into(),
         contacts_done: wire_count(p.contacts_done),

@@ -3,6 +3,8 @@
 
 use std::{collections::BTreeMap, pin::Pin, sync::Arc, time::Duration};
 
+use tokio::sync::broadcast::error::RecvError;
+
 use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
 
@@ -13,6 +15,8 @@ use super::{
         sync_job_to_proto,
     },
     proto::integrations::{
+        CancelSyncJobRequest, CancelSyncJobResponse, ListSyncJobsRequest, ListSyncJobsResponse,
+        UpdateIntegrationRequest, UpdateIntegrationResponse,
         CompleteOAuthRequest, CompleteOAuthResponse, ConnectIntegrationRequest,
         ConnectIntegrationResponse, DisconnectIntegrationRequest, DisconnectIntegrationResponse,
         GetSyncJobRequest, GetSyncJobResponse, ListIntegrationsRequest, ListIntegrationsResponse,
@@ -22,10 +26,16 @@ use super::{
     },
     store_status,
 };
-use crate::integrations::{IntegrationError, Integrations};
+use crate::{
+    integrations::{FlowCaller, IntegrationError, Integrations, ProviderAnswer},
+    store::JobCursor,
+};
 
-/// How often WatchSyncJob looks at the job (it sends only changes).
-const WATCH_INTERVAL: Duration = Duration::from_millis(250);
+/// WatchSyncJob is woken by change notifications; it also looks at the job this often in
+/// case a notification was lost (a dropped database connection).
+const WATCH_FALLBACK: Duration = Duration::from_secs(15);
+/// Jobs per ListSyncJobs page when the request does not say.
+const DEFAULT_JOB_PAGE: u32 = 20;
 /// Largest credential or setting map accepted.
 const MAX_FIELDS: usize = 20;
 const MAX_VALUE_LEN: usize = 4096;
@@ -50,6 +60,7 @@ fn integration_status(error: IntegrationError) -> Status {
             Status::unavailable(m)
         }
         IntegrationError::PermissionDenied(m) => Status::permission_denied(m),
+        IntegrationError::ResourceExhausted(m) => Status::resource_exhausted(m),
         IntegrationError::Store(e) => store_status(e),
     }
 }
@@ -167,14 +178,18 @@ impl IntegrationsService for IntegrationsApi {
                 "code: longer than {MAX_VALUE_LEN} bytes"
             )));
         }
+        let accounts_server = Some(message.accounts_server.as_str()).filter(|s| !s.is_empty());
         let outcome = self
             .integrations
             .complete_oauth(
-                Some(&caller.user_id),
-                Some(provider),
-                &message.state,
-                Some(&message.code),
-                None,
+                FlowCaller::User(&caller.user_id),
+                ProviderAnswer {
+                    provider: Some(provider),
+                    state: &message.state,
+                    code: Some(&message.code),
+                    denied: None,
+                    accounts_server,
+                },
             )
             .await;
         let integration = outcome.result.map_err(integration_status)?;
@@ -206,10 +221,11 @@ impl IntegrationsService for IntegrationsApi {
         let caller = caller(&request)?;
         let provider = provider_from_proto(request.get_ref().provider)?;
         let direction = direction_from_proto(request.get_ref().direction)?;
+        let full = request.get_ref().full;
         tracing::Span::current().record("provider", provider.as_str());
         let job = self
             .integrations
-            .sync(&caller.user_id, provider, direction)
+            .sync(&caller.user_id, provider, direction, full)
             .await
             .map_err(integration_status)?;
         Ok(Response::new(SyncIntegrationResponse {
@@ -233,13 +249,19 @@ impl IntegrationsService for IntegrationsApi {
     }
 
     /// Sends the job now and at every change; ends after a final state. A job that does not
-    /// exist (or is not the caller's) is NOT_FOUND before the stream starts.
+    /// exist (or is not the caller's) is NOT_FOUND before the stream starts; more open streams
+    /// than MAX_WATCH_STREAMS_PER_USER are RESOURCE_EXHAUSTED. The stream is woken by change
+    /// notifications, not by polling.
     async fn watch_sync_job(
         &self,
         request: Request<WatchSyncJobRequest>,
     ) -> Result<Response<WatchStream>, Status> {
         let caller = caller(&request)?;
         let id = request.into_inner().id;
+        let watch = self
+            .integrations
+            .watch(&caller.user_id)
+            .map_err(integration_status)?;
         let first = self
             .integrations
             .job(&caller.user_id, &id)
@@ -248,6 +270,7 @@ impl IntegrationsService for IntegrationsApi {
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let integrations = Arc::clone(&self.integrations);
         tokio::spawn(async move {
+            let crate::integrations::job_watch::JobWatch { mut changes, permit } = watch;
             let mut last = sync_job_to_proto(&first);
             let mut done = first.state.is_final();
             if tx
@@ -261,7 +284,14 @@ impl IntegrationsService for IntegrationsApi {
             }
             while !done {
                 tokio::select! {
-                    () = tokio::time::sleep(WATCH_INTERVAL) => {}
+                    change = changes.recv() => match change {
+                        Ok(changed) if changed == id || changed == "*" => {}
+                        Ok(_) => continue,
+                        // Missed some: look.
+                        Err(RecvError::Lagged(_)) => {}
+                        Err(RecvError::Closed) => return,
+                    },
+                    () = tokio::time::sleep(WATCH_FALLBACK) => {}
                     () = tx.closed() => return,
                 }
                 let item = match integrations.job(&caller.user_id, &id).await {
@@ -283,7 +313,108 @@ impl IntegrationsService for IntegrationsApi {
                     return;
                 }
             }
+            drop(permit);
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
+
+    #[tracing::instrument(skip_all, fields(provider))]
+    async fn update_integration(
+        &self,
+        request: Request<UpdateIntegrationRequest>,
+    ) -> Result<Response<UpdateIntegrationResponse>, Status> {
+        let caller = caller(&request)?;
+        let message = request.into_inner();
+        let provider = provider_from_proto(message.provider)?;
+        tracing::Span::current().record("provider", provider.as_str());
+        let settings = bounded("settings", message.settings)?;
+        let integration = self
+            .integrations
+            .update(&caller.user_id, provider, settings)
+            .await
+            .map_err(integration_status)?;
+        Ok(Response::new(UpdateIntegrationResponse {
+            integration: Some(integration_to_proto(&integration)),
+        }))
+    }
+
+    async fn list_sync_jobs(
+        &self,
+        request: Request<ListSyncJobsRequest>,
+    ) -> Result<Response<ListSyncJobsResponse>, Status> {
+        let caller = caller(&request)?;
+        let message = request.into_inner();
+        let provider = provider_from_proto(message.provider)?;
+        let page_size = match message.page_size {
+            0 => DEFAULT_JOB_PAGE,
+            n if (1..=crate::integrations::jobs::MAX_JOB_PAGE as i32).contains(&n) => n as u32,
+            _ => {
+                return Err(Status::invalid_argument(format!(
+                    "page_size: must be from 1 to {}",
+                    crate::integrations::jobs::MAX_JOB_PAGE
+                )));
+            }
+        };
+        let cursor = match message.page_token.as_str() {
+            "" => None,
+            token => Some(decode_job_cursor(token).ok_or_else(|| {
+                Status::invalid_argument("page_token: not a token this service issued")
+            })?),
+        };
+        let jobs = self
+            .integrations
+            .jobs(&caller.user_id, provider, cursor.as_ref(), page_size)
+            .await
+            .map_err(integration_status)?;
+        let next_page_token = match jobs.last() {
+            Some(last) if jobs.len() == page_size as usize => encode_job_cursor(&JobCursor {
+                created_at: last.created_at,
+                id: last.id.clone(),
+            }),
+            _ => String::new(),
+        };
+        Ok(Response::new(ListSyncJobsResponse {
+            jobs: jobs.iter().map(sync_job_to_proto).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn cancel_sync_job(
+        &self,
+        request: Request<CancelSyncJobRequest>,
+    ) -> Result<Response<CancelSyncJobResponse>, Status> {
+        let caller = caller(&request)?;
+        let job = self
+            .integrations
+            .cancel(&caller.user_id, &request.get_ref().id)
+            .await
+            .map_err(integration_status)?;
+        Ok(Response::new(CancelSyncJobResponse {
+            job: Some(sync_job_to_proto(&job)),
+        }))
+    }
+}
+
+/// An opaque page token: the last job's creation time (microseconds) and id.
+fn encode_job_cursor(cursor: &JobCursor) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!(
+        "{}|{}",
+        cursor.created_at.timestamp_micros(),
+        cursor.id
+    ))
+}
+
+fn decode_job_cursor(token: &str) -> Option<JobCursor> {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token.as_bytes())
+        .ok()?;
+    let text = String::from_utf8(bytes).ok()?;
+    let (micros, id) = text.split_once('|')?;
+    uuid::Uuid::parse_str(id).ok()?;
+    Some(JobCursor {
+        created_at: chrono::DateTime::from_timestamp_micros(micros.parse().ok()?)?,
+        id: id.to_string(),
+    })
 }

@@ -37,7 +37,14 @@ pub mod keys {
     pub const API_DOMAIN: &str = "apiDomain";
     /// Google Drive: the id of contacts.csv once created.
     pub const FILE_ID: &str = "fileId";
+    /// Zoho: the accounts server of the account's data centre (from the callback), where its
+    /// tokens are refreshed and revoked.
+    pub const ACCOUNTS_SERVER: &str = "accountsServer";
 }
+
+/// The longest token lifetime believed: a provider's `expires_in` beyond it (or a gigantic
+/// one) is read as this, so date arithmetic can never overflow.
+pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(366 * 24 * 3600);
 
 /// What one provider's authorization server needs beyond the standard flow.
 #[derive(Debug, Clone, Copy)]
@@ -175,6 +182,7 @@ struct App {
 }
 
 /// How a provider revokes tokens.
+#[derive(Clone)]
 enum Revocation {
     /// RFC 7009-like: POST the token as a form field `token` (Google, Salesforce).
     FormPost(Url),
@@ -322,16 +330,17 @@ impl OAuth {
     }
 
     /// Exchanges an authorization code for tokens.
+    /// `accounts_server` (Zoho) replaces the scheme, host and port of the token URL.
     pub async fn exchange_code(
         &self,
         provider: ProviderId,
         code: &str,
         verifier: Option<String>,
+        accounts_server: Option<&Url>,
     ) -> Result<TokenSet, OAuthError> {
         let app = self.app(provider)?;
-        let mut request = app
-            .client
-            .exchange_code(AuthorizationCode::new(code.to_string()));
+        let client = app.client_at(accounts_server);
+        let mut request = client.exchange_code(AuthorizationCode::new(code.to_string()));
         if let Some(verifier) = verifier {
             request = request.set_pkce_verifier(PkceCodeVerifier::new(verifier));
         }
@@ -343,15 +352,18 @@ impl OAuth {
     }
 
     /// Trades a refresh token for a new access token (and maybe a new refresh token).
+    /// Refreshes at the accounts server kept in `credentials` (Zoho), else the configured one.
     pub async fn refresh(
         &self,
         provider: ProviderId,
         refresh_token: &str,
+        credentials: &Credentials,
     ) -> Result<TokenSet, OAuthError> {
         let app = self.app(provider)?;
+        let server = accounts_server(credentials);
         let refresh_token = RefreshToken::new(refresh_token.to_string());
         let tokens = app
-            .client
+            .client_at(server.as_ref())
             .exchange_refresh_token(&refresh_token)
             .request_async(&Http(&self.http))
             .await
@@ -375,7 +387,11 @@ impl OAuth {
         let Some(token) = token else {
             return Ok(());
         };
-        let request = match &app.revoke {
+        let revoke = match (&app.revoke, accounts_server(credentials)) {
+            (Revocation::QueryPost(url), Some(server)) => Revocation::QueryPost(on_server(url, &server)),
+            (other, _) => other.clone(),
+        };
+        let request = match &revoke {
             Revocation::FormPost(url) => {
                 let form: String = url::form_urlencoded::Serializer::new(String::new())
                     .append_pair("token", token)
@@ -398,7 +414,7 @@ impl OAuth {
                 // one would be refused and leave the refresh token alive, so get a fresh one.
                 let expired = expires_at(credentials).is_none_or(|at| at <= Utc::now());
                 let fresh = match credentials.get(keys::REFRESH_TOKEN) {
-                    Some(refresh) if expired => match self.refresh(provider, refresh).await {
+                    Some(refresh) if expired => match self.refresh(provider, refresh, credentials).await {
                         Ok(tokens) => Some(tokens.access_token),
                         // The grant is already gone.
                         Err(OAuthError::InvalidGrant(_)) => return Ok(()),
@@ -432,6 +448,33 @@ impl OAuth {
     }
 }
 
+impl App {
+    /// The client, its token URL moved to `server` (Zoho's data centres) when given.
+    fn client_at(&self, server: Option<&Url>) -> Client {
+        let mut client = self.client.clone();
+        if let Some(server) = server {
+            let token = on_server(self.client.token_uri().url(), server);
+            client = client.set_token_uri(TokenUrl::from_url(token));
+        }
+        client
+    }
+}
+
+/// The accounts server kept with the credentials, if any.
+fn accounts_server(credentials: &Credentials) -> Option<Url> {
+    credentials
+        .get(keys::ACCOUNTS_SERVER)
+        .and_then(|s| Url::parse(s).ok())
+}
+
+/// `url` with the scheme, host and port of `server`.
+fn on_server(url: &Url, server: &Url) -> Url {
+    let mut moved = server.clone();
+    moved.set_path(url.path());
+    moved.set_query(url.query());
+    moved
+}
+
 /// `https://host/a/b/token` -> `https://host/a/b/{name}`.
 fn sibling(url: &Url, name: &str) -> Url {
     url.join(name).unwrap_or_else(|_| url.clone())
@@ -453,8 +496,9 @@ fn token_set(tokens: &Tokens) -> TokenSet {
         refresh_token: tokens.refresh_token().map(|t| t.secret().clone()),
         expires_at: tokens
             .expires_in()
+            .map(|d| d.min(MAX_TOKEN_LIFETIME))
             .and_then(|d| chrono::Duration::from_std(d).ok())
-            .map(|d| Utc::now() + d),
+            .and_then(|d| Utc::now().checked_add_signed(d)),
         instance_url: extra.instance_url.clone(),
         api_domain: extra.api_domain.clone(),
     }

@@ -89,11 +89,16 @@ impl Client {
 
     fn classify(&self, status: StatusCode, headers: &HeaderMap, body: &str) -> ProviderError {
         let reason = self.reason(status, body);
+        // Google answers quota errors with 403 and a reason such as `userRateLimitExceeded`,
+        // `rateLimitExceeded`, `quotaExceeded` or `dailyLimitExceeded`.
         let rate_limit_words = [
             "ratelimit",
             "rate_limit",
             "rate limit",
             "request_limit_exceeded",
+            "quotaexceeded",
+            "dailylimitexceeded",
+            "limitexceeded",
         ];
         let lower = body.to_ascii_lowercase();
         let says_rate_limited = rate_limit_words.iter().any(|w| lower.contains(w));
@@ -104,7 +109,9 @@ impl Client {
             },
             401 | 403 if says_rate_limited => ProviderError::RateLimited {
                 retry_after: retry_after(headers),
-                daily: lower.contains("daily") || lower.contains("request_limit_exceeded"),
+                daily: lower.contains("daily")
+                    || lower.contains("request_limit_exceeded")
+                    || lower.contains("quotaexceeded"),
             },
             401 | 403 => ProviderError::Unauthorized(format!(
                 "{} refused the credentials: {reason}",
@@ -158,7 +165,9 @@ fn message_of(json: &serde_json::Value) -> Option<String> {
 }
 
 /// How long the provider asked us to wait: `Retry-After` (seconds or an HTTP date), else a
-/// rate-limit reset header (epoch seconds, or seconds from now when small).
+/// rate-limit reset header (epoch seconds, or seconds from now when small). Every value is
+/// read saturating and clamped to [0, MAX_PROVIDER_WAIT]: a gigantic, negative, fractional
+/// or non-numeric value can never panic or overflow (`inf` and `NaN` are ignored).
 pub(super) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let header = |name: &str| {
         headers
@@ -168,29 +177,32 @@ pub(super) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     };
     if let Some(value) = header("retry-after") {
         if let Ok(secs) = value.parse::<f64>() {
-            return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+            return seconds(secs);
         }
         if let Ok(at) = chrono::DateTime::parse_from_rfc2822(value) {
-            return Some(
-                (at.with_timezone(&Utc) - Utc::now())
-                    .to_std()
-                    .unwrap_or_default(),
-            );
+            let secs = at.with_timezone(&Utc).timestamp() as f64 - Utc::now().timestamp() as f64;
+            return seconds(secs.max(0.0));
         }
     }
     for name in ["x-ratelimit-reset", "ratelimit-reset"] {
-        if let Some(value) = header(name).and_then(|v| v.parse::<i64>().ok()) {
-            let now = Utc::now().timestamp();
+        if let Some(value) = header(name).and_then(|v| v.parse::<f64>().ok()) {
             // Epoch seconds are far larger than any "seconds from now" value.
-            let secs = if value > 1_000_000_000 {
-                value - now
+            let secs = if value > 1_000_000_000.0 {
+                value - Utc::now().timestamp() as f64
             } else {
                 value
             };
-            return Some(Duration::from_secs(u64::try_from(secs).unwrap_or(0)));
+            return seconds(secs.max(0.0));
         }
     }
     None
+}
+
+/// A wait of `secs` seconds, clamped to [0, MAX_PROVIDER_WAIT]; `None` for NaN, infinities
+/// and negative values.
+fn seconds(secs: f64) -> Option<Duration> {
+    (secs.is_finite() && secs >= 0.0)
+        .then(|| Duration::from_secs_f64(secs.min(super::MAX_PROVIDER_WAIT.as_secs_f64())))
 }
 
 #[cfg(test)]
@@ -230,6 +242,28 @@ mod tests {
         );
 
         assert_eq!(retry_after(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn hostile_waits_are_clamped_never_panicking() {
+        let max = super::super::MAX_PROVIDER_WAIT;
+        for (name, value, want) in [
+            ("retry-after", "99999999999999999999", Some(max)),
+            ("retry-after", "1e308", Some(max)),
+            ("retry-after", "inf", None),
+            ("retry-after", "NaN", None),
+            ("retry-after", "-5", None),
+            ("retry-after", "0.5", Some(Duration::from_millis(500))),
+            ("retry-after", "soon", None),
+            ("retry-after", "Fri, 31 Dec 9999 23:59:59 GMT", Some(max)),
+            ("retry-after", "Thu, 01 Jan 1970 00:00:00 GMT", Some(Duration::ZERO)),
+            ("x-ratelimit-reset", "99999999999999999999999", Some(max)),
+            ("x-ratelimit-reset", "-1", Some(Duration::ZERO)),
+        ] {
+            let mut headers = HeaderMap::new();
+            headers.insert(name, HeaderValue::from_static(value));
+            assert_eq!(retry_after(&headers), want, "{name}: {value}");
+        }
     }
 
     #[test]

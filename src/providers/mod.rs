@@ -26,6 +26,10 @@ use crate::domain::{
     sync_job::RecordFailure,
 };
 
+/// The longest wait a provider's answer is believed to ask for (`Retry-After`, a rate-limit
+/// reset): a daily quota resets within a day.
+pub const MAX_PROVIDER_WAIT: Duration = Duration::from_secs(24 * 3600);
+
 /// Why a provider call failed, sorted by what the caller should do about it. Messages never
 /// carry credentials (provider texts are scrubbed of them).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -4,6 +4,20 @@
 //! job claim (`FOR UPDATE SKIP LOCKED` on PostgreSQL; SQLite runs one writer at a time) differ.
 //! Every timestamp compared in SQL is bound from Rust, so both backends compare like with like.
 
+/// The columns of a `SyncJobRow`, from `sync_jobs j JOIN integrations i`.
+macro_rules! job_select {
+    ($text:literal) => {
+        concat!(
+            "SELECT j.id", $text, " AS id, j.integration_id", $text, " AS integration_id, \
+             j.user_id, i.provider, j.direction, j.state, j.checkpoint, j.contacts_done, \
+             j.contacts_total, j.contacts_skipped, j.skipped_reason, j.contacts_failed, \
+             j.failures, j.last_error, j.attempts, j.max_attempts, j.next_attempt_at, \
+             j.created_at, j.started_at, j.finished_at, j.full_push, j.rate_limited \
+             FROM sync_jobs j JOIN integrations i ON i.id = j.integration_id "
+        )
+    };
+}
+
 macro_rules! integration_store {
     ($name:ident, id: $id:literal, text: $text:literal, skip_locked: $lock:literal,
      begin: $begin:literal, user_lock: $user_lock:literal) => {
@@ -32,14 +46,7 @@ macro_rules! integration_store {
                 "SELECT id", $text, " AS id, user_id, provider, status, settings, last_sync_at, \
                  last_error, created_at, updated_at FROM integrations "
             );
-            const JOB: &str = concat!(
-                "SELECT j.id", $text, " AS id, j.integration_id", $text, " AS integration_id, \
-                 j.user_id, i.provider, j.direction, j.state, j.checkpoint, j.contacts_done, \
-                 j.contacts_total, j.contacts_skipped, j.skipped_reason, j.contacts_failed, \
-                 j.failures, j.last_error, j.attempts, j.max_attempts, j.next_attempt_at, \
-                 j.created_at, j.started_at, j.finished_at \
-                 FROM sync_jobs j JOIN integrations i ON i.id = j.integration_id "
-            );
+            const JOB: &str = job_select!($text);
 
             impl $name {
                 async fn job_where(
@@ -133,6 +140,7 @@ macro_rules! integration_store {
                         .bind(provider.as_str())
                         .execute(&self.pool)
                         .await?;
+                    self.job_changed("*");
                     Ok(done.rows_affected() > 0)
                 }
 
@@ -209,8 +217,8 @@ macro_rules! integration_store {
                     for _ in 0..3 {
                         let done = sqlx::query(concat!(
                             "INSERT INTO sync_jobs (id, integration_id, user_id, direction, state, \
-                             max_attempts, next_attempt_at, created_at) \
-                             VALUES ($1", $id, ", $2", $id, ", $3, $4, 'queued', $5, $6, $7) \
+                             max_attempts, next_attempt_at, created_at, full_push) \
+                             VALUES ($1", $id, ", $2", $id, ", $3, $4, 'queued', $5, $6, $7, $8) \
                              ON CONFLICT (integration_id) WHERE state IN ('queued', 'running') DO NOTHING"
                         ))
                         .bind(uuid::Uuid::new_v4().to_string())
@@ -220,8 +228,10 @@ macro_rules! integration_store {
                         .bind(i32::try_from(job.max_attempts).unwrap_or(i32::MAX))
                         .bind(job.due)
                         .bind(job.now)
+                        .bind(job.full)
                         .execute(&self.pool)
                         .await?;
+                        self.job_changed(job.integration_id);
                         let active = self
                             .job_where(
                                 concat!(
@@ -251,17 +261,20 @@ macro_rules! integration_store {
                     id: &str,
                     now: DateTime<Utc>,
                     direction: Direction,
+                    full: bool,
                 ) -> Result<bool, StoreError> {
                     let done = sqlx::query(concat!(
-                        "UPDATE sync_jobs SET direction = $3, next_attempt_at = \
+                        "UPDATE sync_jobs SET direction = $3, full_push = (full_push OR $4), next_attempt_at = \
                          CASE WHEN next_attempt_at > $2 THEN $2 ELSE next_attempt_at END \
                          WHERE id = $1", $id, " AND state = 'queued' AND attempts = 0"
                     ))
                     .bind(id)
                     .bind(now)
                     .bind(direction.as_str())
+                    .bind(full)
                     .execute(&self.pool)
                     .await?;
+                    self.job_changed(id);
                     Ok(done.rows_affected() == 1)
                 }
 
@@ -287,7 +300,10 @@ macro_rules! integration_store {
                     .fetch_optional(&self.pool)
                     .await?;
                     match id {
-                        Some(id) => self.job_where(concat!("WHERE j.id = $1", $id), &id).await,
+                        Some(id) => {
+                            self.job_changed(&id);
+                            self.job_where(concat!("WHERE j.id = $1", $id), &id).await
+                        }
                         None => Ok(None),
                     }
                 }
@@ -318,8 +334,8 @@ macro_rules! integration_store {
                 ) -> Result<bool, StoreError> {
                     let done = sqlx::query(concat!(
                         "UPDATE sync_jobs SET checkpoint = $3, contacts_done = $4, contacts_total = $5, \
-                         contacts_skipped = $6, skipped_reason = $7, contacts_failed = $8, failures = $9 \
-                         WHERE id = $1", $id, " AND lease_owner = $2 AND state = 'running'"
+                         contacts_skipped = $6, skipped_reason = $7, contacts_failed = $8, failures = $9, \
+                         rate_limited = 0 WHERE id = $1", $id, " AND lease_owner = $2 AND state = 'running'"
                     ))
                     .bind(id)
                     .bind(worker)
@@ -332,6 +348,7 @@ macro_rules! integration_store {
                     .bind(Json(&p.failures))
                     .execute(&self.pool)
                     .await?;
+                    self.job_changed(id);
                     Ok(done.rows_affected() == 1)
                 }
 
@@ -352,18 +369,22 @@ macro_rules! integration_store {
                         .bind(state.as_str())
                         .bind(*error)
                         .bind(*at),
-                        JobEnd::Retry { at, error, count_attempt } => sqlx::query(concat!(
+                        JobEnd::Retry { at, error, count_attempt, rate_limited } => sqlx::query(concat!(
                             "UPDATE sync_jobs SET state = 'queued', next_attempt_at = $3, last_error = $4, \
-                             attempts = attempts - $5, lease_owner = NULL, lease_expires_at = NULL \
+                             attempts = attempts - $5, lease_owner = NULL, lease_expires_at = NULL, \
+                             rate_limited = CASE WHEN $6 THEN rate_limited + 1 ELSE rate_limited END \
                              WHERE id = $1", $id, " AND lease_owner = $2 AND state = 'running'"
                         ))
                         .bind(id)
                         .bind(worker)
                         .bind(*at)
                         .bind(*error)
-                        .bind(if *count_attempt { 0i32 } else { 1i32 }),
+                        .bind(if *count_attempt { 0i32 } else { 1i32 })
+                        .bind(*rate_limited),
                     };
-                    Ok(query.execute(&self.pool).await?.rows_affected() == 1)
+                    let ended = query.execute(&self.pool).await?.rows_affected() == 1;
+                    self.job_changed(id);
+                    Ok(ended)
                 }
 
                 async fn sealed_credentials_page(
@@ -406,7 +427,8 @@ macro_rules! integration_store {
                         .await?;
                     sqlx::query(
                         "INSERT INTO oauth_states (state_hash, user_id, provider, code_verifier, \
-                         redirect_after, settings, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                         redirect_after, settings, expires_at, authorize_url) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
                     )
                     .bind(&state.state_hash)
                     .bind(state.user.as_str())
@@ -415,6 +437,7 @@ macro_rules! integration_store {
                     .bind(&state.redirect_after)
                     .bind(Json(&state.settings))
                     .bind(state.expires_at)
+                    .bind(&state.authorize_url)
                     .execute(&self.pool)
                     .await?;
                     Ok(())
@@ -424,14 +447,17 @@ macro_rules! integration_store {
                     &self,
                     state_hash: &str,
                     user: Option<&UserId>,
+                    browser_hash: Option<&str>,
                 ) -> Result<Option<OAuthState>, StoreError> {
                     type Row = (String, String, Option<Vec<u8>>, String, Json<BTreeMap<String, String>>, DateTime<Utc>);
                     let row: Option<Row> = sqlx::query_as(
                         "DELETE FROM oauth_states WHERE state_hash = $1 AND ($2 = '' OR user_id = $2) \
+                         AND ($3 = '' OR browser_hash = $3) \
                          RETURNING user_id, provider, code_verifier, redirect_after, settings, expires_at",
                     )
                     .bind(state_hash)
                     .bind(user.map(UserId::as_str).unwrap_or(""))
+                    .bind(browser_hash.unwrap_or(""))
                     .fetch_optional(&self.pool)
                     .await?;
                     let Some((user_id, provider, sealed_verifier, redirect_after, settings, expires_at)) = row else {
@@ -448,6 +474,7 @@ macro_rules! integration_store {
                         redirect_after,
                         settings: settings.0,
                         expires_at,
+                        authorize_url: String::new(),
                     }))
                 }
 

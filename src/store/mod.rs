@@ -8,9 +8,12 @@ mod shared;
 mod integration_sql;
 #[macro_use]
 mod webhook_sql;
+#[macro_use]
+mod sync_sql;
 mod postgres;
 mod rows;
 mod sqlite;
+pub mod sync_queue;
 mod webhooks;
 
 use std::{collections::BTreeMap, sync::Arc};
@@ -31,6 +34,7 @@ use crate::domain::{
 
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
+pub use sync_queue::{JobCursor, Pruned, SyncQueue};
 pub use webhooks::{FailedEvent, NewInboxEvent, OverdueSubscription, PendingEvent, WebhookStore};
 
 /// Which database a store talks to.
@@ -81,7 +85,9 @@ impl StoreError {
 /// Everything the service reads and writes. Every query that returns user data takes the user id,
 /// so one user's rows can never be read through another user's request.
 #[async_trait]
-pub trait Store: BillingRecords + WebhookStore + IntegrationStore + Send + Sync + 'static {
+pub trait Store:
+    BillingRecords + WebhookStore + IntegrationStore + SyncQueue + Send + Sync + 'static
+{
     /// Which database this is.
     fn backend(&self) -> Backend;
 
@@ -308,6 +314,7 @@ pub trait IntegrationStore: Send + Sync {
         id: &str,
         now: DateTime<Utc>,
         direction: Direction,
+        full: bool,
     ) -> Result<bool, StoreError>;
 
     /// Takes the next due job (or one whose lease expired), counting an attempt.
@@ -370,6 +377,7 @@ pub trait IntegrationStore: Send + Sync {
         &self,
         state_hash: &str,
         user: Option<&UserId>,
+        browser_hash: Option<&str>,
     ) -> Result<Option<OAuthState>, StoreError>;
 
     /// Takes the integration's token-refresh lock until `until` unless another holder's lock
@@ -409,6 +417,9 @@ pub struct OAuthState {
     pub redirect_after: String,
     pub settings: BTreeMap<String, String>,
     pub expires_at: DateTime<Utc>,
+    /// The provider's authorization URL, which the sidecar's start route redirects to (not
+    /// read back by `take_oauth_state`).
+    pub authorize_url: String,
 }
 
 /// A job to queue.
@@ -421,6 +432,8 @@ pub struct NewSyncJob<'a> {
     /// When it may start.
     pub due: DateTime<Utc>,
     pub now: DateTime<Utc>,
+    /// Push every contact, not only those changed since the watermark.
+    pub full: bool,
 }
 
 /// How a worker lets go of a job.
@@ -438,6 +451,8 @@ pub enum JobEnd<'a> {
         at: DateTime<Utc>,
         error: Option<&'a str>,
         count_attempt: bool,
+        /// A rate limit parked it: counted, so the wait can grow and the job give up.
+        rate_limited: bool,
     },
 }
 

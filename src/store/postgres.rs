@@ -23,6 +23,10 @@ use super::{
 
 pub struct PgStore {
     pool: PgPool,
+    /// Job ids from `NOTIFY sync_jobs` (every replica's writes), fed by one listener task
+    /// started on the first subscription.
+    changes: tokio::sync::broadcast::Sender<String>,
+    listening: std::sync::Once,
 }
 
 impl PgStore {
@@ -33,9 +37,80 @@ impl PgStore {
             .acquire_timeout(Duration::from_secs(5))
             .connect_with(options.application_name("nexus-billing"))
             .await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            changes: tokio::sync::broadcast::channel(1024).0,
+            listening: std::sync::Once::new(),
+        })
+    }
+
+    /// The trigger on `sync_jobs` sends every write as a notification: nothing to do here.
+    fn job_changed(&self, _id: &str) {}
+
+    fn subscribe_job_changes(&self) -> tokio::sync::broadcast::Receiver<String> {
+        let receiver = self.changes.subscribe();
+        self.listening.call_once(|| {
+            let pool = self.pool.clone();
+            let changes = self.changes.clone();
+            tokio::spawn(listen_for_job_changes(pool, changes));
+        });
+        receiver
     }
 }
+
+/// Forwards `NOTIFY sync_jobs` to the in-process channel. After a lost connection it says
+/// `*` (something may have changed) and listens again.
+async fn listen_for_job_changes(pool: PgPool, changes: tokio::sync::broadcast::Sender<String>) {
+    loop {
+        let mut listener = match sqlx::postgres::PgListener::connect_with(&pool).await {
+            Ok(listener) => listener,
+            Err(e) => {
+                tracing::warn!(error = %crate::telemetry::error_chain(&e), "cannot listen for sync job changes; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        if let Err(e) = listener.listen("sync_jobs").await {
+            tracing::warn!(error = %crate::telemetry::error_chain(&e), "cannot listen for sync job changes; retrying");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        loop {
+            match listener.try_recv().await {
+                Ok(Some(notification)) => {
+                    let _ = changes.send(notification.payload().to_string());
+                }
+                // The connection was lost; the next call reconnects. Anything may have changed.
+                Ok(None) => {
+                    let _ = changes.send("*".into());
+                }
+                Err(e) => {
+                    tracing::warn!(error = %crate::telemetry::error_chain(&e), "listening for sync job changes failed; reconnecting");
+                    let _ = changes.send("*".into());
+                    break;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// One scheduler pass: due integrations (locked, skipping those another replica holds) move
+/// one interval on and get a job in their recurring direction, unless one is active.
+const SCHEDULE_DUE_SYNCS: &str = "\
+    WITH due AS ( \
+        SELECT id FROM integrations \
+        WHERE next_sync_at IS NOT NULL AND status = 'active' AND next_sync_at <= $1 \
+        ORDER BY next_sync_at LIMIT $2 FOR UPDATE SKIP LOCKED), \
+    bumped AS ( \
+        UPDATE integrations i \
+        SET next_sync_at = $1 + make_interval(secs => i.sync_interval_seconds) \
+        FROM due WHERE i.id = due.id \
+        RETURNING i.id, i.user_id, i.sync_direction) \
+    INSERT INTO sync_jobs (id, integration_id, user_id, direction, state, max_attempts, \
+        next_attempt_at, created_at) \
+    SELECT gen_random_uuid(), id, user_id, sync_direction, 'queued', $3, $1, $1 FROM bumped \
+    ON CONFLICT (integration_id) WHERE state IN ('queued', 'running') DO NOTHING";
 
 #[async_trait]
 impl Store for PgStore {
@@ -120,3 +195,7 @@ billing_records!(PgStore);
 integration_store!(PgStore, id: "::uuid", text: "::text", skip_locked: " FOR UPDATE SKIP LOCKED",
     begin: "BEGIN", user_lock: "SELECT pg_advisory_xact_lock(hashtext($1))");
 webhook_store!(PgStore);
+sync_queue!(PgStore, id: "::uuid", text: "::text",
+    key: "to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+    order: "updated_at, id", key_param: "CAST($2 AS timestamptz)", begin: "BEGIN",
+    schedule: [SCHEDULE_DUE_SYNCS]);

@@ -254,6 +254,8 @@ pub(super) struct SyncJobRow {
     created_at: DateTime<Utc>,
     started_at: Option<DateTime<Utc>>,
     finished_at: Option<DateTime<Utc>>,
+    full_push: bool,
+    rate_limited: i32,
 }
 
 fn count(value: i64) -> u64 {
@@ -287,6 +289,8 @@ impl TryFrom<SyncJobRow> for crate::domain::sync_job::SyncJob {
             created_at: row.created_at,
             started_at: row.started_at,
             finished_at: row.finished_at,
+            full: row.full_push,
+            rate_limited: u32::try_from(row.rate_limited).unwrap_or(0),
         })
     }
 }

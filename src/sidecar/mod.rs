@@ -26,12 +26,18 @@ use crate::{
     telemetry::{REQUEST_ID_HEADER, request_span},
 };
 
+mod oauth;
+
+pub use oauth::{OAUTH_CALLBACK, OAUTH_START};
+
 /// What the sidecar's routes need.
 pub struct SidecarState {
     pub store: Arc<dyn Store>,
     pub billing: Arc<Billing>,
     pub integrations: Arc<Integrations>,
     pub webhook_max_body_bytes: usize,
+    /// Set the OAuth flow cookie with `Secure` (OAUTH_REDIRECT_URL is https).
+    pub secure_cookies: bool,
 }
 
 /// How long shutdown waits for in-flight sidecar requests.
@@ -115,6 +121,7 @@ fn route_name(path: &str) -> &'static str {
         "/metrics" => "/metrics",
         "/billing/webhook" => "/billing/webhook",
         OAUTH_CALLBACK => OAUTH_CALLBACK,
+        OAUTH_START => OAUTH_START,
         _ => "other",
     }
 }
@@ -141,8 +148,10 @@ async fn route_request(state: &SidecarState, request: Request<Incoming>) -> Resp
         }
         (Method::POST, "/billing/webhook") => billing_webhook(state, request).await,
         (_, "/billing/webhook") => method_not_allowed("POST"),
-        (Method::GET, OAUTH_CALLBACK) => oauth_callback(state, request.uri().query()).await,
+        (Method::GET, OAUTH_CALLBACK) => oauth::callback(state, &request).await,
         (_, OAUTH_CALLBACK) => method_not_allowed("GET"),
+        (Method::GET, OAUTH_START) => oauth::start(state, &request).await,
+        (_, OAUTH_START) => method_not_allowed("GET"),
         (_, "/healthz" | "/readyz" | "/metrics") => method_not_allowed("GET"),
         _ => text(StatusCode::NOT_FOUND, "not found"),
     }
@@ -198,68 +207,6 @@ async fn billing_webhook(
     }
 }
 
-/// Where OAuth providers send the browser back (OAUTH_REDIRECT_URL points here).
-pub const OAUTH_CALLBACK: &str = "/integrations/oauth/callback";
-
-/// `GET /integrations/oauth/callback?code=..&state=..` (or `?error=access_denied&state=..`):
-/// finishes the flow the state names, then sends the browser to its `redirect_after` with
-/// the outcome. A state that is unknown, used or malformed gets a plain 400 page: there is no
-/// trusted place to send the browser.
-async fn oauth_callback(state: &SidecarState, query: Option<&str>) -> Response<Full<Bytes>> {
-    let mut code = None;
-    let mut flow_state = None;
-    let mut denied = None;
-    for (key, value) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
-        match key.as_ref() {
-            "code" => code = Some(value.into_owned()),
-            "state" => flow_state = Some(value.into_owned()),
-            "error" => denied = Some(value.into_owned()),
-            _ => {}
-        }
-    }
-    let outcome = state
-        .integrations
-        .complete_oauth(
-            None,
-            None,
-            flow_state.as_deref().unwrap_or(""),
-            code.as_deref(),
-            denied.as_deref(),
-        )
-        .await;
-    let label = match &outcome.result {
-        Ok(_) => "connected",
-        Err(e) => e.code(),
-    };
-    metrics::counter!("oauth_callbacks_total", "outcome" => label).increment(1);
-    let mut response = match outcome.redirect_url() {
-        Some(location) => {
-            let mut response = Response::new(Full::new(Bytes::new()));
-            *response.status_mut() = StatusCode::SEE_OTHER;
-            match HeaderValue::from_str(&location) {
-                Ok(location) => {
-                    response.headers_mut().insert(header::LOCATION, location);
-                    response
-                }
-                Err(_) => text(StatusCode::BAD_REQUEST, "cannot return to the application"),
-            }
-        }
-        None => text(
-            StatusCode::BAD_REQUEST,
-            "This sign-in link was already used, has expired or is not valid. \
-             Start connecting the integration again from Nexus Cards.",
-        ),
-    };
-    // The URL carried a one-time code: keep it out of caches and Referer headers.
-    let headers = response.headers_mut();
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    headers.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
-    );
-    response
-}
-
 /// Reads a whole body of at most `cap` bytes within [`BODY_READ_TIMEOUT`], or answers 413 (too
 /// large), 408 (too slow) or 400 (broken body).
 async fn read_body(request: Request<Incoming>, cap: usize) -> Result<Bytes, Response<Full<Bytes>>> {
@@ -298,7 +245,7 @@ fn too_large(cap: usize) -> Response<Full<Bytes>> {
     )
 }
 
-fn method_not_allowed(allow: &'static str) -> Response<Full<Bytes>> {
+pub(super) fn method_not_allowed(allow: &'static str) -> Response<Full<Bytes>> {
     let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
     response
         .headers_mut()
@@ -306,7 +253,7 @@ fn method_not_allowed(allow: &'static str) -> Response<Full<Bytes>> {
     response
 }
 
-fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+pub(super) fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
     *response.status_mut() = status;
     response.headers_mut().insert(

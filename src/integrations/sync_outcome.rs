@@ -1,0 +1,438 @@
+//! What the end of a sync attempt means: retry policy (retries inside an attempt, backoff
+//! between attempts, growing waits for rate limits), and recording the outcome (the job's
+//! state, the integration's health and watermark, the activity log, the next scheduled sync).
+
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use chrono::{DateTime, Utc};
+use rand::Rng;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use super::sync_worker::{PUSH_CHECKPOINT, SyncWorker, sync_interval};
+use crate::{
+    domain::{
+        UserId,
+        activity::Activity,
+        contact::Contact,
+        integration::IntegrationStatus,
+        sync_job::{JobProgress, JobState, PushKey, RecordFailure, SyncJob},
+    },
+    providers::{ProviderError, PushReport},
+    store::{JobEnd, StoreError},
+};
+
+/// The longest wait for a rate limit or a retry spent inside an attempt; a longer one parks
+/// the job and frees the worker.
+pub(super) const MAX_INLINE_WAIT: Duration = Duration::from_secs(60);
+
+/// How an attempt ended.
+pub(super) enum Outcome {
+    /// Every contact was handled.
+    Done(JobProgress),
+    /// The process is stopping: back to the queue at once, the attempt given back.
+    Stopped,
+    /// Another worker holds the job now, or it was canceled or deleted: leave it alone.
+    LeaseLost,
+    /// A rate limit: back to the queue until `until`, the attempt given back, the park counted.
+    Parked {
+        until: DateTime<Utc>,
+        reason: String,
+    },
+    /// Worth another attempt later.
+    Retry { reason: String },
+    /// No more attempts: the job fails, the integration stays usable (the next sync tries
+    /// again).
+    GiveUp { reason: String },
+    /// Will not work until the user acts; `integration` is what the integration becomes.
+    Broken {
+        reason: String,
+        integration: IntegrationStatus,
+    },
+}
+
+impl SyncWorker {
+    /// Calls the provider, retrying outages and short rate limits within the attempt
+    /// (honouring `Retry-After`), with exponential backoff and jitter between tries.
+    pub(super) async fn with_retries<T, F, Fut>(
+        &self,
+        shutdown: &CancellationToken,
+        mut call: F,
+    ) -> Result<T, ProviderError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, ProviderError>>,
+    {
+        let mut delays = ExponentialBuilder::default()
+            .with_min_delay(self.config.retry_min_delay)
+            .with_max_delay(MAX_INLINE_WAIT)
+            .with_max_times(self.config.request_retries.saturating_sub(1) as usize)
+            .with_jitter()
+            .build();
+        loop {
+            let error = match call().await {
+                Ok(value) => return Ok(value),
+                Err(e) => e,
+            };
+            let wait = match &error {
+                ProviderError::RateLimited {
+                    retry_after,
+                    daily: false,
+                } => delays
+                    .next()
+                    .map(|backoff| retry_after.map_or(backoff, |asked| asked.max(backoff))),
+                ProviderError::Unavailable(_) => delays.next(),
+                _ => None,
+            };
+            let Some(wait) = wait.filter(|w| *w <= MAX_INLINE_WAIT) else {
+                return Err(error);
+            };
+            tracing::info!(error = %error, wait_ms = wait.as_millis() as u64, "provider request will be retried");
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = shutdown.cancelled() => return Err(error),
+            }
+        }
+    }
+
+    /// What a provider failure that the retries could not get past means for the job.
+    pub(super) fn outcome_of(&self, error: ProviderError, job: &SyncJob) -> Outcome {
+        match error {
+            ProviderError::RateLimited { retry_after, daily } => {
+                self.rate_limited(job, retry_after, daily, Utc::now())
+            }
+            ProviderError::Unavailable(reason) => Outcome::Retry { reason },
+            other => broken(other),
+        }
+    }
+
+    /// A rate limit the attempt could not wait out. The job is parked; each park in a row
+    /// (without a saved batch in between) waits longer: exponential from SYNC_RETRY_MIN_DELAY
+    /// with jitter, capped at SYNC_RETRY_MAX_DELAY, and never shorter than the provider asked
+    /// (its `Retry-After`, clamped to 24 h when read). A spent daily quota waits for the reset
+    /// (the provider's, else the next UTC midnight). Past SYNC_MAX_RATE_LIMITED parks in a
+    /// row the job fails with the reason, and the next sync starts afresh.
+    fn rate_limited(
+        &self,
+        job: &SyncJob,
+        retry_after: Option<Duration>,
+        daily: bool,
+        now: DateTime<Utc>,
+    ) -> Outcome {
+        let parks = job.rate_limited + 1;
+        if parks > self.config.max_rate_limited {
+            return Outcome::GiveUp {
+                reason: format!(
+                    "{} kept limiting the request rate ({} times in a row without progress); \
+                     the next sync tries again",
+                    job.provider, job.rate_limited
+                ),
+            };
+        }
+        let (until, reason) = if daily {
+            let until = match retry_after {
+                Some(wait) => add(now, wait),
+                None => next_utc_midnight(now),
+            };
+            (
+                until,
+                "the provider's daily request limit is used up; the sync resumes when it resets",
+            )
+        } else {
+            let grown = self.growing_wait(parks);
+            let wait = retry_after.map_or(grown, |asked| asked.max(grown));
+            (
+                add(now, wait),
+                "the provider asked to slow down; the sync resumes shortly",
+            )
+        };
+        Outcome::Parked {
+            until,
+            reason: reason.into(),
+        }
+    }
+
+    /// `min * 2^(n-1)`, capped, with up to a quarter taken off at random (jitter), for the
+    /// n-th park in a row.
+    fn growing_wait(&self, parks: u32) -> Duration {
+        let min = self.config.retry_min_delay;
+        let max = self.config.retry_max_delay;
+        let grown = min
+            .saturating_mul(2u32.saturating_pow(parks.saturating_sub(1).min(30)))
+            .min(max);
+        let jitter = rand::rng().random_range(0.75..=1.0);
+        grown.mul_f64(jitter).max(min.min(max))
+    }
+
+    /// Records how the attempt ended: the job's state, the integration's health and
+    /// watermark, the activity log, and when the next scheduled sync is due.
+    pub(super) async fn settle(
+        &self,
+        worker: &str,
+        job: &SyncJob,
+        outcome: Outcome,
+    ) -> Result<(), StoreError> {
+        let now = Utc::now();
+        let store = &self.store;
+        match outcome {
+            Outcome::LeaseLost => {
+                tracing::warn!("the job was taken over, canceled or deleted; this worker stops it");
+            }
+            Outcome::Stopped => {
+                let end = JobEnd::Retry {
+                    at: now,
+                    error: None,
+                    count_attempt: false,
+                    rate_limited: false,
+                };
+                store.end_sync_job(&job.id, worker, &end).await?;
+                tracing::info!("sync attempt stopped by shutdown; the job is queued again");
+            }
+            Outcome::Parked { until, reason } => {
+                let end = JobEnd::Retry {
+                    at: until,
+                    error: Some(&reason),
+                    count_attempt: false,
+                    rate_limited: true,
+                };
+                store.end_sync_job(&job.id, worker, &end).await?;
+                tracing::info!(resume_at = %until, parks = job.rate_limited + 1, "sync parked by a rate limit");
+            }
+            Outcome::Retry { reason } if job.attempts < job.max_attempts => {
+                let at = add(now, self.backoff(job.attempts));
+                let end = JobEnd::Retry {
+                    at,
+                    error: Some(&reason),
+                    count_attempt: true,
+                    rate_limited: false,
+                };
+                store.end_sync_job(&job.id, worker, &end).await?;
+                tracing::warn!(%reason, next_attempt_at = %at, "sync attempt failed; will retry");
+            }
+            Outcome::Retry { reason } => {
+                let reason = format!("gave up after {} attempts: {reason}", job.attempts);
+                self.give_up(worker, job, &reason).await?;
+            }
+            Outcome::GiveUp { reason } => self.give_up(worker, job, &reason).await?,
+            Outcome::Broken {
+                reason,
+                integration,
+            } => self.broken(worker, job, &reason, integration).await?,
+            Outcome::Done(progress) => {
+                let state = progress.final_state();
+                if state == JobState::Failed {
+                    // Every contact sent was refused: the provider is set up wrong (a list
+                    // that does not exist, say), not the contacts.
+                    let first = progress
+                        .failures
+                        .first()
+                        .map(|f| f.message.as_str())
+                        .unwrap_or("no reason given");
+                    let reason = format!(
+                        "{} refused every contact ({} of them): {first}",
+                        job.provider, progress.contacts_failed
+                    );
+                    return self
+                        .broken(worker, job, &reason, IntegrationStatus::Error)
+                        .await;
+                }
+                let end = JobEnd::Finished {
+                    state,
+                    at: now,
+                    error: None,
+                };
+                if !store.end_sync_job(&job.id, worker, &end).await? {
+                    return Ok(());
+                }
+                if let Some(key) = progress
+                    .checkpoint
+                    .as_deref()
+                    .and_then(|c| c.strip_prefix(PUSH_CHECKPOINT))
+                    .and_then(PushKey::decode)
+                {
+                    store.advance_push_watermark(&job.integration_id, &key).await?;
+                }
+                store.record_sync_time(&job.integration_id, now).await?;
+                self.next_sync_after(job, now).await?;
+                metrics::counter!("sync_jobs_finished_total", "provider" => job.provider.as_str(), "state" => state.as_str())
+                    .increment(1);
+                let (kind, message) = match state {
+                    JobState::Partial => (
+                        "sync.partial",
+                        format!(
+                            "Synced contacts with {}; {} were refused",
+                            job.provider, progress.contacts_failed
+                        ),
+                    ),
+                    _ => (
+                        "sync.succeeded",
+                        format!("Synced contacts with {}", job.provider),
+                    ),
+                };
+                self.activity(&job.user_id, kind, message, job, Some(&progress))
+                    .await;
+                tracing::info!(
+                    state = state.as_str(),
+                    done = progress.contacts_done,
+                    failed = progress.contacts_failed,
+                    skipped = progress.contacts_skipped,
+                    "sync finished"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Fails the job; the integration stays ACTIVE with the reason as its last error.
+    async fn give_up(&self, worker: &str, job: &SyncJob, reason: &str) -> Result<(), StoreError> {
+        if self.fail(worker, job, reason).await? {
+            self.store
+                .set_integration_health(&job.integration_id, IntegrationStatus::Active, Some(reason))
+                .await?;
+            self.next_sync_after(job, Utc::now()).await?;
+        }
+        Ok(())
+    }
+
+    /// Fails the job and marks the integration as needing the user (unless it stays ACTIVE).
+    async fn broken(
+        &self,
+        worker: &str,
+        job: &SyncJob,
+        reason: &str,
+        integration: IntegrationStatus,
+    ) -> Result<(), StoreError> {
+        if self.fail(worker, job, reason).await? && integration != IntegrationStatus::Active {
+            self.store
+                .set_integration_health(&job.integration_id, integration, Some(reason))
+                .await?;
+            self.activity(
+                &job.user_id,
+                "integration.error",
+                format!("{} needs attention: {reason}", job.provider),
+                job,
+                None,
+            )
+            .await;
+        }
+        Ok(())
+    }
+
+    /// Marks the job FAILED; `false` if it was no longer ours.
+    async fn fail(&self, worker: &str, job: &SyncJob, reason: &str) -> Result<bool, StoreError> {
+        let end = JobEnd::Finished {
+            state: JobState::Failed,
+            at: Utc::now(),
+            error: Some(reason),
+        };
+        if !self.store.end_sync_job(&job.id, worker, &end).await? {
+            return Ok(false);
+        }
+        metrics::counter!("sync_jobs_finished_total", "provider" => job.provider.as_str(), "state" => "failed")
+            .increment(1);
+        tracing::warn!(%reason, "sync failed");
+        self.activity(
+            &job.user_id,
+            "sync.failed",
+            format!("Syncing contacts with {} failed: {reason}", job.provider),
+            job,
+            None,
+        )
+        .await;
+        Ok(true)
+    }
+
+    /// The next scheduled sync is one interval after this one ended (the scheduler also moved
+    /// it one interval on when it queued this job, so a job that never ends stops nothing).
+    async fn next_sync_after(&self, job: &SyncJob, now: DateTime<Utc>) -> Result<(), StoreError> {
+        let Some(integration) = self.store.integration_by_id(&job.integration_id).await? else {
+            return Ok(());
+        };
+        if let Some(interval) = sync_interval(&integration) {
+            let next = now.checked_add_signed(interval).unwrap_or(now);
+            self.store.set_next_sync(&integration.id, next).await?;
+        }
+        Ok(())
+    }
+
+    /// The delay before attempt `attempts + 1`: exponential from SYNC_RETRY_MIN_DELAY, capped
+    /// at SYNC_RETRY_MAX_DELAY, with jitter.
+    fn backoff(&self, attempts: u32) -> Duration {
+        ExponentialBuilder::default()
+            .with_min_delay(self.config.retry_min_delay)
+            .with_max_delay(self.config.retry_max_delay)
+            .with_max_times(attempts as usize + 1)
+            .with_jitter()
+            .build()
+            .nth(attempts.saturating_sub(1) as usize)
+            .unwrap_or(self.config.retry_max_delay)
+            .min(self.config.retry_max_delay)
+    }
+
+    /// Activity entries are best effort: a failure to write one is logged, never fatal.
+    pub(super) async fn activity(
+        &self,
+        user: &UserId,
+        kind: &'static str,
+        message: String,
+        job: &SyncJob,
+        progress: Option<&JobProgress>,
+    ) {
+        let mut details = json!({ "provider": job.provider.as_str(), "job_id": job.id });
+        if let Some(p) = progress {
+            details["contacts_done"] = json!(p.contacts_done);
+            details["contacts_failed"] = json!(p.contacts_failed);
+            details["contacts_skipped"] = json!(p.contacts_skipped);
+        }
+        let entry = Activity::new(kind, message, details);
+        if let Err(e) = self.store.append_activity(user, &entry).await {
+            tracing::warn!(error = %crate::telemetry::error_chain(&e), kind, "cannot write an activity entry");
+        }
+    }
+}
+
+/// `now + wait`, saturating far in the future instead of overflowing.
+fn add(now: DateTime<Utc>, wait: Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(wait)
+        .ok()
+        .and_then(|wait| now.checked_add_signed(wait))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+pub(super) fn is_transient(error: &ProviderError) -> bool {
+    matches!(
+        error,
+        ProviderError::Unavailable(_) | ProviderError::RateLimited { .. }
+    )
+}
+
+/// Failures that stop the job until the user acts.
+pub(super) fn broken(error: ProviderError) -> Outcome {
+    Outcome::Broken {
+        reason: error.to_string(),
+        integration: IntegrationStatus::Error,
+    }
+}
+
+/// Every contact of a refused batch, as failures with the provider's reason.
+pub(super) fn batch_refused(batch: &[&Contact], reason: &str) -> PushReport {
+    PushReport {
+        failed: batch.len() as u64,
+        failures: batch
+            .iter()
+            .map(|c| RecordFailure {
+                email: c.email().unwrap_or_default().to_string(),
+                message: reason.to_string(),
+            })
+            .collect(),
+    }
+}
+
+fn next_utc_midnight(now: DateTime<Utc>) -> DateTime<Utc> {
+    let tomorrow = now.date_naive() + chrono::Days::new(1);
+    tomorrow
+        .and_hms_opt(0, 0, 0)
+        .map(|t| t.and_utc())
+        .unwrap_or(now + chrono::Duration::hours(24))
+}

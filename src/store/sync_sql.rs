@@ -1,0 +1,313 @@
+//! `sync_queue!(Type, ...)` implements `SyncQueue` for a store with a `pool` field. The SQL is
+//! shared; the parameters carry what differs between the backends:
+//! - `key`: a contact's `updated_at` as text in one fixed form (the push key), and `order`, the
+//!   push order it is compared in. PostgreSQL compares the timestamp itself (its index serves
+//!   the row comparison); SQLite compares the normalised text, since the card application and
+//!   sqlx write timestamps in different text forms.
+//! - `schedule`: the statements of one scheduler pass (one CTE on PostgreSQL; an INSERT and an
+//!   UPDATE in one `BEGIN IMMEDIATE` transaction on SQLite).
+
+macro_rules! sync_queue {
+    ($name:ident, id: $id:literal, text: $text:literal, key: $key:literal, order: $order:literal,
+     key_param: $key_param:literal, begin: $begin:literal, schedule: [$($schedule:expr),+]) => {
+        const _: () = {
+            use std::collections::BTreeMap;
+
+            use chrono::{DateTime, Utc};
+            use sqlx::types::Json;
+
+            use $crate::{
+                domain::{
+                    UserId,
+                    catalogue::ProviderId,
+                    contact::Contact,
+                    integration::Integration,
+                    sync_job::{Direction, PushKey, SyncJob},
+                },
+                store::{
+                    IntegrationStore, StoreError,
+                    rows::{ContactRow, SyncJobRow},
+                    sync_queue::{JobCursor, Pruned, SyncQueue},
+                },
+            };
+
+            const CONTACT_COLUMNS: &str =
+                "id, email, first_name, last_name, company, phone, job_title";
+            const AFTER_KEY: &str = concat!("(", $order, ") > (", $key_param, ", $3)");
+
+            #[async_trait::async_trait]
+            impl SyncQueue for $name {
+                async fn contacts_changed(
+                    &self,
+                    user: &UserId,
+                    after: &PushKey,
+                    limit: u32,
+                ) -> Result<Vec<(PushKey, Contact)>, StoreError> {
+                    let sql = sqlx::AssertSqlSafe(format!(
+                        "SELECT {}, {CONTACT_COLUMNS} FROM contacts WHERE user_id = $1 AND {AFTER_KEY} \
+                         ORDER BY {} LIMIT $4",
+                        concat!($key, " AS push_at"),
+                        $order
+                    ));
+                    let rows: Vec<(String, ContactRow)> = sqlx::query_as::<_, KeyedContact>(sql)
+                        .bind(user.as_str())
+                        .bind(&after.at)
+                        .bind(&after.id)
+                        .bind(i64::from(limit))
+                        .fetch_all(&self.pool)
+                        .await?
+                        .into_iter()
+                        .map(|row| (row.push_at, row.contact))
+                        .collect();
+                    Ok(rows
+                        .into_iter()
+                        .map(|(at, row)| {
+                            let contact = Contact::from(row);
+                            (PushKey { at, id: contact.id.clone() }, contact)
+                        })
+                        .collect())
+                }
+
+                async fn contacts_changed_count(
+                    &self,
+                    user: &UserId,
+                    after: &PushKey,
+                ) -> Result<u64, StoreError> {
+                    let sql = sqlx::AssertSqlSafe(format!(
+                        "SELECT COUNT(*) FROM contacts WHERE user_id = $1 AND {AFTER_KEY}"
+                    ));
+                    let n: i64 = sqlx::query_scalar(sql)
+                        .bind(user.as_str())
+                        .bind(&after.at)
+                        .bind(&after.id)
+                        .fetch_one(&self.pool)
+                        .await?;
+                    Ok(u64::try_from(n).unwrap_or(0))
+                }
+
+                async fn last_push_key(&self, user: &UserId) -> Result<Option<PushKey>, StoreError> {
+                    let sql = sqlx::AssertSqlSafe(format!(
+                        "SELECT {}, id FROM contacts WHERE user_id = $1 ORDER BY {} LIMIT 1",
+                        $key,
+                        $order.replace(", id", " DESC, id DESC")
+                    ));
+                    let row: Option<(String, String)> = sqlx::query_as(sql)
+                        .bind(user.as_str())
+                        .fetch_optional(&self.pool)
+                        .await?;
+                    Ok(row.map(|(at, id)| PushKey { at, id }))
+                }
+
+                async fn push_watermark(&self, integration_id: &str) -> Result<Option<PushKey>, StoreError> {
+                    let mark: Option<Option<String>> = sqlx::query_scalar(concat!(
+                        "SELECT push_watermark FROM integrations WHERE id = $1", $id
+                    ))
+                    .bind(integration_id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                    Ok(mark.flatten().as_deref().and_then(PushKey::decode))
+                }
+
+                async fn advance_push_watermark(
+                    &self,
+                    integration_id: &str,
+                    key: &PushKey,
+                ) -> Result<(), StoreError> {
+                    // Read, compare and write under a compare-and-swap, so two finishing jobs
+                    // can never move the watermark back.
+                    for _ in 0..5 {
+                        let current = self.push_watermark(integration_id).await?;
+                        if current.as_ref().is_some_and(|c| c >= key) {
+                            return Ok(());
+                        }
+                        let old = current.map(|c| c.encode()).unwrap_or_default();
+                        let done = sqlx::query(concat!(
+                            "UPDATE integrations SET push_watermark = $2 WHERE id = $1", $id,
+                            " AND COALESCE(push_watermark, '') = $3"
+                        ))
+                        .bind(integration_id)
+                        .bind(key.encode())
+                        .bind(old)
+                        .execute(&self.pool)
+                        .await?;
+                        if done.rows_affected() == 1 {
+                            return Ok(());
+                        }
+                    }
+                    Err(StoreError::Corrupt("the push watermark kept changing".into()))
+                }
+
+                async fn set_sync_schedule(
+                    &self,
+                    integration_id: &str,
+                    interval_seconds: Option<i64>,
+                    direction: Direction,
+                    next: Option<DateTime<Utc>>,
+                ) -> Result<(), StoreError> {
+                    sqlx::query(concat!(
+                        "UPDATE integrations SET sync_interval_seconds = $2, sync_direction = $3, \
+                         next_sync_at = $4 WHERE id = $1", $id
+                    ))
+                    .bind(integration_id)
+                    .bind(interval_seconds.and_then(|s| i32::try_from(s).ok()))
+                    .bind(direction.as_str())
+                    .bind(next)
+                    .execute(&self.pool)
+                    .await?;
+                    Ok(())
+                }
+
+                async fn set_next_sync(&self, integration_id: &str, next: DateTime<Utc>) -> Result<(), StoreError> {
+                    sqlx::query(concat!(
+                        "UPDATE integrations SET next_sync_at = $2 WHERE id = $1", $id,
+                        " AND sync_interval_seconds IS NOT NULL"
+                    ))
+                    .bind(integration_id)
+                    .bind(next)
+                    .execute(&self.pool)
+                    .await?;
+                    Ok(())
+                }
+
+                async fn update_integration_settings(
+                    &self,
+                    user: &UserId,
+                    provider: ProviderId,
+                    settings: &BTreeMap<String, String>,
+                ) -> Result<Option<Integration>, StoreError> {
+                    sqlx::query("UPDATE integrations SET settings = $3 WHERE user_id = $1 AND provider = $2")
+                        .bind(user.as_str())
+                        .bind(provider.as_str())
+                        .bind(Json(settings))
+                        .execute(&self.pool)
+                        .await?;
+                    self.integration(user, provider).await
+                }
+
+                async fn schedule_due_syncs(
+                    &self,
+                    now: DateTime<Utc>,
+                    limit: u32,
+                    max_attempts: u32,
+                ) -> Result<u64, StoreError> {
+                    let mut tx = self.pool.begin_with($begin).await?;
+                    // The last statement's count is the pass's (SQLite: the due integrations
+                    // moved on; PostgreSQL: the jobs queued).
+                    let mut counts = Vec::new();
+                    $(
+                        let done = sqlx::query($schedule)
+                            .bind(now)
+                            .bind(i64::from(limit))
+                            .bind(i32::try_from(max_attempts).unwrap_or(i32::MAX))
+                            .execute(&mut *tx)
+                            .await?;
+                        counts.push(done.rows_affected());
+                    )+
+                    let due = counts.last().copied().unwrap_or(0);
+                    tx.commit().await?;
+                    if due > 0 {
+                        self.job_changed("*");
+                    }
+                    Ok(due)
+                }
+
+                async fn sync_jobs_page(
+                    &self,
+                    user: &UserId,
+                    provider: ProviderId,
+                    before: Option<&JobCursor>,
+                    limit: u32,
+                ) -> Result<Vec<SyncJob>, StoreError> {
+                    let sql = sqlx::AssertSqlSafe(format!(
+                        "{}WHERE j.user_id = $1 AND i.provider = $2 AND (j.created_at < $3 OR \
+                         (j.created_at = $3 AND j.id{} < $4)) ORDER BY j.created_at DESC, j.id DESC LIMIT $5",
+                        job_select!($text),
+                        $text
+                    ));
+                    let far = DateTime::<Utc>::MAX_UTC - chrono::Duration::days(1);
+                    let rows: Vec<SyncJobRow> = sqlx::query_as(sql)
+                        .bind(user.as_str())
+                        .bind(provider.as_str())
+                        .bind(before.map(|c| c.created_at).unwrap_or(far))
+                        .bind(before.map(|c| c.id.as_str()).unwrap_or("~"))
+                        .bind(i64::from(limit))
+                        .fetch_all(&self.pool)
+                        .await?;
+                    rows.into_iter().map(SyncJob::try_from).collect()
+                }
+
+                async fn cancel_sync_job(
+                    &self,
+                    user: &UserId,
+                    id: &str,
+                    now: DateTime<Utc>,
+                ) -> Result<bool, StoreError> {
+                    let done = sqlx::query(concat!(
+                        "UPDATE sync_jobs SET state = 'canceled', finished_at = $3, \
+                         last_error = 'canceled by its user', lease_owner = NULL, lease_expires_at = NULL \
+                         WHERE id = $1", $id, " AND user_id = $2 AND state IN ('queued', 'running')"
+                    ))
+                    .bind(id)
+                    .bind(user.as_str())
+                    .bind(now)
+                    .execute(&self.pool)
+                    .await?;
+                    self.job_changed(id);
+                    Ok(done.rows_affected() == 1)
+                }
+
+                async fn prune(&self, before: DateTime<Utc>, batch: u32) -> Result<Pruned, StoreError> {
+                    let jobs = sqlx::query(
+                        "DELETE FROM sync_jobs WHERE id IN (SELECT id FROM sync_jobs \
+                         WHERE finished_at IS NOT NULL AND finished_at < $1 ORDER BY finished_at LIMIT $2)",
+                    )
+                    .bind(before)
+                    .bind(i64::from(batch))
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected();
+                    let activity = sqlx::query(
+                        "DELETE FROM activity_logs WHERE id IN (SELECT id FROM activity_logs \
+                         WHERE created_at < $1 ORDER BY created_at LIMIT $2)",
+                    )
+                    .bind(before)
+                    .bind(i64::from(batch))
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected();
+                    Ok(Pruned { jobs, activity })
+                }
+
+                async fn bind_oauth_browser(
+                    &self,
+                    state_hash: &str,
+                    browser_hash: &str,
+                    now: DateTime<Utc>,
+                ) -> Result<Option<String>, StoreError> {
+                    let url: Option<Option<String>> = sqlx::query_scalar(
+                        "UPDATE oauth_states SET browser_hash = $2 WHERE state_hash = $1 \
+                         AND browser_hash IS NULL AND expires_at > $3 RETURNING authorize_url",
+                    )
+                    .bind(state_hash)
+                    .bind(browser_hash)
+                    .bind(now)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                    Ok(url.flatten())
+                }
+
+                fn job_changes(&self) -> tokio::sync::broadcast::Receiver<String> {
+                    self.subscribe_job_changes()
+                }
+            }
+
+            /// A contact row with its push key.
+            #[derive(sqlx::FromRow)]
+            struct KeyedContact {
+                push_at: String,
+                #[sqlx(flatten)]
+                contact: ContactRow,
+            }
+        };
+    };
+}
