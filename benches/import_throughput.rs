@@ -96,6 +96,7 @@ async fn import(contacts: usize) -> anyhow::Result<Measured> {
         let job = client
             .sync_integration(authed(
                 SyncIntegrationRequest {
+                    full: false,
                     provider: Provider::Hubspot.into(),
                     direction: SyncDirection::Import.into(),
                 },
@@ -177,6 +178,7 @@ async fn drive_file(contacts: usize) -> anyhow::Result<Measured> {
         let job = client
             .sync_integration(authed(
                 SyncIntegrationRequest {
+                    full: false,
                     provider: Provider::GoogleDrive.into(),
                     direction: SyncDirection::Push.into(),
                 },

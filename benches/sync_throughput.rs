@@ -69,6 +69,7 @@ async fn run(contacts: usize, limited: bool) -> anyhow::Result<RunResult> {
         let job = client
             .sync_integration(authed(
                 SyncIntegrationRequest {
+                    full: false,
                     provider: Provider::Hubspot.into(),
                     direction: 0,
                 },

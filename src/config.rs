@@ -539,9 +539,9 @@ pub struct SyncConfig {
     pub max_watch_streams_per_user: usize,
 }
 
-/// Zoho's accounts servers, one per data centre (US, EU, IN, AU, JP, CA, SA, CN).
+/// Zoho's accounts servers, one per data centre (US, EU, IN, UK, AU, JP, CA, SA, CN).
 const ZOHO_ACCOUNTS_SERVERS: &str = "https://accounts.zoho.com,https://accounts.zoho.eu,\
-https://accounts.zoho.in,https://accounts.zoho.com.au,https://accounts.zoho.jp,\
+https://accounts.zoho.in,https://accounts.zoho.uk,https://accounts.zoho.com.au,https://accounts.zoho.jp,\
 https://accounts.zohocloud.ca,https://accounts.zoho.sa,https://accounts.zoho.com.cn";
 
 const DEV_ORIGINS: &str = "http://localhost:3000,http://127.0.0.1:3000";

@@ -41,6 +41,56 @@ pub struct ImportCounts {
     pub kept_newer: u64,
     /// New contacts not stored because the plan's contact limit was reached.
     pub over_limit: u64,
+    /// Matched a contact holding the same values already: not written (so it is not pushed
+    /// back either).
+    pub unchanged: u64,
+}
+
+/// Whether importing `remote` would change nothing in a contact whose stored first name, last
+/// name, company, phone and job title are `stored` (a blank remote field keeps the local
+/// value, as the import does).
+pub fn same_fields(remote: &RemoteContact, stored: &[Option<String>; 5]) -> bool {
+    let remote_fields = [
+        &remote.first_name,
+        &remote.last_name,
+        &remote.company,
+        &remote.phone,
+        &remote.job_title,
+    ];
+    remote_fields
+        .iter()
+        .zip(stored)
+        .all(|(remote, local)| match non_blank(remote.as_deref()) {
+            None => true,
+            Some(value) => non_blank(local.as_deref()) == Some(value),
+        })
+}
+
+#[cfg(test)]
+mod same_fields_tests {
+    use super::*;
+
+    #[test]
+    fn a_contact_is_unchanged_when_every_remote_value_is_already_here() {
+        let remote = RemoteContact {
+            email: "a@x.test".into(),
+            first_name: Some("Ada".into()),
+            company: Some(" ".into()),
+            ..RemoteContact::default()
+        };
+        let stored = [Some("Ada".into()), Some("Lovelace".into()), None, None, None];
+        assert!(same_fields(&remote, &stored), "blank remote fields keep the local ones");
+        let renamed = RemoteContact {
+            first_name: Some("Augusta".into()),
+            ..remote.clone()
+        };
+        assert!(!same_fields(&renamed, &stored));
+        let new_phone = RemoteContact {
+            phone: Some("+1 555".into()),
+            ..remote
+        };
+        assert!(!same_fields(&new_phone, &stored));
+    }
 }
 
 /// `Some(trimmed)` unless the value is missing or blank.

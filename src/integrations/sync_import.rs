@@ -82,6 +82,7 @@ impl SyncWorker {
                 inserted = counts.inserted,
                 updated = counts.updated,
                 kept_newer = counts.kept_newer,
+                unchanged = counts.unchanged,
                 over_limit = counts.over_limit,
                 "import page stored"
             );

@@ -85,7 +85,45 @@ impl ContactSink for Hubspot {
         self.client.send(request).await.map(drop)
     }
 
+    /// HubSpot's batch upsert by email does not do partial success: one address it refuses
+    /// can fail the whole batch (400). A refused batch is split in halves, again and again,
+    /// until the refused records stand alone; every other record lands. (Upserts are
+    /// idempotent, so a retry after a failure half-way resends nothing harmful.)
     async fn push(&self, contacts: &[&Contact]) -> Result<PushReport, ProviderError> {
+        let mut report = PushReport::default();
+        let mut pending: Vec<&[&Contact]> = vec![contacts];
+        while let Some(part) = pending.pop() {
+            match self.push_batch(part).await {
+                Ok(done) => {
+                    report.failed += done.failed;
+                    report.failures.extend(done.failures);
+                }
+                Err(ProviderError::BatchRefused(_)) if part.len() > 1 => {
+                    let (first, second) = part.split_at(part.len() / 2);
+                    // Popped last-in first: the first half goes first.
+                    pending.push(second);
+                    pending.push(first);
+                }
+                Err(ProviderError::BatchRefused(reason)) => {
+                    report.failed += 1;
+                    report.failures.push(RecordFailure {
+                        email: part
+                            .first()
+                            .and_then(|c| c.email())
+                            .unwrap_or_default()
+                            .to_string(),
+                        message: reason,
+                    });
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(report)
+    }
+}
+
+impl Hubspot {
+    async fn push_batch(&self, contacts: &[&Contact]) -> Result<PushReport, ProviderError> {
         let inputs: Vec<UpsertInput<'_>> = contacts
             .iter()
             .filter_map(|c| {

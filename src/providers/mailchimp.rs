@@ -95,7 +95,9 @@ struct MemberError {
     error: String,
 }
 
-/// One member in Mailchimp's shape.
+/// One member in Mailchimp's shape. `status_if_new` (never `status`): a new address is
+/// subscribed, an existing member keeps their status, so someone who unsubscribed is never
+/// subscribed again by a sync (`update_existing` only updates their merge fields).
 pub fn member(contact: &Contact) -> Option<Value> {
     let merge = json_fields(&[
         ("FNAME", contact.first_name.as_deref()),
@@ -104,7 +106,7 @@ pub fn member(contact: &Contact) -> Option<Value> {
     ]);
     Some(json!({
         "email_address": contact.email()?,
-        "status": "subscribed",
+        "status_if_new": "subscribed",
         "merge_fields": merge,
     }))
 }
@@ -198,13 +200,14 @@ struct ListMember {
     last_changed: Option<String>,
 }
 
-/// Reads the audience's members by offset, 1,000 at a time.
+/// Reads the audience's subscribed members by offset, 1,000 at a time (unsubscribed, cleaned
+/// and pending members are not the user's contacts to import).
 #[async_trait]
 impl ContactSource for Mailchimp {
     async fn page(&self, cursor: Option<&str>) -> Result<ImportPage, ProviderError> {
         let offset: u64 = cursor.and_then(|c| c.parse().ok()).unwrap_or(0);
         let url = format!(
-            "{}/members?count={MEMBERS_PER_PAGE}&offset={offset}",
+            "{}/members?status=subscribed&count={MEMBERS_PER_PAGE}&offset={offset}",
             self.list_url()
         );
         let request = self

@@ -64,27 +64,53 @@ impl Salesforce {
         Ok(url.into())
     }
 
-    /// Salesforce ids of existing contacts by lower-cased email.
+    /// Salesforce ids of existing contacts by lower-cased email. The addresses are looked up
+    /// in as many queries as it takes to keep every request URI under Salesforce's limit of
+    /// 16,384 bytes (long addresses, percent-encoded, fill it well before 200 of them).
     async fn existing(&self, emails: &[&str]) -> Result<HashMap<String, String>, ProviderError> {
-        let list: Vec<String> = emails.iter().map(|e| soql_string(e)).collect();
-        let soql = format!(
-            "SELECT Id, Email FROM Contact WHERE Email IN ({}) ORDER BY CreatedDate",
-            list.join(",")
-        );
-        let mut url = self.soql_url(&soql)?;
         let mut ids = HashMap::new();
-        loop {
-            let page: QueryPage = self.query(url).await?;
-            for record in page.records {
-                if let (Some(id), Some(email)) = (record.id, record.email) {
-                    ids.entry(email.to_ascii_lowercase()).or_insert(id);
+        let mut rest = emails;
+        while !rest.is_empty() {
+            let (url, taken) = self.lookup_url(rest)?;
+            rest = &rest[taken..];
+            let mut url = url;
+            loop {
+                let page: QueryPage = self.query(url).await?;
+                for record in page.records {
+                    if let (Some(id), Some(email)) = (record.id, record.email) {
+                        ids.entry(email.to_ascii_lowercase()).or_insert(id);
+                    }
+                }
+                match page.next_records_url {
+                    Some(next) if !page.done => url = self.next_url(&next)?,
+                    _ => break,
                 }
             }
-            match page.next_records_url {
-                Some(next) if !page.done => url = self.next_url(&next)?,
-                _ => return Ok(ids),
-            }
         }
+        Ok(ids)
+    }
+
+    /// The lookup URL for as many of `emails` (from the first) as fit under
+    /// [`MAX_URI_BYTES`], and how many that is (at least one).
+    fn lookup_url(&self, emails: &[&str]) -> Result<(String, usize), ProviderError> {
+        let soql = |list: &[&str]| {
+            let list: Vec<String> = list.iter().map(|e| soql_string(e)).collect();
+            format!(
+                "SELECT Id, Email FROM Contact WHERE Email IN ({}) ORDER BY CreatedDate",
+                list.join(",")
+            )
+        };
+        let mut best = self.soql_url(&soql(&emails[..1]))?;
+        let mut taken = 1;
+        while taken < emails.len() {
+            let candidate = self.soql_url(&soql(&emails[..taken + 1]))?;
+            if candidate.len() > MAX_URI_BYTES {
+                break;
+            }
+            best = candidate;
+            taken += 1;
+        }
+        Ok((best, taken))
     }
 
     /// A `nextRecordsUrl` must be a path of this API (it is joined to our host, never followed
@@ -136,6 +162,9 @@ impl Salesforce {
         Ok(())
     }
 }
+
+/// Salesforce refuses request URIs longer than 16,384 bytes; this leaves room for the host.
+pub const MAX_URI_BYTES: usize = 15_000;
 
 /// A SOQL string literal: quotes and backslashes escaped.
 fn soql_string(value: &str) -> String {

@@ -1,7 +1,10 @@
 //! Zoho CRM: `Authorization: Zoho-oauthtoken <token>` against the account's `api_domain` (from
 //! the token answer; each data centre has its own). Contacts are upserted 100 per call with
 //! `duplicate_check_fields: ["Email"]`; the answer has one result per record, in order.
-//! Imports read `GET /crm/v2/Contacts?page=N&per_page=200` until `info.more_records` is false.
+//! Imports read `GET /crm/v2/Contacts?per_page=200`, page by page, until `info.more_records` is
+//! false. Page numbers only reach the first 2,000 records in current API versions: past them
+//! (and whenever Zoho offers one) the next page is asked for with `page_token` from
+//! `info.next_page_token`.
 
 use async_trait::async_trait;
 use serde::Deserialize;
@@ -18,6 +21,8 @@ use crate::{
 };
 
 const PER_PAGE: u32 = 200;
+/// Records page numbers can reach; past them only `page_token` works.
+const PAGE_NUMBER_LIMIT: u64 = 2000;
 
 pub struct Zoho {
     client: Client,
@@ -95,6 +100,8 @@ struct ContactsPage {
 struct PageInfo {
     #[serde(default)]
     more_records: bool,
+    #[serde(default)]
+    next_page_token: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -165,10 +172,22 @@ impl ContactSink for Zoho {
 #[async_trait]
 impl ContactSource for Zoho {
     async fn page(&self, cursor: Option<&str>) -> Result<ImportPage, ProviderError> {
-        let page_number: u32 = cursor.and_then(|c| c.parse().ok()).unwrap_or(1);
-        let url = self.url(&format!(
-            "/crm/v2/Contacts?page={page_number}&per_page={PER_PAGE}"
-        ));
+        // The cursor is a page number, or `token:` and Zoho's page token.
+        let (page_number, url) = match cursor.and_then(|c| c.strip_prefix("token:")) {
+            Some(token) => {
+                let mut url = Url::parse(&self.url(&format!("/crm/v2/Contacts?per_page={PER_PAGE}")))
+                    .map_err(|e| ProviderError::Rejected(format!("bad Zoho URL: {e}")))?;
+                url.query_pairs_mut().append_pair("page_token", token);
+                (None, url.to_string())
+            }
+            None => {
+                let page: u32 = cursor.and_then(|c| c.parse().ok()).unwrap_or(1);
+                (
+                    Some(page),
+                    self.url(&format!("/crm/v2/Contacts?page={page}&per_page={PER_PAGE}")),
+                )
+            }
+        };
         let request = self
             .client
             .http
@@ -182,6 +201,11 @@ impl ContactSource for Zoho {
             self.client.json(response).await?
         };
         let more = page.info.as_ref().is_some_and(|i| i.more_records);
+        let token = page
+            .info
+            .as_ref()
+            .and_then(|i| i.next_page_token.clone())
+            .filter(|t| !t.is_empty());
         let contacts = page
             .data
             .into_iter()
@@ -203,7 +227,18 @@ impl ContactSource for Zoho {
             .collect();
         Ok(ImportPage {
             contacts,
-            next: more.then(|| (page_number + 1).to_string()),
+            next: match (more, token, page_number) {
+                (false, _, _) => None,
+                (true, Some(token), _) => Some(format!("token:{token}")),
+                (true, None, Some(n)) if (n as u64 + 1) * (PER_PAGE as u64) <= PAGE_NUMBER_LIMIT => {
+                    Some((n + 1).to_string())
+                }
+                (true, None, _) => {
+                    return Err(ProviderError::Rejected(
+                        "Zoho has more contacts but sent no page token to reach them".into(),
+                    ));
+                }
+            },
         })
     }
 }

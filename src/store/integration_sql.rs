@@ -538,19 +538,29 @@ macro_rules! integration_store {
                     let emails: Vec<String> = contacts.iter().map(|c| c.email.to_lowercase()).collect();
                     let mut known: std::collections::HashMap<String, (String, DateTime<Utc>)> =
                         std::collections::HashMap::new();
+                    // The stored fields of each address, to leave a contact the provider holds
+                    // exactly as stored here untouched.
+                    let mut stored: std::collections::HashMap<String, [Option<String>; 5]> =
+                        std::collections::HashMap::new();
                     if !emails.is_empty() {
                         let placeholders: Vec<String> = (0..emails.len()).map(|i| format!("${}", i + 2)).collect();
                         let sql = sqlx::AssertSqlSafe(format!(
-                            "SELECT id, lower(email), updated_at FROM contacts WHERE user_id = $1 \
+                            "SELECT id, lower(email), updated_at, first_name, last_name, company, phone, \
+                             job_title FROM contacts WHERE user_id = $1 \
                              AND lower(email) IN ({}) ORDER BY created_at DESC, id DESC",
                             placeholders.join(", ")
                         ));
-                        let mut query = sqlx::query_as::<_, (String, String, DateTime<Utc>)>(sql).bind(user.as_str());
+                        type Known = (String, String, DateTime<Utc>, Option<String>, Option<String>,
+                            Option<String>, Option<String>, Option<String>);
+                        let mut query = sqlx::query_as::<_, Known>(sql).bind(user.as_str());
                         for email in &emails {
                             query = query.bind(email);
                         }
                         // Newest first, so the oldest contact of an address is the one kept.
-                        for (id, email, updated_at) in query.fetch_all(&mut *tx).await? {
+                        for (id, email, updated_at, first, last, company, phone, title) in
+                            query.fetch_all(&mut *tx).await?
+                        {
+                            stored.insert(id.clone(), [first, last, company, phone, title]);
                             known.insert(email, (id, updated_at));
                         }
                     }
@@ -560,6 +570,11 @@ macro_rules! integration_store {
                         match known.get(email) {
                             Some((_, local)) if c.modified_at.is_none_or(|remote| remote <= *local) => {
                                 counts.kept_newer += 1;
+                            }
+                            Some((id, _)) if stored.get(id).is_some_and(|fields| {
+                                $crate::domain::contact::same_fields(c, fields)
+                            }) => {
+                                counts.unchanged += 1;
                             }
                             Some((id, _)) => {
                                 // Blank remote fields keep the local value.

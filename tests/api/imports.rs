@@ -50,6 +50,7 @@ pub async fn start_import(
         .await
         .sync_integration(authed(
             SyncIntegrationRequest {
+                full: false,
                 provider: provider.into(),
                 direction: direction.into(),
             },

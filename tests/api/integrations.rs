@@ -68,6 +68,7 @@ pub async fn start_sync(
     client
         .sync_integration(authed(
             SyncIntegrationRequest {
+                full: false,
                 provider: provider.into(),
                 direction: 0,
             },
@@ -540,6 +541,7 @@ async fn connect_sync_and_disconnect_each_provider(backend: Backend) {
             client
                 .sync_integration(authed(
                     SyncIntegrationRequest {
+                        full: false,
                         provider: provider.into(),
                         direction: 0,
                     },

@@ -14,8 +14,8 @@ use nexus_billing::{
         IntegrationStatus, ListIntegrationsRequest, ListProvidersRequest, Provider,
         StartOAuthRequest, SyncJobState,
     },
-    oauth::OAuth,
-    tokens::TokenKeeper,
+    integrations::oauth::OAuth,
+    integrations::tokens::TokenKeeper,
     vault::Vault,
 };
 use serde_json::json;
@@ -322,6 +322,7 @@ async fn complete(
         .await
         .complete_o_auth(authed(
             CompleteOAuthRequest {
+                accounts_server: String::new(),
                 provider: provider(kind).into(),
                 code: code.into(),
                 state: state.into(),
@@ -626,6 +627,7 @@ async fn a_401_forces_one_refresh_and_invalid_grant_needs_reauth(backend: Backen
     let status = client
         .sync_integration(authed(
             nexus_billing::grpc::proto::integrations::SyncIntegrationRequest {
+                full: false,
                 provider: Provider::ZohoCrm.into(),
                 direction: 0,
             },

@@ -63,6 +63,7 @@ async fn a_second_sync_request_gets_the_active_job(backend: Backend) {
     let widened = client
         .sync_integration(authed(
             SyncIntegrationRequest {
+                full: false,
                 provider: Provider::Hubspot.into(),
                 direction: SyncDirection::Import.into(),
             },
@@ -80,6 +81,7 @@ async fn a_second_sync_request_gets_the_active_job(backend: Backend) {
     let status = client
         .sync_integration(authed(
             SyncIntegrationRequest {
+                full: false,
                 provider: Provider::Zapier.into(),
                 direction: SyncDirection::Import.into(),
             },
@@ -119,6 +121,7 @@ async fn another_users_job_and_integration_are_not_found(backend: Backend) {
     let sync = client
         .sync_integration(authed(
             SyncIntegrationRequest {
+                full: false,
                 provider: Provider::Hubspot.into(),
                 direction: 0,
             },
@@ -222,6 +225,7 @@ async fn refused_credentials_stop_the_job_and_mark_the_integration(backend: Back
     let again = client
         .sync_integration(authed(
             SyncIntegrationRequest {
+                full: false,
                 provider: Provider::Hubspot.into(),
                 direction: 0,
             },
