@@ -231,6 +231,11 @@ impl FakeOAuth {
         (code, state)
     }
 
+    /// The fake's origin (its accounts server, for Zoho).
+    pub fn server_uri(&self) -> String {
+        self.server.uri()
+    }
+
     pub fn set_expires_in(&self, secs: u64) {
         self.state().expires_in = secs;
     }

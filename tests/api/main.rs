@@ -16,6 +16,7 @@ mod helpers;
 mod imports;
 mod integrations;
 mod oauth;
+mod oauth_browser;
 mod oauth_providers;
 mod plan_changes;
 mod sidecar;

@@ -88,66 +88,7 @@ fn redirect_after() -> String {
     format!("{ALLOWED_ORIGIN}/settings/integrations?tab=crm")
 }
 
-/// StartOAuth for `user`; the authorization URL.
-pub async fn start_oauth(
-    app: &TestApp,
-    user: &str,
-    kind: OKind,
-    settings: &[(&str, &str)],
-) -> String {
-    app.integrations()
-        .await
-        .start_o_auth(authed(
-            StartOAuthRequest {
-                provider: provider(kind).into(),
-                redirect_after: redirect_after(),
-                settings: settings
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-            },
-            &token(user),
-        ))
-        .await
-        .unwrap_or_else(|e| panic!("StartOAuth {kind:?}: {e}"))
-        .into_inner()
-        .authorization_url
-}
-
-/// What the browser gets from the callback: status, Location, body.
-pub struct Landing {
-    pub status: u16,
-    pub location: Option<String>,
-    pub cache_control: Option<String>,
-    pub body: String,
-}
-
-/// The browser arriving at the sidecar callback with `query`.
-pub async fn callback(app: &TestApp, query: &[(&str, &str)]) -> Landing {
-    let client = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap_or_else(|e| panic!("{e}"));
-    let query = serde_urlencoded::to_string(query).unwrap_or_default();
-    let response = client
-        .get(app.http_url(&format!("/integrations/oauth/callback?{query}")))
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("callback: {e}"));
-    let header = |name: &str| {
-        response
-            .headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    };
-    Landing {
-        status: response.status().as_u16(),
-        location: header("location"),
-        cache_control: header("cache-control"),
-        body: response.text().await.unwrap_or_default(),
-    }
-}
+pub use crate::oauth_browser::{callback, start_oauth};
 
 fn success_location(kind: OKind) -> String {
     format!(
