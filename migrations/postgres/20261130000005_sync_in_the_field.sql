@@ -29,6 +29,17 @@ CREATE INDEX activity_logs_created_idx ON activity_logs (created_at);
 -- Contacts in push order (the card application's updated_at, then id).
 CREATE INDEX IF NOT EXISTS contacts_user_updated_idx ON contacts (user_id, updated_at, id);
 
+-- What each integration's provider holds of each contact, as far as this service knows: a
+-- fingerprint of the values last pushed to it or imported from it. A push skips a contact whose
+-- values match, so BOTH never sends back what it has just read, and an unchanged contact is never
+-- rewritten at the provider.
+CREATE TABLE integration_contacts (
+    integration_id  UUID NOT NULL REFERENCES integrations (id) ON DELETE CASCADE,
+    contact_id      TEXT NOT NULL,
+    fingerprint     TEXT NOT NULL,
+    PRIMARY KEY (integration_id, contact_id)
+);
+
 -- OAuth flows bound to the browser that started them: the sidecar's start route sets a cookie
 -- whose hash is kept here (once), then redirects to the provider's authorization URL.
 ALTER TABLE oauth_states ADD COLUMN authorize_url TEXT;

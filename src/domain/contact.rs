@@ -33,7 +33,7 @@ pub struct RemoteContact {
 }
 
 /// What storing one page of imported contacts did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ImportCounts {
     pub inserted: u64,
     pub updated: u64,
@@ -44,6 +44,55 @@ pub struct ImportCounts {
     /// Matched a contact holding the same values already: not written (so it is not pushed
     /// back either).
     pub unchanged: u64,
+    /// The contacts (id, fingerprint of the provider's values) the provider is now known to
+    /// hold as read: inserted, updated or unchanged ones.
+    pub synced: Vec<(String, String)>,
+}
+
+/// A short digest of the values a provider gets for a contact (email, names, company, phone,
+/// title; trimmed, blank as missing, the email in lower case). Equal digests: the provider
+/// already holds exactly these values, so pushing the contact would change nothing.
+pub fn fingerprint(email: Option<&str>, fields: [Option<&str>; 5]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    hasher.update(non_blank(email).unwrap_or("").to_lowercase().as_bytes());
+    for field in fields {
+        hasher.update([0x1f]);
+        hasher.update(non_blank(field).unwrap_or("").as_bytes());
+    }
+    hex::encode(&hasher.finalize()[..16])
+}
+
+impl Contact {
+    /// The fingerprint of the values a push sends.
+    pub fn fingerprint(&self) -> String {
+        fingerprint(
+            self.email.as_deref(),
+            [
+                self.first_name.as_deref(),
+                self.last_name.as_deref(),
+                self.company.as_deref(),
+                self.phone.as_deref(),
+                self.job_title.as_deref(),
+            ],
+        )
+    }
+}
+
+impl RemoteContact {
+    /// The fingerprint of the values the provider holds.
+    pub fn fingerprint(&self) -> String {
+        fingerprint(
+            Some(&self.email),
+            [
+                self.first_name.as_deref(),
+                self.last_name.as_deref(),
+                self.company.as_deref(),
+                self.phone.as_deref(),
+                self.job_title.as_deref(),
+            ],
+        )
+    }
 }
 
 /// Whether importing `remote` would change nothing in a contact whose stored first name, last
@@ -90,6 +139,28 @@ mod same_fields_tests {
             ..remote
         };
         assert!(!same_fields(&new_phone, &stored));
+    }
+
+    #[test]
+    fn a_contact_and_the_same_values_at_a_provider_share_a_fingerprint() {
+        let local = Contact {
+            id: "c1".into(),
+            email: Some(" Ada@X.test ".into()),
+            first_name: Some("Ada".into()),
+            company: Some("".into()),
+            ..Contact::default()
+        };
+        let remote = RemoteContact {
+            email: "ada@x.test".into(),
+            first_name: Some("Ada ".into()),
+            ..RemoteContact::default()
+        };
+        assert_eq!(local.fingerprint(), remote.fingerprint());
+        let renamed = RemoteContact {
+            last_name: Some("Lovelace".into()),
+            ..remote
+        };
+        assert_ne!(local.fingerprint(), renamed.fingerprint());
     }
 }
 

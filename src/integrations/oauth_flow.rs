@@ -277,7 +277,7 @@ impl Integrations {
             .map_err(oauth_error)?;
         let mut credentials = tokens.apply_to(&Credentials::default());
         if let Some(server) = &accounts_server {
-            credentials = credentials.with(keys::ACCOUNTS_SERVER, server.as_str());
+            credentials = credentials.with(keys::ACCOUNTS_SERVER, &server.origin().ascii_serialization());
         }
         self.save(&taken.user, taken.provider, &credentials, &taken.settings)
             .await

@@ -78,6 +78,10 @@ impl SyncWorker {
                 .store
                 .import_contacts(&job.user_id, &page.contacts, limit, Utc::now())
                 .await?;
+            // The provider holds these as read: the push that follows leaves them alone.
+            self.store
+                .save_provider_fingerprints(&job.integration_id, &counts.synced)
+                .await?;
             tracing::debug!(
                 inserted = counts.inserted,
                 updated = counts.updated,

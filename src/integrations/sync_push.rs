@@ -19,7 +19,7 @@ use crate::{
         sync_job::{JobProgress, PushKey, SyncJob},
     },
     integrations::oauth::keys,
-    providers::ProviderError,
+    providers::{ProviderError, PushReport},
     store::StoreError,
 };
 
@@ -87,11 +87,21 @@ impl SyncWorker {
                 } else {
                     (contacts.iter().collect(), 0, 0)
                 };
+            // Contacts the provider already holds exactly as they are here (imported from it,
+            // or pushed before and touched since without a change) are not sent again.
+            let (sendable, up_to_date) = if job.full {
+                (sendable, 0)
+            } else {
+                self.not_yet_at_provider(job, sendable).await?
+            };
             if !sendable.is_empty() {
                 let pushed = call_provider!(self, session, job, shutdown, sink, |sink| sink
                     .push(&sendable));
                 match pushed {
-                    Ok(report) => progress.add_failures(report.failed, report.failures),
+                    Ok(report) => {
+                        self.remember_pushed(job, &sendable, &report).await?;
+                        progress.add_failures(report.failed, report.failures);
+                    }
                     Err(ProviderError::BatchRefused(reason)) => {
                         let failed = batch_refused(&sendable, &reason);
                         progress.add_failures(failed.failed, failed.failures);
@@ -105,6 +115,7 @@ impl SyncWorker {
             progress.contacts_done += contacts.len() as u64;
             progress.add_skipped(without_email, "no email address");
             progress.add_skipped(duplicates, "email address repeated in a batch");
+            progress.add_skipped(up_to_date, "already up to date at the provider");
             progress.checkpoint = Some(format!("{PUSH_CHECKPOINT}{}", last.encode()));
             if !self.store.save_progress(&job.id, worker, progress).await? {
                 return Ok(Some(Outcome::LeaseLost));
@@ -182,6 +193,57 @@ impl SyncWorker {
             Err(e) if shutdown.is_cancelled() && is_transient(&e) => Ok(Some(Outcome::Stopped)),
             Err(e) => Ok(Some(self.outcome_of(e, job))),
         }
+    }
+}
+
+impl SyncWorker {
+    /// The contacts of `batch` whose values differ from what the provider is known to hold,
+    /// and how many were left out.
+    async fn not_yet_at_provider<'c>(
+        &self,
+        job: &SyncJob,
+        batch: Vec<&'c Contact>,
+    ) -> Result<(Vec<&'c Contact>, u64), StoreError> {
+        let ids: Vec<&str> = batch.iter().map(|c| c.id.as_str()).collect();
+        let known = self
+            .store
+            .provider_fingerprints(&job.integration_id, &ids)
+            .await?;
+        let before = batch.len();
+        let changed: Vec<&Contact> = batch
+            .into_iter()
+            .filter(|c| known.get(&c.id) != Some(&c.fingerprint()))
+            .collect();
+        let left_out = (before - changed.len()) as u64;
+        Ok((changed, left_out))
+    }
+
+    /// Records what the provider now holds: every sent contact it did not refuse.
+    async fn remember_pushed(
+        &self,
+        job: &SyncJob,
+        sent: &[&Contact],
+        report: &PushReport,
+    ) -> Result<(), StoreError> {
+        let refused: std::collections::HashSet<String> = report
+            .failures
+            .iter()
+            .map(|f| f.email.to_ascii_lowercase())
+            .collect();
+        // Refusals the provider did not name: nothing of this batch is known to have landed.
+        if report.failed as usize > report.failures.len() {
+            return Ok(());
+        }
+        let landed: Vec<(String, String)> = sent
+            .iter()
+            .filter(|c| {
+                !refused.contains(&c.email().unwrap_or_default().to_ascii_lowercase())
+            })
+            .map(|c| (c.id.clone(), c.fingerprint()))
+            .collect();
+        self.store
+            .save_provider_fingerprints(&job.integration_id, &landed)
+            .await
     }
 }
 

@@ -575,6 +575,7 @@ macro_rules! integration_store {
                                 $crate::domain::contact::same_fields(c, fields)
                             }) => {
                                 counts.unchanged += 1;
+                                counts.synced.push((id.clone(), c.fingerprint()));
                             }
                             Some((id, _)) => {
                                 // Blank remote fields keep the local value.
@@ -594,6 +595,7 @@ macro_rules! integration_store {
                                 .execute(&mut *tx)
                                 .await?;
                                 counts.updated += 1;
+                                counts.synced.push((id.clone(), c.fingerprint()));
                                 // A repeat of the address later in the page finds it edited now.
                                 known.insert(email.clone(), (id.clone(), now));
                             }
@@ -601,6 +603,7 @@ macro_rules! integration_store {
                             None => {
                                 let id = uuid::Uuid::new_v4().to_string();
                                 known.insert(email.clone(), (id.clone(), now));
+                                counts.synced.push((id.clone(), c.fingerprint()));
                                 inserts.push((id, c));
                                 count += 1;
                                 counts.inserted += 1;

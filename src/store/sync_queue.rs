@@ -120,6 +120,20 @@ pub trait SyncQueue: Send + Sync {
         now: DateTime<Utc>,
     ) -> Result<Option<String>, StoreError>;
 
+    /// The fingerprints recorded for `contact_ids` at the integration's provider.
+    async fn provider_fingerprints(
+        &self,
+        integration_id: &str,
+        contact_ids: &[&str],
+    ) -> Result<std::collections::HashMap<String, String>, StoreError>;
+
+    /// Records (contact id, fingerprint) pairs as what the integration's provider now holds.
+    async fn save_provider_fingerprints(
+        &self,
+        integration_id: &str,
+        entries: &[(String, String)],
+    ) -> Result<(), StoreError>;
+
     /// Job changes in this process's view: ids of jobs written (`*` for many at once).
     fn job_changes(&self) -> tokio::sync::broadcast::Receiver<String>;
 }

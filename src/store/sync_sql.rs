@@ -296,6 +296,61 @@ macro_rules! sync_queue {
                     Ok(url.flatten())
                 }
 
+                async fn provider_fingerprints(
+                    &self,
+                    integration_id: &str,
+                    contact_ids: &[&str],
+                ) -> Result<std::collections::HashMap<String, String>, StoreError> {
+                    let mut found = std::collections::HashMap::new();
+                    for chunk in contact_ids.chunks(500) {
+                        let placeholders: Vec<String> =
+                            (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+                        let sql = sqlx::AssertSqlSafe(format!(
+                            "SELECT contact_id, fingerprint FROM integration_contacts \
+                             WHERE integration_id = {} AND contact_id IN ({})",
+                            concat!("$1", $id),
+                            placeholders.join(", ")
+                        ));
+                        let mut query = sqlx::query_as::<_, (String, String)>(sql).bind(integration_id);
+                        for id in chunk {
+                            query = query.bind(*id);
+                        }
+                        found.extend(query.fetch_all(&self.pool).await?);
+                    }
+                    Ok(found)
+                }
+
+                async fn save_provider_fingerprints(
+                    &self,
+                    integration_id: &str,
+                    entries: &[(String, String)],
+                ) -> Result<(), StoreError> {
+                    // One row per contact (the last wins): a statement may not touch a row twice.
+                    let entries: Vec<(&String, &String)> = entries
+                        .iter()
+                        .map(|(c, f)| (c, f))
+                        .collect::<BTreeMap<_, _>>()
+                        .into_iter()
+                        .collect();
+                    for chunk in entries.chunks(500) {
+                        let rows: Vec<String> = (0..chunk.len())
+                            .map(|i| format!("({}, ${}, ${})", concat!("$1", $id), 2 + 2 * i, 3 + 2 * i))
+                            .collect();
+                        let sql = sqlx::AssertSqlSafe(format!(
+                            "INSERT INTO integration_contacts (integration_id, contact_id, fingerprint) \
+                             VALUES {} ON CONFLICT (integration_id, contact_id) \
+                             DO UPDATE SET fingerprint = excluded.fingerprint",
+                            rows.join(", ")
+                        ));
+                        let mut query = sqlx::query(sql).bind(integration_id);
+                        for (contact, fingerprint) in chunk {
+                            query = query.bind(contact).bind(fingerprint);
+                        }
+                        query.execute(&self.pool).await?;
+                    }
+                    Ok(())
+                }
+
                 fn job_changes(&self) -> tokio::sync::broadcast::Receiver<String> {
                     self.subscribe_job_changes()
                 }

@@ -292,7 +292,12 @@ impl Responder {
                 }
             }
             Kind::Mailchimp => {
-                if item["status"] != "subscribed" || !item["merge_fields"].is_object() {
+                // `status` would change an existing member's status (re-subscribing someone
+                // who unsubscribed); only `status_if_new` may be sent.
+                if item["status_if_new"] != "subscribed"
+                    || item.get("status").is_some()
+                    || !item["merge_fields"].is_object()
+                {
                     problems.push(format!("mailchimp member malformed: {item}"));
                 }
             }

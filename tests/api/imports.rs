@@ -23,7 +23,7 @@ crate::on_both_backends!(
     a_free_plan_import_stops_at_the_contact_limit,
     an_import_resumes_from_its_checkpoint_after_a_crash,
     an_expired_salesforce_cursor_starts_the_import_over,
-    both_directions_push_then_import,
+    both_directions_import_then_push_without_echo,
 );
 
 /// The remote contacts every provider holds in the first test: 8 entries over 3 pages, one
@@ -79,6 +79,16 @@ async fn add_local(app: &TestApp, user: &str, id: &str, email: &str, first: &str
 }
 
 /// (lower-cased email, first name, last name) of the user's contacts, sorted.
+/// When each of the user's contacts was last written, in email order.
+async fn written_at(app: &TestApp, user: &str) -> Vec<String> {
+    let sql = "SELECT CAST(updated_at AS TEXT) FROM contacts WHERE user_id = $1 ORDER BY lower(email)";
+    match &app.pool {
+        TestPool::Sqlite(pool) => sqlx::query_scalar(sql).bind(user).fetch_all(pool).await,
+        TestPool::Postgres(pool) => sqlx::query_scalar(sql).bind(user).fetch_all(pool).await,
+    }
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
 async fn contacts_of(app: &TestApp, user: &str) -> Vec<(String, String, String)> {
     let sql = "SELECT email, first_name, last_name FROM contacts WHERE user_id = $1 ORDER BY lower(email)";
     let rows: Vec<(String, Option<String>, Option<String>)> = match &app.pool {
@@ -339,7 +349,7 @@ async fn an_expired_salesforce_cursor_starts_the_import_over(backend: Backend) {
     app.stop().await;
 }
 
-async fn both_directions_push_then_import(backend: Backend) {
+async fn both_directions_import_then_push_without_echo(backend: Backend) {
     let hubspot = FakeProvider::start(Kind::Hubspot).await;
     hubspot.set_remote(&[
         ("h1@x.com", "H", "One", "2024-06-01T00:00:00Z"),
@@ -355,10 +365,25 @@ async fn both_directions_push_then_import(backend: Backend) {
     let job = wait_for_job(&app, "ada", &job.id, Duration::from_secs(20)).await;
     assert_eq!(job.state(), SyncJobState::Succeeded, "{job:?}");
     assert_eq!(job.direction(), SyncDirection::Both);
-    assert_eq!(job.contacts_done, 2 + 4);
-    assert_eq!(hubspot.pushed_emails().len(), 2);
+    // Imported first (4), then the push: the 2 local contacts are sent, the 4 just read from
+    // HubSpot are not sent back.
+    assert_eq!(job.contacts_done, 4 + 6, "{job:?}");
+    assert_eq!(job.contacts_skipped, 4, "{job:?}");
+    assert_eq!(job.skipped_reason, "already up to date at the provider");
+    let mut pushed = hubspot.pushed_emails();
+    pushed.sort();
+    assert_eq!(pushed, vec!["contact0@example.com", "contact1@example.com"]);
     assert_eq!(hubspot.import_requests(), 2);
     assert_eq!(contacts_of(&app, "ada").await.len(), 6);
+
+    // Again with nothing changed on either side: everything read, nothing written or sent.
+    let before = written_at(&app, "ada").await;
+    let job = start_import(&app, "ada", Provider::Hubspot, SyncDirection::Both).await;
+    let job = wait_for_job(&app, "ada", &job.id, Duration::from_secs(20)).await;
+    assert_eq!(job.state(), SyncJobState::Succeeded, "{job:?}");
+    assert_eq!(hubspot.import_requests(), 4);
+    assert_eq!(hubspot.pushed_emails().len(), 2, "an unchanged contact was pushed");
+    assert_eq!(written_at(&app, "ada").await, before, "an unchanged contact was rewritten");
     hubspot.assert_no_problems();
     app.stop().await;
 }

@@ -65,10 +65,28 @@ pub async fn start_sync(
     user: &str,
     provider: Provider,
 ) -> SyncJob {
+    sync_request(client, user, provider, false).await
+}
+
+/// A full push: every contact, not only those changed since the last push.
+pub async fn start_full_sync(
+    client: &mut IntegrationsServiceClient<Channel>,
+    user: &str,
+    provider: Provider,
+) -> SyncJob {
+    sync_request(client, user, provider, true).await
+}
+
+async fn sync_request(
+    client: &mut IntegrationsServiceClient<Channel>,
+    user: &str,
+    provider: Provider,
+    full: bool,
+) -> SyncJob {
     client
         .sync_integration(authed(
             SyncIntegrationRequest {
-                full: false,
+                full,
                 provider: provider.into(),
                 direction: 0,
             },

@@ -519,9 +519,9 @@ async fn tokens_are_refreshed_before_they_expire_and_rotated_tokens_kept(backend
     let stored = stored_credentials(&app).await;
     assert_eq!(stored.get("refreshToken"), rotated.as_deref());
 
-    // The next refresh (forced by a 401) uses the rotated token.
+    // The next refresh (forced by a 401) uses the rotated token (a full push: nothing changed).
     fake.expire_access_tokens();
-    let job = start_sync(&mut client, "ada", Provider::GoogleDrive).await;
+    let job = crate::integrations::start_full_sync(&mut client, "ada", Provider::GoogleDrive).await;
     let job = wait_for_job(&app, "ada", &job.id, Duration::from_secs(20)).await;
     assert_eq!(job.state(), SyncJobState::Succeeded, "{job:?}");
     assert_eq!(fake.refresh_calls(), 2);
@@ -548,10 +548,10 @@ async fn a_401_forces_one_refresh_and_invalid_grant_needs_reauth(backend: Backen
     assert_eq!(fake.refresh_calls(), 1);
     assert_eq!(fake.records().len(), 5);
 
-    // Now the grant itself is gone: NEEDS_REAUTH, no retries.
+    // Now the grant itself is gone: NEEDS_REAUTH, no retries (a full push: nothing changed).
     fake.expire_access_tokens();
     fake.refuse_refresh();
-    let job = start_sync(&mut client, "ada", Provider::ZohoCrm).await;
+    let job = crate::integrations::start_full_sync(&mut client, "ada", Provider::ZohoCrm).await;
     let job = wait_for_job(&app, "ada", &job.id, Duration::from_secs(20)).await;
     assert_eq!(job.state(), SyncJobState::Failed, "{job:?}");
     assert_eq!(job.attempts, 1, "invalid_grant is not retried");

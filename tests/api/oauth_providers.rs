@@ -30,6 +30,13 @@ async fn sync(app: &TestApp, user: &str, provider: Provider) -> SyncJob {
     wait_for_job(app, user, &job.id, Duration::from_secs(60)).await
 }
 
+/// A full push (every contact, not only the changed ones).
+async fn full_sync(app: &TestApp, user: &str, provider: Provider) -> SyncJob {
+    let mut client = app.integrations().await;
+    let job = crate::integrations::start_full_sync(&mut client, user, provider).await;
+    wait_for_job(app, user, &job.id, Duration::from_secs(60)).await
+}
+
 /// Records per request of the given method.
 fn sizes(requests: &[(String, Value)], method: &str, key: &str) -> Vec<usize> {
     requests
@@ -88,8 +95,8 @@ async fn salesforce_updates_contacts_found_by_email_and_creates_the_rest(backend
         .unwrap_or_else(|| panic!("missing"));
     assert_eq!(zero.fields.get("LastName").map(String::as_str), Some("0"));
 
-    // A second sync updates everything it created; only the refused one is tried again.
-    let job = sync(&app, "ada", Provider::Salesforce).await;
+    // A second, full sync updates everything it created; only the refused one is tried again.
+    let job = full_sync(&app, "ada", Provider::Salesforce).await;
     assert_eq!(job.state(), SyncJobState::Partial);
     let requests: Vec<(String, Value)> = fake.push_requests().split_off(requests.len());
     assert_eq!(sizes(&requests, "POST", "records").iter().sum::<usize>(), 1);
@@ -123,8 +130,8 @@ async fn zoho_upserts_100_per_call_against_the_accounts_api_domain(backend: Back
     assert_eq!(first["Account_Name"], "Acme");
     assert_eq!(first["Title"], "Buyer");
     assert_eq!(fake.records().len(), 249);
-    // Upserts: a second sync creates nothing new.
-    let job = sync(&app, "ada", Provider::ZohoCrm).await;
+    // Upserts: a second, full sync creates nothing new.
+    let job = full_sync(&app, "ada", Provider::ZohoCrm).await;
     assert_eq!(job.contacts_failed, 1);
     assert_eq!(fake.records().len(), 249);
     fake.assert_no_problems();
@@ -181,7 +188,7 @@ async fn add_awkward_contacts(app: &TestApp, user: &str) -> Vec<u8> {
         );
     }
     "Email,First Name,Last Name,Company,Phone,Job Title\r\n\
-     a@x.com,Zoë,O'Brien,\"Acme, Inc.\",+1 555 0100,CEO\r\n\
+     a@x.com,Zoë,O'Brien,\"Acme, Inc.\",'+1 555 0100,CEO\r\n\
      b@x.com,\"Jean \"\"JJ\"\"\",Dupré,\"Line one\nLine two\",,\r\n\
      ,日本,語,,,\u{1F600} fan\r\n"
         .as_bytes()
@@ -261,9 +268,12 @@ async fn dropbox_overwrites_the_file_at_the_configured_path(backend: Backend) {
     connect_oauth(&app, "ada", &fake, &[("path", path)]).await;
 
     for _ in 0..2 {
-        let job = sync(&app, "ada", Provider::Dropbox).await;
+        let job = full_sync(&app, "ada", Provider::Dropbox).await;
         assert_eq!(job.state(), SyncJobState::Succeeded, "{job:?}");
     }
+    // Nothing changed since: the next ordinary sync uploads nothing.
+    let job = sync(&app, "ada", Provider::Dropbox).await;
+    assert_eq!(job.state(), SyncJobState::Succeeded, "{job:?}");
     let uploads = fake.uploads();
     assert_eq!(uploads.len(), 2);
     for upload in &uploads {

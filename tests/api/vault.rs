@@ -23,7 +23,7 @@ use crate::{
     },
     helpers::{ALLOWED_ORIGIN, Backend, ENCRYPTION_KEY, JWT_SECRET, authed, token},
     integrations::{
-        connect, connect_request, get_job, is_final, provider_of, spawn_with_fakes, start_sync,
+        connect, connect_request, get_job, is_final, provider_of, spawn_with_fakes, start_full_sync, start_sync,
         wait_for_job,
     },
     oauth::REDIRECT_URI,
@@ -126,7 +126,7 @@ async fn rotate_keys_reseals_every_credential_under_the_new_key(backend: Backend
     let app = app.restart(&overrides).await;
     let pushed_before = hubspot.pushed_emails().len();
     let mut client = app.integrations().await;
-    let job = start_sync(&mut client, "ada", Provider::Hubspot).await;
+    let job = start_full_sync(&mut client, "ada", Provider::Hubspot).await;
     let job = wait_for_job(&app, "ada", &job.id, Duration::from_secs(20)).await;
     assert_eq!(job.state(), SyncJobState::Succeeded, "{job:?}");
     assert_eq!(job.contacts_done, 5, "{job:?}");
@@ -300,14 +300,37 @@ async fn no_credential_reaches_the_logs_of_a_whole_sync_run() {
         .unwrap_or_else(|e| panic!("{e}"))
         .into_inner()
         .authorization_url;
-    let (code, state) = zoho.authorize(&url, REDIRECT_URI);
-    let callback = reqwest::Client::builder()
+    // The browser opens the start URL (which sets the flow's cookie), consents, and comes back.
+    let browser = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
-        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let start = url::Url::parse(&url).unwrap_or_else(|e| panic!("{e}"));
+    let started = browser
+        .get(format!(
+            "http://{http}{}?{}",
+            start.path(),
+            start.query().unwrap_or_default()
+        ))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(started.status().as_u16(), 303);
+    let header = |name: &str| {
+        started
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let cookie = header("set-cookie").split(';').next().unwrap_or_default().to_string();
+    let (code, state) = zoho.authorize(&header("location"), REDIRECT_URI);
+    let callback = browser
         .get(format!(
             "http://{http}/integrations/oauth/callback?code={code}&state={state}"
         ))
+        .header("cookie", cookie)
         .send()
         .await
         .unwrap_or_else(|e| panic!("{e}"));
