@@ -357,7 +357,10 @@ async fn grpc_server(
     let auth = AuthInterceptor::new(verifier);
     let billing = BillingServiceServer::with_interceptor(BillingApi::new(billing), auth.clone());
     let integrations =
-        IntegrationsServiceServer::with_interceptor(IntegrationsApi::new(integrations), auth);
+        IntegrationsServiceServer::with_interceptor(
+        IntegrationsApi::new(integrations, shutdown.clone()),
+        auth,
+    );
 
     let layers = ServiceBuilder::new()
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))

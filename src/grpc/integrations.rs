@@ -4,6 +4,7 @@
 use std::{collections::BTreeMap, pin::Pin, sync::Arc, time::Duration};
 
 use tokio::sync::broadcast::error::RecvError;
+use tokio_util::sync::CancellationToken;
 
 use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
@@ -42,11 +43,16 @@ const MAX_VALUE_LEN: usize = 4096;
 
 pub struct IntegrationsApi {
     integrations: Arc<Integrations>,
+    /// Ends open WatchSyncJob streams when the service stops (they would hold the shutdown).
+    shutdown: CancellationToken,
 }
 
 impl IntegrationsApi {
-    pub fn new(integrations: Arc<Integrations>) -> Self {
-        Self { integrations }
+    pub fn new(integrations: Arc<Integrations>, shutdown: CancellationToken) -> Self {
+        Self {
+            integrations,
+            shutdown,
+        }
     }
 }
 
@@ -269,6 +275,7 @@ impl IntegrationsService for IntegrationsApi {
             .map_err(integration_status)?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let integrations = Arc::clone(&self.integrations);
+        let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
             let crate::integrations::job_watch::JobWatch { mut changes, permit } = watch;
             let mut last = sync_job_to_proto(&first);
@@ -293,6 +300,12 @@ impl IntegrationsService for IntegrationsApi {
                     },
                     () = tokio::time::sleep(WATCH_FALLBACK) => {}
                     () = tx.closed() => return,
+                    () = shutdown.cancelled() => {
+                        let _ = tx
+                            .send(Err(Status::unavailable("the service is stopping; watch the job again")))
+                            .await;
+                        return;
+                    }
                 }
                 let item = match integrations.job(&caller.user_id, &id).await {
                     Ok(job) => {

@@ -152,12 +152,12 @@ impl Integrations {
         settings: BTreeMap<String, String>,
     ) -> Result<Integration, IntegrationError> {
         let spec = provider.spec();
-        let settings = validate_settings(spec, settings)?;
         let current = self
             .store
             .integration(user, provider)
             .await?
             .ok_or_else(|| not_connected(provider))?;
+        let settings = validate_settings(spec, settings)?;
         if spec.auth == AuthKind::OAuth2 {
             if let Some(path) = settings.get("path") {
                 crate::providers::dropbox::validate_path(path)

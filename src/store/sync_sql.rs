@@ -224,7 +224,8 @@ macro_rules! sync_queue {
                         job_select!($text),
                         $text
                     ));
-                    let far = DateTime::<Utc>::MAX_UTC - chrono::Duration::days(1);
+                    // After every job (a four-digit year: SQLite compares the text).
+                    let far = DateTime::<Utc>::from_timestamp(253_402_300_799, 0).unwrap_or_default();
                     let rows: Vec<SyncJobRow> = sqlx::query_as(sql)
                         .bind(user.as_str())
                         .bind(provider.as_str())

@@ -110,6 +110,8 @@ struct State {
     push_requests: Vec<(String, Value)>,
     refused: HashSet<String>,
     import_page_size: usize,
+    /// Salesforce SOQL lookups answered.
+    lookup_requests: usize,
     import_requests: usize,
     /// Import pages after this many never answer (a crash mid-import).
     hang_import_after: Option<usize>,
@@ -134,6 +136,7 @@ impl FakeOAuth {
         let state = Arc::new(Mutex::new(State {
             expires_in: 3600,
             import_page_size: 3,
+            lookup_requests: 0,
             ..State::default()
         }));
         Mock::given(any())
@@ -229,6 +232,16 @@ impl FakeOAuth {
             .insert(code.clone(), (challenge, redirect_uri.to_string()));
         s.secrets.push(code.clone());
         (code, state)
+    }
+
+    /// Salesforce SOQL lookups answered.
+    pub fn lookup_requests(&self) -> usize {
+        self.state().lookup_requests
+    }
+
+    /// Records per import page.
+    pub fn set_import_page_size(&self, size: usize) {
+        self.state().import_page_size = size;
     }
 
     /// The fake's origin (its accounts server, for Zoho).
@@ -592,6 +605,16 @@ impl Responder {
         let base = "/services/data/v59.0";
         match (method, path) {
             ("GET", p) if p == format!("{base}/query") => {
+                // Salesforce refuses request URIs longer than 16,384 bytes.
+                let uri_len = request.url.path().len() + request.url.query().map_or(0, |q| q.len() + 1);
+                if uri_len > 16_384 {
+                    s.problems.push(format!("request URI of {uri_len} bytes"));
+                    return json_answer(
+                        414,
+                        json!([{"message": "URI Too Long", "errorCode": "URI_TOO_LONG"}]),
+                    );
+                }
+                s.lookup_requests += 1;
                 let q = request
                     .url
                     .query_pairs()
@@ -770,14 +793,35 @@ impl Responder {
                 json_answer(200, json!({"data": results}))
             }
             ("GET", "/crm/v2/Contacts") => {
-                let page: usize = request
-                    .url
-                    .query_pairs()
-                    .find(|(k, _)| k == "page")
-                    .and_then(|(_, v)| v.parse().ok())
-                    .unwrap_or(1);
+                let param = |name: &str| {
+                    request
+                        .url
+                        .query_pairs()
+                        .find(|(k, _)| k == name)
+                        .map(|(_, v)| v.into_owned())
+                };
+                let page: usize = param("page").and_then(|v| v.parse().ok()).unwrap_or(1);
                 let size = s.import_page_size;
-                let Some((records, more)) = self.import_page(s, (page - 1) * size) else {
+                // As in current API versions: page numbers reach the first 2,000 records;
+                // past them only the page token works.
+                let offset = match param("page_token") {
+                    Some(token) => match token.strip_prefix("tok-").and_then(|o| o.parse().ok()) {
+                        Some(offset) => offset,
+                        None => {
+                            s.problems.push(format!("unknown page token {token}"));
+                            return json_answer(400, json!({"code": "INVALID_DATA", "status": "error", "message": "invalid page_token"}));
+                        }
+                    },
+                    None if (page - 1) * size >= 2000 => {
+                        return json_answer(
+                            400,
+                            json!({"code": "LIMIT_REACHED", "status": "error",
+                                "message": "Limit of 2000 reached for the page param; use page_token"}),
+                        );
+                    }
+                    None => (page - 1) * size,
+                };
+                let Some((records, more)) = self.import_page(s, offset) else {
                     return ResponseTemplate::new(200).set_delay(Duration::from_secs(3600));
                 };
                 if records.is_empty() {
@@ -791,7 +835,9 @@ impl Responder {
                     .collect();
                 json_answer(
                     200,
-                    json!({"data": data, "info": {"per_page": size, "count": data.len(), "page": page, "more_records": more}}),
+                    json!({"data": data, "info": {"per_page": size, "count": data.len(), "page": page,
+                        "more_records": more,
+                        "next_page_token": if more { Value::from(format!("tok-{}", offset + data.len())) } else { Value::Null }}}),
                 )
             }
             _ => {

@@ -69,6 +69,11 @@ struct State {
     import_requests: usize,
     /// Contacts per import page; 0 means [`IMPORT_PAGE`].
     import_page: usize,
+    /// HubSpot: a batch holding a refused address is refused whole (400), as the real batch
+    /// upsert by email does.
+    whole_batch_refusals: bool,
+    /// Mailchimp: members of the audience that are not subscribed (email, status).
+    unsubscribed: Vec<(String, String)>,
 }
 
 /// Contacts per import page (small, so a test crosses pages).
@@ -145,6 +150,19 @@ impl FakeProvider {
         self.state()
             .refused
             .extend(emails.iter().map(|e| e.to_string()));
+    }
+
+    /// HubSpot: a batch naming a refused address is refused whole with 400.
+    pub fn refuse_whole_batches(&self) {
+        self.state().whole_batch_refusals = true;
+    }
+
+    /// Mailchimp: audience members who are not subscribed (never to be imported).
+    pub fn set_unsubscribed(&self, members: &[(&str, &str)]) {
+        self.state().unsubscribed = members
+            .iter()
+            .map(|(e, status)| (e.to_string(), status.to_string()))
+            .collect();
     }
 
     pub fn enforce_limit(&self, requests: usize, per: Duration) {
@@ -320,6 +338,13 @@ impl Responder {
             .filter(|e| state.refused.contains(*e))
             .cloned()
             .collect();
+        if self.kind == Kind::Hubspot && state.whole_batch_refusals && !refused.is_empty() {
+            return error(
+                400,
+                json!({"status": "error", "category": "VALIDATION_ERROR",
+                    "message": format!("Property values were not valid: invalid email {}", refused[0])}),
+            );
+        }
         state.pushes.push(Push {
             emails: emails.clone(),
             body,
@@ -424,6 +449,16 @@ impl Respond for Responder {
                 state.import_requests += 1;
                 let query: std::collections::HashMap<String, String> =
                     request.url.query_pairs().into_owned().collect();
+                // Without a status filter Mailchimp lists every member, unsubscribed ones too.
+                if query.get("status").map(String::as_str) != Some("subscribed") {
+                    let others: Vec<Value> = state
+                        .unsubscribed
+                        .iter()
+                        .map(|(e, status)| json!({"id": "y", "email_address": e, "status": status, "merge_fields": {"FNAME": "Gone", "LNAME": "", "PHONE": ""}, "last_changed": "2024-06-01T00:00:00+00:00"}))
+                        .collect();
+                    state.problems.push("members listed without status=subscribed".into());
+                    return error(200, json!({"members": others, "list_id": MAILCHIMP_LIST, "total_items": others.len()}));
+                }
                 let offset: usize = query
                     .get("offset")
                     .and_then(|a| a.parse().ok())

@@ -215,6 +215,7 @@ fn base_settings(db_url: &str, data_dir: &std::path::Path) -> Vec<(String, Strin
         ("--sync-retry-min-delay", "50ms"),
         ("--sync-retry-max-delay", "1s"),
         ("--webhook-poll-interval", "20ms"),
+        ("--sync-scheduler-interval", "100ms"),
         ("--webhook-retry-max-delay", "2s"),
         // Tests run the reconciler on demand (`nexus-billing reconcile`).
         ("--reconcile-interval", "0s"),

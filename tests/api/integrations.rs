@@ -681,3 +681,17 @@ async fn rate_limits_setting_overrides_the_catalogue(backend: Backend) {
     assert_eq!((limit.requests, limit.per_seconds), (190, 10));
     app.stop().await;
 }
+
+/// The user's integrations.
+pub async fn list(app: &TestApp, user: &str) -> Vec<Integration> {
+    app.integrations()
+        .await
+        .list_integrations(authed(
+            nexus_billing::grpc::proto::integrations::ListIntegrationsRequest {},
+            &token(user),
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_inner()
+        .integrations
+}

@@ -22,6 +22,7 @@ mod plan_changes;
 mod sidecar;
 mod store_contract;
 mod subscription_lifecycle;
+mod sync_field;
 mod sync_jobs;
 mod vault;
 mod webhooks;
