@@ -89,29 +89,16 @@ impl Client {
 
     fn classify(&self, status: StatusCode, headers: &HeaderMap, body: &str) -> ProviderError {
         let reason = self.reason(status, body);
-        // Google answers quota errors with 403 and a reason such as `userRateLimitExceeded`,
-        // `rateLimitExceeded`, `quotaExceeded` or `dailyLimitExceeded`.
-        let rate_limit_words = [
-            "ratelimit",
-            "rate_limit",
-            "rate limit",
-            "request_limit_exceeded",
-            "quotaexceeded",
-            "dailylimitexceeded",
-            "limitexceeded",
-        ];
         let lower = body.to_ascii_lowercase();
-        let says_rate_limited = rate_limit_words.iter().any(|w| lower.contains(w));
+        let (says_rate_limited, says_daily) = rate_limit_words(&lower);
         match status.as_u16() {
             429 => ProviderError::RateLimited {
                 retry_after: retry_after(headers),
-                daily: lower.contains("daily"),
+                daily: says_daily,
             },
             401 | 403 if says_rate_limited => ProviderError::RateLimited {
                 retry_after: retry_after(headers),
-                daily: lower.contains("daily")
-                    || lower.contains("request_limit_exceeded")
-                    || lower.contains("quotaexceeded"),
+                daily: says_daily,
             },
             401 | 403 => ProviderError::Unauthorized(format!(
                 "{} refused the credentials: {reason}",
@@ -146,6 +133,27 @@ impl Client {
     pub fn scrub(&self, text: &str) -> String {
         self.credentials.scrub(text)
     }
+}
+
+/// Whether a (lower-cased) error body speaks of a rate limit, and of a daily one. Google
+/// answers quota errors with 403 and a reason such as `userRateLimitExceeded`,
+/// `rateLimitExceeded`, `quotaExceeded` or `dailyLimitExceeded`; Salesforce with 403
+/// `REQUEST_LIMIT_EXCEEDED` (a rolling day).
+fn rate_limit_words(lower: &str) -> (bool, bool) {
+    let words = [
+        "ratelimit",
+        "rate_limit",
+        "rate limit",
+        "request_limit_exceeded",
+        "quotaexceeded",
+        "dailylimitexceeded",
+        "limitexceeded",
+    ];
+    let limited = words.iter().any(|w| lower.contains(w));
+    let daily = lower.contains("daily")
+        || lower.contains("request_limit_exceeded")
+        || lower.contains("quotaexceeded");
+    (limited, daily)
 }
 
 /// The human message in the error shapes the providers use.
@@ -242,6 +250,22 @@ mod tests {
         );
 
         assert_eq!(retry_after(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn google_quota_403s_are_rate_limits_not_bad_credentials() {
+        let body = |reason: &str| {
+            format!(
+                r#"{{"error":{{"code":403,"message":"Quota exceeded","errors":[{{"domain":"usageLimits","reason":"{reason}"}}]}}}}"#
+            )
+            .to_ascii_lowercase()
+        };
+        assert_eq!(rate_limit_words(&body("userRateLimitExceeded")), (true, false));
+        assert_eq!(rate_limit_words(&body("rateLimitExceeded")), (true, false));
+        assert_eq!(rate_limit_words(&body("dailyLimitExceeded")), (true, true));
+        assert_eq!(rate_limit_words(&body("quotaExceeded")), (true, true));
+        let denied = r#"{"error":{"code":403,"message":"The user does not have sufficient permissions","errors":[{"reason":"insufficientPermissions"}]}}"#;
+        assert_eq!(rate_limit_words(&denied.to_ascii_lowercase()), (false, false));
     }
 
     #[test]

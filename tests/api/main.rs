@@ -19,6 +19,7 @@ mod oauth;
 mod oauth_browser;
 mod oauth_providers;
 mod plan_changes;
+mod provider_rules;
 mod sidecar;
 mod store_contract;
 mod subscription_lifecycle;
