@@ -239,7 +239,12 @@ pub struct Settings {
     pub sync_retry_max_delay: Duration,
     /// Rate-limit parks in a row (no batch saved in between) after which a sync job fails;
     /// each park waits longer (SYNC_RETRY_MIN_DELAY doubling to SYNC_RETRY_MAX_DELAY).
-    #[arg(long, env = "SYNC_MAX_RATE_LIMITED", default_value_t = 10, global = true)]
+    #[arg(
+        long,
+        env = "SYNC_MAX_RATE_LIMITED",
+        default_value_t = 10,
+        global = true
+    )]
     pub sync_max_rate_limited: u32,
     /// How often the scheduler queues the integrations whose `syncInterval` has elapsed.
     #[arg(long, env = "SYNC_SCHEDULER_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration, global = true)]
@@ -248,7 +253,12 @@ pub struct Settings {
     #[arg(long, env = "RETENTION_DAYS", default_value_t = 90, global = true)]
     pub retention_days: u32,
     /// Open WatchSyncJob streams one user may hold at once (more are RESOURCE_EXHAUSTED).
-    #[arg(long, env = "MAX_WATCH_STREAMS_PER_USER", default_value_t = 8, global = true)]
+    #[arg(
+        long,
+        env = "MAX_WATCH_STREAMS_PER_USER",
+        default_value_t = 8,
+        global = true
+    )]
     pub max_watch_streams_per_user: usize,
     /// Request budgets replacing the catalogue's, e.g. `hubspot=190/10s,mailchimp=10/1s`.
     #[arg(long, env = "RATE_LIMITS", global = true)]
@@ -895,7 +905,12 @@ impl Config {
             );
         }
         let mut zoho_accounts_servers = Vec::new();
-        for server in s.zoho_accounts_servers.split(',').map(str::trim).filter(|v| !v.is_empty()) {
+        for server in s
+            .zoho_accounts_servers
+            .split(',')
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+        {
             match parse_base_url(server) {
                 Ok(url) => zoho_accounts_servers.push(url),
                 Err(e) => problem("ZOHO_ACCOUNTS_SERVERS", format!("{server:?}: {e}")),

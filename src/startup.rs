@@ -356,8 +356,7 @@ async fn grpc_server(
 
     let auth = AuthInterceptor::new(verifier);
     let billing = BillingServiceServer::with_interceptor(BillingApi::new(billing), auth.clone());
-    let integrations =
-        IntegrationsServiceServer::with_interceptor(
+    let integrations = IntegrationsServiceServer::with_interceptor(
         IntegrationsApi::new(integrations, shutdown.clone()),
         auth,
     );

@@ -127,8 +127,17 @@ mod same_fields_tests {
             company: Some(" ".into()),
             ..RemoteContact::default()
         };
-        let stored = [Some("Ada".into()), Some("Lovelace".into()), None, None, None];
-        assert!(same_fields(&remote, &stored), "blank remote fields keep the local ones");
+        let stored = [
+            Some("Ada".into()),
+            Some("Lovelace".into()),
+            None,
+            None,
+            None,
+        ];
+        assert!(
+            same_fields(&remote, &stored),
+            "blank remote fields keep the local ones"
+        );
         let renamed = RemoteContact {
             first_name: Some("Augusta".into()),
             ..remote.clone()

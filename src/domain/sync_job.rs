@@ -242,7 +242,11 @@ mod tests {
             id: "a|b".into(),
         };
         assert_eq!(PushKey::decode(&key.encode()), Some(key.clone()));
-        assert_eq!(PushKey::decode("contact-17"), None, "an old id-only checkpoint");
+        assert_eq!(
+            PushKey::decode("contact-17"),
+            None,
+            "an old id-only checkpoint"
+        );
         assert!(PushKey::start() < key);
     }
 

@@ -16,14 +16,14 @@ use super::{
         sync_job_to_proto,
     },
     proto::integrations::{
-        CancelSyncJobRequest, CancelSyncJobResponse, ListSyncJobsRequest, ListSyncJobsResponse,
-        UpdateIntegrationRequest, UpdateIntegrationResponse,
-        CompleteOAuthRequest, CompleteOAuthResponse, ConnectIntegrationRequest,
-        ConnectIntegrationResponse, DisconnectIntegrationRequest, DisconnectIntegrationResponse,
-        GetSyncJobRequest, GetSyncJobResponse, ListIntegrationsRequest, ListIntegrationsResponse,
-        ListProvidersRequest, ListProvidersResponse, StartOAuthRequest, StartOAuthResponse,
-        SyncIntegrationRequest, SyncIntegrationResponse, WatchSyncJobRequest, WatchSyncJobResponse,
-        integrations_service_server::IntegrationsService,
+        CancelSyncJobRequest, CancelSyncJobResponse, CompleteOAuthRequest, CompleteOAuthResponse,
+        ConnectIntegrationRequest, ConnectIntegrationResponse, DisconnectIntegrationRequest,
+        DisconnectIntegrationResponse, GetSyncJobRequest, GetSyncJobResponse,
+        ListIntegrationsRequest, ListIntegrationsResponse, ListProvidersRequest,
+        ListProvidersResponse, ListSyncJobsRequest, ListSyncJobsResponse, StartOAuthRequest,
+        StartOAuthResponse, SyncIntegrationRequest, SyncIntegrationResponse,
+        UpdateIntegrationRequest, UpdateIntegrationResponse, WatchSyncJobRequest,
+        WatchSyncJobResponse, integrations_service_server::IntegrationsService,
     },
     store_status,
 };
@@ -277,7 +277,10 @@ impl IntegrationsService for IntegrationsApi {
         let integrations = Arc::clone(&self.integrations);
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
-            let crate::integrations::job_watch::JobWatch { mut changes, permit } = watch;
+            let crate::integrations::job_watch::JobWatch {
+                mut changes,
+                permit,
+            } = watch;
             let mut last = sync_job_to_proto(&first);
             let mut done = first.state.is_final();
             if tx

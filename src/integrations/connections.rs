@@ -140,7 +140,6 @@ impl Integrations {
         Ok(())
     }
 
-
     /// Changes the settings of a connected integration (interval, recurring direction, list,
     /// folder) without touching its credentials. The new settings replace the old ones whole.
     /// For an API-key provider, settings the provider checks (a list id) are checked with it
@@ -185,7 +184,8 @@ impl Integrations {
             .update_integration_settings(user, provider, &settings)
             .await?
             .ok_or_else(|| not_connected(provider))?;
-        self.schedule(&integration, integration.last_sync_at).await?;
+        self.schedule(&integration, integration.last_sync_at)
+            .await?;
         self.activity(
             user,
             Activity::new(

@@ -27,7 +27,10 @@ impl WatchLimits {
     }
 
     fn acquire(self: &Arc<Self>, user: &UserId) -> Result<WatchPermit, IntegrationError> {
-        let mut open = self.open.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut open = self
+            .open
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let count = open.entry(user.as_str().to_string()).or_default();
         if *count >= self.max_per_user {
             return Err(IntegrationError::ResourceExhausted(format!(

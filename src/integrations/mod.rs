@@ -110,9 +110,7 @@ impl IntegrationError {
             IntegrationError::FailedPrecondition(_) => "expired",
             IntegrationError::Unavailable(_)
             | IntegrationError::ResourceExhausted(_)
-            | IntegrationError::Store(_) => {
-                "temporarily_unavailable"
-            }
+            | IntegrationError::Store(_) => "temporarily_unavailable",
         }
     }
 }

@@ -388,7 +388,9 @@ impl OAuth {
             return Ok(());
         };
         let revoke = match (&app.revoke, accounts_server(credentials)) {
-            (Revocation::QueryPost(url), Some(server)) => Revocation::QueryPost(on_server(url, &server)),
+            (Revocation::QueryPost(url), Some(server)) => {
+                Revocation::QueryPost(on_server(url, &server))
+            }
             (other, _) => other.clone(),
         };
         let request = match &revoke {
@@ -414,12 +416,14 @@ impl OAuth {
                 // one would be refused and leave the refresh token alive, so get a fresh one.
                 let expired = expires_at(credentials).is_none_or(|at| at <= Utc::now());
                 let fresh = match credentials.get(keys::REFRESH_TOKEN) {
-                    Some(refresh) if expired => match self.refresh(provider, refresh, credentials).await {
-                        Ok(tokens) => Some(tokens.access_token),
-                        // The grant is already gone.
-                        Err(OAuthError::InvalidGrant(_)) => return Ok(()),
-                        Err(e) => return Err(e),
-                    },
+                    Some(refresh) if expired => {
+                        match self.refresh(provider, refresh, credentials).await {
+                            Ok(tokens) => Some(tokens.access_token),
+                            // The grant is already gone.
+                            Err(OAuthError::InvalidGrant(_)) => return Ok(()),
+                            Err(e) => return Err(e),
+                        }
+                    }
                     _ => None,
                 };
                 let access = fresh

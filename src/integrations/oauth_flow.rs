@@ -155,7 +155,11 @@ impl Integrations {
     /// tokens. The caller proves whose flow it is: `Caller::User` is the caller of
     /// CompleteOAuth (the state must be theirs); `Caller::Browser` is the browser callback,
     /// which must carry the cookie the start route set for this state.
-    pub async fn complete_oauth(&self, caller: FlowCaller<'_>, answer: ProviderAnswer<'_>) -> OAuthOutcome {
+    pub async fn complete_oauth(
+        &self,
+        caller: FlowCaller<'_>,
+        answer: ProviderAnswer<'_>,
+    ) -> OAuthOutcome {
         let ProviderAnswer {
             provider,
             state,
@@ -277,12 +281,14 @@ impl Integrations {
             .map_err(oauth_error)?;
         let mut credentials = tokens.apply_to(&Credentials::default());
         if let Some(server) = &accounts_server {
-            credentials = credentials.with(keys::ACCOUNTS_SERVER, &server.origin().ascii_serialization());
+            credentials = credentials.with(
+                keys::ACCOUNTS_SERVER,
+                &server.origin().ascii_serialization(),
+            );
         }
         self.save(&taken.user, taken.provider, &credentials, &taken.settings)
             .await
     }
-
 
     /// Binds the flow named by `state` to the browser opening the start URL, once, and says
     /// where to send it. A state that is unknown, expired or already opened is NOT_FOUND.
@@ -350,4 +356,3 @@ fn oauth_error(error: OAuthError) -> IntegrationError {
         OAuthError::Unavailable(reason) => IntegrationError::Unavailable(reason),
     }
 }
-

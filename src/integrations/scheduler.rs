@@ -45,7 +45,9 @@ pub async fn run(store: Arc<dyn Store>, config: SchedulerConfig, shutdown: Cance
                     tracing::info!(jobs, activity, "pruned old sync jobs and activity entries")
                 }
                 Ok(_) => {}
-                Err(e) => tracing::warn!(error = %error_chain(&e), "retention cannot reach the database"),
+                Err(e) => {
+                    tracing::warn!(error = %error_chain(&e), "retention cannot reach the database")
+                }
             }
         }
         tokio::select! {
@@ -57,7 +59,10 @@ pub async fn run(store: Arc<dyn Store>, config: SchedulerConfig, shutdown: Cance
 
 /// One scheduler tick: queues every due integration, a batch at a time. Returns how many
 /// were due.
-pub async fn tick(store: &dyn Store, config: &SchedulerConfig) -> Result<u64, crate::store::StoreError> {
+pub async fn tick(
+    store: &dyn Store,
+    config: &SchedulerConfig,
+) -> Result<u64, crate::store::StoreError> {
     let mut total = 0;
     // Bounded: a backlog larger than this waits for the next tick.
     for _ in 0..20 {

@@ -237,12 +237,10 @@ impl SyncWorker {
                         .broken(worker, job, &reason, IntegrationStatus::Error)
                         .await;
                 }
-                let end = JobEnd::Finished {
-                    state,
-                    at: now,
-                    error: None,
-                };
-                if !store.end_sync_job(&job.id, worker, &end).await? {
+                // The integration's watermark and last sync time first, while the job is still
+                // ours, so whoever sees the job finished sees them too.
+                if !self.still_ours(worker, job).await? {
+                    tracing::warn!("the job was taken over, canceled or deleted before it ended");
                     return Ok(());
                 }
                 if let Some(key) = progress
@@ -251,10 +249,20 @@ impl SyncWorker {
                     .and_then(|c| c.strip_prefix(PUSH_CHECKPOINT))
                     .and_then(PushKey::decode)
                 {
-                    store.advance_push_watermark(&job.integration_id, &key).await?;
+                    store
+                        .advance_push_watermark(&job.integration_id, &key)
+                        .await?;
                 }
                 store.record_sync_time(&job.integration_id, now).await?;
                 self.next_sync_after(job, now).await?;
+                let end = JobEnd::Finished {
+                    state,
+                    at: now,
+                    error: None,
+                };
+                if !store.end_sync_job(&job.id, worker, &end).await? {
+                    return Ok(());
+                }
                 metrics::counter!("sync_jobs_finished_total", "provider" => job.provider.as_str(), "state" => state.as_str())
                     .increment(1);
                 let (kind, message) = match state {
@@ -284,14 +292,24 @@ impl SyncWorker {
         Ok(())
     }
 
+    /// Whether the job is still this worker's (renewing its lease). The integration is
+    /// updated before the job is marked final, so whoever sees the job end sees its effects.
+    async fn still_ours(&self, worker: &str, job: &SyncJob) -> Result<bool, StoreError> {
+        self.store
+            .extend_lease(&job.id, worker, Utc::now() + self.lease())
+            .await
+    }
+
     /// Fails the job; the integration stays ACTIVE with the reason as its last error.
     async fn give_up(&self, worker: &str, job: &SyncJob, reason: &str) -> Result<(), StoreError> {
-        if self.fail(worker, job, reason).await? {
-            self.store
-                .set_integration_health(&job.integration_id, IntegrationStatus::Active, Some(reason))
-                .await?;
-            self.next_sync_after(job, Utc::now()).await?;
+        if !self.still_ours(worker, job).await? {
+            return Ok(());
         }
+        self.store
+            .set_integration_health(&job.integration_id, IntegrationStatus::Active, Some(reason))
+            .await?;
+        self.next_sync_after(job, Utc::now()).await?;
+        self.fail(worker, job, reason).await?;
         Ok(())
     }
 
@@ -303,10 +321,17 @@ impl SyncWorker {
         reason: &str,
         integration: IntegrationStatus,
     ) -> Result<(), StoreError> {
-        if self.fail(worker, job, reason).await? && integration != IntegrationStatus::Active {
-            self.store
-                .set_integration_health(&job.integration_id, integration, Some(reason))
-                .await?;
+        if integration == IntegrationStatus::Active {
+            self.fail(worker, job, reason).await?;
+            return Ok(());
+        }
+        if !self.still_ours(worker, job).await? {
+            return Ok(());
+        }
+        self.store
+            .set_integration_health(&job.integration_id, integration, Some(reason))
+            .await?;
+        if self.fail(worker, job, reason).await? {
             self.activity(
                 &job.user_id,
                 "integration.error",

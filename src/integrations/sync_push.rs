@@ -236,9 +236,7 @@ impl SyncWorker {
         }
         let landed: Vec<(String, String)> = sent
             .iter()
-            .filter(|c| {
-                !refused.contains(&c.email().unwrap_or_default().to_ascii_lowercase())
-            })
+            .filter(|c| !refused.contains(&c.email().unwrap_or_default().to_ascii_lowercase()))
             .map(|c| (c.id.clone(), c.fingerprint()))
             .collect();
         self.store

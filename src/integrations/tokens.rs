@@ -169,7 +169,11 @@ impl TokenKeeper {
                 )
                 .await);
         };
-        match self.oauth.refresh(provider, refresh_token, &credentials).await {
+        match self
+            .oauth
+            .refresh(provider, refresh_token, &credentials)
+            .await
+        {
             Ok(tokens) => {
                 let rotated = tokens.refresh_token.is_some();
                 let refreshed = tokens.apply_to(&credentials);

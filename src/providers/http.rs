@@ -260,12 +260,18 @@ mod tests {
             )
             .to_ascii_lowercase()
         };
-        assert_eq!(rate_limit_words(&body("userRateLimitExceeded")), (true, false));
+        assert_eq!(
+            rate_limit_words(&body("userRateLimitExceeded")),
+            (true, false)
+        );
         assert_eq!(rate_limit_words(&body("rateLimitExceeded")), (true, false));
         assert_eq!(rate_limit_words(&body("dailyLimitExceeded")), (true, true));
         assert_eq!(rate_limit_words(&body("quotaExceeded")), (true, true));
         let denied = r#"{"error":{"code":403,"message":"The user does not have sufficient permissions","errors":[{"reason":"insufficientPermissions"}]}}"#;
-        assert_eq!(rate_limit_words(&denied.to_ascii_lowercase()), (false, false));
+        assert_eq!(
+            rate_limit_words(&denied.to_ascii_lowercase()),
+            (false, false)
+        );
     }
 
     #[test]
@@ -280,7 +286,11 @@ mod tests {
             ("retry-after", "0.5", Some(Duration::from_millis(500))),
             ("retry-after", "soon", None),
             ("retry-after", "Fri, 31 Dec 9999 23:59:59 GMT", Some(max)),
-            ("retry-after", "Thu, 01 Jan 1970 00:00:00 GMT", Some(Duration::ZERO)),
+            (
+                "retry-after",
+                "Thu, 01 Jan 1970 00:00:00 GMT",
+                Some(Duration::ZERO),
+            ),
             ("x-ratelimit-reset", "99999999999999999999999", Some(max)),
             ("x-ratelimit-reset", "-1", Some(Duration::ZERO)),
         ] {

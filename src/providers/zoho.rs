@@ -175,8 +175,9 @@ impl ContactSource for Zoho {
         // The cursor is a page number, or `token:` and Zoho's page token.
         let (page_number, url) = match cursor.and_then(|c| c.strip_prefix("token:")) {
             Some(token) => {
-                let mut url = Url::parse(&self.url(&format!("/crm/v2/Contacts?per_page={PER_PAGE}")))
-                    .map_err(|e| ProviderError::Rejected(format!("bad Zoho URL: {e}")))?;
+                let mut url =
+                    Url::parse(&self.url(&format!("/crm/v2/Contacts?per_page={PER_PAGE}")))
+                        .map_err(|e| ProviderError::Rejected(format!("bad Zoho URL: {e}")))?;
                 url.query_pairs_mut().append_pair("page_token", token);
                 (None, url.to_string())
             }
@@ -230,7 +231,9 @@ impl ContactSource for Zoho {
             next: match (more, token, page_number) {
                 (false, _, _) => None,
                 (true, Some(token), _) => Some(format!("token:{token}")),
-                (true, None, Some(n)) if (n as u64 + 1) * (PER_PAGE as u64) <= PAGE_NUMBER_LIMIT => {
+                (true, None, Some(n))
+                    if (n as u64 + 1) * (PER_PAGE as u64) <= PAGE_NUMBER_LIMIT =>
+                {
                     Some((n + 1).to_string())
                 }
                 (true, None, _) => {

@@ -22,7 +22,10 @@ const COOKIE_MAX_AGE_SECS: u64 = crate::integrations::OAUTH_STATE_TTL.as_secs();
 /// that reports arriving from another site or from outside any page (`Sec-Fetch-Site:
 /// cross-site` or `none`: a link in an email, another site's page) is refused, so a start link
 /// sent to someone else cannot bind their browser.
-pub(super) async fn start(state: &SidecarState, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+pub(super) async fn start(
+    state: &SidecarState,
+    request: &Request<Incoming>,
+) -> Response<Full<Bytes>> {
     let flow_state = query_value(request, "state").unwrap_or_default();
     let fetch_site = request
         .headers()
@@ -57,13 +60,18 @@ pub(super) async fn start(state: &SidecarState, request: &Request<Incoming>) -> 
                         response.headers_mut().insert(header::SET_COOKIE, cookie);
                         response
                     }
-                    _ => text(StatusCode::INTERNAL_SERVER_ERROR, "cannot start the sign-in"),
+                    _ => text(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "cannot start the sign-in",
+                    ),
                 }
             }
             Err(e) => {
                 metrics::counter!("oauth_starts_total", "outcome" => e.code()).increment(1);
                 let status = match e {
-                    crate::integrations::IntegrationError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+                    crate::integrations::IntegrationError::Store(_) => {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    }
                     _ => StatusCode::BAD_REQUEST,
                 };
                 text(status, &e.to_string())
@@ -79,7 +87,10 @@ pub(super) async fn start(state: &SidecarState, request: &Request<Incoming>) -> 
 /// the browser holding its cookie, then sends the browser to its `redirect_after` with the
 /// outcome. A state that is unknown, used, malformed or not this browser's gets a plain 400
 /// page and nothing is stored: there is no trusted place to send the browser.
-pub(super) async fn callback(state: &SidecarState, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+pub(super) async fn callback(
+    state: &SidecarState,
+    request: &Request<Incoming>,
+) -> Response<Full<Bytes>> {
     let mut code = None;
     let mut flow_state = None;
     let mut denied = None;
@@ -153,7 +164,10 @@ pub(super) async fn callback(state: &SidecarState, request: &Request<Incoming>) 
 fn private(response: &mut Response<Full<Bytes>>) {
     let headers = response.headers_mut();
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
 }
 
 fn query_value(request: &Request<Incoming>, name: &str) -> Option<String> {

@@ -8,7 +8,11 @@
 macro_rules! job_select {
     ($text:literal) => {
         concat!(
-            "SELECT j.id", $text, " AS id, j.integration_id", $text, " AS integration_id, \
+            "SELECT j.id",
+            $text,
+            " AS id, j.integration_id",
+            $text,
+            " AS integration_id, \
              j.user_id, i.provider, j.direction, j.state, j.checkpoint, j.contacts_done, \
              j.contacts_total, j.contacts_skipped, j.skipped_reason, j.contacts_failed, \
              j.failures, j.last_error, j.attempts, j.max_attempts, j.next_attempt_at, \

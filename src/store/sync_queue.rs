@@ -41,8 +41,11 @@ pub trait SyncQueue: Send + Sync {
     ) -> Result<Vec<(PushKey, Contact)>, StoreError>;
 
     /// How many of the user's contacts lie after `after` in push order.
-    async fn contacts_changed_count(&self, user: &UserId, after: &PushKey)
-    -> Result<u64, StoreError>;
+    async fn contacts_changed_count(
+        &self,
+        user: &UserId,
+        after: &PushKey,
+    ) -> Result<u64, StoreError>;
 
     /// The key of the user's last contact in push order.
     async fn last_push_key(&self, user: &UserId) -> Result<Option<PushKey>, StoreError>;
@@ -67,8 +70,11 @@ pub trait SyncQueue: Send + Sync {
     ) -> Result<(), StoreError>;
 
     /// When the next automatic sync is due (kept only while the integration has an interval).
-    async fn set_next_sync(&self, integration_id: &str, next: DateTime<Utc>)
-    -> Result<(), StoreError>;
+    async fn set_next_sync(
+        &self,
+        integration_id: &str,
+        next: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
 
     /// Replaces the settings of the user's integration; `None` when it is not connected.
     async fn update_integration_settings(

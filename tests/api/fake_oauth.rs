@@ -606,7 +606,8 @@ impl Responder {
         match (method, path) {
             ("GET", p) if p == format!("{base}/query") => {
                 // Salesforce refuses request URIs longer than 16,384 bytes.
-                let uri_len = request.url.path().len() + request.url.query().map_or(0, |q| q.len() + 1);
+                let uri_len =
+                    request.url.path().len() + request.url.query().map_or(0, |q| q.len() + 1);
                 if uri_len > 16_384 {
                     s.problems.push(format!("request URI of {uri_len} bytes"));
                     return json_answer(
@@ -809,7 +810,10 @@ impl Responder {
                         Some(offset) => offset,
                         None => {
                             s.problems.push(format!("unknown page token {token}"));
-                            return json_answer(400, json!({"code": "INVALID_DATA", "status": "error", "message": "invalid page_token"}));
+                            return json_answer(
+                                400,
+                                json!({"code": "INVALID_DATA", "status": "error", "message": "invalid page_token"}),
+                            );
                         }
                     },
                     None if (page - 1) * size >= 2000 => {

@@ -456,8 +456,13 @@ impl Respond for Responder {
                         .iter()
                         .map(|(e, status)| json!({"id": "y", "email_address": e, "status": status, "merge_fields": {"FNAME": "Gone", "LNAME": "", "PHONE": ""}, "last_changed": "2024-06-01T00:00:00+00:00"}))
                         .collect();
-                    state.problems.push("members listed without status=subscribed".into());
-                    return error(200, json!({"members": others, "list_id": MAILCHIMP_LIST, "total_items": others.len()}));
+                    state
+                        .problems
+                        .push("members listed without status=subscribed".into());
+                    return error(
+                        200,
+                        json!({"members": others, "list_id": MAILCHIMP_LIST, "total_items": others.len()}),
+                    );
                 }
                 let offset: usize = query
                     .get("offset")

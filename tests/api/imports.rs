@@ -81,7 +81,8 @@ async fn add_local(app: &TestApp, user: &str, id: &str, email: &str, first: &str
 /// (lower-cased email, first name, last name) of the user's contacts, sorted.
 /// When each of the user's contacts was last written, in email order.
 async fn written_at(app: &TestApp, user: &str) -> Vec<String> {
-    let sql = "SELECT CAST(updated_at AS TEXT) FROM contacts WHERE user_id = $1 ORDER BY lower(email)";
+    let sql =
+        "SELECT CAST(updated_at AS TEXT) FROM contacts WHERE user_id = $1 ORDER BY lower(email)";
     match &app.pool {
         TestPool::Sqlite(pool) => sqlx::query_scalar(sql).bind(user).fetch_all(pool).await,
         TestPool::Postgres(pool) => sqlx::query_scalar(sql).bind(user).fetch_all(pool).await,
@@ -382,8 +383,16 @@ async fn both_directions_import_then_push_without_echo(backend: Backend) {
     let job = wait_for_job(&app, "ada", &job.id, Duration::from_secs(20)).await;
     assert_eq!(job.state(), SyncJobState::Succeeded, "{job:?}");
     assert_eq!(hubspot.import_requests(), 4);
-    assert_eq!(hubspot.pushed_emails().len(), 2, "an unchanged contact was pushed");
-    assert_eq!(written_at(&app, "ada").await, before, "an unchanged contact was rewritten");
+    assert_eq!(
+        hubspot.pushed_emails().len(),
+        2,
+        "an unchanged contact was pushed"
+    );
+    assert_eq!(
+        written_at(&app, "ada").await,
+        before,
+        "an unchanged contact was rewritten"
+    );
     hubspot.assert_no_problems();
     app.stop().await;
 }

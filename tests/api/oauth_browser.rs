@@ -32,7 +32,12 @@ fn redirect_after() -> String {
 }
 
 /// StartOAuth for `user`: the service's start URL.
-pub async fn start_url(app: &TestApp, user: &str, kind: OKind, settings: &[(&str, &str)]) -> String {
+pub async fn start_url(
+    app: &TestApp,
+    user: &str,
+    kind: OKind,
+    settings: &[(&str, &str)],
+) -> String {
     app.integrations()
         .await
         .start_o_auth(authed(
@@ -181,7 +186,11 @@ async fn a_callback_from_a_browser_without_the_flow_cookie_connects_nothing(back
 
     let victim = callback_with(&app, &[("code", &code), ("state", &state)], None).await;
     assert_eq!(victim.status, 400, "{}", victim.body);
-    assert!(victim.body.contains("browser that started it"), "{}", victim.body);
+    assert!(
+        victim.body.contains("browser that started it"),
+        "{}",
+        victim.body
+    );
     assert_eq!(victim.location, None);
     assert_eq!(victim.cache_control.as_deref(), Some("no-store"));
     // A made-up cookie is no better.
@@ -200,7 +209,11 @@ async fn a_callback_from_a_browser_without_the_flow_cookie_connects_nothing(back
     // The owner's browser can still finish its own flow.
     let owner = callback(&app, &[("code", &code), ("state", &state)]).await;
     assert_eq!(owner.status, 303, "{}", owner.body);
-    assert!(integration(&app, "attacker", OKind::Salesforce).await.is_some());
+    assert!(
+        integration(&app, "attacker", OKind::Salesforce)
+            .await
+            .is_some()
+    );
     assert_eq!(integration(&app, "victim", OKind::Salesforce).await, None);
     app.stop().await;
 }
@@ -232,7 +245,11 @@ async fn a_start_link_opened_from_another_site_or_twice_is_refused(backend: Back
         first.location
     );
     let second = open_start(&app, &start, &[("sec-fetch-site", "same-origin")]).await;
-    assert_eq!(second.status, 400, "a start link binds one browser: {}", second.body);
+    assert_eq!(
+        second.status, 400,
+        "a start link binds one browser: {}",
+        second.body
+    );
     assert_eq!(second.set_cookie, None);
     let made_up = open_start(
         &app,
@@ -273,12 +290,18 @@ async fn a_zoho_account_in_another_data_centre_connects_through_its_accounts_ser
     .await;
     assert_eq!(landing.status, 303, "{}", landing.body);
     assert!(
-        landing.location.as_deref().is_some_and(|l| l.contains("status=connected")),
+        landing
+            .location
+            .as_deref()
+            .is_some_and(|l| l.contains("status=connected")),
         "{:?}",
         landing.location
     );
     assert_eq!(eu.token_requests().len(), 1, "exchanged at the EU server");
-    assert!(us.token_requests().is_empty(), "never at the configured one");
+    assert!(
+        us.token_requests().is_empty(),
+        "never at the configured one"
+    );
     let stored = crate::oauth::stored_credentials(&app).await;
     assert_eq!(stored.get("accountsServer"), Some(eu.server_uri().as_str()));
 

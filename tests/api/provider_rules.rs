@@ -43,7 +43,11 @@ async fn mailchimp_never_resubscribes_and_imports_subscribed_members_only(backen
     let pushes = mailchimp.pushes();
     assert_eq!(pushes.len(), 1);
     assert_eq!(pushes[0].body["update_existing"], true);
-    for member in pushes[0].body["members"].as_array().cloned().unwrap_or_default() {
+    for member in pushes[0].body["members"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+    {
         assert_eq!(member["status_if_new"], "subscribed", "{member}");
         assert!(
             member.get("status").is_none(),
@@ -56,7 +60,8 @@ async fn mailchimp_never_resubscribes_and_imports_subscribed_members_only(backen
     assert_eq!(job.state(), SyncJobState::Succeeded, "{job:?}");
     assert_eq!(app.count("contacts", "email = 'sub@x.com'").await, 1);
     assert_eq!(
-        app.count("contacts", "email IN ('gone@x.com', 'bounced@x.com')").await,
+        app.count("contacts", "email IN ('gone@x.com', 'bounced@x.com')")
+            .await,
         0,
         "unsubscribed members were imported"
     );
@@ -75,12 +80,20 @@ async fn a_hubspot_batch_with_one_bad_address_lands_the_other_99(backend: Backen
     assert_eq!(job.state(), SyncJobState::Partial, "{job:?}");
     assert_eq!(job.contacts_failed, 1, "{job:?}");
     assert_eq!(job.failures[0].email, "contact42@example.com");
-    assert!(job.failures[0].message.contains("invalid email"), "{:?}", job.failures);
+    assert!(
+        job.failures[0].message.contains("invalid email"),
+        "{:?}",
+        job.failures
+    );
     let landed: HashSet<String> = hubspot.pushed_emails().into_iter().collect();
     assert_eq!(landed.len(), 99, "the other 99 landed");
     assert!(!landed.contains("contact42@example.com"));
     // Halving isolates one bad record in about 2 x log2(100) requests.
-    assert!(hubspot.push_requests() <= 16, "{} requests", hubspot.push_requests());
+    assert!(
+        hubspot.push_requests() <= 16,
+        "{} requests",
+        hubspot.push_requests()
+    );
     app.stop().await;
 }
 
@@ -94,7 +107,11 @@ async fn salesforce_lookups_of_long_addresses_stay_under_the_uri_limit(backend: 
     let job = sync(&app, "ada", Provider::Salesforce).await;
     assert_eq!(job.state(), SyncJobState::Succeeded, "{job:?}");
     assert_eq!(fake.records().len(), 200);
-    assert!(fake.lookup_requests() >= 2, "{} lookups", fake.lookup_requests());
+    assert!(
+        fake.lookup_requests() >= 2,
+        "{} lookups",
+        fake.lookup_requests()
+    );
     fake.assert_no_problems();
     app.stop().await;
 }
@@ -104,7 +121,14 @@ async fn a_zoho_import_of_2500_records_pages_past_2000(backend: Backend) {
     fake.set_import_page_size(200);
     fake.add_records(
         (0..2500)
-            .map(|i| record(&format!("z{i}@x.com"), "Zed", &i.to_string(), "2024-06-01T00:00:00Z"))
+            .map(|i| {
+                record(
+                    &format!("z{i}@x.com"),
+                    "Zed",
+                    &i.to_string(),
+                    "2024-06-01T00:00:00Z",
+                )
+            })
             .collect(),
     );
     let app = spawn_with_oauth(backend, &[&fake], &[]).await;
@@ -153,7 +177,12 @@ async fn formula_cells_in_the_contacts_file_are_neutralised(backend: Backend) {
     let mut reader = csv::Reader::from_reader(file.as_slice());
     let rows: Vec<Vec<String>> = reader
         .records()
-        .map(|r| r.unwrap_or_else(|e| panic!("{e}")).iter().map(str::to_string).collect())
+        .map(|r| {
+            r.unwrap_or_else(|e| panic!("{e}"))
+                .iter()
+                .map(str::to_string)
+                .collect()
+        })
         .collect();
     assert_eq!(rows.len(), 2);
     for cell in rows.iter().flatten() {
@@ -162,13 +191,25 @@ async fn formula_cells_in_the_contacts_file_are_neutralised(backend: Backend) {
             "a formula cell: {cell:?}"
         );
     }
-    let first = rows.iter().find(|r| r[0] == "f@x.com").cloned().unwrap_or_default();
+    let first = rows
+        .iter()
+        .find(|r| r[0] == "f@x.com")
+        .cloned()
+        .unwrap_or_default();
     assert_eq!(first[1], "'=HYPERLINK(\"http://evil.example\",\"Click\")");
     assert_eq!(first[2], "'+1+cmd|' /C calc'!A0");
     assert_eq!(first[3], "'-2+3");
     assert_eq!(first[4], "'+254 700 000000");
     assert_eq!(first[5], "'@SUM(A1:A9)");
-    let plain = rows.iter().find(|r| r[0] == "g@x.com").cloned().unwrap_or_default();
-    assert_eq!(plain[1..4], ["Plain", "Name", "A=B"], "ordinary text untouched");
+    let plain = rows
+        .iter()
+        .find(|r| r[0] == "g@x.com")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        plain[1..4],
+        ["Plain", "Name", "A=B"],
+        "ordinary text untouched"
+    );
     app.stop().await;
 }

@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use nexus_billing::grpc::proto::integrations::{
-    CancelSyncJobRequest, IntegrationStatus, ListSyncJobsRequest, Provider, SyncDirection,
-    SyncJob, SyncJobState, UpdateIntegrationRequest, WatchSyncJobRequest,
+    CancelSyncJobRequest, IntegrationStatus, ListSyncJobsRequest, Provider, SyncDirection, SyncJob,
+    SyncJobState, UpdateIntegrationRequest, WatchSyncJobRequest,
 };
 use tonic::Code;
 use wiremock::ResponseTemplate;
@@ -65,7 +65,10 @@ async fn a_hostile_retry_after_parks_the_job_and_the_server_keeps_serving(backen
         if job.state() == SyncJobState::Queued && !job.last_error.is_empty() {
             break job;
         }
-        assert!(tokio::time::Instant::now() < deadline, "never parked: {job:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never parked: {job:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let resume = parked.next_attempt_time.unwrap_or_default().seconds;
@@ -74,7 +77,10 @@ async fn a_hostile_retry_after_parks_the_job_and_the_server_keeps_serving(backen
         (now + 23 * 3600..=now + 24 * 3600 + 5).contains(&resume),
         "parked for a clamped day, not forever: resumes at {resume}, now {now}"
     );
-    assert_eq!(parked.attempts, 0, "a park gives the attempt back: {parked:?}");
+    assert_eq!(
+        parked.attempts, 0,
+        "a park gives the attempt back: {parked:?}"
+    );
     // The single worker loop is alive: another user's job runs to the end.
     let bob = start_sync(&mut client, "bob", Provider::Hubspot).await;
     let bob = finished(&app, "bob", &bob).await;
@@ -111,7 +117,11 @@ async fn a_job_claimed_with_its_attempts_spent_is_failed(backend: Backend) {
     let app = app.restart(&[]).await;
     let job = finished(&app, "ada", &job).await;
     assert_eq!(job.state(), SyncJobState::Failed, "{job:?}");
-    assert!(job.last_error.contains("gave up after"), "{}", job.last_error);
+    assert!(
+        job.last_error.contains("gave up after"),
+        "{}",
+        job.last_error
+    );
     assert_eq!(hubspot.push_requests(), 0, "it ran once more");
     app.stop().await;
 }
@@ -124,18 +134,36 @@ async fn a_push_sends_only_the_contacts_changed_since_the_last_one(backend: Back
     app.add_contacts("ada", 250).await;
     connect(&app, "ada", &hubspot).await;
     let mut client = app.integrations().await;
-    let first = finished(&app, "ada", &start_sync(&mut client, "ada", Provider::Hubspot).await).await;
+    let first = finished(
+        &app,
+        "ada",
+        &start_sync(&mut client, "ada", Provider::Hubspot).await,
+    )
+    .await;
     assert_eq!(first.state(), SyncJobState::Succeeded, "{first:?}");
     assert_eq!(hubspot.pushed_emails().len(), 250);
     assert_eq!(hubspot.push_requests(), 3);
 
-    let second = finished(&app, "ada", &start_sync(&mut client, "ada", Provider::Hubspot).await).await;
+    let second = finished(
+        &app,
+        "ada",
+        &start_sync(&mut client, "ada", Provider::Hubspot).await,
+    )
+    .await;
     assert_eq!(second.state(), SyncJobState::Succeeded, "{second:?}");
     assert_eq!((second.contacts_done, second.contacts_total), (0, 0));
-    assert_eq!(hubspot.push_requests(), 3, "a sync with nothing changed sent requests");
+    assert_eq!(
+        hubspot.push_requests(),
+        3,
+        "a sync with nothing changed sent requests"
+    );
 
     // Three contacts change (the card application moves updated_at).
-    for email in ["contact7@example.com", "contact123@example.com", "contact249@example.com"] {
+    for email in [
+        "contact7@example.com",
+        "contact123@example.com",
+        "contact249@example.com",
+    ] {
         exec!(
             &app.pool,
             "UPDATE contacts SET first_name = 'Changed', updated_at = $2 WHERE email = $1",
@@ -143,7 +171,12 @@ async fn a_push_sends_only_the_contacts_changed_since_the_last_one(backend: Back
             chrono::Utc::now()
         );
     }
-    let third = finished(&app, "ada", &start_sync(&mut client, "ada", Provider::Hubspot).await).await;
+    let third = finished(
+        &app,
+        "ada",
+        &start_sync(&mut client, "ada", Provider::Hubspot).await,
+    )
+    .await;
     assert_eq!(third.state(), SyncJobState::Succeeded, "{third:?}");
     assert_eq!(third.contacts_done, 3, "{third:?}");
     let pushes = hubspot.pushes();
@@ -152,10 +185,19 @@ async fn a_push_sends_only_the_contacts_changed_since_the_last_one(backend: Back
     sent.sort();
     assert_eq!(
         sent,
-        vec!["contact123@example.com", "contact249@example.com", "contact7@example.com"]
+        vec![
+            "contact123@example.com",
+            "contact249@example.com",
+            "contact7@example.com"
+        ]
     );
 
-    let full = finished(&app, "ada", &start_full_sync(&mut client, "ada", Provider::Hubspot).await).await;
+    let full = finished(
+        &app,
+        "ada",
+        &start_full_sync(&mut client, "ada", Provider::Hubspot).await,
+    )
+    .await;
     assert_eq!(full.state(), SyncJobState::Succeeded, "{full:?}");
     assert_eq!(hubspot.pushed_emails().len(), 250 + 3 + 250);
     hubspot.assert_no_problems();
@@ -163,7 +205,8 @@ async fn a_push_sends_only_the_contacts_changed_since_the_last_one(backend: Back
 }
 
 async fn active_jobs(app: &TestApp) -> i64 {
-    app.count("sync_jobs", "state IN ('queued', 'running')").await
+    app.count("sync_jobs", "state IN ('queued', 'running')")
+        .await
 }
 
 async fn wait_until<F, Fut>(what: &str, within: Duration, mut check: F)
@@ -186,31 +229,40 @@ async fn the_scheduler_queues_due_syncs_and_survives_a_crash_between_jobs(backen
     let app = spawn_with_fakes(backend, &[&zapier], &[]).await;
     app.add_contacts("ada", 20).await;
     let mut request = connect_request(&zapier);
-    request.settings.insert("syncInterval".into(), "3600".into());
+    request
+        .settings
+        .insert("syncInterval".into(), "3600".into());
     let mut client = app.integrations().await;
     client
         .connect_integration(authed(request, &token("ada")))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     // Connecting starts the first sync at once; the next is due in an hour.
-    wait_until("the first sync did not run", Duration::from_secs(20), || async {
-        app.count("sync_jobs", "state = 'succeeded'").await == 1
-    })
+    wait_until(
+        "the first sync did not run",
+        Duration::from_secs(20),
+        || async { app.count("sync_jobs", "state = 'succeeded'").await == 1 },
+    )
     .await;
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(active_jobs(&app).await, 0, "nothing is due for an hour");
     assert_eq!(zapier.pushed_emails().len(), 20);
 
     // The last job broke in a way that never reached its end (a crash), and the hour passed.
-    exec!(&app.pool, "UPDATE sync_jobs SET state = 'failed', last_error = 'worker died'");
+    exec!(
+        &app.pool,
+        "UPDATE sync_jobs SET state = 'failed', last_error = 'worker died'"
+    );
     exec!(
         &app.pool,
         "UPDATE integrations SET next_sync_at = $1",
         chrono::Utc::now() - chrono::Duration::seconds(1)
     );
-    wait_until("the scheduler did not queue the due sync", Duration::from_secs(20), || async {
-        app.count("sync_jobs", "state = 'succeeded'").await == 1
-    })
+    wait_until(
+        "the scheduler did not queue the due sync",
+        Duration::from_secs(20),
+        || async { app.count("sync_jobs", "state = 'succeeded'").await == 1 },
+    )
     .await;
     assert_eq!(app.count("sync_jobs", "").await, 2);
     let next: i64 = app
@@ -238,7 +290,11 @@ async fn the_scheduler_queues_due_syncs_and_survives_a_crash_between_jobs(backen
         chrono::Utc::now() - chrono::Duration::seconds(1)
     );
     tokio::time::sleep(Duration::from_millis(600)).await;
-    assert_eq!(active_jobs(&app).await, 1, "a second job beside an active one");
+    assert_eq!(
+        active_jobs(&app).await,
+        1,
+        "a second job beside an active one"
+    );
     let running = finished(&app, "ada", &running).await;
     assert_eq!(running.state(), SyncJobState::Succeeded, "{running:?}");
     app.stop().await;
@@ -252,20 +308,27 @@ async fn a_one_off_import_leaves_the_recurring_direction_alone(backend: Backend)
     let app = spawn_with_fakes(backend, &[&hubspot], &[]).await;
     app.add_contacts("ada", 3).await;
     let mut request = connect_request(&hubspot);
-    request.settings.insert("syncInterval".into(), "3600".into());
+    request
+        .settings
+        .insert("syncInterval".into(), "3600".into());
     let mut client = app.integrations().await;
     client
         .connect_integration(authed(request, &token("ada")))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    wait_until("the first sync did not run", Duration::from_secs(20), || async {
-        app.count("sync_jobs", "state = 'succeeded'").await == 1
-    })
+    wait_until(
+        "the first sync did not run",
+        Duration::from_secs(20),
+        || async { app.count("sync_jobs", "state = 'succeeded'").await == 1 },
+    )
     .await;
     let import = start_import(&app, "ada", Provider::Hubspot, SyncDirection::Import).await;
     let import = finished(&app, "ada", &import).await;
     assert_eq!(import.state(), SyncJobState::Succeeded, "{import:?}");
-    assert_eq!(app.count("integrations", "sync_direction = 'push'").await, 1);
+    assert_eq!(
+        app.count("integrations", "sync_direction = 'push'").await,
+        1
+    );
 
     let due = || async {
         exec!(
@@ -304,13 +367,22 @@ async fn a_one_off_import_leaves_the_recurring_direction_alone(backend: Backend)
         .into_inner()
         .integration
         .unwrap_or_default();
-    assert_eq!(updated.settings.get("syncDirection").map(String::as_str), Some("both"));
+    assert_eq!(
+        updated.settings.get("syncDirection").map(String::as_str),
+        Some("both")
+    );
     assert_eq!(updated.status(), IntegrationStatus::Active);
     assert_eq!(hubspot.verify_calls(), verify_calls);
     due().await;
-    wait_until("no scheduled sync after the update", Duration::from_secs(20), || async {
-        app.count("sync_jobs", "state = 'succeeded' AND direction = 'both'").await == 1
-    })
+    wait_until(
+        "no scheduled sync after the update",
+        Duration::from_secs(20),
+        || async {
+            app.count("sync_jobs", "state = 'succeeded' AND direction = 'both'")
+                .await
+                == 1
+        },
+    )
     .await;
     // A bad direction is refused, for a provider that cannot import too.
     let refused = client
@@ -348,7 +420,10 @@ async fn a_429_storm_ends_with_a_clear_reason(backend: Backend) {
     let app = spawn_with_fakes(
         backend,
         &[&hubspot],
-        &[("--sync-max-rate-limited", "3"), ("--sync-retry-max-delay", "400ms")],
+        &[
+            ("--sync-max-rate-limited", "3"),
+            ("--sync-retry-max-delay", "400ms"),
+        ],
     )
     .await;
     app.add_contacts("ada", 10).await;
@@ -365,7 +440,11 @@ async fn a_429_storm_ends_with_a_clear_reason(backend: Backend) {
     let job = start_sync(&mut app.integrations().await, "ada", Provider::Hubspot).await;
     let job = wait_for_job(&app, "ada", &job.id, Duration::from_secs(60)).await;
     assert_eq!(job.state(), SyncJobState::Failed, "{job:?}");
-    assert!(job.last_error.contains("kept limiting"), "{}", job.last_error);
+    assert!(
+        job.last_error.contains("kept limiting"),
+        "{}",
+        job.last_error
+    );
     assert!(job.attempts <= 1, "parks do not use attempts: {job:?}");
     // 4 parks x 3 tries each, then it stopped asking.
     let asked = hubspot.push_requests();
@@ -388,16 +467,26 @@ async fn a_list_that_does_not_exist_fails_the_job_and_the_integration(backend: B
     let app = spawn_with_fakes(backend, &[&sendgrid], &[]).await;
     app.add_contacts("ada", 30).await;
     connect(&app, "ada", &sendgrid).await;
-    sendgrid.script(vec![ResponseTemplate::new(400).set_body_json(serde_json::json!({
-        "errors": [{"field": "list_ids", "message": "list_ids: l2 does not exist"}]}))]);
+    sendgrid.script(vec![
+        ResponseTemplate::new(400).set_body_json(serde_json::json!({
+        "errors": [{"field": "list_ids", "message": "list_ids: l2 does not exist"}]})),
+    ]);
     let job = start_sync(&mut app.integrations().await, "ada", Provider::Sendgrid).await;
     let job = finished(&app, "ada", &job).await;
     assert_eq!(job.state(), SyncJobState::Failed, "{job:?}");
     assert_eq!(job.contacts_failed, 30);
-    assert!(job.last_error.contains("does not exist"), "{}", job.last_error);
+    assert!(
+        job.last_error.contains("does not exist"),
+        "{}",
+        job.last_error
+    );
     let integration = crate::integrations::list(&app, "ada").await;
     assert_eq!(integration[0].status(), IntegrationStatus::Error);
-    assert!(integration[0].last_error.contains("does not exist"), "{:?}", integration[0]);
+    assert!(
+        integration[0].last_error.contains("does not exist"),
+        "{:?}",
+        integration[0]
+    );
     app.stop().await;
 }
 
@@ -450,15 +539,19 @@ async fn old_jobs_and_activity_are_pruned(backend: Backend) {
     assert_eq!(app.count("sync_jobs", "").await, 1201);
     // Retention runs when the service starts, then hourly.
     let app = app.restart(&[("--sync-workers", "0")]).await;
-    wait_until("old rows were not pruned", Duration::from_secs(20), || async {
-        app.count("sync_jobs", "").await == 400 + 1
-    })
+    wait_until(
+        "old rows were not pruned",
+        Duration::from_secs(20),
+        || async { app.count("sync_jobs", "").await == 400 + 1 },
+    )
     .await;
     assert_eq!(app.count("sync_jobs", "state = 'queued'").await, 1);
     assert_eq!(app.count("sync_jobs", "state = 'failed'").await, 400);
-    wait_until("old activity was not pruned", Duration::from_secs(20), || async {
-        app.count("activity_logs", "kind = 'sync.succeeded'").await == 350
-    })
+    wait_until(
+        "old activity was not pruned",
+        Duration::from_secs(20),
+        || async { app.count("activity_logs", "kind = 'sync.succeeded'").await == 350 },
+    )
     .await;
     app.stop().await;
 }
@@ -470,7 +563,10 @@ async fn a_watch_stream_is_woken_by_the_change_and_streams_are_capped(backend: B
     let app = spawn_with_fakes(
         backend,
         &[&hubspot],
-        &[("--sync-workers", "0"), ("--max-watch-streams-per-user", "2")],
+        &[
+            ("--sync-workers", "0"),
+            ("--max-watch-streams-per-user", "2"),
+        ],
     )
     .await;
     connect(&app, "ada", &hubspot).await;
@@ -486,13 +582,24 @@ async fn a_watch_stream_is_woken_by_the_change_and_streams_are_capped(backend: B
                 .map(tonic::Response::into_inner)
         }
     };
-    let mut first = watch(job.id.clone()).await.unwrap_or_else(|e| panic!("{e}"));
-    let second = watch(job.id.clone()).await.unwrap_or_else(|e| panic!("{e}"));
+    let mut first = watch(job.id.clone())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let second = watch(job.id.clone())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let third = watch(job.id.clone()).await.err().map(|s| s.code());
-    assert_eq!(third, Some(Code::ResourceExhausted), "a third stream for one user");
+    assert_eq!(
+        third,
+        Some(Code::ResourceExhausted),
+        "a third stream for one user"
+    );
     // Another user is not limited by ada's streams.
     let other = client
-        .watch_sync_job(authed(WatchSyncJobRequest { id: job.id.clone() }, &token("bob")))
+        .watch_sync_job(authed(
+            WatchSyncJobRequest { id: job.id.clone() },
+            &token("bob"),
+        ))
         .await
         .err()
         .map(|s| s.code());
@@ -502,7 +609,10 @@ async fn a_watch_stream_is_woken_by_the_change_and_streams_are_capped(backend: B
 
     let canceled_at = tokio::time::Instant::now();
     client
-        .cancel_sync_job(authed(CancelSyncJobRequest { id: job.id.clone() }, &token("ada")))
+        .cancel_sync_job(authed(
+            CancelSyncJobRequest { id: job.id.clone() },
+            &token("ada"),
+        ))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let update = tokio::time::timeout(Duration::from_secs(5), first.message())
@@ -550,18 +660,26 @@ async fn jobs_are_listed_newest_first_and_a_running_one_can_be_canceled(backend:
     connect(&app, "ada", &hubspot).await;
     let mut client = app.integrations().await;
     let job = start_sync(&mut client, "ada", Provider::Hubspot).await;
-    wait_until("the job did not start pushing", Duration::from_secs(20), || async {
-        hubspot.push_requests() >= 1
-    })
+    wait_until(
+        "the job did not start pushing",
+        Duration::from_secs(20),
+        || async { hubspot.push_requests() >= 1 },
+    )
     .await;
     let denied = client
-        .cancel_sync_job(authed(CancelSyncJobRequest { id: job.id.clone() }, &token("bob")))
+        .cancel_sync_job(authed(
+            CancelSyncJobRequest { id: job.id.clone() },
+            &token("bob"),
+        ))
         .await
         .err()
         .map(|s| s.code());
     assert_eq!(denied, Some(Code::NotFound));
     let canceled = client
-        .cancel_sync_job(authed(CancelSyncJobRequest { id: job.id.clone() }, &token("ada")))
+        .cancel_sync_job(authed(
+            CancelSyncJobRequest { id: job.id.clone() },
+            &token("ada"),
+        ))
         .await
         .unwrap_or_else(|e| panic!("{e}"))
         .into_inner()
@@ -575,21 +693,35 @@ async fn jobs_are_listed_newest_first_and_a_running_one_can_be_canceled(backend:
         "kept pushing after the cancel: {at_cancel} -> {}",
         hubspot.push_requests()
     );
-    assert_eq!(job_now(&app, "ada", &job.id).await.state(), SyncJobState::Canceled);
+    assert_eq!(
+        job_now(&app, "ada", &job.id).await.state(),
+        SyncJobState::Canceled
+    );
     // Canceling again is fine; a finished job cannot be canceled.
     client
-        .cancel_sync_job(authed(CancelSyncJobRequest { id: job.id.clone() }, &token("ada")))
+        .cancel_sync_job(authed(
+            CancelSyncJobRequest { id: job.id.clone() },
+            &token("ada"),
+        ))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
 
     hubspot.delay_pushes(Duration::ZERO);
     let mut ids = vec![job.id.clone()];
     for _ in 0..4 {
-        let next = finished(&app, "ada", &start_full_sync(&mut client, "ada", Provider::Hubspot).await).await;
+        let next = finished(
+            &app,
+            "ada",
+            &start_full_sync(&mut client, "ada", Provider::Hubspot).await,
+        )
+        .await;
         ids.push(next.id);
     }
     let done = client
-        .cancel_sync_job(authed(CancelSyncJobRequest { id: ids[4].clone() }, &token("ada")))
+        .cancel_sync_job(authed(
+            CancelSyncJobRequest { id: ids[4].clone() },
+            &token("ada"),
+        ))
         .await
         .err()
         .map(|s| s.code());

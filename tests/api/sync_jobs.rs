@@ -507,7 +507,8 @@ async fn sync_interval_starts_a_sync_and_sets_the_next_one_an_interval_away(back
     assert_eq!(app.count("sync_jobs", "state = 'queued'").await, 0);
     let later = (chrono::Utc::now() + chrono::Duration::minutes(55)).format("%Y-%m-%dT%H:%M:%S");
     assert_eq!(
-        app.count("integrations", &format!("next_sync_at > '{later}'")).await,
+        app.count("integrations", &format!("next_sync_at > '{later}'"))
+            .await,
         1
     );
     // A sync asked for in between runs at once; nothing changed, so nothing is sent.
@@ -515,7 +516,11 @@ async fn sync_interval_starts_a_sync_and_sets_the_next_one_an_interval_away(back
     assert_eq!(next.state(), SyncJobState::Queued);
     let done = wait_for_job(&app, "ada", &next.id, Duration::from_secs(20)).await;
     assert_eq!(done.state(), SyncJobState::Succeeded);
-    assert_eq!(zapier.pushed_emails().len(), 20, "unchanged contacts were sent again");
+    assert_eq!(
+        zapier.pushed_emails().len(),
+        20,
+        "unchanged contacts were sent again"
+    );
     app.stop().await;
 }
 

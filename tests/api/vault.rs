@@ -23,8 +23,8 @@ use crate::{
     },
     helpers::{ALLOWED_ORIGIN, Backend, ENCRYPTION_KEY, JWT_SECRET, authed, token},
     integrations::{
-        connect, connect_request, get_job, is_final, provider_of, spawn_with_fakes, start_full_sync, start_sync,
-        wait_for_job,
+        connect, connect_request, get_job, is_final, provider_of, spawn_with_fakes,
+        start_full_sync, start_sync, wait_for_job,
     },
     oauth::REDIRECT_URI,
 };
@@ -324,7 +324,11 @@ async fn no_credential_reaches_the_logs_of_a_whole_sync_run() {
             .unwrap_or_default()
             .to_string()
     };
-    let cookie = header("set-cookie").split(';').next().unwrap_or_default().to_string();
+    let cookie = header("set-cookie")
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .to_string();
     let (code, state) = zoho.authorize(&header("location"), REDIRECT_URI);
     let callback = browser
         .get(format!(
