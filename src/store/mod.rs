@@ -5,6 +5,8 @@
 #[macro_use]
 mod shared;
 #[macro_use]
+pub mod contact_import;
+#[macro_use]
 mod integration_sql;
 #[macro_use]
 mod webhook_sql;
@@ -25,13 +27,14 @@ use crate::domain::{
     Usage, UserId,
     activity::Activity,
     catalogue::ProviderId,
-    contact::{Contact, ImportCounts, RemoteContact},
+    contact::Contact,
     integration::{Integration, IntegrationStatus},
     invoice::{Invoice, InvoiceStatus, StoredInvoice},
     subscription::{PaymentProvider, Subscription},
     sync_job::{Direction, JobProgress, JobState, SyncJob},
 };
 
+pub use contact_import::ContactImport;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 pub use sync_queue::{JobCursor, Pruned, SyncQueue};
@@ -86,7 +89,7 @@ impl StoreError {
 /// so one user's rows can never be read through another user's request.
 #[async_trait]
 pub trait Store:
-    BillingRecords + WebhookStore + IntegrationStore + SyncQueue + Send + Sync + 'static
+    BillingRecords + WebhookStore + IntegrationStore + SyncQueue + ContactImport + Send + Sync + 'static
 {
     /// Which database this is.
     fn backend(&self) -> Backend;
@@ -392,17 +395,6 @@ pub trait IntegrationStore: Send + Sync {
 
     /// Releases the lock if `owner` still holds it.
     async fn unlock_token_refresh(&self, id: &str, owner: &str) -> Result<(), StoreError>;
-
-    /// Stores one page of imported contacts in one transaction, matching by user and email
-    /// (case-insensitive): a match is updated unless it was edited here after the provider's
-    /// change; a new contact is added while the user has fewer than `limit` contacts.
-    async fn import_contacts(
-        &self,
-        user: &UserId,
-        contacts: &[RemoteContact],
-        limit: Option<u64>,
-        now: DateTime<Utc>,
-    ) -> Result<ImportCounts, StoreError>;
 }
 
 /// A started OAuth flow, kept until the provider sends the user back (or it expires).

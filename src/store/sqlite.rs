@@ -172,8 +172,8 @@ impl Store for SqliteStore {
 
 billing_tx!(SqliteTx, sqlx::Sqlite, lock: "", id_cast: "");
 billing_records!(SqliteStore);
-integration_store!(SqliteStore, id: "", text: "", skip_locked: "",
-    begin: "BEGIN IMMEDIATE", user_lock: "");
+integration_store!(SqliteStore, id: "", text: "", skip_locked: "");
+contact_import!(SqliteStore, begin: "BEGIN IMMEDIATE", user_lock: "");
 webhook_store!(SqliteStore);
 sync_queue!(SqliteStore, id: "", text: "",
     key: "strftime('%Y-%m-%dT%H:%M:%fZ', updated_at)",

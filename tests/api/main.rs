@@ -25,5 +25,6 @@ mod store_contract;
 mod subscription_lifecycle;
 mod sync_field;
 mod sync_jobs;
+mod sync_schedule;
 mod vault;
 mod webhooks;

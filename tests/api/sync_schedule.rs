@@ -1,0 +1,480 @@
+//! Scheduled and incremental syncs (issue 12): pushes send only what changed, the scheduler
+//! queues what is due whatever happened to the last job, the recurring direction is a setting,
+//! old jobs and activity are pruned, and WatchSyncJob is woken by changes. Each test fails on
+//! the code before that issue.
+
+use std::time::Duration;
+
+use nexus_billing::grpc::proto::integrations::{
+    CancelSyncJobRequest, IntegrationStatus, Provider, SyncDirection, SyncJob, SyncJobState,
+    UpdateIntegrationRequest, WatchSyncJobRequest,
+};
+use tonic::Code;
+
+use crate::{
+    exec,
+    fake_providers::{FakeProvider, Kind},
+    helpers::{Backend, TestApp, authed, token},
+    imports::start_import,
+    integrations::{
+        connect, connect_request, spawn_with_fakes, start_full_sync, start_sync, wait_for_job,
+    },
+};
+
+crate::on_both_backends!(
+    a_push_sends_only_the_contacts_changed_since_the_last_one,
+    the_scheduler_queues_due_syncs_and_survives_a_crash_between_jobs,
+    a_one_off_import_leaves_the_recurring_direction_alone,
+    old_jobs_and_activity_are_pruned,
+    a_watch_stream_is_woken_by_the_change_and_streams_are_capped,
+);
+
+async fn finished(app: &TestApp, user: &str, job: &SyncJob) -> SyncJob {
+    wait_for_job(app, user, &job.id, Duration::from_secs(30)).await
+}
+
+/// Every sync used to push every contact again. Now a push sends the contacts changed since
+/// the last successful one; `full` sends all.
+async fn a_push_sends_only_the_contacts_changed_since_the_last_one(backend: Backend) {
+    let hubspot = FakeProvider::start(Kind::Hubspot).await;
+    let app = spawn_with_fakes(backend, &[&hubspot], &[]).await;
+    app.add_contacts("ada", 250).await;
+    connect(&app, "ada", &hubspot).await;
+    let mut client = app.integrations().await;
+    let first = finished(
+        &app,
+        "ada",
+        &start_sync(&mut client, "ada", Provider::Hubspot).await,
+    )
+    .await;
+    assert_eq!(first.state(), SyncJobState::Succeeded, "{first:?}");
+    assert_eq!(hubspot.pushed_emails().len(), 250);
+    assert_eq!(hubspot.push_requests(), 3);
+
+    let second = finished(
+        &app,
+        "ada",
+        &start_sync(&mut client, "ada", Provider::Hubspot).await,
+    )
+    .await;
+    assert_eq!(second.state(), SyncJobState::Succeeded, "{second:?}");
+    assert_eq!((second.contacts_done, second.contacts_total), (0, 0));
+    assert_eq!(
+        hubspot.push_requests(),
+        3,
+        "a sync with nothing changed sent requests"
+    );
+
+    // Three contacts change (the card application moves updated_at).
+    for email in [
+        "contact7@example.com",
+        "contact123@example.com",
+        "contact249@example.com",
+    ] {
+        exec!(
+            &app.pool,
+            "UPDATE contacts SET first_name = 'Changed', updated_at = $2 WHERE email = $1",
+            email,
+            chrono::Utc::now()
+        );
+    }
+    let third = finished(
+        &app,
+        "ada",
+        &start_sync(&mut client, "ada", Provider::Hubspot).await,
+    )
+    .await;
+    assert_eq!(third.state(), SyncJobState::Succeeded, "{third:?}");
+    assert_eq!(third.contacts_done, 3, "{third:?}");
+    let pushes = hubspot.pushes();
+    assert_eq!(pushes.len(), 4, "one request for the three");
+    let mut sent = pushes[3].emails.clone();
+    sent.sort();
+    assert_eq!(
+        sent,
+        vec![
+            "contact123@example.com",
+            "contact249@example.com",
+            "contact7@example.com"
+        ]
+    );
+
+    let full = finished(
+        &app,
+        "ada",
+        &start_full_sync(&mut client, "ada", Provider::Hubspot).await,
+    )
+    .await;
+    assert_eq!(full.state(), SyncJobState::Succeeded, "{full:?}");
+    assert_eq!(hubspot.pushed_emails().len(), 250 + 3 + 250);
+    hubspot.assert_no_problems();
+    app.stop().await;
+}
+
+/// Recurring syncs used to be a chain (each finished job queued the next): a crash between the
+/// two ended them silently. Now the scheduler queues whatever is due, whatever happened to the
+/// last job, and never a second job beside an active one.
+async fn the_scheduler_queues_due_syncs_and_survives_a_crash_between_jobs(backend: Backend) {
+    let zapier = FakeProvider::start(Kind::Zapier).await;
+    let app = spawn_with_fakes(backend, &[&zapier], &[]).await;
+    app.add_contacts("ada", 20).await;
+    let mut request = connect_request(&zapier);
+    request
+        .settings
+        .insert("syncInterval".into(), "3600".into());
+    let mut client = app.integrations().await;
+    client
+        .connect_integration(authed(request, &token("ada")))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    // Connecting starts the first sync at once; the next is due in an hour.
+    wait_until(
+        "the first sync did not run",
+        Duration::from_secs(20),
+        || async { app.count("sync_jobs", "state = 'succeeded'").await == 1 },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(active_jobs(&app).await, 0, "nothing is due for an hour");
+    assert_eq!(zapier.pushed_emails().len(), 20);
+
+    // The last job broke in a way that never reached its end (a crash), and the hour passed.
+    exec!(
+        &app.pool,
+        "UPDATE sync_jobs SET state = 'failed', last_error = 'worker died'"
+    );
+    exec!(
+        &app.pool,
+        "UPDATE integrations SET next_sync_at = $1",
+        chrono::Utc::now() - chrono::Duration::seconds(1)
+    );
+    wait_until(
+        "the scheduler did not queue the due sync",
+        Duration::from_secs(20),
+        || async { app.count("sync_jobs", "state = 'succeeded'").await == 1 },
+    )
+    .await;
+    assert_eq!(app.count("sync_jobs", "").await, 2);
+    let next: i64 = app
+        .count(
+            "integrations",
+            &format!(
+                "next_sync_at > '{}'",
+                (chrono::Utc::now() + chrono::Duration::minutes(50)).format("%Y-%m-%dT%H:%M:%S")
+            ),
+        )
+        .await;
+    assert_eq!(next, 1, "the next sync is an interval away again");
+
+    // Due while a job is active: no second job.
+    zapier.delay_pushes(Duration::from_millis(1500));
+    exec!(
+        &app.pool,
+        "UPDATE contacts SET first_name = 'Changed', updated_at = $1",
+        chrono::Utc::now()
+    );
+    let running = start_sync(&mut client, "ada", Provider::Zapier).await;
+    exec!(
+        &app.pool,
+        "UPDATE integrations SET next_sync_at = $1",
+        chrono::Utc::now() - chrono::Duration::seconds(1)
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        active_jobs(&app).await,
+        1,
+        "a second job beside an active one"
+    );
+    let running = finished(&app, "ada", &running).await;
+    assert_eq!(running.state(), SyncJobState::Succeeded, "{running:?}");
+    app.stop().await;
+}
+
+/// A one-off IMPORT used to turn the recurring push into BOTH forever. The recurring direction
+/// is the `syncDirection` setting, changed only by UpdateIntegration (no reconnecting).
+async fn a_one_off_import_leaves_the_recurring_direction_alone(backend: Backend) {
+    let hubspot = FakeProvider::start(Kind::Hubspot).await;
+    hubspot.set_remote(&[("h1@x.com", "H", "One", "2024-06-01T00:00:00Z")]);
+    let app = spawn_with_fakes(backend, &[&hubspot], &[]).await;
+    app.add_contacts("ada", 3).await;
+    let mut request = connect_request(&hubspot);
+    request
+        .settings
+        .insert("syncInterval".into(), "3600".into());
+    let mut client = app.integrations().await;
+    client
+        .connect_integration(authed(request, &token("ada")))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    wait_until(
+        "the first sync did not run",
+        Duration::from_secs(20),
+        || async { app.count("sync_jobs", "state = 'succeeded'").await == 1 },
+    )
+    .await;
+    let import = start_import(&app, "ada", Provider::Hubspot, SyncDirection::Import).await;
+    let import = finished(&app, "ada", &import).await;
+    assert_eq!(import.state(), SyncJobState::Succeeded, "{import:?}");
+    assert_eq!(
+        app.count("integrations", "sync_direction = 'push'").await,
+        1
+    );
+
+    let due = || async {
+        exec!(
+            &app.pool,
+            "UPDATE integrations SET next_sync_at = $1",
+            chrono::Utc::now() - chrono::Duration::seconds(1)
+        );
+    };
+    due().await;
+    wait_until("no scheduled sync", Duration::from_secs(20), || async {
+        app.count("sync_jobs", "state = 'succeeded'").await == 3
+    })
+    .await;
+    assert_eq!(
+        app.count("sync_jobs", "direction = 'push'").await,
+        2,
+        "the scheduled sync after the import is a push"
+    );
+
+    // UpdateIntegration changes the recurring direction, without checking credentials again.
+    let verify_calls = hubspot.verify_calls();
+    let updated = client
+        .update_integration(authed(
+            UpdateIntegrationRequest {
+                provider: Provider::Hubspot.into(),
+                settings: [
+                    ("syncInterval".to_string(), "7200".to_string()),
+                    ("syncDirection".to_string(), "both".to_string()),
+                ]
+                .into(),
+            },
+            &token("ada"),
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_inner()
+        .integration
+        .unwrap_or_default();
+    assert_eq!(
+        updated.settings.get("syncDirection").map(String::as_str),
+        Some("both")
+    );
+    assert_eq!(updated.status(), IntegrationStatus::Active);
+    assert_eq!(hubspot.verify_calls(), verify_calls);
+    due().await;
+    wait_until(
+        "no scheduled sync after the update",
+        Duration::from_secs(20),
+        || async {
+            app.count("sync_jobs", "state = 'succeeded' AND direction = 'both'")
+                .await
+                == 1
+        },
+    )
+    .await;
+    // A bad direction is refused, for a provider that cannot import too.
+    let refused = client
+        .update_integration(authed(
+            UpdateIntegrationRequest {
+                provider: Provider::Hubspot.into(),
+                settings: [("syncDirection".to_string(), "sideways".to_string())].into(),
+            },
+            &token("ada"),
+        ))
+        .await
+        .err()
+        .map(|s| s.code());
+    assert_eq!(refused, Some(Code::InvalidArgument));
+    let missing = client
+        .update_integration(authed(
+            UpdateIntegrationRequest {
+                provider: Provider::Mailchimp.into(),
+                settings: Default::default(),
+            },
+            &token("ada"),
+        ))
+        .await
+        .err()
+        .map(|s| s.code());
+    assert_eq!(missing, Some(Code::NotFound));
+    app.stop().await;
+}
+
+/// Finished jobs and activity entries were kept forever. Now those older than RETENTION_DAYS
+/// go, in batches; recent ones and active jobs stay.
+async fn old_jobs_and_activity_are_pruned(backend: Backend) {
+    let hubspot = FakeProvider::start(Kind::Hubspot).await;
+    let app = spawn_with_fakes(backend, &[&hubspot], &[("--sync-workers", "0")]).await;
+    connect(&app, "ada", &hubspot).await;
+    let integration = crate::integrations::list(&app, "ada").await[0].id.clone();
+    let old = chrono::Utc::now() - chrono::Duration::days(100);
+    let recent = chrono::Utc::now() - chrono::Duration::days(10);
+    for i in 0..1200 {
+        let (state, finished_at) = match i % 3 {
+            0 => ("succeeded", Some(old)),
+            1 => ("failed", Some(recent)),
+            _ => ("canceled", Some(old)),
+        };
+        exec!(
+            &app.pool,
+            pg: "INSERT INTO sync_jobs (id, integration_id, user_id, direction, state, finished_at, created_at) \
+                 VALUES ($1::uuid, $2::uuid, 'ada', 'push', $3, $4, $5)",
+            sqlite: "INSERT INTO sync_jobs (id, integration_id, user_id, direction, state, finished_at, created_at) \
+                 VALUES ($1, $2, 'ada', 'push', $3, $4, $5)",
+            uuid::Uuid::new_v4().to_string(),
+            integration.clone(),
+            state,
+            finished_at,
+            old
+        );
+    }
+    // An old job still queued is not finished: it stays.
+    exec!(
+        &app.pool,
+        pg: "INSERT INTO sync_jobs (id, integration_id, user_id, direction, state, created_at) \
+             VALUES ($1::uuid, $2::uuid, 'ada', 'push', 'queued', $3)",
+        sqlite: "INSERT INTO sync_jobs (id, integration_id, user_id, direction, state, created_at) \
+             VALUES ($1, $2, 'ada', 'push', 'queued', $3)",
+        uuid::Uuid::new_v4().to_string(),
+        integration.clone(),
+        old
+    );
+    for i in 0..700 {
+        exec!(
+            &app.pool,
+            "INSERT INTO activity_logs (user_id, kind, message, created_at) VALUES ('ada', 'sync.succeeded', 'x', $1)",
+            if i % 2 == 0 { old } else { recent }
+        );
+    }
+    assert_eq!(app.count("sync_jobs", "").await, 1201);
+    // Retention runs when the service starts, then hourly.
+    let app = app.restart(&[("--sync-workers", "0")]).await;
+    wait_until(
+        "old rows were not pruned",
+        Duration::from_secs(20),
+        || async { app.count("sync_jobs", "").await == 400 + 1 },
+    )
+    .await;
+    assert_eq!(app.count("sync_jobs", "state = 'queued'").await, 1);
+    assert_eq!(app.count("sync_jobs", "state = 'failed'").await, 400);
+    wait_until(
+        "old activity was not pruned",
+        Duration::from_secs(20),
+        || async { app.count("activity_logs", "kind = 'sync.succeeded'").await == 350 },
+    )
+    .await;
+    app.stop().await;
+}
+
+/// WatchSyncJob used to poll the database 4 times a second per stream, with no cap. Now a
+/// change wakes it (its fallback look is 15 s away), and one user holds a bounded number.
+async fn a_watch_stream_is_woken_by_the_change_and_streams_are_capped(backend: Backend) {
+    let hubspot = FakeProvider::start(Kind::Hubspot).await;
+    let app = spawn_with_fakes(
+        backend,
+        &[&hubspot],
+        &[
+            ("--sync-workers", "0"),
+            ("--max-watch-streams-per-user", "2"),
+        ],
+    )
+    .await;
+    connect(&app, "ada", &hubspot).await;
+    let mut client = app.integrations().await;
+    let job = start_sync(&mut client, "ada", Provider::Hubspot).await;
+    let watcher = client.clone();
+    let watch = |id: String| {
+        let mut client = watcher.clone();
+        async move {
+            client
+                .watch_sync_job(authed(WatchSyncJobRequest { id }, &token("ada")))
+                .await
+                .map(tonic::Response::into_inner)
+        }
+    };
+    let mut first = watch(job.id.clone())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let second = watch(job.id.clone())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let third = watch(job.id.clone()).await.err().map(|s| s.code());
+    assert_eq!(
+        third,
+        Some(Code::ResourceExhausted),
+        "a third stream for one user"
+    );
+    // Another user is not limited by ada's streams.
+    let other = client
+        .watch_sync_job(authed(
+            WatchSyncJobRequest { id: job.id.clone() },
+            &token("bob"),
+        ))
+        .await
+        .err()
+        .map(|s| s.code());
+    assert_eq!(other, Some(Code::NotFound));
+    let now = first.message().await.ok().flatten().and_then(|m| m.job);
+    assert_eq!(now.map(|j| j.state()), Some(SyncJobState::Queued));
+
+    let canceled_at = tokio::time::Instant::now();
+    client
+        .cancel_sync_job(authed(
+            CancelSyncJobRequest { id: job.id.clone() },
+            &token("ada"),
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let update = tokio::time::timeout(Duration::from_secs(5), first.message())
+        .await
+        .unwrap_or_else(|_| panic!("the stream was not woken"))
+        .ok()
+        .flatten()
+        .and_then(|m| m.job);
+    assert_eq!(update.map(|j| j.state()), Some(SyncJobState::Canceled));
+    assert!(
+        canceled_at.elapsed() < Duration::from_secs(2),
+        "woken by polling, not by the change: {:?}",
+        canceled_at.elapsed()
+    );
+    // The stream ends after a final state, freeing its slot.
+    assert!(first.message().await.ok().flatten().is_none());
+    drop(first);
+    drop(second);
+    let job = start_sync(&mut client, "ada", Provider::Hubspot).await;
+    let mut opened = None;
+    for _ in 0..40 {
+        if let Ok(stream) = watch(job.id.clone()).await {
+            opened = Some(stream);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(opened.is_some(), "closed streams kept their slots");
+    // Stopping the service ends open streams (it does not wait for their jobs to finish).
+    let mut opened = opened.unwrap_or_else(|| unreachable!());
+    let _ = opened.message().await;
+    let stopping = tokio::spawn(app.stop());
+    let ended = tokio::time::timeout(Duration::from_secs(5), opened.message()).await;
+    assert!(ended.is_ok(), "an open stream held the shutdown");
+    stopping.await.unwrap_or_else(|e| panic!("{e}"));
+}
+
+async fn active_jobs(app: &TestApp) -> i64 {
+    app.count("sync_jobs", "state IN ('queued', 'running')")
+        .await
+}
+
+pub async fn wait_until<F, Fut>(what: &str, within: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
