@@ -71,6 +71,18 @@ async fn main() -> anyhow::Result<()> {
     let postgres = std::env::var("BENCH_DATABASE_URL").is_ok();
     let db = Database::create().await?;
     seed(&db.url, contacts).await?;
+    // The contacts were made long before their first sync (as in production): a sync does not
+    // look again at contacts written within seconds of its start.
+    let an_hour_ago = if postgres {
+        "now() - interval '1 hour'"
+    } else {
+        "strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-1 hours')"
+    };
+    execute(
+        &db.url,
+        &format!("UPDATE contacts SET updated_at = {an_hour_ago}"),
+    )
+    .await?;
     let hubspot = FakeProvider::start(Kind::Hubspot).await;
     let mut env = base_env(&db.url);
     env.push(("HUBSPOT_API_BASE".into(), hubspot.server.uri()));

@@ -27,6 +27,9 @@ use crate::{
 /// the job and frees the worker.
 pub(super) const MAX_INLINE_WAIT: Duration = Duration::from_secs(60);
 
+/// How far behind the push's start the watermark stays (see `settle`).
+const WATERMARK_LAG: chrono::Duration = chrono::Duration::seconds(5);
+
 /// How an attempt ended.
 pub(super) enum Outcome {
     /// Every contact was handled.
@@ -249,8 +252,14 @@ impl SyncWorker {
                     .and_then(|c| c.strip_prefix(PUSH_CHECKPOINT))
                     .and_then(PushKey::decode)
                 {
+                    // A contact written just before the push read its page may commit just
+                    // after: the watermark stays WATERMARK_LAG behind the push's start, so the
+                    // next push looks at it again (unchanged ones cost no provider request:
+                    // their fingerprints match).
+                    let started = job.started_at.unwrap_or(now);
+                    let lagging = store.push_key_at(started - WATERMARK_LAG);
                     store
-                        .advance_push_watermark(&job.integration_id, &key)
+                        .advance_push_watermark(&job.integration_id, &key.min(lagging))
                         .await?;
                 }
                 store.record_sync_time(&job.integration_id, now).await?;

@@ -112,10 +112,11 @@ impl SyncWorker {
                     Err(e) => return Ok(Some(self.outcome_of(e, job))),
                 }
             }
-            progress.contacts_done += contacts.len() as u64;
+            // Contacts already up to date at the provider are not this sync's work at all.
+            progress.contacts_done += contacts.len() as u64 - up_to_date;
+            progress.contacts_total = progress.contacts_total.saturating_sub(up_to_date);
             progress.add_skipped(without_email, "no email address");
             progress.add_skipped(duplicates, "email address repeated in a batch");
-            progress.add_skipped(up_to_date, "already up to date at the provider");
             progress.checkpoint = Some(format!("{PUSH_CHECKPOINT}{}", last.encode()));
             if !self.store.save_progress(&job.id, worker, progress).await? {
                 return Ok(Some(Outcome::LeaseLost));

@@ -197,5 +197,6 @@ contact_import!(PgStore, begin: "BEGIN", user_lock: "SELECT pg_advisory_xact_loc
 webhook_store!(PgStore);
 sync_queue!(PgStore, id: "::uuid", text: "::text",
     key: "to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+    key_format: "%Y-%m-%dT%H:%M:%S%.6fZ",
     order: "updated_at, id", key_param: "CAST($2 AS timestamptz)", begin: "BEGIN",
     schedule: [SCHEDULE_DUE_SYNCS]);

@@ -177,5 +177,6 @@ contact_import!(SqliteStore, begin: "BEGIN IMMEDIATE", user_lock: "");
 webhook_store!(SqliteStore);
 sync_queue!(SqliteStore, id: "", text: "",
     key: "strftime('%Y-%m-%dT%H:%M:%fZ', updated_at)",
+    key_format: "%Y-%m-%dT%H:%M:%S%.3fZ",
     order: "strftime('%Y-%m-%dT%H:%M:%fZ', updated_at), id", key_param: "$2",
     begin: "BEGIN IMMEDIATE", schedule: [QUEUE_DUE_SYNCS, BUMP_DUE_SYNCS]);

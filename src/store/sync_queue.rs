@@ -40,6 +40,9 @@ pub trait SyncQueue: Send + Sync {
         limit: u32,
     ) -> Result<Vec<(PushKey, Contact)>, StoreError>;
 
+    /// The push key of the instant `at` (before every contact changed at `at` or later).
+    fn push_key_at(&self, at: DateTime<Utc>) -> PushKey;
+
     /// How many of the user's contacts lie after `after` in push order.
     async fn contacts_changed_count(
         &self,

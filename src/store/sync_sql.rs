@@ -3,13 +3,15 @@
 //! - `key`: a contact's `updated_at` as text in one fixed form (the push key), and `order`, the
 //!   push order it is compared in. PostgreSQL compares the timestamp itself (its index serves
 //!   the row comparison); SQLite compares the normalised text, since the card application and
-//!   sqlx write timestamps in different text forms.
+//!   sqlx write timestamps in different text forms. `key_format` writes an instant in the same
+//!   form (microseconds on PostgreSQL, milliseconds on SQLite).
 //! - `schedule`: the statements of one scheduler pass (one CTE on PostgreSQL; an INSERT and an
 //!   UPDATE in one `BEGIN IMMEDIATE` transaction on SQLite).
 
 macro_rules! sync_queue {
-    ($name:ident, id: $id:literal, text: $text:literal, key: $key:literal, order: $order:literal,
-     key_param: $key_param:literal, begin: $begin:literal, schedule: [$($schedule:expr),+]) => {
+    ($name:ident, id: $id:literal, text: $text:literal, key: $key:literal, key_format: $key_format:literal,
+     order: $order:literal, key_param: $key_param:literal, begin: $begin:literal,
+     schedule: [$($schedule:expr),+]) => {
         const _: () = {
             use std::collections::BTreeMap;
 
@@ -66,6 +68,13 @@ macro_rules! sync_queue {
                             (PushKey { at, id: contact.id.clone() }, contact)
                         })
                         .collect())
+                }
+
+                fn push_key_at(&self, at: DateTime<Utc>) -> PushKey {
+                    PushKey {
+                        at: at.format($key_format).to_string(),
+                        id: String::new(),
+                    }
                 }
 
                 async fn contacts_changed_count(
