@@ -321,7 +321,12 @@ macro_rules! sync_queue {
                             concat!("$1", $id),
                             placeholders.join(", ")
                         ));
-                        let mut query = sqlx::query_as::<_, (String, String)>(sql).bind(integration_id);
+                        // Not prepared once and cached: a plan made while the table was
+                        // small (a sequential scan) would be kept as it grows, and every page
+                        // of a large push would read the whole table.
+                        let mut query = sqlx::query_as::<_, (String, String)>(sql)
+                            .persistent(false)
+                            .bind(integration_id);
                         for id in chunk {
                             query = query.bind(*id);
                         }
