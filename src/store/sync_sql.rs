@@ -51,21 +51,18 @@ macro_rules! sync_queue {
                         concat!($key, " AS push_at"),
                         $order
                     ));
-                    let rows: Vec<(String, ContactRow)> = sqlx::query_as::<_, KeyedContact>(sql)
+                    let rows: Vec<KeyedContact> = sqlx::query_as(sql)
                         .bind(user.as_str())
                         .bind(&after.at)
                         .bind(&after.id)
                         .bind(i64::from(limit))
                         .fetch_all(&self.pool)
-                        .await?
-                        .into_iter()
-                        .map(|row| (row.push_at, row.contact))
-                        .collect();
+                        .await?;
                     Ok(rows
                         .into_iter()
-                        .map(|(at, row)| {
-                            let contact = Contact::from(row);
-                            (PushKey { at, id: contact.id.clone() }, contact)
+                        .map(|row| {
+                            let contact = Contact::from(row.contact);
+                            (PushKey { at: row.push_at, id: contact.id.clone() }, contact)
                         })
                         .collect())
                 }
