@@ -29,6 +29,26 @@ crate::on_both_backends!(
     a_watch_stream_is_woken_by_the_change_and_streams_are_capped,
 );
 
+/// Connects `fake` for `user` with `syncInterval` an hour, and waits for the first sync (which
+/// connecting starts at once) to succeed.
+async fn connect_hourly(app: &TestApp, user: &str, fake: &FakeProvider) {
+    let mut request = connect_request(fake);
+    request
+        .settings
+        .insert("syncInterval".into(), "3600".into());
+    app.integrations()
+        .await
+        .connect_integration(authed(request, &token(user)))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    wait_until(
+        "the first sync did not run",
+        Duration::from_secs(20),
+        || async { app.count("sync_jobs", "state = 'succeeded'").await == 1 },
+    )
+    .await;
+}
+
 async fn finished(app: &TestApp, user: &str, job: &SyncJob) -> SyncJob {
     wait_for_job(app, user, &job.id, Duration::from_secs(30)).await
 }
@@ -118,22 +138,9 @@ async fn the_scheduler_queues_due_syncs_and_survives_a_crash_between_jobs(backen
     let zapier = FakeProvider::start(Kind::Zapier).await;
     let app = spawn_with_fakes(backend, &[&zapier], &[]).await;
     app.add_contacts("ada", 20).await;
-    let mut request = connect_request(&zapier);
-    request
-        .settings
-        .insert("syncInterval".into(), "3600".into());
     let mut client = app.integrations().await;
-    client
-        .connect_integration(authed(request, &token("ada")))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
     // Connecting starts the first sync at once; the next is due in an hour.
-    wait_until(
-        "the first sync did not run",
-        Duration::from_secs(20),
-        || async { app.count("sync_jobs", "state = 'succeeded'").await == 1 },
-    )
-    .await;
+    connect_hourly(&app, "ada", &zapier).await;
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(active_jobs(&app).await, 0, "nothing is due for an hour");
     assert_eq!(zapier.pushed_emails().len(), 20);
@@ -197,21 +204,8 @@ async fn a_one_off_import_leaves_the_recurring_direction_alone(backend: Backend)
     hubspot.set_remote(&[("h1@x.com", "H", "One", "2024-06-01T00:00:00Z")]);
     let app = spawn_with_fakes(backend, &[&hubspot], &[]).await;
     app.add_contacts("ada", 3).await;
-    let mut request = connect_request(&hubspot);
-    request
-        .settings
-        .insert("syncInterval".into(), "3600".into());
     let mut client = app.integrations().await;
-    client
-        .connect_integration(authed(request, &token("ada")))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    wait_until(
-        "the first sync did not run",
-        Duration::from_secs(20),
-        || async { app.count("sync_jobs", "state = 'succeeded'").await == 1 },
-    )
-    .await;
+    connect_hourly(&app, "ada", &hubspot).await;
     let import = start_import(&app, "ada", Provider::Hubspot, SyncDirection::Import).await;
     let import = finished(&app, "ada", &import).await;
     assert_eq!(import.state(), SyncJobState::Succeeded, "{import:?}");
