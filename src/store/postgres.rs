@@ -61,7 +61,8 @@ impl PgStore {
 /// Forwards `NOTIFY sync_jobs` to the in-process channel. After a lost connection it says
 /// `*` (something may have changed) and listens again.
 async fn listen_for_job_changes(pool: PgPool, changes: tokio::sync::broadcast::Sender<String>) {
-    loop {
+    // Ends with the store: a closed pool means the service is stopping.
+    while !pool.is_closed() {
         let mut listener = match sqlx::postgres::PgListener::connect_with(&pool).await {
             Ok(listener) => listener,
             Err(e) => {
@@ -84,6 +85,7 @@ async fn listen_for_job_changes(pool: PgPool, changes: tokio::sync::broadcast::S
                 Ok(None) => {
                     let _ = changes.send("*".into());
                 }
+                Err(_) if pool.is_closed() => return,
                 Err(e) => {
                     tracing::warn!(error = %crate::telemetry::error_chain(&e), "listening for sync job changes failed; reconnecting");
                     let _ = changes.send("*".into());
