@@ -26,8 +26,8 @@ use std::time::Instant;
 use fake_oauth::{FakeOAuth, OKind};
 use fake_providers::{FakeProvider, HUBSPOT_TOKEN, Kind};
 use nexus_billing::grpc::proto::integrations::{
-    ConnectIntegrationRequest, Provider, StartOAuthRequest, SyncDirection, SyncIntegrationRequest,
-    SyncJobState, integrations_service_client::IntegrationsServiceClient,
+    Provider, StartOAuthRequest, SyncDirection, SyncIntegrationRequest, SyncJobState,
+    integrations_service_client::IntegrationsServiceClient,
 };
 use support::{
     Database, USER, authed, base_env, execute, mint_token, peak_rss_mib, seed, serve, stop,
@@ -81,16 +81,7 @@ async fn import(contacts: usize) -> anyhow::Result<Measured> {
     let token = mint_token(&db.url)?;
     let result = async {
         let mut client = IntegrationsServiceClient::connect(format!("http://{grpc}")).await?;
-        client
-            .connect_integration(authed(
-                ConnectIntegrationRequest {
-                    provider: Provider::Hubspot.into(),
-                    credentials: [("accessToken".to_string(), HUBSPOT_TOKEN.to_string())].into(),
-                    settings: Default::default(),
-                },
-                &token,
-            )?)
-            .await?;
+        support::connect_hubspot(&mut client, &token, HUBSPOT_TOKEN).await?;
         let rss_before_mib = peak_rss_mib(child.id());
         let started = Instant::now();
         let job = client

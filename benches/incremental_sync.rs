@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use fake_providers::{FakeProvider, HUBSPOT_TOKEN, Kind};
 use nexus_billing::grpc::proto::integrations::{
-    ConnectIntegrationRequest, Provider, SyncIntegrationRequest, SyncJob, SyncJobState,
+    Provider, SyncIntegrationRequest, SyncJob, SyncJobState,
     integrations_service_client::IntegrationsServiceClient,
 };
 use support::{Database, authed, base_env, execute, mint_token, seed, serve, stop, wait_for_job};
@@ -91,16 +91,7 @@ async fn main() -> anyhow::Result<()> {
     let token = mint_token(&db.url)?;
     let result = async {
         let mut client = IntegrationsServiceClient::connect(format!("http://{grpc}")).await?;
-        client
-            .connect_integration(authed(
-                ConnectIntegrationRequest {
-                    provider: Provider::Hubspot.into(),
-                    credentials: [("accessToken".to_string(), HUBSPOT_TOKEN.to_string())].into(),
-                    settings: Default::default(),
-                },
-                &token,
-            )?)
-            .await?;
+        support::connect_hubspot(&mut client, &token, HUBSPOT_TOKEN).await?;
         println!(
             "incremental pushes of {contacts} contacts to a fake HubSpot on loopback ({})\n",
             if postgres { "PostgreSQL" } else { "SQLite" }

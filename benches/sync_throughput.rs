@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use fake_providers::{FakeProvider, HUBSPOT_TOKEN, Kind};
 use nexus_billing::grpc::proto::integrations::{
-    ConnectIntegrationRequest, Provider, SyncIntegrationRequest, SyncJobState,
+    Provider, SyncIntegrationRequest, SyncJobState,
     integrations_service_client::IntegrationsServiceClient,
 };
 use support::{
@@ -54,16 +54,7 @@ async fn run(contacts: usize, limited: bool) -> anyhow::Result<RunResult> {
     let token = mint_token(&db.url)?;
     let result = async {
         let mut client = IntegrationsServiceClient::connect(format!("http://{grpc}")).await?;
-        client
-            .connect_integration(authed(
-                ConnectIntegrationRequest {
-                    provider: Provider::Hubspot.into(),
-                    credentials: [("accessToken".to_string(), HUBSPOT_TOKEN.to_string())].into(),
-                    settings: Default::default(),
-                },
-                &token,
-            )?)
-            .await?;
+        support::connect_hubspot(&mut client, &token, HUBSPOT_TOKEN).await?;
         let rss_before_mib = peak_rss_mib(child.id());
         let started = Instant::now();
         let job = client

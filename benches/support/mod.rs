@@ -7,7 +7,7 @@ use std::{
 };
 
 use nexus_billing::grpc::proto::integrations::{
-    GetSyncJobRequest, SyncJob, SyncJobState,
+    ConnectIntegrationRequest, GetSyncJobRequest, Provider, SyncJob, SyncJobState,
     integrations_service_client::IntegrationsServiceClient,
 };
 use sqlx::{Connection, Executor, PgConnection, PgPool, SqlitePool};
@@ -182,6 +182,25 @@ pub fn authed<T>(message: T, token: &str) -> anyhow::Result<tonic::Request<T>> {
         .metadata_mut()
         .insert("authorization", format!("Bearer {token}").parse()?);
     Ok(request)
+}
+
+/// Connects HubSpot for the bench user with the private-app `access_token`.
+pub async fn connect_hubspot(
+    client: &mut IntegrationsServiceClient<Channel>,
+    token: &str,
+    access_token: &str,
+) -> anyhow::Result<()> {
+    client
+        .connect_integration(authed(
+            ConnectIntegrationRequest {
+                provider: Provider::Hubspot.into(),
+                credentials: [("accessToken".to_string(), access_token.to_string())].into(),
+                settings: Default::default(),
+            },
+            token,
+        )?)
+        .await?;
+    Ok(())
 }
 
 /// Runs one statement on the database.
