@@ -1,6 +1,7 @@
 //! Generates the gRPC code from `proto/` with protox (pure Rust, no `protoc` needed) and
 //! tonic-prost-build. The generated code and the encoded file descriptor set (for server
-//! reflection) stay in OUT_DIR.
+//! reflection) stay in OUT_DIR. Also lists the dashboard's built files (`web/dist`, committed)
+//! for `include_bytes!`, so the binary serves the dashboard with no Node on the machine.
 
 use std::{env, fs, path::PathBuf};
 
@@ -25,5 +26,57 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // RPCs a later issue implements answer UNIMPLEMENTED without hand-written stubs.
         .generate_default_stubs(true)
         .compile_fds(fds)?;
+
+    embed_dashboard(&out_dir)?;
+    Ok(())
+}
+
+/// Writes `dashboard_assets.rs`: `(url path, content type, bytes)` for every file of web/dist.
+fn embed_dashboard(out_dir: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=web/dist");
+    let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?).join("web/dist");
+    let mut files = Vec::new();
+    collect(&root, &mut files)?;
+    files.sort();
+    let mut code = String::from("pub static ASSETS: &[(&str, &str, &[u8])] = &[\n");
+    for file in &files {
+        let relative = file
+            .strip_prefix(&root)?
+            .to_str()
+            .ok_or("a dashboard file name is not UTF-8")?
+            .replace('\\', "/");
+        let content_type = match file.extension().and_then(|e| e.to_str()) {
+            Some("html") => "text/html; charset=utf-8",
+            Some("js") => "text/javascript; charset=utf-8",
+            Some("css") => "text/css; charset=utf-8",
+            Some("svg") => "image/svg+xml",
+            Some("json") => "application/json",
+            Some("png") => "image/png",
+            Some("woff2") => "font/woff2",
+            _ => "application/octet-stream",
+        };
+        code.push_str(&format!(
+            "    ({relative:?}, {content_type:?}, include_bytes!({:?})),\n",
+            file.display().to_string()
+        ));
+    }
+    code.push_str("];\n");
+    fs::write(out_dir.join("dashboard_assets.rs"), code)?;
+    Ok(())
+}
+
+fn collect(dir: &std::path::Path, files: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            println!("cargo:rerun-if-changed={}", path.display());
+            collect(&path, files)?;
+        } else {
+            files.push(path);
+        }
+    }
     Ok(())
 }

@@ -52,7 +52,7 @@ async fn main() -> ExitCode {
 async fn serve(config: Config) -> anyhow::Result<()> {
     let app = Application::build(config).await?;
     if let Some(token) = app.dev_token() {
-        print_dev_banner(&token, app.grpc_addr(), app.http_addr());
+        print_dev_banner(&token, app.grpc_addr(), app.http_addr(), &app.dashboard_url());
     }
     let stop = app.shutdown_token();
     tokio::spawn(async move {
@@ -195,12 +195,18 @@ fn token(
 /// Development only (JWT_SECRET unset): a ready-to-paste token and example calls. Written
 /// with errors ignored: a closed stdout (a supervisor that stopped reading) must not stop the
 /// server.
-fn print_dev_banner(token: &str, grpc: std::net::SocketAddr, http: std::net::SocketAddr) {
+fn print_dev_banner(
+    token: &str,
+    grpc: std::net::SocketAddr,
+    http: std::net::SocketAddr,
+    dashboard: &str,
+) {
     use std::io::Write;
     let banner = format!(
         "\n\
          Development token (user \"dev-user\", valid 24 h, this process only):\n\n\
          export TOKEN={token}\n\n\
+         Dashboard (sign in with the token above): {dashboard}\n\n\
          Try it:\n\
          grpcurl -plaintext -H \"authorization: Bearer $TOKEN\" {grpc} nexus.billing.v1.BillingService/ListPlans\n\
          grpcurl -plaintext -H \"authorization: Bearer $TOKEN\" {grpc} nexus.billing.v1.BillingService/GetUsage\n\

@@ -37,7 +37,7 @@ use crate::{
     },
     payments::{Gateways, PaymentGateway, stripe::StripeGateway},
     providers::{ProviderEndpoints, Providers, RateLimits},
-    sidecar::{self, SidecarState},
+    sidecar::{self, DASHBOARD_PATH, DashboardSettings, SidecarState},
     store::{self, Store},
     telemetry::request_span,
     vault::Vault,
@@ -50,6 +50,8 @@ pub const DEV_USER_ID: &str = "dev-user";
 /// ports are known before serving).
 pub struct Application {
     config: Config,
+    /// Browser origins allowed by CORS and as redirect targets.
+    origins: Vec<String>,
     store: Arc<dyn Store>,
     billing: Arc<Billing>,
     integrations: Arc<Integrations>,
@@ -65,20 +67,30 @@ impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         // Install the metrics recorder before anything can record.
         crate::metrics::handle();
+        let grpc_listener = TcpListener::bind(config.grpc_addr)
+            .await
+            .with_context(|| format!("cannot listen on GRPC_ADDR {}", config.grpc_addr))?;
+        let http_listener = TcpListener::bind(config.http_addr)
+            .await
+            .with_context(|| format!("cannot listen on HTTP_ADDR {}", config.http_addr))?;
+        // Known once bound (port 0 in tests): the dashboard's own origins are allowed.
+        let origins = config.browser_origins(http_listener.local_addr()?.port());
         let store = connect_store(&config).await?;
-        let billing = Arc::new(build_billing(&config, Arc::clone(&store))?);
+        let billing = Arc::new(build_billing(&config, &origins, Arc::clone(&store))?);
         let vault = Arc::new(build_vault(&config)?);
         let providers = Arc::new(build_providers(&config)?);
         let oauth =
             Arc::new(OAuth::new(&config.oauth, &config.endpoints).context("cannot set up OAuth")?);
-        let origins = config.allowed_origins.clone();
+        let redirect_origins = origins.clone();
         let integrations = Arc::new(Integrations::new(
             Arc::clone(&store),
             Arc::clone(&vault),
             Arc::clone(&providers),
             Arc::clone(&oauth),
             IntegrationsSettings {
-                redirect_allowed: Box::new(move |url: &str| is_allowed_redirect(&origins, url)),
+                redirect_allowed: Box::new(move |url: &str| {
+                    is_allowed_redirect(&redirect_origins, url)
+                }),
                 max_attempts: config.sync.max_attempts,
                 oauth_start_url: config.oauth.start_url.clone(),
                 zoho_accounts_servers: config.oauth.zoho_accounts_servers.clone(),
@@ -98,14 +110,9 @@ impl Application {
             config.webhooks.clone(),
         ));
         let verifier = Arc::new(JwtVerifier::new(&config.jwt)?);
-        let grpc_listener = TcpListener::bind(config.grpc_addr)
-            .await
-            .with_context(|| format!("cannot listen on GRPC_ADDR {}", config.grpc_addr))?;
-        let http_listener = TcpListener::bind(config.http_addr)
-            .await
-            .with_context(|| format!("cannot listen on HTTP_ADDR {}", config.http_addr))?;
         Ok(Self {
             config,
+            origins,
             store,
             billing,
             integrations,
@@ -122,6 +129,11 @@ impl Application {
         self.grpc_listener
             .local_addr()
             .unwrap_or(self.config.grpc_addr)
+    }
+
+    /// Where a browser finds the dashboard.
+    pub fn dashboard_url(&self) -> String {
+        dashboard_url(&self.config, self.http_addr())
     }
 
     pub fn http_addr(&self) -> SocketAddr {
@@ -159,6 +171,7 @@ impl Application {
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let Self {
             config,
+            origins,
             store,
             billing,
             integrations,
@@ -212,10 +225,15 @@ impl Application {
             integrations: Arc::clone(&integrations),
             webhook_max_body_bytes: config.webhook_max_body_bytes,
             secure_cookies: config.oauth.redirect_url.scheme() == "https",
+            dashboard: DashboardSettings {
+                grpc_web_url: config.dashboard_grpc_url.as_ref().map(|u| u.to_string()),
+                grpc_port: grpc_listener.local_addr()?.port(),
+                development: config.jwt.generated,
+            },
         });
         let (grpc_addr, http_addr) = (grpc_listener.local_addr()?, http_listener.local_addr()?);
         let grpc = grpc_server(
-            config.allowed_origins.clone(),
+            origins,
             integrations,
             billing,
             verifier,
@@ -223,7 +241,12 @@ impl Application {
             shutdown.clone(),
         );
         let http = sidecar::serve(http_listener, sidecar_state, shutdown.clone());
-        tracing::info!(%grpc_addr, %http_addr, "serving");
+        tracing::info!(
+            %grpc_addr,
+            %http_addr,
+            dashboard = %dashboard_url(&config, http_addr),
+            "serving"
+        );
 
         let grpc = tokio::spawn(grpc);
         let http = tokio::spawn(http);
@@ -254,10 +277,27 @@ impl Application {
     }
 }
 
+/// The dashboard's URL: on the public origin (OAUTH_REDIRECT_URL's) when one is configured,
+/// else on the bound address (`localhost` for a wildcard one).
+fn dashboard_url(config: &Config, http_addr: SocketAddr) -> String {
+    let public = config.oauth.redirect_url.origin().ascii_serialization();
+    let default_public = "http://localhost:3001";
+    if public != default_public || http_addr.port() == 3001 {
+        return format!("{public}{DASHBOARD_PATH}");
+    }
+    let host = if http_addr.ip().is_unspecified() || http_addr.ip().is_loopback() {
+        "localhost".to_string()
+    } else {
+        http_addr.ip().to_string()
+    };
+    format!("http://{host}:{}{DASHBOARD_PATH}", http_addr.port())
+}
+
 /// The billing use cases on their own (for one-off commands such as `reconcile`).
 pub async fn build_billing_only(config: &Config) -> anyhow::Result<(Billing, Arc<dyn Store>)> {
     let store = connect_store(config).await?;
-    Ok((build_billing(config, Arc::clone(&store))?, store))
+    let origins = config.browser_origins(config.http_addr.port());
+    Ok((build_billing(config, &origins, Arc::clone(&store))?, store))
 }
 
 /// The configured database, migrated.
@@ -276,7 +316,11 @@ async fn connect_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
 }
 
 /// The billing use cases with the configured payment gateways.
-fn build_billing(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Billing> {
+fn build_billing(
+    config: &Config,
+    origins: &[String],
+    store: Arc<dyn Store>,
+) -> anyhow::Result<Billing> {
     let stripe = match &config.stripe {
         Some(stripe) => {
             let gateway = StripeGateway::new(
@@ -289,7 +333,7 @@ fn build_billing(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Billi
         }
         None => None,
     };
-    let origins = config.allowed_origins.clone();
+    let origins = origins.to_vec();
     let redirect_allowed = Box::new(move |url: &str| is_allowed_redirect(&origins, url));
     Ok(Billing::new(
         store,

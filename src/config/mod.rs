@@ -117,8 +117,10 @@ pub struct Config {
     pub database_max_connections: u32,
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
-    /// Normalised origins (`scheme://host[:port]`).
+    /// Normalised origins (`scheme://host[:port]`), as configured; see [`Config::browser_origins`].
     pub allowed_origins: Vec<String>,
+    /// DASHBOARD_GRPC_URL.
+    pub dashboard_grpc_url: Option<Url>,
     pub log_format: LogFormat,
     pub log_level: String,
     pub jwt: JwtConfig,
@@ -556,6 +558,7 @@ impl Config {
             grpc_addr: s.grpc_addr,
             http_addr: s.http_addr,
             allowed_origins,
+            dashboard_grpc_url: s.dashboard_grpc_url,
             log_format: s.log_format,
             log_level: s.log_level,
             jwt,
@@ -583,6 +586,22 @@ impl Config {
     /// Whether `url` is absolute and on one of the allowed origins (the open-redirect guard).
     pub fn is_allowed_redirect(&self, url: &str) -> bool {
         is_allowed_redirect(&self.allowed_origins, url)
+    }
+
+    /// The origins browsers may call from (CORS) and be sent back to (checkout, OAuth): the
+    /// configured ALLOWED_ORIGINS, plus the dashboard's own origin, which is the sidecar's
+    /// public origin (OAUTH_REDIRECT_URL's), and in development the sidecar on `localhost`
+    /// and `127.0.0.1` at the port it is bound to, so the dashboard works out of the box.
+    pub fn browser_origins(&self, http_port: u16) -> Vec<String> {
+        let mut origins = self.allowed_origins.clone();
+        origins.push(self.oauth.redirect_url.origin().ascii_serialization());
+        if self.app_env != AppEnv::Production {
+            origins.push(format!("http://localhost:{http_port}"));
+            origins.push(format!("http://127.0.0.1:{http_port}"));
+        }
+        origins.sort();
+        origins.dedup();
+        origins
     }
 }
 

@@ -82,6 +82,10 @@ pub struct Settings {
     /// Unset in development: http://localhost:3000,http://127.0.0.1:3000.
     #[arg(long, env = "ALLOWED_ORIGINS", global = true)]
     pub allowed_origins: Option<String>,
+    /// The grpc-web URL the dashboard calls, when it is not the dashboard's own host on
+    /// GRPC_ADDR's port (e.g. gRPC behind a proxy on another name).
+    #[arg(long, env = "DASHBOARD_GRPC_URL", value_parser = parse_base_url, global = true)]
+    pub dashboard_grpc_url: Option<Url>,
     /// `text` (human-readable) or `json` log lines.
     #[arg(
         long,

@@ -1,5 +1,5 @@
-//! The HTTP sidecar (hyper): raw-body webhook routes, the OAuth callback, health, readiness
-//! and metrics.
+//! The HTTP sidecar (hyper): raw-body webhook routes, the OAuth callback, health, readiness,
+//! metrics and the dashboard.
 //!
 //! Webhooks need the exact bytes the provider signed, so the body is read raw, with a size cap,
 //! and never parsed or logged here.
@@ -26,8 +26,10 @@ use crate::{
     telemetry::{REQUEST_ID_HEADER, request_span},
 };
 
+mod dashboard;
 mod oauth;
 
+pub use dashboard::{DASHBOARD_PATH, DashboardSettings};
 pub use oauth::{OAUTH_CALLBACK, OAUTH_START};
 
 /// What the sidecar's routes need.
@@ -38,6 +40,7 @@ pub struct SidecarState {
     pub webhook_max_body_bytes: usize,
     /// Set the OAuth flow cookie with `Secure` (OAUTH_REDIRECT_URL is https).
     pub secure_cookies: bool,
+    pub dashboard: DashboardSettings,
 }
 
 /// How long shutdown waits for in-flight sidecar requests.
@@ -122,6 +125,7 @@ fn route_name(path: &str) -> &'static str {
         "/billing/webhook" => "/billing/webhook",
         OAUTH_CALLBACK => OAUTH_CALLBACK,
         OAUTH_START => OAUTH_START,
+        p if dashboard::owns(p) => "/dashboard",
         _ => "other",
     }
 }
@@ -153,6 +157,10 @@ async fn route_request(state: &SidecarState, request: Request<Incoming>) -> Resp
         (Method::GET, OAUTH_START) => oauth::start(state, &request).await,
         (_, OAUTH_START) => method_not_allowed("GET"),
         (_, "/healthz" | "/readyz" | "/metrics") => method_not_allowed("GET"),
+        (Method::GET | Method::HEAD, p) if dashboard::owns(p) => {
+            dashboard::serve(&state.dashboard, &request)
+        }
+        (_, p) if dashboard::owns(p) => method_not_allowed("GET"),
         _ => text(StatusCode::NOT_FOUND, "not found"),
     }
 }
