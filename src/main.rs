@@ -52,7 +52,12 @@ async fn main() -> ExitCode {
 async fn serve(config: Config) -> anyhow::Result<()> {
     let app = Application::build(config).await?;
     if let Some(token) = app.dev_token() {
-        print_dev_banner(&token, app.grpc_addr(), app.http_addr(), &app.dashboard_url());
+        print_dev_banner(
+            &token,
+            app.grpc_addr(),
+            app.http_addr(),
+            &app.dashboard_url(),
+        );
     }
     let stop = app.shutdown_token();
     tokio::spawn(async move {

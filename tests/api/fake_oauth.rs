@@ -185,53 +185,14 @@ impl FakeOAuth {
 
     /// Plays the browser at the provider: checks the authorization URL and issues a code.
     pub fn authorize(&self, authorization_url: &str, redirect_uri: &str) -> (String, String) {
-        let url = url::Url::parse(authorization_url).unwrap_or_else(|e| panic!("{e}"));
-        assert!(
-            authorization_url.starts_with(&format!("{}/authorize?", self.server.uri())),
-            "{authorization_url}"
-        );
-        let q: BTreeMap<String, String> = url.query_pairs().into_owned().collect();
-        assert_eq!(q.get("response_type").map(String::as_str), Some("code"));
-        assert_eq!(q.get("client_id").map(String::as_str), Some(CLIENT_ID));
-        assert_eq!(
-            q.get("redirect_uri").map(String::as_str),
-            Some(redirect_uri)
-        );
-        assert_eq!(
-            q.get("scope").map(String::as_str),
-            Some(self.kind.scope()),
-            "scopes"
-        );
-        let state = q.get("state").cloned().unwrap_or_default();
-        assert!(state.len() >= 32, "state too short: {state:?}");
-        match self.kind {
-            OKind::GoogleDrive | OKind::Zoho => {
-                assert_eq!(q.get("access_type").map(String::as_str), Some("offline"));
-                assert_eq!(q.get("prompt").map(String::as_str), Some("consent"));
-            }
-            OKind::Dropbox => assert_eq!(
-                q.get("token_access_type").map(String::as_str),
-                Some("offline")
-            ),
-            OKind::Salesforce => {}
-        }
-        let challenge = if self.kind.pkce() {
-            assert_eq!(
-                q.get("code_challenge_method").map(String::as_str),
-                Some("S256")
-            );
-            Some(q.get("code_challenge").cloned().unwrap_or_default())
-        } else {
-            assert!(!q.contains_key("code_challenge"));
-            None
-        };
-        let mut s = self.state();
-        s.issued += 1;
-        let code = format!("code-{}-{}", s.issued, uuid::Uuid::new_v4().simple());
-        s.codes
-            .insert(code.clone(), (challenge, redirect_uri.to_string()));
-        s.secrets.push(code.clone());
-        (code, state)
+        issue_code(
+            self.kind,
+            &self.server.uri(),
+            &self.state,
+            authorization_url,
+            Some(redirect_uri),
+        )
+        .unwrap_or_else(|problem| panic!("{problem}"))
     }
 
     /// Salesforce SOQL lookups answered.
@@ -384,6 +345,9 @@ impl Respond for Responder {
         }
         if method == "POST" && path == self.kind.revoke_path() {
             return self.revoke(request);
+        }
+        if method == "GET" && path == "/authorize" {
+            return consent_page(self.kind, &self.uri, &self.state, request);
         }
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let auth = header(request, "authorization");
@@ -999,4 +963,108 @@ fn multipart(request: &Request) -> Option<(Value, Vec<u8>)> {
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Checks an authorization URL the service built, as the provider would, and issues a code:
+/// (code, state). `redirect_uri`, when given, is the only one accepted.
+fn issue_code(
+    kind: OKind,
+    uri: &str,
+    state: &Mutex<State>,
+    authorization_url: &str,
+    redirect_uri: Option<&str>,
+) -> Result<(String, String), String> {
+    macro_rules! ensure {
+        ($ok:expr, $($why:tt)*) => { if !$ok { return Err(format!($($why)*)); } };
+    }
+    let url = url::Url::parse(authorization_url).map_err(|e| e.to_string())?;
+    ensure!(
+        authorization_url.starts_with(&format!("{uri}/authorize?")),
+        "{authorization_url}"
+    );
+    let q: BTreeMap<String, String> = url.query_pairs().into_owned().collect();
+    let get = |k: &str| q.get(k).map(String::as_str);
+    ensure!(get("response_type") == Some("code"), "response_type");
+    ensure!(get("client_id") == Some(CLIENT_ID), "client_id");
+    let redirect = get("redirect_uri").unwrap_or_default().to_string();
+    match redirect_uri {
+        Some(expected) => ensure!(redirect == expected, "redirect_uri {redirect}"),
+        None => ensure!(
+            redirect.ends_with("/integrations/oauth/callback"),
+            "redirect_uri {redirect}"
+        ),
+    }
+    ensure!(
+        get("scope") == Some(kind.scope()),
+        "scopes {:?}",
+        get("scope")
+    );
+    let flow_state = get("state").unwrap_or_default().to_string();
+    ensure!(flow_state.len() >= 32, "state too short: {flow_state:?}");
+    match kind {
+        OKind::GoogleDrive | OKind::Zoho => {
+            ensure!(get("access_type") == Some("offline"), "access_type");
+            ensure!(get("prompt") == Some("consent"), "prompt");
+        }
+        OKind::Dropbox => ensure!(
+            get("token_access_type") == Some("offline"),
+            "token_access_type"
+        ),
+        OKind::Salesforce => {}
+    }
+    let challenge = if kind.pkce() {
+        ensure!(
+            get("code_challenge_method") == Some("S256"),
+            "code_challenge_method"
+        );
+        Some(get("code_challenge").unwrap_or_default().to_string())
+    } else {
+        ensure!(!q.contains_key("code_challenge"), "unexpected PKCE");
+        None
+    };
+    let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
+    s.issued += 1;
+    let code = format!("code-{}-{}", s.issued, uuid::Uuid::new_v4().simple());
+    s.codes.insert(code.clone(), (challenge, redirect));
+    s.secrets.push(code.clone());
+    Ok((code, flow_state))
+}
+
+/// `GET /authorize` in a real browser: the provider's consent page, whose "Allow" sends the
+/// browser back to the redirect URI with a code.
+fn consent_page(
+    kind: OKind,
+    uri: &str,
+    state: &Mutex<State>,
+    request: &Request,
+) -> ResponseTemplate {
+    // wiremock names every request's host `localhost`: the URL as the browser opened it.
+    let opened = format!(
+        "{uri}{}?{}",
+        request.url.path(),
+        request.url.query().unwrap_or_default()
+    );
+    match issue_code(kind, uri, state, &opened, None) {
+        Ok((code, flow_state)) => {
+            let q: BTreeMap<String, String> = request.url.query_pairs().into_owned().collect();
+            let redirect = q.get("redirect_uri").cloned().unwrap_or_default();
+            let html = format!(
+                "<!doctype html><html lang=\"en\"><head><title>Allow Nexus Cards?</title></head><body>\
+                 <h1>Allow Nexus Cards to use your {kind:?} account?</h1>\
+                 <form method=\"get\" action=\"{redirect}\">\
+                 <input type=\"hidden\" name=\"code\" value=\"{code}\">\
+                 <input type=\"hidden\" name=\"state\" value=\"{flow_state}\">\
+                 <button type=\"submit\">Allow</button></form></body></html>"
+            );
+            ResponseTemplate::new(200).set_body_raw(html, "text/html; charset=utf-8")
+        }
+        Err(problem) => {
+            state
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .problems
+                .push(format!("authorize page: {problem}"));
+            ResponseTemplate::new(400).set_body_string(problem)
+        }
+    }
 }

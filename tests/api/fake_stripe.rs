@@ -27,6 +27,11 @@ pub const PRICE_PREMIUM: &str = "price_premium_test";
 
 const FIXTURES: &str = include_str!("../fixtures/stripe/fixtures.json");
 
+#[path = "fake_stripe_objects.rs"]
+mod objects;
+
+use objects::{invoice_object, merge, subscription_object};
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -67,6 +72,10 @@ struct State {
     /// Extra delay of GET answers (their state is taken when the request arrives).
     read_delay: std::time::Duration,
     refunds: Vec<HashMap<String, String>>,
+    /// Checkout sessions created (the session and the form that created it), by id.
+    sessions: HashMap<String, (Value, HashMap<String, String>)>,
+    /// Where session URLs point (a hosted checkout page the browser tests serve).
+    checkout_base: Option<String>,
 }
 
 /// The fake Stripe API.
@@ -168,6 +177,16 @@ impl FakeStripe {
     /// How many requests were answered 429.
     pub fn throttled(&self) -> u64 {
         lock(&self.state).throttled
+    }
+
+    /// Points checkout session URLs at `base` (`{base}/c/pay/{id}`) instead of Stripe's host.
+    pub fn set_checkout_base(&self, base: &str) {
+        lock(&self.state).checkout_base = Some(base.trim_end_matches('/').to_string());
+    }
+
+    /// A checkout session created through the API, with the form fields that created it.
+    pub fn checkout_session(&self, id: &str) -> Option<(Value, HashMap<String, String>)> {
+        lock(&self.state).sessions.get(id).cloned()
     }
 
     /// Refunds created (their form fields).
@@ -294,81 +313,6 @@ pub fn signature(body: &str, t: i64, secrets: &[&str]) -> String {
 /// Signs `body` now with the test secret.
 pub fn sign_now(body: &str) -> String {
     signature(body, chrono::Utc::now().timestamp(), &[WEBHOOK_SECRET])
-}
-
-fn merge(target: &mut Value, patch: Value) {
-    if let (Value::Object(t), Value::Object(p)) = (target, patch) {
-        for (k, v) in p {
-            t.insert(k, v);
-        }
-    }
-}
-
-fn subscription_object(fixtures: &Value, spec: &SubSpec<'_>) -> Value {
-    let mut sub = fixtures["subscription"].clone();
-    let mut item = fixtures["subscription_item"].clone();
-    let mut price = fixtures["price"].clone();
-    merge(&mut price, json!({ "id": spec.price }));
-    merge(
-        &mut item,
-        json!({
-            "id": format!("si_{}", spec.id),
-            "subscription": spec.id,
-            "price": price,
-            "current_period_start": spec.period_start,
-            "current_period_end": spec.period_end,
-            "quantity": 1,
-        }),
-    );
-    merge(
-        &mut sub,
-        json!({
-            "id": spec.id,
-            "customer": spec.customer,
-            "status": spec.status,
-            "cancel_at_period_end": spec.cancel_at_period_end,
-            "cancel_at": null,
-            "canceled_at": null,
-            "ended_at": null,
-            "latest_invoice": null,
-            "pending_update": null,
-            "schedule": null,
-            "trial_end": null,
-            "trial_start": null,
-            "metadata": {},
-            "items": { "object": "list", "data": [item], "has_more": false,
-                       "url": format!("/v1/subscription_items?subscription={}", spec.id) },
-        }),
-    );
-    sub
-}
-
-fn invoice_object(fixtures: &Value, spec: &InvoiceSpec<'_>) -> Value {
-    let mut invoice = fixtures["invoice"].clone();
-    merge(
-        &mut invoice,
-        json!({
-            "id": spec.id,
-            "customer": spec.customer,
-            "status": spec.status,
-            "amount_due": spec.amount_due,
-            "amount_paid": spec.amount_paid,
-            "amount_remaining": spec.amount_due - spec.amount_paid,
-            "currency": "usd",
-            "created": spec.created,
-            "period_start": spec.created - 30 * 86_400,
-            "period_end": spec.created,
-            "hosted_invoice_url": format!("https://invoice.stripe.test/i/{}", spec.id),
-            "invoice_pdf": format!("https://pay.stripe.test/invoice/{}/pdf", spec.id),
-            "billing_reason": "subscription_cycle",
-            "parent": {
-                "type": "subscription_details",
-                "quote_details": null,
-                "subscription_details": { "subscription": spec.subscription, "metadata": {} },
-            },
-        }),
-    );
-    invoice
 }
 
 fn error(status: u16, kind: &str, message: &str) -> ResponseTemplate {
@@ -513,7 +457,10 @@ impl Handler {
                     &mut session,
                     json!({
                         "id": id,
-                        "url": format!("https://checkout.stripe.test/c/pay/{id}"),
+                        "url": format!(
+                            "{}/c/pay/{id}",
+                            state.checkout_base.as_deref().unwrap_or("https://checkout.stripe.test")
+                        ),
                         "mode": form.get("mode"),
                         "status": "open",
                         "customer": form.get("customer"),
@@ -522,6 +469,7 @@ impl Handler {
                         "cancel_url": form.get("cancel_url"),
                     }),
                 );
+                state.sessions.insert(id, (session.clone(), form.clone()));
                 session
             }
             ("POST", ["v1", "billing_portal", "sessions"]) => {

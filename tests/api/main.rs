@@ -4,6 +4,7 @@
 
 mod auth;
 mod billing;
+mod browser;
 mod checkout;
 mod config;
 mod event_processing;

@@ -1,6 +1,27 @@
-// A modal dialog on the native <dialog> element: showModal() makes the rest of the page inert
-// (focus stays inside), Escape closes it, and focus returns to what opened it.
-import { useEffect, useId, useRef, type ReactNode } from "react";
+// A modal dialog on the native <dialog> element: showModal() makes the rest of the page inert,
+// Tab and Shift+Tab cycle inside it (they would otherwise reach the browser's own controls),
+// Escape closes it, and focus returns to what opened it.
+import { useEffect, useId, useRef, type KeyboardEvent, type ReactNode } from "react";
+
+const FOCUSABLE =
+  'button:not([disabled]), [href], input:not([disabled]):not([type="hidden"]), select:not([disabled]), textarea:not([disabled]), summary, [tabindex]:not([tabindex="-1"])';
+
+/** Keeps Tab inside `dialog`: from the last control to the first, and back. */
+function trapTab(event: KeyboardEvent<HTMLDialogElement>) {
+  if (event.key !== "Tab") return;
+  const items = [...event.currentTarget.querySelectorAll<HTMLElement>(FOCUSABLE)];
+  if (items.length === 0) return;
+  const first = items[0];
+  const last = items[items.length - 1];
+  const active = document.activeElement;
+  if (event.shiftKey && (active === first || !event.currentTarget.contains(active))) {
+    event.preventDefault();
+    last.focus();
+  } else if (!event.shiftKey && (active === last || !event.currentTarget.contains(active))) {
+    event.preventDefault();
+    first.focus();
+  }
+}
 
 interface Props {
   title: string;
@@ -26,6 +47,7 @@ export function Modal({ title, onClose, children }: Props) {
       ref={ref}
       className="modal"
       aria-labelledby={titleId}
+      onKeyDown={trapTab}
       onCancel={(event) => {
         event.preventDefault();
         onClose();

@@ -20,9 +20,7 @@ export function ProgressBar({ label, value, max, detail, unlimited }: Props) {
         <label htmlFor={id}>{label}</label>
         <span>{detail}</span>
       </div>
-      <progress id={id} className={`progress-${tone}`} value={unlimited ? 0 : Math.min(value, max)} max={unlimited ? 1 : Math.max(max, 1)}>
-        {detail}
-      </progress>
+      <progress id={id} className={`progress-${tone}`} value={unlimited ? 0 : Math.min(value, max)} max={unlimited ? 1 : Math.max(max, 1)} aria-valuetext={detail} />
     </div>
   );
 }

@@ -1,0 +1,68 @@
+//! The billing page's main flow: FREE -> checkout -> PRO -> cancel -> resume.
+
+use std::{sync::Arc, time::Duration};
+
+use nexus_billing::grpc::proto::billing::{GetSubscriptionRequest, Tier};
+
+use super::{
+    browser_available,
+    hosted_checkout::{HostedCheckout, spawn_courier},
+    run_scenario, spawn_for_browser,
+};
+use crate::{
+    fake_stripe::FakeStripe,
+    helpers::{authed, token},
+};
+
+/// Stripe's settings as owned pairs.
+pub fn stripe_settings(stripe: &FakeStripe) -> Vec<(String, String)> {
+    stripe
+        .settings()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_free_user_upgrades_to_pro_through_checkout_then_cancels_and_resumes() {
+    if !browser_available() {
+        return;
+    }
+    let stripe = Arc::new(FakeStripe::start().await);
+    // Stripe answers in 100-500 ms.
+    stripe.set_delay(Duration::from_millis(200));
+    let (_checkout, outbox) = HostedCheckout::start(Arc::clone(&stripe)).await;
+    let app = spawn_for_browser(&stripe_settings(&stripe)).await;
+    // The webhooks land 1.5 s after the browser is back: the page has to wait for them.
+    let courier = spawn_courier(
+        outbox,
+        app.http_url("/billing/webhook"),
+        Duration::from_millis(1500),
+    );
+    let user = "browser-upgrader";
+
+    run_scenario("billing-upgrade", &app, &[("TOKEN", token(user))]).await;
+
+    // One checkout session, then the cancel and the resume, each reached Stripe once.
+    assert_eq!(stripe.requests("POST", "/v1/checkout/sessions").len(), 1);
+    let changes: Vec<String> = stripe
+        .requests("POST", "/v1/subscriptions/")
+        .iter()
+        .filter_map(|r| r.form.get("cancel_at_period_end").cloned())
+        .collect();
+    assert_eq!(changes, ["true", "false"], "cancel then resume");
+    let sub = app
+        .billing()
+        .await
+        .get_subscription(authed(GetSubscriptionRequest {}, &token(user)))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_inner()
+        .subscription
+        .unwrap_or_else(|| panic!("no subscription"));
+    assert_eq!(sub.tier, i32::from(Tier::Pro));
+    assert!(!sub.cancel_at_period_end);
+    assert_eq!(app.count("invoices", "status = 'paid'").await, 1);
+    courier.abort();
+    app.stop().await;
+}

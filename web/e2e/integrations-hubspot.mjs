@@ -1,0 +1,60 @@
+// Connect HubSpot with a key (a rejected one first), sync with live progress to 100 %, change
+// the interval, disconnect.
+import assert from "node:assert/strict";
+import { checkLabels, signIn, toast } from "./lib.mjs";
+
+export default async function ({ page, env, shot, step }) {
+  await signIn(page, env, env.TOKEN, "integrations");
+  const card = page.locator('[data-provider="hubspot"]');
+  await card.getByRole("button", { name: "Connect HubSpot" }).click();
+  const dialog = page.getByRole("dialog");
+  const key = dialog.getByLabel("Private app access token");
+  assert.equal(await key.getAttribute("type"), "password", "the secret is typed in a password input");
+  await checkLabels(page);
+
+  step("a rejected key: the field shows HubSpot's reason");
+  await key.fill("pat-na1-not-a-real-token");
+  await dialog.getByRole("button", { name: "Connect", exact: true }).click();
+  await dialog.getByTestId("field-error").filter({ hasText: "Authentication credentials not found" }).waitFor();
+  assert.equal(await key.getAttribute("aria-invalid"), "true");
+  await shot("rejected-key");
+
+  step("the right key: Active");
+  await key.fill(env.HUBSPOT_TOKEN);
+  await dialog.getByRole("button", { name: "Connect", exact: true }).click();
+  await toast(page, "HubSpot is connected.");
+  await card.getByTestId("integration-status").filter({ hasText: "Active" }).waitFor();
+
+  step("sync: the progress bar moves to 100 %");
+  await card.getByRole("button", { name: "Sync HubSpot now" }).click();
+  const seen = new Set();
+  const deadline = Date.now() + 30000;
+  for (;;) {
+    const text = await card.getByTestId("sync-percent").textContent().catch(() => null);
+    if (text) seen.add(text);
+    if (text === "100 %") break;
+    assert.ok(Date.now() < deadline, `the sync did not finish; seen ${[...seen]}`);
+    await page.waitForTimeout(50);
+  }
+  const between = [...seen].filter((t) => t !== "0 %" && t !== "100 %");
+  assert.ok(between.length > 0, `no progress between 0 and 100 %: ${[...seen]}`);
+  console.log(`  progress seen: ${[...seen].join(", ")}`);
+  await card.getByTestId("sync-result").filter({ hasText: `${env.CONTACTS} of ${env.CONTACTS} contacts synced` }).waitFor();
+  await card.getByTestId("last-sync").filter({ hasText: "Last synced" }).waitFor();
+  await shot("synced");
+
+  step("change the interval");
+  await card.getByRole("button", { name: "HubSpot settings" }).click();
+  await dialog.getByLabel("Sync every (seconds)").fill("3600");
+  await dialog.getByRole("button", { name: "Save" }).click();
+  await toast(page, "HubSpot settings saved.");
+  await card.getByRole("button", { name: "HubSpot settings" }).click();
+  assert.equal(await dialog.getByLabel("Sync every (seconds)").inputValue(), "3600");
+  await dialog.getByRole("button", { name: "Cancel" }).click();
+
+  step("disconnect");
+  await card.getByRole("button", { name: "Disconnect HubSpot" }).click();
+  await page.getByRole("dialog").getByRole("button", { name: "Disconnect", exact: true }).click();
+  await toast(page, "HubSpot is disconnected.");
+  await card.getByRole("button", { name: "Connect HubSpot" }).waitFor();
+}
