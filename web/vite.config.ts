@@ -6,6 +6,13 @@ import react from "@vitejs/plugin-react";
 export default defineConfig({
   base: "/dashboard/",
   plugins: [react()],
+  // `npm run dev`: the page at http://localhost:5173/dashboard/ asks the service started with
+  // `cargo run` (sidecar on :3001) where its gRPC port is; CORS allows this origin in development.
+  server: {
+    port: 5173,
+    strictPort: true,
+    proxy: { "/dashboard/config.json": "http://localhost:3001", "/icons": "http://localhost:3001" },
+  },
   build: {
     outDir: "dist",
     emptyOutDir: true,

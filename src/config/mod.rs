@@ -174,7 +174,9 @@ pub struct SyncConfig {
     pub max_watch_streams_per_user: usize,
 }
 
-const DEV_ORIGINS: &str = "http://localhost:3000,http://127.0.0.1:3000";
+/// The card app's and the dashboard's development servers (`npm run dev` in web/).
+const DEV_ORIGINS: &str =
+    "http://localhost:3000,http://127.0.0.1:3000,http://localhost:5173,http://127.0.0.1:5173";
 
 impl Config {
     /// Validates the settings and applies the development fallbacks (which may create DATA_DIR,

@@ -79,7 +79,8 @@ pub struct Settings {
     )]
     pub http_addr: SocketAddr,
     /// Comma-separated browser origins allowed by CORS and as redirect targets.
-    /// Unset in development: http://localhost:3000,http://127.0.0.1:3000.
+    /// Unset in development: http://localhost:3000 and :5173 (and their 127.0.0.1 forms). The
+    /// dashboard's own origin is always allowed (see README, "The dashboard").
     #[arg(long, env = "ALLOWED_ORIGINS", global = true)]
     pub allowed_origins: Option<String>,
     /// The grpc-web URL the dashboard calls, when it is not the dashboard's own host on

@@ -3,7 +3,7 @@ import { useEffect, useState } from "react";
 import type { Invoice } from "../gen/nexus/billing/v1/billing_pb";
 import { Badge } from "../components/Badge";
 import { useSession } from "../context";
-import { date, money } from "../format";
+import { money, shortDate } from "../format";
 import { invoiceLabel } from "./labels";
 
 const PAGE_SIZE = 10;
@@ -71,7 +71,7 @@ export function InvoiceList({ version }: { version: number }) {
             <tbody>
               {invoices.map((invoice) => {
                 const [label, tone] = invoiceLabel(invoice.status);
-                const when = date(invoice.createTime ?? invoice.periodEnd);
+                const when = shortDate(invoice.createTime ?? invoice.periodEnd);
                 return (
                   <tr key={invoice.id}>
                     <td>{when}</td>

@@ -6,7 +6,7 @@ import { ConfirmDialog } from "../components/Modal";
 import { useToast } from "../components/Toasts";
 import { BILLING_PATH } from "../paths";
 import { useSession } from "../context";
-import { date, limit, money } from "../format";
+import { count, date, money } from "../format";
 import { hasPaidSubscription, rememberCheckout } from "./checkoutReturn";
 import { TIER_ORDER, tierName } from "./labels";
 
@@ -73,8 +73,8 @@ export function TierCards({ plans, subscription, disabled, onChanged }: Props) {
               </p>
               {l && (
                 <ul className="limits">
-                  <li>{limit(l.cards)} cards</li>
-                  <li>{limit(l.contacts)} contacts</li>
+                  <li>{count(l.cards, "card")}</li>
+                  <li>{count(l.contacts, "contact")}</li>
                   <li>
                     {Number(l.analyticsRetentionDays) < 0 ? "Unlimited" : `${l.analyticsRetentionDays} days of`} analytics
                   </li>

@@ -57,7 +57,7 @@ export function ProviderCard({ provider, integration, onChanged }: Props) {
       </div>
       <p className="description">{provider.description}</p>
       {!provider.available && (
-        <p className="unavailable">Not available: {provider.unavailableReason || "not configured on this service"}.</p>
+        <p className="unavailable">Not available: {(provider.unavailableReason || "not configured on this service").replace(/\.$/, "")}.</p>
       )}
       {integration && (
         <p className="last-sync" data-testid="last-sync">
