@@ -86,3 +86,45 @@ fn secrets_are_redacted_in_debug() {
     let jwt = JwtKey::Hmac("super-secret-value".to_string().into());
     assert!(!format!("{jwt:?}").contains("super-secret-value"));
 }
+
+fn config_from(args: &[&str]) -> Config {
+    let mut all = vec![
+        "nexus-billing".to_string(),
+        format!("--encryption-key={}", "ab".repeat(32)),
+        format!("--jwt-secret={}", "s".repeat(40)),
+    ];
+    all.extend(args.iter().map(|a| a.to_string()));
+    let settings = <crate::cli::Cli as clap::Parser>::try_parse_from(all)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .settings;
+    Config::from_settings(settings).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn the_dashboards_own_origin_is_allowed_and_loopback_only_in_development() {
+    let dev = config_from(&["--allowed-origins=https://app.example.com"]);
+    let origins = dev.browser_origins(3999);
+    for origin in [
+        "https://app.example.com",
+        "http://localhost:3001",
+        "http://localhost:3999",
+        "http://127.0.0.1:3999",
+    ] {
+        assert!(
+            origins.iter().any(|o| o == origin),
+            "{origin} in {origins:?}"
+        );
+    }
+
+    let production = config_from(&[
+        "--app-env=production",
+        "--database-url=postgres://db.internal/nexus",
+        "--allowed-origins=https://app.example.com",
+        "--oauth-redirect-url=https://billing.example.com/integrations/oauth/callback",
+    ]);
+    assert_eq!(
+        production.browser_origins(3001),
+        ["https://app.example.com", "https://billing.example.com"],
+        "production: the configured origins and the dashboard's public origin, no loopback"
+    );
+}

@@ -7,6 +7,7 @@ mod billing;
 mod browser;
 mod checkout;
 mod config;
+mod dashboard;
 mod event_processing;
 mod fake_oauth;
 mod fake_providers;
