@@ -19,6 +19,17 @@ export default async function ({ page, env, shot, step }) {
   await warning.getByRole("button", { name: "Open the billing portal" }).waitFor();
   await shot("past-due");
 
+  step("connections in trouble: Error with its reason, Needs re-authorisation with Reconnect");
+  await page.getByRole("link", { name: "Integrations" }).click();
+  const hubspot = page.locator('[data-provider="hubspot"]');
+  await hubspot.getByTestId("integration-status").filter({ hasText: "Error" }).waitFor();
+  await hubspot.getByText("HubSpot refused the token (401)").waitFor();
+  const salesforce = page.locator('[data-provider="salesforce"]');
+  await salesforce.getByTestId("integration-status").filter({ hasText: "Needs re-authorisation" }).waitFor();
+  await salesforce.getByRole("button", { name: "Reconnect Salesforce" }).waitFor();
+  await shot("connections-in-trouble");
+  await page.getByRole("link", { name: "Billing" }).click();
+
   step("the service out of reach: a clear message, then Try again works");
   const grpc = `${env.GRPC_URL}/**`;
   await page.route(grpc, (route) => route.abort("connectionrefused"));

@@ -39,7 +39,12 @@ export default async function ({ page, env, shot, step }) {
   const between = [...seen].filter((t) => t !== "0 %" && t !== "100 %");
   assert.ok(between.length > 0, `no progress between 0 and 100 %: ${[...seen]}`);
   console.log(`  progress seen: ${[...seen].join(", ")}`);
-  await card.getByTestId("sync-result").filter({ hasText: `${env.CONTACTS} of ${env.CONTACTS} contacts synced` }).waitFor();
+  const result = card.getByTestId("sync-result");
+  await result.filter({ hasText: `${Number(env.CONTACTS) - 1} of ${env.CONTACTS} contacts synced, 1 refused by HubSpot.` }).waitFor();
+  console.log(`  result: ${await result.locator("p").first().textContent()}`);
+  step("the refused record is listed with HubSpot's reason");
+  await result.getByText("Refused records (1)").click();
+  await result.getByRole("listitem").filter({ hasText: env.REFUSED }).waitFor();
   await card.getByTestId("last-sync").filter({ hasText: "Last synced" }).waitFor();
   await shot("synced");
 

@@ -7,7 +7,8 @@ use serde_json::json;
 use super::{billing_flows::stripe_settings, browser_available, run_scenario, spawn_for_browser};
 use crate::{
     fake_stripe::{FakeStripe, InvoiceSpec},
-    helpers::{JWT_SECRET, claims, sign, token},
+    exec,
+    helpers::{JWT_SECRET, claims, seed_integration, sign, token},
     subscription_lifecycle::subscribe,
 };
 
@@ -34,6 +35,22 @@ async fn an_expired_token_a_past_due_subscription_and_an_unreachable_service() {
     app.deliver_signed(&failed).await;
     let (_, updated) = stripe.event("customer.subscription.updated", &past_due);
     app.deliver_signed(&updated).await;
+    // Two connections in trouble, as the sync worker leaves them.
+    let broken = seed_integration(&app.pool, user, "hubspot", "{}").await;
+    let expired_grant = seed_integration(&app.pool, user, "salesforce", "{}").await;
+    for (id, status, error) in [
+        (&broken, "error", "HubSpot refused the token (401)"),
+        (&expired_grant, "needs_reauth", "Salesforce revoked the refresh token"),
+    ] {
+        exec!(
+            &app.pool,
+            pg: "UPDATE integrations SET status = $1, last_error = $2 WHERE id = $3::uuid",
+            sqlite: "UPDATE integrations SET status = $1, last_error = $2 WHERE id = $3",
+            status,
+            error,
+            id.clone(),
+        );
+    }
     // Expired ten minutes ago: beyond any clock leeway.
     let expired = sign(&claims(user, &[], -600), JWT_SECRET);
 

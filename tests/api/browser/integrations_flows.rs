@@ -10,6 +10,8 @@ use crate::{
 };
 
 const CONTACTS: usize = 250;
+/// HubSpot refuses this contact (an invalid record): the page lists it with HubSpot's reason.
+const REFUSED: &str = "contact7@example.com";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hubspot_connects_after_a_rejected_key_syncs_with_live_progress_and_disconnects() {
@@ -19,6 +21,7 @@ async fn hubspot_connects_after_a_rejected_key_syncs_with_live_progress_and_disc
     let hubspot = FakeProvider::start(Kind::Hubspot).await;
     // Slow enough that the page sees the job between batches.
     hubspot.delay_pushes(Duration::from_millis(400));
+    hubspot.refuse(&[REFUSED]);
     let settings: Vec<(String, String)> = hubspot
         .settings()
         .into_iter()
@@ -35,16 +38,21 @@ async fn hubspot_connects_after_a_rejected_key_syncs_with_live_progress_and_disc
             ("TOKEN", token(user)),
             ("HUBSPOT_TOKEN", HUBSPOT_TOKEN.to_string()),
             ("CONTACTS", CONTACTS.to_string()),
+            ("REFUSED", REFUSED.to_string()),
         ],
     )
     .await;
 
-    let mut pushed = hubspot.pushed_emails();
+    let mut pushed: Vec<String> = hubspot
+        .pushed_emails()
+        .into_iter()
+        .filter(|e| e != REFUSED)
+        .collect();
     let sent = pushed.len();
     pushed.sort();
     pushed.dedup();
-    assert_eq!(pushed.len(), CONTACTS, "every contact reached HubSpot");
-    assert_eq!(sent, CONTACTS, "none twice");
+    assert_eq!(pushed.len(), CONTACTS - 1, "every other contact reached HubSpot");
+    assert_eq!(sent, CONTACTS - 1, "none twice");
     assert!(
         hubspot.pushes().len() >= 3,
         "batches of at most 100: {}",

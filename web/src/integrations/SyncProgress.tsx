@@ -53,6 +53,7 @@ export function SyncProgress({ provider, onFinished }: Props) {
   if (!job) return <p role="status">Starting the sync…</p>;
   const total = Number(job.contactsTotal);
   const done = Number(job.contactsDone);
+  const refused = Number(job.contactsFailed);
   const finished = jobFinished(job.state);
   const percent = total > 0 ? Math.round((Math.min(done, total) / total) * 100) : finished ? 100 : 0;
   return (
@@ -65,9 +66,10 @@ export function SyncProgress({ provider, onFinished }: Props) {
       {finished && (
         <div role="status" data-testid="sync-result">
           <p>
-            {done.toLocaleString()} of {total.toLocaleString()} contacts synced
+            {/* contactsDone counts every contact handled, the refused ones too. */}
+            {Math.max(0, done - refused).toLocaleString()} of {total.toLocaleString()} contacts synced
             {Number(job.contactsSkipped) > 0 && `, ${Number(job.contactsSkipped).toLocaleString()} skipped (${job.skippedReason})`}
-            {Number(job.contactsFailed) > 0 && `, ${Number(job.contactsFailed).toLocaleString()} refused`}.
+            {refused > 0 && `, ${refused.toLocaleString()} refused by ${provider.name}`}.
           </p>
           {job.state === SyncJobState.FAILED && job.lastError && <p className="field-error">{job.lastError}</p>}
           {job.failures.length > 0 && (
