@@ -6,8 +6,8 @@ use serde_json::json;
 
 use super::{billing_flows::stripe_settings, browser_available, run_scenario, spawn_for_browser};
 use crate::{
-    fake_stripe::{FakeStripe, InvoiceSpec},
     exec,
+    fake_stripe::{FakeStripe, InvoiceSpec},
     helpers::{JWT_SECRET, claims, seed_integration, sign, token},
     subscription_lifecycle::subscribe,
 };
@@ -40,7 +40,11 @@ async fn an_expired_token_a_past_due_subscription_and_an_unreachable_service() {
     let expired_grant = seed_integration(&app.pool, user, "salesforce", "{}").await;
     for (id, status, error) in [
         (&broken, "error", "HubSpot refused the token (401)"),
-        (&expired_grant, "needs_reauth", "Salesforce revoked the refresh token"),
+        (
+            &expired_grant,
+            "needs_reauth",
+            "Salesforce revoked the refresh token",
+        ),
     ] {
         exec!(
             &app.pool,

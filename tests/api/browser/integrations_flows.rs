@@ -51,7 +51,11 @@ async fn hubspot_connects_after_a_rejected_key_syncs_with_live_progress_and_disc
     let sent = pushed.len();
     pushed.sort();
     pushed.dedup();
-    assert_eq!(pushed.len(), CONTACTS - 1, "every other contact reached HubSpot");
+    assert_eq!(
+        pushed.len(),
+        CONTACTS - 1,
+        "every other contact reached HubSpot"
+    );
     assert_eq!(sent, CONTACTS - 1, "none twice");
     assert!(
         hubspot.pushes().len() >= 3,
