@@ -2,17 +2,14 @@
 
 use std::{sync::Arc, time::Duration};
 
-use nexus_billing::grpc::proto::billing::{GetSubscriptionRequest, Tier};
+use nexus_billing::grpc::proto::billing::Tier;
 
 use super::{
     browser_available,
     hosted_checkout::{HostedCheckout, spawn_courier},
     run_scenario, spawn_for_browser,
 };
-use crate::{
-    fake_stripe::FakeStripe,
-    helpers::{authed, token},
-};
+use crate::{fake_stripe::FakeStripe, helpers::token, subscription_lifecycle::subscription};
 
 /// Stripe's settings as owned pairs.
 pub fn stripe_settings(stripe: &FakeStripe) -> Vec<(String, String)> {
@@ -51,15 +48,7 @@ async fn a_free_user_upgrades_to_pro_through_checkout_then_cancels_and_resumes()
         .filter_map(|r| r.form.get("cancel_at_period_end").cloned())
         .collect();
     assert_eq!(changes, ["true", "false"], "cancel then resume");
-    let sub = app
-        .billing()
-        .await
-        .get_subscription(authed(GetSubscriptionRequest {}, &token(user)))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .into_inner()
-        .subscription
-        .unwrap_or_else(|| panic!("no subscription"));
+    let sub = subscription(&app, user).await;
     assert_eq!(sub.tier, i32::from(Tier::Pro));
     assert!(!sub.cancel_at_period_end);
     assert_eq!(app.count("invoices", "status = 'paid'").await, 1);

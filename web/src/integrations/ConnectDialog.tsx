@@ -5,7 +5,7 @@ import { AuthKind, type ProviderInfo } from "../gen/nexus/integrations/v1/integr
 import { Modal } from "../components/Modal";
 import { useSession } from "../context";
 import { INTEGRATIONS_PATH } from "../paths";
-import { credentialFields, Field, group, missing, placeError, settingFields, type Errors, type Values } from "./Fields";
+import { credentialFields, FieldList, group, missing, placeError, settingFields, type Errors, type Values } from "./Fields";
 
 interface Props {
   provider: ProviderInfo;
@@ -59,21 +59,7 @@ export function ConnectDialog({ provider, onClose, onConnected }: Props) {
   return (
     <Modal title={`Connect ${provider.name}`} onClose={onClose}>
       <form onSubmit={submit} noValidate>
-        {errors.form && (
-          <p className="notice notice-error" role="alert">
-            {errors.form}
-          </p>
-        )}
-        {fields.map((field) => (
-          <Field
-            key={field.name}
-            field={field}
-            provider={provider}
-            value={values[field.name] ?? ""}
-            error={errors[field.name]}
-            onChange={(value) => setValues((all) => ({ ...all, [field.name]: value }))}
-          />
-        ))}
+        <FieldList fields={fields} provider={provider} values={values} errors={errors} onChange={setValues} />
         {oauth && (
           <p className="help">You will sign in at {provider.name} and come back here.</p>
         )}

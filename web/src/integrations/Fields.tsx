@@ -150,3 +150,34 @@ export function Field({ field, provider, value, error, onChange }: Props) {
     </div>
   );
 }
+
+interface ListProps {
+  fields: FieldSpec[];
+  provider: ProviderInfo;
+  values: Values;
+  errors: Errors;
+  onChange: (update: (values: Values) => Values) => void;
+}
+
+/** A form's error as a whole, then one input per field. */
+export function FieldList({ fields, provider, values, errors, onChange }: ListProps) {
+  return (
+    <>
+      {errors.form && (
+        <p className="notice notice-error" role="alert">
+          {errors.form}
+        </p>
+      )}
+      {fields.map((field) => (
+        <Field
+          key={field.name}
+          field={field}
+          provider={provider}
+          value={values[field.name] ?? ""}
+          error={errors[field.name]}
+          onChange={(value) => onChange((all) => ({ ...all, [field.name]: value }))}
+        />
+      ))}
+    </>
+  );
+}

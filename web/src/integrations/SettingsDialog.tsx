@@ -3,7 +3,7 @@ import { useState, type FormEvent } from "react";
 import type { Integration, ProviderInfo } from "../gen/nexus/integrations/v1/integrations_pb";
 import { Modal } from "../components/Modal";
 import { useSession } from "../context";
-import { Field, group, missing, placeError, settingFields, type Errors, type Values } from "./Fields";
+import { FieldList, group, missing, placeError, settingFields, type Errors, type Values } from "./Fields";
 
 interface Props {
   provider: ProviderInfo;
@@ -41,21 +41,7 @@ export function SettingsDialog({ provider, integration, onClose, onSaved }: Prop
   return (
     <Modal title={`${provider.name} settings`} onClose={onClose}>
       <form onSubmit={submit} noValidate>
-        {errors.form && (
-          <p className="notice notice-error" role="alert">
-            {errors.form}
-          </p>
-        )}
-        {fields.map((field) => (
-          <Field
-            key={field.name}
-            field={field}
-            provider={provider}
-            value={values[field.name] ?? ""}
-            error={errors[field.name]}
-            onChange={(value) => setValues((all) => ({ ...all, [field.name]: value }))}
-          />
-        ))}
+        <FieldList fields={fields} provider={provider} values={values} errors={errors} onChange={setValues} />
         <div className="modal-actions">
           <button type="button" onClick={onClose} disabled={busy}>
             Cancel
