@@ -14,6 +14,15 @@ export default async function ({ page, env, shot, step }) {
   step("keyboard: the upgrade dialog holds focus, Escape closes it");
   await checkDialogKeyboard(page, page.getByRole("button", { name: "Upgrade to Pro" }));
 
+  step("a checkout left without paying: back with ?canceled=true, still FREE");
+  await page.getByRole("button", { name: "Upgrade to Pro" }).click();
+  await page.getByRole("dialog").getByRole("button", { name: "Go to checkout" }).click();
+  await page.waitForURL(/\/c\/pay\/cs_test_/);
+  await page.getByRole("link", { name: "Cancel and return to Nexus Cards" }).click();
+  await toast(page, "Checkout canceled: you were not charged.");
+  await page.getByTestId("current-plan").filter({ hasText: "Free" }).waitFor();
+  assert.ok(!page.url().includes("canceled=true"), `the outcome stays in the URL: ${page.url()}`);
+
   step("upgrade: confirm, then pay on the hosted checkout page");
   await page.getByRole("button", { name: "Upgrade to Pro" }).click();
   await page.getByRole("dialog").getByRole("button", { name: "Go to checkout" }).click();
@@ -39,6 +48,15 @@ export default async function ({ page, env, shot, step }) {
   assert.equal(await page.locator(".toast").count(), 0, "a reload replays the checkout outcome");
   await page.getByTestId("renewal").filter({ hasText: "Renews on" }).waitFor();
   await shot("pro");
+
+  step("a plan change once subscribed: ChangePlan, no checkout");
+  await page.getByRole("button", { name: "Upgrade to Premium" }).click();
+  await page.getByRole("dialog").getByRole("button", { name: "Switch to Premium" }).click();
+  await toast(page, "Your plan is now Premium.");
+  await page.getByTestId("current-plan").filter({ hasText: "Premium" }).waitFor();
+  await page.getByText("0 of Unlimited", { exact: true }).first().waitFor();
+  assert.equal(await page.getByTestId("retention").textContent(), "Unlimited");
+  assert.match(page.url(), /\/dashboard\/settings\/billing$/);
 
   step("cancel at period end");
   await page.getByRole("button", { name: "Cancel subscription" }).click();

@@ -1,4 +1,5 @@
-//! The billing page's main flow: FREE -> checkout -> PRO -> cancel -> resume.
+//! The billing page's main flow: FREE -> a checkout left unpaid -> checkout -> PRO -> PREMIUM
+//! -> cancel -> resume.
 
 use std::{sync::Arc, time::Duration};
 
@@ -9,7 +10,11 @@ use super::{
     hosted_checkout::{HostedCheckout, spawn_courier},
     run_scenario, spawn_for_browser,
 };
-use crate::{fake_stripe::FakeStripe, helpers::token, subscription_lifecycle::subscription};
+use crate::{
+    fake_stripe::{FakeStripe, PRICE_PREMIUM},
+    helpers::token,
+    subscription_lifecycle::subscription,
+};
 
 /// Stripe's settings as owned pairs.
 pub fn stripe_settings(stripe: &FakeStripe) -> Vec<(String, String)> {
@@ -21,7 +26,7 @@ pub fn stripe_settings(stripe: &FakeStripe) -> Vec<(String, String)> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_free_user_upgrades_to_pro_through_checkout_then_cancels_and_resumes() {
+async fn a_free_user_upgrades_through_checkout_changes_plan_cancels_and_resumes() {
     if !browser_available() {
         return;
     }
@@ -40,16 +45,25 @@ async fn a_free_user_upgrades_to_pro_through_checkout_then_cancels_and_resumes()
 
     run_scenario("billing-upgrade", &app, &[("TOKEN", token(user))]).await;
 
-    // One checkout session, then the cancel and the resume, each reached Stripe once.
-    assert_eq!(stripe.requests("POST", "/v1/checkout/sessions").len(), 1);
+    // Two checkout sessions (one left unpaid), the plan change, then the cancel and the
+    // resume, each reached Stripe once.
+    assert_eq!(stripe.requests("POST", "/v1/checkout/sessions").len(), 2);
+    let prices: Vec<String> = stripe
+        .requests("POST", "/v1/subscriptions/")
+        .iter()
+        .filter_map(|r| r.form.get("items[0][price]").cloned())
+        .collect();
+    assert_eq!(prices, [PRICE_PREMIUM], "one plan change, to Premium");
     let changes: Vec<String> = stripe
         .requests("POST", "/v1/subscriptions/")
         .iter()
+        // A plan change sends cancel_at_period_end=false with its price: only the others.
+        .filter(|r| !r.form.contains_key("items[0][price]"))
         .filter_map(|r| r.form.get("cancel_at_period_end").cloned())
         .collect();
     assert_eq!(changes, ["true", "false"], "cancel then resume");
     let sub = subscription(&app, user).await;
-    assert_eq!(sub.tier, i32::from(Tier::Pro));
+    assert_eq!(sub.tier, i32::from(Tier::Premium));
     assert!(!sub.cancel_at_period_end);
     assert_eq!(app.count("invoices", "status = 'paid'").await, 1);
     courier.abort();

@@ -88,10 +88,11 @@ impl Respond for Page {
 
 impl Page {
     fn show(&self, id: &str) -> ResponseTemplate {
-        let Some((_, form)) = self.stripe.checkout_session(id) else {
+        let Some((session, form)) = self.stripe.checkout_session(id) else {
             return ResponseTemplate::new(404)
                 .set_body_string("this checkout session does not exist");
         };
+        let back = session["cancel_url"].as_str().unwrap_or("/").to_string();
         let price = form
             .get("line_items[0][price]")
             .cloned()
@@ -105,6 +106,7 @@ impl Page {
             "<!doctype html><html lang=\"en\"><head><title>Pay Nexus Cards</title></head><body>\
              <h1>Subscribe to Nexus Cards {plan}</h1><p>{amount} per month</p>\
              <form method=\"post\" action=\"/c/pay/{id}/pay\"><button type=\"submit\">Pay {amount}</button></form>\
+             <p><a href=\"{back}\">Cancel and return to Nexus Cards</a></p>\
              </body></html>"
         );
         ResponseTemplate::new(200).set_body_raw(html, "text/html; charset=utf-8")
