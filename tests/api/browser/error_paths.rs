@@ -13,12 +13,15 @@ use crate::{
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_expired_token_a_past_due_subscription_and_an_unreachable_service() {
+async fn expiring_tokens_past_due_troubled_connections_invoice_pages_and_an_unreachable_service() {
     if !browser_available() {
         return;
     }
     let stripe = FakeStripe::start().await;
-    let app = spawn_for_browser(&stripe_settings(&stripe)).await;
+    let mut settings = stripe_settings(&stripe);
+    // No clock leeway, so a token that ends during the session is refused as soon as it ends.
+    settings.push(("--jwt-leeway-secs".into(), "0".into()));
+    let app = spawn_for_browser(&settings).await;
     let user = "browser-pastdue";
     let (customer, sub_id) = subscribe(&app, &stripe, user, Tier::Pro).await;
     let open = stripe.put_invoice(&InvoiceSpec {
@@ -55,8 +58,23 @@ async fn an_expired_token_a_past_due_subscription_and_an_unreachable_service() {
             id.clone(),
         );
     }
+    // Eleven older invoices, paid: two pages of invoices with the open one.
+    for month in 1..=11 {
+        let paid = stripe.put_invoice(&InvoiceSpec {
+            id: &format!("in_browser_{month:02}"),
+            customer: &customer,
+            subscription: &sub_id,
+            status: "paid",
+            amount_due: 900,
+            amount_paid: 900,
+            created: chrono::Utc::now().timestamp() - month * 30 * 86_400,
+        });
+        let (_, event) = stripe.event("invoice.paid", &paid);
+        app.deliver_signed(&event).await;
+    }
     // Expired ten minutes ago: beyond any clock leeway.
     let expired = sign(&claims(user, &[], -600), JWT_SECRET);
+
 
     run_scenario(
         "error-paths",
@@ -64,6 +82,9 @@ async fn an_expired_token_a_past_due_subscription_and_an_unreachable_service() {
         &[
             ("TOKEN", token(user)),
             ("EXPIRED_TOKEN", expired),
+            // The scenario signs a token that ends seconds later with these.
+            ("JWT_SECRET", JWT_SECRET.to_string()),
+            ("USER", user.to_string()),
             (
                 "OPEN_INVOICE_URL",
                 open["hosted_invoice_url"]
