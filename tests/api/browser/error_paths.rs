@@ -1,5 +1,6 @@
-//! What a user meets when things go wrong: an expired token, a past-due subscription, the
-//! service out of reach.
+//! What a user meets when things go wrong: a token that expires (during the session, or pasted
+//! in expired), a past-due subscription, connections in error or needing re-authorisation, the
+//! service out of reach; and the invoice list a page at a time.
 
 use nexus_billing::grpc::proto::billing::Tier;
 use serde_json::json;
