@@ -277,13 +277,13 @@ impl Application {
     }
 }
 
-/// The dashboard's URL: on the public origin (OAUTH_REDIRECT_URL's) when one is configured,
-/// else on the bound address (`localhost` for a wildcard one).
+/// The dashboard's URL: on the public origin (OAUTH_REDIRECT_URL's) unless that names this
+/// machine on another port than the bound one (a development default), then on the bound port.
 fn dashboard_url(config: &Config, http_addr: SocketAddr) -> String {
-    let public = config.oauth.redirect_url.origin().ascii_serialization();
-    let default_public = "http://localhost:3001";
-    if public != default_public || http_addr.port() == 3001 {
-        return format!("{public}{DASHBOARD_PATH}");
+    let public = &config.oauth.redirect_url;
+    let names_this_machine = matches!(public.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"));
+    if !names_this_machine || public.port_or_known_default() == Some(http_addr.port()) {
+        return format!("{}{DASHBOARD_PATH}", public.origin().ascii_serialization());
     }
     let host = if http_addr.ip().is_unspecified() || http_addr.ip().is_loopback() {
         "localhost".to_string()

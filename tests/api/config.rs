@@ -225,11 +225,14 @@ async fn a_first_run_with_no_configuration_serves_with_the_printed_token() {
         .spawn()
         .unwrap_or_else(|e| panic!("{e}"));
     let stdout = child.stdout.take().unwrap_or_else(|| panic!("no stdout"));
-    let (token, addr) = tokio::task::spawn_blocking(move || {
-        let (mut token, mut addr) = (None, None);
+    let (token, addr, dashboard) = tokio::task::spawn_blocking(move || {
+        let (mut token, mut addr, mut dashboard) = (None, None, None);
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             if let Some(t) = line.strip_prefix("export TOKEN=") {
                 token = Some(t.to_string());
+            }
+            if let Some(url) = line.strip_prefix("Dashboard (sign in with the token above): ") {
+                dashboard = Some(url.to_string());
             }
             if line.starts_with("grpcurl") && line.contains("GetUsage") {
                 addr = line
@@ -241,14 +244,31 @@ async fn a_first_run_with_no_configuration_serves_with_the_printed_token() {
                 break;
             }
         }
-        (token, addr)
+        (token, addr, dashboard)
     })
     .await
     .unwrap_or_else(|e| panic!("{e}"));
-    let (Some(token), Some(addr)) = (token, addr) else {
+    let (Some(token), Some(addr), Some(dashboard)) = (token, addr, dashboard) else {
         let _ = child.kill();
-        panic!("the banner with a token and an address was not printed");
+        panic!("the banner with a token, an address and the dashboard was not printed");
     };
+
+    // The dashboard is where the banner says, and knows it may use the printed token.
+    assert!(
+        dashboard.starts_with("http://localhost:") && dashboard.ends_with("/dashboard/"),
+        "{dashboard}"
+    );
+    let page = reqwest::get(&dashboard)
+        .await
+        .unwrap_or_else(|e| panic!("{dashboard}: {e}"));
+    assert_eq!(page.status(), 200);
+    let config: serde_json::Value = reqwest::get(format!("{dashboard}config.json"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .json()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config["development"], true);
 
     let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
         .unwrap_or_else(|e| panic!("{e}"))

@@ -76,7 +76,6 @@ async fn expiring_tokens_past_due_troubled_connections_invoice_pages_and_an_unre
     // Expired ten minutes ago: beyond any clock leeway.
     let expired = sign(&claims(user, &[], -600), JWT_SECRET);
 
-
     run_scenario(
         "error-paths",
         &app,
