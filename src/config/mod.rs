@@ -9,11 +9,14 @@ use url::Url;
 
 use crate::domain::catalogue::{ProviderId, RateLimit};
 
+mod origins;
 mod parse;
 mod settings;
 
+use origins::DEV_ORIGINS;
+pub use origins::{is_allowed_redirect, parse_origins};
+pub use parse::parse_rate_limits;
 use parse::{dev_encryption_key, non_empty, parse_key, random_hex};
-pub use parse::{is_allowed_redirect, parse_origins, parse_rate_limits};
 pub use settings::*;
 
 /// One invalid setting: which, and what is wrong (never its value).
@@ -173,10 +176,6 @@ pub struct SyncConfig {
     pub retention_days: u32,
     pub max_watch_streams_per_user: usize,
 }
-
-/// The card app's and the dashboard's development servers (`npm run dev` in web/).
-const DEV_ORIGINS: &str =
-    "http://localhost:3000,http://127.0.0.1:3000,http://localhost:5173,http://127.0.0.1:5173";
 
 impl Config {
     /// Validates the settings and applies the development fallbacks (which may create DATA_DIR,
@@ -583,27 +582,6 @@ impl Config {
             endpoints: s.endpoints,
             oauth,
         })
-    }
-
-    /// Whether `url` is absolute and on one of the allowed origins (the open-redirect guard).
-    pub fn is_allowed_redirect(&self, url: &str) -> bool {
-        is_allowed_redirect(&self.allowed_origins, url)
-    }
-
-    /// The origins browsers may call from (CORS) and be sent back to (checkout, OAuth): the
-    /// configured ALLOWED_ORIGINS, plus the dashboard's own origin, which is the sidecar's
-    /// public origin (OAUTH_REDIRECT_URL's), and in development the sidecar on `localhost`
-    /// and `127.0.0.1` at the port it is bound to, so the dashboard works out of the box.
-    pub fn browser_origins(&self, http_port: u16) -> Vec<String> {
-        let mut origins = self.allowed_origins.clone();
-        origins.push(self.oauth.redirect_url.origin().ascii_serialization());
-        if self.app_env != AppEnv::Production {
-            origins.push(format!("http://localhost:{http_port}"));
-            origins.push(format!("http://127.0.0.1:{http_port}"));
-        }
-        origins.sort();
-        origins.dedup();
-        origins
     }
 }
 

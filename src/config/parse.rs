@@ -1,46 +1,16 @@
-//! Reading the values of settings that are more than a string: origins, rate limits, keys, and
-//! the development encryption key kept in DATA_DIR.
+//! Reading the values of settings that are more than a string: rate limits, keys, and the
+//! development encryption key kept in DATA_DIR (origins are in origins.rs).
 
 use std::{collections::BTreeMap, path::Path};
 
 use rand::RngCore;
 use secrecy::SecretBox;
-use url::Url;
 
 use super::EncryptionKey;
 use crate::domain::catalogue::{ProviderId, RateLimit};
 
-/// Whether `url` is an absolute http(s) URL on one of `origins` (normalised origins), with no
-/// user info (`https://app.example@evil.test/` is refused).
-pub fn is_allowed_redirect(origins: &[String], url: &str) -> bool {
-    Url::parse(url).is_ok_and(|u| {
-        matches!(u.scheme(), "http" | "https")
-            && u.username().is_empty()
-            && u.password().is_none()
-            && origins.contains(&u.origin().ascii_serialization())
-    })
-}
-
 pub(super) fn non_empty(value: Option<String>) -> Option<String> {
     value.filter(|v| !v.trim().is_empty())
-}
-
-/// Parses a comma-separated list of origins into their normalised `scheme://host[:port]` form.
-pub fn parse_origins(list: &str) -> Result<Vec<String>, String> {
-    list.split(',')
-        .map(str::trim)
-        .filter(|o| !o.is_empty())
-        .map(|o| {
-            let url = Url::parse(o).map_err(|e| format!("{o:?} is not an origin: {e}"))?;
-            let bare = url.path() == "/" && url.query().is_none() && url.fragment().is_none();
-            if !matches!(url.scheme(), "http" | "https") || url.host().is_none() || !bare {
-                return Err(format!(
-                    "{o:?} is not an origin (expected scheme://host[:port], no path)"
-                ));
-            }
-            Ok(url.origin().ascii_serialization())
-        })
-        .collect()
 }
 
 /// `slug=N/Ds` pairs, comma-separated, e.g. `hubspot=190/10s,zapier=20/1s`.
