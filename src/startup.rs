@@ -20,7 +20,7 @@ use tower_http::{
 
 use crate::{
     auth::{AuthInterceptor, JwtVerifier, TokenRequest, mint},
-    billing::{Billing, EventProcessor, reconciler},
+    billing::{Billing, EventProcessor, mpesa_poller, reconciler},
     config::{Config, is_allowed_redirect},
     domain::UserId,
     grpc::{
@@ -35,7 +35,9 @@ use crate::{
         Integrations, IntegrationsSettings, oauth::OAuth, scheduler, sync_worker::SyncWorker,
         tokens::TokenKeeper,
     },
-    payments::{Gateways, PaymentGateway, stripe::StripeGateway},
+    payments::{
+        Gateways, PaymentGateway, mpesa::MpesaGateway, paypal::PaypalGateway, stripe::StripeGateway,
+    },
     providers::{ProviderEndpoints, Providers, RateLimits},
     sidecar::{self, DASHBOARD_PATH, DashboardSettings, SidecarState},
     store::{self, Store},
@@ -183,9 +185,9 @@ impl Application {
             shutdown,
         } = self;
 
-        if config.stripe.is_none() {
+        if config.stripe.is_none() && config.paypal.is_none() && config.mpesa.is_none() {
             tracing::warn!(
-                "payments are not configured (STRIPE_SECRET_KEY is unset): payment RPCs answer FAILED_PRECONDITION"
+                "payments are not configured (STRIPE_SECRET_KEY, PAYPAL_CLIENT_ID and MPESA_CONSUMER_KEY are unset): payment RPCs answer FAILED_PRECONDITION"
             );
         }
         if config.encryption_key_generated {
@@ -209,6 +211,15 @@ impl Application {
                     reconciler::run(billing, interval, shutdown).await;
                 }
             }
+        };
+        let mpesa_loop = match &config.mpesa {
+            Some(mpesa) => futures_util::future::Either::Left(mpesa_poller::run(
+                Arc::clone(&billing),
+                mpesa.poll_interval,
+                mpesa.callback_grace,
+                shutdown.clone(),
+            )),
+            None => futures_util::future::Either::Right(std::future::ready(())),
         };
         let scheduler_loop = scheduler::run(
             Arc::clone(&store),
@@ -256,7 +267,8 @@ impl Application {
                 worker.run(shutdown.clone()),
                 events.run(shutdown.clone()),
                 reconcile_loop,
-                scheduler_loop
+                scheduler_loop,
+                mpesa_loop
             );
         };
         let (grpc_result, http_result, ()) = tokio::join!(
@@ -333,11 +345,25 @@ fn build_billing(
         }
         None => None,
     };
+    let paypal = match &config.paypal {
+        Some(paypal) => Some(Arc::new(
+            PaypalGateway::new(paypal, &config.endpoints.paypal_api_base)
+                .context("cannot set up PayPal")?,
+        ) as Arc<dyn PaymentGateway>),
+        None => None,
+    };
+    let mpesa = match &config.mpesa {
+        Some(mpesa) => Some(Arc::new(
+            MpesaGateway::new(mpesa, &config.endpoints.mpesa_api_base)
+                .context("cannot set up M-Pesa")?,
+        ) as Arc<dyn PaymentGateway>),
+        None => None,
+    };
     let origins = origins.to_vec();
     let redirect_allowed = Box::new(move |url: &str| is_allowed_redirect(&origins, url));
     Ok(Billing::new(
         store,
-        Gateways::new(stripe),
+        Gateways::new(stripe, paypal, mpesa),
         chrono::Duration::from_std(config.past_due_grace).context("PAST_DUE_GRACE is too long")?,
         redirect_allowed,
         config.duplicate_policy,

@@ -1,7 +1,7 @@
 //! Starting a paid subscription: the provider's customer (created once per user) and a checkout
 //! session. One paid subscription per user: a user with a live one is sent to ChangePlan, and
 //! the user's earlier open checkout sessions are expired before a new one is opened, so two tabs
-//! cannot both be paid.
+//! cannot both be paid. M-Pesa's checkout (a push to the phone) is in `mpesa.rs`.
 
 use chrono::Utc;
 
@@ -46,13 +46,26 @@ impl Billing {
                 "checkout is for PRO or PREMIUM; to leave a paid plan use ChangePlan(FREE) or CancelSubscription".into(),
             ));
         }
+        if new.provider == PaymentProvider::Mpesa {
+            return self.mpesa_checkout(gateway.as_ref(), new).await;
+        }
         self.check_redirect("success_url", new.success_url)?;
         self.check_redirect("cancel_url", new.cancel_url)?;
         let current = self.entitlement(new.user).await?;
-        if current.subscription.is_live(Utc::now()) {
+        let live = &current.subscription;
+        if live.is_live(Utc::now()) && live.provider == Some(PaymentProvider::Mpesa) {
+            return Err(BillingError::Precondition(format!(
+                "your {} period paid with M-Pesa runs until {}; it does not renew, so subscribe after it ends (or pay another period with M-Pesa)",
+                live.tier,
+                live.current_period_end
+                    .map(|t| t.date_naive().to_string())
+                    .unwrap_or_else(|| "its end".into())
+            )));
+        }
+        if live.is_live(Utc::now()) {
             return Err(BillingError::Precondition(format!(
                 "you already have a {} subscription; use ChangePlan to switch plans",
-                current.subscription.tier
+                live.tier
             )));
         }
         let customer_id = self.customer(gateway.as_ref(), new.user, new.email).await?;
@@ -86,7 +99,7 @@ impl Billing {
     }
 
     /// The user's customer at the gateway's provider, created once and reused.
-    async fn customer(
+    pub(super) async fn customer(
         &self,
         gateway: &dyn PaymentGateway,
         user: &UserId,

@@ -78,6 +78,15 @@ impl Billing {
         let event = gateway
             .read_event(pending.payload.as_bytes())
             .map_err(|e| Failure::Permanent(e.to_string()))?;
+        if let EventAction::ConfirmPayment {
+            request_id,
+            receipt,
+        } = &event.action
+        {
+            return self
+                .confirm_payment(gateway.as_ref(), pending, request_id, receipt.as_deref())
+                .await;
+        }
         if matches!(event.action, EventAction::Ignore) {
             return self.finish(pending, "ignored", None).await;
         }
@@ -133,7 +142,9 @@ impl Billing {
                     .await
             }
             EventAction::CustomerDeleted => work.customer_deleted().await,
-            EventAction::Ignore => self.finish(pending, "ignored", None).await,
+            EventAction::Ignore | EventAction::ConfirmPayment { .. } => {
+                self.finish(pending, "ignored", None).await
+            }
         }
     }
 

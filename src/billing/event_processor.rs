@@ -28,8 +28,7 @@ use super::{
     event_apply::{Failure, Fetched},
 };
 use crate::{
-    config::WebhookConfig, domain::subscription::PaymentProvider, store::PendingEvent,
-    store::StoreError, telemetry::error_chain,
+    config::WebhookConfig, store::PendingEvent, store::StoreError, telemetry::error_chain,
 };
 
 /// How long a worker holds a customer's events before it must renew.
@@ -52,7 +51,7 @@ impl EventProcessor {
 
     /// Runs `WEBHOOK_WORKERS` workers and a pending-events gauge until shutdown.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
-        if self.billing.gateways.get(PaymentProvider::Stripe).is_err() {
+        if self.billing.gateways.configured().is_empty() {
             return;
         }
         let mut loops = JoinSet::new();

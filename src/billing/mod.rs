@@ -1,6 +1,6 @@
 //! Billing use cases: subscription state, usage and limit checks, the billing portal and
-//! invoices here; checkout, plan changes, webhook intake, the event processor and the
-//! reconciler in their own files. Plain async code over the store, the payment gateways and the
+//! invoices here; checkout, plan changes, webhook intake, the event processor, the
+//! reconciler and M-Pesa's prepaid periods (`mpesa`, `mpesa_poller`) in their own files. Plain async code over the store, the payment gateways and the
 //! pure rules in `domain`; the gRPC layer only converts to and from the wire.
 //!
 //! No payment provider is ever called inside a database transaction: the provider's answer is
@@ -10,12 +10,16 @@
 mod checkout;
 mod event_apply;
 pub mod event_processor;
+mod mpesa;
+pub mod mpesa_poller;
 mod plan_changes;
 pub mod reconciler;
 pub mod webhook_intake;
 
 pub use checkout::NewCheckout;
 pub use event_processor::EventProcessor;
+pub use mpesa::CallbackOutcome;
+pub use plan_changes::PlanChange;
 pub use webhook_intake::{WebhookError, WebhookOutcome};
 
 use std::sync::Arc;
@@ -82,6 +86,16 @@ pub struct Entitlement {
     pub effective_tier: Tier,
 }
 
+/// A configured payment provider selling a tier.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Offer {
+    pub provider: PaymentProvider,
+    /// Minor units and currency, when this service sets the price (M-Pesa).
+    pub local_price: Option<(i64, String)>,
+    /// One payment buys one period that does not renew.
+    pub prepaid: bool,
+}
+
 /// Largest invoice page.
 pub const MAX_PAGE_SIZE: u32 = 100;
 /// Invoice page size when the caller does not say.
@@ -111,6 +125,25 @@ impl Billing {
             subscription,
             effective_tier,
         }
+    }
+
+    /// The configured providers that sell `tier` (none sell FREE).
+    pub fn offers(&self, tier: Tier) -> Vec<Offer> {
+        if !tier.is_paid() {
+            return Vec::new();
+        }
+        self.gateways
+            .configured()
+            .into_iter()
+            .filter_map(|provider| {
+                let gateway = self.gateways.get(provider).ok()?;
+                Some(Offer {
+                    provider,
+                    local_price: gateway.local_price(tier),
+                    prepaid: provider == PaymentProvider::Mpesa,
+                })
+            })
+            .collect()
     }
 
     /// The user's subscription; a user with no row is on FREE and ACTIVE.
@@ -146,6 +179,18 @@ impl Billing {
     pub async fn portal(&self, user: &UserId, return_url: &str) -> Result<String, BillingError> {
         let gateway = self.gateways.get(PaymentProvider::Stripe)?;
         self.check_redirect("return_url", return_url)?;
+        let provider = self
+            .store
+            .subscription(user)
+            .await?
+            .and_then(|s| s.provider)
+            .filter(|p| *p != PaymentProvider::Stripe);
+        if let Some(provider) = provider {
+            return Err(BillingError::Precondition(format!(
+                "the billing portal is Stripe's; your subscription is with {}",
+                provider.display_name()
+            )));
+        }
         let customer = self
             .store
             .billing_customer(user, gateway.provider())

@@ -16,13 +16,21 @@ use crate::{
         Subscription, Tier, UserId, freshness::Evidence, reconcile::RemoteSubscription,
         reconcile::is_live_status, subscription::PaymentProvider,
     },
-    payments::PaymentGateway,
+    payments::{NOT_CONFIGURED, PaymentError, PaymentGateway},
 };
 
 /// How long one change may hold the lock (a crashed holder's lock expires after it).
 const CHANGE_LOCK: Duration = Duration::seconds(60);
 /// How long a change waits for another one of the same user before giving up.
 const CHANGE_WAIT: StdDuration = StdDuration::from_secs(30);
+
+/// A plan change's result: the subscription as stored, and where the payer approves the change
+/// when the provider asks for that (PayPal): the tier changes once it is approved.
+#[derive(Debug, Clone)]
+pub struct PlanChange {
+    pub entitlement: Entitlement,
+    pub approval_url: Option<String>,
+}
 
 /// A change asked of the provider.
 enum Change {
@@ -33,13 +41,13 @@ enum Change {
 impl Billing {
     /// Switches the live subscription to `tier` (prorated); FREE means cancel at period end.
     #[tracing::instrument(skip_all, fields(user_id = %user, tier = %tier))]
-    pub async fn change_plan(
-        &self,
-        user: &UserId,
-        tier: Tier,
-    ) -> Result<Entitlement, BillingError> {
+    pub async fn change_plan(&self, user: &UserId, tier: Tier) -> Result<PlanChange, BillingError> {
         if !tier.is_paid() {
-            return self.set_cancel(user, true).await;
+            return self
+                .change_at_provider(user, |remote| {
+                    Ok((!remote.cancel_at_period_end).then_some(Change::CancelAtPeriodEnd(true)))
+                })
+                .await;
         }
         self.change_at_provider(user, |remote| {
             let cancelling = remote.cancel_at_period_end || remote.cancel_at.is_some();
@@ -58,7 +66,7 @@ impl Billing {
         user: &UserId,
         cancel: bool,
     ) -> Result<Entitlement, BillingError> {
-        self.change_at_provider(user, |remote| {
+        let change = self.change_at_provider(user, |remote| {
             if !cancel && remote.cancel_at.is_some() && !remote.cancel_at_period_end {
                 return Err(BillingError::Precondition(
                     "this subscription has a fixed end date set in the billing portal; change it there".into(),
@@ -69,7 +77,8 @@ impl Billing {
             }
             Ok(Some(Change::CancelAtPeriodEnd(cancel)))
         })
-        .await
+        .await?;
+        Ok(change.entitlement)
     }
 
     /// Runs one change of the user's subscription at its provider under the user's change lock.
@@ -77,9 +86,11 @@ impl Billing {
         &self,
         user: &UserId,
         decide: impl FnOnce(&RemoteSubscription) -> Result<Option<Change>, BillingError>,
-    ) -> Result<Entitlement, BillingError> {
+    ) -> Result<PlanChange, BillingError> {
         // Fail fast when payments are off, before touching the database.
-        self.gateways.get(PaymentProvider::Stripe)?;
+        if self.gateways.configured().is_empty() {
+            return Err(PaymentError::NotAvailable(NOT_CONFIGURED.into()).into());
+        }
         let owner = uuid::Uuid::new_v4().to_string();
         self.lock_changes(user, &owner).await?;
         let result = self.change_locked(user, decide).await;
@@ -114,7 +125,7 @@ impl Billing {
         &self,
         user: &UserId,
         decide: impl FnOnce(&RemoteSubscription) -> Result<Option<Change>, BillingError>,
-    ) -> Result<Entitlement, BillingError> {
+    ) -> Result<PlanChange, BillingError> {
         let no_subscription = || {
             BillingError::Precondition(
                 "you have no paid subscription; start one with CreateCheckoutSession".into(),
@@ -126,6 +137,15 @@ impl Billing {
         else {
             return Err(no_subscription());
         };
+        if provider == PaymentProvider::Mpesa {
+            let end = stored
+                .current_period_end
+                .map(|t| format!(" on {}", t.date_naive()))
+                .unwrap_or_default();
+            return Err(BillingError::Precondition(format!(
+                "an M-Pesa period is prepaid and ends{end} without renewing: there is nothing to cancel or resume; to change tier, pay for the new tier with M-Pesa (it applies at once and extends the period)"
+            )));
+        }
         let gateway = self.gateways.get(provider)?;
         // The provider's state now, not the stored row (its news may still be on the way).
         let fetched_at = Utc::now();
@@ -133,19 +153,22 @@ impl Billing {
         let live = is_live_status(remote.status)
             && remote.access_ends_at().is_none_or(|end| end > fetched_at);
         let change = if live { decide(&remote)? } else { None };
-        let (remote, evidence) = match change {
-            None => (remote, Evidence::Fetched(fetched_at)),
+        let (remote, evidence, approval_url) = match change {
+            None => (remote, Evidence::Fetched(fetched_at), None),
             Some(change) => {
                 let started = Utc::now();
-                let answer = send(gateway.as_ref(), &subscription_id, change).await?;
-                (answer, Evidence::Fetched(started))
+                let (answer, approval) = send(gateway.as_ref(), &subscription_id, change).await?;
+                (answer, Evidence::Fetched(started), approval)
             }
         };
         let next = self.store_remote(user, &remote, evidence).await?;
         if !live {
             return Err(no_subscription());
         }
-        Ok(self.entitle(next))
+        Ok(PlanChange {
+            entitlement: self.entitle(next),
+            approval_url,
+        })
     }
 
     /// Stores the provider's answer in a short transaction (never over newer state) and returns
@@ -168,17 +191,22 @@ impl Billing {
     }
 }
 
+/// Sends the change; the provider's answer and, for a change the payer must approve, where.
 async fn send(
     gateway: &dyn PaymentGateway,
     subscription_id: &str,
     change: Change,
-) -> Result<RemoteSubscription, BillingError> {
+) -> Result<(RemoteSubscription, Option<String>), BillingError> {
     Ok(match change {
-        Change::Tier(tier) => gateway.change_tier(subscription_id, tier).await?,
-        Change::CancelAtPeriodEnd(cancel) => {
+        Change::Tier(tier) => {
+            let change = gateway.change_tier(subscription_id, tier).await?;
+            (change.subscription, change.approval_url)
+        }
+        Change::CancelAtPeriodEnd(cancel) => (
             gateway
                 .set_cancel_at_period_end(subscription_id, cancel)
-                .await?
-        }
+                .await?,
+            None,
+        ),
     })
 }

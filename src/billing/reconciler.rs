@@ -1,12 +1,13 @@
 //! The reconciler heals what webhooks missed (`RECONCILE_INTERVAL`, and `nexus-billing
 //! reconcile` on demand):
-//! - events: lists the provider's events since the newest one stored (with an overlap) and
+//! - events: lists Stripe's events since the newest one stored (with an overlap) and
 //!   stores those the inbox lacks, so events lost while the endpoint was down past the
 //!   provider's retries, or disabled, are still applied by the event processor;
 //! - overdue subscriptions: a paid subscription whose period ended longer ago than the grace
 //!   period with no news since is fetched and stored;
 //! - adoption: when the stored subscription has ended, the customer's subscriptions are listed
-//!   and one still live is adopted (a second subscription is not ignored forever).
+//!   and one still live is adopted (a second subscription is not ignored forever; Stripe only:
+//!   PayPal cannot list a customer's subscriptions).
 
 use std::{sync::Arc, time::Duration};
 
@@ -16,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Billing, BillingError};
 use crate::{
     domain::{freshness::Evidence, reconcile::is_live_status, subscription::PaymentProvider},
-    payments::PaymentGateway,
+    payments::{NOT_CONFIGURED, PaymentError, PaymentGateway},
     store::OverdueSubscription,
     telemetry::error_chain,
 };
@@ -39,34 +40,56 @@ pub struct ReconcileReport {
 }
 
 impl Billing {
-    /// One reconciliation run against Stripe.
+    /// One reconciliation run: Stripe's missed events, then every overdue subscription read
+    /// again at its provider (M-Pesa periods are prepaid and end on their own, see `mpesa.rs`).
     #[tracing::instrument(skip_all)]
     pub async fn reconcile(&self) -> Result<ReconcileReport, BillingError> {
-        let gateway = self.gateways.get(PaymentProvider::Stripe)?;
+        if self.gateways.with_events().next().is_none() {
+            return Err(PaymentError::NotAvailable(NOT_CONFIGURED.into()).into());
+        }
+        let stripe = self.gateways.get(PaymentProvider::Stripe).ok();
         let mut report = ReconcileReport::default();
-        self.missed_events(gateway.as_ref(), &mut report).await?;
+        if let Some(stripe) = stripe {
+            self.missed_events(stripe.as_ref(), &mut report).await?;
+        }
         let now = Utc::now();
         for overdue in self
             .store
             .overdue_subscriptions(now - self.past_due_grace, BATCH)
             .await?
         {
+            let Ok(gateway) = self.gateways.get(overdue.provider) else {
+                continue;
+            };
+            if overdue.provider == PaymentProvider::Mpesa {
+                continue;
+            }
             let fetched_at = Utc::now();
             let remote = gateway.fetch_subscription(&overdue.subscription_id).await?;
             let ended = !is_live_status(remote.status);
             self.store_remote(&overdue.user, &remote, Evidence::Fetched(fetched_at))
                 .await?;
             report.subscriptions_refreshed += 1;
-            if ended && self.adopt(gateway.as_ref(), &overdue).await? {
+            // Only Stripe can list a customer's other subscriptions.
+            if ended
+                && overdue.provider == PaymentProvider::Stripe
+                && self.adopt(gateway.as_ref(), &overdue).await?
+            {
                 report.subscriptions_adopted += 1;
             }
         }
+        let Some(stripe) = stripe else {
+            tracing::info!(?report, "reconciliation finished");
+            return Ok(report);
+        };
         for ended in self
             .store
             .ended_subscriptions(now - EVENT_RETENTION, BATCH)
             .await?
+            .into_iter()
+            .filter(|e| e.provider == PaymentProvider::Stripe)
         {
-            if self.adopt(gateway.as_ref(), &ended).await? {
+            if self.adopt(stripe.as_ref(), &ended).await? {
                 report.subscriptions_adopted += 1;
             }
         }
@@ -143,7 +166,7 @@ impl Billing {
 
 /// Runs the reconciler every `interval` until shutdown (the first run after one interval).
 pub async fn run(billing: Arc<Billing>, interval: Duration, shutdown: CancellationToken) {
-    if billing.gateways.get(PaymentProvider::Stripe).is_err() {
+    if billing.gateways.with_events().next().is_none() {
         return;
     }
     loop {

@@ -1,5 +1,5 @@
-//! Webhook intake: verify the signature over the raw bytes, read the event, store it in the
-//! inbox and answer. Nothing else: the intake never calls the payment provider, so it answers in
+//! Webhook intake (Stripe and PayPal; M-Pesa's unsigned callbacks are in `mpesa.rs`): verify
+//! the delivery over its raw bytes, read the event, store it in the inbox and answer. Nothing else: the intake never calls the payment provider, so it answers in
 //! milliseconds whatever the provider's latency, and the event processor applies the event
 //! afterwards. A duplicate delivery finds the event stored and is answered 2xx as well.
 
@@ -35,19 +35,20 @@ pub enum WebhookError {
 }
 
 impl Billing {
-    /// Handles one delivery to the Stripe webhook route.
-    #[tracing::instrument(skip_all, fields(event_id, event_type))]
-    pub async fn stripe_webhook(
+    /// Handles one delivery to a provider's webhook route.
+    #[tracing::instrument(skip_all, fields(provider = provider.as_str(), event_id, event_type))]
+    pub async fn webhook(
         &self,
-        signature: Option<&str>,
+        provider: PaymentProvider,
+        headers: &http::HeaderMap,
         body: &[u8],
     ) -> Result<WebhookOutcome, WebhookError> {
         let gateway = self
             .gateways
-            .get(PaymentProvider::Stripe)
+            .get(provider)
             .map_err(|_| WebhookError::NotConfigured)?;
         let now = Utc::now();
-        let event = gateway.verify_webhook(signature, body, now)?;
+        let event = gateway.verify_webhook(headers, body, now).await?;
         // Verified bytes are JSON (the event was read from them), so they are UTF-8 text.
         let payload = std::str::from_utf8(body)
             .map_err(|_| WebhookRejection::BadPayload("not UTF-8".into()))?;
@@ -64,7 +65,7 @@ impl Billing {
         Ok(self.store_event(gateway, &event, payload).await?)
     }
 
-    async fn store_event(
+    pub(super) async fn store_event(
         &self,
         gateway: &dyn PaymentGateway,
         event: &crate::payments::WebhookEvent,

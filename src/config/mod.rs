@@ -11,12 +11,14 @@ use crate::domain::catalogue::{ProviderId, RateLimit};
 
 mod origins;
 mod parse;
+mod payments;
 mod settings;
 
 use origins::DEV_ORIGINS;
 pub use origins::{is_allowed_redirect, parse_origins};
 pub use parse::parse_rate_limits;
 use parse::{dev_encryption_key, non_empty, parse_key, random_hex};
+pub use payments::{MpesaConfig, PaymentSettings, PaypalConfig};
 pub use settings::*;
 
 /// One invalid setting: which, and what is wrong (never its value).
@@ -128,6 +130,8 @@ pub struct Config {
     pub log_level: String,
     pub jwt: JwtConfig,
     pub stripe: Option<StripeConfig>,
+    pub paypal: Option<PaypalConfig>,
+    pub mpesa: Option<MpesaConfig>,
     pub webhook_max_body_bytes: usize,
     /// How long PAST_DUE keeps the paid tier.
     pub past_due_grace: Duration,
@@ -380,6 +384,9 @@ impl Config {
                 })
             }
         };
+        let mut payment_problems = Vec::new();
+        let paypal = payments::paypal(&s.payments, &mut payment_problems);
+        let mpesa = payments::mpesa(&s.payments, production, &mut payment_problems);
         if s.webhook_max_body_bytes < 1024 {
             problem("WEBHOOK_MAX_BODY_BYTES", "must be at least 1024".into());
         }
@@ -548,6 +555,7 @@ impl Config {
             zoho_accounts_servers,
         };
 
+        problems.extend(payment_problems);
         if !problems.is_empty() {
             return Err(ConfigError(problems));
         }
@@ -564,6 +572,8 @@ impl Config {
             log_level: s.log_level,
             jwt,
             stripe,
+            paypal,
+            mpesa,
             webhook_max_body_bytes: s.webhook_max_body_bytes,
             past_due_grace: s.past_due_grace,
             encryption_key,

@@ -270,6 +270,9 @@ pub struct Settings {
     /// redirect URI registered with every OAuth app.
     #[arg(long, env = "OAUTH_REDIRECT_URL", default_value = "http://localhost:3001/integrations/oauth/callback", value_parser = parse_base_url, global = true)]
     pub oauth_redirect_url: Url,
+    /// PayPal and M-Pesa (each off until its first credential is set).
+    #[command(flatten)]
+    pub payments: super::PaymentSettings,
     /// OAuth app credentials; a provider without both is listed as unavailable.
     #[command(flatten)]
     pub oauth_clients: OAuthClients,

@@ -50,16 +50,47 @@ const ZERO_DECIMAL: [&str; 16] = [
 /// Currencies with three decimals.
 const THREE_DECIMAL: [&str; 5] = ["bhd", "jod", "kwd", "omr", "tnd"];
 
-/// An amount in minor units as people read it: `19.00 USD`, `500 JPY`, `1.500 KWD`.
-pub fn format_amount(minor: i64, currency: &str) -> String {
+/// How many decimals the currency's minor unit has.
+pub fn decimals(currency: &str) -> u32 {
     let code = currency.to_ascii_lowercase();
-    let decimals: u32 = if ZERO_DECIMAL.contains(&code.as_str()) {
+    if ZERO_DECIMAL.contains(&code.as_str()) {
         0
     } else if THREE_DECIMAL.contains(&code.as_str()) {
         3
     } else {
         2
+    }
+}
+
+/// A decimal amount as providers write it (`"10.00"`, `"1500"`) in minor units; `None` when it
+/// is not a plain non-negative decimal or has more decimals than the currency.
+pub fn parse_amount(value: &str, currency: &str) -> Option<i64> {
+    let places = decimals(currency);
+    let (whole, fraction) = value.trim().split_once('.').unwrap_or((value.trim(), ""));
+    if whole.is_empty()
+        || !whole.bytes().all(|b| b.is_ascii_digit())
+        || !fraction.bytes().all(|b| b.is_ascii_digit())
+        || fraction.len() > places as usize
+    {
+        return None;
+    }
+    let unit = 10i64.pow(places);
+    let fraction = format!("{fraction:0<width$}", width = places as usize);
+    let minor = if fraction.is_empty() {
+        0
+    } else {
+        fraction.parse::<i64>().ok()?
     };
+    whole
+        .parse::<i64>()
+        .ok()?
+        .checked_mul(unit)?
+        .checked_add(minor)
+}
+
+/// An amount in minor units as people read it: `19.00 USD`, `500 JPY`, `1.500 KWD`.
+pub fn format_amount(minor: i64, currency: &str) -> String {
+    let decimals = decimals(currency);
     let sign = if minor < 0 { "-" } else { "" };
     let abs = minor.unsigned_abs();
     let upper = currency.to_ascii_uppercase();
@@ -124,6 +155,25 @@ pub struct StoredInvoice {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn provider_amounts_become_minor_units() {
+        assert_eq!(parse_amount("10.00", "USD"), Some(1000));
+        assert_eq!(parse_amount("14.9", "eur"), Some(1490));
+        assert_eq!(parse_amount("1500", "KES"), Some(150_000));
+        assert_eq!(parse_amount("500", "JPY"), Some(500));
+        for bad in [
+            "",
+            "-1.00",
+            "1.005",
+            "1e3",
+            "ten",
+            ".5",
+            "99999999999999999999",
+        ] {
+            assert_eq!(parse_amount(bad, "USD"), None, "{bad}");
+        }
+    }
 
     #[test]
     fn amounts_follow_the_currency_minor_unit() {

@@ -86,6 +86,15 @@ impl PaymentProvider {
             Self::Mpesa => "mpesa",
         }
     }
+
+    /// The provider's name as people write it.
+    pub fn display_name(self) -> &'static str {
+        match self {
+            Self::Stripe => "Stripe",
+            Self::Paypal => "PayPal",
+            Self::Mpesa => "M-Pesa",
+        }
+    }
 }
 
 /// A stored provider name that this version does not know.

@@ -7,7 +7,7 @@ use tonic::{Request, Response, Status};
 use super::{
     caller,
     convert::{
-        cursor_from_token, invoice_to_proto, limit_check_to_proto, page_token,
+        cursor_from_token, invoice_to_proto, limit_check_to_proto, offer_to_proto, page_token,
         payment_provider_from_proto, payment_provider_value, plan_to_proto, resource_from_proto,
         subscription_to_proto, tier_from_proto, tier_to_proto, usage_to_proto,
     },
@@ -24,7 +24,7 @@ use super::{
 };
 use crate::{
     billing::{Billing, BillingError, NewCheckout},
-    domain::plans::PLANS,
+    domain::{plans::PLANS, subscription::PaymentProvider},
     payments::PaymentError,
     telemetry::error_chain,
 };
@@ -88,9 +88,20 @@ impl BillingService for BillingApi {
         &self,
         _request: Request<ListPlansRequest>,
     ) -> Result<Response<ListPlansResponse>, Status> {
-        Ok(Response::new(ListPlansResponse {
-            plans: PLANS.iter().map(plan_to_proto).collect(),
-        }))
+        let plans = PLANS
+            .iter()
+            .map(|plan| {
+                let mut wire = plan_to_proto(plan);
+                wire.offers = self
+                    .billing
+                    .offers(plan.tier)
+                    .into_iter()
+                    .map(offer_to_proto)
+                    .collect();
+                wire
+            })
+            .collect();
+        Ok(Response::new(ListPlansResponse { plans }))
     }
 
     async fn get_subscription(
@@ -164,8 +175,15 @@ impl BillingService for BillingApi {
                 email: caller.email.as_deref(),
                 provider,
                 tier,
-                success_url: url_field("success_url", &body.success_url)?,
-                cancel_url: url_field("cancel_url", &body.cancel_url)?,
+                // M-Pesa pays on the phone: no page to return to.
+                success_url: match provider {
+                    PaymentProvider::Mpesa => &body.success_url,
+                    _ => url_field("success_url", &body.success_url)?,
+                },
+                cancel_url: match provider {
+                    PaymentProvider::Mpesa => &body.cancel_url,
+                    _ => url_field("cancel_url", &body.cancel_url)?,
+                },
                 phone_number: Some(body.phone_number.as_str()).filter(|p| !p.is_empty()),
             })
             .await
@@ -174,6 +192,7 @@ impl BillingService for BillingApi {
             session_id: session.id,
             url: session.url,
             provider: payment_provider_value(provider),
+            message: session.message.unwrap_or_default(),
         }))
     }
 
@@ -183,13 +202,14 @@ impl BillingService for BillingApi {
     ) -> Result<Response<ChangePlanResponse>, Status> {
         let caller = caller(&request)?;
         let tier = tier_from_proto(request.get_ref().tier)?;
-        let entitlement = self
+        let change = self
             .billing
             .change_plan(&caller.user_id, tier)
             .await
             .map_err(billing_status)?;
         Ok(Response::new(ChangePlanResponse {
-            subscription: Some(subscription_to_proto(&entitlement)),
+            subscription: Some(subscription_to_proto(&change.entitlement)),
+            approval_url: change.approval_url.unwrap_or_default(),
         }))
     }
 

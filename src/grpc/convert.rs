@@ -178,6 +178,18 @@ pub fn plan_to_proto(plan: &Plan) -> pb::Plan {
             contacts: plan.limits.contacts.as_wire(),
             analytics_retention_days: plan.limits.analytics_retention_days.as_wire(),
         }),
+        offers: Vec::new(),
+    }
+}
+
+pub fn offer_to_proto(offer: crate::billing::Offer) -> pb::Offer {
+    pb::Offer {
+        provider: payment_provider_to_proto(Some(offer.provider)).into(),
+        local_price: offer.local_price.map(|(amount_minor, currency)| pb::Money {
+            amount_minor,
+            currency,
+        }),
+        prepaid: offer.prepaid,
     }
 }
 

@@ -1,15 +1,19 @@
-//! Payment providers behind one trait. Stripe is implemented (`stripe`); PayPal and M-Pesa
-//! answer "not available" until their issue lands (`unavailable`).
+//! Payment providers behind one trait: Stripe (`stripe*`), PayPal subscriptions (`paypal*`) and
+//! M-Pesa STK push (`mpesa`). A provider that is not configured answers "not available".
 //!
-//! Everything crossing the trait is provider-neutral: the use cases in `billing` and
-//! `billing_webhook` never see a Stripe type.
+//! Everything crossing the trait is provider-neutral: the use cases in `billing` never see a
+//! Stripe, PayPal or Daraja type.
 
+mod access_token;
+pub mod mpesa;
+pub mod paypal;
+mod paypal_event;
+mod provider_api;
 pub mod stripe;
 pub mod stripe_budget;
 mod stripe_event;
 mod stripe_raw;
 pub mod stripe_signature;
-pub mod unavailable;
 
 use std::sync::Arc;
 
@@ -65,7 +69,10 @@ pub struct CheckoutRequest<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckoutSession {
     pub id: String,
+    /// Where to send the payer; empty when the payment happens elsewhere (M-Pesa: the phone).
     pub url: String,
+    /// What to tell the payer (M-Pesa: "check your phone").
+    pub message: Option<String>,
 }
 
 /// An invoice as the provider reports it right now (no user yet: the caller knows whose it is).
@@ -157,6 +164,12 @@ pub enum EventAction {
         subscription_id: String,
         trial_end: Option<DateTime<Utc>>,
     },
+    /// A one-off payment may have finished (an M-Pesa callback or the poller): ask the provider
+    /// and settle it. `receipt` is what the hint named, kept only if the payment is confirmed.
+    ConfirmPayment {
+        request_id: String,
+        receipt: Option<String>,
+    },
     /// Verified and recorded, nothing else to do.
     Ignore,
 }
@@ -186,6 +199,31 @@ pub enum WebhookRejection {
     BadSignature,
     #[error("malformed event: {0}")]
     BadPayload(String),
+    /// The signature could not be checked now (the provider's verification call failed):
+    /// answered 503 so the provider delivers again; nothing stored.
+    #[error("the signature cannot be verified now: {0}")]
+    Unverifiable(String),
+}
+
+/// A tier change asked of the provider: its answer, and where the payer must approve the change
+/// when the provider needs that (PayPal's revise); the tier changes once it is approved.
+#[derive(Debug, Clone)]
+pub struct TierChange {
+    pub subscription: RemoteSubscription,
+    pub approval_url: Option<String>,
+}
+
+/// A one-off payment's state at the provider (M-Pesa STK push).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PaymentStatus {
+    /// The payer has not answered yet, or the provider is still processing.
+    Pending,
+    Paid,
+    /// Cancelled, timed out, refused: `code` is the provider's result code.
+    Failed {
+        code: String,
+        reason: String,
+    },
 }
 
 /// One payment provider. Every method is required: a provider that cannot do something says so
@@ -208,12 +246,13 @@ pub trait PaymentGateway: Send + Sync + 'static {
         request: &CheckoutRequest<'_>,
     ) -> Result<CheckoutSession, PaymentError>;
 
-    /// Switches a subscription to `tier`'s price, prorating the difference.
+    /// Switches a subscription to `tier`'s price, prorating the difference (or asks the payer
+    /// to approve the switch, see [`TierChange`]).
     async fn change_tier(
         &self,
         subscription_id: &str,
         tier: Tier,
-    ) -> Result<RemoteSubscription, PaymentError>;
+    ) -> Result<TierChange, PaymentError>;
 
     /// Sets or clears cancellation at the end of the current period.
     async fn set_cancel_at_period_end(
@@ -238,10 +277,10 @@ pub trait PaymentGateway: Send + Sync + 'static {
     /// The invoice's current state at the provider.
     async fn fetch_invoice(&self, invoice_id: &str) -> Result<RemoteInvoice, PaymentError>;
 
-    /// Verifies a webhook delivery over its raw bytes and reads what it asks for.
-    fn verify_webhook(
+    /// Verifies a webhook delivery (its headers and raw bytes) and reads what it asks for.
+    async fn verify_webhook(
         &self,
-        signature: Option<&str>,
+        headers: &http::HeaderMap,
         body: &[u8],
         now: DateTime<Utc>,
     ) -> Result<WebhookEvent, WebhookRejection>;
@@ -269,6 +308,21 @@ pub trait PaymentGateway: Send + Sync + 'static {
     /// Cancels a subscription now (not at the period end) and refunds its latest payment;
     /// returns the refunded amount in minor units, if a payment was refunded.
     async fn cancel_and_refund(&self, subscription_id: &str) -> Result<Option<i64>, PaymentError>;
+
+    /// The price of one period of `tier` when this service sets it (M-Pesa: KES from the
+    /// settings), in minor units and the currency; `None` when the provider holds the price.
+    fn local_price(&self, tier: Tier) -> Option<(i64, String)> {
+        let _ = tier;
+        None
+    }
+
+    /// The state of a one-off payment request (providers without subscriptions: M-Pesa).
+    async fn payment_status(&self, request_id: &str) -> Result<PaymentStatus, PaymentError> {
+        let _ = request_id;
+        Err(PaymentError::NotAvailable(
+            "this payment provider has no one-off payments".into(),
+        ))
+    }
 }
 
 /// One page of listed events.
@@ -289,32 +343,65 @@ impl PaymentError {
 /// The configured gateways, by provider.
 pub struct Gateways {
     stripe: Option<Arc<dyn PaymentGateway>>,
-    paypal: Arc<dyn PaymentGateway>,
-    mpesa: Arc<dyn PaymentGateway>,
+    paypal: Option<Arc<dyn PaymentGateway>>,
+    mpesa: Option<Arc<dyn PaymentGateway>>,
 }
 
-/// The message every payment RPC answers when Stripe is not configured.
+/// The message every payment RPC answers when no payment provider is configured.
 pub const NOT_CONFIGURED: &str = "payments are not configured";
 
 impl Gateways {
-    pub fn new(stripe: Option<Arc<dyn PaymentGateway>>) -> Self {
+    pub fn new(
+        stripe: Option<Arc<dyn PaymentGateway>>,
+        paypal: Option<Arc<dyn PaymentGateway>>,
+        mpesa: Option<Arc<dyn PaymentGateway>>,
+    ) -> Self {
         Self {
             stripe,
-            paypal: Arc::new(unavailable::Unavailable::new(PaymentProvider::Paypal)),
-            mpesa: Arc::new(unavailable::Unavailable::new(PaymentProvider::Mpesa)),
+            paypal,
+            mpesa,
         }
     }
 
     /// The gateway of `provider`, or why there is none.
     pub fn get(&self, provider: PaymentProvider) -> Result<&Arc<dyn PaymentGateway>, PaymentError> {
-        match provider {
-            PaymentProvider::Stripe => self
-                .stripe
-                .as_ref()
-                .ok_or_else(|| PaymentError::NotAvailable(NOT_CONFIGURED.into())),
-            PaymentProvider::Paypal => Ok(&self.paypal),
-            PaymentProvider::Mpesa => Ok(&self.mpesa),
-        }
+        let (gateway, settings) = match provider {
+            PaymentProvider::Stripe => (&self.stripe, "STRIPE_SECRET_KEY"),
+            PaymentProvider::Paypal => (&self.paypal, "PAYPAL_CLIENT_ID"),
+            PaymentProvider::Mpesa => (&self.mpesa, "MPESA_CONSUMER_KEY"),
+        };
+        gateway.as_ref().ok_or_else(|| {
+            if self.configured().is_empty() {
+                PaymentError::NotAvailable(NOT_CONFIGURED.into())
+            } else {
+                PaymentError::NotAvailable(format!(
+                    "{} payments are not available here ({settings} is not set); use {}",
+                    provider.display_name(),
+                    self.configured()
+                        .iter()
+                        .map(|p| p.as_str().to_uppercase())
+                        .collect::<Vec<_>>()
+                        .join(" or ")
+                ))
+            }
+        })
+    }
+
+    /// The configured providers.
+    pub fn configured(&self) -> Vec<PaymentProvider> {
+        PaymentProvider::ALL
+            .into_iter()
+            .filter(|p| match p {
+                PaymentProvider::Stripe => self.stripe.is_some(),
+                PaymentProvider::Paypal => self.paypal.is_some(),
+                PaymentProvider::Mpesa => self.mpesa.is_some(),
+            })
+            .collect()
+    }
+
+    /// The configured gateways that take webhooks and hold subscriptions (not M-Pesa).
+    pub fn with_events(&self) -> impl Iterator<Item = &Arc<dyn PaymentGateway>> {
+        [&self.stripe, &self.paypal].into_iter().flatten()
     }
 
     pub fn stripe_configured(&self) -> bool {

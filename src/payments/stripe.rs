@@ -32,7 +32,7 @@ use url::Url;
 
 use super::{
     CheckoutRequest, CheckoutSession, EventPage, PaymentError, PaymentGateway, RemoteInvoice,
-    WebhookEvent, WebhookRejection,
+    TierChange, WebhookEvent, WebhookRejection,
     stripe_budget::StripeBudget,
     stripe_event::{self, PriceMap},
     stripe_signature::SignatureVerifier,
@@ -338,6 +338,7 @@ impl PaymentGateway for StripeGateway {
         Ok(CheckoutSession {
             id: session.id.as_str().to_string(),
             url,
+            message: None,
         })
     }
 
@@ -346,7 +347,7 @@ impl PaymentGateway for StripeGateway {
         &self,
         subscription_id: &str,
         tier: Tier,
-    ) -> Result<RemoteSubscription, PaymentError> {
+    ) -> Result<TierChange, PaymentError> {
         let price = self.price_of(tier)?;
         let current = self.retrieve(subscription_id).await?;
         let item = current
@@ -357,13 +358,18 @@ impl PaymentGateway for StripeGateway {
         let mut change = UpdateSubscriptionItems::new();
         change.id = Some(item.id.as_str().to_string());
         change.price = Some(price.to_string());
-        self.update(
-            UpdateSubscription::new(subscription_id)
-                .items(vec![change])
-                .proration_behavior(UpdateSubscriptionProrationBehavior::CreateProrations)
-                .cancel_at_period_end(false),
-        )
-        .await
+        let subscription = self
+            .update(
+                UpdateSubscription::new(subscription_id)
+                    .items(vec![change])
+                    .proration_behavior(UpdateSubscriptionProrationBehavior::CreateProrations)
+                    .cancel_at_period_end(false),
+            )
+            .await?;
+        Ok(TierChange {
+            subscription,
+            approval_url: None,
+        })
     }
 
     #[tracing::instrument(skip_all, fields(subscription_id = %subscription_id, cancel = cancel))]
@@ -449,12 +455,15 @@ impl PaymentGateway for StripeGateway {
         })
     }
 
-    fn verify_webhook(
+    async fn verify_webhook(
         &self,
-        signature: Option<&str>,
+        headers: &http::HeaderMap,
         body: &[u8],
         now: DateTime<Utc>,
     ) -> Result<WebhookEvent, WebhookRejection> {
+        let signature = headers
+            .get("stripe-signature")
+            .and_then(|v| v.to_str().ok());
         self.verifier.verify(signature, body, now.timestamp())?;
         stripe_event::parse(body, &self.prices)
     }

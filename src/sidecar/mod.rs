@@ -20,7 +20,6 @@ use tracing::Instrument;
 
 use crate::{
     billing::Billing,
-    billing::{WebhookError, WebhookOutcome},
     integrations::Integrations,
     store::Store,
     telemetry::{REQUEST_ID_HEADER, request_span},
@@ -28,6 +27,7 @@ use crate::{
 
 mod dashboard;
 mod oauth;
+mod webhooks;
 
 pub use dashboard::{DASHBOARD_PATH, DashboardSettings};
 pub use oauth::{OAUTH_CALLBACK, OAUTH_START};
@@ -122,7 +122,7 @@ fn route_name(path: &str) -> &'static str {
         "/healthz" => "/healthz",
         "/readyz" => "/readyz",
         "/metrics" => "/metrics",
-        "/billing/webhook" => "/billing/webhook",
+        p if webhooks::provider_of(p).is_some() => webhooks::route_name(p),
         OAUTH_CALLBACK => OAUTH_CALLBACK,
         OAUTH_START => OAUTH_START,
         p if dashboard::owns(p) => "/dashboard",
@@ -150,8 +150,10 @@ async fn route_request(state: &SidecarState, request: Request<Incoming>) -> Resp
             );
             response
         }
-        (Method::POST, "/billing/webhook") => billing_webhook(state, request).await,
-        (_, "/billing/webhook") => method_not_allowed("POST"),
+        (Method::POST, p) if webhooks::provider_of(p).is_some() => {
+            webhooks::deliver(state, request).await
+        }
+        (_, p) if webhooks::provider_of(p).is_some() => method_not_allowed("POST"),
         (Method::GET, OAUTH_CALLBACK) => oauth::callback(state, &request).await,
         (_, OAUTH_CALLBACK) => method_not_allowed("GET"),
         (Method::GET, OAUTH_START) => oauth::start(state, &request).await,
@@ -165,59 +167,12 @@ async fn route_request(state: &SidecarState, request: Request<Incoming>) -> Resp
     }
 }
 
-/// `POST /billing/webhook`: reads the raw body under the cap and hands the exact bytes to the
-/// webhook intake. 2xx means "stored, do not send again" (the event processor applies it, or it
-/// was a duplicate); 400 a bad signature or event; 503 "try again later" with nothing stored.
-async fn billing_webhook(
-    state: &SidecarState,
-    request: Request<Incoming>,
-) -> Response<Full<Bytes>> {
-    let signature = request
-        .headers()
-        .get("stripe-signature")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let body = match read_body(request, state.webhook_max_body_bytes).await {
-        Ok(body) => body,
-        Err(response) => return response,
-    };
-    let result = state
-        .billing
-        .stripe_webhook(signature.as_deref(), &body)
-        .await;
-    let label = match &result {
-        Ok(WebhookOutcome::Stored) => "stored",
-        Ok(WebhookOutcome::Duplicate) => "duplicate",
-        Err(WebhookError::NotConfigured) => "not_configured",
-        Err(WebhookError::Rejected(_)) => "rejected",
-        Err(WebhookError::Store(_)) => "failed",
-    };
-    metrics::counter!("webhook_deliveries_total", "provider" => "stripe", "outcome" => label)
-        .increment(1);
-    match result {
-        Ok(WebhookOutcome::Duplicate) => text(StatusCode::OK, "duplicate"),
-        Ok(_) => text(StatusCode::OK, "ok"),
-        Err(WebhookError::NotConfigured) => text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "payments are not configured",
-        ),
-        Err(WebhookError::Rejected(reason)) => {
-            tracing::info!(%reason, "webhook delivery rejected");
-            text(StatusCode::BAD_REQUEST, &reason.to_string())
-        }
-        Err(error) => {
-            tracing::error!(error = %crate::telemetry::error_chain(&error), "webhook event cannot be stored; the provider will redeliver");
-            text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "cannot store the event now; nothing was recorded, send it again later",
-            )
-        }
-    }
-}
-
 /// Reads a whole body of at most `cap` bytes within [`BODY_READ_TIMEOUT`], or answers 413 (too
 /// large), 408 (too slow) or 400 (broken body).
-async fn read_body(request: Request<Incoming>, cap: usize) -> Result<Bytes, Response<Full<Bytes>>> {
+pub(super) async fn read_body(
+    request: Request<Incoming>,
+    cap: usize,
+) -> Result<Bytes, Response<Full<Bytes>>> {
     let declared = request
         .headers()
         .get(header::CONTENT_LENGTH)

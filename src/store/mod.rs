@@ -11,6 +11,8 @@ mod integration_sql;
 #[macro_use]
 mod webhook_sql;
 #[macro_use]
+pub(crate) mod mpesa_sql;
+#[macro_use]
 mod sync_sql;
 mod postgres;
 mod rows;
@@ -30,6 +32,7 @@ use crate::domain::{
     contact::Contact,
     integration::{Integration, IntegrationStatus},
     invoice::{Invoice, InvoiceStatus, StoredInvoice},
+    prepaid::{MobilePayment, PaymentState},
     subscription::{PaymentProvider, Subscription},
     sync_job::{Direction, JobProgress, JobState, SyncJob},
 };
@@ -85,11 +88,81 @@ impl StoreError {
     }
 }
 
+/// How a pending M-Pesa request ended.
+#[derive(Debug, Clone)]
+pub struct Settled<'a> {
+    pub state: PaymentState,
+    pub reason: Option<&'a str>,
+    pub receipt: Option<&'a str>,
+    pub now: DateTime<Utc>,
+}
+
+/// A new M-Pesa request, reserved before the push is sent.
+#[derive(Debug, Clone)]
+pub struct NewMobilePayment<'a> {
+    pub id: &'a str,
+    pub user: &'a UserId,
+    pub tier: crate::domain::Tier,
+    pub amount: i64,
+    pub currency: &'a str,
+    pub phone: &'a str,
+    pub now: DateTime<Utc>,
+}
+
+/// M-Pesa payment requests (see `billing::mpesa`).
+#[async_trait]
+pub trait MobilePayments: Send + Sync {
+    /// Records a pending request; `false` when the user already has one pending.
+    async fn reserve_mobile_payment(&self, p: &NewMobilePayment<'_>) -> Result<bool, StoreError>;
+
+    /// The push was accepted: its CheckoutRequestID.
+    async fn mobile_payment_sent(&self, id: &str, request_id: &str) -> Result<(), StoreError>;
+
+    /// The push was not sent (refused or failed): the request ends failed.
+    async fn mobile_payment_not_sent(
+        &self,
+        id: &str,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+
+    /// The request with this CheckoutRequestID.
+    async fn mobile_payment(&self, request_id: &str) -> Result<Option<MobilePayment>, StoreError>;
+
+    /// The user's pending request, if any.
+    async fn pending_mobile_payment(
+        &self,
+        user: &UserId,
+    ) -> Result<Option<MobilePayment>, StoreError>;
+
+    /// Users whose prepaid (M-Pesa) period ended before `now` and is still stored active.
+    async fn ended_prepaid_periods(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<UserId>, StoreError>;
+
+    /// Pending requests created before `created_before`, oldest first.
+    async fn stale_mobile_payments(
+        &self,
+        created_before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<MobilePayment>, StoreError>;
+}
+
 /// Everything the service reads and writes. Every query that returns user data takes the user id,
 /// so one user's rows can never be read through another user's request.
 #[async_trait]
 pub trait Store:
-    BillingRecords + WebhookStore + IntegrationStore + SyncQueue + ContactImport + Send + Sync + 'static
+    BillingRecords
+    + WebhookStore
+    + MobilePayments
+    + IntegrationStore
+    + SyncQueue
+    + ContactImport
+    + Send
+    + Sync
+    + 'static
 {
     /// Which database this is.
     fn backend(&self) -> Backend;
@@ -233,6 +306,14 @@ pub trait BillingTx: Send {
 
     /// Appends an activity-log entry.
     async fn log_activity(&mut self, user: &UserId, activity: &Activity) -> Result<(), StoreError>;
+
+    /// Moves a pending M-Pesa request to paid or failed; `None` when it was not pending (settled
+    /// before: the effects must not be applied twice).
+    async fn settle_mobile_payment(
+        &mut self,
+        request_id: &str,
+        settled: &Settled<'_>,
+    ) -> Result<Option<MobilePayment>, StoreError>;
 
     /// Makes every change of this transaction visible.
     async fn commit(self: Box<Self>) -> Result<(), StoreError>;

@@ -197,6 +197,7 @@ billing_records!(PgStore);
 integration_store!(PgStore, id: "::uuid", text: "::text", skip_locked: " FOR UPDATE SKIP LOCKED");
 contact_import!(PgStore, begin: "BEGIN", user_lock: "SELECT pg_advisory_xact_lock(hashtext($1))");
 webhook_store!(PgStore);
+mobile_payments!(PgStore);
 sync_queue!(PgStore, id: "::uuid", text: "::text",
     key: "to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
     key_format: "%Y-%m-%dT%H:%M:%S%.6fZ",

@@ -159,6 +159,23 @@ macro_rules! billing_tx {
                 Ok(())
             }
 
+            async fn settle_mobile_payment(
+                &mut self,
+                request_id: &str,
+                settled: &$crate::store::Settled<'_>,
+            ) -> Result<Option<$crate::domain::prepaid::MobilePayment>, $crate::store::StoreError> {
+                let row: Option<$crate::store::mpesa_sql::PaymentRow> =
+                    sqlx::query_as($crate::store::mpesa_sql::SETTLE)
+                        .bind(request_id)
+                        .bind(settled.state.as_str())
+                        .bind(settled.reason)
+                        .bind(settled.receipt)
+                        .bind(settled.now)
+                        .fetch_optional(&mut *self.0)
+                        .await?;
+                row.map($crate::store::mpesa_sql::payment).transpose()
+            }
+
             async fn commit(self: Box<Self>) -> Result<(), $crate::store::StoreError> {
                 self.0.commit().await?;
                 Ok(())

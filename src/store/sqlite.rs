@@ -175,6 +175,7 @@ billing_records!(SqliteStore);
 integration_store!(SqliteStore, id: "", text: "", skip_locked: "");
 contact_import!(SqliteStore, begin: "BEGIN IMMEDIATE", user_lock: "");
 webhook_store!(SqliteStore);
+mobile_payments!(SqliteStore);
 sync_queue!(SqliteStore, id: "", text: "",
     key: "strftime('%Y-%m-%dT%H:%M:%fZ', updated_at)",
     key_format: "%Y-%m-%dT%H:%M:%S%.3fZ",

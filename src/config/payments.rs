@@ -1,0 +1,206 @@
+//! PayPal and M-Pesa settings: the clap arguments (flattened into [`super::Settings`]) and their
+//! validation. A provider is on when its first credential is set; then every other setting it
+//! needs is required, and each missing one is named.
+
+use std::time::Duration;
+
+use clap::Args;
+use secrecy::SecretString;
+use url::Url;
+
+use super::{ConfigProblem, parse::non_empty};
+
+/// PayPal subscriptions and M-Pesa STK push (Safaricom Daraja).
+#[derive(Debug, Clone, Args)]
+pub struct PaymentSettings {
+    /// PayPal REST app client id (turns PayPal on).
+    #[arg(long, env = "PAYPAL_CLIENT_ID", global = true)]
+    pub paypal_client_id: Option<String>,
+    #[arg(
+        long,
+        env = "PAYPAL_CLIENT_SECRET",
+        hide_env_values = true,
+        global = true
+    )]
+    pub paypal_client_secret: Option<String>,
+    /// The id PayPal gave the webhook registered for `/billing/webhook/paypal`.
+    #[arg(long, env = "PAYPAL_WEBHOOK_ID", global = true)]
+    pub paypal_webhook_id: Option<String>,
+    /// The PayPal billing plan (P-...) a PRO subscription is created with.
+    #[arg(long, env = "PAYPAL_PLAN_ID_PRO", global = true)]
+    pub paypal_plan_id_pro: Option<String>,
+    #[arg(long, env = "PAYPAL_PLAN_ID_PREMIUM", global = true)]
+    pub paypal_plan_id_premium: Option<String>,
+    /// Daraja app consumer key (turns M-Pesa on).
+    #[arg(long, env = "MPESA_CONSUMER_KEY", global = true)]
+    pub mpesa_consumer_key: Option<String>,
+    #[arg(
+        long,
+        env = "MPESA_CONSUMER_SECRET",
+        hide_env_values = true,
+        global = true
+    )]
+    pub mpesa_consumer_secret: Option<String>,
+    /// The paybill or till number (BusinessShortCode) paid into.
+    #[arg(long, env = "MPESA_SHORTCODE", global = true)]
+    pub mpesa_shortcode: Option<String>,
+    /// The Lipa na M-Pesa Online passkey.
+    #[arg(long, env = "MPESA_PASSKEY", hide_env_values = true, global = true)]
+    pub mpesa_passkey: Option<String>,
+    /// Public https URL of `POST /billing/webhook/mpesa`, sent with every STK push.
+    #[arg(long, env = "MPESA_CALLBACK_URL", global = true)]
+    pub mpesa_callback_url: Option<String>,
+    /// Price of one 30-day PRO period in whole Kenyan shillings.
+    #[arg(long, env = "MPESA_PRICE_KES_PRO", global = true)]
+    pub mpesa_price_kes_pro: Option<u32>,
+    #[arg(long, env = "MPESA_PRICE_KES_PREMIUM", global = true)]
+    pub mpesa_price_kes_premium: Option<u32>,
+    /// How often the M-Pesa poller looks for payment requests whose callback has not come.
+    #[arg(long, env = "MPESA_POLL_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
+    pub mpesa_poll_interval: Duration,
+    /// How long a payment request may wait for its callback before the poller asks Daraja.
+    #[arg(long, env = "MPESA_CALLBACK_GRACE", default_value = "90s", value_parser = humantime::parse_duration, global = true)]
+    pub mpesa_callback_grace: Duration,
+}
+
+/// Validated PayPal settings; present only when `PAYPAL_CLIENT_ID` is set.
+#[derive(Debug)]
+pub struct PaypalConfig {
+    pub client_id: String,
+    pub client_secret: SecretString,
+    pub webhook_id: String,
+    pub plan_pro: String,
+    pub plan_premium: String,
+}
+
+/// Validated M-Pesa settings; present only when `MPESA_CONSUMER_KEY` is set.
+#[derive(Debug)]
+pub struct MpesaConfig {
+    pub consumer_key: String,
+    pub consumer_secret: SecretString,
+    pub shortcode: String,
+    pub passkey: SecretString,
+    pub callback_url: Url,
+    /// Whole shillings per 30-day period.
+    pub price_kes_pro: u32,
+    pub price_kes_premium: u32,
+    pub poll_interval: Duration,
+    pub callback_grace: Duration,
+}
+
+/// Collects the problems of one provider's settings.
+struct Required<'a> {
+    problems: &'a mut Vec<ConfigProblem>,
+    because: &'static str,
+}
+
+impl Required<'_> {
+    fn get(&mut self, setting: &'static str, value: Option<String>) -> String {
+        non_empty(value).unwrap_or_else(|| {
+            self.problem(setting, format!("is required when {} is set", self.because));
+            String::new()
+        })
+    }
+
+    fn problem(&mut self, setting: &'static str, problem: String) {
+        self.problems.push(ConfigProblem { setting, problem });
+    }
+}
+
+pub(super) fn paypal(
+    s: &PaymentSettings,
+    problems: &mut Vec<ConfigProblem>,
+) -> Option<PaypalConfig> {
+    let client_id = non_empty(s.paypal_client_id.clone())?;
+    let mut required = Required {
+        problems,
+        because: "PAYPAL_CLIENT_ID",
+    };
+    let config = PaypalConfig {
+        client_id,
+        client_secret: required
+            .get("PAYPAL_CLIENT_SECRET", s.paypal_client_secret.clone())
+            .into(),
+        webhook_id: required.get("PAYPAL_WEBHOOK_ID", s.paypal_webhook_id.clone()),
+        plan_pro: required.get("PAYPAL_PLAN_ID_PRO", s.paypal_plan_id_pro.clone()),
+        plan_premium: required.get("PAYPAL_PLAN_ID_PREMIUM", s.paypal_plan_id_premium.clone()),
+    };
+    if !config.plan_pro.is_empty() && config.plan_pro == config.plan_premium {
+        required.problem(
+            "PAYPAL_PLAN_ID_PREMIUM",
+            "must differ from PAYPAL_PLAN_ID_PRO".into(),
+        );
+    }
+    Some(config)
+}
+
+pub(super) fn mpesa(
+    s: &PaymentSettings,
+    production: bool,
+    problems: &mut Vec<ConfigProblem>,
+) -> Option<MpesaConfig> {
+    let consumer_key = non_empty(s.mpesa_consumer_key.clone())?;
+    let mut required = Required {
+        problems,
+        because: "MPESA_CONSUMER_KEY",
+    };
+    let consumer_secret = required.get("MPESA_CONSUMER_SECRET", s.mpesa_consumer_secret.clone());
+    let shortcode = required.get("MPESA_SHORTCODE", s.mpesa_shortcode.clone());
+    if !shortcode.is_empty()
+        && !(shortcode.len() >= 5
+            && shortcode.len() <= 7
+            && shortcode.bytes().all(|b| b.is_ascii_digit()))
+    {
+        required.problem("MPESA_SHORTCODE", "must be 5 to 7 digits".into());
+    }
+    let passkey = required.get("MPESA_PASSKEY", s.mpesa_passkey.clone());
+    let callback = required.get("MPESA_CALLBACK_URL", s.mpesa_callback_url.clone());
+    // An invalid URL is a problem reported below; the config is then never used.
+    let callback_url = match Url::parse(&callback) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {
+            if production && url.scheme() != "https" {
+                required.problem(
+                    "MPESA_CALLBACK_URL",
+                    "must be https:// when APP_ENV=production (Safaricom calls only https)".into(),
+                );
+            }
+            Some(url)
+        }
+        _ => {
+            if !callback.is_empty() {
+                required.problem(
+                    "MPESA_CALLBACK_URL",
+                    "must be an absolute http(s) URL".into(),
+                );
+            }
+            None
+        }
+    };
+    let mut price = |setting: &'static str, value: Option<u32>| match value {
+        Some(0) => {
+            required.problem(setting, "must be at least 1".into());
+            0
+        }
+        Some(kes) => kes,
+        None => {
+            required.problem(setting, "is required when MPESA_CONSUMER_KEY is set".into());
+            0
+        }
+    };
+    let price_kes_pro = price("MPESA_PRICE_KES_PRO", s.mpesa_price_kes_pro);
+    let price_kes_premium = price("MPESA_PRICE_KES_PREMIUM", s.mpesa_price_kes_premium);
+    if s.mpesa_poll_interval.is_zero() {
+        required.problem("MPESA_POLL_INTERVAL", "must be more than 0s".into());
+    }
+    Some(MpesaConfig {
+        consumer_key,
+        consumer_secret: consumer_secret.into(),
+        shortcode,
+        passkey: passkey.into(),
+        callback_url: callback_url?,
+        price_kes_pro,
+        price_kes_premium,
+        poll_interval: s.mpesa_poll_interval,
+        callback_grace: s.mpesa_callback_grace,
+    })
+}
