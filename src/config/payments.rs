@@ -146,11 +146,9 @@ pub(super) fn mpesa(
     };
     let consumer_secret = required.get("MPESA_CONSUMER_SECRET", s.mpesa_consumer_secret.clone());
     let shortcode = required.get("MPESA_SHORTCODE", s.mpesa_shortcode.clone());
-    if !shortcode.is_empty()
-        && !(shortcode.len() >= 5
-            && shortcode.len() <= 7
-            && shortcode.bytes().all(|b| b.is_ascii_digit()))
-    {
+    let digits =
+        (5..=7).contains(&shortcode.len()) && shortcode.bytes().all(|b| b.is_ascii_digit());
+    if !shortcode.is_empty() && !digits {
         required.problem("MPESA_SHORTCODE", "must be 5 to 7 digits".into());
     }
     let passkey = required.get("MPESA_PASSKEY", s.mpesa_passkey.clone());

@@ -169,7 +169,7 @@ async fn other_providers_and_plan_changes_without_a_subscription_are_preconditio
             .create_checkout_session(authed(request, &token("jo")))
             .await
             .err()
-            .unwrap_or_else(|| panic!("{name} is not available yet"));
+            .unwrap_or_else(|| panic!("{name} is not configured in this test"));
         assert_eq!(status.code(), Code::FailedPrecondition, "{name}");
         assert!(status.message().contains(name), "{}", status.message());
     }

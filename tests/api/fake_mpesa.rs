@@ -78,7 +78,10 @@ impl FakeMpesa {
             ("--mpesa-consumer-secret", CONSUMER_SECRET.to_string()),
             ("--mpesa-shortcode", SHORTCODE.to_string()),
             ("--mpesa-passkey", PASSKEY.to_string()),
-            ("--mpesa-callback-url", "https://billing.example.com/billing/webhook/mpesa".to_string()),
+            (
+                "--mpesa-callback-url",
+                "https://billing.example.com/billing/webhook/mpesa".to_string(),
+            ),
             ("--mpesa-price-kes-pro", PRICE_PRO.to_string()),
             ("--mpesa-price-kes-premium", PRICE_PREMIUM.to_string()),
             ("--mpesa-api-base", self.server.uri()),
@@ -175,8 +178,8 @@ impl Handler {
             }
             Err(_) => problems.push(format!("Timestamp {at:?} is not YYYYMMDDHHMMSS")),
         }
-        let expected = base64::engine::general_purpose::STANDARD
-            .encode(format!("{SHORTCODE}{PASSKEY}{at}"));
+        let expected =
+            base64::engine::general_purpose::STANDARD.encode(format!("{SHORTCODE}{PASSKEY}{at}"));
         if body["Password"].as_str() != Some(expected.as_str()) {
             problems.push("Password is not base64(ShortCode + Passkey + Timestamp)".into());
         }
@@ -197,11 +200,17 @@ impl Handler {
         if path == "/oauth/v1/generate" {
             let basic = base64::engine::general_purpose::STANDARD
                 .encode(format!("{CONSUMER_KEY}:{CONSUMER_SECRET}"));
-            let grant = request.url.query_pairs().any(|(k, v)| k == "grant_type" && v == "client_credentials");
+            let grant = request
+                .url
+                .query_pairs()
+                .any(|(k, v)| k == "grant_type" && v == "client_credentials");
             if request.method.as_str() != "GET" || auth != format!("Basic {basic}") || !grant {
                 return daraja_error(400, "400.008.01", "Invalid Authentication passed");
             }
-            let token = format!("fake-daraja-{}", self.counter.fetch_add(1, Ordering::Relaxed));
+            let token = format!(
+                "fake-daraja-{}",
+                self.counter.fetch_add(1, Ordering::Relaxed)
+            );
             state.tokens.push(token.clone());
             return ResponseTemplate::new(200)
                 .set_body_json(json!({ "access_token": token, "expires_in": "3599" }));
@@ -218,8 +227,13 @@ impl Handler {
                 state.pushes.push(body.clone());
                 let mut problems = Self::check_credentials(&body);
                 let phone_ok = |v: &Value| {
-                    let s = v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
-                    s.len() == 12 && (s.starts_with("2547") || s.starts_with("2541")) && s.bytes().all(|b| b.is_ascii_digit())
+                    let s = v
+                        .as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| v.to_string());
+                    s.len() == 12
+                        && (s.starts_with("2547") || s.starts_with("2541"))
+                        && s.bytes().all(|b| b.is_ascii_digit())
                 };
                 if !phone_ok(&body["PhoneNumber"]) || !phone_ok(&body["PartyA"]) {
                     problems.push("PhoneNumber/PartyA must be 2547XXXXXXXX or 2541XXXXXXXX".into());
@@ -233,18 +247,31 @@ impl Handler {
                 if !body["Amount"].is_u64() {
                     problems.push("Amount must be a whole number".into());
                 }
-                if body["AccountReference"].as_str().is_none_or(|s| s.is_empty() || s.len() > 12) {
+                if body["AccountReference"]
+                    .as_str()
+                    .is_none_or(|s| s.is_empty() || s.len() > 12)
+                {
                     problems.push("AccountReference must be 1-12 characters".into());
                 }
-                if body["TransactionDesc"].as_str().is_none_or(|s| s.is_empty() || s.len() > 13) {
+                if body["TransactionDesc"]
+                    .as_str()
+                    .is_none_or(|s| s.is_empty() || s.len() > 13)
+                {
                     problems.push("TransactionDesc must be 1-13 characters".into());
                 }
-                if body["CallBackURL"].as_str().is_none_or(|s| !s.starts_with("https://")) {
+                if body["CallBackURL"]
+                    .as_str()
+                    .is_none_or(|s| !s.starts_with("https://"))
+                {
                     problems.push("CallBackURL must be https".into());
                 }
                 if !problems.is_empty() {
                     state.problems.extend(problems.clone());
-                    return daraja_error(400, "400.002.02", &format!("Bad Request - Invalid {}", problems.join("; ")));
+                    return daraja_error(
+                        400,
+                        "400.002.02",
+                        &format!("Bad Request - Invalid {}", problems.join("; ")),
+                    );
                 }
                 let n = self.counter.fetch_add(1, Ordering::Relaxed);
                 let id = format!("ws_CO_30112026{n:06}");
@@ -259,7 +286,11 @@ impl Handler {
                 let problems = Self::check_credentials(&body);
                 if !problems.is_empty() {
                     state.problems.extend(problems.clone());
-                    return daraja_error(400, "400.002.02", &format!("Bad Request - Invalid {}", problems.join("; ")));
+                    return daraja_error(
+                        400,
+                        "400.002.02",
+                        &format!("Bad Request - Invalid {}", problems.join("; ")),
+                    );
                 }
                 let id = body["CheckoutRequestID"].as_str().unwrap_or_default();
                 match state.requests.get(id) {

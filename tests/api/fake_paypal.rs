@@ -28,7 +28,8 @@ pub const CLIENT_SECRET: &str = "paypal-secret-test-0123456789";
 pub const WEBHOOK_ID: &str = "WH-ID-TEST-1";
 pub const PLAN_PRO: &str = "P-PRO-TEST";
 pub const PLAN_PREMIUM: &str = "P-PREMIUM-TEST";
-pub const CERT_URL: &str = "https://api.sandbox.paypal.com/v1/notifications/certs/CERT-360caa42-fca2a594-1d93a270";
+pub const CERT_URL: &str =
+    "https://api.sandbox.paypal.com/v1/notifications/certs/CERT-360caa42-fca2a594-1d93a270";
 /// The key the fake "PayPal" signs deliveries with (stands in for its certificate).
 const SIGNING_KEY: &[u8] = b"fake-paypal-signing-key";
 
@@ -201,9 +202,10 @@ impl FakePaypal {
             "create_time": time(at),
             "update_time": time(at),
         });
-        lock(&self.state)
-            .sales
-            .insert(sale["id"].as_str().unwrap_or_default().to_string(), sale.clone());
+        lock(&self.state).sales.insert(
+            sale["id"].as_str().unwrap_or_default().to_string(),
+            sale.clone(),
+        );
         sale
     }
 
@@ -211,7 +213,11 @@ impl FakePaypal {
     pub fn event(&self, event_type: &str, resource: &Value, at: DateTime<Utc>) -> (String, String) {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let id = format!("WH-{n}-{}", uuid::Uuid::new_v4().simple());
-        let resource_type = if event_type.starts_with("PAYMENT.SALE") { "sale" } else { "subscription" };
+        let resource_type = if event_type.starts_with("PAYMENT.SALE") {
+            "sale"
+        } else {
+            "subscription"
+        };
         let body = json!({
             "id": id,
             "event_version": "1.0",
@@ -239,7 +245,10 @@ pub fn signed_headers(body: &str, cert_url: &str) -> Vec<(&'static str, String)>
         ("paypal-auth-algo", "SHA256withRSA".to_string()),
         ("paypal-cert-url", cert_url.to_string()),
         ("paypal-transmission-id", id.clone()),
-        ("paypal-transmission-sig", signature(&id, &at, WEBHOOK_ID, body)),
+        (
+            "paypal-transmission-sig",
+            signature(&id, &at, WEBHOOK_ID, body),
+        ),
         ("paypal-transmission-time", at),
     ]
 }
@@ -320,7 +329,8 @@ impl Handler {
                     "error": "invalid_client", "error_description": "Client Authentication failed" }));
             }
             if r.raw != "grant_type=client_credentials" {
-                return ResponseTemplate::new(400).set_body_json(json!({ "error": "unsupported_grant_type" }));
+                return ResponseTemplate::new(400)
+                    .set_body_json(json!({ "error": "unsupported_grant_type" }));
             }
             let token = self.next("A21AA-fake-token-");
             state.tokens.push(token.clone());
@@ -410,7 +420,8 @@ impl Handler {
                             "currency_code": s["amount"]["currency"], "value": s["amount"]["total"] } },
                     }))
                     .collect();
-                let query: HashMap<String, String> = request.url.query_pairs().into_owned().collect();
+                let query: HashMap<String, String> =
+                    request.url.query_pairs().into_owned().collect();
                 if !query.contains_key("start_time") || !query.contains_key("end_time") {
                     return error(400, "INVALID_REQUEST", "MISSING_REQUIRED_PARAMETER");
                 }
@@ -426,7 +437,9 @@ impl Handler {
                 };
                 sale["state"] = json!("refunded");
                 state.refunds.push(id.to_string());
-                ResponseTemplate::new(201).set_body_json(json!({ "id": self.next("REFUND-"), "state": "completed", "sale_id": id }))
+                ResponseTemplate::new(201).set_body_json(
+                    json!({ "id": self.next("REFUND-"), "state": "completed", "sale_id": id }),
+                )
             }
             ("POST", ["v1", "notifications", "verify-webhook-signature"]) => {
                 if state.fail_verify {
@@ -435,10 +448,16 @@ impl Handler {
                 let Ok(v) = serde_json::from_str::<Verification<'_>>(&r.raw) else {
                     return error(400, "VALIDATION_ERROR", "MISSING_REQUIRED_PARAMETER");
                 };
-                let expected = signature(&v.transmission_id, &v.transmission_time, &v.webhook_id, v.webhook_event.get());
+                let expected = signature(
+                    &v.transmission_id,
+                    &v.transmission_time,
+                    &v.webhook_id,
+                    v.webhook_event.get(),
+                );
                 let ok = v.auth_algo == "SHA256withRSA"
                     && v.webhook_id == WEBHOOK_ID
-                    && v.cert_url.starts_with("https://api.sandbox.paypal.com/v1/notifications/certs/")
+                    && v.cert_url
+                        .starts_with("https://api.sandbox.paypal.com/v1/notifications/certs/")
                     && v.transmission_sig == expected;
                 ResponseTemplate::new(200).set_body_json(json!({
                     "verification_status": if ok { "SUCCESS" } else { "FAILURE" } }))
