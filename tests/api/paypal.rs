@@ -308,12 +308,9 @@ async fn revise_needs_approval_cancel_keeps_the_paid_period_and_resume_is_refuse
     assert_eq!(revised[0].body["plan_id"], PLAN_PREMIUM);
     // Until the payer approves, the tier is unchanged.
     assert_eq!(subscription(&app, "pp-di").await.tier, i32::from(Tier::Pro));
+    // The approval comes after the revise call (whose answer is stored): its event is newer.
     let updated = paypal.approve_revision(&id);
-    let (_, event) = paypal.event(
-        "BILLING.SUBSCRIPTION.UPDATED",
-        &updated,
-        Utc::now() - Duration::seconds(2),
-    );
+    let (_, event) = paypal.event("BILLING.SUBSCRIPTION.UPDATED", &updated, Utc::now());
     deliver_signed(&app, &paypal, &event).await;
     assert_eq!(
         subscription(&app, "pp-di").await.tier,
