@@ -128,3 +128,60 @@ fn the_dashboards_own_origin_is_allowed_and_loopback_only_in_development() {
         "production: the configured origins and the dashboard's public origin, no loopback"
     );
 }
+
+fn config_with(extra: &[&str]) -> Result<Config, ConfigError> {
+    let key = format!("--encryption-key={}", "ab".repeat(32));
+    let args = ["nexus-billing", "--jwt-secret=test", key.as_str()]
+        .into_iter()
+        .chain(extra.iter().copied());
+    let settings = <crate::cli::Cli as clap::Parser>::try_parse_from(args)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .settings;
+    Config::from_settings(settings)
+}
+
+#[test]
+fn paypal_and_mpesa_name_every_missing_setting_and_never_print_secrets() {
+    let err = config_with(&[
+        "--paypal-client-id=pp-id",
+        "--mpesa-consumer-key=mk",
+        "--mpesa-passkey=super-secret-passkey",
+        "--mpesa-shortcode=12ab",
+        "--mpesa-callback-url=not a url",
+        "--mpesa-price-kes-pro=0",
+    ])
+    .err()
+    .unwrap_or_else(|| panic!("incomplete payment settings accepted"));
+    let named: Vec<&str> = err.0.iter().map(|p| p.setting).collect();
+    for setting in [
+        "PAYPAL_CLIENT_SECRET",
+        "PAYPAL_WEBHOOK_ID",
+        "PAYPAL_PLAN_ID_PRO",
+        "PAYPAL_PLAN_ID_PREMIUM",
+        "MPESA_CONSUMER_SECRET",
+        "MPESA_SHORTCODE",
+        "MPESA_CALLBACK_URL",
+        "MPESA_PRICE_KES_PRO",
+        "MPESA_PRICE_KES_PREMIUM",
+    ] {
+        assert!(named.contains(&setting), "{setting} not named in {err}");
+    }
+    assert!(!err.to_string().contains("super-secret-passkey"));
+    // Neither provider is on unless its first credential is set.
+    let config = config_with(&[]).unwrap_or_else(|e| panic!("{e}"));
+    assert!(config.paypal.is_none() && config.mpesa.is_none());
+    // A complete M-Pesa configuration, with the secrets redacted in Debug.
+    let config = config_with(&[
+        "--mpesa-consumer-key=mk",
+        "--mpesa-consumer-secret=consumer-secret-value",
+        "--mpesa-passkey=super-secret-passkey",
+        "--mpesa-shortcode=174379",
+        "--mpesa-callback-url=https://billing.example.com/billing/webhook/mpesa",
+        "--mpesa-price-kes-pro=1500",
+        "--mpesa-price-kes-premium=3500",
+    ])
+    .unwrap_or_else(|e| panic!("{e}"));
+    let debug = format!("{config:?}");
+    assert!(!debug.contains("super-secret-passkey") && !debug.contains("consumer-secret-value"));
+    assert_eq!(config.mpesa.map(|m| m.price_kes_premium), Some(3500));
+}

@@ -358,6 +358,9 @@ async fn no_secret_or_token_reaches_the_logs_even_at_debug_level() {
     let dir = tempdir();
     let stripe_key = "sk_test_LOGCANARY0123456789";
     let webhook_secret = "whsec_LOGCANARY0123456789";
+    let paypal_secret = "PAYPALLOGCANARY0123456789";
+    let mpesa_secret = "MPESALOGCANARYSECRET0123";
+    let mpesa_passkey = "MPESALOGCANARYPASSKEY0123456789";
     let db_url = format!("sqlite://{}/canary.db", dir.path().display());
     let mut child = Command::new(BIN)
         .env_clear()
@@ -373,6 +376,24 @@ async fn no_secret_or_token_reaches_the_logs_even_at_debug_level() {
             ("STRIPE_WEBHOOK_SECRET", webhook_secret),
             ("STRIPE_PRICE_ID_PRO", "price_pro"),
             ("STRIPE_PRICE_ID_PREMIUM", "price_premium"),
+            ("PAYPAL_CLIENT_ID", "paypal-id"),
+            ("PAYPAL_CLIENT_SECRET", paypal_secret),
+            ("PAYPAL_WEBHOOK_ID", "WH-1"),
+            ("PAYPAL_PLAN_ID_PRO", "P-1"),
+            ("PAYPAL_PLAN_ID_PREMIUM", "P-2"),
+            // Nothing listens there: every provider call fails, and failures are logged.
+            ("PAYPAL_API_BASE", "http://127.0.0.1:9"),
+            ("MPESA_CONSUMER_KEY", "mpesa-key"),
+            ("MPESA_CONSUMER_SECRET", mpesa_secret),
+            ("MPESA_SHORTCODE", "174379"),
+            ("MPESA_PASSKEY", mpesa_passkey),
+            (
+                "MPESA_CALLBACK_URL",
+                "https://billing.example.com/billing/webhook/mpesa",
+            ),
+            ("MPESA_PRICE_KES_PRO", "1500"),
+            ("MPESA_PRICE_KES_PREMIUM", "3500"),
+            ("MPESA_API_BASE", "http://127.0.0.1:9"),
             ("DATABASE_URL", db_url.as_str()),
         ])
         .stdout(Stdio::piped())
@@ -435,6 +456,33 @@ async fn no_secret_or_token_reaches_the_logs_even_at_debug_level() {
         .send()
         .await;
 
+    let paypal_body = r#"{"id":"WH-LOGCANARY","event_type":"BILLING.SUBSCRIPTION.ACTIVATED","create_time":"2026-11-30T10:00:00Z","resource":{"id":"I-1","status":"ACTIVE","custom_id":"log-user"}}"#;
+    let _ = reqwest::Client::new()
+        .post(format!("http://{http}/billing/webhook/paypal"))
+        .header("paypal-auth-algo", "SHA256withRSA")
+        .header(
+            "paypal-cert-url",
+            "https://api.paypal.com/v1/notifications/certs/CERT-1",
+        )
+        .header("paypal-transmission-id", "tid-1")
+        .header("paypal-transmission-sig", "UEFZUEFMTE9HQ0FOQVJZU0lH")
+        .header("paypal-transmission-time", "2026-11-30T10:00:00Z")
+        .body(paypal_body)
+        .send()
+        .await;
+    let push = client
+        .create_checkout_session(authed(
+            nexus_billing::grpc::proto::billing::CreateCheckoutSessionRequest {
+                tier: nexus_billing::grpc::proto::billing::Tier::Pro.into(),
+                provider: nexus_billing::grpc::proto::billing::PaymentProvider::Mpesa.into(),
+                phone_number: "0712345678".into(),
+                ..Default::default()
+            },
+            &good,
+        ))
+        .await;
+    assert_eq!(push.err().map(|e| e.code()), Some(tonic::Code::Unavailable));
+
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
@@ -454,6 +502,15 @@ async fn no_secret_or_token_reaches_the_logs_even_at_debug_level() {
         forged.as_str(),
         "evt_LOGCANARY_BODY",
         "LOGCANARYSIGNATURE",
+        paypal_secret,
+        mpesa_secret,
+        mpesa_passkey,
+        "UEFZUEFMTE9HQ0FOQVJZU0lH",
+        // The start of every M-Pesa password (base64 of shortcode + passkey + timestamp).
+        &base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            format!("174379{}", &mpesa_passkey[..24]),
+        ),
     ] {
         assert!(!log.contains(secret), "{secret:?} was logged");
     }

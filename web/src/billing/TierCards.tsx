@@ -1,7 +1,7 @@
 // The three tiers from ListPlans, with upgrade and downgrade behind a confirmation: checkout for
 // a first subscription, ChangePlan after, cancellation for a move to Free.
 import { useState } from "react";
-import { Tier, type Plan, type Subscription } from "../gen/nexus/billing/v1/billing_pb";
+import { PaymentProvider, Tier, type Plan, type Subscription } from "../gen/nexus/billing/v1/billing_pb";
 import { ConfirmDialog } from "../components/Modal";
 import { useToast } from "../components/Toasts";
 import { BILLING_PATH } from "../paths";
@@ -36,8 +36,14 @@ export function TierCards({ plans, subscription, disabled, onChanged }: Props) {
         onChanged();
       } else if (!paid) {
         const back = `${window.location.origin}${BILLING_PATH}`;
+        // Stripe when it sells the tier, else PayPal (both send the browser to a page).
+        const offered = plan.offers.map((o) => o.provider);
+        const provider = offered.includes(PaymentProvider.STRIPE) || !offered.includes(PaymentProvider.PAYPAL)
+          ? PaymentProvider.STRIPE
+          : PaymentProvider.PAYPAL;
         const session = await api.billing.createCheckoutSession({
           tier: plan.tier,
+          provider,
           successUrl: `${back}?success=true`,
           cancelUrl: `${back}?canceled=true`,
         });
@@ -45,7 +51,12 @@ export function TierCards({ plans, subscription, disabled, onChanged }: Props) {
         window.location.assign(session.url);
         return;
       } else {
-        await api.billing.changePlan({ tier: plan.tier });
+        const answer = await api.billing.changePlan({ tier: plan.tier });
+        if (answer.approvalUrl) {
+          // PayPal asks the payer to approve the new plan on its own page.
+          window.location.assign(answer.approvalUrl);
+          return;
+        }
         toast("success", `Your plan is now ${tierName(plan.tier)}.`);
         onChanged();
       }

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file nexus/billing/v1/billing.proto.
  */
 export const file_nexus_billing_v1_billing: GenFile = /*@__PURE__*/
-  fileDesc("Ch5uZXh1cy9iaWxsaW5nL3YxL2JpbGxpbmcucHJvdG8SEG5leHVzLmJpbGxpbmcudjEiLwoFTW9uZXkSFAoMYW1vdW50X21pbm9yGAEgASgDEhAKCGN1cnJlbmN5GAIgASgJIk8KClBsYW5MaW1pdHMSDQoFY2FyZHMYASABKAMSEAoIY29udGFjdHMYAiABKAMSIAoYYW5hbHl0aWNzX3JldGVudGlvbl9kYXlzGAMgASgDIqIBCgRQbGFuEiQKBHRpZXIYASABKA4yFi5uZXh1cy5iaWxsaW5nLnYxLlRpZXISDAoEbmFtZRgCIAEoCRImCgVwcmljZRgDIAEoCzIXLm5leHVzLmJpbGxpbmcudjEuTW9uZXkSEAoIaW50ZXJ2YWwYBCABKAkSLAoGbGltaXRzGAUgASgLMhwubmV4dXMuYmlsbGluZy52MS5QbGFuTGltaXRzIqQDCgxTdWJzY3JpcHRpb24SDwoHdXNlcl9pZBgBIAEoCRIkCgR0aWVyGAIgASgOMhYubmV4dXMuYmlsbGluZy52MS5UaWVyEi4KDmVmZmVjdGl2ZV90aWVyGAMgASgOMhYubmV4dXMuYmlsbGluZy52MS5UaWVyEjQKBnN0YXR1cxgEIAEoDjIkLm5leHVzLmJpbGxpbmcudjEuU3Vic2NyaXB0aW9uU3RhdHVzEjMKCHByb3ZpZGVyGAUgASgOMiEubmV4dXMuYmlsbGluZy52MS5QYXltZW50UHJvdmlkZXISOAoUY3VycmVudF9wZXJpb2Rfc3RhcnQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjYKEmN1cnJlbnRfcGVyaW9kX2VuZBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASHAoUY2FuY2VsX2F0X3BlcmlvZF9lbmQYCCABKAgSMgoOYWNjZXNzX2VuZHNfYXQYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIoEBCgVVc2FnZRISCgpjYXJkc191c2VkGAEgASgDEhMKC2NhcmRzX2xpbWl0GAIgASgDEhUKDWNvbnRhY3RzX3VzZWQYAyABKAMSFgoOY29udGFjdHNfbGltaXQYBCABKAMSIAoYYW5hbHl0aWNzX3JldGVudGlvbl9kYXlzGAUgASgDIrsDCgdJbnZvaWNlEgoKAmlkGAEgASgJEhsKE3Byb3ZpZGVyX2ludm9pY2VfaWQYAiABKAkSMwoIcHJvdmlkZXIYAyABKA4yIS5uZXh1cy5iaWxsaW5nLnYxLlBheW1lbnRQcm92aWRlchIrCgphbW91bnRfZHVlGAQgASgLMhcubmV4dXMuYmlsbGluZy52MS5Nb25leRIsCgthbW91bnRfcGFpZBgFIAEoCzIXLm5leHVzLmJpbGxpbmcudjEuTW9uZXkSLwoGc3RhdHVzGAYgASgOMh8ubmV4dXMuYmlsbGluZy52MS5JbnZvaWNlU3RhdHVzEhoKEmhvc3RlZF9pbnZvaWNlX3VybBgHIAEoCRIXCg9pbnZvaWNlX3BkZl91cmwYCCABKAkSMAoMcGVyaW9kX3N0YXJ0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpwZXJpb2RfZW5kGAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtjcmVhdGVfdGltZRgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiEgoQTGlzdFBsYW5zUmVxdWVzdCI6ChFMaXN0UGxhbnNSZXNwb25zZRIlCgVwbGFucxgBIAMoCzIWLm5leHVzLmJpbGxpbmcudjEuUGxhbiIYChZHZXRTdWJzY3JpcHRpb25SZXF1ZXN0Ik8KF0dldFN1YnNjcmlwdGlvblJlc3BvbnNlEjQKDHN1YnNjcmlwdGlvbhgBIAEoCzIeLm5leHVzLmJpbGxpbmcudjEuU3Vic2NyaXB0aW9uIhEKD0dldFVzYWdlUmVxdWVzdCJqChBHZXRVc2FnZVJlc3BvbnNlEi4KDmVmZmVjdGl2ZV90aWVyGAEgASgOMhYubmV4dXMuYmlsbGluZy52MS5UaWVyEiYKBXVzYWdlGAIgASgLMhcubmV4dXMuYmlsbGluZy52MS5Vc2FnZSJkChFDaGVja0xpbWl0UmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEiwKCHJlc291cmNlGAIgASgOMhoubmV4dXMuYmlsbGluZy52MS5SZXNvdXJjZRIQCghxdWFudGl0eRgDIAEoAyKsAQoSQ2hlY2tMaW1pdFJlc3BvbnNlEg8KB2FsbG93ZWQYASABKAgSLgoOZWZmZWN0aXZlX3RpZXIYAiABKA4yFi5uZXh1cy5iaWxsaW5nLnYxLlRpZXISDAoEdXNlZBgDIAEoAxINCgVsaW1pdBgEIAEoAxIRCglyZW1haW5pbmcYBSABKAMSFQoNb3Zlcl9saW1pdF9ieRgGIAEoAxIOCgZyZWFzb24YByABKAkiuAEKHENyZWF0ZUNoZWNrb3V0U2Vzc2lvblJlcXVlc3QSJAoEdGllchgBIAEoDjIWLm5leHVzLmJpbGxpbmcudjEuVGllchITCgtzdWNjZXNzX3VybBgCIAEoCRISCgpjYW5jZWxfdXJsGAMgASgJEjMKCHByb3ZpZGVyGAQgASgOMiEubmV4dXMuYmlsbGluZy52MS5QYXltZW50UHJvdmlkZXISFAoMcGhvbmVfbnVtYmVyGAUgASgJInUKHUNyZWF0ZUNoZWNrb3V0U2Vzc2lvblJlc3BvbnNlEhIKCnNlc3Npb25faWQYASABKAkSCwoDdXJsGAIgASgJEjMKCHByb3ZpZGVyGAMgASgOMiEubmV4dXMuYmlsbGluZy52MS5QYXltZW50UHJvdmlkZXIiOQoRQ2hhbmdlUGxhblJlcXVlc3QSJAoEdGllchgBIAEoDjIWLm5leHVzLmJpbGxpbmcudjEuVGllciJKChJDaGFuZ2VQbGFuUmVzcG9uc2USNAoMc3Vic2NyaXB0aW9uGAEgASgLMh4ubmV4dXMuYmlsbGluZy52MS5TdWJzY3JpcHRpb24iGwoZQ2FuY2VsU3Vic2NyaXB0aW9uUmVxdWVzdCJSChpDYW5jZWxTdWJzY3JpcHRpb25SZXNwb25zZRI0CgxzdWJzY3JpcHRpb24YASABKAsyHi5uZXh1cy5iaWxsaW5nLnYxLlN1YnNjcmlwdGlvbiIbChlSZXN1bWVTdWJzY3JpcHRpb25SZXF1ZXN0IlIKGlJlc3VtZVN1YnNjcmlwdGlvblJlc3BvbnNlEjQKDHN1YnNjcmlwdGlvbhgBIAEoCzIeLm5leHVzLmJpbGxpbmcudjEuU3Vic2NyaXB0aW9uIjAKGkNyZWF0ZVBvcnRhbFNlc3Npb25SZXF1ZXN0EhIKCnJldHVybl91cmwYASABKAkiKgobQ3JlYXRlUG9ydGFsU2Vzc2lvblJlc3BvbnNlEgsKA3VybBgBIAEoCSI8ChNMaXN0SW52b2ljZXNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJIlwKFExpc3RJbnZvaWNlc1Jlc3BvbnNlEisKCGludm9pY2VzGAEgAygLMhkubmV4dXMuYmlsbGluZy52MS5JbnZvaWNlEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSpLCgRUaWVyEhQKEFRJRVJfVU5TUEVDSUZJRUQQABINCglUSUVSX0ZSRUUQARIMCghUSUVSX1BSTxACEhAKDFRJRVJfUFJFTUlVTRADKs8CChJTdWJzY3JpcHRpb25TdGF0dXMSIwofU1VCU0NSSVBUSU9OX1NUQVRVU19VTlNQRUNJRklFRBAAEh4KGlNVQlNDUklQVElPTl9TVEFUVVNfQUNUSVZFEAESIAocU1VCU0NSSVBUSU9OX1NUQVRVU19UUklBTElORxACEiAKHFNVQlNDUklQVElPTl9TVEFUVVNfUEFTVF9EVUUQAxIgChxTVUJTQ1JJUFRJT05fU1RBVFVTX0NBTkNFTEVEEAQSIgoeU1VCU0NSSVBUSU9OX1NUQVRVU19JTkNPTVBMRVRFEAUSKgomU1VCU0NSSVBUSU9OX1NUQVRVU19JTkNPTVBMRVRFX0VYUElSRUQQBhIeChpTVUJTQ1JJUFRJT05fU1RBVFVTX1VOUEFJRBAHEh4KGlNVQlNDUklQVElPTl9TVEFUVVNfUEFVU0VEEAgqiQEKD1BheW1lbnRQcm92aWRlchIgChxQQVlNRU5UX1BST1ZJREVSX1VOU1BFQ0lGSUVEEAASGwoXUEFZTUVOVF9QUk9WSURFUl9TVFJJUEUQARIbChdQQVlNRU5UX1BST1ZJREVSX1BBWVBBTBACEhoKFlBBWU1FTlRfUFJPVklERVJfTVBFU0EQAypPCghSZXNvdXJjZRIYChRSRVNPVVJDRV9VTlNQRUNJRklFRBAAEhIKDlJFU09VUkNFX0NBUkRTEAESFQoRUkVTT1VSQ0VfQ09OVEFDVFMQAiq2AQoNSW52b2ljZVN0YXR1cxIeChpJTlZPSUNFX1NUQVRVU19VTlNQRUNJRklFRBAAEhgKFElOVk9JQ0VfU1RBVFVTX0RSQUZUEAESFwoTSU5WT0lDRV9TVEFUVVNfT1BFThACEhcKE0lOVk9JQ0VfU1RBVFVTX1BBSUQQAxIgChxJTlZPSUNFX1NUQVRVU19VTkNPTExFQ1RJQkxFEAQSFwoTSU5WT0lDRV9TVEFUVVNfVk9JRBAFMoIICg5CaWxsaW5nU2VydmljZRJUCglMaXN0UGxhbnMSIi5uZXh1cy5iaWxsaW5nLnYxLkxpc3RQbGFuc1JlcXVlc3QaIy5uZXh1cy5iaWxsaW5nLnYxLkxpc3RQbGFuc1Jlc3BvbnNlEmYKD0dldFN1YnNjcmlwdGlvbhIoLm5leHVzLmJpbGxpbmcudjEuR2V0U3Vic2NyaXB0aW9uUmVxdWVzdBopLm5leHVzLmJpbGxpbmcudjEuR2V0U3Vic2NyaXB0aW9uUmVzcG9uc2USUQoIR2V0VXNhZ2USIS5uZXh1cy5iaWxsaW5nLnYxLkdldFVzYWdlUmVxdWVzdBoiLm5leHVzLmJpbGxpbmcudjEuR2V0VXNhZ2VSZXNwb25zZRJXCgpDaGVja0xpbWl0EiMubmV4dXMuYmlsbGluZy52MS5DaGVja0xpbWl0UmVxdWVzdBokLm5leHVzLmJpbGxpbmcudjEuQ2hlY2tMaW1pdFJlc3BvbnNlEngKFUNyZWF0ZUNoZWNrb3V0U2Vzc2lvbhIuLm5leHVzLmJpbGxpbmcudjEuQ3JlYXRlQ2hlY2tvdXRTZXNzaW9uUmVxdWVzdBovLm5leHVzLmJpbGxpbmcudjEuQ3JlYXRlQ2hlY2tvdXRTZXNzaW9uUmVzcG9uc2USVwoKQ2hhbmdlUGxhbhIjLm5leHVzLmJpbGxpbmcudjEuQ2hhbmdlUGxhblJlcXVlc3QaJC5uZXh1cy5iaWxsaW5nLnYxLkNoYW5nZVBsYW5SZXNwb25zZRJvChJDYW5jZWxTdWJzY3JpcHRpb24SKy5uZXh1cy5iaWxsaW5nLnYxLkNhbmNlbFN1YnNjcmlwdGlvblJlcXVlc3QaLC5uZXh1cy5iaWxsaW5nLnYxLkNhbmNlbFN1YnNjcmlwdGlvblJlc3BvbnNlEm8KElJlc3VtZVN1YnNjcmlwdGlvbhIrLm5leHVzLmJpbGxpbmcudjEuUmVzdW1lU3Vic2NyaXB0aW9uUmVxdWVzdBosLm5leHVzLmJpbGxpbmcudjEuUmVzdW1lU3Vic2NyaXB0aW9uUmVzcG9uc2UScgoTQ3JlYXRlUG9ydGFsU2Vzc2lvbhIsLm5leHVzLmJpbGxpbmcudjEuQ3JlYXRlUG9ydGFsU2Vzc2lvblJlcXVlc3QaLS5uZXh1cy5iaWxsaW5nLnYxLkNyZWF0ZVBvcnRhbFNlc3Npb25SZXNwb25zZRJdCgxMaXN0SW52b2ljZXMSJS5uZXh1cy5iaWxsaW5nLnYxLkxpc3RJbnZvaWNlc1JlcXVlc3QaJi5uZXh1cy5iaWxsaW5nLnYxLkxpc3RJbnZvaWNlc1Jlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp]);
+  fileDesc("Ch5uZXh1cy9iaWxsaW5nL3YxL2JpbGxpbmcucHJvdG8SEG5leHVzLmJpbGxpbmcudjEiLwoFTW9uZXkSFAoMYW1vdW50X21pbm9yGAEgASgDEhAKCGN1cnJlbmN5GAIgASgJIk8KClBsYW5MaW1pdHMSDQoFY2FyZHMYASABKAMSEAoIY29udGFjdHMYAiABKAMSIAoYYW5hbHl0aWNzX3JldGVudGlvbl9kYXlzGAMgASgDIssBCgRQbGFuEiQKBHRpZXIYASABKA4yFi5uZXh1cy5iaWxsaW5nLnYxLlRpZXISDAoEbmFtZRgCIAEoCRImCgVwcmljZRgDIAEoCzIXLm5leHVzLmJpbGxpbmcudjEuTW9uZXkSEAoIaW50ZXJ2YWwYBCABKAkSLAoGbGltaXRzGAUgASgLMhwubmV4dXMuYmlsbGluZy52MS5QbGFuTGltaXRzEicKBm9mZmVycxgGIAMoCzIXLm5leHVzLmJpbGxpbmcudjEuT2ZmZXIiewoFT2ZmZXISMwoIcHJvdmlkZXIYASABKA4yIS5uZXh1cy5iaWxsaW5nLnYxLlBheW1lbnRQcm92aWRlchIsCgtsb2NhbF9wcmljZRgCIAEoCzIXLm5leHVzLmJpbGxpbmcudjEuTW9uZXkSDwoHcHJlcGFpZBgDIAEoCCKkAwoMU3Vic2NyaXB0aW9uEg8KB3VzZXJfaWQYASABKAkSJAoEdGllchgCIAEoDjIWLm5leHVzLmJpbGxpbmcudjEuVGllchIuCg5lZmZlY3RpdmVfdGllchgDIAEoDjIWLm5leHVzLmJpbGxpbmcudjEuVGllchI0CgZzdGF0dXMYBCABKA4yJC5uZXh1cy5iaWxsaW5nLnYxLlN1YnNjcmlwdGlvblN0YXR1cxIzCghwcm92aWRlchgFIAEoDjIhLm5leHVzLmJpbGxpbmcudjEuUGF5bWVudFByb3ZpZGVyEjgKFGN1cnJlbnRfcGVyaW9kX3N0YXJ0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI2ChJjdXJyZW50X3BlcmlvZF9lbmQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhwKFGNhbmNlbF9hdF9wZXJpb2RfZW5kGAggASgIEjIKDmFjY2Vzc19lbmRzX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKBAQoFVXNhZ2USEgoKY2FyZHNfdXNlZBgBIAEoAxITCgtjYXJkc19saW1pdBgCIAEoAxIVCg1jb250YWN0c191c2VkGAMgASgDEhYKDmNvbnRhY3RzX2xpbWl0GAQgASgDEiAKGGFuYWx5dGljc19yZXRlbnRpb25fZGF5cxgFIAEoAyK7AwoHSW52b2ljZRIKCgJpZBgBIAEoCRIbChNwcm92aWRlcl9pbnZvaWNlX2lkGAIgASgJEjMKCHByb3ZpZGVyGAMgASgOMiEubmV4dXMuYmlsbGluZy52MS5QYXltZW50UHJvdmlkZXISKwoKYW1vdW50X2R1ZRgEIAEoCzIXLm5leHVzLmJpbGxpbmcudjEuTW9uZXkSLAoLYW1vdW50X3BhaWQYBSABKAsyFy5uZXh1cy5iaWxsaW5nLnYxLk1vbmV5Ei8KBnN0YXR1cxgGIAEoDjIfLm5leHVzLmJpbGxpbmcudjEuSW52b2ljZVN0YXR1cxIaChJob3N0ZWRfaW52b2ljZV91cmwYByABKAkSFwoPaW52b2ljZV9wZGZfdXJsGAggASgJEjAKDHBlcmlvZF9zdGFydBgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKcGVyaW9kX2VuZBgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLY3JlYXRlX3RpbWUYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIhIKEExpc3RQbGFuc1JlcXVlc3QiOgoRTGlzdFBsYW5zUmVzcG9uc2USJQoFcGxhbnMYASADKAsyFi5uZXh1cy5iaWxsaW5nLnYxLlBsYW4iGAoWR2V0U3Vic2NyaXB0aW9uUmVxdWVzdCJPChdHZXRTdWJzY3JpcHRpb25SZXNwb25zZRI0CgxzdWJzY3JpcHRpb24YASABKAsyHi5uZXh1cy5iaWxsaW5nLnYxLlN1YnNjcmlwdGlvbiIRCg9HZXRVc2FnZVJlcXVlc3QiagoQR2V0VXNhZ2VSZXNwb25zZRIuCg5lZmZlY3RpdmVfdGllchgBIAEoDjIWLm5leHVzLmJpbGxpbmcudjEuVGllchImCgV1c2FnZRgCIAEoCzIXLm5leHVzLmJpbGxpbmcudjEuVXNhZ2UiZAoRQ2hlY2tMaW1pdFJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRIsCghyZXNvdXJjZRgCIAEoDjIaLm5leHVzLmJpbGxpbmcudjEuUmVzb3VyY2USEAoIcXVhbnRpdHkYAyABKAMirAEKEkNoZWNrTGltaXRSZXNwb25zZRIPCgdhbGxvd2VkGAEgASgIEi4KDmVmZmVjdGl2ZV90aWVyGAIgASgOMhYubmV4dXMuYmlsbGluZy52MS5UaWVyEgwKBHVzZWQYAyABKAMSDQoFbGltaXQYBCABKAMSEQoJcmVtYWluaW5nGAUgASgDEhUKDW92ZXJfbGltaXRfYnkYBiABKAMSDgoGcmVhc29uGAcgASgJIrgBChxDcmVhdGVDaGVja291dFNlc3Npb25SZXF1ZXN0EiQKBHRpZXIYASABKA4yFi5uZXh1cy5iaWxsaW5nLnYxLlRpZXISEwoLc3VjY2Vzc191cmwYAiABKAkSEgoKY2FuY2VsX3VybBgDIAEoCRIzCghwcm92aWRlchgEIAEoDjIhLm5leHVzLmJpbGxpbmcudjEuUGF5bWVudFByb3ZpZGVyEhQKDHBob25lX251bWJlchgFIAEoCSKGAQodQ3JlYXRlQ2hlY2tvdXRTZXNzaW9uUmVzcG9uc2USEgoKc2Vzc2lvbl9pZBgBIAEoCRILCgN1cmwYAiABKAkSMwoIcHJvdmlkZXIYAyABKA4yIS5uZXh1cy5iaWxsaW5nLnYxLlBheW1lbnRQcm92aWRlchIPCgdtZXNzYWdlGAQgASgJIjkKEUNoYW5nZVBsYW5SZXF1ZXN0EiQKBHRpZXIYASABKA4yFi5uZXh1cy5iaWxsaW5nLnYxLlRpZXIiYAoSQ2hhbmdlUGxhblJlc3BvbnNlEjQKDHN1YnNjcmlwdGlvbhgBIAEoCzIeLm5leHVzLmJpbGxpbmcudjEuU3Vic2NyaXB0aW9uEhQKDGFwcHJvdmFsX3VybBgCIAEoCSIbChlDYW5jZWxTdWJzY3JpcHRpb25SZXF1ZXN0IlIKGkNhbmNlbFN1YnNjcmlwdGlvblJlc3BvbnNlEjQKDHN1YnNjcmlwdGlvbhgBIAEoCzIeLm5leHVzLmJpbGxpbmcudjEuU3Vic2NyaXB0aW9uIhsKGVJlc3VtZVN1YnNjcmlwdGlvblJlcXVlc3QiUgoaUmVzdW1lU3Vic2NyaXB0aW9uUmVzcG9uc2USNAoMc3Vic2NyaXB0aW9uGAEgASgLMh4ubmV4dXMuYmlsbGluZy52MS5TdWJzY3JpcHRpb24iMAoaQ3JlYXRlUG9ydGFsU2Vzc2lvblJlcXVlc3QSEgoKcmV0dXJuX3VybBgBIAEoCSIqChtDcmVhdGVQb3J0YWxTZXNzaW9uUmVzcG9uc2USCwoDdXJsGAEgASgJIjwKE0xpc3RJbnZvaWNlc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkiXAoUTGlzdEludm9pY2VzUmVzcG9uc2USKwoIaW52b2ljZXMYASADKAsyGS5uZXh1cy5iaWxsaW5nLnYxLkludm9pY2USFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJKksKBFRpZXISFAoQVElFUl9VTlNQRUNJRklFRBAAEg0KCVRJRVJfRlJFRRABEgwKCFRJRVJfUFJPEAISEAoMVElFUl9QUkVNSVVNEAMqzwIKElN1YnNjcmlwdGlvblN0YXR1cxIjCh9TVUJTQ1JJUFRJT05fU1RBVFVTX1VOU1BFQ0lGSUVEEAASHgoaU1VCU0NSSVBUSU9OX1NUQVRVU19BQ1RJVkUQARIgChxTVUJTQ1JJUFRJT05fU1RBVFVTX1RSSUFMSU5HEAISIAocU1VCU0NSSVBUSU9OX1NUQVRVU19QQVNUX0RVRRADEiAKHFNVQlNDUklQVElPTl9TVEFUVVNfQ0FOQ0VMRUQQBBIiCh5TVUJTQ1JJUFRJT05fU1RBVFVTX0lOQ09NUExFVEUQBRIqCiZTVUJTQ1JJUFRJT05fU1RBVFVTX0lOQ09NUExFVEVfRVhQSVJFRBAGEh4KGlNVQlNDUklQVElPTl9TVEFUVVNfVU5QQUlEEAcSHgoaU1VCU0NSSVBUSU9OX1NUQVRVU19QQVVTRUQQCCqJAQoPUGF5bWVudFByb3ZpZGVyEiAKHFBBWU1FTlRfUFJPVklERVJfVU5TUEVDSUZJRUQQABIbChdQQVlNRU5UX1BST1ZJREVSX1NUUklQRRABEhsKF1BBWU1FTlRfUFJPVklERVJfUEFZUEFMEAISGgoWUEFZTUVOVF9QUk9WSURFUl9NUEVTQRADKk8KCFJlc291cmNlEhgKFFJFU09VUkNFX1VOU1BFQ0lGSUVEEAASEgoOUkVTT1VSQ0VfQ0FSRFMQARIVChFSRVNPVVJDRV9DT05UQUNUUxACKrYBCg1JbnZvaWNlU3RhdHVzEh4KGklOVk9JQ0VfU1RBVFVTX1VOU1BFQ0lGSUVEEAASGAoUSU5WT0lDRV9TVEFUVVNfRFJBRlQQARIXChNJTlZPSUNFX1NUQVRVU19PUEVOEAISFwoTSU5WT0lDRV9TVEFUVVNfUEFJRBADEiAKHElOVk9JQ0VfU1RBVFVTX1VOQ09MTEVDVElCTEUQBBIXChNJTlZPSUNFX1NUQVRVU19WT0lEEAUygggKDkJpbGxpbmdTZXJ2aWNlElQKCUxpc3RQbGFucxIiLm5leHVzLmJpbGxpbmcudjEuTGlzdFBsYW5zUmVxdWVzdBojLm5leHVzLmJpbGxpbmcudjEuTGlzdFBsYW5zUmVzcG9uc2USZgoPR2V0U3Vic2NyaXB0aW9uEigubmV4dXMuYmlsbGluZy52MS5HZXRTdWJzY3JpcHRpb25SZXF1ZXN0GikubmV4dXMuYmlsbGluZy52MS5HZXRTdWJzY3JpcHRpb25SZXNwb25zZRJRCghHZXRVc2FnZRIhLm5leHVzLmJpbGxpbmcudjEuR2V0VXNhZ2VSZXF1ZXN0GiIubmV4dXMuYmlsbGluZy52MS5HZXRVc2FnZVJlc3BvbnNlElcKCkNoZWNrTGltaXQSIy5uZXh1cy5iaWxsaW5nLnYxLkNoZWNrTGltaXRSZXF1ZXN0GiQubmV4dXMuYmlsbGluZy52MS5DaGVja0xpbWl0UmVzcG9uc2USeAoVQ3JlYXRlQ2hlY2tvdXRTZXNzaW9uEi4ubmV4dXMuYmlsbGluZy52MS5DcmVhdGVDaGVja291dFNlc3Npb25SZXF1ZXN0Gi8ubmV4dXMuYmlsbGluZy52MS5DcmVhdGVDaGVja291dFNlc3Npb25SZXNwb25zZRJXCgpDaGFuZ2VQbGFuEiMubmV4dXMuYmlsbGluZy52MS5DaGFuZ2VQbGFuUmVxdWVzdBokLm5leHVzLmJpbGxpbmcudjEuQ2hhbmdlUGxhblJlc3BvbnNlEm8KEkNhbmNlbFN1YnNjcmlwdGlvbhIrLm5leHVzLmJpbGxpbmcudjEuQ2FuY2VsU3Vic2NyaXB0aW9uUmVxdWVzdBosLm5leHVzLmJpbGxpbmcudjEuQ2FuY2VsU3Vic2NyaXB0aW9uUmVzcG9uc2USbwoSUmVzdW1lU3Vic2NyaXB0aW9uEisubmV4dXMuYmlsbGluZy52MS5SZXN1bWVTdWJzY3JpcHRpb25SZXF1ZXN0GiwubmV4dXMuYmlsbGluZy52MS5SZXN1bWVTdWJzY3JpcHRpb25SZXNwb25zZRJyChNDcmVhdGVQb3J0YWxTZXNzaW9uEiwubmV4dXMuYmlsbGluZy52MS5DcmVhdGVQb3J0YWxTZXNzaW9uUmVxdWVzdBotLm5leHVzLmJpbGxpbmcudjEuQ3JlYXRlUG9ydGFsU2Vzc2lvblJlc3BvbnNlEl0KDExpc3RJbnZvaWNlcxIlLm5leHVzLmJpbGxpbmcudjEuTGlzdEludm9pY2VzUmVxdWVzdBomLm5leHVzLmJpbGxpbmcudjEuTGlzdEludm9pY2VzUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp]);
 
 /**
  * Money is an amount in the currency's minor units (cents for USD).
@@ -117,6 +117,13 @@ export type Plan = Message<"nexus.billing.v1.Plan"> & {
    * @generated from field: nexus.billing.v1.PlanLimits limits = 5;
    */
   limits?: PlanLimits | undefined;
+
+  /**
+   * The configured payment providers that sell this tier (none for FREE).
+   *
+   * @generated from field: repeated nexus.billing.v1.Offer offers = 6;
+   */
+  offers: Offer[];
 };
 
 /**
@@ -125,6 +132,42 @@ export type Plan = Message<"nexus.billing.v1.Plan"> & {
  */
 export const PlanSchema: GenMessage<Plan> = /*@__PURE__*/
   messageDesc(file_nexus_billing_v1_billing, 2);
+
+/**
+ * Offer is one payment provider selling a tier.
+ *
+ * @generated from message nexus.billing.v1.Offer
+ */
+export type Offer = Message<"nexus.billing.v1.Offer"> & {
+  /**
+   * Who takes the money.
+   *
+   * @generated from field: nexus.billing.v1.PaymentProvider provider = 1;
+   */
+  provider: PaymentProvider;
+
+  /**
+   * The price this provider charges per period when it differs from the plan's (M-Pesa: KES
+   * per 30 days); unset when the plan's price applies.
+   *
+   * @generated from field: nexus.billing.v1.Money local_price = 2;
+   */
+  localPrice?: Money | undefined;
+
+  /**
+   * True when a payment buys one period that does not renew (M-Pesa).
+   *
+   * @generated from field: bool prepaid = 3;
+   */
+  prepaid: boolean;
+};
+
+/**
+ * Describes the message nexus.billing.v1.Offer.
+ * Use `create(OfferSchema)` to create a new message.
+ */
+export const OfferSchema: GenMessage<Offer> = /*@__PURE__*/
+  messageDesc(file_nexus_billing_v1_billing, 3);
 
 /**
  * Subscription is a user's current plan and its payment state.
@@ -201,7 +244,7 @@ export type Subscription = Message<"nexus.billing.v1.Subscription"> & {
  * Use `create(SubscriptionSchema)` to create a new message.
  */
 export const SubscriptionSchema: GenMessage<Subscription> = /*@__PURE__*/
-  messageDesc(file_nexus_billing_v1_billing, 3);
+  messageDesc(file_nexus_billing_v1_billing, 4);
 
 /**
  * Usage is what a user has against their plan's limits.
@@ -250,7 +293,7 @@ export type Usage = Message<"nexus.billing.v1.Usage"> & {
  * Use `create(UsageSchema)` to create a new message.
  */
 export const UsageSchema: GenMessage<Usage> = /*@__PURE__*/
-  messageDesc(file_nexus_billing_v1_billing, 4);
+  messageDesc(file_nexus_billing_v1_billing, 5);
 
 /**
  * Invoice is one bill from the payment provider.
@@ -341,7 +384,7 @@ export type Invoice = Message<"nexus.billing.v1.Invoice"> & {
  * Use `create(InvoiceSchema)` to create a new message.
  */
 export const InvoiceSchema: GenMessage<Invoice> = /*@__PURE__*/
-  messageDesc(file_nexus_billing_v1_billing, 5);
+  messageDesc(file_nexus_billing_v1_billing, 6);
 
 /**
  * ListPlansRequest has no fields: the plans are the same for everyone.
@@ -356,7 +399,7 @@ export type ListPlansRequest = Message<"nexus.billing.v1.ListPlansRequest"> & {
  * Use `create(ListPlansRequestSchema)` to create a new message.
  */
 export const ListPlansRequestSchema: GenMessage<ListPlansRequest> = /*@__PURE__*/
-  messageDesc(file_nexus_billing_v1_billing, 6);
+  messageDesc(file_nexus_billing_v1_billing, 7);
 
 /**
  * ListPlansResponse carries every plan, cheapest first.
@@ -377,7 +420,7 @@ export type ListPlansResponse = Message<"nexus.billing.v1.ListPlansResponse"> & 
  * Use `create(ListPlansResponseSchema)` to create a new message.
  */
 export const ListPlansResponseSchema: GenMessage<ListPlansResponse> = /*@__PURE__*/
-  messageDesc(file_nexus_billing_v1_billing, 7);
+  messageDesc(file_nexus_billing_v1_billing, 8);
 
 /**
  * GetSubscriptionRequest asks for the caller's subscription.
@@ -392,7 +435,7 @@ export type GetSubscriptionRequest = Message<"nexus.billing.v1.GetSubscriptionRe
  * Use `create(GetSubscriptionRequestSchema)` to create a new message.
  */
 export const GetSubscriptionRequestSchema: GenMessage<GetSubscriptionRequest> = /*@__PURE__*/
-  messageDesc(file_nexus_billing_v1_billing, 8);
+  messageDesc(file_nexus_billing_v1_billing, 9);
 
 /**
  * GetSubscriptionResponse carries the caller's subscription.
@@ -413,7 +456,7 @@ export type GetSubscriptionResponse = Message<"nexus.billing.v1.GetSubscriptionR
  * Use `create(GetSubscriptionResponseSchema)` to create a new message.
  */
 export const GetSubscriptionResponseSchema: GenMessage<GetSubscriptionResponse> = /*@__PURE__*/
-  messageDesc(file_nexus_billing_v1_billing, 9);
+  messageDesc(file_nexus_billing_v1_billing, 10);
 
 /**
  * GetUsageRequest asks for the caller's usage.
@@ -428,7 +471,7 @@ export type GetUsageRequest = Message<"nexus.billing.v1.GetUsageRequest"> & {
  * Use `create(GetUsageRequestSchema)` to create a new message.
  */
 export const GetUsageRequestSchema: GenMessage<GetUsageRequest> = /*@__PURE__*/
-  messageDesc(file_nexus_billing_v1_billing, 10);
+  messageDesc(file_nexus_billing_v1_billing, 11);
 
 /**
  * GetUsageResponse carries the caller's usage and effective tier.
@@ -456,7 +499,7 @@ export type GetUsageResponse = Message<"nexus.billing.v1.GetUsageResponse"> & {
  * Use `create(GetUsageResponseSchema)` to create a new message.
  */
 export const GetUsageResponseSchema: GenMessage<GetUsageResponse> = /*@__PURE__*/
-  messageDesc(file_nexus_billing_v1_billing, 11);
+  messageDesc(file_nexus_billing_v1_billing, 12);
 
 /**
  * CheckLimitRequest asks whether a user may create more of a resource.
@@ -491,7 +534,7 @@ export type CheckLimitRequest = Message<"nexus.billing.v1.CheckLimitRequest"> & 
  * Use `create(CheckLimitRequestSchema)` to create a new message.
  */
 export const CheckLimitRequestSchema: GenMessage<CheckLimitRequest> = /*@__PURE__*/
-  messageDesc(file_nexus_billing_v1_billing, 12);
+  messageDesc(file_nexus_billing_v1_billing, 13);
 
 /**
  * CheckLimitResponse says whether the creation fits the user's plan.
@@ -554,7 +597,7 @@ export type CheckLimitResponse = Message<"nexus.billing.v1.CheckLimitResponse"> 
  * Use `create(CheckLimitResponseSchema)` to create a new message.
  */
 export const CheckLimitResponseSchema: GenMessage<CheckLimitResponse> = /*@__PURE__*/
-  messageDesc(file_nexus_billing_v1_billing, 13);
+  messageDesc(file_nexus_billing_v1_billing, 14);
 
 /**
  * CreateCheckoutSessionRequest starts paying for a tier.
@@ -591,7 +634,8 @@ export type CreateCheckoutSessionRequest = Message<"nexus.billing.v1.CreateCheck
   provider: PaymentProvider;
 
   /**
-   * Phone number in international form (2547XXXXXXXX), required for M-Pesa only.
+   * Kenyan mobile number (2547XXXXXXXX, 07XXXXXXXX or +2547XXXXXXXX), required for M-Pesa
+   * only; success_url and cancel_url are not used for M-Pesa.
    *
    * @generated from field: string phone_number = 5;
    */
@@ -603,7 +647,7 @@ export type CreateCheckoutSessionRequest = Message<"nexus.billing.v1.CreateCheck
  * Use `create(CreateCheckoutSessionRequestSchema)` to create a new message.
  */
 export const CreateCheckoutSessionRequestSchema: GenMessage<CreateCheckoutSessionRequest> = /*@__PURE__*/
-  messageDesc(file_nexus_billing_v1_billing, 14);
+  messageDesc(file_nexus_billing_v1_billing, 15);
 
 /**
  * CreateCheckoutSessionResponse says where to send the user to pay.
@@ -631,6 +675,13 @@ export type CreateCheckoutSessionResponse = Message<"nexus.billing.v1.CreateChec
    * @generated from field: nexus.billing.v1.PaymentProvider provider = 3;
    */
   provider: PaymentProvider;
+
+  /**
+   * What to tell the payer (M-Pesa: check your phone and enter the PIN); may be empty.
+   *
+   * @generated from field: string message = 4;
+   */
+  message: string;
 };
 
 /**
@@ -638,7 +689,7 @@ export type CreateCheckoutSessionResponse = Message<"nexus.billing.v1.CreateChec
  * Use `create(CreateCheckoutSessionResponseSchema)` to create a new message.
  */
 export const CreateCheckoutSessionResponseSchema: GenMessage<CreateCheckoutSessionResponse> = /*@__PURE__*/
-  messageDesc(file_nexus_billing_v1_billing, 15);
+  messageDesc(file_nexus_billing_v1_billing, 16);
 
 /**
  * ChangePlanRequest moves the caller to another tier.
@@ -659,7 +710,7 @@ export type ChangePlanRequest = Message<"nexus.billing.v1.ChangePlanRequest"> & 
  * Use `create(ChangePlanRequestSchema)` to create a new message.
  */
 export const ChangePlanRequestSchema: GenMessage<ChangePlanRequest> = /*@__PURE__*/
-  messageDesc(file_nexus_billing_v1_billing, 16);
+  messageDesc(file_nexus_billing_v1_billing, 17);
 
 /**
  * ChangePlanResponse carries the subscription after the change.
@@ -673,6 +724,14 @@ export type ChangePlanResponse = Message<"nexus.billing.v1.ChangePlanResponse"> 
    * @generated from field: nexus.billing.v1.Subscription subscription = 1;
    */
   subscription?: Subscription | undefined;
+
+  /**
+   * Set when the payer must approve the change at the provider (PayPal): send the browser
+   * there; the tier changes once it is approved.
+   *
+   * @generated from field: string approval_url = 2;
+   */
+  approvalUrl: string;
 };
 
 /**
@@ -680,7 +739,7 @@ export type ChangePlanResponse = Message<"nexus.billing.v1.ChangePlanResponse"> 
  * Use `create(ChangePlanResponseSchema)` to create a new message.
  */
 export const ChangePlanResponseSchema: GenMessage<ChangePlanResponse> = /*@__PURE__*/
-  messageDesc(file_nexus_billing_v1_billing, 17);
+  messageDesc(file_nexus_billing_v1_billing, 18);
 
 /**
  * CancelSubscriptionRequest cancels the caller's subscription at period end.
@@ -695,7 +754,7 @@ export type CancelSubscriptionRequest = Message<"nexus.billing.v1.CancelSubscrip
  * Use `create(CancelSubscriptionRequestSchema)` to create a new message.
  */
 export const CancelSubscriptionRequestSchema: GenMessage<CancelSubscriptionRequest> = /*@__PURE__*/
-  messageDesc(file_nexus_billing_v1_billing, 18);
+  messageDesc(file_nexus_billing_v1_billing, 19);
 
 /**
  * CancelSubscriptionResponse carries the subscription with its end date.
@@ -716,7 +775,7 @@ export type CancelSubscriptionResponse = Message<"nexus.billing.v1.CancelSubscri
  * Use `create(CancelSubscriptionResponseSchema)` to create a new message.
  */
 export const CancelSubscriptionResponseSchema: GenMessage<CancelSubscriptionResponse> = /*@__PURE__*/
-  messageDesc(file_nexus_billing_v1_billing, 19);
+  messageDesc(file_nexus_billing_v1_billing, 20);
 
 /**
  * ResumeSubscriptionRequest undoes a pending cancellation.
@@ -731,7 +790,7 @@ export type ResumeSubscriptionRequest = Message<"nexus.billing.v1.ResumeSubscrip
  * Use `create(ResumeSubscriptionRequestSchema)` to create a new message.
  */
 export const ResumeSubscriptionRequestSchema: GenMessage<ResumeSubscriptionRequest> = /*@__PURE__*/
-  messageDesc(file_nexus_billing_v1_billing, 20);
+  messageDesc(file_nexus_billing_v1_billing, 21);
 
 /**
  * ResumeSubscriptionResponse carries the subscription after resuming.
@@ -752,7 +811,7 @@ export type ResumeSubscriptionResponse = Message<"nexus.billing.v1.ResumeSubscri
  * Use `create(ResumeSubscriptionResponseSchema)` to create a new message.
  */
 export const ResumeSubscriptionResponseSchema: GenMessage<ResumeSubscriptionResponse> = /*@__PURE__*/
-  messageDesc(file_nexus_billing_v1_billing, 21);
+  messageDesc(file_nexus_billing_v1_billing, 22);
 
 /**
  * CreatePortalSessionRequest opens the provider's self-service portal.
@@ -773,7 +832,7 @@ export type CreatePortalSessionRequest = Message<"nexus.billing.v1.CreatePortalS
  * Use `create(CreatePortalSessionRequestSchema)` to create a new message.
  */
 export const CreatePortalSessionRequestSchema: GenMessage<CreatePortalSessionRequest> = /*@__PURE__*/
-  messageDesc(file_nexus_billing_v1_billing, 22);
+  messageDesc(file_nexus_billing_v1_billing, 23);
 
 /**
  * CreatePortalSessionResponse says where the portal is.
@@ -794,7 +853,7 @@ export type CreatePortalSessionResponse = Message<"nexus.billing.v1.CreatePortal
  * Use `create(CreatePortalSessionResponseSchema)` to create a new message.
  */
 export const CreatePortalSessionResponseSchema: GenMessage<CreatePortalSessionResponse> = /*@__PURE__*/
-  messageDesc(file_nexus_billing_v1_billing, 23);
+  messageDesc(file_nexus_billing_v1_billing, 24);
 
 /**
  * ListInvoicesRequest asks for one page of the caller's invoices.
@@ -822,7 +881,7 @@ export type ListInvoicesRequest = Message<"nexus.billing.v1.ListInvoicesRequest"
  * Use `create(ListInvoicesRequestSchema)` to create a new message.
  */
 export const ListInvoicesRequestSchema: GenMessage<ListInvoicesRequest> = /*@__PURE__*/
-  messageDesc(file_nexus_billing_v1_billing, 24);
+  messageDesc(file_nexus_billing_v1_billing, 25);
 
 /**
  * ListInvoicesResponse carries one page of invoices, newest first.
@@ -850,7 +909,7 @@ export type ListInvoicesResponse = Message<"nexus.billing.v1.ListInvoicesRespons
  * Use `create(ListInvoicesResponseSchema)` to create a new message.
  */
 export const ListInvoicesResponseSchema: GenMessage<ListInvoicesResponse> = /*@__PURE__*/
-  messageDesc(file_nexus_billing_v1_billing, 25);
+  messageDesc(file_nexus_billing_v1_billing, 26);
 
 /**
  * Tier is a subscription plan level.
