@@ -24,6 +24,7 @@ crate::on_both_backends!(
     revise_needs_approval_cancel_keeps_the_paid_period_and_resume_is_refused,
     the_token_is_reused_and_replaced_once_after_a_401,
     events_in_shuffled_order_converge,
+    a_second_subscription_approved_in_another_tab_is_cancelled_and_refunded,
 );
 
 pub async fn spawn(backend: Backend) -> (TestApp, FakePaypal) {
@@ -484,5 +485,53 @@ async fn events_in_shuffled_order_converge(backend: Backend) {
             "order {order:?}"
         );
     }
+    app.stop().await;
+}
+
+async fn a_second_subscription_approved_in_another_tab_is_cancelled_and_refunded(backend: Backend) {
+    let (app, paypal) = spawn(backend).await;
+    // Two tabs: both checkouts are made before either is approved, and both get approved.
+    let (first, _) = checkout(&app, "pp-tabs", Tier::Pro).await;
+    let (second, _) = checkout(&app, "pp-tabs", Tier::Premium).await;
+    assert_ne!(first, second);
+    let at = Utc::now() - Duration::seconds(30);
+    let one = paypal.activate(&first, at);
+    let two = paypal.activate(&second, at + Duration::seconds(2));
+    let sale = paypal.sale(&second, "19.00", at + Duration::seconds(2));
+    let (_, e1) = paypal.event(
+        "BILLING.SUBSCRIPTION.ACTIVATED",
+        &one,
+        at + Duration::seconds(1),
+    );
+    let (_, e2) = paypal.event(
+        "BILLING.SUBSCRIPTION.ACTIVATED",
+        &two,
+        at + Duration::seconds(3),
+    );
+    deliver_signed(&app, &paypal, &e1).await;
+    deliver_signed(&app, &paypal, &e2).await;
+    // The first stays; the second is cancelled at PayPal and its payment refunded, once.
+    let sub = subscription(&app, "pp-tabs").await;
+    assert_eq!(sub.tier, i32::from(Tier::Pro));
+    assert_eq!(paypal.subscription(&second)["status"], "CANCELLED");
+    assert_eq!(paypal.subscription(&first)["status"], "ACTIVE");
+    assert_eq!(
+        paypal.refunds(),
+        [sale["id"].as_str().unwrap_or_default().to_string()]
+    );
+    let refund = paypal.requests("POST", "/v1/payments/sale/");
+    assert_eq!(refund.len(), 1);
+    assert!(
+        refund[0].request_id.is_some(),
+        "a refund without PayPal-Request-Id could be sent twice"
+    );
+    assert!(
+        app.activity_kinds("pp-tabs")
+            .await
+            .contains(&"subscription.duplicate_refunded".to_string())
+    );
+    // The same event again changes nothing more.
+    deliver_signed(&app, &paypal, &e2).await;
+    assert_eq!(paypal.refunds().len(), 1);
     app.stop().await;
 }
