@@ -13,7 +13,7 @@ use tonic::Code;
 
 use crate::{
     exec,
-    fake_mpesa::{self, FakeMpesa, PRICE_PREMIUM, PRICE_PRO, callback},
+    fake_mpesa::{FakeMpesa, PRICE_PREMIUM, PRICE_PRO, callback},
     helpers::{Backend, TestApp, authed, token},
     subscription_lifecycle::{subscribe, subscription},
 };
@@ -470,7 +470,6 @@ async fn mpesa_is_refused_beside_a_live_stripe_subscription(backend: Backend) {
     assert!(mpesa.pushes().is_empty());
     // And a user paying with M-Pesa cannot start Stripe while the period runs.
     let id = push(&app, "mp-st2", Tier::Pro).await;
-    let _ = fake_mpesa::PRICE_PRO;
     mpesa.resolve(&id, 0);
     assert_eq!(settled(&app, &id).await.0, "paid");
     app.settle().await;
