@@ -10,6 +10,7 @@ pub mod auth;
 pub mod billing;
 pub mod cli;
 pub mod config;
+pub mod connection_limits;
 pub mod domain;
 pub mod grpc;
 pub mod integrations;
@@ -22,3 +23,6 @@ pub mod startup;
 pub mod store;
 pub mod telemetry;
 pub mod vault;
+
+#[doc(hidden)]
+pub mod fuzzing;

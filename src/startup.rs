@@ -7,7 +7,8 @@ use anyhow::Context;
 use http::{HeaderName, HeaderValue, Method};
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::connection_limits::GuardedListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 use tonic_web::GrpcWebLayer;
@@ -248,10 +249,14 @@ impl Application {
             integrations,
             billing,
             verifier,
-            grpc_listener,
+            GuardedListener::new(grpc_listener, config.grpc_connections, "grpc"),
             shutdown.clone(),
         );
-        let http = sidecar::serve(http_listener, sidecar_state, shutdown.clone());
+        let http = sidecar::serve(
+            GuardedListener::new(http_listener, config.http_connections, "http"),
+            sidecar_state,
+            shutdown.clone(),
+        );
         tracing::info!(
             %grpc_addr,
             %http_addr,
@@ -405,7 +410,7 @@ async fn grpc_server(
     integrations: Arc<Integrations>,
     billing: Arc<Billing>,
     verifier: Arc<JwtVerifier>,
-    listener: TcpListener,
+    listener: GuardedListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -447,13 +452,17 @@ async fn grpc_server(
 
     Server::builder()
         .accept_http1(true)
+        // Dead or silent peers are found by pings; a slow or idle new connection is closed by
+        // the listener's guard (see connection_limits).
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .layer(layers)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(billing)
         .add_service(integrations)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+        .serve_with_incoming_shutdown(listener.into_stream(), async move {
             shutdown.cancelled().await;
             health
                 .set_not_serving::<BillingServiceServer<BillingApi>>()

@@ -50,6 +50,25 @@ impl Database {
         }
     }
 
+    /// A scratch PostgreSQL database, from BENCH_DATABASE_URL or the local default.
+    pub async fn create_postgres() -> anyhow::Result<Self> {
+        let admin_url = std::env::var("BENCH_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string());
+        let dir = tempfile::tempdir()?;
+        let name = format!("nexus_bench_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = PgConnection::connect(&admin_url).await?;
+        admin
+            .execute(sqlx::AssertSqlSafe(format!(r#"CREATE DATABASE "{name}""#)))
+            .await?;
+        let mut url = url::Url::parse(&admin_url)?;
+        url.set_path(&format!("/{name}"));
+        Ok(Self {
+            url: url.to_string(),
+            cleanup: Some((admin_url, name)),
+            _dir: dir,
+        })
+    }
+
     pub async fn drop(self) -> anyhow::Result<()> {
         if let Some((admin_url, name)) = self.cleanup {
             let mut admin = PgConnection::connect(&admin_url).await?;
@@ -244,4 +263,114 @@ pub fn stop(mut child: Child) {
         .args(["-TERM", &child.id().to_string()])
         .status();
     let _ = child.wait();
+}
+
+/// Starts the binary with `env` and `args`, every stderr line appended to `log`; waits for the
+/// "serving" line. The child, gRPC and HTTP addresses.
+pub fn serve_logged(
+    env: &[(String, String)],
+    args: &[String],
+    log: &std::path::Path,
+) -> anyhow::Result<(Child, String, String)> {
+    use std::io::{BufRead, BufReader, Write};
+    let mut child = Command::new(BIN)
+        .env_clear()
+        .envs(env.iter().cloned())
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let stderr = child
+        .stderr
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stderr"))?;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
+    let mut lines = BufReader::new(stderr).lines();
+    let (grpc, http) = loop {
+        let line = lines
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("the service exited before serving"))??;
+        writeln!(file, "{line}")?;
+        let json: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        if json["message"] == "serving" {
+            break (
+                json["grpc_addr"].as_str().unwrap_or_default().to_string(),
+                json["http_addr"].as_str().unwrap_or_default().to_string(),
+            );
+        }
+    };
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            let _ = writeln!(file, "{line}");
+        }
+    });
+    Ok((child, grpc, http))
+}
+
+/// Open file descriptors of a process (Linux `/proc/<pid>/fd`).
+pub fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
+}
+
+/// Resident memory of a process now, in MiB (Linux `VmRSS`).
+pub fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// Searches every file under `paths` (recursively) for every secret, as bytes. Returns the
+/// hits as (secret name, file); also how many files and bytes were searched.
+pub fn find_secrets(
+    paths: &[std::path::PathBuf],
+    secrets: &[(&str, String)],
+) -> (Vec<(String, String)>, usize, u64) {
+    let mut hits = Vec::new();
+    let (mut files, mut bytes) = (0, 0u64);
+    let mut queue: Vec<std::path::PathBuf> = paths.to_vec();
+    while let Some(path) = queue.pop() {
+        if path.is_dir() {
+            if let Ok(entries) = std::fs::read_dir(&path) {
+                queue.extend(entries.filter_map(Result::ok).map(|e| e.path()));
+            }
+            continue;
+        }
+        let Ok(content) = std::fs::read(&path) else {
+            continue;
+        };
+        files += 1;
+        bytes += content.len() as u64;
+        for (name, secret) in secrets {
+            if secret.len() >= 8
+                && content
+                    .windows(secret.len())
+                    .any(|w| w == secret.as_bytes())
+            {
+                hits.push((name.to_string(), path.display().to_string()));
+            }
+        }
+    }
+    (hits, files, bytes)
+}
+
+/// Deterministic shuffle (xorshift), so runs are comparable.
+pub fn shuffle<T>(items: &mut [T], seed: u64) {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    for i in (1..items.len()).rev() {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let j = usize::try_from(state % (i as u64 + 1)).unwrap_or(0);
+        items.swap(i, j);
+    }
 }

@@ -7,7 +7,10 @@ use std::{collections::BTreeMap, fmt, net::SocketAddr, path::PathBuf, time::Dura
 use secrecy::{ExposeSecret, SecretBox, SecretString};
 use url::Url;
 
-use crate::domain::catalogue::{ProviderId, RateLimit};
+use crate::{
+    connection_limits::ConnectionLimits,
+    domain::catalogue::{ProviderId, RateLimit},
+};
 
 mod origins;
 mod parse;
@@ -18,7 +21,7 @@ use origins::DEV_ORIGINS;
 pub use origins::{is_allowed_redirect, parse_origins};
 pub use parse::parse_rate_limits;
 use parse::{dev_encryption_key, non_empty, parse_key, random_hex};
-pub use payments::{MpesaConfig, PaymentSettings, PaypalConfig};
+pub use payments::{MpesaConfig, PaymentSettings, PaypalConfig, StripeConfig};
 pub use settings::*;
 
 /// One invalid setting: which, and what is wrong (never its value).
@@ -73,20 +76,6 @@ pub struct JwtConfig {
     pub generated: bool,
 }
 
-/// Validated Stripe settings; present only when `STRIPE_SECRET_KEY` is set.
-#[derive(Debug)]
-pub struct StripeConfig {
-    pub secret_key: SecretString,
-    pub webhook_secrets: Vec<SecretString>,
-    /// How far a signature's timestamp may be from now.
-    pub webhook_tolerance: Duration,
-    /// The price new PRO checkouts use, then any others that are PRO too.
-    pub prices_pro: Vec<String>,
-    /// The price new PREMIUM checkouts use, then any others that are PREMIUM too.
-    pub prices_premium: Vec<String>,
-    pub max_requests_per_second: u32,
-}
-
 /// Validated settings of the webhook event processor and the reconciler.
 #[derive(Debug, Clone)]
 pub struct WebhookConfig {
@@ -133,6 +122,10 @@ pub struct Config {
     pub paypal: Option<PaypalConfig>,
     pub mpesa: Option<MpesaConfig>,
     pub webhook_max_body_bytes: usize,
+    /// Connection bounds of the gRPC port (no idle timeout: HTTP/2 pings find dead peers).
+    pub grpc_connections: ConnectionLimits,
+    /// Connection bounds of the sidecar's HTTP port.
+    pub http_connections: ConnectionLimits,
     /// How long PAST_DUE keeps the paid tier.
     pub past_due_grace: Duration,
     pub encryption_key: EncryptionKey,
@@ -186,6 +179,8 @@ impl Config {
     /// the SQLite file's directory and the development encryption key file).
     pub fn from_settings(s: Settings) -> Result<Config, ConfigError> {
         let mut problems = Vec::new();
+        let mut payment_problems = Vec::new();
+        let stripe = payments::stripe(&s, &mut payment_problems);
         let mut problem = |setting: &'static str, problem: String| {
             problems.push(ConfigProblem { setting, problem })
         };
@@ -308,85 +303,17 @@ impl Config {
             }
         };
 
-        let stripe = match non_empty(s.stripe_secret_key) {
-            None => None,
-            Some(key) => {
-                if !(key.starts_with("sk_") || key.starts_with("rk_")) {
-                    problem(
-                        "STRIPE_SECRET_KEY",
-                        "must be a Stripe secret or restricted key (sk_... or rk_...)".into(),
-                    );
-                }
-                let webhook_secrets: Vec<SecretString> = s
-                    .stripe_webhook_secret
-                    .as_deref()
-                    .unwrap_or_default()
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|v| !v.is_empty())
-                    .map(|v| SecretString::from(v.to_string()))
-                    .collect();
-                if webhook_secrets.is_empty() {
-                    problem(
-                        "STRIPE_WEBHOOK_SECRET",
-                        "is required when STRIPE_SECRET_KEY is set".into(),
-                    );
-                }
-                let mut price = |setting: &'static str, value: Option<String>| {
-                    non_empty(value).unwrap_or_else(|| {
-                        problem(setting, "is required when STRIPE_SECRET_KEY is set".into());
-                        String::new()
-                    })
-                };
-                let price_id_pro = price("STRIPE_PRICE_ID_PRO", s.stripe_price_id_pro);
-                let price_id_premium = price("STRIPE_PRICE_ID_PREMIUM", s.stripe_price_id_premium);
-                if s.stripe_webhook_tolerance_secs == 0 {
-                    problem("STRIPE_WEBHOOK_TOLERANCE_SECS", "must be at least 1".into());
-                }
-                if s.stripe_max_requests_per_second == 0 {
-                    problem(
-                        "STRIPE_MAX_REQUESTS_PER_SECOND",
-                        "must be at least 1".into(),
-                    );
-                }
-                let list = |first: String, more: &Option<String>| {
-                    let mut all = vec![first];
-                    for p in more
-                        .as_deref()
-                        .unwrap_or_default()
-                        .split(',')
-                        .map(str::trim)
-                    {
-                        if !p.is_empty() && !all.iter().any(|q| q == p) {
-                            all.push(p.to_string());
-                        }
-                    }
-                    all
-                };
-                let prices_pro = list(price_id_pro, &s.stripe_price_ids_pro);
-                let prices_premium = list(price_id_premium, &s.stripe_price_ids_premium);
-                if prices_pro
-                    .iter()
-                    .any(|p| !p.is_empty() && prices_premium.contains(p))
-                {
-                    problem(
-                        "STRIPE_PRICE_IDS_PREMIUM",
-                        "a price cannot be both PRO and PREMIUM".into(),
-                    );
-                }
-                Some(StripeConfig {
-                    secret_key: key.into(),
-                    webhook_secrets,
-                    webhook_tolerance: Duration::from_secs(s.stripe_webhook_tolerance_secs),
-                    prices_pro,
-                    prices_premium,
-                    max_requests_per_second: s.stripe_max_requests_per_second,
-                })
-            }
-        };
-        let mut payment_problems = Vec::new();
         let paypal = payments::paypal(&s.payments, &mut payment_problems);
         let mpesa = payments::mpesa(&s.payments, production, &mut payment_problems);
+        if s.max_connections == 0 {
+            problem("MAX_CONNECTIONS", "must be at least 1".into());
+        }
+        if s.connection_hello_timeout.is_zero() || s.http_idle_timeout.is_zero() {
+            problem(
+                "CONNECTION_HELLO_TIMEOUT",
+                "CONNECTION_HELLO_TIMEOUT and HTTP_IDLE_TIMEOUT must be longer than 0s".into(),
+            );
+        }
         if s.webhook_max_body_bytes < 1024 {
             problem("WEBHOOK_MAX_BODY_BYTES", "must be at least 1024".into());
         }
@@ -575,6 +502,16 @@ impl Config {
             paypal,
             mpesa,
             webhook_max_body_bytes: s.webhook_max_body_bytes,
+            grpc_connections: ConnectionLimits {
+                max_connections: s.max_connections,
+                hello_timeout: s.connection_hello_timeout,
+                idle_timeout: None,
+            },
+            http_connections: ConnectionLimits {
+                max_connections: s.max_connections,
+                hello_timeout: s.connection_hello_timeout,
+                idle_timeout: Some(s.http_idle_timeout),
+            },
             past_due_grace: s.past_due_grace,
             encryption_key,
             previous_encryption_keys,

@@ -8,7 +8,7 @@ use clap::Args;
 use secrecy::SecretString;
 use url::Url;
 
-use super::{ConfigProblem, parse::non_empty};
+use super::{ConfigProblem, Settings, parse::non_empty};
 
 /// PayPal subscriptions and M-Pesa STK push (Safaricom Daraja).
 #[derive(Debug, Clone, Args)]
@@ -201,4 +201,101 @@ pub(super) fn mpesa(
         poll_interval: s.mpesa_poll_interval,
         callback_grace: s.mpesa_callback_grace,
     })
+}
+
+/// Validated Stripe settings; present only when `STRIPE_SECRET_KEY` is set.
+#[derive(Debug)]
+pub struct StripeConfig {
+    pub secret_key: SecretString,
+    pub webhook_secrets: Vec<SecretString>,
+    /// How far a signature's timestamp may be from now.
+    pub webhook_tolerance: Duration,
+    /// The price new PRO checkouts use, then any others that are PRO too.
+    pub prices_pro: Vec<String>,
+    /// The price new PREMIUM checkouts use, then any others that are PREMIUM too.
+    pub prices_premium: Vec<String>,
+    pub max_requests_per_second: u32,
+}
+
+/// Stripe's settings, validated; `None` when `STRIPE_SECRET_KEY` is unset.
+pub(super) fn stripe(s: &Settings, problems: &mut Vec<ConfigProblem>) -> Option<StripeConfig> {
+    let mut problem =
+        |setting: &'static str, problem: String| problems.push(ConfigProblem { setting, problem });
+    match non_empty(s.stripe_secret_key.clone()) {
+        None => None,
+        Some(key) => {
+            if !(key.starts_with("sk_") || key.starts_with("rk_")) {
+                problem(
+                    "STRIPE_SECRET_KEY",
+                    "must be a Stripe secret or restricted key (sk_... or rk_...)".into(),
+                );
+            }
+            let webhook_secrets: Vec<SecretString> = s
+                .stripe_webhook_secret
+                .as_deref()
+                .unwrap_or_default()
+                .split(',')
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(|v| SecretString::from(v.to_string()))
+                .collect();
+            if webhook_secrets.is_empty() {
+                problem(
+                    "STRIPE_WEBHOOK_SECRET",
+                    "is required when STRIPE_SECRET_KEY is set".into(),
+                );
+            }
+            let mut price = |setting: &'static str, value: Option<String>| {
+                non_empty(value).unwrap_or_else(|| {
+                    problem(setting, "is required when STRIPE_SECRET_KEY is set".into());
+                    String::new()
+                })
+            };
+            let price_id_pro = price("STRIPE_PRICE_ID_PRO", s.stripe_price_id_pro.clone());
+            let price_id_premium =
+                price("STRIPE_PRICE_ID_PREMIUM", s.stripe_price_id_premium.clone());
+            if s.stripe_webhook_tolerance_secs == 0 {
+                problem("STRIPE_WEBHOOK_TOLERANCE_SECS", "must be at least 1".into());
+            }
+            if s.stripe_max_requests_per_second == 0 {
+                problem(
+                    "STRIPE_MAX_REQUESTS_PER_SECOND",
+                    "must be at least 1".into(),
+                );
+            }
+            let list = |first: String, more: &Option<String>| {
+                let mut all = vec![first];
+                for p in more
+                    .as_deref()
+                    .unwrap_or_default()
+                    .split(',')
+                    .map(str::trim)
+                {
+                    if !p.is_empty() && !all.iter().any(|q| q == p) {
+                        all.push(p.to_string());
+                    }
+                }
+                all
+            };
+            let prices_pro = list(price_id_pro, &s.stripe_price_ids_pro);
+            let prices_premium = list(price_id_premium, &s.stripe_price_ids_premium);
+            if prices_pro
+                .iter()
+                .any(|p| !p.is_empty() && prices_premium.contains(p))
+            {
+                problem(
+                    "STRIPE_PRICE_IDS_PREMIUM",
+                    "a price cannot be both PRO and PREMIUM".into(),
+                );
+            }
+            Some(StripeConfig {
+                secret_key: key.into(),
+                webhook_secrets,
+                webhook_tolerance: Duration::from_secs(s.stripe_webhook_tolerance_secs),
+                prices_pro,
+                prices_premium,
+                max_requests_per_second: s.stripe_max_requests_per_second,
+            })
+        }
+    }
 }

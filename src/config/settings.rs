@@ -201,6 +201,16 @@ pub struct Settings {
     /// Largest webhook body accepted, in bytes; larger ones get 413.
     #[arg(long, env = "WEBHOOK_MAX_BODY_BYTES", default_value_t = 1024 * 1024, global = true)]
     pub webhook_max_body_bytes: usize,
+    /// Most connections each port (gRPC and HTTP, counted apart) holds at once; one more is
+    /// closed as it arrives.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 4096, global = true)]
+    pub max_connections: usize,
+    /// How long a new connection may take to send its first 24 bytes before it is closed.
+    #[arg(long, env = "CONNECTION_HELLO_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration, global = true)]
+    pub connection_hello_timeout: Duration,
+    /// How long an HTTP (sidecar) connection may stay silent between requests.
+    #[arg(long, env = "HTTP_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration, global = true)]
+    pub http_idle_timeout: Duration,
     /// 64 hex characters (32 bytes) for the credential vault. Unset in development: a key
     /// generated once and kept in DATA_DIR/encryption.key.
     #[arg(long, env = "ENCRYPTION_KEY", hide_env_values = true, global = true)]

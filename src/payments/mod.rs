@@ -7,11 +7,11 @@
 mod access_token;
 pub mod mpesa;
 pub mod paypal;
-mod paypal_event;
+pub(crate) mod paypal_event;
 mod provider_api;
 pub mod stripe;
 pub mod stripe_budget;
-mod stripe_event;
+pub(crate) mod stripe_event;
 mod stripe_raw;
 pub mod stripe_signature;
 

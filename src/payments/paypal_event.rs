@@ -24,7 +24,7 @@ use crate::domain::{
 
 /// The configured PayPal plans of each paid tier.
 #[derive(Debug, Clone)]
-pub(super) struct PlanMap {
+pub(crate) struct PlanMap {
     pub pro: String,
     pub premium: String,
 }
@@ -138,7 +138,7 @@ pub(super) fn sale(v: &Value) -> Result<RemoteInvoice, String> {
 }
 
 /// Reads a webhook event (already verified, or stored).
-pub(super) fn parse(body: &[u8], plans: &PlanMap) -> Result<WebhookEvent, WebhookRejection> {
+pub(crate) fn parse(body: &[u8], plans: &PlanMap) -> Result<WebhookEvent, WebhookRejection> {
     let bad = |m: &str| WebhookRejection::BadPayload(m.to_string());
     let v: Value = serde_json::from_slice(body).map_err(|_| bad("not JSON"))?;
     let id = text(&v, &["id"]).ok_or_else(|| bad("event without an id"))?;

@@ -121,7 +121,7 @@ pub(super) fn invoice_from_json(invoice: &Value) -> Option<RemoteInvoice> {
     })
 }
 
-pub(super) fn parse(body: &[u8], prices: &PriceMap) -> Result<WebhookEvent, WebhookRejection> {
+pub(crate) fn parse(body: &[u8], prices: &PriceMap) -> Result<WebhookEvent, WebhookRejection> {
     let event: Value = serde_json::from_slice(body).map_err(|_| bad("not JSON"))?;
     let id = event
         .get("id")

@@ -6,6 +6,7 @@
 
 use std::{convert::Infallible, sync::Arc, time::Duration, time::Instant};
 
+use crate::connection_limits::GuardedListener;
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
@@ -14,7 +15,6 @@ use hyper_util::{
     rt::{TokioIo, TokioTimer},
     server::graceful::GracefulShutdown,
 };
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -30,7 +30,7 @@ mod oauth;
 mod webhooks;
 
 pub use dashboard::{DASHBOARD_PATH, DashboardSettings};
-pub use oauth::{OAUTH_CALLBACK, OAUTH_START};
+pub use oauth::{CallbackQuery, OAUTH_CALLBACK, OAUTH_START, query_param};
 
 /// What the sidecar's routes need.
 pub struct SidecarState {
@@ -50,30 +50,28 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Serves until `shutdown` is cancelled, then stops accepting and drains open connections.
-pub async fn serve(listener: TcpListener, state: Arc<SidecarState>, shutdown: CancellationToken) {
+pub async fn serve(
+    listener: GuardedListener,
+    state: Arc<SidecarState>,
+    shutdown: CancellationToken,
+) {
     let graceful = GracefulShutdown::new();
     loop {
         tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => {
-                    let state = Arc::clone(&state);
-                    let service = service_fn(move |request| handle(Arc::clone(&state), request));
-                    let connection = http1::Builder::new()
-                        .timer(TokioTimer::new())
-                        .header_read_timeout(Duration::from_secs(10))
-                        .serve_connection(TokioIo::new(stream), service);
-                    let connection = graceful.watch(connection);
-                    tokio::spawn(async move {
-                        if let Err(e) = connection.await {
-                            tracing::debug!(error = %e, "sidecar connection ended with an error");
-                        }
-                    });
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "sidecar accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
+            stream = listener.accept() => {
+                let state = Arc::clone(&state);
+                let service = service_fn(move |request| handle(Arc::clone(&state), request));
+                let connection = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(10))
+                    .serve_connection(TokioIo::new(stream), service);
+                let connection = graceful.watch(connection);
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        tracing::debug!(error = %e, "sidecar connection ended with an error");
+                    }
+                });
+            }
             () = shutdown.cancelled() => break,
         }
     }

@@ -91,20 +91,12 @@ pub(super) async fn callback(
     state: &SidecarState,
     request: &Request<Incoming>,
 ) -> Response<Full<Bytes>> {
-    let mut code = None;
-    let mut flow_state = None;
-    let mut denied = None;
-    let mut accounts_server = None;
-    let query = request.uri().query().unwrap_or("");
-    for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
-        match key.as_ref() {
-            "code" => code = Some(value.into_owned()),
-            "state" => flow_state = Some(value.into_owned()),
-            "error" => denied = Some(value.into_owned()),
-            "accounts-server" => accounts_server = Some(value.into_owned()),
-            _ => {}
-        }
-    }
+    let CallbackQuery {
+        code,
+        state: flow_state,
+        error: denied,
+        accounts_server,
+    } = CallbackQuery::parse(request.uri().query());
     let flow_state = flow_state.unwrap_or_default();
     let cookie = cookie_value(request, &cookie_name(&flow_state));
     let outcome = state
@@ -160,6 +152,35 @@ pub(super) async fn callback(
     response
 }
 
+/// What a provider's redirect carries back in the callback's query string.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct CallbackQuery {
+    pub code: Option<String>,
+    pub state: Option<String>,
+    /// `error=access_denied` when the user said no.
+    pub error: Option<String>,
+    /// Zoho's `accounts-server` (checked against the configured list before any use).
+    pub accounts_server: Option<String>,
+}
+
+impl CallbackQuery {
+    /// Reads the query; the last value of a repeated key wins, unknown keys are ignored.
+    pub fn parse(query: Option<&str>) -> Self {
+        let mut parsed = Self::default();
+        for (key, value) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            let slot = match key.as_ref() {
+                "code" => &mut parsed.code,
+                "state" => &mut parsed.state,
+                "error" => &mut parsed.error,
+                "accounts-server" => &mut parsed.accounts_server,
+                _ => continue,
+            };
+            *slot = Some(value.into_owned());
+        }
+        parsed
+    }
+}
+
 /// The URL carried a one-time code or state: keep it out of caches and Referer headers.
 fn private(response: &mut Response<Full<Bytes>>) {
     let headers = response.headers_mut();
@@ -171,8 +192,12 @@ fn private(response: &mut Response<Full<Bytes>>) {
 }
 
 fn query_value(request: &Request<Incoming>, name: &str) -> Option<String> {
-    let query = request.uri().query().unwrap_or("");
-    url::form_urlencoded::parse(query.as_bytes())
+    query_param(request.uri().query(), name)
+}
+
+/// The first value of `name` in a URL query string (form-urlencoded, as browsers send it).
+pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    url::form_urlencoded::parse(query.unwrap_or("").as_bytes())
         .find(|(key, _)| key == name)
         .map(|(_, value)| value.into_owned())
 }

@@ -2,6 +2,7 @@
 //! the generated tonic clients, the health/reflection clients and plain HTTP. Every test that
 //! touches the database runs on SQLite and on PostgreSQL (when TEST_DATABASE_URL is set).
 
+mod attacks;
 mod auth;
 mod billing;
 mod browser;
