@@ -109,6 +109,9 @@ impl JwtVerifier {
         };
         let mut validation = Validation::new(algorithm(config.algorithm));
         validation.leeway = config.leeway.as_secs();
+        // A token that says it is not valid yet is refused (jsonwebtoken skips `nbf` unless
+        // told to check it).
+        validation.validate_nbf = true;
         // A configured issuer or audience must also be present: jsonwebtoken only compares
         // the claims it is told are required.
         let mut required = vec!["exp", "sub"];

@@ -427,7 +427,7 @@ proptest! {
             prop_assert_eq!(iss.as_deref(), Some("nexus"));
             prop_assert_eq!(aud.as_deref(), Some("billing"));
             let now = u64::try_from(chrono::Utc::now().timestamp()).unwrap_or(0);
-            prop_assert!(exp + 30 >= now);
+            prop_assert!(exp.saturating_add(30) >= now);
             prop_assert_eq!(caller.user_id.as_str(), sub.as_str());
         }
     }

@@ -12,6 +12,15 @@ pub(super) const DEV_ORIGINS: &str =
 /// Whether `url` is an absolute http(s) URL on one of `origins` (normalised origins), with no
 /// user info (`https://app.example@evil.test/` is refused).
 pub fn is_allowed_redirect(origins: &[String], url: &str) -> bool {
+    // Parsers disagree about backslashes, spaces and control characters (a browser, Stripe
+    // and this service could each read a different host): none of them belongs in a URL we
+    // hand out.
+    if url
+        .chars()
+        .any(|c| c == '\\' || c.is_whitespace() || c.is_control())
+    {
+        return false;
+    }
     Url::parse(url).is_ok_and(|u| {
         matches!(u.scheme(), "http" | "https")
             && u.username().is_empty()

@@ -246,7 +246,7 @@ async fn hostile_tokens_are_refused_on_every_rpc() {
                 rs256(&claims(json!({"pad": "x".repeat(12 * 1024)})), &private)
             )),
         ),
-        ("garbage", Some("Bearer \u{7f}\u{1}....".into())),
+        ("garbage", Some("Bearer ..~~!!%%..".into())),
     ];
     let rpcs = every_rpc();
     let channel = app.channel().await;
@@ -258,6 +258,15 @@ async fn hostile_tokens_are_refused_on_every_rpc() {
             let status = result
                 .err()
                 .unwrap_or_else(|| panic!("{case}: {path} accepted the call"));
+            calls += 1;
+            if case.starts_with("oversized") {
+                // Refused before the interceptor: HTTP/2 answers 431 for headers over 8 KiB.
+                assert!(
+                    status.message().contains("431"),
+                    "{case}: {path}: {status:?}"
+                );
+                continue;
+            }
             assert_eq!(
                 status.code(),
                 Code::Unauthenticated,
@@ -268,7 +277,6 @@ async fn hostile_tokens_are_refused_on_every_rpc() {
                 "{case}: {path}: the message must stay generic, got {:?}",
                 status.message()
             );
-            calls += 1;
         }
     }
     assert_eq!(calls, attacks.len() * rpcs.len());
@@ -395,7 +403,7 @@ async fn a_valid_token_for_another_user_reaches_nothing_of_theirs() {
             .map(|r| r.into_inner()),
     );
     assert!(
-        !listed.contains(&job.id) && !listed.contains("ada"),
+        !listed.contains(&job.id) && !listed.contains("\"ada\""),
         "{listed}"
     );
     // Bob's own ConnectIntegration cannot touch ada's row either.
