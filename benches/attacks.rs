@@ -13,7 +13,9 @@
 //! (a `/healthz` GET and a gRPC `ListPlans` on fresh connections every 200 ms) that failed.
 //!
 //! Run: `cargo bench --bench attacks` (SQLite in a temporary directory). ATTACK_SCALE (default
-//! 1.0) scales the connection counts.
+//! 1.0) scales the connection counts; ATTACK_GUARDS=off lifts the connection guards (no cap,
+//! no hello or idle deadline), to see what they prevent; ATTACK_ONLY=<text> runs only the
+//! phases whose name contains it.
 
 #[allow(dead_code)]
 mod support;
@@ -156,6 +158,12 @@ where
     Fut: std::future::Future<Output = Option<Duration>> + Send + 'static,
 {
     let (target, http, grpc) = urls;
+    let only = std::env::var("ATTACK_ONLY").unwrap_or_default();
+    let connections = if name.contains(only.as_str()) {
+        connections
+    } else {
+        0
+    };
     let stop = Arc::new(AtomicBool::new(false));
     let probe_out = Arc::new(Probe::default());
     let prober = tokio::spawn(probe(
@@ -217,6 +225,13 @@ async fn main() -> anyhow::Result<()> {
     let work = tempfile::tempdir()?;
     let mut env = support::base_env(&db.url);
     env.push(("LOG_LEVEL".into(), "warn,nexus_billing=info".into()));
+    let guards_off = std::env::var("ATTACK_GUARDS").is_ok_and(|v| v == "off");
+    if guards_off {
+        // As before the connection guards existed: no cap, no hello or idle deadline.
+        env.push(("MAX_CONNECTIONS".into(), "1000000".into()));
+        env.push(("CONNECTION_HELLO_TIMEOUT".into(), "1h".into()));
+        env.push(("HTTP_IDLE_TIMEOUT".into(), "1h".into()));
+    }
     let (mut child, grpc, http) =
         support::serve_logged(&env, &[], &work.path().join("service.log"))?;
     let pid = child.id();
@@ -298,7 +313,7 @@ async fn main() -> anyhow::Result<()> {
         "| phase | connections | closed by the service | median close s | peak fds | peak RSS MiB | probe calls | probe failed | slowest probe ms |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for p in &phases {
+    for p in phases.iter().filter(|p| p.connections > 0) {
         println!(
             "| {} | {} | {} | {:.1} | {} | {:.0} | {} | {} | {} |",
             p.name,

@@ -1,7 +1,9 @@
 //! Bounds on the connections each port holds, so slow or idle clients cannot take the
 //! service's file descriptors and memory:
-//! - at most `max_connections` open at once per port; one over the cap is closed at once (and
-//!   counted in `connections_refused_total{port}`), so a flood costs a moment, not a descriptor;
+//! - at most `max_connections` open at once per port. When the port is full, a new connection
+//!   takes the place of the oldest one that has not sent its first bytes yet (an attacker's
+//!   idle or dripping connection, never an established client); when there is none, the new
+//!   one is closed at once. Both are counted in `connections_refused_total{port,reason}`;
 //! - a new connection must send its first [`HELLO_BYTES`] bytes (an HTTP/2 preface is 24, any
 //!   real HTTP/1 request line and Host header more) within `hello_timeout`, or it is closed;
 //! - optionally (the sidecar's HTTP/1), a connection with no bytes read or written for
@@ -12,9 +14,13 @@
 //! timeout of the sidecar, the HTTP/1 header timeout and HTTP/2 keep-alive of the gRPC port.
 
 use std::{
+    collections::VecDeque,
     io,
     pin::Pin,
-    sync::Arc,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     task::{Context, Poll},
     time::Duration,
 };
@@ -26,6 +32,27 @@ use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore},
     time::{Instant, Sleep},
 };
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+
+/// Connections that have not sent their first bytes yet, oldest first: the ones a newcomer may
+/// push out when the port is full.
+#[derive(Default)]
+struct Waiting {
+    queue: Mutex<VecDeque<(u64, CancellationToken)>>,
+}
+
+impl Waiting {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<(u64, CancellationToken)>> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn remove(&self, id: u64) {
+        let mut queue = self.lock();
+        if let Some(at) = queue.iter().position(|(i, _)| *i == id) {
+            queue.remove(at);
+        }
+    }
+}
 
 /// Bytes a client must send before `hello_timeout` (the HTTP/2 connection preface's length).
 pub const HELLO_BYTES: usize = 24;
@@ -43,6 +70,8 @@ pub struct GuardedListener {
     permits: Arc<Semaphore>,
     limits: ConnectionLimits,
     port: &'static str,
+    waiting: Arc<Waiting>,
+    next_id: AtomicU64,
 }
 
 impl GuardedListener {
@@ -52,7 +81,30 @@ impl GuardedListener {
             permits: Arc::new(Semaphore::new(limits.max_connections.max(1))),
             limits,
             port,
+            waiting: Arc::default(),
+            next_id: AtomicU64::new(0),
         }
+    }
+
+    /// A slot for a new connection: a free one, or the one of the oldest connection still
+    /// waiting for its first bytes (closed to make room).
+    async fn slot(&self) -> Option<OwnedSemaphorePermit> {
+        if let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() {
+            return Some(permit);
+        }
+        let oldest = self.waiting.lock().pop_front();
+        let (_, token) = oldest?;
+        token.cancel();
+        metrics::counter!("connections_refused_total", "port" => self.port, "reason" => "evicted_silent")
+            .increment(1);
+        // The evicted connection's task wakes, fails its read and drops its slot.
+        tokio::time::timeout(
+            Duration::from_millis(500),
+            Arc::clone(&self.permits).acquire_owned(),
+        )
+        .await
+        .ok()
+        .and_then(Result::ok)
     }
 
     /// The next connection within the cap. Connections over the cap are closed and counted;
@@ -60,13 +112,25 @@ impl GuardedListener {
     pub async fn accept(&self) -> Guarded {
         loop {
             match self.listener.accept().await {
-                Ok((stream, _peer)) => match Arc::clone(&self.permits).try_acquire_owned() {
-                    Ok(permit) => {
+                Ok((stream, _peer)) => match self.slot().await {
+                    Some(permit) => {
                         let _ = stream.set_nodelay(true);
-                        return Guarded::new(stream, permit, self.limits);
+                        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+                        let evict = CancellationToken::new();
+                        self.waiting.lock().push_back((id, evict.clone()));
+                        return Guarded::new(
+                            stream,
+                            permit,
+                            self.limits,
+                            Slot {
+                                id,
+                                waiting: Arc::clone(&self.waiting),
+                                evicted: Box::pin(evict.cancelled_owned()),
+                            },
+                        );
                     }
-                    Err(_) => {
-                        metrics::counter!("connections_refused_total", "port" => self.port)
+                    None => {
+                        metrics::counter!("connections_refused_total", "port" => self.port, "reason" => "full")
                             .increment(1);
                         drop(stream);
                     }
@@ -88,10 +152,18 @@ impl GuardedListener {
     }
 }
 
+/// A connection's place among those waiting for their first bytes.
+struct Slot {
+    id: u64,
+    waiting: Arc<Waiting>,
+    evicted: Pin<Box<WaitForCancellationFutureOwned>>,
+}
+
 /// A connection holding its slot until dropped, closed if it stays silent too long.
 pub struct Guarded {
     stream: TcpStream,
     _permit: OwnedSemaphorePermit,
+    slot: Slot,
     limits: ConnectionLimits,
     /// Bytes read so far, counted up to [`HELLO_BYTES`].
     hello_read: usize,
@@ -101,10 +173,16 @@ pub struct Guarded {
 }
 
 impl Guarded {
-    fn new(stream: TcpStream, permit: OwnedSemaphorePermit, limits: ConnectionLimits) -> Self {
+    fn new(
+        stream: TcpStream,
+        permit: OwnedSemaphorePermit,
+        limits: ConnectionLimits,
+        slot: Slot,
+    ) -> Self {
         Self {
             stream,
             _permit: permit,
+            slot,
             limits,
             hello_read: 0,
             deadline: Box::pin(tokio::time::sleep(limits.hello_timeout)),
@@ -119,6 +197,8 @@ impl Guarded {
             if self.hello_read < HELLO_BYTES {
                 return;
             }
+            // Said hello: no longer a candidate for eviction.
+            self.slot.waiting.remove(self.slot.id);
         }
         match self.limits.idle_timeout {
             Some(idle) => self.deadline.as_mut().reset(Instant::now() + idle),
@@ -127,7 +207,17 @@ impl Guarded {
     }
 
     fn expired(&mut self, cx: &mut Context<'_>) -> bool {
-        self.timed && self.deadline.as_mut().poll(cx).is_ready()
+        let evicted =
+            self.hello_read < HELLO_BYTES && self.slot.evicted.as_mut().poll(cx).is_ready();
+        evicted || (self.timed && self.deadline.as_mut().poll(cx).is_ready())
+    }
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        if self.hello_read < HELLO_BYTES {
+            self.slot.waiting.remove(self.slot.id);
+        }
     }
 }
 
@@ -306,8 +396,20 @@ mod tests {
                     .unwrap_or_else(|e| panic!("{e}")),
             );
         }
+        // The first two said hello: established clients are never pushed out.
+        for client in clients.iter_mut().take(2) {
+            client
+                .write_all(&[b'x'; HELLO_BYTES])
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
         for _ in 0..2 {
-            held.push(listener.accept().await);
+            let mut conn = listener.accept().await;
+            let mut hello = [0u8; HELLO_BYTES];
+            conn.read_exact(&mut hello)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            held.push(conn);
         }
         // The third is accepted by the kernel, then closed by the cap on the next accept.
         let accepting = tokio::spawn(async move { listener.accept().await });
@@ -316,6 +418,59 @@ mod tests {
         let read = tokio::time::timeout(Duration::from_secs(5), third.read(&mut buf)).await;
         assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
         accepting.abort();
+    }
+
+    #[tokio::test]
+    async fn a_full_port_makes_room_by_closing_the_oldest_silent_connection() {
+        let (listener, addr) = listener(ConnectionLimits {
+            hello_timeout: Duration::from_secs(30),
+            ..LIMITS
+        })
+        .await;
+        let listener = Arc::new(listener);
+        // A real client (said hello) and a silent one fill the two slots.
+        let mut real = TcpStream::connect(addr)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        real.write_all(&[b'x'; HELLO_BYTES])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let l = Arc::clone(&listener);
+        let real_server = tokio::spawn(async move { serve_one(&l).await });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let _silent = TcpStream::connect(addr)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let l = Arc::clone(&listener);
+        let silent_server = tokio::spawn(async move { serve_one(&l).await });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // A newcomer: the silent connection makes way, the real one stays.
+        let mut newcomer = TcpStream::connect(addr)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let l = Arc::clone(&listener);
+        let new_server = tokio::spawn(async move { serve_one(&l).await });
+        let evicted = tokio::time::timeout(Duration::from_secs(5), silent_server).await;
+        assert!(
+            matches!(evicted, Ok(Ok(io::ErrorKind::TimedOut))),
+            "{evicted:?}"
+        );
+        newcomer
+            .write_all(b"hello")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut echoed = [0u8; 5];
+        newcomer
+            .read_exact(&mut echoed)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        real.write_all(b"!").await.unwrap_or_else(|e| panic!("{e}"));
+        let mut echoed = vec![0u8; HELLO_BYTES + 1];
+        real.read_exact(&mut echoed)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        drop((real, newcomer));
+        let _ = (real_server.await, new_server.await);
     }
 
     #[tokio::test]
