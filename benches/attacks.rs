@@ -88,20 +88,18 @@ async fn probe(http: String, grpc: String, token: String, stop: Arc<AtomicBool>,
 }
 
 /// One attacking connection: connects, runs `attack` (what it sends), then waits for the
-/// server to close it. Returns when it was closed (None if it stayed open until `hold`).
-async fn attacker<F, Fut>(addr: String, hold: Duration, attack: F) -> Option<Duration>
+/// server to close it. Returns when it was closed, or why not: it stayed open until `hold`,
+/// or the connection was never accepted within 5 s (the listen backlog was full).
+async fn attacker<F, Fut>(addr: String, hold: Duration, attack: F) -> Result<Duration, &'static str>
 where
     F: FnOnce(TcpStream) -> Fut,
     Fut: std::future::Future<Output = Option<TcpStream>>,
 {
     let started = Instant::now();
-    let stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(&addr))
-        .await
-        .ok()?
-        .ok();
-    let Some(stream) = stream else {
-        // Refused at once counts as closed at once.
-        return Some(started.elapsed());
+    let stream = match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(&addr)).await {
+        Err(_) => return Err("not accepted in 5 s"),
+        Ok(Err(_)) => return Ok(started.elapsed()), // refused at once: closed at once
+        Ok(Ok(stream)) => stream,
     };
     let remaining = hold.saturating_sub(started.elapsed());
     let outcome = tokio::time::timeout(remaining, async move {
@@ -116,8 +114,8 @@ where
     })
     .await;
     match outcome {
-        Ok(_) => Some(started.elapsed()),
-        Err(_) => None,
+        Ok(_) => Ok(started.elapsed()),
+        Err(_) => Err("held open"),
     }
 }
 
@@ -136,6 +134,8 @@ struct Phase {
     name: String,
     connections: usize,
     closed: usize,
+    held_open: usize,
+    not_accepted: usize,
     median_closed_s: f64,
     fds_peak: usize,
     rss_peak_mib: f64,
@@ -155,7 +155,7 @@ async fn phase<F, Fut>(
 ) -> Phase
 where
     F: Fn(String, Duration) -> Fut,
-    Fut: std::future::Future<Output = Option<Duration>> + Send + 'static,
+    Fut: std::future::Future<Output = Result<Duration, &'static str>> + Send + 'static,
 {
     let (target, http, grpc) = urls;
     let only = std::env::var("ATTACK_ONLY").unwrap_or_default();
@@ -191,9 +191,12 @@ where
         attackers.spawn(make(target.to_string(), hold));
     }
     let mut closed: Vec<f64> = Vec::new();
+    let (mut held_open, mut not_accepted) = (0, 0);
     while let Some(result) = attackers.join_next().await {
-        if let Ok(Some(at)) = result {
-            closed.push(at.as_secs_f64());
+        match result {
+            Ok(Ok(at)) => closed.push(at.as_secs_f64()),
+            Ok(Err("held open")) => held_open += 1,
+            _ => not_accepted += 1,
         }
     }
     stop.store(true, Ordering::Relaxed);
@@ -205,6 +208,8 @@ where
         name: name.to_string(),
         connections,
         closed: closed.len(),
+        held_open,
+        not_accepted,
         median_closed_s: closed.get(closed.len() / 2).copied().unwrap_or(f64::NAN),
         fds_peak,
         rss_peak_mib,
@@ -306,20 +311,26 @@ async fn main() -> anyhow::Result<()> {
     let alive = child.try_wait()?.is_none();
 
     println!(
+        "connection guards: {}",
+        if guards_off { "off (ATTACK_GUARDS=off)" } else { "on (defaults)" }
+    );
+    println!(
         "service: {fds_idle} file descriptors idle, {fds_after} after the attacks; still running: {alive}"
     );
     println!();
     println!(
-        "| phase | connections | closed by the service | median close s | peak fds | peak RSS MiB | probe calls | probe failed | slowest probe ms |"
+        "| phase | connections | closed by the service | median close s | still open at the end | not accepted in 5 s | peak fds | peak RSS MiB | probe calls | probe failed | slowest probe ms |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for p in phases.iter().filter(|p| p.connections > 0) {
         println!(
-            "| {} | {} | {} | {:.1} | {} | {:.0} | {} | {} | {} |",
+            "| {} | {} | {} | {:.1} | {} | {} | {} | {:.0} | {} | {} | {} |",
             p.name,
             p.connections,
             p.closed,
             p.median_closed_s,
+            p.held_open,
+            p.not_accepted,
             p.fds_peak,
             p.rss_peak_mib,
             p.probe_calls,
