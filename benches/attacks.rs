@@ -96,7 +96,8 @@ where
     Fut: std::future::Future<Output = Option<TcpStream>>,
 {
     let started = Instant::now();
-    let stream = match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(&addr)).await {
+    let stream = match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(&addr)).await
+    {
         Err(_) => return Err("not accepted in 5 s"),
         Ok(Err(_)) => return Ok(started.elapsed()), // refused at once: closed at once
         Ok(Ok(stream)) => stream,
@@ -312,7 +313,11 @@ async fn main() -> anyhow::Result<()> {
 
     println!(
         "connection guards: {}",
-        if guards_off { "off (ATTACK_GUARDS=off)" } else { "on (defaults)" }
+        if guards_off {
+            "off (ATTACK_GUARDS=off)"
+        } else {
+            "on (defaults)"
+        }
     );
     println!(
         "service: {fds_idle} file descriptors idle, {fds_after} after the attacks; still running: {alive}"

@@ -338,7 +338,8 @@ macro_rules! integration_store {
                     let done = sqlx::query(concat!(
                         "UPDATE sync_jobs SET checkpoint = $3, contacts_done = $4, contacts_total = $5, \
                          contacts_skipped = $6, skipped_reason = $7, contacts_failed = $8, failures = $9, \
-                         rate_limited = 0 WHERE id = $1", $id, " AND lease_owner = $2 AND state = 'running'"
+                         rate_limited = 0, attempts = 1 \
+                         WHERE id = $1", $id, " AND lease_owner = $2 AND state = 'running'"
                     ))
                     .bind(id)
                     .bind(worker)

@@ -60,6 +60,8 @@ struct State {
     pushes: Vec<Push>,
     /// Pushes after this many accepted ones never answer.
     hang_after: Option<usize>,
+    /// Every n-th push request fails with 503 (a provider that is flaky, not down).
+    fail_every: Option<usize>,
     delay: Option<Duration>,
     verify_calls: usize,
     sendgrid_jobs: Vec<(String, u64, bool)>,
@@ -167,6 +169,11 @@ impl FakeProvider {
 
     pub fn enforce_limit(&self, requests: usize, per: Duration) {
         self.state().limit = Some((requests, per));
+    }
+
+    /// Every n-th push request answers 503.
+    pub fn fail_every(&self, n: usize) {
+        self.state().fail_every = Some(n.max(1));
     }
 
     pub fn hang_after(&self, accepted: usize) {
@@ -565,6 +572,12 @@ impl Respond for Responder {
 
         if let Some(answer) = state.scripted.pop_front() {
             return answer;
+        }
+        if state
+            .fail_every
+            .is_some_and(|n| state.push_requests % n == 0)
+        {
+            return error(503, json!({"message": "temporarily unavailable"}));
         }
         if let Some((requests, per)) = state.limit {
             let now = Instant::now();

@@ -26,6 +26,7 @@ crate::on_both_backends!(
     refused_credentials_stop_the_job_and_mark_the_integration,
     refused_records_make_the_job_partial_without_resending,
     an_outage_that_lasts_fails_after_the_bounded_attempts,
+    a_flaky_provider_does_not_exhaust_the_attempts_of_a_job_that_keeps_moving,
     the_rate_limiter_keeps_a_large_sync_under_an_enforced_limit,
     a_daily_limit_parks_the_job_until_the_reset,
     a_restart_mid_job_resumes_from_the_checkpoint,
@@ -291,6 +292,40 @@ async fn refused_records_make_the_job_partial_without_resending(backend: Backend
 
 fn provider(kind: Kind) -> Provider {
     crate::integrations::provider_of(kind)
+}
+
+/// Every other push fails and each failure ends its attempt, for a job of 10 batches with 2
+/// attempts allowed: attempts count in a row without a saved batch, so the job finishes (it
+/// used to give up after its second failure, with most contacts unsent).
+async fn a_flaky_provider_does_not_exhaust_the_attempts_of_a_job_that_keeps_moving(
+    backend: Backend,
+) {
+    let zapier = FakeProvider::start(Kind::Zapier).await;
+    let app = spawn_with_fakes(
+        backend,
+        &[&zapier],
+        &[
+            ("--sync-max-attempts", "2"),
+            ("--sync-request-retries", "1"),
+            ("--sync-retry-min-delay", "10ms"),
+            ("--sync-retry-max-delay", "50ms"),
+        ],
+    )
+    .await;
+    app.add_contacts("ada", 1000).await;
+    connect(&app, "ada", &zapier).await;
+    zapier.fail_every(2);
+    let mut client = app.integrations().await;
+    let job = start_sync(&mut client, "ada", Provider::Zapier).await;
+    let job = wait_for_job(&app, "ada", &job.id, Duration::from_secs(60)).await;
+    assert_eq!(job.state(), SyncJobState::Succeeded, "{job:?}");
+    assert_eq!(job.contacts_done, 1000);
+    // Zapier is not idempotent: every contact once, none twice.
+    let mut pushed = sorted(zapier.pushed_emails());
+    let total = pushed.len();
+    pushed.dedup();
+    assert_eq!((total, pushed.len()), (1000, 1000));
+    app.stop().await;
 }
 
 async fn an_outage_that_lasts_fails_after_the_bounded_attempts(backend: Backend) {
