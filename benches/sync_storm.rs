@@ -295,7 +295,8 @@ async fn handle(
             Err(std::io::Error::other("reset"))
         }
         Answer::Hostile => {
-            take(false)?;
+            // HubSpot's answer is read (and cannot be): as good as lost. Zapier's is not read.
+            take(provider == "hubspot")?;
             let mut r = Response::new(Full::new(Bytes::from_static(b"<html>\x00\xff not json")));
             let h = r.headers_mut();
             h.insert(
@@ -507,7 +508,7 @@ async fn main() -> anyhow::Result<()> {
             .filter(|e| !lost.contains_key(**e) && !kill.contains_key(**e))
             .count();
         println!(
-            "{provider}: {} of {contacts} contacts delivered, {missing} missing; {} delivered more than once ({} after a lost answer, {} in the batch in flight at the kill, {unexplained} otherwise)",
+            "{provider}: {} of {contacts} contacts delivered, {missing} missing; {} delivered more than once ({} after a lost or unreadable answer, {} in the batch in flight at the kill, {unexplained} otherwise)",
             taken.len(),
             twice.len(),
             twice.iter().filter(|e| lost.contains_key(**e)).count(),
