@@ -26,13 +26,10 @@
 //! EXACTLY_ONCE_SCALE (default 1.0: scales the user counts), EXACTLY_ONCE_SEED (default 7).
 
 #[path = "../tests/api/fake_mpesa.rs"]
-#[allow(dead_code)]
 mod fake_mpesa;
 #[path = "../tests/api/fake_paypal.rs"]
-#[allow(dead_code)]
 mod fake_paypal;
 #[path = "../tests/api/fake_stripe.rs"]
-#[allow(dead_code)]
 mod fake_stripe;
 #[allow(dead_code)]
 mod support;
@@ -153,7 +150,6 @@ async fn checkout(
         } else {
             String::new()
         },
-        ..Default::default()
     };
     let answer = client
         .create_checkout_session(support::authed(request, &service_token(user)?)?)

@@ -19,7 +19,6 @@
 #[path = "../tests/api/fake_providers.rs"]
 mod fake_providers;
 #[path = "../tests/api/fake_stripe.rs"]
-#[allow(dead_code)]
 mod fake_stripe;
 #[allow(dead_code)]
 mod support;

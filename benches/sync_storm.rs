@@ -456,6 +456,8 @@ async fn main() -> anyhow::Result<()> {
         .status();
     let _ = child.wait();
 
+    db.drop().await?;
+
     let c = counts.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
     let mut failures = Vec::new();
     let all: Vec<String> = (0..contacts)
@@ -539,8 +541,6 @@ async fn main() -> anyhow::Result<()> {
         })
         .sum();
     println!("panics in the service logs: {panics}");
-    drop(c);
-    db.drop().await?;
     if failures.is_empty() && panics == 0 {
         println!(
             "HELD: every contact delivered to both; no Zapier contact twice except after a lost answer"

@@ -575,7 +575,7 @@ impl Respond for Responder {
         }
         if state
             .fail_every
-            .is_some_and(|n| state.push_requests % n == 0)
+            .is_some_and(|n| state.push_requests.is_multiple_of(n))
         {
             return error(503, json!({"message": "temporarily unavailable"}));
         }
