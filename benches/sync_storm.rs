@@ -433,7 +433,8 @@ async fn main() -> anyhow::Result<()> {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    let (mut child, grpc, _) = support::serve_logged(&env, &[], &work.path().join("second.log"))?;
+    let (mut child, grpc, http) =
+        support::serve_logged(&env, &[], &work.path().join("second.log"))?;
     let mut client = IntegrationsServiceClient::connect(format!("http://{grpc}")).await?;
     let mut finals = Vec::new();
     for (provider, id) in &ids {
@@ -451,10 +452,44 @@ async fn main() -> anyhow::Result<()> {
         finals.push((*provider, done));
     }
     let took = started.elapsed();
+    let metrics = reqwest::get(format!("http://{http}/metrics"))
+        .await?
+        .text()
+        .await?;
+    std::fs::write(work.path().join("metrics.txt"), metrics)?;
     let _ = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
     let _ = child.wait();
+    // Secrets: both runs' logs, the metrics page, and the database file (SQLite) or a dump.
+    let mut searched = vec![work.path().to_path_buf()];
+    match db.url.strip_prefix("sqlite://") {
+        // The database file with its WAL and shared-memory files.
+        Some(file) => searched.extend(std::path::Path::new(file).parent().map(|d| d.to_path_buf())),
+        None => {
+            let dump = std::process::Command::new("pg_dump")
+                .args(["--data-only", &db.url])
+                .output()?;
+            std::fs::write(work.path().join("database.sql"), dump.stdout)?;
+        }
+    }
+    let secrets = [
+        ("HubSpot token", HUBSPOT_TOKEN.to_string()),
+        ("Zapier hook secret", "STORMHOOKSECRET".to_string()),
+        ("JWT secret", support::JWT_SECRET.to_string()),
+        ("encryption key", support::ENCRYPTION_KEY.to_string()),
+        (
+            "bearer token",
+            token.rsplit('.').next().unwrap_or_default().to_string(),
+        ),
+    ];
+    let (secret_hits, files, bytes) = support::find_secrets(&searched, &secrets);
+    println!(
+        "secrets searched: {} secrets in {files} files ({:.1} MB: 2 service logs at info level, metrics, the database): {} hits {secret_hits:?}",
+        secrets.len(),
+        bytes as f64 / 1e6,
+        secret_hits.len()
+    );
 
     db.drop().await?;
 
@@ -541,6 +576,9 @@ async fn main() -> anyhow::Result<()> {
         })
         .sum();
     println!("panics in the service logs: {panics}");
+    if !secret_hits.is_empty() {
+        failures.push(format!("secrets found: {secret_hits:?}"));
+    }
     if failures.is_empty() && panics == 0 {
         println!(
             "HELD: every contact delivered to both; no Zapier contact twice except after a lost answer"

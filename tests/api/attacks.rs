@@ -663,3 +663,50 @@ async fn oversized_and_malformed_messages_are_refused_and_the_service_keeps_serv
         .unwrap_or_else(|e| panic!("the service stopped serving: {e}"));
     app.stop().await;
 }
+
+/// Both ports, as wired in the server: 40 silent connections on each (over a cap of 20) do
+/// not lock out a real caller, and every one of them is closed after the hello timeout. The
+/// gRPC port used to keep such connections forever (`benches/attacks.rs`).
+#[tokio::test]
+async fn silent_connections_are_closed_on_both_ports_and_callers_still_get_in() {
+    use tokio::io::AsyncReadExt;
+    let app = TestApp::spawn_with(
+        Backend::Sqlite,
+        &[
+            ("--max-connections", "20"),
+            ("--connection-hello-timeout", "500ms"),
+        ],
+    )
+    .await;
+    let mut silent = Vec::new();
+    for addr in [app.grpc_addr, app.http_addr] {
+        for _ in 0..40 {
+            silent.push(
+                tokio::net::TcpStream::connect(addr)
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}")),
+            );
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Real callers get in although both ports are full of silent connections.
+    app.billing()
+        .await
+        .list_plans(authed(ListPlansRequest {}, &token("caller")))
+        .await
+        .unwrap_or_else(|e| panic!("gRPC caller locked out: {e}"));
+    let health = reqwest::get(app.http_url("/healthz"))
+        .await
+        .unwrap_or_else(|e| panic!("sidecar caller locked out: {e}"));
+    assert!(health.status().is_success());
+    // Every silent connection is closed by the service (end of stream or a reset).
+    for (i, mut conn) in silent.into_iter().enumerate() {
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf)).await;
+        assert!(
+            matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+            "silent connection {i} still open: {read:?}"
+        );
+    }
+    app.stop().await;
+}
