@@ -52,7 +52,7 @@ use nexus_billing::grpc::proto::billing::{
     CreateCheckoutSessionRequest, PaymentProvider, Tier,
     billing_service_client::BillingServiceClient,
 };
-use sqlx::{Connection, Executor, PgConnection, PgPool, Row};
+use sqlx::{PgPool, Row};
 
 const ALLOWED_ORIGIN: &str = "https://app.nexus.test";
 
@@ -96,42 +96,11 @@ struct StripeExpect {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let admin_url = std::env::var("BENCH_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string());
-    let name = format!("nexus_bench_{}", uuid::Uuid::new_v4().simple());
-    let mut admin = PgConnection::connect(&admin_url).await?;
-    admin
-        .execute(sqlx::AssertSqlSafe(format!(r#"CREATE DATABASE "{name}""#)))
-        .await?;
-    admin.close().await?;
-    let mut db_url = url::Url::parse(&admin_url)?;
-    db_url.set_path(&format!("/{name}"));
-    let result = run(db_url.as_str()).await;
-    // PostgreSQL was restarted: connect afresh to drop the scratch database.
-    let mut admin = PgConnection::connect(&admin_url).await?;
-    admin
-        .execute(sqlx::AssertSqlSafe(format!(
-            r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#
-        )))
-        .await?;
+    let db = support::Database::create_postgres().await?;
+    let result = run(&db.url).await;
+    // PostgreSQL was restarted meanwhile: dropping connects afresh.
+    db.drop().await?;
     result
-}
-
-fn service_token(user: &str) -> anyhow::Result<String> {
-    let claims = nexus_billing::auth::Claims {
-        sub: user.into(),
-        email: None,
-        roles: vec![],
-        exp: u64::try_from(Utc::now().timestamp() + 7200).unwrap_or(0),
-        iat: None,
-        iss: None,
-        aud: None,
-    };
-    Ok(jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(support::JWT_SECRET.as_bytes()),
-    )?)
 }
 
 async fn checkout(
@@ -152,7 +121,7 @@ async fn checkout(
         },
     };
     let answer = client
-        .create_checkout_session(support::authed(request, &service_token(user)?)?)
+        .create_checkout_session(support::authed(request, &support::token_for(user)?)?)
         .await?
         .into_inner();
     Ok(answer.session_id)
@@ -690,7 +659,7 @@ async fn run(db_url: &str) -> anyhow::Result<()> {
         ("ENCRYPTION_KEY", support::ENCRYPTION_KEY.to_string()),
         (
             "a user's bearer token",
-            service_token("pp0")?
+            support::token_for("pp0")?
                 .split('.')
                 .nth(2)
                 .unwrap_or_default()

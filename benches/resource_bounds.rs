@@ -30,7 +30,7 @@ use fake_stripe::{FakeStripe, InvoiceSpec};
 use nexus_billing::grpc::proto::{
     billing::{GetUsageRequest, billing_service_client::BillingServiceClient},
     integrations::{
-        Provider, SyncIntegrationRequest, SyncJobState, WatchSyncJobRequest,
+        Provider, SyncJobState, WatchSyncJobRequest,
         integrations_service_client::IntegrationsServiceClient,
     },
 };
@@ -42,23 +42,6 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn token_for(user: &str) -> anyhow::Result<String> {
-    let claims = nexus_billing::auth::Claims {
-        sub: user.into(),
-        email: None,
-        roles: vec![],
-        exp: u64::try_from(chrono::Utc::now().timestamp() + 7200).unwrap_or(0),
-        iat: None,
-        iss: None,
-        aud: None,
-    };
-    Ok(jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(support::JWT_SECRET.as_bytes()),
-    )?)
 }
 
 struct Sample {
@@ -117,7 +100,7 @@ async fn watch_streams() -> anyhow::Result<()> {
     let mut jobs = Vec::new();
     for u in 0..100 {
         let user = format!("watcher{u}");
-        let token = token_for(&user)?;
+        let token = support::token_for(&user)?;
         support::execute(
             &db.url,
             &format!("INSERT INTO contacts (id, user_id, email) VALUES ('w{u}', '{user}', 'w{u}@example.com')"),
@@ -125,19 +108,7 @@ async fn watch_streams() -> anyhow::Result<()> {
         .await?;
         let mut client = IntegrationsServiceClient::new(channels[u % 50].clone());
         support::connect_hubspot(&mut client, &token, HUBSPOT_TOKEN).await?;
-        let job = client
-            .sync_integration(authed(
-                SyncIntegrationRequest {
-                    full: true,
-                    provider: Provider::Hubspot.into(),
-                    direction: 0,
-                },
-                &token,
-            )?)
-            .await?
-            .into_inner()
-            .job
-            .ok_or_else(|| anyhow::anyhow!("no job"))?;
+        let job = support::start_full_sync(&mut client, &token, Provider::Hubspot).await?;
         jobs.push((token, job.id));
     }
     let idle_jobs = sample(pid, &pool, &name).await?;
@@ -333,7 +304,7 @@ async fn big_user(contacts: usize) -> anyhow::Result<()> {
     let pid = child.id();
     let pool = PgPool::connect(&db.url).await?;
     let name = db_name(&db.url);
-    let token = token_for(support::USER)?;
+    let token = support::token_for(support::USER)?;
     let before = sample(pid, &pool, &name).await?;
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{grpc}"))?
         .connect()
@@ -347,19 +318,7 @@ async fn big_user(contacts: usize) -> anyhow::Result<()> {
     let mut client = IntegrationsServiceClient::new(channel);
     support::connect_hubspot(&mut client, &token, HUBSPOT_TOKEN).await?;
     let started = Instant::now();
-    let job = client
-        .sync_integration(authed(
-            SyncIntegrationRequest {
-                full: true,
-                provider: Provider::Hubspot.into(),
-                direction: 0,
-            },
-            &token,
-        )?)
-        .await?
-        .into_inner()
-        .job
-        .ok_or_else(|| anyhow::anyhow!("no job"))?;
+    let job = support::start_full_sync(&mut client, &token, Provider::Hubspot).await?;
     let mut during = sample(pid, &pool, &name).await?;
     let job = loop {
         tokio::time::sleep(Duration::from_secs(1)).await;

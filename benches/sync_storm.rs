@@ -40,8 +40,8 @@ use hyper::{
 };
 use hyper_util::rt::TokioIo;
 use nexus_billing::grpc::proto::integrations::{
-    ConnectIntegrationRequest, GetSyncJobRequest, Provider, SyncIntegrationRequest, SyncJob,
-    SyncJobState, integrations_service_client::IntegrationsServiceClient,
+    ConnectIntegrationRequest, GetSyncJobRequest, Provider, SyncJob, SyncJobState,
+    integrations_service_client::IntegrationsServiceClient,
 };
 
 const HOOK_PATH: &str = "/hooks/catch/123456/STORMHOOKSECRET/";
@@ -400,19 +400,7 @@ async fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     let mut ids = Vec::new();
     for provider in [Provider::Hubspot, Provider::Zapier] {
-        let job = client
-            .sync_integration(support::authed(
-                SyncIntegrationRequest {
-                    full: true,
-                    provider: provider.into(),
-                    direction: 0,
-                },
-                &token,
-            )?)
-            .await?
-            .into_inner()
-            .job
-            .ok_or_else(|| anyhow::anyhow!("no job"))?;
+        let job = support::start_full_sync(&mut client, &token, provider).await?;
         ids.push((provider, job.id));
     }
 

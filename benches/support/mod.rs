@@ -25,29 +25,18 @@ pub struct Database {
 }
 
 impl Database {
+    /// A scratch PostgreSQL database when BENCH_DATABASE_URL is set, else a SQLite file in a
+    /// temporary directory.
     pub async fn create() -> anyhow::Result<Self> {
-        let dir = tempfile::tempdir()?;
-        match std::env::var("BENCH_DATABASE_URL") {
-            Ok(admin_url) => {
-                let name = format!("nexus_bench_{}", uuid::Uuid::new_v4().simple());
-                let mut admin = PgConnection::connect(&admin_url).await?;
-                admin
-                    .execute(sqlx::AssertSqlSafe(format!(r#"CREATE DATABASE "{name}""#)))
-                    .await?;
-                let mut url = url::Url::parse(&admin_url)?;
-                url.set_path(&format!("/{name}"));
-                Ok(Self {
-                    url: url.to_string(),
-                    cleanup: Some((admin_url, name)),
-                    _dir: dir,
-                })
-            }
-            Err(_) => Ok(Self {
-                url: format!("sqlite://{}/bench.db", dir.path().display()),
-                cleanup: None,
-                _dir: dir,
-            }),
+        if std::env::var("BENCH_DATABASE_URL").is_ok() {
+            return Self::create_postgres().await;
         }
+        let dir = tempfile::tempdir()?;
+        Ok(Self {
+            url: format!("sqlite://{}/bench.db", dir.path().display()),
+            cleanup: None,
+            _dir: dir,
+        })
     }
 
     /// A scratch PostgreSQL database, from BENCH_DATABASE_URL or the local default.
@@ -183,6 +172,45 @@ pub fn peak_rss_mib(pid: u32) -> f64 {
                 .and_then(|kb| kb.parse::<f64>().ok())
         })
         .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// A user's HS256 token for two hours, signed here (no process started).
+pub fn token_for(user: &str) -> anyhow::Result<String> {
+    let claims = nexus_billing::auth::Claims {
+        sub: user.into(),
+        email: None,
+        roles: vec![],
+        exp: u64::try_from(chrono::Utc::now().timestamp() + 7200).unwrap_or(0),
+        iat: None,
+        iss: None,
+        aud: None,
+    };
+    Ok(jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+    )?)
+}
+
+/// Asks for a full push of `provider` for the token's user; the job.
+pub async fn start_full_sync(
+    client: &mut IntegrationsServiceClient<Channel>,
+    token: &str,
+    provider: nexus_billing::grpc::proto::integrations::Provider,
+) -> anyhow::Result<SyncJob> {
+    client
+        .sync_integration(authed(
+            nexus_billing::grpc::proto::integrations::SyncIntegrationRequest {
+                full: true,
+                provider: provider.into(),
+                direction: 0,
+            },
+            token,
+        )?)
+        .await?
+        .into_inner()
+        .job
+        .ok_or_else(|| anyhow::anyhow!("no job"))
 }
 
 pub fn mint_token(db_url: &str) -> anyhow::Result<String> {
