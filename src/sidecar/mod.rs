@@ -30,7 +30,7 @@ mod oauth;
 mod webhooks;
 
 pub use dashboard::{DASHBOARD_PATH, DashboardSettings};
-pub use oauth::{CallbackQuery, OAUTH_CALLBACK, OAUTH_START, query_param};
+pub use oauth::{CallbackQuery, OAUTH_CALLBACK, OAUTH_START};
 
 /// What the sidecar's routes need.
 pub struct SidecarState {

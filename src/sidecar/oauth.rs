@@ -196,7 +196,7 @@ fn query_value(request: &Request<Incoming>, name: &str) -> Option<String> {
 }
 
 /// The first value of `name` in a URL query string (form-urlencoded, as browsers send it).
-pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+fn query_param(query: Option<&str>, name: &str) -> Option<String> {
     url::form_urlencoded::parse(query.unwrap_or("").as_bytes())
         .find(|(key, _)| key == name)
         .map(|(_, value)| value.into_owned())

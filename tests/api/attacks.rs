@@ -30,7 +30,6 @@ use crate::{
     fake_providers::{FakeProvider, Kind},
     helpers::{ALLOWED_ORIGIN, Backend, TestApp, authed, service_token, token},
     integrations::{connect, get_job, spawn_with_fakes, start_sync},
-    oauth::spawn_with_oauth,
 };
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
@@ -475,7 +474,6 @@ async fn open_redirects_are_refused_on_every_url_parameter() {
             stripe,
         )
     };
-    let _ = spawn_with_oauth; // the same settings as the OAuth tests use
     let user = token("redirect-victim");
     let good = format!("{ALLOWED_ORIGIN}/billing");
     let mut billing = app.billing().await;
