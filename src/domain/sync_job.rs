@@ -195,7 +195,11 @@ pub struct SyncJob {
     pub state: JobState,
     pub progress: JobProgress,
     pub last_error: Option<String>,
+    /// Attempts over the job's life.
     pub attempts: u32,
+    /// Attempts since the job last saved a batch (this one included while it runs): what
+    /// `max_attempts` limits.
+    pub attempts_in_a_row: u32,
     pub max_attempts: u32,
     pub next_attempt_at: DateTime<Utc>,
     pub created_at: DateTime<Utc>,

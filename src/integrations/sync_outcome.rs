@@ -205,11 +205,12 @@ impl SyncWorker {
             Outcome::Retry { reason } => {
                 // Attempts are counted in a row without a saved batch (saving one sets the
                 // count back to this attempt): a long job that keeps moving under a flaky
-                // provider is not given up (measured by `benches/sync_storm.rs`).
+                // provider is not given up (measured by `benches/sync_storm.rs`). Batches
+                // saved during this attempt are in the row, not in `job` (read at claim).
                 let attempts = store
                     .sync_job(&job.user_id, &job.id)
                     .await?
-                    .map_or(job.attempts, |now| now.attempts);
+                    .map_or(job.attempts_in_a_row, |now| now.attempts_in_a_row);
                 if attempts < job.max_attempts {
                     let at = add(now, self.backoff(attempts));
                     let end = JobEnd::Retry {

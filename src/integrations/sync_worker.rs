@@ -140,7 +140,7 @@ impl SyncWorker {
     ) {
         // A job whose workers kept dying (the lease ran out each time) comes back with its
         // attempts spent: it ends here instead of running once more.
-        if job.attempts > job.max_attempts {
+        if job.attempts_in_a_row > job.max_attempts {
             let reason = format!(
                 "gave up after {} attempts (the workers running it stopped without finishing)",
                 job.max_attempts

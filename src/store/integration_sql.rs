@@ -16,7 +16,7 @@ macro_rules! job_select {
              j.user_id, i.provider, j.direction, j.state, j.checkpoint, j.contacts_done, \
              j.contacts_total, j.contacts_skipped, j.skipped_reason, j.contacts_failed, \
              j.failures, j.last_error, j.attempts, j.max_attempts, j.next_attempt_at, \
-             j.created_at, j.started_at, j.finished_at, j.full_push, j.rate_limited \
+             j.created_at, j.started_at, j.finished_at, j.full_push, j.rate_limited, j.attempts_in_a_row \
              FROM sync_jobs j JOIN integrations i ON i.id = j.integration_id "
         )
     };
@@ -290,6 +290,7 @@ macro_rules! integration_store {
                     let id: Option<String> = sqlx::query_scalar(concat!(
                         "UPDATE sync_jobs SET state = 'running', lease_owner = $1, \
                          lease_expires_at = $3, attempts = attempts + 1, \
+                         attempts_in_a_row = attempts_in_a_row + 1, \
                          started_at = COALESCE(started_at, $2) \
                          WHERE id = (SELECT id FROM sync_jobs \
                            WHERE (state = 'queued' AND next_attempt_at <= $2) \
@@ -338,7 +339,7 @@ macro_rules! integration_store {
                     let done = sqlx::query(concat!(
                         "UPDATE sync_jobs SET checkpoint = $3, contacts_done = $4, contacts_total = $5, \
                          contacts_skipped = $6, skipped_reason = $7, contacts_failed = $8, failures = $9, \
-                         rate_limited = 0, attempts = 1 \
+                         rate_limited = 0, attempts_in_a_row = 1 \
                          WHERE id = $1", $id, " AND lease_owner = $2 AND state = 'running'"
                     ))
                     .bind(id)
@@ -375,7 +376,8 @@ macro_rules! integration_store {
                         .bind(*at),
                         JobEnd::Retry { at, error, count_attempt, rate_limited } => sqlx::query(concat!(
                             "UPDATE sync_jobs SET state = 'queued', next_attempt_at = $3, last_error = $4, \
-                             attempts = attempts - $5, lease_owner = NULL, lease_expires_at = NULL, \
+                             attempts = attempts - $5, attempts_in_a_row = attempts_in_a_row - $5, \
+                             lease_owner = NULL, lease_expires_at = NULL, \
                              rate_limited = CASE WHEN $6 THEN rate_limited + 1 ELSE rate_limited END \
                              WHERE id = $1", $id, " AND lease_owner = $2 AND state = 'running'"
                         ))

@@ -256,6 +256,7 @@ pub(super) struct SyncJobRow {
     finished_at: Option<DateTime<Utc>>,
     full_push: bool,
     rate_limited: i32,
+    attempts_in_a_row: i32,
 }
 
 fn count(value: i64) -> u64 {
@@ -291,6 +292,7 @@ impl TryFrom<SyncJobRow> for crate::domain::sync_job::SyncJob {
             finished_at: row.finished_at,
             full: row.full_push,
             rate_limited: u32::try_from(row.rate_limited).unwrap_or(0),
+            attempts_in_a_row: u32::try_from(row.attempts_in_a_row).unwrap_or(0),
         })
     }
 }
