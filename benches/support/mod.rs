@@ -162,12 +162,17 @@ pub fn serve(env: Vec<(String, String)>) -> anyhow::Result<(Child, String, Strin
 
 /// Peak resident memory of a process, in MiB (Linux `VmHWM`).
 pub fn peak_rss_mib(pid: u32) -> f64 {
+    status_mib(pid, "VmHWM:")
+}
+
+/// A memory line of `/proc/<pid>/status`, in MiB (NaN when unreadable).
+fn status_mib(pid: u32, field: &str) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|status| {
             status
                 .lines()
-                .find(|l| l.starts_with("VmHWM:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|kb| kb.parse::<f64>().ok())
         })
@@ -345,16 +350,7 @@ pub fn open_fds(pid: u32) -> usize {
 
 /// Resident memory of a process now, in MiB (Linux `VmRSS`).
 pub fn rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(f64::NAN, |kb| kb / 1024.0)
+    status_mib(pid, "VmRSS:")
 }
 
 /// Searches every file under `paths` (recursively) for every secret, as bytes. Returns the
