@@ -349,10 +349,7 @@ async fn main() -> anyhow::Result<()> {
         "service log: {} lines, {panics} panics",
         log.lines().count()
     );
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status();
-    let _ = child.wait();
+    support::stop(child);
     db.drop().await?;
     anyhow::ensure!(alive && panics == 0, "the service died or panicked");
     Ok(())

@@ -84,7 +84,7 @@ async fn watch_streams() -> anyhow::Result<()> {
     env.push(("HUBSPOT_API_BASE".into(), hubspot.server.uri()));
     env.push(("MAX_WATCH_STREAMS_PER_USER".into(), "10".into()));
     let work = tempfile::tempdir()?;
-    let (mut child, grpc, _) = support::serve_logged(&env, &[], &work.path().join("log"))?;
+    let (child, grpc, _) = support::serve_logged(&env, &[], &work.path().join("log"))?;
     let pid = child.id();
     let pool = PgPool::connect(&db.url).await?;
     let name = db_name(&db.url);
@@ -155,10 +155,7 @@ async fn watch_streams() -> anyhow::Result<()> {
         },
         peak_rss_mib(pid)
     );
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status();
-    let _ = child.wait();
+    support::stop(child);
     pool.close().await;
     db.drop().await
 }
@@ -184,7 +181,7 @@ async fn pending_events(events: usize) -> anyhow::Result<()> {
     let work = tempfile::tempdir()?;
     let mut intake_env = base_env(&db.url);
     intake_env.push(("WEBHOOK_WORKERS".into(), "0".into()));
-    let (mut intake, _, http) =
+    let (intake, _, http) =
         support::serve_logged(&intake_env, &args, &work.path().join("intake.log"))?;
     let name = db_name(&db.url);
     let intake_before = sample(intake.id(), &pool, &name).await?;
@@ -232,7 +229,7 @@ async fn pending_events(events: usize) -> anyhow::Result<()> {
     let intake_full = sample(intake.id(), &pool, &name).await?;
     let intake_peak = peak_rss_mib(intake.id());
 
-    let (mut worker, _, _) =
+    let (worker, _, _) =
         support::serve_logged(&base_env(&db.url), &args, &work.path().join("worker.log"))?;
     let worker_pid = worker.id();
     let worker_before = sample(worker_pid, &pool, &name).await?;
@@ -280,11 +277,8 @@ async fn pending_events(events: usize) -> anyhow::Result<()> {
         "\npeak RSS: intake-only {intake_peak:.0} MiB, worker {:.0} MiB\n",
         peak_rss_mib(worker_pid)
     );
-    for child in [&mut intake, &mut worker] {
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
-        let _ = child.wait();
+    for child in [intake, worker] {
+        support::stop(child);
     }
     pool.close().await;
     db.drop().await
@@ -300,7 +294,7 @@ async fn big_user(contacts: usize) -> anyhow::Result<()> {
     env.push(("HUBSPOT_API_BASE".into(), hubspot.server.uri()));
     env.push(("RATE_LIMITS".into(), "hubspot=100000/1s".into()));
     let work = tempfile::tempdir()?;
-    let (mut child, grpc, _) = support::serve_logged(&env, &[], &work.path().join("log"))?;
+    let (child, grpc, _) = support::serve_logged(&env, &[], &work.path().join("log"))?;
     let pid = child.id();
     let pool = PgPool::connect(&db.url).await?;
     let name = db_name(&db.url);
@@ -364,10 +358,7 @@ async fn big_user(contacts: usize) -> anyhow::Result<()> {
     row("pushing (largest RSS seen)", &during);
     row("finished", &after);
     println!("\npeak RSS {:.0} MiB\n", peak_rss_mib(pid));
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status();
-    let _ = child.wait();
+    support::stop(child);
     pool.close().await;
     db.drop().await
 }

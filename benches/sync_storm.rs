@@ -421,8 +421,7 @@ async fn main() -> anyhow::Result<()> {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    let (mut child, grpc, http) =
-        support::serve_logged(&env, &[], &work.path().join("second.log"))?;
+    let (child, grpc, http) = support::serve_logged(&env, &[], &work.path().join("second.log"))?;
     let mut client = IntegrationsServiceClient::connect(format!("http://{grpc}")).await?;
     let mut finals = Vec::new();
     for (provider, id) in &ids {
@@ -445,10 +444,7 @@ async fn main() -> anyhow::Result<()> {
         .text()
         .await?;
     std::fs::write(work.path().join("metrics.txt"), metrics)?;
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let _ = child.wait();
+    support::stop(child);
     // Secrets: both runs' logs, the metrics page, and the database file (SQLite) or a dump.
     let mut searched = vec![work.path().to_path_buf()];
     match db.url.strip_prefix("sqlite://") {
