@@ -8,6 +8,7 @@ use std::{env, fs, path::PathBuf};
 use prost::Message;
 
 const PROTOS: &[&str] = &[
+    "proto/nexus/account/v1/account.proto",
     "proto/nexus/billing/v1/billing.proto",
     "proto/nexus/integrations/v1/integrations.proto",
 ];

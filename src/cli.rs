@@ -1,5 +1,5 @@
 //! The command line: `serve` (default), `migrate`, `token`, `rotate-keys`, `webhooks`,
-//! `reconcile`. Settings come from the environment
+//! `reconcile`, `user`. Settings come from the environment
 //! (or `.env`) and may also be given as flags; see [`crate::config::Settings`].
 
 use std::time::Duration;
@@ -37,6 +37,11 @@ pub enum Command {
     },
     /// Bring in missed Stripe events and re-read overdue subscriptions once, then exit.
     Reconcile,
+    /// One user's data, for support and data-rights requests.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
     /// Print a token signed with JWT_SECRET (HS256), for development and scripts.
     Token {
         /// The token's `sub`.
@@ -51,6 +56,28 @@ pub enum Command {
         /// A role to include (repeatable), e.g. `--role service` for internal callers.
         #[arg(long = "role")]
         roles: Vec<String>,
+    },
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum UserCommand {
+    /// What support needs: subscription, usage, invoices, integrations, recent jobs and
+    /// activity (never a secret).
+    Show {
+        /// The user id (the token's `sub`).
+        user_id: String,
+    },
+    /// Everything held about the user, as JSON lines on standard output (the ExportMyData
+    /// format).
+    Export {
+        /// The user id.
+        user_id: String,
+    },
+    /// Erase the user's data (as DeleteMyData): revoke grants, cancel the live subscription
+    /// now, delete everything but the invoices, which are detached. Safe to run again.
+    Delete {
+        /// The user id.
+        user_id: String,
     },
 }
 

@@ -6,6 +6,7 @@
 //! (conversion and auth only) -> `startup` -> `main`.
 #![forbid(unsafe_code)]
 
+pub mod account;
 pub mod auth;
 pub mod billing;
 pub mod cli;
@@ -17,6 +18,7 @@ pub mod integrations;
 pub mod key_rotation;
 pub mod metrics;
 pub mod payments;
+pub mod product_metrics;
 pub mod providers;
 pub mod sidecar;
 pub mod startup;

@@ -5,11 +5,11 @@ use std::process::ExitCode;
 use clap::Parser;
 use nexus_billing::{
     auth::{TokenRequest, mint},
-    cli::{Cli, Command, WebhooksCommand},
+    cli::{Cli, Command, UserCommand, WebhooksCommand},
     config::Config,
     domain::UserId,
     key_rotation::rotate_credentials,
-    startup::{Application, build_billing_only, build_vault, shutdown_signal},
+    startup::{Application, build_account_only, build_billing_only, build_vault, shutdown_signal},
     store, telemetry,
 };
 use secrecy::ExposeSecret;
@@ -33,6 +33,7 @@ async fn main() -> ExitCode {
         Command::RotateKeys => rotate_keys(config).await,
         Command::Webhooks { command } => webhooks(config, command).await,
         Command::Reconcile => reconcile(config).await,
+        Command::User { command } => user(config, command).await,
         Command::Token {
             user_id,
             email,
@@ -167,6 +168,52 @@ async fn reconcile(config: Config) -> anyhow::Result<()> {
         report.subscriptions_adopted
     );
     Ok(())
+}
+
+async fn user(config: Config, command: UserCommand) -> anyhow::Result<()> {
+    use nexus_billing::domain::erasure::Requester;
+    use std::io::Write;
+    let id = match &command {
+        UserCommand::Show { user_id }
+        | UserCommand::Export { user_id }
+        | UserCommand::Delete { user_id } => user_id,
+    };
+    let user = UserId::parse(id.as_str()).map_err(|e| anyhow::anyhow!("user id: {e}"))?;
+    let (account, store) = build_account_only(&config).await?;
+    let result: anyhow::Result<()> = async {
+        match command {
+            UserCommand::Show { .. } => {
+                print!("{}", account.support_summary(&user).await?);
+            }
+            UserCommand::Export { .. } => {
+                let mut lines = account.export(user);
+                let mut stdout = std::io::stdout().lock();
+                while let Some(line) = lines.recv().await {
+                    writeln!(stdout, "{}", line?)?;
+                }
+                stdout.flush()?;
+            }
+            UserCommand::Delete { .. } => {
+                let erasure = account.erase(&user, Requester::Operator).await?;
+                let report = serde_json::json!({
+                    "erasure_id": erasure.erasure_id,
+                    "already_erased": erasure.already_erased,
+                    "first_erased_at": erasure.first_erased_at.map(|t| t.to_rfc3339()),
+                    "revocations": erasure.revocations.iter()
+                        .map(|(p, o)| serde_json::json!({ "provider": p.as_str(), "outcome": o.as_str() }))
+                        .collect::<Vec<_>>(),
+                    "subscription_canceled": erasure.subscription_canceled.map(|p| p.as_str()),
+                    "checkouts_not_expired": erasure.checkouts_not_expired,
+                    "rows": erasure.rows,
+                });
+                println!("{report:#}");
+            }
+        }
+        Ok(())
+    }
+    .await;
+    store.close().await;
+    result
 }
 
 fn token(

@@ -16,7 +16,15 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 /// The process-wide recorder's handle, installing the recorder on first use.
 pub fn handle() -> &'static PrometheusHandle {
     HANDLE.get_or_init(|| {
-        let recorder = PrometheusBuilder::new().build_recorder();
+        // Histograms with buckets (rendered as Prometheus histograms, so dashboards can
+        // aggregate them across replicas); every other histogram is a summary.
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Full("webhook_processing_seconds".into()),
+                crate::product_metrics::WEBHOOK_SECONDS_BUCKETS,
+            )
+            .unwrap_or_else(|_| PrometheusBuilder::new());
+        let recorder = builder.build_recorder();
         let handle = recorder.handle();
         // Fails only if another recorder was installed first; then ours just stays empty.
         let _ = metrics::set_global_recorder(recorder);

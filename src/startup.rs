@@ -20,15 +20,18 @@ use tower_http::{
 };
 
 use crate::{
+    account::Account,
     auth::{AuthInterceptor, JwtVerifier, TokenRequest, mint},
     billing::{Billing, EventProcessor, mpesa_poller, reconciler},
     config::{Config, is_allowed_redirect},
     domain::UserId,
     grpc::{
+        account::AccountApi,
         billing::BillingApi,
         integrations::IntegrationsApi,
         proto::{
-            FILE_DESCRIPTOR_SET, billing::billing_service_server::BillingServiceServer,
+            FILE_DESCRIPTOR_SET, account::account_service_server::AccountServiceServer,
+            billing::billing_service_server::BillingServiceServer,
             integrations::integrations_service_server::IntegrationsServiceServer,
         },
     },
@@ -58,6 +61,7 @@ pub struct Application {
     store: Arc<dyn Store>,
     billing: Arc<Billing>,
     integrations: Arc<Integrations>,
+    account: Arc<Account>,
     worker: Arc<SyncWorker>,
     events: Arc<EventProcessor>,
     verifier: Arc<JwtVerifier>,
@@ -80,25 +84,16 @@ impl Application {
         let origins = config.browser_origins(http_listener.local_addr()?.port());
         let store = connect_store(&config).await?;
         let billing = Arc::new(build_billing(&config, &origins, Arc::clone(&store))?);
-        let vault = Arc::new(build_vault(&config)?);
-        let providers = Arc::new(build_providers(&config)?);
-        let oauth =
-            Arc::new(OAuth::new(&config.oauth, &config.endpoints).context("cannot set up OAuth")?);
-        let redirect_origins = origins.clone();
-        let integrations = Arc::new(Integrations::new(
+        let Integrated {
+            integrations,
+            vault,
+            providers,
+            oauth,
+        } = build_integrations(&config, &origins, Arc::clone(&store))?;
+        let account = Arc::new(Account::new(
             Arc::clone(&store),
-            Arc::clone(&vault),
-            Arc::clone(&providers),
-            Arc::clone(&oauth),
-            IntegrationsSettings {
-                redirect_allowed: Box::new(move |url: &str| {
-                    is_allowed_redirect(&redirect_origins, url)
-                }),
-                max_attempts: config.sync.max_attempts,
-                oauth_start_url: config.oauth.start_url.clone(),
-                zoho_accounts_servers: config.oauth.zoho_accounts_servers.clone(),
-                max_watch_streams_per_user: config.sync.max_watch_streams_per_user,
-            },
+            Arc::clone(&billing),
+            Arc::clone(&integrations),
         ));
         let tokens = Arc::new(TokenKeeper::new(Arc::clone(&store), vault, oauth));
         let worker = Arc::new(SyncWorker::new(
@@ -119,6 +114,7 @@ impl Application {
             store,
             billing,
             integrations,
+            account,
             worker,
             events,
             verifier,
@@ -178,6 +174,7 @@ impl Application {
             store,
             billing,
             integrations,
+            account,
             worker,
             events,
             verifier,
@@ -248,6 +245,7 @@ impl Application {
             origins,
             integrations,
             billing,
+            account,
             verifier,
             GuardedListener::new(grpc_listener, config.grpc_connections, "grpc"),
             shutdown.clone(),
@@ -315,6 +313,57 @@ pub async fn build_billing_only(config: &Config) -> anyhow::Result<(Billing, Arc
     let store = connect_store(config).await?;
     let origins = config.browser_origins(config.http_addr.port());
     Ok((build_billing(config, &origins, Arc::clone(&store))?, store))
+}
+
+/// The data-rights use cases on their own (for the operator commands `user ...`).
+pub async fn build_account_only(config: &Config) -> anyhow::Result<(Arc<Account>, Arc<dyn Store>)> {
+    let store = connect_store(config).await?;
+    let origins = config.browser_origins(config.http_addr.port());
+    let billing = Arc::new(build_billing(config, &origins, Arc::clone(&store))?);
+    let integrations = build_integrations(config, &origins, Arc::clone(&store))?.integrations;
+    let account = Arc::new(Account::new(Arc::clone(&store), billing, integrations));
+    Ok((account, store))
+}
+
+/// The integrations use cases and what the sync worker shares with them.
+struct Integrated {
+    integrations: Arc<Integrations>,
+    vault: Arc<Vault>,
+    providers: Arc<Providers>,
+    oauth: Arc<OAuth>,
+}
+
+fn build_integrations(
+    config: &Config,
+    origins: &[String],
+    store: Arc<dyn Store>,
+) -> anyhow::Result<Integrated> {
+    let vault = Arc::new(build_vault(config)?);
+    let providers = Arc::new(build_providers(config)?);
+    let oauth =
+        Arc::new(OAuth::new(&config.oauth, &config.endpoints).context("cannot set up OAuth")?);
+    let redirect_origins = origins.to_vec();
+    let integrations = Arc::new(Integrations::new(
+        store,
+        Arc::clone(&vault),
+        Arc::clone(&providers),
+        Arc::clone(&oauth),
+        IntegrationsSettings {
+            redirect_allowed: Box::new(move |url: &str| {
+                is_allowed_redirect(&redirect_origins, url)
+            }),
+            max_attempts: config.sync.max_attempts,
+            oauth_start_url: config.oauth.start_url.clone(),
+            zoho_accounts_servers: config.oauth.zoho_accounts_servers.clone(),
+            max_watch_streams_per_user: config.sync.max_watch_streams_per_user,
+        },
+    ));
+    Ok(Integrated {
+        integrations,
+        vault,
+        providers,
+        oauth,
+    })
 }
 
 /// The configured database, migrated.
@@ -409,6 +458,7 @@ async fn grpc_server(
     allowed_origins: Vec<String>,
     integrations: Arc<Integrations>,
     billing: Arc<Billing>,
+    account: Arc<Account>,
     verifier: Arc<JwtVerifier>,
     listener: GuardedListener,
     shutdown: CancellationToken,
@@ -419,6 +469,9 @@ async fn grpc_server(
         .await;
     health
         .set_serving::<IntegrationsServiceServer<IntegrationsApi>>()
+        .await;
+    health
+        .set_serving::<AccountServiceServer<AccountApi>>()
         .await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
@@ -433,8 +486,10 @@ async fn grpc_server(
     let billing = BillingServiceServer::with_interceptor(BillingApi::new(billing), auth.clone());
     let integrations = IntegrationsServiceServer::with_interceptor(
         IntegrationsApi::new(integrations, shutdown.clone()),
-        auth,
+        auth.clone(),
     );
+    let account =
+        AccountServiceServer::with_interceptor(AccountApi::new(account, shutdown.clone()), auth);
 
     let layers = ServiceBuilder::new()
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
@@ -462,6 +517,7 @@ async fn grpc_server(
         .add_service(reflection_v1alpha)
         .add_service(billing)
         .add_service(integrations)
+        .add_service(account)
         .serve_with_incoming_shutdown(listener.into_stream(), async move {
             shutdown.cancelled().await;
             health
@@ -469,6 +525,9 @@ async fn grpc_server(
                 .await;
             health
                 .set_not_serving::<IntegrationsServiceServer<IntegrationsApi>>()
+                .await;
+            health
+                .set_not_serving::<AccountServiceServer<AccountApi>>()
                 .await;
             tracing::info!("shutting down: finishing in-flight requests");
         })

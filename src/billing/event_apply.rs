@@ -473,6 +473,13 @@ impl Billing {
                     );
                 }
                 (None, Ok(user)) => {
+                    let erased = crate::domain::erasure::subject_hash(&user);
+                    if self.store.was_erased(&erased).await? {
+                        tracing::warn!(
+                            "checkout completed for an erased user; recorded and not linked"
+                        );
+                        return Ok(None);
+                    }
                     let stored = self
                         .store
                         .save_billing_customer(&user, provider, customer)
@@ -509,6 +516,7 @@ fn invoice_activity(
         &invoice.currency,
     );
     let details = json!({
+        "provider": invoice.provider.as_str(),
         "invoice_id": invoice.provider_invoice_id,
         "amount_due": invoice.amount_due,
         "amount_paid": invoice.amount_paid,

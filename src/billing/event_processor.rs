@@ -154,6 +154,10 @@ impl EventProcessor {
                 Ok(outcome) => {
                     let lag = (Utc::now() - pending.created).num_milliseconds().max(0) as f64;
                     metrics::histogram!("webhook_processing_lag_seconds").record(lag / 1000.0);
+                    let since_receipt =
+                        (Utc::now() - pending.received_at).num_milliseconds().max(0) as f64;
+                    metrics::histogram!("webhook_processing_seconds", "provider" => pending.provider.as_str())
+                        .record(since_receipt / 1000.0);
                     metrics::counter!("webhook_events_applied_total", "outcome" => outcome)
                         .increment(1);
                     tracing::info!(event_id = %pending.event_id, outcome, "webhook event applied");

@@ -7,6 +7,7 @@
 //! applied afterwards in a short transaction that holds the user's subscription row and refuses
 //! to overwrite state known to be newer than the answer (`domain::freshness`).
 
+mod account_closure;
 mod checkout;
 mod event_apply;
 pub mod event_processor;

@@ -101,7 +101,11 @@ impl Billing {
         result
     }
 
-    async fn lock_changes(&self, user: &UserId, owner: &str) -> Result<(), BillingError> {
+    pub(super) async fn lock_changes(
+        &self,
+        user: &UserId,
+        owner: &str,
+    ) -> Result<(), BillingError> {
         let started = tokio::time::Instant::now();
         loop {
             let now = Utc::now();

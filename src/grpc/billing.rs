@@ -30,7 +30,7 @@ use crate::{
 };
 
 /// Maps a billing failure to a status the client can act on; internal causes are logged here.
-fn billing_status(error: BillingError) -> Status {
+pub(crate) fn billing_status(error: BillingError) -> Status {
     match error {
         BillingError::Store(e) => store_status(e),
         BillingError::Invalid(message) => Status::invalid_argument(message),

@@ -1,6 +1,7 @@
 //! The gRPC layer: generated code, proto <-> domain conversion and error mapping. No business
 //! logic lives here.
 
+pub mod account;
 pub mod billing;
 mod convert;
 pub mod integrations;
@@ -13,6 +14,9 @@ use crate::{auth::Caller, store::StoreError, telemetry::error_chain};
 pub mod proto {
     #![allow(clippy::all, clippy::pedantic)]
 
+    pub mod account {
+        tonic::include_proto!("nexus.account.v1");
+    }
     pub mod billing {
         tonic::include_proto!("nexus.billing.v1");
     }

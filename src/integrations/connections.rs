@@ -38,6 +38,25 @@ impl Integrations {
                 "{provider} connects with OAuth: call StartOAuth and send the user to the URL it returns"
             )));
         }
+        crate::product_metrics::connection_attempted(provider);
+        let result = self
+            .connect_checked(user, provider, credentials, settings)
+            .await;
+        crate::product_metrics::connection_finished(
+            provider,
+            result.as_ref().map_or_else(|e| e.code(), |_| "connected"),
+        );
+        result
+    }
+
+    async fn connect_checked(
+        &self,
+        user: &UserId,
+        provider: ProviderId,
+        credentials: BTreeMap<String, String>,
+        settings: BTreeMap<String, String>,
+    ) -> Result<Integration, IntegrationError> {
+        let spec = provider.spec();
         let credentials = validate_credentials(spec, credentials)?;
         let settings = validate_settings(spec, settings)?;
         let sink = self

@@ -2,11 +2,13 @@
 //! changing settings (`connections`), browser-bound OAuth (`oauth_flow`, with the OAuth client
 //! in `oauth` and token refreshes in `tokens`), sync jobs as the user sees them (`jobs`), and
 //! the background work: the sync worker (`sync_worker` with `sync_push`, `sync_import`,
-//! `sync_session`, `sync_outcome`), the scheduler and retention (`scheduler`). Credentials
+//! `sync_session`, `sync_outcome`), the scheduler and retention (`scheduler`), and revoking
+//! every grant of a user whose data is erased (`account_closure`). Credentials
 //! never leave this module except sealed.
 
 #[macro_use]
 mod provider_call;
+mod account_closure;
 mod connections;
 pub mod job_watch;
 pub mod jobs;

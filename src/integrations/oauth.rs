@@ -371,6 +371,11 @@ impl OAuth {
         Ok(token_set(&tokens))
     }
 
+    /// Whether an OAuth app is configured for `provider` (so its grants can be revoked).
+    pub fn has_app(&self, provider: ProviderId) -> bool {
+        self.apps.contains_key(&provider)
+    }
+
     /// Revokes the grant at the provider (the refresh token where there is one, which ends the
     /// whole grant). A provider without revocation, or without an app configured, is a no-op.
     pub async fn revoke(

@@ -146,6 +146,7 @@ impl Integrations {
             )
             .await?;
         tracing::info!(provider = provider.as_str(), "OAuth flow started");
+        crate::product_metrics::connection_attempted(provider);
         let mut start = self.oauth_start_url.clone();
         start.query_pairs_mut().append_pair("state", &state);
         Ok((start, expires_at))
@@ -210,6 +211,10 @@ impl Integrations {
         let result = self
             .finish_oauth(&taken, provider, code, denied, accounts_server)
             .await;
+        crate::product_metrics::connection_finished(
+            taken.provider,
+            result.as_ref().map_or_else(|e| e.code(), |_| "connected"),
+        );
         if let Err(e) = &result {
             tracing::warn!(provider = taken.provider.as_str(), error = %e, "OAuth flow failed");
         }

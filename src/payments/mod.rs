@@ -305,6 +305,10 @@ pub trait PaymentGateway: Send + Sync + 'static {
     /// Expires an open checkout session, so it can no longer be paid.
     async fn expire_checkout(&self, session_id: &str) -> Result<(), PaymentError>;
 
+    /// Cancels a subscription now (not at the period end), without a refund: the account is
+    /// being deleted. Cancelling one already cancelled succeeds.
+    async fn cancel_now(&self, subscription_id: &str) -> Result<(), PaymentError>;
+
     /// Cancels a subscription now (not at the period end) and refunds its latest payment;
     /// returns the refunded amount in minor units, if a payment was refunded.
     async fn cancel_and_refund(&self, subscription_id: &str) -> Result<Option<i64>, PaymentError>;

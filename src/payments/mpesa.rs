@@ -405,6 +405,10 @@ impl PaymentGateway for MpesaGateway {
         Ok(())
     }
 
+    async fn cancel_now(&self, _: &str) -> Result<(), PaymentError> {
+        Err(not_subscriptions())
+    }
+
     async fn cancel_and_refund(&self, _: &str) -> Result<Option<i64>, PaymentError> {
         Err(not_subscriptions())
     }

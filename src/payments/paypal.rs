@@ -430,6 +430,11 @@ impl PaymentGateway for PaypalGateway {
     }
 
     #[tracing::instrument(skip_all, fields(subscription_id = %subscription_id))]
+    async fn cancel_now(&self, subscription_id: &str) -> Result<(), PaymentError> {
+        self.cancel(subscription_id, "Account deleted at the user's request")
+            .await
+    }
+
     async fn cancel_and_refund(&self, subscription_id: &str) -> Result<Option<i64>, PaymentError> {
         self.cancel(subscription_id, "Second subscription of one user; refunded")
             .await?;

@@ -496,4 +496,15 @@ impl PaymentGateway for StripeGateway {
     async fn cancel_and_refund(&self, subscription_id: &str) -> Result<Option<i64>, PaymentError> {
         self.cancel_and_refund_raw(subscription_id).await
     }
+
+    async fn cancel_now(&self, subscription_id: &str) -> Result<(), PaymentError> {
+        let cancelled = self.cancel_now_raw(subscription_id).await?;
+        match cancelled.get("status").and_then(serde_json::Value::as_str) {
+            Some("canceled" | "incomplete_expired") => Ok(()),
+            other => Err(PaymentError::Malformed(format!(
+                "the subscription is still {} after it was cancelled",
+                other.unwrap_or("without a status")
+            ))),
+        }
+    }
 }

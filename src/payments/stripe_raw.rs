@@ -160,29 +160,38 @@ impl StripeGateway {
         }
     }
 
-    pub(super) async fn cancel_and_refund_raw(
+    /// Cancels the subscription now; its state afterwards. Cancelling again (a retry) reads
+    /// the cancelled subscription.
+    pub(super) async fn cancel_now_raw(
         &self,
         subscription_id: &str,
-    ) -> Result<Option<i64>, PaymentError> {
+    ) -> Result<serde_json::Value, PaymentError> {
         let path = format!("v1/subscriptions/{subscription_id}");
-        let cancelled = match self
+        match self
             .raw(
                 "DELETE /v1/subscriptions/{id}",
                 self.http.delete(self.url(&path)?),
             )
             .await
         {
-            Ok(sub) => sub,
+            Ok(sub) => Ok(sub),
             // Cancelled before (a retry): read it as it is.
             Err(PaymentError::Rejected(_)) => {
                 self.raw(
                     "GET /v1/subscriptions/{id}",
                     self.http.get(self.url(&path)?),
                 )
-                .await?
+                .await
             }
-            Err(e) => return Err(e),
-        };
+            Err(e) => Err(e),
+        }
+    }
+
+    pub(super) async fn cancel_and_refund_raw(
+        &self,
+        subscription_id: &str,
+    ) -> Result<Option<i64>, PaymentError> {
+        let cancelled = self.cancel_now_raw(subscription_id).await?;
         let Some(invoice_id) = stripe_event::id_of_value(cancelled.get("latest_invoice")) else {
             return Ok(None);
         };

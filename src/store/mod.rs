@@ -14,10 +14,13 @@ mod webhook_sql;
 pub(crate) mod mpesa_sql;
 #[macro_use]
 mod sync_sql;
+#[macro_use]
+pub(crate) mod user_data_sql;
 mod postgres;
 mod rows;
 mod sqlite;
 pub mod sync_queue;
+mod user_data;
 mod webhooks;
 
 use std::{collections::BTreeMap, sync::Arc};
@@ -41,6 +44,7 @@ pub use contact_import::ContactImport;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 pub use sync_queue::{JobCursor, Pruned, SyncQueue};
+pub use user_data::UserDataStore;
 pub use webhooks::{FailedEvent, NewInboxEvent, OverdueSubscription, PendingEvent, WebhookStore};
 
 /// Which database a store talks to.
@@ -160,6 +164,7 @@ pub trait Store:
     + IntegrationStore
     + SyncQueue
     + ContactImport
+    + UserDataStore
     + Send
     + Sync
     + 'static
@@ -246,6 +251,12 @@ pub trait BillingRecords: Send + Sync {
     /// The user's checkout sessions, oldest first, each with whether it is still open.
     async fn checkouts(&self, user: &UserId) -> Result<Vec<(String, bool)>, StoreError>;
 
+    /// The user's checkout sessions still open, with their provider, oldest first.
+    async fn open_checkouts(
+        &self,
+        user: &UserId,
+    ) -> Result<Vec<(PaymentProvider, String)>, StoreError>;
+
     /// Remembers a checkout session opened for the user (a replayed one is kept once).
     async fn save_checkout(
         &self,
@@ -258,8 +269,13 @@ pub trait BillingRecords: Send + Sync {
     /// Marks a checkout session expired.
     async fn checkout_expired(&self, id: &str) -> Result<(), StoreError>;
 
-    /// The user's activity log, newest first.
-    async fn activity(&self, user: &UserId, limit: u32) -> Result<Vec<ActivityRecord>, StoreError>;
+    /// One page of the user's activity log, newest first: entries before the entry id `before`.
+    async fn activity(
+        &self,
+        user: &UserId,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<ActivityRecord>, StoreError>;
 }
 
 /// Billing writes that must happen together or not at all: a webhook's inbox entry, the state
@@ -539,6 +555,8 @@ pub struct InvoiceCursor {
 /// A stored activity-log entry.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ActivityRecord {
+    /// Increasing with time: the cursor of a page.
+    pub id: i64,
     pub kind: String,
     pub message: String,
     pub details: serde_json::Value,

@@ -184,7 +184,7 @@ impl Store for PgStore {
 
     async fn begin(&self) -> Result<Box<dyn BillingTx>, StoreError> {
         // READ COMMITTED plus row locks (`SELECT ... FOR UPDATE`) serialise writers per user.
-        Ok(Box::new(PgTx(self.pool.begin().await?)))
+        Ok(Box::new(PgTx(self.pool.begin().await?, Default::default())))
     }
 
     async fn close(&self) {
@@ -198,6 +198,7 @@ integration_store!(PgStore, id: "::uuid", text: "::text", skip_locked: " FOR UPD
 contact_import!(PgStore, begin: "BEGIN", user_lock: "SELECT pg_advisory_xact_lock(hashtext($1))");
 webhook_store!(PgStore);
 mobile_payments!(PgStore);
+user_data_store!(PgStore);
 sync_queue!(PgStore, id: "::uuid", text: "::text",
     key: "to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
     key_format: "%Y-%m-%dT%H:%M:%S%.6fZ",

@@ -169,6 +169,7 @@ pub(super) use invoice_columns;
 
 #[derive(sqlx::FromRow)]
 pub(super) struct ActivityRow {
+    id: i64,
     kind: String,
     message: String,
     details: Json<serde_json::Value>,
@@ -178,6 +179,7 @@ pub(super) struct ActivityRow {
 impl From<ActivityRow> for super::ActivityRecord {
     fn from(row: ActivityRow) -> Self {
         Self {
+            id: row.id,
             kind: row.kind,
             message: row.message,
             details: row.details.0,

@@ -5,7 +5,11 @@
 /// `Type(sqlx::Transaction<'static, Database>)`.
 macro_rules! billing_tx {
     ($name:ident, $db:ty, lock: $lock:literal, id_cast: $cast:literal) => {
-        pub struct $name(sqlx::Transaction<'static, $db>);
+        /// The transaction, and the product signals it will emit once it commits.
+        pub struct $name(
+            sqlx::Transaction<'static, $db>,
+            $crate::product_metrics::Pending,
+        );
 
         #[async_trait::async_trait]
         impl $crate::store::BillingTx for $name {
@@ -17,8 +21,15 @@ macro_rules! billing_tx {
                 now: chrono::DateTime<chrono::Utc>,
             ) -> Result<bool, $crate::store::StoreError> {
                 let done = sqlx::query(
+                    // An event about a customer nobody here has (an erased user's, or one
+                    // never linked) is kept by id only: its payload is someone's personal data
+                    // with no use here.
                     "UPDATE webhook_inbox SET state = 'done', outcome = $3, processed_at = $4, \
-                     last_error = NULL WHERE provider = $1 AND event_id = $2 AND state = 'pending'",
+                     last_error = NULL, \
+                     payload = CASE WHEN $3 = 'unknown_customer' THEN NULL ELSE payload END, \
+                     order_key = CASE WHEN $3 = 'unknown_customer' THEN NULL ELSE order_key END, \
+                     object_id = CASE WHEN $3 = 'unknown_customer' THEN NULL ELSE object_id END \
+                     WHERE provider = $1 AND event_id = $2 AND state = 'pending'",
                 )
                 .bind(provider.as_str())
                 .bind(event_id)
@@ -47,7 +58,9 @@ macro_rules! billing_tx {
                 .bind(user.as_str())
                 .fetch_one(&mut *self.0)
                 .await?;
-                row.try_into()
+                let subscription: $crate::domain::Subscription = row.try_into()?;
+                self.1.locked(&subscription);
+                Ok(subscription)
             }
 
             async fn save_subscription(
@@ -69,6 +82,7 @@ macro_rules! billing_tx {
                     .bind(s.state_as_of)
                     .execute(&mut *self.0)
                     .await?;
+                self.1.saved(s);
                 Ok(())
             }
 
@@ -156,6 +170,7 @@ macro_rules! billing_tx {
                     .bind(sqlx::types::Json(&activity.details))
                     .execute(&mut *self.0)
                     .await?;
+                self.1.logged(activity);
                 Ok(())
             }
 
@@ -177,7 +192,9 @@ macro_rules! billing_tx {
             }
 
             async fn commit(self: Box<Self>) -> Result<(), $crate::store::StoreError> {
-                self.0.commit().await?;
+                let Self(tx, signals) = *self;
+                tx.commit().await?;
+                signals.emit();
                 Ok(())
             }
         }
@@ -293,6 +310,32 @@ macro_rules! billing_records {
                 Ok(rows.into_iter().map(|(id, state)| (id, state == "open")).collect())
             }
 
+            async fn open_checkouts(
+                &self,
+                user: &$crate::domain::UserId,
+            ) -> Result<
+                Vec<($crate::domain::subscription::PaymentProvider, String)>,
+                $crate::store::StoreError,
+            > {
+                let rows: Vec<(String, String)> = sqlx::query_as(
+                    "SELECT provider, id FROM checkout_sessions WHERE user_id = $1 AND state = 'open' \
+                     ORDER BY created_at, id",
+                )
+                .bind(user.as_str())
+                .fetch_all(&self.pool)
+                .await?;
+                rows.into_iter()
+                    .map(|(provider, id)| {
+                        provider
+                            .parse()
+                            .map(|p| (p, id))
+                            .map_err(|e: $crate::domain::subscription::UnknownPaymentProvider| {
+                                $crate::store::StoreError::Corrupt(e.to_string())
+                            })
+                    })
+                    .collect()
+            }
+
             async fn save_checkout(
                 &self,
                 user: &$crate::domain::UserId,
@@ -321,12 +364,18 @@ macro_rules! billing_records {
                 Ok(())
             }
 
-            async fn activity(&self, user: &$crate::domain::UserId, limit: u32) -> Result<Vec<$crate::store::ActivityRecord>, $crate::store::StoreError> {
+            async fn activity(
+                &self,
+                user: &$crate::domain::UserId,
+                before: Option<i64>,
+                limit: u32,
+            ) -> Result<Vec<$crate::store::ActivityRecord>, $crate::store::StoreError> {
                 let rows: Vec<$crate::store::rows::ActivityRow> = sqlx::query_as(
-                    "SELECT kind, message, details, created_at FROM activity_logs WHERE user_id = $1 \
-                     ORDER BY id DESC LIMIT $2",
+                    "SELECT id, kind, message, details, created_at FROM activity_logs \
+                     WHERE user_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3",
                 )
                 .bind(user.as_str())
+                .bind(before.unwrap_or(i64::MAX))
                 .bind(i64::from(limit))
                 .fetch_all(&self.pool)
                 .await?;

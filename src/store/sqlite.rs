@@ -162,6 +162,7 @@ impl Store for SqliteStore {
         // never fail half-way on a lock upgrade; writers queue on the busy timeout.
         Ok(Box::new(SqliteTx(
             self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Default::default(),
         )))
     }
 
@@ -176,6 +177,7 @@ integration_store!(SqliteStore, id: "", text: "", skip_locked: "");
 contact_import!(SqliteStore, begin: "BEGIN IMMEDIATE", user_lock: "");
 webhook_store!(SqliteStore);
 mobile_payments!(SqliteStore);
+user_data_store!(SqliteStore);
 sync_queue!(SqliteStore, id: "", text: "",
     key: "strftime('%Y-%m-%dT%H:%M:%fZ', updated_at)",
     key_format: "%Y-%m-%dT%H:%M:%S%.3fZ",

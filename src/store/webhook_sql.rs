@@ -167,10 +167,11 @@ macro_rules! webhook_store {
                     &self,
                     key: &str,
                 ) -> Result<Vec<PendingEvent>, StoreError> {
-                    let rows: Vec<(String, String, String, Option<DateTime<Utc>>, Option<String>, i32)> =
+                    #[allow(clippy::type_complexity)]
+                    let rows: Vec<(String, String, String, Option<DateTime<Utc>>, Option<String>, i32, DateTime<Utc>)> =
                         sqlx::query_as(
                             "SELECT i.provider, i.event_id, i.event_type, i.event_created_at, \
-                             i.payload, i.attempts FROM webhook_queue q JOIN webhook_inbox i \
+                             i.payload, i.attempts, q.received_at FROM webhook_queue q JOIN webhook_inbox i \
                              ON i.provider = q.provider AND i.event_id = q.event_id \
                              WHERE q.order_key = $1 AND i.state = 'pending' \
                              ORDER BY q.event_created_at, q.event_id LIMIT 50",
@@ -180,7 +181,7 @@ macro_rules! webhook_store {
                         .fetch_all(&self.pool)
                         .await?;
                     rows.into_iter()
-                        .map(|(p, event_id, event_type, created, payload, attempts)| {
+                        .map(|(p, event_id, event_type, created, payload, attempts, received_at)| {
                             Ok(PendingEvent {
                                 provider: provider(p)?,
                                 event_id,
@@ -192,6 +193,7 @@ macro_rules! webhook_store {
                                     StoreError::Corrupt("pending event without payload".into())
                                 })?,
                                 attempts: count(i64::from(attempts)),
+                                received_at,
                             })
                         })
                         .collect()

@@ -30,6 +30,8 @@ pub struct PendingEvent {
     pub created: DateTime<Utc>,
     pub payload: String,
     pub attempts: u32,
+    /// When the intake stored it.
+    pub received_at: DateTime<Utc>,
 }
 
 /// An event that was given up on (a dead letter), for operators.

@@ -10,6 +10,7 @@ use nexus_billing::{
     cli::Cli,
     config::Config,
     grpc::proto::{
+        account::account_service_client::AccountServiceClient,
         billing::billing_service_client::BillingServiceClient,
         integrations::integrations_service_client::IntegrationsServiceClient,
     },
@@ -332,6 +333,10 @@ impl TestApp {
 
     pub async fn integrations(&self) -> IntegrationsServiceClient<Channel> {
         IntegrationsServiceClient::new(self.channel().await)
+    }
+
+    pub async fn account(&self) -> AccountServiceClient<Channel> {
+        AccountServiceClient::new(self.channel().await)
     }
 
     pub fn http_url(&self, path: &str) -> String {

@@ -53,7 +53,7 @@ pub async fn subscribe(
     let customer = stripe
         .customer_of(user)
         .unwrap_or_else(|| panic!("no Stripe customer was created for {user}"));
-    let sub_id = format!("sub_{user}_{}", uuid::Uuid::new_v4().simple());
+    let sub_id = format!("sub_{}", uuid::Uuid::new_v4().simple());
     let (start, end) = period();
     let price = if tier == Tier::Premium {
         PRICE_PREMIUM
