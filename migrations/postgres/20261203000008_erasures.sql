@@ -7,7 +7,7 @@ CREATE TABLE erasures (
     subject_hash  TEXT NOT NULL UNIQUE,
     requested_by  TEXT NOT NULL CHECK (requested_by IN ('user', 'service', 'operator')),
     state         TEXT NOT NULL CHECK (state IN ('running', 'done')),
-    runs          INTEGER NOT NULL DEFAULT 1,
+    runs          BIGINT NOT NULL DEFAULT 1,
     started_at    TIMESTAMPTZ NOT NULL,
     finished_at   TIMESTAMPTZ,
     summary       JSONB NOT NULL DEFAULT '{}'::jsonb
