@@ -72,4 +72,14 @@ export default async function ({ page, env, shot, step }) {
   await page.getByRole("dialog").getByRole("button", { name: "Resume subscription" }).click();
   await toast(page, "Your subscription is back on");
   await page.getByTestId("renewal").filter({ hasText: "Renews on" }).waitFor();
+
+  step("the activity tells the story, newest first (ListActivity)");
+  await page.reload();
+  const activity = page.getByTestId("activity");
+  await activity.getByText(/subscription will renew$/).first().waitFor();
+  const lines = await activity.locator("li span").allTextContents();
+  const started = lines.indexOf("Pro subscription started");
+  const changed = lines.indexOf("plan changed from Pro to Premium");
+  assert.ok(started >= 0 && changed >= 0, `missing entries: ${lines}`);
+  assert.ok(changed < started, `not newest first: ${lines}`);
 }

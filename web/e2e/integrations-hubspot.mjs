@@ -62,4 +62,11 @@ export default async function ({ page, env, shot, step }) {
   await page.getByRole("dialog").getByRole("button", { name: "Disconnect", exact: true }).click();
   await toast(page, "HubSpot is disconnected.");
   await card.getByRole("button", { name: "Connect HubSpot" }).waitFor();
+
+  step("the activity lists the connection and its end, newest first (ListActivity)");
+  const activity = page.getByTestId("activity");
+  await activity.getByText("Disconnected HubSpot").waitFor();
+  const lines = await activity.locator("li span").allTextContents();
+  const connected = lines.indexOf("Connected HubSpot");
+  assert.ok(connected > lines.indexOf("Disconnected HubSpot"), `not newest first: ${lines}`);
 }

@@ -2,6 +2,7 @@
 // need to turn their errors into words. No wire code is written by hand.
 import { Code, ConnectError, createClient, type Client, type Interceptor } from "@connectrpc/connect";
 import { createGrpcWebTransport } from "@connectrpc/connect-web";
+import { AccountService } from "./gen/nexus/account/v1/account_pb";
 import { BillingService } from "./gen/nexus/billing/v1/billing_pb";
 import { IntegrationsService } from "./gen/nexus/integrations/v1/integrations_pb";
 
@@ -25,6 +26,7 @@ export function grpcWebUrl(config: DashboardConfig): string {
 }
 
 export interface Api {
+  account: Client<typeof AccountService>;
   billing: Client<typeof BillingService>;
   integrations: Client<typeof IntegrationsService>;
 }
@@ -37,6 +39,7 @@ export function createApi(baseUrl: string, token: string): Api {
   };
   const transport = createGrpcWebTransport({ baseUrl, interceptors: [bearer] });
   return {
+    account: createClient(AccountService, transport),
     billing: createClient(BillingService, transport),
     integrations: createClient(IntegrationsService, transport),
   };

@@ -1,4 +1,4 @@
-// /dashboard/settings/billing: the plan, usage, the three tiers and the invoices.
+// /dashboard/settings/billing: the plan, usage, the three tiers, the invoices and the activity.
 import { useCallback, useEffect, useRef, useState } from "react";
 import type { GetUsageResponse, Plan, Subscription } from "../gen/nexus/billing/v1/billing_pb";
 import { useSession } from "../context";
@@ -11,6 +11,7 @@ import {
   pendingCheckoutTier,
   purchaseLanded,
 } from "./checkoutReturn";
+import { ActivityList } from "../components/ActivityList";
 import { InvoiceList } from "./InvoiceList";
 import { tierName } from "./labels";
 import { PlanSummary } from "./PlanSummary";
@@ -119,6 +120,7 @@ export function BillingPage() {
       <UsagePanel usage={data.usage} />
       <TierCards plans={data.plans} subscription={data.subscription} disabled={confirming} onChanged={refresh} />
       <InvoiceList version={invoicesVersion} />
+      <ActivityList kinds={["subscription.", "payment.", "invoice."]} version={invoicesVersion} />
     </div>
   );
 }

@@ -1,6 +1,8 @@
-// /dashboard/integrations: the catalogue as a grid, with each provider's connection.
+// /dashboard/integrations: the catalogue as a grid, with each provider's connection, and the
+// connections' and syncs' activity.
 import { useCallback, useEffect, useRef, useState } from "react";
 import type { Integration, ProviderInfo } from "../gen/nexus/integrations/v1/integrations_pb";
+import { ActivityList } from "../components/ActivityList";
 import { ErrorPanel } from "../components/ErrorPanel";
 import { useToast } from "../components/Toasts";
 import { useSession } from "../context";
@@ -17,6 +19,7 @@ export function IntegrationsPage() {
   const toast = useToast();
   const [data, setData] = useState<Loaded | null>(null);
   const [error, setError] = useState<string | null>(null);
+  const [version, setVersion] = useState(0);
   const handled = useRef(false);
 
   const load = useCallback(async () => {
@@ -27,6 +30,7 @@ export function IntegrationsPage() {
       ]);
       setData({ providers: providers.providers, integrations: integrations.integrations });
       setError(null);
+      setVersion((v) => v + 1);
     } catch (e) {
       setError(explain(e));
     }
@@ -67,6 +71,7 @@ export function IntegrationsPage() {
           />
         ))}
       </ul>
+      <ActivityList kinds={["integration.", "sync."]} version={version} />
     </div>
   );
 }
