@@ -7,13 +7,18 @@
 //!    then a replica with the default 2 workers drains them.
 //! 3. A user with 1,000,000 contacts: `GetUsage`, then a full push to a fake HubSpot with the
 //!    rate limit lifted.
+//! 4. A user with a long history (500,000 activity entries, 20,000 invoices): `ExportMyData`
+//!    read to the end, then the same export read slowly (a reader that falls behind must not
+//!    make the service buffer), then `DeleteMyData`.
 //!
 //! For each: the service's resident memory (now and peak) and open file descriptors before,
 //! under load and after, and the database connections it holds.
 //!
 //! Run: `cargo bench --bench resource_bounds` (admin URL from BENCH_DATABASE_URL, default
 //! postgres://postgres@127.0.0.1:5432/postgres; a scratch database per part). Optional:
-//! BOUNDS_CONTACTS (default 1000000), BOUNDS_EVENTS (default 10000).
+//! BOUNDS_CONTACTS (default 1000000), BOUNDS_EVENTS (default 10000), BOUNDS_ACTIVITY (default
+//! 500000), BOUNDS_INVOICES (default 20000). Parts by name: `watch`, `events`, `contacts`,
+//! `history`.
 
 #[allow(dead_code)]
 #[path = "../tests/api/fake_providers.rs"]
@@ -28,6 +33,9 @@ use std::time::{Duration, Instant};
 use fake_providers::{FakeProvider, HUBSPOT_TOKEN, Kind};
 use fake_stripe::{FakeStripe, InvoiceSpec};
 use nexus_billing::grpc::proto::{
+    account::{
+        DeleteMyDataRequest, ExportMyDataRequest, account_service_client::AccountServiceClient,
+    },
     billing::{GetUsageRequest, billing_service_client::BillingServiceClient},
     integrations::{
         Provider, SyncJobState, WatchSyncJobRequest,
@@ -363,6 +371,127 @@ async fn big_user(contacts: usize) -> anyhow::Result<()> {
     db.drop().await
 }
 
+/// Reads the whole export; the number of lines and the largest RSS seen meanwhile.
+async fn read_export(
+    channel: tonic::transport::Channel,
+    token: &str,
+    pid: u32,
+    pause_every: Option<(usize, Duration)>,
+) -> anyhow::Result<(usize, f64)> {
+    let mut stream = AccountServiceClient::new(channel)
+        .export_my_data(authed(ExportMyDataRequest::default(), token)?)
+        .await?
+        .into_inner();
+    let (mut lines, mut largest) = (0usize, 0f64);
+    let mut last: Option<String> = None;
+    while let Some(message) = stream.message().await? {
+        lines += 1;
+        if lines % 10_000 == 0 {
+            largest = largest.max(rss_mib(pid));
+        }
+        if let Some((every, pause)) = pause_every
+            && lines % every == 0
+        {
+            tokio::time::sleep(pause).await;
+        }
+        last = Some(message.json_line);
+    }
+    anyhow::ensure!(
+        last.is_some_and(|l| l.contains(r#""type":"end""#)),
+        "the export did not end with its trailer"
+    );
+    Ok((lines, largest))
+}
+
+async fn long_history(activity: usize, invoices: usize) -> anyhow::Result<()> {
+    let db = support::Database::create_postgres().await?;
+    support::seed(&db.url, 0).await?;
+    let user = support::USER;
+    let seeded = Instant::now();
+    support::execute(
+        &db.url,
+        &format!(
+            "INSERT INTO activity_logs (user_id, kind, message, details, created_at) \
+             SELECT '{user}', 'sync.succeeded', 'Synced contacts with HubSpot', \
+             '{{\"provider\": \"hubspot\", \"contacts\": 120}}'::jsonb, \
+             now() - make_interval(secs => g) FROM generate_series(1, {activity}) g"
+        ),
+    )
+    .await?;
+    support::execute(
+        &db.url,
+        &format!(
+            "INSERT INTO invoices (id, user_id, provider, provider_invoice_id, amount_due, \
+             amount_paid, currency, status, hosted_invoice_url, provider_created_at) \
+             SELECT gen_random_uuid(), '{user}', 'stripe', 'in_bench_' || g, 900, 900, 'usd', \
+             'paid', 'https://invoice.stripe.test/' || g, now() - make_interval(hours => g) \
+             FROM generate_series(1, {invoices}) g"
+        ),
+    )
+    .await?;
+    let seeded = seeded.elapsed();
+    let work = tempfile::tempdir()?;
+    let (child, grpc, _) =
+        support::serve_logged(&base_env(&db.url), &[], &work.path().join("log"))?;
+    let pid = child.id();
+    let pool = PgPool::connect(&db.url).await?;
+    let name = db_name(&db.url);
+    let token = support::token_for(user)?;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{grpc}"))?
+        .connect()
+        .await?;
+    let before = sample(pid, &pool, &name).await?;
+
+    let started = Instant::now();
+    let (lines, fast_rss) = read_export(channel.clone(), &token, pid, None).await?;
+    let fast = started.elapsed();
+    let after_fast = sample(pid, &pool, &name).await?;
+    // 1 ms every 100 lines: the reader falls far behind the database.
+    let started = Instant::now();
+    let (_, slow_rss) = read_export(
+        channel.clone(),
+        &token,
+        pid,
+        Some((100, Duration::from_millis(1))),
+    )
+    .await?;
+    let slow = started.elapsed();
+
+    let started = Instant::now();
+    let erased = AccountServiceClient::new(channel)
+        .delete_my_data(authed(DeleteMyDataRequest::default(), &token)?)
+        .await?
+        .into_inner();
+    let erase_took = started.elapsed();
+    let after = sample(pid, &pool, &name).await?;
+    println!(
+        "### a user with {activity} activity entries and {invoices} invoices
+"
+    );
+    println!(
+        "seeded in {:.0} s; export: {lines} lines in {:.1} s ({:.0} lines/s); slow reader: {:.1} s; \
+         DeleteMyData: {:.1} s ({} activity entries deleted, {} invoices kept)\n",
+        seeded.as_secs_f64(),
+        fast.as_secs_f64(),
+        lines as f64 / fast.as_secs_f64(),
+        slow.as_secs_f64(),
+        erase_took.as_secs_f64(),
+        erased.activity_entries_deleted,
+        erased.invoices_kept,
+    );
+    println!("| moment | RSS MiB | fds | DB connections |");
+    println!("|---|---:|---:|---:|");
+    row("started", &before);
+    println!("| exporting, fast reader (largest RSS seen) | {fast_rss:.0} | | |");
+    row("after the fast export", &after_fast);
+    println!("| exporting, slow reader (largest RSS seen) | {slow_rss:.0} | | |");
+    row("after the erasure", &after);
+    println!("\npeak RSS {:.0} MiB\n", peak_rss_mib(pid));
+    support::stop(child);
+    pool.close().await;
+    db.drop().await
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let parts: Vec<String> = std::env::args()
@@ -378,6 +507,13 @@ async fn main() -> anyhow::Result<()> {
     }
     if want("contacts") {
         big_user(env_or("BOUNDS_CONTACTS", 1_000_000)).await?;
+    }
+    if want("history") {
+        long_history(
+            env_or("BOUNDS_ACTIVITY", 500_000),
+            env_or("BOUNDS_INVOICES", 20_000),
+        )
+        .await?;
     }
     Ok(())
 }

@@ -24,9 +24,12 @@ pub(crate) fn entry(row: EntryRow) -> crate::domain::erasure::ErasureEntry {
     }
 }
 
+/// Adds a statement's row count to the counter it belongs to.
+pub(crate) type Count = fn(&mut crate::domain::erasure::ErasedRows, u64);
+
 /// The statements of one erasure after the webhook events (which need the customer ids),
 /// each bound to the user id only, with the counter each one adds to.
-pub(crate) const DELETES: &[(&str, fn(&mut crate::domain::erasure::ErasedRows, u64))] = &[
+pub(crate) const DELETES: &[(&str, Count)] = &[
     (
         "DELETE FROM integration_contacts WHERE integration_id IN \
          (SELECT id FROM integrations WHERE user_id = $1)",
