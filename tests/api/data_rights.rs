@@ -1,33 +1,20 @@
-//! AccountService: the export, erasure and activity history, against fake Stripe, a fake
-//! HubSpot (API key) and a fake Google Drive (OAuth), on both backends. Erasure is checked by
-//! searching every row of every table this service owns for the user's id and email.
+//! AccountService: the export, erasure and activity history, on both backends. Erasure is
+//! checked by searching every row of every table this service owns for the user's id and email
+//! (`account_world::rows_naming`).
 
 use std::time::Duration;
 
-use nexus_billing::grpc::proto::{
-    account::{
-        DeleteMyDataRequest, DeleteMyDataResponse, ExportMyDataRequest, ListActivityRequest,
-        RevocationOutcome,
-    },
-    billing::Tier,
-    integrations::Provider,
+use nexus_billing::grpc::proto::account::{
+    DeleteMyDataRequest, ExportMyDataRequest, ListActivityRequest, RevocationOutcome,
 };
-use serde_json::{Value, json};
+use serde_json::Value;
 use tonic::Code;
 
 use crate::{
-    fake_oauth::{FakeOAuth, OKind},
-    fake_providers::{FakeProvider, HUBSPOT_TOKEN, Kind},
-    fake_stripe::{FakeStripe, InvoiceSpec},
-    helpers::{Backend, TestApp, TestPool, authed, service_token, token},
-    integrations::{connect, start_sync, wait_for_job},
-    oauth::{connect_oauth, oauth_settings, start_oauth},
-    subscription_lifecycle::{period, subscribe},
+    account_world::{ADA, BOB, World, email, erase, export, of_type, rich_user, rows_naming},
+    fake_providers::HUBSPOT_TOKEN,
+    helpers::{Backend, authed, service_token, token},
 };
-
-/// User ids no fixture text contains by chance (the search looks for them in every row).
-pub const ADA: &str = "ada-2f9c1";
-pub const BOB: &str = "bob-7d41e";
 
 crate::on_both_backends!(
     the_export_holds_everything_of_the_user_in_the_documented_shape,
@@ -35,208 +22,7 @@ crate::on_both_backends!(
     a_crash_in_the_middle_of_an_erasure_keeps_the_data_and_the_rerun_finishes,
     another_users_data_is_refused_unless_the_caller_is_a_service,
     activity_is_paged_newest_first,
-    the_operator_commands_show_export_and_erase_a_user,
 );
-
-/// The fakes of one test.
-pub struct World {
-    pub app: TestApp,
-    pub stripe: FakeStripe,
-    pub hubspot: FakeProvider,
-    pub drive: FakeOAuth,
-}
-
-impl World {
-    pub async fn start(backend: Backend) -> Self {
-        let stripe = FakeStripe::start().await;
-        let hubspot = FakeProvider::start(Kind::Hubspot).await;
-        let drive = FakeOAuth::start(OKind::GoogleDrive).await;
-        let mut settings: Vec<(String, String)> = stripe
-            .settings()
-            .into_iter()
-            .chain(hubspot.settings())
-            .map(|(k, v)| (k.to_string(), v))
-            .collect();
-        settings.extend(oauth_settings(&[&drive]));
-        let overrides: Vec<(&str, &str)> = settings
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        let app = TestApp::spawn_with(backend, &overrides).await;
-        Self {
-            app,
-            stripe,
-            hubspot,
-            drive,
-        }
-    }
-
-    /// The settings to restart the app with.
-    fn settings(&self) -> Vec<(String, String)> {
-        let mut settings: Vec<(String, String)> = self
-            .stripe
-            .settings()
-            .into_iter()
-            .chain(self.hubspot.settings())
-            .map(|(k, v)| (k.to_string(), v))
-            .collect();
-        settings.extend(oauth_settings(&[&self.drive]));
-        settings
-    }
-}
-
-/// A user with everything this service can hold: a PRO Stripe subscription with a failed
-/// and a paid invoice (whose payload names the user's email), HubSpot connected and synced,
-/// Google Drive connected through OAuth, an unfinished OAuth flow, activity entries.
-/// Returns the Stripe subscription id.
-pub async fn rich_user(w: &World, user: &str) -> String {
-    let app = &w.app;
-    let (customer, sub_id) = subscribe(app, &w.stripe, user, Tier::Pro).await;
-    let (start, _) = period();
-    for (n, status, paid) in [(1, "open", 0), (2, "paid", 900)] {
-        let mut invoice = w.stripe.put_invoice(&InvoiceSpec {
-            id: &format!("in_{}", uuid::Uuid::new_v4().simple()),
-            customer: &customer,
-            subscription: &sub_id,
-            status,
-            amount_due: 900,
-            amount_paid: paid,
-            created: start + n,
-        });
-        invoice["customer_email"] = json!(email(user));
-        invoice["customer_name"] = json!(format!("Name of {user}"));
-        invoice["number"] = json!(format!("NEXUS-{n:04}"));
-        let kind = if paid > 0 {
-            "invoice.paid"
-        } else {
-            "invoice.payment_failed"
-        };
-        let (_, event) = w.stripe.event(kind, &invoice);
-        app.deliver_signed(&event).await;
-    }
-    app.add_contacts_named(user, user, 3).await;
-    connect(app, user, &w.hubspot).await;
-    let mut client = app.integrations().await;
-    let job = start_sync(&mut client, user, Provider::Hubspot).await;
-    wait_for_job(app, user, &job.id, Duration::from_secs(30)).await;
-    connect_oauth(app, user, &w.drive, &[]).await;
-    // Started and never finished.
-    start_oauth(app, user, OKind::GoogleDrive, &[]).await;
-    sub_id
-}
-
-pub fn email(user: &str) -> String {
-    format!("{user}@example.com")
-}
-
-/// Every JSON line of the user's export, as `caller` asks for it.
-pub async fn export(app: &TestApp, caller_token: &str, user_id: &str) -> Vec<Value> {
-    let mut stream = app
-        .account()
-        .await
-        .export_my_data(authed(
-            ExportMyDataRequest {
-                user_id: user_id.to_string(),
-            },
-            caller_token,
-        ))
-        .await
-        .unwrap_or_else(|e| panic!("ExportMyData: {e}"))
-        .into_inner();
-    let mut lines = Vec::new();
-    while let Some(message) = stream
-        .message()
-        .await
-        .unwrap_or_else(|e| panic!("export stream: {e}"))
-    {
-        lines.push(
-            serde_json::from_str(&message.json_line)
-                .unwrap_or_else(|e| panic!("not JSON: {e}: {}", message.json_line)),
-        );
-    }
-    lines
-}
-
-async fn erase(app: &TestApp, caller_token: &str, user_id: &str) -> DeleteMyDataResponse {
-    app.account()
-        .await
-        .delete_my_data(authed(
-            DeleteMyDataRequest {
-                user_id: user_id.to_string(),
-            },
-            caller_token,
-        ))
-        .await
-        .unwrap_or_else(|e| panic!("DeleteMyData: {e}"))
-        .into_inner()
-}
-
-fn of_type<'a>(lines: &'a [Value], kind: &str) -> Vec<&'a Value> {
-    lines.iter().filter(|l| l["type"] == kind).collect()
-}
-
-/// Every row of every table this service owns, as text, with its table name. The card
-/// application's `cards` and `contacts` are left out: it owns them and erases them itself.
-pub async fn every_row(pool: &TestPool) -> Vec<(String, String)> {
-    let skip = ["cards", "contacts", "_sqlx_migrations", "sqlite_sequence"];
-    let mut rows = Vec::new();
-    match pool {
-        TestPool::Postgres(pool) => {
-            let tables: Vec<String> = sqlx::query_scalar(
-                "SELECT table_name::text FROM information_schema.tables \
-                 WHERE table_schema = 'public' AND table_type = 'BASE TABLE'",
-            )
-            .fetch_all(pool)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-            for table in tables.into_iter().filter(|t| !skip.contains(&t.as_str())) {
-                let sql = format!(r#"SELECT t::text FROM "{table}" t"#);
-                let texts: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-                    .fetch_all(pool)
-                    .await
-                    .unwrap_or_else(|e| panic!("{table}: {e}"));
-                rows.extend(texts.into_iter().map(|t| (table.clone(), t)));
-            }
-        }
-        TestPool::Sqlite(pool) => {
-            let tables: Vec<String> =
-                sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table'")
-                    .fetch_all(pool)
-                    .await
-                    .unwrap_or_else(|e| panic!("{e}"));
-            for table in tables.into_iter().filter(|t| !skip.contains(&t.as_str())) {
-                let columns: Vec<String> =
-                    sqlx::query_scalar("SELECT name FROM pragma_table_info($1)")
-                        .bind(&table)
-                        .fetch_all(pool)
-                        .await
-                        .unwrap_or_else(|e| panic!("{table}: {e}"));
-                let row = columns
-                    .iter()
-                    .map(|c| format!(r#"quote("{c}")"#))
-                    .collect::<Vec<_>>()
-                    .join(" || ',' || ");
-                let sql = format!(r#"SELECT {row} FROM "{table}""#);
-                let texts: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-                    .fetch_all(pool)
-                    .await
-                    .unwrap_or_else(|e| panic!("{table}: {e}"));
-                rows.extend(texts.into_iter().map(|t| (table.clone(), t)));
-            }
-        }
-    }
-    rows
-}
-
-/// The rows naming `needle`, as `table: row`.
-pub async fn rows_naming(pool: &TestPool, needle: &str) -> Vec<String> {
-    every_row(pool)
-        .await
-        .into_iter()
-        .filter(|(_, row)| row.contains(needle))
-        .map(|(table, row)| format!("{table}: {row}"))
-        .collect()
-}
 
 async fn the_export_holds_everything_of_the_user_in_the_documented_shape(backend: Backend) {
     let w = World::start(backend).await;
@@ -616,89 +402,5 @@ async fn activity_is_paged_newest_first(backend: Backend) {
         .err()
         .map(|s| s.code());
     assert_eq!(bad, Some(Code::InvalidArgument));
-    w.app.stop().await;
-}
-
-const BIN: &str = env!("CARGO_BIN_EXE_nexus-billing");
-
-/// Runs `nexus-billing <args>` against the world's database and fakes: (success, stdout,
-/// stderr).
-fn run_cli(w: &World, args: &[&str]) -> (bool, String, String) {
-    let mut command = std::process::Command::new(BIN);
-    command
-        .env_clear()
-        .env("DATABASE_URL", w.app.database_url())
-        .env("JWT_SECRET", crate::helpers::JWT_SECRET)
-        .env("ENCRYPTION_KEY", crate::helpers::ENCRYPTION_KEY)
-        .env("LOG_LEVEL", "warn")
-        .env("DATA_DIR", std::env::temp_dir());
-    for (flag, value) in w.settings() {
-        command.arg(format!("{flag}={value}"));
-    }
-    let output = command
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{e}"));
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
-
-async fn the_operator_commands_show_export_and_erase_a_user(backend: Backend) {
-    let w = World::start(backend).await;
-    let sub_id = rich_user(&w, ADA).await;
-    let mut secrets = w.drive.secrets();
-    secrets.push(HUBSPOT_TOKEN.to_string());
-
-    let (ok, shown, err) = run_cli(&w, &["user", "show", ADA]);
-    assert!(ok, "{shown}{err}");
-    for want in [
-        "subscription: tier pro (effective pro), status active, provider stripe",
-        sub_id.as_str(),
-        "integrations (2):",
-        "hubspot active",
-        "google_drive active",
-        "payment of",
-    ] {
-        assert!(shown.contains(want), "`user show` lacks {want:?}:\n{shown}");
-    }
-
-    let (ok, exported, err) = run_cli(&w, &["user", "export", ADA]);
-    assert!(ok, "{err}");
-    let lines: Vec<Value> = exported
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-        .collect();
-    assert_eq!(lines[0]["type"], "export");
-    assert_eq!(of_type(&lines, "integration").len(), 2);
-    assert_eq!(lines.last().map(|l| l["type"].clone()), Some(json!("end")));
-    for secret in &secrets {
-        let all = format!("{shown}{exported}{err}");
-        assert!(
-            !all.contains(secret.as_str()),
-            "an operator command printed a secret"
-        );
-    }
-
-    let (ok, deleted, err) = run_cli(&w, &["user", "delete", ADA]);
-    assert!(ok, "{deleted}{err}");
-    let report: Value = serde_json::from_str(&deleted).unwrap_or_else(|e| panic!("{e}: {deleted}"));
-    assert_eq!(report["rows"]["integrations"], 2);
-    assert_eq!(report["rows"]["invoices_kept"], 2);
-    assert_eq!(report["subscription_canceled"], "stripe");
-    assert_eq!(rows_naming(&w.app.pool, ADA).await, Vec::<String>::new());
-    assert_eq!(
-        w.app.count("erasures", "requested_by = 'operator'").await,
-        1
-    );
-
-    let (ok, shown, _) = run_cli(&w, &["user", "show", ADA]);
-    assert!(ok);
-    assert!(shown.contains(": done (runs 1"), "{shown}");
-    assert!(shown.contains("tier free"), "{shown}");
-    let (ok, _, err) = run_cli(&w, &["user", "show", "bad\nid"]);
-    assert!(!ok && err.contains("user id"), "{err}");
     w.app.stop().await;
 }

@@ -2,6 +2,7 @@
 //! the generated tonic clients, the health/reflection clients and plain HTTP. Every test that
 //! touches the database runs on SQLite and on PostgreSQL (when TEST_DATABASE_URL is set).
 
+mod account_world;
 mod attacks;
 mod auth;
 mod billing;
@@ -35,5 +36,6 @@ mod subscription_lifecycle;
 mod sync_field;
 mod sync_jobs;
 mod sync_schedule;
+mod user_commands;
 mod vault;
 mod webhooks;

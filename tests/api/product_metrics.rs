@@ -10,7 +10,7 @@ use nexus_billing::grpc::proto::{
 use serde_json::json;
 
 use crate::{
-    data_rights::{World, rich_user},
+    account_world::{World, rich_user},
     helpers::{Backend, TestApp, authed, token},
     subscription_lifecycle::subscribe,
 };
