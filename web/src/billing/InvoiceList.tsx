@@ -1,7 +1,6 @@
 // Invoices, newest first, a page at a time, with links to the hosted invoice and its PDF.
-import { useEffect, useState } from "react";
-import type { Invoice } from "../gen/nexus/billing/v1/billing_pb";
 import { Badge } from "../components/Badge";
+import { usePages } from "../components/usePages";
 import { useSession } from "../context";
 import { money, shortDate } from "../format";
 import { invoiceLabel } from "./labels";
@@ -10,41 +9,14 @@ const PAGE_SIZE = 10;
 
 export function InvoiceList({ version }: { version: number }) {
   const { api, explain } = useSession();
-  const [invoices, setInvoices] = useState<Invoice[]>([]);
-  const [next, setNext] = useState("");
-  const [loading, setLoading] = useState(true);
-  const [error, setError] = useState<string | null>(null);
-
-  useEffect(() => {
-    let stopped = false;
-    setLoading(true);
-    api.billing
-      .listInvoices({ pageSize: PAGE_SIZE })
-      .then((page) => {
-        if (stopped) return;
-        setInvoices(page.invoices);
-        setNext(page.nextPageToken);
-        setError(null);
-      })
-      .catch((e: unknown) => !stopped && setError(explain(e)))
-      .finally(() => !stopped && setLoading(false));
-    return () => {
-      stopped = true;
-    };
-  }, [api, version]);
-
-  const more = async () => {
-    setLoading(true);
-    try {
-      const page = await api.billing.listInvoices({ pageSize: PAGE_SIZE, pageToken: next });
-      setInvoices((all) => [...all, ...page.invoices]);
-      setNext(page.nextPageToken);
-    } catch (e) {
-      setError(explain(e));
-    } finally {
-      setLoading(false);
-    }
-  };
+  const { items: invoices, next, loading, error, more } = usePages(
+    (pageToken) =>
+      api.billing
+        .listInvoices({ pageSize: PAGE_SIZE, pageToken })
+        .then((page) => ({ items: page.invoices, next: page.nextPageToken })),
+    explain,
+    [api, version],
+  );
 
   return (
     <section className="card" aria-labelledby="invoices-title" aria-busy={loading}>
