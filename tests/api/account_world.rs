@@ -16,6 +16,7 @@ use crate::{
     fake_providers::{FakeProvider, Kind},
     fake_stripe::{FakeStripe, InvoiceSpec},
     helpers::{Backend, TestApp, TestPool, authed},
+    helpers::{ENCRYPTION_KEY, JWT_SECRET},
     integrations::{connect, start_sync, wait_for_job},
     oauth::{connect_oauth, oauth_settings, start_oauth},
     subscription_lifecycle::{period, subscribe},
@@ -223,4 +224,72 @@ pub async fn rows_naming(pool: &TestPool, needle: &str) -> Vec<String> {
         .filter(|(_, row)| row.contains(needle))
         .map(|(table, row)| format!("{table}: {row}"))
         .collect()
+}
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_nexus-billing");
+
+/// The service binary running as another replica on the world's database and fakes, so it can
+/// be killed like a crashed process (SIGKILL: no handler, task or transaction survives it).
+/// Killed when dropped.
+pub struct Replica {
+    child: std::process::Child,
+    pub grpc_addr: String,
+    _data_dir: tempfile::TempDir,
+}
+
+impl Replica {
+    pub fn start(w: &World) -> Self {
+        use std::io::{BufRead, BufReader};
+        let data_dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let mut command = std::process::Command::new(BIN);
+        command
+            .env_clear()
+            .env("DATABASE_URL", w.app.database_url())
+            .env("JWT_SECRET", JWT_SECRET)
+            .env("ENCRYPTION_KEY", ENCRYPTION_KEY)
+            .env("LOG_FORMAT", "json")
+            .env("LOG_LEVEL", "info")
+            .env("DATA_DIR", data_dir.path())
+            .env("GRPC_ADDR", "127.0.0.1:0")
+            .env("HTTP_ADDR", "127.0.0.1:0")
+            .env("RECONCILE_INTERVAL", "0s")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        for (flag, value) in w.settings() {
+            command.arg(format!("{flag}={value}"));
+        }
+        let mut child = command.spawn().unwrap_or_else(|e| panic!("{e}"));
+        let stderr = child.stderr.take().unwrap_or_else(|| panic!("no stderr"));
+        let mut lines = BufReader::new(stderr).lines();
+        let grpc_addr = loop {
+            let line = lines
+                .next()
+                .unwrap_or_else(|| panic!("the replica exited before serving"))
+                .unwrap_or_else(|e| panic!("{e}"));
+            let json: Value = serde_json::from_str(&line).unwrap_or_default();
+            if json["message"] == "serving" {
+                break json["grpc_addr"].as_str().unwrap_or_default().to_string();
+            }
+        };
+        // Keep draining, so the replica never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines.by_ref() {});
+        Self {
+            child,
+            grpc_addr,
+            _data_dir: data_dir,
+        }
+    }
+
+    /// SIGKILL, and wait until the process is gone.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

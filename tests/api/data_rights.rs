@@ -6,12 +6,15 @@ use std::time::Duration;
 
 use nexus_billing::grpc::proto::account::{
     DeleteMyDataRequest, ExportMyDataRequest, ListActivityRequest, RevocationOutcome,
+    account_service_client::AccountServiceClient,
 };
 use serde_json::Value;
 use tonic::Code;
 
 use crate::{
-    account_world::{ADA, BOB, World, email, erase, export, of_type, rich_user, rows_naming},
+    account_world::{
+        ADA, BOB, Replica, World, email, erase, export, of_type, rich_user, rows_naming,
+    },
     fake_providers::HUBSPOT_TOKEN,
     helpers::{Backend, authed, service_token, token},
 };
@@ -233,17 +236,19 @@ async fn a_crash_in_the_middle_of_an_erasure_keeps_the_data_and_the_rerun_finish
 ) {
     let w = World::start(backend).await;
     rich_user(&w, ADA).await;
-    // Stripe answers slowly: the erasure revokes Google's grant, then waits on Stripe, and the
-    // server dies there.
-    w.stripe.set_delay(Duration::from_secs(20));
-    let app = &w.app;
-    let channel = app.channel().await;
-    let call = tokio::spawn(async move {
-        nexus_billing::grpc::proto::account::account_service_client::AccountServiceClient::new(
-            channel,
-        )
-        .delete_my_data(authed(DeleteMyDataRequest::default(), &token(ADA)))
+    // A second replica takes the call. Stripe answers slowly: the erasure revokes Google's
+    // grant, then waits on Stripe, and the replica is killed there (SIGKILL).
+    let replica = Replica::start(&w);
+    w.stripe.set_delay(Duration::from_secs(30));
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", replica.grpc_addr))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .connect()
         .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let call = tokio::spawn(async move {
+        AccountServiceClient::new(channel)
+            .delete_my_data(authed(DeleteMyDataRequest::default(), &token(ADA)))
+            .await
     });
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while w.drive.revoked().is_empty() {
@@ -254,40 +259,32 @@ async fn a_crash_in_the_middle_of_an_erasure_keeps_the_data_and_the_rerun_finish
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let settings = w.settings();
-    let overrides: Vec<(&str, &str)> = settings
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    let World {
-        app,
-        stripe,
-        hubspot: _hubspot,
-        drive,
-    } = w;
-    let app = app.crash_and_restart(&overrides).await;
+    replica.kill();
     let failed = call.await.unwrap_or_else(|e| panic!("{e}"));
     assert!(failed.is_err(), "the call cannot have finished: {failed:?}");
 
     // Nothing was deleted: the entry says the erasure is running.
+    let app = &w.app;
     let ada = format!("user_id = '{ADA}'");
     assert_eq!(app.count("integrations", &ada).await, 2);
     assert_eq!(app.count("subscriptions", &ada).await, 1);
     assert_eq!(app.count("erasures", "state = 'running'").await, 1);
+    assert!(w.stripe.requests("DELETE", "/v1/subscriptions/").len() <= 1);
 
-    stripe.set_delay(Duration::ZERO);
-    let erased = erase(&app, &token(ADA), "").await;
+    // The rerun, on the surviving replica, finishes.
+    w.stripe.set_delay(Duration::ZERO);
+    let erased = erase(app, &token(ADA), "").await;
     assert!(!erased.already_erased);
     assert_eq!(erased.integrations_deleted, 2);
     assert_eq!(erased.invoices_kept, 2);
     assert_eq!(erased.subscription_canceled_provider, "stripe");
-    assert!(drive.revoked().len() >= 2, "revoked again by the rerun");
+    assert!(w.drive.revoked().len() >= 2, "revoked again by the rerun");
     assert_eq!(rows_naming(&app.pool, ADA).await, Vec::<String>::new());
     assert_eq!(
         app.count("erasures", "state = 'done' AND runs = 2").await,
         1
     );
-    app.stop().await;
+    w.app.stop().await;
 }
 
 async fn another_users_data_is_refused_unless_the_caller_is_a_service(backend: Backend) {

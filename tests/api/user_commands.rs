@@ -4,14 +4,12 @@
 use serde_json::{Value, json};
 
 use crate::{
-    account_world::{ADA, World, of_type, rich_user, rows_naming},
+    account_world::{ADA, BIN, World, of_type, rich_user, rows_naming},
     fake_providers::HUBSPOT_TOKEN,
     helpers::Backend,
 };
 
 crate::on_both_backends!(the_operator_commands_show_export_and_erase_a_user);
-
-const BIN: &str = env!("CARGO_BIN_EXE_nexus-billing");
 
 /// Runs `nexus-billing <args>` against the world's database and fakes: (success, stdout,
 /// stderr).
