@@ -548,7 +548,12 @@ async fn sync_interval_starts_a_sync_and_sets_the_next_one_an_interval_away(back
     );
     // A sync asked for in between runs at once; nothing changed, so nothing is sent.
     let next = start_sync(&mut client, "ada", Provider::Zapier).await;
-    assert_eq!(next.state(), SyncJobState::Queued);
+    // A worker may claim it before the answer is written (seen once in CI): either is "at once".
+    assert!(
+        matches!(next.state(), SyncJobState::Queued | SyncJobState::Running),
+        "{:?}",
+        next.state()
+    );
     let done = wait_for_job(&app, "ada", &next.id, Duration::from_secs(20)).await;
     assert_eq!(done.state(), SyncJobState::Succeeded);
     assert_eq!(
