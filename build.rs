@@ -1,7 +1,8 @@
 //! Generates the gRPC code from `proto/` with protox (pure Rust, no `protoc` needed) and
 //! tonic-prost-build. The generated code and the encoded file descriptor set (for server
 //! reflection) stay in OUT_DIR. Also lists the dashboard's built files (`web/dist`, committed)
-//! for `include_bytes!`, so the binary serves the dashboard with no Node on the machine.
+//! for `include_bytes!`, so the binary serves the dashboard with no Node on the machine, and
+//! lists the migrations of both dialects for `include_str!` (see `src/store/migrations.rs`).
 
 use std::{env, fs, path::PathBuf};
 
@@ -29,6 +30,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .compile_fds(fds)?;
 
     embed_dashboard(&out_dir)?;
+    embed_migrations(&out_dir)?;
     Ok(())
 }
 
@@ -63,6 +65,47 @@ fn embed_dashboard(out_dir: &std::path::Path) -> Result<(), Box<dyn std::error::
     }
     code.push_str("];\n");
     fs::write(out_dir.join("dashboard_assets.rs"), code)?;
+    Ok(())
+}
+
+/// Writes `migrations.rs`: `POSTGRES` and `SQLITE`, each `(version, description, SQL)` in
+/// version order, read from `migrations/<dialect>/<version>_<description>.sql` the way
+/// `sqlx::migrate!` reads them (underscores in the description become spaces).
+fn embed_migrations(out_dir: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
+    let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?).join("migrations");
+    println!("cargo:rerun-if-changed=migrations");
+    let mut code = String::new();
+    for (constant, dialect) in [("POSTGRES", "postgres"), ("SQLITE", "sqlite")] {
+        let dir = root.join(dialect);
+        println!("cargo:rerun-if-changed={}", dir.display());
+        let mut found = Vec::new();
+        for entry in fs::read_dir(&dir)? {
+            let path = entry?.path();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .ok_or("a migration file name is not UTF-8")?;
+            let Some(stem) = name.strip_suffix(".sql") else {
+                continue;
+            };
+            let (version, description) = stem
+                .split_once('_')
+                .ok_or_else(|| format!("{name}: expected <version>_<description>.sql"))?;
+            let version: i64 = version
+                .parse()
+                .map_err(|_| format!("{name}: the version is not a number"))?;
+            found.push((version, description.replace('_', " "), path.display().to_string()));
+        }
+        found.sort();
+        code.push_str(&format!("pub static {constant}: &[(i64, &str, &str)] = &[\n"));
+        for (version, description, path) in found {
+            code.push_str(&format!(
+                "    ({version}, {description:?}, include_str!({path:?})),\n"
+            ));
+        }
+        code.push_str("];\n");
+    }
+    fs::write(out_dir.join("migrations.rs"), code)?;
     Ok(())
 }
 

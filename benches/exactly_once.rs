@@ -25,6 +25,8 @@
 //! BENCH_DATABASE_URL (default postgres://postgres@127.0.0.1:5432/postgres). Optional:
 //! EXACTLY_ONCE_SCALE (default 1.0: scales the user counts), EXACTLY_ONCE_SEED (default 7).
 
+#[path = "../tests/api/fake_http.rs"]
+mod fake_http;
 #[path = "../tests/api/fake_mpesa.rs"]
 mod fake_mpesa;
 #[path = "../tests/api/fake_paypal.rs"]

@@ -12,6 +12,8 @@
 //! Run: `cargo bench --bench import_throughput`. SQLite in a temporary directory, or PostgreSQL
 //! when BENCH_DATABASE_URL is set. BENCH_CONTACTS (default 100000) sets N.
 
+#[path = "../tests/api/fake_http.rs"]
+mod fake_http;
 #[allow(dead_code)]
 #[path = "../tests/api/fake_oauth.rs"]
 mod fake_oauth;

@@ -15,6 +15,8 @@
 //! Optional: BENCH_USERS (default 10000), BENCH_SENDERS (default 64), BENCH_STRIPE_DELAY_MS
 //! (default 300).
 
+#[path = "../tests/api/fake_http.rs"]
+mod fake_http;
 #[path = "../tests/api/fake_stripe.rs"]
 mod fake_stripe;
 

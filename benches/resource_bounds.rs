@@ -20,6 +20,8 @@
 //! 500000), BOUNDS_INVOICES (default 20000). Parts by name: `watch`, `events`, `contacts`,
 //! `history`.
 
+#[path = "../tests/api/fake_http.rs"]
+mod fake_http;
 #[allow(dead_code)]
 #[path = "../tests/api/fake_providers.rs"]
 mod fake_providers;

@@ -10,6 +10,8 @@
 //! postgres://postgres@127.0.0.1:5432/postgres; a scratch database is created and dropped).
 //! Optional: BENCH_EVENTS (deliveries per run, default 3000), BENCH_HISTORY (default 1000000).
 
+#[path = "../tests/api/fake_http.rs"]
+mod fake_http;
 #[path = "../tests/api/fake_stripe.rs"]
 mod fake_stripe;
 

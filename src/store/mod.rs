@@ -17,6 +17,7 @@ mod sync_sql;
 #[macro_use]
 pub(crate) mod user_data_sql;
 mod postgres;
+pub mod migrations;
 mod rows;
 mod sqlite;
 pub mod sync_queue;

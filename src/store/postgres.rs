@@ -121,9 +121,7 @@ impl Store for PgStore {
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
-        sqlx::migrate!("migrations/postgres")
-            .run(&self.pool)
-            .await?;
+        super::migrations::postgres().run(&self.pool).await?;
         Ok(())
     }
 

@@ -14,11 +14,32 @@ use crate::domain::{
     subscription::{PaymentProvider, Subscription},
 };
 
+/// `sqlx::FromRow` for both backends' rows, each field read from the column of its name (and a
+/// `flatten` field from the same row). What `#[derive(sqlx::FromRow)]` writes, without sqlx's
+/// proc-macro crate, which builds both database drivers a second time for the host.
+macro_rules! from_row {
+    ($ty:ident { $($field:ident),* $(,)? } $(flatten { $($flat:ident: $flat_ty:ty),* $(,)? })?) => {
+        $crate::store::rows::from_row!(@impl sqlx::postgres::PgRow, $ty { $($field),* } $($($flat: $flat_ty),*)?);
+        $crate::store::rows::from_row!(@impl sqlx::sqlite::SqliteRow, $ty { $($field),* } $($($flat: $flat_ty),*)?);
+    };
+    (@impl $row:ty, $ty:ident { $($field:ident),* } $($flat:ident: $flat_ty:ty),*) => {
+        impl<'r> sqlx::FromRow<'r, $row> for $ty {
+            fn from_row(row: &'r $row) -> Result<Self, sqlx::Error> {
+                use sqlx::Row as _;
+                Ok(Self {
+                    $($field: row.try_get(stringify!($field))?,)*
+                    $($flat: <$flat_ty as sqlx::FromRow<'r, $row>>::from_row(row)?,)*
+                })
+            }
+        }
+    };
+}
+pub(super) use from_row;
+
 fn corrupt(e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(e.to_string())
 }
 
-#[derive(sqlx::FromRow)]
 pub(super) struct SubscriptionRow {
     user_id: String,
     tier: String,
@@ -33,6 +54,8 @@ pub(super) struct SubscriptionRow {
     past_due_since: Option<DateTime<Utc>>,
     state_as_of: Option<DateTime<Utc>>,
 }
+
+from_row!(SubscriptionRow { user_id, tier, status, provider, provider_customer_id, provider_subscription_id, current_period_start, current_period_end, cancel_at_period_end, cancel_at, past_due_since, state_as_of });
 
 pub(super) const SUBSCRIPTION_QUERY: &str = "SELECT user_id, tier, status, provider, \
      provider_customer_id, provider_subscription_id, current_period_start, current_period_end, \
@@ -64,7 +87,6 @@ impl TryFrom<SubscriptionRow> for Subscription {
     }
 }
 
-#[derive(sqlx::FromRow)]
 pub(super) struct IntegrationRow {
     id: String,
     user_id: String,
@@ -76,6 +98,8 @@ pub(super) struct IntegrationRow {
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
+
+from_row!(IntegrationRow { id, user_id, provider, status, settings, last_sync_at, last_error, created_at, updated_at });
 
 impl TryFrom<IntegrationRow> for Integration {
     type Error = StoreError;
@@ -95,11 +119,12 @@ impl TryFrom<IntegrationRow> for Integration {
     }
 }
 
-#[derive(sqlx::FromRow)]
 pub(super) struct UsageRow {
     pub cards: i64,
     pub contacts: i64,
 }
+
+from_row!(UsageRow { cards, contacts });
 
 impl From<UsageRow> for crate::domain::Usage {
     fn from(row: UsageRow) -> Self {
@@ -114,7 +139,6 @@ pub(super) const USAGE_QUERY: &str = "SELECT \
      (SELECT COUNT(*) FROM cards WHERE user_id = $1) AS cards, \
      (SELECT COUNT(*) FROM contacts WHERE user_id = $1) AS contacts";
 
-#[derive(sqlx::FromRow)]
 pub(super) struct InvoiceRow {
     id: String,
     user_id: String,
@@ -131,6 +155,8 @@ pub(super) struct InvoiceRow {
     period_end: Option<DateTime<Utc>>,
     provider_created_at: DateTime<Utc>,
 }
+
+from_row!(InvoiceRow { id, user_id, provider, provider_invoice_id, provider_subscription_id, amount_due, amount_paid, currency, status, hosted_invoice_url, invoice_pdf_url, period_start, period_end, provider_created_at });
 
 impl TryFrom<InvoiceRow> for StoredInvoice {
     type Error = StoreError;
@@ -167,7 +193,6 @@ macro_rules! invoice_columns {
 }
 pub(super) use invoice_columns;
 
-#[derive(sqlx::FromRow)]
 pub(super) struct ActivityRow {
     id: i64,
     kind: String,
@@ -175,6 +200,8 @@ pub(super) struct ActivityRow {
     details: Json<serde_json::Value>,
     created_at: DateTime<Utc>,
 }
+
+from_row!(ActivityRow { id, kind, message, details, created_at });
 
 impl From<ActivityRow> for super::ActivityRecord {
     fn from(row: ActivityRow) -> Self {
@@ -209,7 +236,6 @@ pub(super) fn invoice_state(
     })
 }
 
-#[derive(sqlx::FromRow)]
 pub(super) struct ContactRow {
     id: String,
     email: Option<String>,
@@ -219,6 +245,8 @@ pub(super) struct ContactRow {
     phone: Option<String>,
     job_title: Option<String>,
 }
+
+from_row!(ContactRow { id, email, first_name, last_name, company, phone, job_title });
 
 impl From<ContactRow> for crate::domain::contact::Contact {
     fn from(row: ContactRow) -> Self {
@@ -234,7 +262,6 @@ impl From<ContactRow> for crate::domain::contact::Contact {
     }
 }
 
-#[derive(sqlx::FromRow)]
 pub(super) struct SyncJobRow {
     id: String,
     integration_id: String,
@@ -260,6 +287,8 @@ pub(super) struct SyncJobRow {
     rate_limited: i32,
     attempts_in_a_row: i32,
 }
+
+from_row!(SyncJobRow { id, integration_id, user_id, provider, direction, state, checkpoint, contacts_done, contacts_total, contacts_skipped, skipped_reason, contacts_failed, failures, last_error, attempts, max_attempts, next_attempt_at, created_at, started_at, finished_at, full_push, rate_limited, attempts_in_a_row });
 
 fn count(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)

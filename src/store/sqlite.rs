@@ -98,7 +98,7 @@ impl Store for SqliteStore {
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
-        sqlx::migrate!("migrations/sqlite").run(&self.pool).await?;
+        super::migrations::sqlite().run(&self.pool).await?;
         Ok(())
     }
 

@@ -369,12 +369,12 @@ macro_rules! sync_queue {
             }
 
             /// A contact row with its push key.
-            #[derive(sqlx::FromRow)]
             struct KeyedContact {
                 push_at: String,
-                #[sqlx(flatten)]
                 contact: ContactRow,
             }
+
+            $crate::store::rows::from_row!(KeyedContact { push_at } flatten { contact: ContactRow });
         };
     };
 }

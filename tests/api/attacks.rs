@@ -32,6 +32,14 @@ use crate::{
     integrations::{connect, get_job, spawn_with_fakes, start_sync},
 };
 
+crate::tests!(plain: [
+    hostile_tokens_are_refused_on_every_rpc,
+    a_valid_token_for_another_user_reaches_nothing_of_theirs,
+    open_redirects_are_refused_on_every_url_parameter,
+    oversized_and_malformed_messages_are_refused_and_the_service_keeps_serving,
+    silent_connections_are_closed_on_both_ports_and_callers_still_get_in,
+]);
+
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 const ISSUER: &str = "https://auth.nexus.test";
 const AUDIENCE: &str = "nexus-billing";
@@ -116,7 +124,6 @@ fn hs256(payload: &serde_json::Value, key: &[u8]) -> String {
 
 /// An RS256 server with issuer and audience: every hostile token, on every RPC, is
 /// UNAUTHENTICATED; then a valid token still works.
-#[tokio::test]
 async fn hostile_tokens_are_refused_on_every_rpc() {
     let public_key = format!("{FIXTURES}/rs256-public.pem");
     let app = TestApp::spawn_with(
@@ -299,7 +306,6 @@ async fn hostile_tokens_are_refused_on_every_rpc() {
 
 /// Bob holds a valid token and Ada's ids. Nothing of Ada's is readable, changeable or
 /// cancellable through any RPC that takes an id, and her things are untouched afterwards.
-#[tokio::test]
 async fn a_valid_token_for_another_user_reaches_nothing_of_theirs() {
     let hubspot = FakeProvider::start(Kind::Hubspot).await;
     hubspot.delay_pushes(Duration::from_secs(30));
@@ -459,7 +465,6 @@ const HOSTILE_URLS: [&str; 14] = [
 
 /// Every URL parameter (checkout success and cancel, portal return, OAuth's redirect-after)
 /// refuses every URL off the allowed origins, before any provider is called.
-#[tokio::test]
 async fn open_redirects_are_refused_on_every_url_parameter() {
     let dropbox = FakeOAuth::start(OKind::Dropbox).await;
     let (app, stripe) = {
@@ -566,7 +571,6 @@ async fn open_redirects_are_refused_on_every_url_parameter() {
 
 /// gRPC messages over the 4 MiB limit, bytes that are not protobuf, broken grpc-web frames,
 /// and a webhook body that is not JSON: each refused, and the service answers afterwards.
-#[tokio::test]
 async fn oversized_and_malformed_messages_are_refused_and_the_service_keeps_serving() {
     let app = TestApp::spawn(Backend::Sqlite).await;
     let user = token("flooder");
@@ -665,7 +669,6 @@ async fn oversized_and_malformed_messages_are_refused_and_the_service_keeps_serv
 /// Both ports, as wired in the server: 40 silent connections on each (over a cap of 20) do
 /// not lock out a real caller, and every one of them is closed after the hello timeout. The
 /// gRPC port used to keep such connections forever (`benches/attacks.rs`).
-#[tokio::test]
 async fn silent_connections_are_closed_on_both_ports_and_callers_still_get_in() {
     use tokio::io::AsyncReadExt;
     let app = TestApp::spawn_with(

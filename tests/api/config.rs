@@ -14,6 +14,22 @@ use nexus_billing::{
 
 use crate::helpers::{ENCRYPTION_KEY, JWT_SECRET, authed};
 
+crate::tests!(
+    plain: [
+        a_first_run_with_no_configuration_serves_with_the_printed_token,
+        no_secret_or_token_reaches_the_logs_even_at_debug_level,
+    ],
+    sync: [
+        production_without_required_settings_exits_2_naming_each_setting,
+        invalid_values_are_named_without_echoing_secrets,
+        malformed_addresses_origins_and_base_urls_are_named,
+        token_mints_a_token_the_configured_secret_verifies,
+        token_without_a_jwt_secret_explains_why_it_cannot_help,
+        migrate_creates_the_schema_in_a_fresh_sqlite_file,
+        every_setting_is_documented_and_the_example_env_file_works,
+    ],
+);
+
 const BIN: &str = env!("CARGO_BIN_EXE_nexus-billing");
 
 fn run(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Output {
@@ -34,7 +50,6 @@ fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"))
 }
 
-#[test]
 fn production_without_required_settings_exits_2_naming_each_setting() {
     let dir = tempdir();
     let output = run(dir.path(), &["migrate"], &[("APP_ENV", "production")]);
@@ -52,7 +67,6 @@ fn production_without_required_settings_exits_2_naming_each_setting() {
     assert!(!dir.path().join("data").exists());
 }
 
-#[test]
 fn invalid_values_are_named_without_echoing_secrets() {
     let dir = tempdir();
     let output = run(
@@ -89,7 +103,6 @@ fn invalid_values_are_named_without_echoing_secrets() {
     }
 }
 
-#[test]
 fn malformed_addresses_origins_and_base_urls_are_named() {
     let dir = tempdir();
     for (setting, value) in [
@@ -115,7 +128,6 @@ fn malformed_addresses_origins_and_base_urls_are_named() {
     }
 }
 
-#[test]
 fn token_mints_a_token_the_configured_secret_verifies() {
     let dir = tempdir();
     let output = run(
@@ -154,7 +166,6 @@ fn token_mints_a_token_the_configured_secret_verifies() {
     assert!((7100..=7200).contains(&ttl), "ttl {ttl}");
 }
 
-#[test]
 fn token_without_a_jwt_secret_explains_why_it_cannot_help() {
     let dir = tempdir();
     let output = run(dir.path(), &["token", "--user-id", "u7"], &[]);
@@ -166,7 +177,6 @@ fn token_without_a_jwt_secret_explains_why_it_cannot_help() {
     );
 }
 
-#[test]
 fn migrate_creates_the_schema_in_a_fresh_sqlite_file() {
     let dir = tempdir();
     let output = run(dir.path(), &["migrate"], &[("DATA_DIR", "state")]);
@@ -212,7 +222,6 @@ fn migrate_creates_the_schema_in_a_fresh_sqlite_file() {
 
 /// The README's first run: no configuration at all; the printed token works against the
 /// printed address; SIGTERM stops the process cleanly.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_first_run_with_no_configuration_serves_with_the_printed_token() {
     let dir = tempdir();
     let mut child = Command::new(BIN)
@@ -312,7 +321,6 @@ async fn a_first_run_with_no_configuration_serves_with_the_printed_token() {
 
 /// Every setting the binary reads is documented in .env.example and the README, and the example
 /// file itself is a working configuration.
-#[test]
 fn every_setting_is_documented_and_the_example_env_file_works() {
     use clap::CommandFactory;
     let root = env!("CARGO_MANIFEST_DIR");
@@ -353,7 +361,6 @@ fn every_setting_is_documented_and_the_example_env_file_works() {
 
 /// Runs the binary at debug level, makes good and bad calls, and searches everything it wrote
 /// for the secrets it was given and the tokens it saw.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_or_token_reaches_the_logs_even_at_debug_level() {
     let dir = tempdir();
     let stripe_key = "sk_test_LOGCANARY0123456789";

@@ -18,7 +18,7 @@ use std::{
 use base64::Engine;
 use chrono::{NaiveDateTime, Utc};
 use serde_json::{Value, json};
-use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate, matchers::any};
+use crate::fake_http::{FakeServer, Request, Respond, ResponseTemplate};
 
 pub const CONSUMER_KEY: &str = "mpesa-consumer-key-test";
 pub const CONSUMER_SECRET: &str = "mpesa-consumer-secret-test-0123";
@@ -44,26 +44,23 @@ struct State {
 }
 
 pub struct FakeMpesa {
-    pub server: MockServer,
+    pub server: FakeServer,
     state: Arc<Mutex<State>>,
     counter: Arc<AtomicU64>,
 }
 
 impl FakeMpesa {
     pub async fn start() -> Self {
-        let server = MockServer::start().await;
         let state = Arc::new(Mutex::new(State {
             delay: Duration::from_millis(150),
             ..State::default()
         }));
         let counter = Arc::new(AtomicU64::new(1));
-        Mock::given(any())
-            .respond_with(Handler {
-                state: Arc::clone(&state),
-                counter: Arc::clone(&counter),
-            })
-            .mount(&server)
-            .await;
+        let server = FakeServer::start(Handler {
+            state: Arc::clone(&state),
+            counter: Arc::clone(&counter),
+        })
+        .await;
         Self {
             server,
             state,

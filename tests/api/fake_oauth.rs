@@ -1,6 +1,6 @@
 //! Fakes of the OAuth providers (Salesforce, Zoho CRM, Google Drive, Dropbox) on loopback: each
 //! is an authorization server (code exchange with PKCE, refresh, rotation, revocation) and the
-//! provider's API in one wiremock server. Every request is checked (client credentials,
+//! provider's API in one fake HTTP server. Every request is checked (client credentials,
 //! redirect URI, PKCE verifier, Bearer token, body shape); broken rules are collected as
 //! problems for [`FakeOAuth::assert_no_problems`]. The browser step is played by the test
 //! ([`FakeOAuth::authorize`] reads the authorization URL the service built and issues a code) or
@@ -18,7 +18,7 @@ use std::{
 use base64::Engine;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate, matchers::any};
+use crate::fake_http::{FakeServer, Request, Respond, ResponseTemplate};
 
 #[path = "fake_oauth_apis.rs"]
 mod apis;
@@ -137,27 +137,24 @@ struct State {
 #[derive(Clone)]
 pub struct FakeOAuth {
     pub kind: OKind,
-    pub server: Arc<MockServer>,
+    pub server: Arc<FakeServer>,
     state: Arc<Mutex<State>>,
 }
 
 impl FakeOAuth {
     pub async fn start(kind: OKind) -> Self {
-        let server = MockServer::start().await;
         let state = Arc::new(Mutex::new(State {
             expires_in: 3600,
             import_page_size: 3,
             lookup_requests: 0,
             ..State::default()
         }));
-        Mock::given(any())
-            .respond_with(Responder {
-                kind,
-                uri: server.uri(),
-                state: Arc::clone(&state),
-            })
-            .mount(&server)
-            .await;
+        let server = FakeServer::start_with(|uri| Responder {
+            kind,
+            uri,
+            state: Arc::clone(&state),
+        })
+        .await;
         Self {
             kind,
             server: Arc::new(server),

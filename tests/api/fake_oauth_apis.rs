@@ -4,7 +4,7 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use serde_json::{Value, json};
-use wiremock::{Request, ResponseTemplate};
+use crate::fake_http::{Request, ResponseTemplate};
 
 use super::{Record, Responder, State, header, json_answer};
 

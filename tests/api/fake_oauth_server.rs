@@ -5,7 +5,7 @@
 use std::{collections::BTreeMap, sync::Mutex};
 
 use serde_json::json;
-use wiremock::{Request, ResponseTemplate};
+use crate::fake_http::{Request, ResponseTemplate};
 
 use super::{CLIENT_ID, CLIENT_SECRET, OKind, Responder, State, header, json_answer, s256};
 
@@ -218,7 +218,7 @@ pub(super) fn consent_page(
     state: &Mutex<State>,
     request: &Request,
 ) -> ResponseTemplate {
-    // wiremock names every request's host `localhost`: the URL as the browser opened it.
+    // The URL as the browser opened it, on the fake's own address.
     let opened = format!(
         "{uri}{}?{}",
         request.url.path(),

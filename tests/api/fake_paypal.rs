@@ -21,7 +21,7 @@ use chrono::{DateTime, Months, Utc};
 use hmac::{Hmac, KeyInit, Mac};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate, matchers::any};
+use crate::fake_http::{FakeServer, Request, Respond, ResponseTemplate};
 
 pub const CLIENT_ID: &str = "paypal-client-test";
 pub const CLIENT_SECRET: &str = "paypal-secret-test-0123456789";
@@ -66,7 +66,7 @@ struct State {
 }
 
 pub struct FakePaypal {
-    pub server: MockServer,
+    pub server: FakeServer,
     state: Arc<Mutex<State>>,
     counter: Arc<AtomicU64>,
 }
@@ -77,20 +77,17 @@ fn time(t: DateTime<Utc>) -> String {
 
 impl FakePaypal {
     pub async fn start() -> Self {
-        let server = MockServer::start().await;
         let state = Arc::new(Mutex::new(State {
             token_ttl: 32_400,
             delay: Duration::from_millis(120),
             ..State::default()
         }));
         let counter = Arc::new(AtomicU64::new(1));
-        Mock::given(any())
-            .respond_with(Handler {
-                state: Arc::clone(&state),
-                counter: Arc::clone(&counter),
-            })
-            .mount(&server)
-            .await;
+        let server = FakeServer::start(Handler {
+            state: Arc::clone(&state),
+            counter: Arc::clone(&counter),
+        })
+        .await;
         Self {
             server,
             state,

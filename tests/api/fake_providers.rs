@@ -1,4 +1,4 @@
-//! Fakes of the four push providers on loopback (wiremock). Each checks what it receives (path,
+//! Fakes of the four push providers on loopback (fake_http.rs). Each checks what it receives (path,
 //! auth header, body shape, batch size), answers in the provider's own shape, and records every
 //! push so tests can assert what arrived. Behaviours a test can switch on: scripted answers for
 //! the next pushes (429 with Retry-After, 5xx, 401), refused records, a sliding-window rate
@@ -12,7 +12,7 @@ use std::{
 
 use base64::Engine;
 use serde_json::{Value, json};
-use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate, matchers::any};
+use crate::fake_http::{FakeServer, Request, Respond, ResponseTemplate};
 
 pub const HUBSPOT_TOKEN: &str = "pat-na1-FAKEHUBSPOTTOKEN-0123456789";
 pub const MAILCHIMP_KEY: &str = "0123456789abcdefFAKEMAILCHIMP-us6";
@@ -84,21 +84,18 @@ pub const IMPORT_PAGE: usize = 3;
 #[derive(Clone)]
 pub struct FakeProvider {
     pub kind: Kind,
-    pub server: Arc<MockServer>,
+    pub server: Arc<FakeServer>,
     state: Arc<Mutex<State>>,
 }
 
 impl FakeProvider {
     pub async fn start(kind: Kind) -> Self {
-        let server = MockServer::start().await;
         let state = Arc::new(Mutex::new(State::default()));
-        Mock::given(any())
-            .respond_with(Responder {
-                kind,
-                state: Arc::clone(&state),
-            })
-            .mount(&server)
-            .await;
+        let server = FakeServer::start(Responder {
+            kind,
+            state: Arc::clone(&state),
+        })
+        .await;
         Self {
             kind,
             server: Arc::new(server),

@@ -18,7 +18,7 @@ use std::{
 use hmac::{Hmac, KeyInit, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
-use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate, matchers::any};
+use crate::fake_http::{FakeServer, Request, Respond, ResponseTemplate};
 
 pub const SECRET_KEY: &str = "sk_test_fake_0123456789";
 pub const WEBHOOK_SECRET: &str = "whsec_test_secret";
@@ -80,7 +80,7 @@ struct State {
 
 /// The fake Stripe API.
 pub struct FakeStripe {
-    pub server: MockServer,
+    pub server: FakeServer,
     state: Arc<Mutex<State>>,
     fixtures: Arc<Value>,
     counter: Arc<AtomicU64>,
@@ -112,20 +112,17 @@ pub struct InvoiceSpec<'a> {
 
 impl FakeStripe {
     pub async fn start() -> Self {
-        let server = MockServer::start().await;
         let state = Arc::new(Mutex::new(State::default()));
         let fixtures: Value =
             serde_json::from_str(FIXTURES).unwrap_or_else(|e| panic!("fixtures: {e}"));
         let fixtures = Arc::new(fixtures["resources"].clone());
         let counter = Arc::new(AtomicU64::new(0));
-        Mock::given(any())
-            .respond_with(Handler {
-                state: Arc::clone(&state),
-                fixtures: Arc::clone(&fixtures),
-                counter: Arc::clone(&counter),
-            })
-            .mount(&server)
-            .await;
+        let server = FakeServer::start(Handler {
+            state: Arc::clone(&state),
+            fixtures: Arc::clone(&fixtures),
+            counter: Arc::clone(&counter),
+        })
+        .await;
         Self {
             server,
             state,

@@ -33,46 +33,6 @@ pub enum Backend {
     Postgres,
 }
 
-/// Generates one `#[tokio::test]` per backend for each named `async fn(Backend)` of the module:
-/// `module::sqlite::name` and `module::postgres::name`.
-#[macro_export]
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name($crate::helpers::Backend::Sqlite).await
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    if $crate::helpers::postgres_available() {
-                        super::$name($crate::helpers::Backend::Postgres).await
-                    }
-                }
-            )*
-        }
-    };
-}
-
-/// Whether the PostgreSQL variants run: TEST_DATABASE_URL is set. With NEXUS_REQUIRE_POSTGRES=1
-/// (as in CI) a missing TEST_DATABASE_URL fails the test instead of skipping it.
-pub fn postgres_available() -> bool {
-    if std::env::var("TEST_DATABASE_URL").is_ok_and(|v| !v.is_empty()) {
-        return true;
-    }
-    assert!(
-        std::env::var("NEXUS_REQUIRE_POSTGRES").as_deref() != Ok("1"),
-        "NEXUS_REQUIRE_POSTGRES=1 but TEST_DATABASE_URL is not set"
-    );
-    eprintln!("skipped: TEST_DATABASE_URL is not set");
-    false
-}
-
 /// A pool on the test database, for seeding rows the card application would write.
 pub enum TestPool {
     Sqlite(SqlitePool),
@@ -164,6 +124,18 @@ impl TestDatabase {
         }
     }
 
+    /// Stands in for a database handed over (it owns nothing and drops nothing).
+    fn placeholder() -> Self {
+        Self {
+            url: String::new(),
+            owned: false,
+            backend: Backend::Sqlite,
+            name: String::new(),
+            admin_url: String::new(),
+            _dir: tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}")),
+        }
+    }
+
     /// The same database, for a second server (which will not drop it).
     pub fn borrow(&self) -> Self {
         Self {
@@ -188,16 +160,43 @@ impl TestDatabase {
     }
 }
 
-/// A running service.
+/// A running service. It runs on a tokio runtime of its own, as a replica runs in a process
+/// of its own: [`TestApp::crash_and_restart`] ends that runtime, and with it every task of the
+/// server (listeners, connections, requests in flight, workers), as a crash would.
 pub struct TestApp {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
     pub db: TestDatabase,
     pub pool: TestPool,
     shutdown: CancellationToken,
-    server: tokio::task::JoinHandle<anyhow::Result<()>>,
+    server: Option<Server>,
     _data_dir: tempfile::TempDir,
 }
+
+/// The server's runtime and its main task.
+struct Server {
+    runtime: tokio::runtime::Runtime,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Server {
+    /// Ends every task of the server at once: nothing more of it runs, nothing is flushed.
+    fn kill(self) {
+        self.runtime.shutdown_background();
+    }
+}
+
+impl Drop for TestApp {
+    /// A test that fails (panics) leaves no server running behind it.
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.kill();
+        }
+    }
+}
+
+/// How long a server may take to stop gracefully before the test fails.
+const STOP_DEADLINE: Duration = Duration::from_secs(60);
 
 /// The settings every test server starts with, as flag/value pairs.
 fn base_settings(db_url: &str, data_dir: &std::path::Path) -> Vec<(String, String)> {
@@ -244,16 +243,38 @@ impl TestApp {
         Self::spawn_in(self.db.borrow(), data_dir, overrides).await
     }
 
-    /// Stops the server abruptly, as a crash would (no graceful shutdown), and starts a new
-    /// one on the same database.
-    pub async fn crash_and_restart(self, overrides: &[(&str, &str)]) -> Self {
-        self.server.abort();
-        let _ = self.server.await;
-        match self.pool {
+    /// Kills the server as a crash would (every task of it ends where it stands: requests in
+    /// flight, workers mid-batch; no graceful shutdown), then starts a new one on the same
+    /// database.
+    pub async fn crash_and_restart(mut self, overrides: &[(&str, &str)]) -> Self {
+        self.crash();
+        let (db, data_dir) = self.into_parts().await;
+        Self::spawn_in(db, data_dir, overrides).await
+    }
+
+    /// Kills the server (see [`TestApp::crash_and_restart`]); the test pool and the database
+    /// stay, for looking at what the crash left.
+    pub fn crash(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.kill();
+        }
+    }
+
+    /// Closes the test pool and hands over the database and the data folder.
+    async fn into_parts(mut self) -> (TestDatabase, tempfile::TempDir) {
+        if let Some(server) = self.server.take() {
+            server.kill();
+        }
+        match &self.pool {
             TestPool::Sqlite(pool) => pool.close().await,
             TestPool::Postgres(pool) => pool.close().await,
         }
-        Self::spawn_in(self.db, self._data_dir, overrides).await
+        let db = std::mem::replace(&mut self.db, TestDatabase::placeholder());
+        let data_dir = std::mem::replace(
+            &mut self._data_dir,
+            tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}")),
+        );
+        (db, data_dir)
     }
 
     /// Stops the server gracefully and starts a new one on the same database.
@@ -264,20 +285,20 @@ impl TestApp {
 
     /// Stops the server gracefully, failing the test if it does not stop cleanly, and closes
     /// the test pool; the database is kept.
-    async fn shut_down(self) -> (TestDatabase, tempfile::TempDir) {
+    async fn shut_down(mut self) -> (TestDatabase, tempfile::TempDir) {
         self.shutdown.cancel();
-        let result = tokio::time::timeout(Duration::from_secs(15), self.server)
-            .await
-            .unwrap_or_else(|_| panic!("server did not stop within 15 s"))
-            .unwrap_or_else(|e| panic!("server task panicked: {e}"));
-        if let Err(e) = result {
-            panic!("server stopped with an error: {e:#}");
+        if let Some(server) = self.server.take() {
+            let Server { runtime, task } = server;
+            let result = tokio::time::timeout(STOP_DEADLINE, task)
+                .await
+                .unwrap_or_else(|_| panic!("server did not stop within {STOP_DEADLINE:?}"))
+                .unwrap_or_else(|e| panic!("server task panicked: {e}"));
+            runtime.shutdown_background();
+            if let Err(e) = result {
+                panic!("server stopped with an error: {e:#}");
+            }
         }
-        match self.pool {
-            TestPool::Sqlite(pool) => pool.close().await,
-            TestPool::Postgres(pool) => pool.close().await,
-        }
-        (self.db, self._data_dir)
+        self.into_parts().await
     }
 
     async fn spawn_in(
@@ -294,12 +315,20 @@ impl TestApp {
             .chain(settings.into_iter().map(|(f, v)| format!("{f}={v}")));
         let cli = Cli::try_parse_from(args).unwrap_or_else(|e| panic!("test settings: {e}"));
         let config = Config::from_settings(cli.settings).unwrap_or_else(|e| panic!("{e}"));
-        let app = Application::build(config)
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("test-server")
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("server runtime: {e}"));
+        let app = runtime
+            .spawn(Application::build(config))
             .await
+            .unwrap_or_else(|e| panic!("build panicked: {e}"))
             .unwrap_or_else(|e| panic!("build: {e:#}"));
         let (grpc_addr, http_addr) = (app.grpc_addr(), app.http_addr());
         let shutdown = app.shutdown_token();
-        let server = tokio::spawn(app.run_until_stopped());
+        let task = runtime.spawn(app.run_until_stopped());
         let pool = db.pool().await;
         Self {
             grpc_addr,
@@ -307,7 +336,7 @@ impl TestApp {
             db,
             pool,
             shutdown,
-            server,
+            server: Some(Server { runtime, task }),
             _data_dir: data_dir,
         }
     }

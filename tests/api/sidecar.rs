@@ -4,13 +4,16 @@ use nexus_billing::grpc::proto::billing::GetUsageRequest;
 
 use crate::helpers::{Backend, TestApp, authed, token};
 
-crate::on_both_backends!(
-    healthz_and_readyz_answer_ok,
-    metrics_count_grpc_requests_in_prometheus_text,
-    the_webhook_route_caps_the_body_and_refuses_unsigned_deliveries,
-    the_webhook_route_says_when_payments_are_not_configured,
-    unknown_routes_and_wrong_methods_are_refused,
-    request_ids_are_echoed_or_generated,
+crate::tests!(
+    backends: [
+        healthz_and_readyz_answer_ok,
+        metrics_count_grpc_requests_in_prometheus_text,
+        the_webhook_route_caps_the_body_and_refuses_unsigned_deliveries,
+        the_webhook_route_says_when_payments_are_not_configured,
+        unknown_routes_and_wrong_methods_are_refused,
+        request_ids_are_echoed_or_generated,
+    ],
+    postgres: [readyz_fails_when_postgres_goes_away],
 );
 
 async fn healthz_and_readyz_answer_ok(backend: Backend) {
@@ -179,11 +182,7 @@ async fn request_ids_are_echoed_or_generated(backend: Backend) {
 
 /// PostgreSQL only: readiness follows the database. (A SQLite file cannot be taken away from an
 /// open pool the same way.)
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_fails_when_postgres_goes_away() {
-    if !crate::helpers::postgres_available() {
-        return;
-    }
     let app = TestApp::spawn(Backend::Postgres).await;
     let ready = reqwest::get(app.http_url("/readyz"))
         .await

@@ -8,7 +8,7 @@ use nexus_billing::grpc::proto::integrations::{
     CancelSyncJobRequest, IntegrationStatus, ListSyncJobsRequest, Provider, SyncJob, SyncJobState,
 };
 use tonic::Code;
-use wiremock::ResponseTemplate;
+use crate::fake_http::ResponseTemplate;
 
 use crate::{
     exec,

@@ -10,7 +10,7 @@ use nexus_billing::grpc::proto::integrations::{
 };
 use serde_json::json;
 use tonic::Code;
-use wiremock::ResponseTemplate;
+use crate::fake_http::ResponseTemplate;
 
 use crate::{
     fake_providers::{FakeProvider, Kind},

@@ -32,7 +32,10 @@ use crate::{
 const BIN: &str = env!("CARGO_BIN_EXE_nexus-billing");
 const NEW_KEY: &str = "a0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3b4b5b6b7b8b9babbbcbdbebf";
 
-crate::on_both_backends!(rotate_keys_reseals_every_credential_under_the_new_key);
+crate::tests!(
+    backends: [rotate_keys_reseals_every_credential_under_the_new_key],
+    plain: [no_credential_reaches_the_logs_of_a_whole_sync_run],
+);
 
 fn key(hex_key: &str) -> [u8; 32] {
     let mut key = [0u8; 32];
@@ -151,7 +154,6 @@ async fn rotate_keys_reseals_every_credential_under_the_new_key(backend: Backend
 /// Runs the real binary at debug level with JSON logs through a whole connect, sync and
 /// disconnect of every provider (and a refused connect), then searches all it wrote for the
 /// credentials.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_credential_reaches_the_logs_of_a_whole_sync_run() {
     let zoho = FakeOAuth::start(OKind::Zoho).await;
     let fakes = [

@@ -6,7 +6,6 @@ use std::{sync::Arc, time::Duration};
 use nexus_billing::grpc::proto::billing::Tier;
 
 use super::{
-    browser_available,
     hosted_checkout::{HostedCheckout, spawn_courier},
     run_scenario, spawn_for_browser,
 };
@@ -15,6 +14,8 @@ use crate::{
     helpers::token,
     subscription_lifecycle::subscription,
 };
+
+crate::tests!(browser: [a_free_user_upgrades_through_checkout_changes_plan_cancels_and_resumes]);
 
 /// Stripe's settings as owned pairs.
 pub fn stripe_settings(stripe: &FakeStripe) -> Vec<(String, String)> {
@@ -25,11 +26,7 @@ pub fn stripe_settings(stripe: &FakeStripe) -> Vec<(String, String)> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_free_user_upgrades_through_checkout_changes_plan_cancels_and_resumes() {
-    if !browser_available() {
-        return;
-    }
     let stripe = Arc::new(FakeStripe::start().await);
     // Stripe answers in 100-500 ms.
     stripe.set_delay(Duration::from_millis(200));

@@ -5,7 +5,7 @@
 use nexus_billing::grpc::proto::billing::Tier;
 use serde_json::json;
 
-use super::{billing_flows::stripe_settings, browser_available, run_scenario, spawn_for_browser};
+use super::{billing_flows::stripe_settings, run_scenario, spawn_for_browser};
 use crate::{
     exec,
     fake_stripe::{FakeStripe, InvoiceSpec},
@@ -13,11 +13,9 @@ use crate::{
     subscription_lifecycle::subscribe,
 };
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+crate::tests!(browser: [expiring_tokens_past_due_troubled_connections_invoice_pages_and_an_unreachable_service]);
+
 async fn expiring_tokens_past_due_troubled_connections_invoice_pages_and_an_unreachable_service() {
-    if !browser_available() {
-        return;
-    }
     let stripe = FakeStripe::start().await;
     let mut settings = stripe_settings(&stripe);
     // No clock leeway, so a token that ends during the session is refused as soon as it ends.

@@ -8,14 +8,14 @@ use std::{sync::Arc, time::Duration};
 
 use serde_json::json;
 use tokio::sync::mpsc;
-use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate, matchers::any};
+use crate::fake_http::{FakeServer, Request, Respond, ResponseTemplate};
 
 use crate::fake_stripe::{FakeStripe, InvoiceSpec, PRICE_PREMIUM, SubSpec, sign_now};
 
 /// The hosted checkout page server (pages are served while it lives).
 pub struct HostedCheckout {
     /// Serves while this value lives.
-    _server: MockServer,
+    _server: FakeServer,
 }
 
 impl HostedCheckout {
@@ -27,13 +27,13 @@ impl HostedCheckout {
         Self,
         mpsc::UnboundedReceiver<(tokio::time::Instant, String)>,
     ) {
-        let server = MockServer::start().await;
-        stripe.set_checkout_base(&server.uri());
         let (events, outbox) = mpsc::unbounded_channel();
-        Mock::given(any())
-            .respond_with(Page { stripe, events })
-            .mount(&server)
-            .await;
+        let server = FakeServer::start(Page {
+            stripe: Arc::clone(&stripe),
+            events,
+        })
+        .await;
+        stripe.set_checkout_base(&server.uri());
         (Self { _server: server }, outbox)
     }
 }

@@ -2,22 +2,20 @@
 
 use std::time::Duration;
 
-use super::{browser_available, run_scenario, spawn_for_browser};
+use super::{run_scenario, spawn_for_browser};
 use crate::{
     fake_oauth::{FakeOAuth, OKind},
     fake_providers::{FakeProvider, HUBSPOT_TOKEN, Kind},
     helpers::token,
 };
 
+crate::tests!(browser: [hubspot_connects_after_a_rejected_key_syncs_with_live_progress_and_disconnects, dropbox_connects_through_the_oauth_button]);
+
 const CONTACTS: usize = 250;
 /// HubSpot refuses this contact (an invalid record): the page lists it with HubSpot's reason.
 const REFUSED: &str = "contact7@example.com";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hubspot_connects_after_a_rejected_key_syncs_with_live_progress_and_disconnects() {
-    if !browser_available() {
-        return;
-    }
     let hubspot = FakeProvider::start(Kind::Hubspot).await;
     // Slow enough that the page sees the job between batches.
     hubspot.delay_pushes(Duration::from_millis(400));
@@ -75,11 +73,7 @@ async fn hubspot_connects_after_a_rejected_key_syncs_with_live_progress_and_disc
     app.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropbox_connects_through_the_oauth_button() {
-    if !browser_available() {
-        return;
-    }
     let dropbox = FakeOAuth::start(OKind::Dropbox).await;
     let app = spawn_for_browser(&dropbox.settings()).await;
     let user = "browser-dropbox";

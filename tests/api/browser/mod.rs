@@ -2,8 +2,9 @@
 //! fakes, then runs one scenario of `web/e2e/` with Node and playwright-core (Debian's
 //! chromium, no browser download), then checks what the fakes and the database saw.
 //!
-//! They run when Node, `web/node_modules` (`npm ci` in web/) and Chromium are present, and say
-//! why they skipped otherwise; with NEXUS_REQUIRE_BROWSER=1 (as in CI) a missing piece fails.
+//! They run when Node, `web/node_modules` (`npm ci` in web/) and Chromium are present and are
+//! listed as ignored otherwise; with NEXUS_REQUIRE_BROWSER=1 (as in CI) a missing piece fails
+//! them (see `harness.rs`).
 //! Screenshots go to `target/e2e-screenshots/`. They run on SQLite (the storage is covered on
 //! both backends by the other tests; these cover the pages).
 
@@ -29,8 +30,20 @@ fn chromium() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"))
 }
 
+/// The scenarios of every file.
+pub(crate) fn trials() -> Vec<libtest_mimic::Trial> {
+    [
+        billing_flows::trials(),
+        error_paths::trials(),
+        integrations_flows::trials(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
 /// Why the browser tests cannot run here, if they cannot.
-fn missing_piece() -> Option<String> {
+pub fn missing_piece() -> Option<String> {
     let node = std::process::Command::new("node")
         .arg("--version")
         .stdout(Stdio::null())
@@ -48,19 +61,6 @@ fn missing_piece() -> Option<String> {
         ));
     }
     None
-}
-
-/// Whether the browser tests run; with NEXUS_REQUIRE_BROWSER=1 a missing piece fails the test.
-pub fn browser_available() -> bool {
-    let Some(why) = missing_piece() else {
-        return true;
-    };
-    assert!(
-        std::env::var("NEXUS_REQUIRE_BROWSER").as_deref() != Ok("1"),
-        "NEXUS_REQUIRE_BROWSER=1 but the browser tests cannot run: {why}"
-    );
-    eprintln!("skipped: browser tests need Node and Chromium: {why}");
-    false
 }
 
 /// A free loopback port: the dashboard's origin must be known before the server starts (the
