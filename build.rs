@@ -94,10 +94,16 @@ fn embed_migrations(out_dir: &std::path::Path) -> Result<(), Box<dyn std::error:
             let version: i64 = version
                 .parse()
                 .map_err(|_| format!("{name}: the version is not a number"))?;
-            found.push((version, description.replace('_', " "), path.display().to_string()));
+            found.push((
+                version,
+                description.replace('_', " "),
+                path.display().to_string(),
+            ));
         }
         found.sort();
-        code.push_str(&format!("pub static {constant}: &[(i64, &str, &str)] = &[\n"));
+        code.push_str(&format!(
+            "pub static {constant}: &[(i64, &str, &str)] = &[\n"
+        ));
         for (version, description, path) in found {
             code.push_str(&format!(
                 "    ({version}, {description:?}, include_str!({path:?})),\n"

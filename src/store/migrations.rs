@@ -56,8 +56,8 @@ mod tests {
             let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("migrations")
                 .join(dialect);
-            let from_files = sqlx::migrate::resolve_blocking(&dir)
-                .unwrap_or_else(|e| panic!("{dialect}: {e}"));
+            let from_files =
+                sqlx::migrate::resolve_blocking(&dir).unwrap_or_else(|e| panic!("{dialect}: {e}"));
             let embedded: Vec<&Migration> = migrator.iter().collect();
             assert!(from_files.len() >= 8, "{dialect}");
             assert_eq!(embedded.len(), from_files.len(), "{dialect}");

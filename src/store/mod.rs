@@ -16,8 +16,8 @@ pub(crate) mod mpesa_sql;
 mod sync_sql;
 #[macro_use]
 pub(crate) mod user_data_sql;
-mod postgres;
 pub mod migrations;
+mod postgres;
 mod rows;
 mod sqlite;
 pub mod sync_queue;

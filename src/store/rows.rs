@@ -55,7 +55,20 @@ pub(super) struct SubscriptionRow {
     state_as_of: Option<DateTime<Utc>>,
 }
 
-from_row!(SubscriptionRow { user_id, tier, status, provider, provider_customer_id, provider_subscription_id, current_period_start, current_period_end, cancel_at_period_end, cancel_at, past_due_since, state_as_of });
+from_row!(SubscriptionRow {
+    user_id,
+    tier,
+    status,
+    provider,
+    provider_customer_id,
+    provider_subscription_id,
+    current_period_start,
+    current_period_end,
+    cancel_at_period_end,
+    cancel_at,
+    past_due_since,
+    state_as_of
+});
 
 pub(super) const SUBSCRIPTION_QUERY: &str = "SELECT user_id, tier, status, provider, \
      provider_customer_id, provider_subscription_id, current_period_start, current_period_end, \
@@ -99,7 +112,17 @@ pub(super) struct IntegrationRow {
     updated_at: DateTime<Utc>,
 }
 
-from_row!(IntegrationRow { id, user_id, provider, status, settings, last_sync_at, last_error, created_at, updated_at });
+from_row!(IntegrationRow {
+    id,
+    user_id,
+    provider,
+    status,
+    settings,
+    last_sync_at,
+    last_error,
+    created_at,
+    updated_at
+});
 
 impl TryFrom<IntegrationRow> for Integration {
     type Error = StoreError;
@@ -156,7 +179,22 @@ pub(super) struct InvoiceRow {
     provider_created_at: DateTime<Utc>,
 }
 
-from_row!(InvoiceRow { id, user_id, provider, provider_invoice_id, provider_subscription_id, amount_due, amount_paid, currency, status, hosted_invoice_url, invoice_pdf_url, period_start, period_end, provider_created_at });
+from_row!(InvoiceRow {
+    id,
+    user_id,
+    provider,
+    provider_invoice_id,
+    provider_subscription_id,
+    amount_due,
+    amount_paid,
+    currency,
+    status,
+    hosted_invoice_url,
+    invoice_pdf_url,
+    period_start,
+    period_end,
+    provider_created_at
+});
 
 impl TryFrom<InvoiceRow> for StoredInvoice {
     type Error = StoreError;
@@ -201,7 +239,13 @@ pub(super) struct ActivityRow {
     created_at: DateTime<Utc>,
 }
 
-from_row!(ActivityRow { id, kind, message, details, created_at });
+from_row!(ActivityRow {
+    id,
+    kind,
+    message,
+    details,
+    created_at
+});
 
 impl From<ActivityRow> for super::ActivityRecord {
     fn from(row: ActivityRow) -> Self {
@@ -246,7 +290,15 @@ pub(super) struct ContactRow {
     job_title: Option<String>,
 }
 
-from_row!(ContactRow { id, email, first_name, last_name, company, phone, job_title });
+from_row!(ContactRow {
+    id,
+    email,
+    first_name,
+    last_name,
+    company,
+    phone,
+    job_title
+});
 
 impl From<ContactRow> for crate::domain::contact::Contact {
     fn from(row: ContactRow) -> Self {
@@ -288,7 +340,31 @@ pub(super) struct SyncJobRow {
     attempts_in_a_row: i32,
 }
 
-from_row!(SyncJobRow { id, integration_id, user_id, provider, direction, state, checkpoint, contacts_done, contacts_total, contacts_skipped, skipped_reason, contacts_failed, failures, last_error, attempts, max_attempts, next_attempt_at, created_at, started_at, finished_at, full_push, rate_limited, attempts_in_a_row });
+from_row!(SyncJobRow {
+    id,
+    integration_id,
+    user_id,
+    provider,
+    direction,
+    state,
+    checkpoint,
+    contacts_done,
+    contacts_total,
+    contacts_skipped,
+    skipped_reason,
+    contacts_failed,
+    failures,
+    last_error,
+    attempts,
+    max_attempts,
+    next_attempt_at,
+    created_at,
+    started_at,
+    finished_at,
+    full_push,
+    rate_limited,
+    attempts_in_a_row
+});
 
 fn count(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)

@@ -104,7 +104,9 @@ impl ResponseTemplate {
         K::Error: std::fmt::Debug,
         V::Error: std::fmt::Debug,
     {
-        let name = name.try_into().unwrap_or_else(|e| panic!("header name: {e:?}"));
+        let name = name
+            .try_into()
+            .unwrap_or_else(|e| panic!("header name: {e:?}"));
         let value = value
             .try_into()
             .unwrap_or_else(|e| panic!("header value: {e:?}"));

@@ -15,10 +15,10 @@ use std::{
     time::Duration,
 };
 
+use crate::fake_http::{FakeServer, Request, Respond, ResponseTemplate};
 use base64::Engine;
 use chrono::{NaiveDateTime, Utc};
 use serde_json::{Value, json};
-use crate::fake_http::{FakeServer, Request, Respond, ResponseTemplate};
 
 pub const CONSUMER_KEY: &str = "mpesa-consumer-key-test";
 pub const CONSUMER_SECRET: &str = "mpesa-consumer-secret-test-0123";

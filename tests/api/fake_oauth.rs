@@ -15,10 +15,10 @@ use std::{
     time::Duration,
 };
 
+use crate::fake_http::{FakeServer, Request, Respond, ResponseTemplate};
 use base64::Engine;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use crate::fake_http::{FakeServer, Request, Respond, ResponseTemplate};
 
 #[path = "fake_oauth_apis.rs"]
 mod apis;

@@ -3,8 +3,8 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use serde_json::{Value, json};
 use crate::fake_http::{Request, ResponseTemplate};
+use serde_json::{Value, json};
 
 use super::{Record, Responder, State, header, json_answer};
 

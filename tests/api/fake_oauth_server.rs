@@ -4,8 +4,8 @@
 
 use std::{collections::BTreeMap, sync::Mutex};
 
-use serde_json::json;
 use crate::fake_http::{Request, ResponseTemplate};
+use serde_json::json;
 
 use super::{CLIENT_ID, CLIENT_SECRET, OKind, Responder, State, header, json_answer, s256};
 

@@ -16,12 +16,12 @@ use std::{
     time::Duration,
 };
 
+use crate::fake_http::{FakeServer, Request, Respond, ResponseTemplate};
 use base64::Engine;
 use chrono::{DateTime, Months, Utc};
 use hmac::{Hmac, KeyInit, Mac};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use crate::fake_http::{FakeServer, Request, Respond, ResponseTemplate};
 
 pub const CLIENT_ID: &str = "paypal-client-test";
 pub const CLIENT_SECRET: &str = "paypal-secret-test-0123456789";

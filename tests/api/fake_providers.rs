@@ -10,9 +10,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::fake_http::{FakeServer, Request, Respond, ResponseTemplate};
 use base64::Engine;
 use serde_json::{Value, json};
-use crate::fake_http::{FakeServer, Request, Respond, ResponseTemplate};
 
 pub const HUBSPOT_TOKEN: &str = "pat-na1-FAKEHUBSPOTTOKEN-0123456789";
 pub const MAILCHIMP_KEY: &str = "0123456789abcdefFAKEMAILCHIMP-us6";

@@ -15,10 +15,10 @@ use std::{
     },
 };
 
+use crate::fake_http::{FakeServer, Request, Respond, ResponseTemplate};
 use hmac::{Hmac, KeyInit, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
-use crate::fake_http::{FakeServer, Request, Respond, ResponseTemplate};
 
 pub const SECRET_KEY: &str = "sk_test_fake_0123456789";
 pub const WEBHOOK_SECRET: &str = "whsec_test_secret";

@@ -79,7 +79,9 @@ where
     Trial::test(format!("{module}::{name}"), move || {
         if let Some(why) = needs.missing() {
             let var = needs.required_by().unwrap_or_default();
-            return Err(Failed::from(format!("{var}=1 but this test cannot run: {why}")));
+            return Err(Failed::from(format!(
+                "{var}=1 but this test cannot run: {why}"
+            )));
         }
         block_on(make())
     })
@@ -124,6 +126,8 @@ macro_rules! tests {
         $(plain: [$($plain_test:ident),* $(,)?] $(,)?)?
         $(sync: [$($sync_test:ident),* $(,)?] $(,)?)?
     ) => {
+        // One `push` per listed test reads as the list it is.
+        #[allow(clippy::vec_init_then_push)]
         pub(crate) fn trials() -> Vec<libtest_mimic::Trial> {
             #[allow(unused_imports)]
             use $crate::{harness::{Needs, sync_trial, trial}, helpers::Backend};

@@ -71,7 +71,10 @@ fn main() {
     let trials = all_trials();
     if !args.list {
         for (needs, what) in [
-            (harness::Needs::Postgres, "the PostgreSQL variants are ignored"),
+            (
+                harness::Needs::Postgres,
+                "the PostgreSQL variants are ignored",
+            ),
             (harness::Needs::Browser, "the browser tests are ignored"),
         ] {
             if needs.ignored()
