@@ -356,6 +356,7 @@ fn build_integrations(
             oauth_start_url: config.oauth.start_url.clone(),
             zoho_accounts_servers: config.oauth.zoho_accounts_servers.clone(),
             max_watch_streams_per_user: config.sync.max_watch_streams_per_user,
+            watch_fallback: config.sync.watch_fallback_interval,
         },
     ));
     Ok(Integrated {

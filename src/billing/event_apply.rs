@@ -9,7 +9,8 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
-use super::{Applied, Billing, DuplicatePolicy, apply_remote};
+use super::{Applied, Billing, apply_remote};
+use crate::domain::subscription::DuplicatePolicy;
 use crate::{
     domain::{
         UserId,

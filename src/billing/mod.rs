@@ -33,7 +33,7 @@ use crate::{
         freshness::{Evidence, Freshness, freshness},
         invoice::StoredInvoice,
         reconcile::{Reconciled, RemoteSubscription, is_live_status, reconcile},
-        subscription::PaymentProvider,
+        subscription::{DuplicatePolicy, PaymentProvider},
         usage::check_limit,
     },
     payments::{Gateways, PaymentError},
@@ -60,15 +60,6 @@ pub enum BillingError {
 
 /// Checks redirect URLs against the allowed origins (the open-redirect guard).
 pub type RedirectGuard = Box<dyn Fn(&str) -> bool + Send + Sync>;
-
-/// What happens when a user ends up with a second live subscription (paid in two tabs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum DuplicatePolicy {
-    /// Cancel the newer one at once and refund its payment.
-    Refund,
-    /// Keep both at the provider and flag it for support.
-    Flag,
-}
 
 pub struct Billing {
     store: Arc<dyn Store>,

@@ -135,7 +135,7 @@ pub struct Config {
     pub encryption_key_generated: bool,
     pub sync: SyncConfig,
     pub webhooks: WebhookConfig,
-    pub duplicate_policy: crate::billing::DuplicatePolicy,
+    pub duplicate_policy: crate::domain::subscription::DuplicatePolicy,
     pub endpoints: Endpoints,
     pub oauth: OAuthConfig,
 }
@@ -172,6 +172,7 @@ pub struct SyncConfig {
     pub scheduler_interval: Duration,
     pub retention_days: u32,
     pub max_watch_streams_per_user: usize,
+    pub watch_fallback_interval: Duration,
 }
 
 impl Config {
@@ -391,6 +392,7 @@ impl Config {
             scheduler_interval: s.sync_scheduler_interval,
             retention_days: s.retention_days,
             max_watch_streams_per_user: s.max_watch_streams_per_user,
+            watch_fallback_interval: s.watch_fallback_interval,
         };
         if s.sync_scheduler_interval.is_zero() {
             problem("SYNC_SCHEDULER_INTERVAL", "must be longer than 0".into());
@@ -400,6 +402,9 @@ impl Config {
         }
         if s.max_watch_streams_per_user == 0 {
             problem("MAX_WATCH_STREAMS_PER_USER", "must be at least 1".into());
+        }
+        if s.watch_fallback_interval.is_zero() {
+            problem("WATCH_FALLBACK_INTERVAL", "must be longer than 0".into());
         }
 
         let c = s.oauth_clients;

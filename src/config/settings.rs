@@ -3,7 +3,7 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use clap::{Args, ValueEnum};
+use clap::{Args, ValueEnum, builder::TypedValueParser};
 use url::Url;
 
 /// Zoho's accounts servers, one per data centre (US, EU, IN, UK, AU, JP, CA, SA, CN).
@@ -172,11 +172,12 @@ pub struct Settings {
     #[arg(
         long,
         env = "DUPLICATE_SUBSCRIPTION_POLICY",
-        value_enum,
         default_value = "refund",
+        value_parser = clap::builder::PossibleValuesParser::new(["refund", "flag"])
+            .try_map(|s| s.parse::<crate::domain::subscription::DuplicatePolicy>()),
         global = true
     )]
-    pub duplicate_subscription_policy: crate::billing::DuplicatePolicy,
+    pub duplicate_subscription_policy: crate::domain::subscription::DuplicatePolicy,
     /// Background workers applying stored webhook events (0: this replica only takes them in).
     #[arg(long, env = "WEBHOOK_WORKERS", default_value_t = 2, global = true)]
     pub webhook_workers: usize,
@@ -269,6 +270,10 @@ pub struct Settings {
         global = true
     )]
     pub max_watch_streams_per_user: usize,
+    /// How often a WatchSyncJob stream looks at its job when no change notice came (a notice
+    /// lost with a dropped database connection); changes themselves wake it at once.
+    #[arg(long, env = "WATCH_FALLBACK_INTERVAL", default_value = "15s", value_parser = humantime::parse_duration, global = true)]
+    pub watch_fallback_interval: Duration,
     /// Request budgets replacing the catalogue's, e.g. `hubspot=190/10s,mailchimp=10/1s`.
     #[arg(long, env = "RATE_LIMITS", global = true)]
     pub rate_limits: Option<String>,

@@ -65,6 +65,23 @@ impl fmt::Debug for Credentials {
     }
 }
 
+/// Keys of the OAuth values kept (sealed) in an integration's credentials.
+pub mod keys {
+    pub const ACCESS_TOKEN: &str = "accessToken";
+    pub const REFRESH_TOKEN: &str = "refreshToken";
+    /// Unix seconds; absent when the provider does not say (Salesforce).
+    pub const EXPIRES_AT: &str = "expiresAt";
+    /// Salesforce: the org's API host.
+    pub const INSTANCE_URL: &str = "instanceUrl";
+    /// Zoho: the account's API host.
+    pub const API_DOMAIN: &str = "apiDomain";
+    /// Google Drive: the id of contacts.csv once created.
+    pub const FILE_ID: &str = "fileId";
+    /// Zoho: the accounts server of the account's data centre (from the callback), where its
+    /// tokens are refreshed and revoked.
+    pub const ACCOUNTS_SERVER: &str = "accountsServer";
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -202,6 +202,27 @@ impl Subscription {
     }
 }
 
+/// What happens when a user ends up with a second live subscription (paid in two tabs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DuplicatePolicy {
+    /// Cancel the newer one at once and refund its payment.
+    Refund,
+    /// Keep both at the provider and flag it for support.
+    Flag,
+}
+
+impl std::str::FromStr for DuplicatePolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "refund" => Ok(Self::Refund),
+            "flag" => Ok(Self::Flag),
+            other => Err(format!("`{other}` is neither `refund` nor `flag`")),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,7 +1,7 @@
 //! `nexus.integrations.v1.IntegrationsService`: proto <-> domain conversion around
 //! [`crate::integrations::Integrations`].
 
-use std::{collections::BTreeMap, pin::Pin, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, pin::Pin, sync::Arc};
 
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
@@ -32,9 +32,6 @@ use crate::{
     store::JobCursor,
 };
 
-/// WatchSyncJob is woken by change notifications; it also looks at the job this often in
-/// case a notification was lost (a dropped database connection).
-const WATCH_FALLBACK: Duration = Duration::from_secs(15);
 /// Jobs per ListSyncJobs page when the request does not say.
 const DEFAULT_JOB_PAGE: u32 = 20;
 /// Largest credential or setting map accepted.
@@ -277,9 +274,12 @@ impl IntegrationsService for IntegrationsApi {
         let integrations = Arc::clone(&self.integrations);
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
+            // Woken by change notifications; it also looks at the job every `fallback` in case
+            // a notification was lost (a dropped database connection).
             let crate::integrations::job_watch::JobWatch {
                 mut changes,
                 permit,
+                fallback,
             } = watch;
             let mut last = sync_job_to_proto(&first);
             let mut done = first.state.is_final();
@@ -301,7 +301,7 @@ impl IntegrationsService for IntegrationsApi {
                         Err(RecvError::Lagged(_)) => {}
                         Err(RecvError::Closed) => return,
                     },
-                    () = tokio::time::sleep(WATCH_FALLBACK) => {}
+                    () = tokio::time::sleep(fallback) => {}
                     () = tx.closed() => return,
                     () = shutdown.cancelled() => {
                         let _ = tx

@@ -73,6 +73,8 @@ impl Drop for WatchPermit {
 pub struct JobWatch {
     pub changes: broadcast::Receiver<String>,
     pub permit: WatchPermit,
+    /// Look at the job this often even without a notice (one may be lost).
+    pub fallback: std::time::Duration,
 }
 
 impl Integrations {
@@ -83,6 +85,7 @@ impl Integrations {
         Ok(JobWatch {
             changes: self.store.job_changes(),
             permit,
+            fallback: self.watch_fallback,
         })
     }
 }

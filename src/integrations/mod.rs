@@ -2,7 +2,7 @@
 //! changing settings (`connections`), browser-bound OAuth (`oauth_flow`, with the OAuth client
 //! in `oauth` and token refreshes in `tokens`), sync jobs as the user sees them (`jobs`), and
 //! the background work: the sync worker (`sync_worker` with `sync_push`, `sync_import`,
-//! `sync_session`, `sync_outcome`), the scheduler and retention (`scheduler`), and revoking
+//! `sync_session`, `sync_attempt`, `sync_outcome`), the scheduler and retention (`scheduler`), and revoking
 //! every grant of a user whose data is erased (`account_closure`). Credentials
 //! never leave this module except sealed.
 
@@ -15,6 +15,7 @@ pub mod jobs;
 pub mod oauth;
 pub mod oauth_flow;
 pub mod scheduler;
+mod sync_attempt;
 mod sync_import;
 mod sync_outcome;
 mod sync_push;
@@ -62,6 +63,7 @@ pub struct Integrations {
     /// Zoho accounts servers a callback's `accounts-server` may name (ZOHO_ACCOUNTS_SERVERS).
     zoho_accounts_servers: Vec<Url>,
     watch_limits: Arc<job_watch::WatchLimits>,
+    watch_fallback: std::time::Duration,
 }
 
 /// What `Integrations` is set up with, beside its collaborators.
@@ -71,6 +73,8 @@ pub struct IntegrationsSettings {
     pub oauth_start_url: Url,
     pub zoho_accounts_servers: Vec<Url>,
     pub max_watch_streams_per_user: usize,
+    /// How often a watch stream looks at its job without a change notice.
+    pub watch_fallback: std::time::Duration,
 }
 
 /// A catalogue entry and whether the service can offer it now.
@@ -135,6 +139,7 @@ impl Integrations {
             oauth_start_url: settings.oauth_start_url,
             zoho_accounts_servers: settings.zoho_accounts_servers,
             watch_limits: job_watch::WatchLimits::new(settings.max_watch_streams_per_user),
+            watch_fallback: settings.watch_fallback,
         }
     }
 

@@ -20,27 +20,11 @@ use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use url::Url;
 
+use crate::domain::credentials::keys;
 use crate::{
     config::{Endpoints, OAuthConfig},
     domain::{catalogue::ProviderId, credentials::Credentials},
 };
-
-/// Keys of the OAuth values kept (sealed) in an integration's credentials.
-pub mod keys {
-    pub const ACCESS_TOKEN: &str = "accessToken";
-    pub const REFRESH_TOKEN: &str = "refreshToken";
-    /// Unix seconds; absent when the provider does not say (Salesforce).
-    pub const EXPIRES_AT: &str = "expiresAt";
-    /// Salesforce: the org's API host.
-    pub const INSTANCE_URL: &str = "instanceUrl";
-    /// Zoho: the account's API host.
-    pub const API_DOMAIN: &str = "apiDomain";
-    /// Google Drive: the id of contacts.csv once created.
-    pub const FILE_ID: &str = "fileId";
-    /// Zoho: the accounts server of the account's data centre (from the callback), where its
-    /// tokens are refreshed and revoked.
-    pub const ACCOUNTS_SERVER: &str = "accountsServer";
-}
 
 /// The longest token lifetime believed: a provider's `expires_in` beyond it (or a gigantic
 /// one) is read as this, so date arithmetic can never overflow.

@@ -16,9 +16,10 @@ use url::Url;
 
 use super::{
     IntegrationError, Integrations, OAUTH_STATE_TTL,
-    oauth::{OAuthError, TokenSet, keys},
+    oauth::{OAuthError, TokenSet},
     validate_settings,
 };
+use crate::domain::credentials::keys;
 use crate::{
     domain::{
         UserId,

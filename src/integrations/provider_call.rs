@@ -17,7 +17,7 @@ macro_rules! call_provider {
                 &$session.integration.settings,
             ) {
                 Ok(client) => client,
-                Err(e) => return Ok(Some($crate::integrations::sync_outcome::broken(e))),
+                Err(e) => return Ok(Some($crate::integrations::sync_attempt::broken(e))),
             };
             match $self.with_retries($shutdown, || $call).await {
                 Err($crate::providers::ProviderError::Unauthorized(reason)) => {

@@ -6,7 +6,7 @@ use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    sync_outcome::{Outcome, is_transient},
+    sync_attempt::{Outcome, is_transient},
     sync_session::Session,
     sync_worker::{IMPORT_CHECKPOINT, IMPORT_DONE, SyncWorker},
 };

@@ -10,16 +10,18 @@ use rand::Rng;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use super::sync_worker::{PUSH_CHECKPOINT, SyncWorker, sync_interval};
+use super::{
+    sync_attempt::{Outcome, broken},
+    sync_worker::{PUSH_CHECKPOINT, SyncWorker, sync_interval},
+};
 use crate::{
     domain::{
         UserId,
         activity::Activity,
-        contact::Contact,
         integration::IntegrationStatus,
-        sync_job::{JobProgress, JobState, PushKey, RecordFailure, SyncJob},
+        sync_job::{JobProgress, JobState, PushKey, SyncJob},
     },
-    providers::{ProviderError, PushReport},
+    providers::ProviderError,
     store::{JobEnd, StoreError},
 };
 
@@ -29,31 +31,6 @@ pub(super) const MAX_INLINE_WAIT: Duration = Duration::from_secs(60);
 
 /// How far behind the push's start the watermark stays (see `settle`).
 const WATERMARK_LAG: chrono::Duration = chrono::Duration::seconds(5);
-
-/// How an attempt ended.
-pub(super) enum Outcome {
-    /// Every contact was handled.
-    Done(JobProgress),
-    /// The process is stopping: back to the queue at once, the attempt given back.
-    Stopped,
-    /// Another worker holds the job now, or it was canceled or deleted: leave it alone.
-    LeaseLost,
-    /// A rate limit: back to the queue until `until`, the attempt given back, the park counted.
-    Parked {
-        until: DateTime<Utc>,
-        reason: String,
-    },
-    /// Worth another attempt later.
-    Retry { reason: String },
-    /// No more attempts: the job fails, the integration stays usable (the next sync tries
-    /// again).
-    GiveUp { reason: String },
-    /// Will not work until the user acts; `integration` is what the integration becomes.
-    Broken {
-        reason: String,
-        integration: IntegrationStatus,
-    },
-}
 
 impl SyncWorker {
     /// Calls the provider, retrying outages and short rate limits within the attempt
@@ -441,35 +418,6 @@ fn add(now: DateTime<Utc>, wait: Duration) -> DateTime<Utc> {
         .ok()
         .and_then(|wait| now.checked_add_signed(wait))
         .unwrap_or(DateTime::<Utc>::MAX_UTC)
-}
-
-pub(super) fn is_transient(error: &ProviderError) -> bool {
-    matches!(
-        error,
-        ProviderError::Unavailable(_) | ProviderError::RateLimited { .. }
-    )
-}
-
-/// Failures that stop the job until the user acts.
-pub(super) fn broken(error: ProviderError) -> Outcome {
-    Outcome::Broken {
-        reason: error.to_string(),
-        integration: IntegrationStatus::Error,
-    }
-}
-
-/// Every contact of a refused batch, as failures with the provider's reason.
-pub(super) fn batch_refused(batch: &[&Contact], reason: &str) -> PushReport {
-    PushReport {
-        failed: batch.len() as u64,
-        failures: batch
-            .iter()
-            .map(|c| RecordFailure {
-                email: c.email().unwrap_or_default().to_string(),
-                message: reason.to_string(),
-            })
-            .collect(),
-    }
 }
 
 fn next_utc_midnight(now: DateTime<Utc>) -> DateTime<Utc> {

@@ -6,11 +6,12 @@
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    sync_outcome::{Outcome, batch_refused, is_transient},
+    sync_attempt::{Outcome, batch_refused, is_transient},
     sync_session::Session,
     sync_worker::{PUSH_CHECKPOINT, SyncWorker},
     tokens::TokenError,
 };
+use crate::domain::credentials::keys;
 use crate::{
     domain::{
         catalogue::ProviderId,
@@ -18,7 +19,6 @@ use crate::{
         contact_csv::ContactsCsv,
         sync_job::{JobProgress, PushKey, SyncJob},
     },
-    integrations::oauth::keys,
     providers::{ProviderError, PushReport},
     store::StoreError,
 };

@@ -2,10 +2,10 @@
 //! 401.
 
 use super::{
-    oauth::keys,
-    sync_outcome::{Outcome, broken},
+    sync_attempt::{Outcome, broken},
     tokens::{TokenError, TokenKeeper},
 };
+use crate::domain::credentials::keys;
 use crate::{
     domain::{
         catalogue::AuthKind,

@@ -16,7 +16,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::{sync_outcome::Outcome, sync_session::Session, tokens::TokenKeeper};
+use super::{sync_attempt::Outcome, sync_session::Session, tokens::TokenKeeper};
 use crate::{
     billing::Billing,
     config::SyncConfig,

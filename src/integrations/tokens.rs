@@ -8,12 +8,13 @@ use std::{sync::Arc, time::Duration};
 
 use chrono::Utc;
 
+use crate::domain::credentials::keys;
 use crate::{
     domain::{
         credentials::Credentials,
         integration::{Integration, IntegrationStatus},
     },
-    integrations::oauth::{OAuth, OAuthError, expires_at, keys},
+    integrations::oauth::{OAuth, OAuthError, expires_at},
     store::{Store, StoreError},
     telemetry::error_chain,
     vault::Vault,

@@ -9,7 +9,7 @@ use reqwest::header::CONTENT_TYPE;
 use url::Url;
 
 use super::{FileSink, ProviderError, http::Client, required};
-use crate::{domain::credentials::Credentials, integrations::oauth::keys};
+use crate::domain::credentials::{Credentials, keys};
 
 pub const DEFAULT_PATH: &str = "/Nexus Cards/contacts.csv";
 /// Largest file `files/upload` takes (upload sessions beyond are not built).

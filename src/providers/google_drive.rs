@@ -8,7 +8,7 @@ use serde::Deserialize;
 use url::Url;
 
 use super::{FileSink, ProviderError, http::Client, required};
-use crate::{domain::credentials::Credentials, integrations::oauth::keys};
+use crate::domain::credentials::{Credentials, keys};
 
 /// Largest body sent as one multipart request.
 pub const MULTIPART_LIMIT: usize = 5 * 1024 * 1024;

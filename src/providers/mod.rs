@@ -411,6 +411,42 @@ fn required<'a>(credentials: &'a Credentials, key: &'static str) -> Result<&'a s
     })
 }
 
+/// The most instants of `times` (sorted) that fall in any one window of length `window`
+/// (half-open, as a provider counts requests in a rolling window).
+#[cfg(test)]
+pub(crate) fn most_in_any_window(times: &[Duration], window: Duration) -> usize {
+    let mut most = 0;
+    let mut start = 0;
+    for (end, t) in times.iter().enumerate() {
+        while *t >= times[start] + window {
+            start += 1;
+        }
+        most = most.max(end + 1 - start);
+    }
+    most
+}
+
+/// A small deterministic generator of jitter for the fake-clock tests (no seed to manage).
+#[cfg(test)]
+pub(crate) struct Jitter(u64);
+
+#[cfg(test)]
+impl Jitter {
+    pub(crate) fn new(seed: u64) -> Self {
+        Self(seed | 1)
+    }
+
+    /// A duration in `[0, max)`.
+    pub(crate) fn below(&mut self, max: Duration) -> Duration {
+        // xorshift64
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        let nanos = u64::try_from(max.as_nanos()).unwrap_or(u64::MAX).max(1);
+        Duration::from_nanos(self.0 % nanos)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -453,5 +489,68 @@ mod tests {
                 "{requests}/{per_seconds}s only {most}"
             );
         }
+    }
+
+    /// The limiter itself (governor's GCRA with our quota) on a fake clock: callers as eager
+    /// as can be, each request then delayed on its way by network and scheduling jitter, which
+    /// can bunch requests together. The quota's margin absorbs jitter up to
+    /// `requests * spacing - window` (at least one spacing, or 5 % of the window for a budget
+    /// of one): with any jitter below it, the provider never sees more than its limit in any
+    /// window. No wall clock is involved, so this holds on any machine.
+    #[test]
+    fn the_limiter_keeps_under_the_limit_in_every_window_whatever_the_jitter() {
+        use governor::clock::{Clock, FakeRelativeClock, Reference};
+        for (requests, per_seconds) in [(100, 10), (10, 1), (1, 1), (5, 1), (20, 1), (190, 10)] {
+            let limit = RateLimit {
+                requests,
+                per_seconds,
+            };
+            let window = Duration::from_secs(u64::from(per_seconds));
+            let q = quota(limit);
+            let clock = FakeRelativeClock::default();
+            let limiter = RateLimiter::direct_with_clock(q, clock.clone());
+            let spacing = q.replenish_interval();
+            let tolerance = spacing * requests - window;
+            assert!(
+                tolerance >= spacing.min(window / 20),
+                "{requests}/{per_seconds}s: margin {tolerance:?}"
+            );
+            let mut jitter = Jitter::new(u64::from(requests) * 7919);
+            let start = clock.now();
+            let mut arrivals = Vec::new();
+            while arrivals.len() < 20 * requests as usize {
+                match limiter.check() {
+                    Ok(()) => {
+                        let sent: Duration = clock.now().duration_since(start).into();
+                        arrivals.push(sent + jitter.below(tolerance));
+                    }
+                    // The caller wakes when told, or a little later.
+                    Err(not_until) => clock
+                        .advance(not_until.wait_time_from(clock.now()) + jitter.below(spacing / 4)),
+                }
+            }
+            arrivals.sort();
+            let most = most_in_any_window(&arrivals, window);
+            assert!(
+                most <= requests as usize,
+                "{requests}/{per_seconds}s: {most} in one window"
+            );
+            // And the budget is used, not wasted: at least 85 % of the limit per window.
+            let sent_in = arrivals.last().copied().unwrap_or_default();
+            let per_window = arrivals.len() as f64 / (sent_in.as_secs_f64() / window.as_secs_f64());
+            assert!(
+                per_window >= 0.85 * f64::from(requests),
+                "{requests}/{per_seconds}s: only {per_window:.1} per window"
+            );
+        }
+    }
+
+    #[test]
+    fn most_in_any_window_counts_a_rolling_window() {
+        let ms = Duration::from_millis;
+        let times = [ms(0), ms(100), ms(999), ms(1000), ms(1001), ms(2500)];
+        assert_eq!(most_in_any_window(&times, ms(1000)), 4);
+        assert_eq!(most_in_any_window(&times, ms(1)), 1);
+        assert_eq!(most_in_any_window(&[], ms(1000)), 0);
     }
 }

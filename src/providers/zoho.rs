@@ -15,10 +15,8 @@ use super::{
     ContactSink, ContactSource, ImportPage, ProviderError, PushReport, api_base, http::Client,
     json_fields, remote_contact, required,
 };
-use crate::{
-    domain::{contact::Contact, credentials::Credentials, sync_job::RecordFailure},
-    integrations::oauth::keys,
-};
+use crate::domain::credentials::keys;
+use crate::domain::{contact::Contact, credentials::Credentials, sync_job::RecordFailure};
 
 const PER_PAGE: u32 = 200;
 /// Records page numbers can reach; past them only `page_token` works.

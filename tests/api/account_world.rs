@@ -2,8 +2,6 @@
 //! Drive (OAuth) around the service; a user holding everything the service can hold; the
 //! AccountService calls; and a search of every row of every table for a user's traces.
 
-use std::time::Duration;
-
 use nexus_billing::grpc::proto::{
     account::{DeleteMyDataRequest, DeleteMyDataResponse, ExportMyDataRequest},
     billing::Tier,
@@ -106,7 +104,7 @@ pub async fn rich_user(w: &World, user: &str) -> String {
     connect(app, user, &w.hubspot).await;
     let mut client = app.integrations().await;
     let job = start_sync(&mut client, user, Provider::Hubspot).await;
-    wait_for_job(app, user, &job.id, Duration::from_secs(30)).await;
+    wait_for_job(app, user, &job.id).await;
     connect_oauth(app, user, &w.drive, &[]).await;
     // Started and never finished.
     start_oauth(app, user, OKind::GoogleDrive, &[]).await;

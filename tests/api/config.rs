@@ -299,7 +299,7 @@ async fn a_first_run_with_no_configuration_serves_with_the_printed_token() {
     let killed = Command::new("kill").args(["-TERM", &pid]).status();
     assert!(killed.is_ok_and(|s| s.success()));
     let status = tokio::task::spawn_blocking(move || {
-        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        let deadline = std::time::Instant::now() + crate::helpers::PATIENCE;
         loop {
             if let Ok(Some(status)) = child.try_wait() {
                 return Some(status);
@@ -417,7 +417,7 @@ async fn no_secret_or_token_reaches_the_logs_even_at_debug_level() {
     // The "serving" log line carries the bound addresses.
     let mut log = Vec::new();
     let (mut grpc, mut http) = (None, None);
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let deadline = std::time::Instant::now() + crate::helpers::PATIENCE;
     while (grpc.is_none() || http.is_none()) && std::time::Instant::now() < deadline {
         let Ok(line) = lines_rx.recv_timeout(Duration::from_millis(200)) else {
             continue;

@@ -11,6 +11,8 @@
 //!   every later one) through. A dropped `Hold` releases, so a failed test never leaves a
 //!   request hanging.
 //! - [`ResponseTemplate::lost`]: the fake acts and closes the connection without an answer.
+//! - `POST /__fake/release` releases every hold of the server: for a browser scenario (a
+//!   separate process) to say it has seen what it waited for.
 //!
 //! Shared with the benchmarks (`#[path]`), so it only uses what both have.
 
@@ -144,6 +146,8 @@ type Matcher = Box<dyn Fn(&Request) -> bool + Send + Sync>;
 struct HoldState {
     point: HoldPoint,
     matches: Matcher,
+    /// Holds only this many requests; later ones pass (`None`: every matching request).
+    limit: Option<usize>,
     released: watch::Sender<bool>,
     arrived: watch::Sender<usize>,
 }
@@ -202,7 +206,16 @@ impl Shared {
         };
         for hold in matching {
             let mut released = hold.released.subscribe();
-            hold.arrived.send_modify(|n| *n += 1);
+            let mut taken = true;
+            hold.arrived.send_modify(|n| {
+                taken = hold.limit.is_none_or(|limit| *n < limit);
+                if taken {
+                    *n += 1;
+                }
+            });
+            if !taken {
+                continue;
+            }
             // Only the test releases a hold (or drops it); no deadline here.
             let _ = released.wait_for(|&r| r).await;
         }
@@ -254,9 +267,29 @@ impl FakeServer {
         point: HoldPoint,
         matches: impl Fn(&Request) -> bool + Send + Sync + 'static,
     ) -> Hold {
+        self.hold_with(point, None, matches)
+    }
+
+    /// Like [`FakeServer::hold`], for the first `n` matching requests only; later ones pass.
+    pub fn hold_first(
+        &self,
+        n: usize,
+        point: HoldPoint,
+        matches: impl Fn(&Request) -> bool + Send + Sync + 'static,
+    ) -> Hold {
+        self.hold_with(point, Some(n), matches)
+    }
+
+    fn hold_with(
+        &self,
+        point: HoldPoint,
+        limit: Option<usize>,
+        matches: impl Fn(&Request) -> bool + Send + Sync + 'static,
+    ) -> Hold {
         let state = Arc::new(HoldState {
             point,
             matches: Box::new(matches),
+            limit,
             released: watch::Sender::new(false),
             arrived: watch::Sender::new(0),
         });
@@ -343,6 +376,19 @@ async fn answer(
         headers: parts.headers,
         body,
     };
+    if request.method == Method::POST && request.url.path() == "/__fake/release" {
+        for hold in shared
+            .holds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            hold.released.send_replace(true);
+        }
+        let mut released = http::Response::new(Full::new(Bytes::new()));
+        *released.status_mut() = StatusCode::NO_CONTENT;
+        return Ok(released);
+    }
     shared.pass(HoldPoint::Arrival, &request).await;
     let template = shared.responder.respond(&request);
     shared.pass(HoldPoint::Answer, &request).await;
@@ -359,4 +405,17 @@ async fn answer(
         response.headers_mut().insert(name, value);
     }
     Ok(response)
+}
+
+/// Selects requests by method and path prefix, for [`FakeServer::hold`]:
+/// `route("POST", "/v1/subscriptions/")`; `"*"` matches any method.
+pub fn route(
+    method: &'static str,
+    prefix: &str,
+) -> impl Fn(&Request) -> bool + Send + Sync + 'static {
+    let prefix = prefix.to_string();
+    move |request| {
+        (method == "*" || request.method.as_str() == method)
+            && request.url.path().starts_with(&prefix)
+    }
 }

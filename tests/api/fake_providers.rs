@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::fake_http::{FakeServer, Request, Respond, ResponseTemplate};
+use crate::fake_http::{FakeServer, Hold, HoldPoint, Request, Respond, ResponseTemplate};
 use base64::Engine;
 use serde_json::{Value, json};
 
@@ -177,6 +177,19 @@ impl FakeProvider {
         self.state().hang_after = Some(accepted);
     }
 
+    /// Holds every push request after the first `passed` ones at `point` (see `fake_http`):
+    /// the test decides when the provider sees them, or when their answers come.
+    pub fn hold_pushes(&self, point: HoldPoint, passed: usize) -> Hold {
+        let kind = self.kind;
+        let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        self.server.hold(point, move |request| {
+            is_push(kind, request)
+                && seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= passed
+        })
+    }
+
+    /// Answers every push `delay` late (latency, as real providers have; for ordering use
+    /// [`FakeProvider::hold_pushes`]).
     pub fn delay_pushes(&self, delay: Duration) {
         self.state().delay = Some(delay);
     }
@@ -226,6 +239,22 @@ impl FakeProvider {
             "{:?} fake saw bad requests: {problems:#?}",
             self.kind
         );
+    }
+}
+
+/// Whether `request` is a push of contacts to the provider of `kind`.
+fn is_push(kind: Kind, request: &Request) -> bool {
+    let (method, path) = (request.method.as_str(), request.url.path());
+    match kind {
+        Kind::Hubspot => method == "POST" && path == "/crm/v3/objects/contacts/batch/upsert",
+        Kind::Mailchimp => method == "POST" && path == format!("/3.0/lists/{MAILCHIMP_LIST}"),
+        Kind::Sendgrid => method == "PUT" && path == "/v3/marketing/contacts",
+        Kind::Zapier => {
+            method == "POST"
+                && path == ZAPIER_HOOK_PATH
+                && serde_json::from_slice::<Value>(&request.body)
+                    .is_ok_and(|body| body["event"] == "contacts")
+        }
     }
 }
 

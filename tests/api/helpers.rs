@@ -198,6 +198,47 @@ impl Drop for TestApp {
 /// How long a server may take to stop gracefully before the test fails.
 const STOP_DEADLINE: Duration = Duration::from_secs(60);
 
+/// How long a test waits for a condition before it fails. Generous, because tests run side by
+/// side on a busy machine and only a failing test ever waits this long: no test depends on
+/// how fast anything happens, only on what happens.
+pub const PATIENCE: Duration = Duration::from_secs(120);
+
+/// Polls `probe` until it gives something, and returns that; fails the test (naming `what`)
+/// after [`PATIENCE`].
+pub async fn wait_for<T, F, Fut>(what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if let Some(found) = probe().await {
+            return found;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still not so after {PATIENCE:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until `check` holds, polling; fails the test (naming `what`) after [`PATIENCE`].
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still not so after {PATIENCE:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// The settings every test server starts with, as flag/value pairs.
 fn base_settings(db_url: &str, data_dir: &std::path::Path) -> Vec<(String, String)> {
     [
@@ -275,6 +316,22 @@ impl TestApp {
             tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}")),
         );
         (db, data_dir)
+    }
+
+    /// Starts a graceful stop without waiting for it (what SIGTERM does); [`TestApp::restart`]
+    /// or [`TestApp::stop`] then waits for it to end.
+    pub fn signal_stop(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Ends every sync job lease at once, as if the lease time had passed: after a crash, the
+    /// next worker takes the job over now instead of a lease later.
+    pub async fn expire_sync_leases(&self) {
+        exec!(
+            &self.pool,
+            "UPDATE sync_jobs SET lease_expires_at = $1 WHERE state = 'running'",
+            Utc::now() - chrono::Duration::minutes(1)
+        );
     }
 
     /// Stops the server gracefully and starts a new one on the same database.
@@ -567,20 +624,12 @@ impl TestApp {
         self.settle().await;
     }
 
-    /// Waits (up to 30 s) until no stored webhook event is pending.
+    /// Waits until no stored webhook event is pending.
     pub async fn settle(&self) {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        loop {
-            let pending = self.count("webhook_inbox", "state = 'pending'").await;
-            if pending == 0 {
-                return;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{pending} webhook events still pending after 30 s"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+        eventually("every webhook event applied or failed", || async {
+            self.count("webhook_inbox", "state = 'pending'").await == 0
+        })
+        .await;
     }
 
     /// The database URL (for running the binary against this server's database).

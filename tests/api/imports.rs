@@ -2,7 +2,6 @@
 //! end, contacts matched by email (case-insensitive, one contact per address), a newer local
 //! edit kept, the FREE plan's contact limit, resuming after a crash, and push-then-import.
 
-use std::time::Duration;
 
 use nexus_billing::grpc::proto::integrations::{
     Provider, SyncDirection, SyncIntegrationRequest, SyncJob, SyncJobState,
@@ -13,7 +12,7 @@ use crate::{
     exec,
     fake_oauth::{FakeOAuth, OKind, record},
     fake_providers::{FakeProvider, Kind},
-    helpers::{Backend, SeedSubscription, TestApp, TestPool, authed, token},
+    helpers::{Backend, SeedSubscription, TestApp, TestPool, authed, eventually, token},
     integrations::{connect, spawn_with_fakes, wait_for_job},
     oauth::{connect_oauth, oauth_settings, spawn_with_oauth},
 };
@@ -185,7 +184,7 @@ async fn imports_page_through_each_crm_and_keep_newer_local_edits(backend: Backe
         }
         let job = start_import(&app, user, provider, SyncDirection::Import).await;
         assert_eq!(job.direction(), SyncDirection::Import);
-        let job = wait_for_job(&app, user, &job.id, Duration::from_secs(20)).await;
+        let job = wait_for_job(&app, user, &job.id).await;
         assert_eq!(
             job.state(),
             SyncJobState::Succeeded,
@@ -239,7 +238,7 @@ async fn a_free_plan_import_stops_at_the_contact_limit(backend: Backend) {
     app.add_contacts("ada", 45).await;
     connect_oauth(&app, "ada", &fake, &[]).await;
     let job = start_import(&app, "ada", Provider::Salesforce, SyncDirection::Import).await;
-    let job = wait_for_job(&app, "ada", &job.id, Duration::from_secs(20)).await;
+    let job = wait_for_job(&app, "ada", &job.id).await;
     assert_eq!(job.state(), SyncJobState::Succeeded, "{job:?}");
     assert_eq!(job.contacts_done, 12);
     assert_eq!(job.contacts_skipped, 7);
@@ -262,7 +261,7 @@ async fn a_free_plan_import_stops_at_the_contact_limit(backend: Backend) {
     app.add_contacts("bea", 45).await;
     connect_oauth(&app, "bea", &fake, &[]).await;
     let job = start_import(&app, "bea", Provider::Salesforce, SyncDirection::Import).await;
-    let job = wait_for_job(&app, "bea", &job.id, Duration::from_secs(20)).await;
+    let job = wait_for_job(&app, "bea", &job.id).await;
     assert_eq!(job.contacts_skipped, 0, "{job:?}");
     assert_eq!(contacts_of(&app, "bea").await.len(), 57);
     fake.assert_no_problems();
@@ -271,7 +270,7 @@ async fn a_free_plan_import_stops_at_the_contact_limit(backend: Backend) {
 
 /// Imports 9 contacts (3 pages) from `kind` for "ada": the first `answered` pages are answered,
 /// the next never is, and the process dies while waiting. `before_restart` changes the fake
-/// before a new server takes the job over (after the 1 s lease); returns when the job is over.
+/// before a new server takes the job over (its lease ended); returns when the job is over.
 async fn crash_during_import(
     backend: Backend,
     kind: OKind,
@@ -293,23 +292,24 @@ async fn crash_during_import(
             .collect(),
     );
     fake.hang_import_after(answered);
-    let lease = [("--sync-lease", "1s")];
-    let app = spawn_with_oauth(backend, &[&fake], &lease).await;
+    let app = spawn_with_oauth(backend, &[&fake], &[]).await;
     connect_oauth(&app, "ada", &fake, &[]).await;
     let job = start_import(&app, "ada", provider, SyncDirection::Import).await;
-    while fake.import_requests() < answered + 1 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("the unanswered page was asked for", || async {
+        fake.import_requests() > answered
+    })
+    .await;
     fake.hang_import_after(usize::MAX);
     before_restart(&fake);
     let settings = oauth_settings(&[&fake]);
-    let mut overrides: Vec<(&str, &str)> = settings
+    let overrides: Vec<(&str, &str)> = settings
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
-    overrides.extend_from_slice(&lease);
     let app = app.crash_and_restart(&overrides).await;
-    let job = wait_for_job(&app, "ada", &job.id, Duration::from_secs(30)).await;
+    // The crashed worker's lease runs out (it would, a lease later).
+    app.expire_sync_leases().await;
+    let job = wait_for_job(&app, "ada", &job.id).await;
     (app, fake, job)
 }
 
@@ -363,7 +363,7 @@ async fn both_directions_import_then_push_without_echo(backend: Backend) {
     app.add_contacts("ada", 2).await;
     connect(&app, "ada", &hubspot).await;
     let job = start_import(&app, "ada", Provider::Hubspot, SyncDirection::Both).await;
-    let job = wait_for_job(&app, "ada", &job.id, Duration::from_secs(20)).await;
+    let job = wait_for_job(&app, "ada", &job.id).await;
     assert_eq!(job.state(), SyncJobState::Succeeded, "{job:?}");
     assert_eq!(job.direction(), SyncDirection::Both);
     // Imported first (4), then the push: the 2 local contacts are sent, the 4 just read from
@@ -379,7 +379,7 @@ async fn both_directions_import_then_push_without_echo(backend: Backend) {
     // Again with nothing changed on either side: everything read, nothing written or sent.
     let before = written_at(&app, "ada").await;
     let job = start_import(&app, "ada", Provider::Hubspot, SyncDirection::Both).await;
-    let job = wait_for_job(&app, "ada", &job.id, Duration::from_secs(20)).await;
+    let job = wait_for_job(&app, "ada", &job.id).await;
     assert_eq!(job.state(), SyncJobState::Succeeded, "{job:?}");
     assert_eq!(hubspot.import_requests(), 4);
     assert_eq!(

@@ -15,7 +15,7 @@ use tonic::{Code, transport::Channel};
 
 use crate::{
     fake_providers::{FakeProvider, HUBSPOT_TOKEN, Kind},
-    helpers::{Backend, ENCRYPTION_KEY, TestApp, authed, seed_integration, token},
+    helpers::{Backend, ENCRYPTION_KEY, PATIENCE, TestApp, authed, seed_integration, token},
 };
 
 pub fn provider_of(kind: Kind) -> Provider {
@@ -120,10 +120,10 @@ pub fn is_final(job: &SyncJob) -> bool {
     )
 }
 
-/// Polls the job until it reaches a final state.
-pub async fn wait_for_job(app: &TestApp, user: &str, id: &str, within: Duration) -> SyncJob {
+/// Polls the job until it reaches a final state (failing the test after `PATIENCE`).
+pub async fn wait_for_job(app: &TestApp, user: &str, id: &str) -> SyncJob {
     let mut client = app.integrations().await;
-    let deadline = tokio::time::Instant::now() + within;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
         let job = get_job(&mut client, user, id).await;
         if is_final(&job) {
@@ -131,9 +131,9 @@ pub async fn wait_for_job(app: &TestApp, user: &str, id: &str, within: Duration)
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "job not finished in {within:?}: {job:?}"
+            "job not finished after {PATIENCE:?}: {job:?}"
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -147,7 +147,7 @@ pub async fn watch_job(app: &TestApp, user: &str, id: &str) -> Vec<SyncJob> {
         .unwrap_or_else(|e| panic!("watch: {e}"))
         .into_inner();
     let mut updates = Vec::new();
-    while let Some(item) = tokio::time::timeout(Duration::from_secs(60), stream.message())
+    while let Some(item) = tokio::time::timeout(PATIENCE, stream.message())
         .await
         .unwrap_or_else(|_| panic!("watch stalled after {updates:?}"))
         .unwrap_or_else(|e| panic!("watch stream: {e}"))
@@ -649,7 +649,7 @@ async fn credentials_are_stored_sealed_and_a_tampered_envelope_stops_the_sync(ba
     );
     let mut client = app.integrations().await;
     let job = start_sync(&mut client, "ada", Provider::Hubspot).await;
-    let job = wait_for_job(&app, "ada", &job.id, Duration::from_secs(20)).await;
+    let job = wait_for_job(&app, "ada", &job.id).await;
     assert_eq!(job.state(), SyncJobState::Failed);
     assert!(job.last_error.contains("cannot be read"), "{job:?}");
     assert_eq!(hubspot.push_requests(), 0);

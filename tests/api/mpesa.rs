@@ -14,7 +14,7 @@ use tonic::Code;
 use crate::{
     exec,
     fake_mpesa::{FakeMpesa, PRICE_PREMIUM, PRICE_PRO, callback},
-    helpers::{Backend, TestApp, authed, token},
+    helpers::{Backend, TestApp, authed, eventually, token, wait_for},
     subscription_lifecycle::{subscribe, subscription},
 };
 
@@ -91,14 +91,11 @@ async fn payment_state(app: &TestApp, request_id: &str) -> (String, Option<Strin
 
 /// Waits until the request is no longer pending (the processor or poller settled it).
 async fn settled(app: &TestApp, request_id: &str) -> (String, Option<String>) {
-    for _ in 0..200 {
+    wait_for(&format!("payment {request_id} settled"), || async {
         let state = payment_state(app, request_id).await;
-        if state.0 != "pending" {
-            return state;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    panic!("payment {request_id} still pending after 10 s");
+        (state.0 != "pending").then_some(state)
+    })
+    .await
 }
 
 async fn the_push_is_well_formed_and_one_waits_at_a_time(backend: Backend) {
@@ -323,8 +320,9 @@ async fn forged_callbacks_change_nothing(backend: Backend) {
         post_callback(&app, &callback(&id, 0, Some("FAKE000002"), PRICE_PREMIUM)).await,
         (200, 0)
     );
-    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-    assert!(mpesa.queries(&id) >= 1);
+    // Daraja answers "still processing" until the payer answers: the service asked, was told
+    // so, and asked again later, never settling on the callback's word.
+    eventually("Daraja was asked twice", || async { mpesa.queries(&id) >= 2 }).await;
     assert_eq!(payment_state(&app, &id).await.0, "pending");
     assert_eq!(
         subscription(&app, "mp-fo").await.effective_tier,
@@ -420,21 +418,12 @@ async fn paying_again_extends_and_the_end_falls_back_to_free(backend: Backend) {
         subscription(&app, "mp-ex").await.effective_tier,
         i32::from(Tier::Free)
     );
-    for _ in 0..100 {
-        if app
-            .count("subscriptions", "user_id = 'mp-ex' AND status = 'canceled'")
+    eventually("the ended period was canceled", || async {
+        app.count("subscriptions", "user_id = 'mp-ex' AND status = 'canceled'")
             .await
             == 1
-        {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    assert_eq!(
-        app.count("subscriptions", "user_id = 'mp-ex' AND status = 'canceled'")
-            .await,
-        1
-    );
+    })
+    .await;
     assert!(
         app.activity_kinds("mp-ex")
             .await

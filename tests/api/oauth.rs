@@ -390,10 +390,7 @@ async fn denied_consent_and_a_failed_exchange_store_nothing(backend: Backend) {
         .await
         .err()
         .unwrap_or_else(|| panic!("a failed exchange connected"));
-    assert!(
-        matches!(status.code(), Code::Unavailable | Code::InvalidArgument),
-        "{status:?}"
-    );
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert_eq!(app.count("integrations", "").await, 0);
     fake.assert_no_problems();
     app.stop().await;
@@ -509,7 +506,7 @@ async fn tokens_are_refreshed_before_they_expire_and_rotated_tokens_kept(backend
 
     let mut client = app.integrations().await;
     let job = start_sync(&mut client, "ada", Provider::GoogleDrive).await;
-    let job = wait_for_job(&app, "ada", &job.id, Duration::from_secs(20)).await;
+    let job = wait_for_job(&app, "ada", &job.id).await;
     assert_eq!(job.state(), SyncJobState::Succeeded, "{job:?}");
     assert_eq!(fake.refresh_calls(), 1, "refreshed before use, once");
     assert_eq!(fake.unauthorised_calls(), 0, "an expiring token was used");
@@ -522,7 +519,7 @@ async fn tokens_are_refreshed_before_they_expire_and_rotated_tokens_kept(backend
     // The next refresh (forced by a 401) uses the rotated token (a full push: nothing changed).
     fake.expire_access_tokens();
     let job = crate::integrations::start_full_sync(&mut client, "ada", Provider::GoogleDrive).await;
-    let job = wait_for_job(&app, "ada", &job.id, Duration::from_secs(20)).await;
+    let job = wait_for_job(&app, "ada", &job.id).await;
     assert_eq!(job.state(), SyncJobState::Succeeded, "{job:?}");
     assert_eq!(fake.refresh_calls(), 2);
     let requests = fake.token_requests();
@@ -541,7 +538,7 @@ async fn a_401_forces_one_refresh_and_invalid_grant_needs_reauth(backend: Backen
     fake.expire_access_tokens();
     let mut client = app.integrations().await;
     let job = start_sync(&mut client, "ada", Provider::ZohoCrm).await;
-    let job = wait_for_job(&app, "ada", &job.id, Duration::from_secs(20)).await;
+    let job = wait_for_job(&app, "ada", &job.id).await;
     assert_eq!(job.state(), SyncJobState::Succeeded, "{job:?}");
     assert_eq!(job.attempts, 1);
     assert_eq!(fake.unauthorised_calls(), 1);
@@ -552,7 +549,7 @@ async fn a_401_forces_one_refresh_and_invalid_grant_needs_reauth(backend: Backen
     fake.expire_access_tokens();
     fake.refuse_refresh();
     let job = crate::integrations::start_full_sync(&mut client, "ada", Provider::ZohoCrm).await;
-    let job = wait_for_job(&app, "ada", &job.id, Duration::from_secs(20)).await;
+    let job = wait_for_job(&app, "ada", &job.id).await;
     assert_eq!(job.state(), SyncJobState::Failed, "{job:?}");
     assert_eq!(job.attempts, 1, "invalid_grant is not retried");
     assert_eq!(fake.refresh_calls(), 2);

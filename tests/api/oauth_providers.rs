@@ -3,7 +3,6 @@
 //! Google Drive (created once, then updated in place; resumable above 5 MB) and Dropbox
 //! (overwrite at the configured path), checked byte for byte.
 
-use std::time::Duration;
 
 use nexus_billing::grpc::proto::integrations::{Provider, SyncJob, SyncJobState};
 use serde_json::Value;
@@ -27,14 +26,14 @@ crate::on_both_backends!(
 async fn sync(app: &TestApp, user: &str, provider: Provider) -> SyncJob {
     let mut client = app.integrations().await;
     let job = start_sync(&mut client, user, provider).await;
-    wait_for_job(app, user, &job.id, Duration::from_secs(60)).await
+    wait_for_job(app, user, &job.id).await
 }
 
 /// A full push (every contact, not only the changed ones).
 async fn full_sync(app: &TestApp, user: &str, provider: Provider) -> SyncJob {
     let mut client = app.integrations().await;
     let job = crate::integrations::start_full_sync(&mut client, user, provider).await;
-    wait_for_job(app, user, &job.id, Duration::from_secs(60)).await
+    wait_for_job(app, user, &job.id).await
 }
 
 /// Records per request of the given method.

@@ -11,8 +11,9 @@ use nexus_billing::{
     store::{self, Backend as StoreBackend, Store, StoreError},
 };
 
-use crate::helpers::{
-    Backend, SeedSubscription, TestDatabase, seed_integration, seed_subscription,
+use crate::{
+    exec,
+    helpers::{Backend, SeedSubscription, TestDatabase, seed_integration, seed_subscription},
 };
 
 crate::on_both_backends!(
@@ -22,6 +23,7 @@ crate::on_both_backends!(
     usage_is_counted_per_user,
     integrations_are_listed_per_user_in_provider_order,
     an_unknown_stored_value_is_an_error_not_a_default,
+    the_scheduler_queues_only_what_is_due_and_never_beside_an_active_job,
 );
 
 fn user(id: &str) -> UserId {
@@ -200,5 +202,60 @@ async fn an_unknown_stored_value_is_an_error_not_a_default(backend: Backend) {
     seed_integration(&db.pool().await, "a", "myspace", "{}").await;
     let result = store.integrations(&user("a")).await;
     assert!(matches!(result, Err(StoreError::Corrupt(_))), "{result:?}");
+    close(db, store).await;
+}
+
+/// One scheduler pass, at an instant the test chooses: nothing is queued before the
+/// integration's next sync is due; when due, one job is queued and the next sync moves an
+/// interval on; due again while that job is active, no second job is queued (the next sync
+/// still moves on). The end-to-end tests cannot show "nothing happened" without a clock.
+async fn the_scheduler_queues_only_what_is_due_and_never_beside_an_active_job(backend: Backend) {
+    let (db, store) = open(backend).await;
+    let pool = db.pool().await;
+    seed_integration(&pool, "ada", "hubspot", "{}").await;
+    let t0 = Utc::now();
+    exec!(
+        &pool,
+        "UPDATE integrations SET next_sync_at = $1, sync_interval_seconds = 3600",
+        t0 + Duration::hours(1)
+    );
+    let jobs = |state: &'static str| {
+        let pool = &pool;
+        async move {
+            let sql = "SELECT COUNT(*) FROM sync_jobs WHERE state = $1";
+            match pool {
+                crate::helpers::TestPool::Sqlite(p) => {
+                    sqlx::query_scalar::<_, i64>(sql).bind(state).fetch_one(p).await
+                }
+                crate::helpers::TestPool::Postgres(p) => {
+                    sqlx::query_scalar::<_, i64>(sql).bind(state).fetch_one(p).await
+                }
+            }
+            .unwrap_or_else(|e| panic!("{e}"))
+        }
+    };
+    let pass = |at| {
+        let store = Arc::clone(&store);
+        async move {
+            store
+                .schedule_due_syncs(at, 500, 3)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"))
+        }
+    };
+    for at in [t0, t0 + Duration::minutes(59)] {
+        pass(at).await;
+        assert_eq!(jobs("queued").await, 0, "queued before it was due ({at})");
+    }
+    pass(t0 + Duration::hours(1) + Duration::seconds(1)).await;
+    assert_eq!(jobs("queued").await, 1, "due: one job");
+    // Due again an interval later, with that job still active: none beside it.
+    pass(t0 + Duration::hours(2) + Duration::seconds(2)).await;
+    assert_eq!(jobs("queued").await, 1, "a second job beside an active one");
+    exec!(&pool, "UPDATE sync_jobs SET state = 'running'");
+    pass(t0 + Duration::hours(3) + Duration::seconds(3)).await;
+    assert_eq!(jobs("queued").await, 0, "a job beside a running one");
+    assert_eq!(jobs("running").await, 1);
+    drop(pool);
     close(db, store).await;
 }

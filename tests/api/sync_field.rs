@@ -2,20 +2,18 @@
 //! that end, a list that does not exist, listing and canceling jobs. Each test fails on the
 //! code before that issue. (Scheduled and incremental syncs: `sync_schedule.rs`.)
 
-use std::time::Duration;
 
 use nexus_billing::grpc::proto::integrations::{
     CancelSyncJobRequest, IntegrationStatus, ListSyncJobsRequest, Provider, SyncJob, SyncJobState,
 };
 use tonic::Code;
-use crate::fake_http::ResponseTemplate;
 
 use crate::{
     exec,
+    fake_http::{HoldPoint, ResponseTemplate},
     fake_providers::{FakeProvider, Kind},
-    helpers::{Backend, TestApp, authed, token},
+    helpers::{Backend, TestApp, authed, token, wait_for},
     integrations::{connect, spawn_with_fakes, start_full_sync, start_sync, wait_for_job},
-    sync_schedule::wait_until,
 };
 
 crate::on_both_backends!(
@@ -27,7 +25,7 @@ crate::on_both_backends!(
 );
 
 async fn finished(app: &TestApp, user: &str, job: &SyncJob) -> SyncJob {
-    wait_for_job(app, user, &job.id, Duration::from_secs(30)).await
+    wait_for_job(app, user, &job.id).await
 }
 
 async fn job_now(app: &TestApp, user: &str, id: &str) -> SyncJob {
@@ -50,18 +48,11 @@ async fn a_hostile_retry_after_parks_the_job_and_the_server_keeps_serving(backen
     ]);
     let mut client = app.integrations().await;
     let ada = start_sync(&mut client, "ada", Provider::Hubspot).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let parked = loop {
+    let parked = wait_for("the job was parked", || async {
         let job = job_now(&app, "ada", &ada.id).await;
-        if job.state() == SyncJobState::Queued && !job.last_error.is_empty() {
-            break job;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never parked: {job:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+        (job.state() == SyncJobState::Queued && !job.last_error.is_empty()).then_some(job)
+    })
+    .await;
     let resume = parked.next_attempt_time.unwrap_or_default().seconds;
     let now = chrono::Utc::now().timestamp();
     assert!(
@@ -143,7 +134,7 @@ async fn a_429_storm_ends_with_a_clear_reason(backend: Backend) {
             .collect(),
     );
     let job = start_sync(&mut app.integrations().await, "ada", Provider::Hubspot).await;
-    let job = wait_for_job(&app, "ada", &job.id, Duration::from_secs(60)).await;
+    let job = wait_for_job(&app, "ada", &job.id).await;
     assert_eq!(job.state(), SyncJobState::Failed, "{job:?}");
     assert!(
         job.last_error.contains("kept limiting"),
@@ -199,18 +190,17 @@ async fn a_list_that_does_not_exist_fails_the_job_and_the_integration(backend: B
 /// next batch; another user's job is NOT_FOUND.
 async fn jobs_are_listed_newest_first_and_a_running_one_can_be_canceled(backend: Backend) {
     let hubspot = FakeProvider::start(Kind::Hubspot).await;
-    hubspot.delay_pushes(Duration::from_millis(300));
-    let app = spawn_with_fakes(backend, &[&hubspot], &[]).await;
+    // One worker: when it has finished Cy's job below, it has let go of Ada's.
+    let app = spawn_with_fakes(backend, &[&hubspot], &[("--sync-workers", "1")]).await;
     app.add_contacts("ada", 1000).await;
+    app.add_contacts_named("cy", "cy", 10).await;
     connect(&app, "ada", &hubspot).await;
+    connect(&app, "cy", &hubspot).await;
+    // The first batch goes through; the second waits at the provider's door.
+    let second_batch = hubspot.hold_pushes(HoldPoint::Arrival, 1);
     let mut client = app.integrations().await;
     let job = start_sync(&mut client, "ada", Provider::Hubspot).await;
-    wait_until(
-        "the job did not start pushing",
-        Duration::from_secs(20),
-        || async { hubspot.push_requests() >= 1 },
-    )
-    .await;
+    second_batch.arrived(1).await;
     let denied = client
         .cancel_sync_job(authed(
             CancelSyncJobRequest { id: job.id.clone() },
@@ -232,11 +222,19 @@ async fn jobs_are_listed_newest_first_and_a_running_one_can_be_canceled(backend:
         .unwrap_or_default();
     assert_eq!(canceled.state(), SyncJobState::Canceled);
     let at_cancel = hubspot.push_requests();
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(at_cancel, 1);
+    // The batch in flight is answered; the worker then finds the job canceled and stops.
+    second_batch.release();
+    let cy = finished(&app, "cy", &start_sync(&mut client, "cy", Provider::Hubspot).await).await;
+    assert_eq!(cy.state(), SyncJobState::Succeeded, "{cy:?}");
+    let ada_pushes = hubspot
+        .pushes()
+        .iter()
+        .filter(|p| p.emails.iter().any(|e| e.starts_with("contact")))
+        .count();
     assert!(
-        hubspot.push_requests() <= at_cancel + 1,
-        "kept pushing after the cancel: {at_cancel} -> {}",
-        hubspot.push_requests()
+        ada_pushes <= at_cancel + 1,
+        "kept pushing after the cancel: {at_cancel} -> {ada_pushes}"
     );
     assert_eq!(
         job_now(&app, "ada", &job.id).await.state(),
@@ -251,7 +249,6 @@ async fn jobs_are_listed_newest_first_and_a_running_one_can_be_canceled(backend:
         .await
         .unwrap_or_else(|e| panic!("{e}"));
 
-    hubspot.delay_pushes(Duration::ZERO);
     let mut ids = vec![job.id.clone()];
     for _ in 0..4 {
         let next = finished(

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use super::{run_scenario, spawn_for_browser};
 use crate::{
+    fake_http::HoldPoint,
     fake_oauth::{FakeOAuth, OKind},
     fake_providers::{FakeProvider, HUBSPOT_TOKEN, Kind},
     helpers::token,
@@ -17,8 +18,10 @@ const REFUSED: &str = "contact7@example.com";
 
 async fn hubspot_connects_after_a_rejected_key_syncs_with_live_progress_and_disconnects() {
     let hubspot = FakeProvider::start(Kind::Hubspot).await;
-    // Slow enough that the page sees the job between batches.
-    hubspot.delay_pushes(Duration::from_millis(400));
+    // Latency, as HubSpot has; and the second batch waits at HubSpot's door until the page has
+    // shown the progress between (the scenario then posts to RELEASE_URL).
+    hubspot.delay_pushes(Duration::from_millis(100));
+    let _second_batch = hubspot.hold_pushes(HoldPoint::Arrival, 1);
     hubspot.refuse(&[REFUSED]);
     let settings: Vec<(String, String)> = hubspot
         .settings()
@@ -37,6 +40,10 @@ async fn hubspot_connects_after_a_rejected_key_syncs_with_live_progress_and_disc
             ("HUBSPOT_TOKEN", HUBSPOT_TOKEN.to_string()),
             ("CONTACTS", CONTACTS.to_string()),
             ("REFUSED", REFUSED.to_string()),
+            (
+                "RELEASE_URL",
+                format!("{}/__fake/release", hubspot.server.uri()),
+            ),
         ],
     )
     .await;
