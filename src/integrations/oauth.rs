@@ -513,6 +513,10 @@ fn token_error(
                 BasicErrorResponseType::InvalidGrant => OAuthError::InvalidGrant(format!(
                     "{provider} no longer accepts this authorization (invalid_grant{description}); connect it again"
                 )),
+                other if is_outage(other.as_ref()) => OAuthError::Unavailable(format!(
+                    "{provider} is unavailable ({}{description}); try again shortly",
+                    other.as_ref()
+                )),
                 other => OAuthError::Refused(format!(
                     "{provider} refused the token request ({}{description})",
                     other.as_ref()
@@ -531,6 +535,9 @@ fn token_error(
                     "{provider} no longer accepts this authorization ({}); connect it again",
                     code.unwrap_or_default()
                 )),
+                Some(code) if is_outage(code) => OAuthError::Unavailable(format!(
+                    "{provider} is unavailable ({code}); try again shortly"
+                )),
                 Some(code) => {
                     OAuthError::Refused(format!("{provider} refused the token request ({code})"))
                 }
@@ -546,9 +553,42 @@ fn token_error(
     }
 }
 
+/// The error codes with which an authorization server says the trouble is its own (RFC 6749
+/// 4.1.2.1): worth trying again, not the caller's fault.
+fn is_outage(code: &str) -> bool {
+    matches!(code, "temporarily_unavailable" | "server_error")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A token endpoint in trouble (503 `temporarily_unavailable`, or 500 `server_error`) is an
+    /// outage, not a refusal: CompleteOAuth used to answer INVALID_ARGUMENT to it.
+    #[test]
+    fn a_token_endpoint_outage_is_unavailable_not_a_refusal() {
+        for code in ["temporarily_unavailable", "server_error"] {
+            let response = BasicErrorResponse::new(
+                BasicErrorResponseType::Extension(code.to_string()),
+                None,
+                None,
+            );
+            let error = token_error(
+                ProviderId::GoogleDrive,
+                RequestTokenError::ServerResponse(response),
+            );
+            assert!(
+                matches!(error, OAuthError::Unavailable(_)),
+                "{code}: {error:?}"
+            );
+        }
+        let refused = BasicErrorResponse::new(BasicErrorResponseType::InvalidClient, None, None);
+        let error = token_error(
+            ProviderId::GoogleDrive,
+            RequestTokenError::ServerResponse(refused),
+        );
+        assert!(matches!(error, OAuthError::Refused(_)), "{error:?}");
+    }
 
     #[test]
     fn revocation_urls_are_derived_from_the_token_urls() {

@@ -184,12 +184,15 @@ mod tests {
                     "{per_second}/s: {most} on {endpoint} in one second"
                 );
             }
-            // The budget is used: at least 85 % of it per second.
+            // The budget is used: most of what the quotas allow (the global one, less its
+            // margin of one request or 5 %; three endpoints at Stripe's limit, likewise).
+            let usable = |n: u32| f64::from(n - n.div_ceil(20).min(n - 1));
+            let allowed = usable(per_second).min(3.0 * usable(STRIPE_ENDPOINT_LIMIT));
             let span = all.last().copied().unwrap_or_default().as_secs_f64();
             let rate = all.len() as f64 / span;
             assert!(
-                rate >= 0.85 * f64::from(per_second),
-                "{per_second}/s: only {rate:.1}/s"
+                rate >= 0.8 * allowed,
+                "{per_second}/s: only {rate:.1}/s of {allowed}"
             );
         }
     }

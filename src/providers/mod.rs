@@ -535,11 +535,13 @@ mod tests {
                 most <= requests as usize,
                 "{requests}/{per_seconds}s: {most} in one window"
             );
-            // And the budget is used, not wasted: at least 85 % of the limit per window.
+            // And the budget is used, not wasted: the quota's own share of it (one request, or
+            // 5 %, kept as margin), less what the callers' late wake-ups cost here.
+            let usable = requests - requests.div_ceil(20).min(requests - 1);
             let sent_in = arrivals.last().copied().unwrap_or_default();
             let per_window = arrivals.len() as f64 / (sent_in.as_secs_f64() / window.as_secs_f64());
             assert!(
-                per_window >= 0.85 * f64::from(requests),
+                per_window >= 0.8 * f64::from(usable),
                 "{requests}/{per_seconds}s: only {per_window:.1} per window"
             );
         }
