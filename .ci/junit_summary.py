@@ -1,19 +1,33 @@
 #!/usr/bin/env python3
-"""What a nextest run did, from its JUnit file: tests passed per backend, browser tests, flaky
-and failed tests, the slowest ones. Exits 1 if a test was skipped (CI requires every test to
-run), if a SQLite variant has no passing PostgreSQL twin, if fewer than 4 browser tests passed,
-or if a test failed.
+"""What a nextest run did, from its JUnit file and its log: tests passed per backend, browser
+tests, flaky and failed tests, the slowest ones. Exits 1 if a test was skipped (CI requires
+every test to run; nextest leaves skipped tests out of the JUnit file, so they are counted from
+the log's summary line), if a SQLite variant has no passing PostgreSQL twin, if fewer than 4
+browser tests passed, or if a test failed.
 
-Usage: junit_summary.py JUNIT_XML [--hunt]   (--hunt: list failures only, never exit 1 on them)
+Usage: junit_summary.py JUNIT_XML --log NEXTEST_LOG
+       junit_summary.py JUNIT_XML --hunt   (list failures only, never exit 1 on them)
 """
 
+import re
 import sys
 import xml.etree.ElementTree as ET
+
+
+def skipped_in_log(path):
+    """The `M skipped` of nextest's last `Summary` line (None if there is none)."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        summaries = [line for line in f if "Summary [" in line]
+    if not summaries:
+        return None
+    found = re.search(r"(\d+) skipped", summaries[-1])
+    return int(found.group(1)) if found else 0
 
 
 def main() -> int:
     path = sys.argv[1]
     hunt = "--hunt" in sys.argv[2:]
+    log = sys.argv[sys.argv.index("--log") + 1] if "--log" in sys.argv else None
     cases = []
     for suite in ET.parse(path).getroot().iter("testsuite"):
         binary = suite.get("name", "")
@@ -57,6 +71,12 @@ def main() -> int:
         problems.append(f"{len(failed)} tests failed: " + ", ".join(failed))
     if skipped:
         problems.append(f"{len(skipped)} tests did not run: " + ", ".join(skipped))
+    if log is not None:
+        not_run = skipped_in_log(log)
+        if not_run is None:
+            problems.append(f"no nextest summary line in {log}")
+        elif not_run:
+            problems.append(f"{not_run} tests were skipped (ignored or filtered out): see {log}")
     if not postgres:
         problems.append("no PostgreSQL test ran")
     if twinless:

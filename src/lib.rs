@@ -1,9 +1,11 @@
 //! Nexus Cards billing and integrations service.
 //!
-//! Layers, from the bottom up: `domain` (types and rules, no I/O) -> `store` (the storage trait
-//! and its PostgreSQL and SQLite implementations) and `payments` (the payment-provider trait
-//! and Stripe) -> `billing` (checkout, plan changes, webhook intake, event processor, reconciler), `integrations` (use cases) -> `grpc`, `sidecar`
-//! (conversion and auth only) -> `startup` -> `main`.
+//! Modules import downward only, with no circle (`.ci/import-circles` checks it): `domain`
+//! (types and rules, no I/O) at the bottom; then `config`, `vault`, `providers` (one module
+//! per integration); then `payments` (the payment-provider trait, Stripe, PayPal, M-Pesa) and
+//! `auth`; then `store` (the storage traits, PostgreSQL and SQLite); then the use cases:
+//! `billing`, then `integrations`, then `account`; then `grpc` and `sidecar` (conversion and
+//! auth only); then `startup`; `main` on top.
 #![forbid(unsafe_code)]
 
 pub mod account;

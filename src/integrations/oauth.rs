@@ -514,7 +514,7 @@ fn token_error(
                     "{provider} no longer accepts this authorization (invalid_grant{description}); connect it again"
                 )),
                 other if is_outage(other.as_ref()) => OAuthError::Unavailable(format!(
-                    "{provider} is unavailable ({}{description}); try again shortly",
+                    "{provider} is unavailable ({}{description}); connect it again in a moment",
                     other.as_ref()
                 )),
                 other => OAuthError::Refused(format!(
@@ -536,7 +536,7 @@ fn token_error(
                     code.unwrap_or_default()
                 )),
                 Some(code) if is_outage(code) => OAuthError::Unavailable(format!(
-                    "{provider} is unavailable ({code}); try again shortly"
+                    "{provider} is unavailable ({code}); connect it again in a moment"
                 )),
                 Some(code) => {
                     OAuthError::Refused(format!("{provider} refused the token request ({code})"))

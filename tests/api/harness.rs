@@ -37,7 +37,11 @@ impl Needs {
                 .filter(|v| !v.is_empty())
                 .is_none()
                 .then(|| "TEST_DATABASE_URL is not set".to_string()),
-            Needs::Browser => crate::browser::missing_piece(),
+            // Looked for once per process (it starts `node --version`).
+            Needs::Browser => {
+                static MISSING: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+                MISSING.get_or_init(crate::browser::missing_piece).clone()
+            }
         }
     }
 

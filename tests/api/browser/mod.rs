@@ -44,13 +44,6 @@ pub(crate) fn trials() -> Vec<libtest_mimic::Trial> {
 
 /// Why the browser tests cannot run here, if they cannot.
 pub fn missing_piece() -> Option<String> {
-    let node = std::process::Command::new("node")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .status();
-    if !node.is_ok_and(|s| s.success()) {
-        return Some("node is not installed".into());
-    }
     if !repo().join("web/node_modules/playwright-core").exists() {
         return Some("web/node_modules is missing (run `npm ci` in web/)".into());
     }
@@ -59,6 +52,13 @@ pub fn missing_piece() -> Option<String> {
             "{} is missing (apt-get install chromium, or set CHROMIUM_PATH)",
             chromium().display()
         ));
+    }
+    let node = std::process::Command::new("node")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status();
+    if !node.is_ok_and(|s| s.success()) {
+        return Some("node is not installed".into());
     }
     None
 }
