@@ -13,6 +13,7 @@ mod connections;
 pub mod job_watch;
 pub mod jobs;
 pub mod oauth;
+mod oauth_error;
 pub mod oauth_flow;
 pub mod scheduler;
 mod sync_attempt;

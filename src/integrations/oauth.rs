@@ -9,17 +9,19 @@ use chrono::{DateTime, Utc};
 use oauth2::{
     AuthType, AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken, EndpointNotSet,
     EndpointSet, ExtraTokenFields, HttpRequest, HttpResponse, PkceCodeChallenge, PkceCodeVerifier,
-    RedirectUrl, RefreshToken, RequestTokenError, Scope, StandardRevocableToken,
-    StandardTokenResponse, TokenResponse, TokenUrl,
+    RedirectUrl, RefreshToken, Scope, StandardRevocableToken, StandardTokenResponse, TokenResponse,
+    TokenUrl,
     basic::{
-        BasicErrorResponse, BasicErrorResponseType, BasicRevocationErrorResponse,
-        BasicTokenIntrospectionResponse, BasicTokenType,
+        BasicErrorResponse, BasicRevocationErrorResponse, BasicTokenIntrospectionResponse,
+        BasicTokenType,
     },
 };
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use url::Url;
 
+pub use super::oauth_error::OAuthError;
+use super::oauth_error::{HttpError, token_error};
 use crate::domain::credentials::keys;
 use crate::{
     config::{Endpoints, OAuthConfig},
@@ -69,22 +71,6 @@ pub fn app_spec(provider: ProviderId) -> Option<AppSpec> {
         }),
         _ => None,
     }
-}
-
-/// Why an OAuth call failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum OAuthError {
-    #[error("{0} is not configured (its client id and secret are not set)")]
-    NotConfigured(ProviderId),
-    /// The grant (code or refresh token) is no good: the user must connect again.
-    #[error("{0}")]
-    InvalidGrant(String),
-    /// The authorization server refused for another reason (client, request).
-    #[error("{0}")]
-    Refused(String),
-    /// Network failure or 5xx: worth retrying.
-    #[error("{0}")]
-    Unavailable(String),
 }
 
 /// Tokens from a code exchange or a refresh.
@@ -184,10 +170,6 @@ pub struct OAuth {
 
 /// The `oauth2` crate's HTTP client, on our reqwest.
 struct Http<'a>(&'a reqwest::Client);
-
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-struct HttpError(String);
 
 impl<'c> oauth2::AsyncHttpClient<'c> for Http<'_> {
     type Error = HttpError;
@@ -497,98 +479,9 @@ fn token_set(tokens: &Tokens) -> TokenSet {
     }
 }
 
-/// What a failed token request means. Some servers (Zoho) answer errors with HTTP 200, which
-/// the crate reports as an unreadable token response: their `error` field is read here.
-fn token_error(
-    provider: ProviderId,
-    error: RequestTokenError<HttpError, BasicErrorResponse>,
-) -> OAuthError {
-    match error {
-        RequestTokenError::ServerResponse(response) => {
-            let description = response
-                .error_description()
-                .map(|d| format!(": {d}"))
-                .unwrap_or_default();
-            match response.error() {
-                BasicErrorResponseType::InvalidGrant => OAuthError::InvalidGrant(format!(
-                    "{provider} no longer accepts this authorization (invalid_grant{description}); connect it again"
-                )),
-                other if is_outage(other.as_ref()) => OAuthError::Unavailable(format!(
-                    "{provider} is unavailable ({}{description}); connect it again in a moment",
-                    other.as_ref()
-                )),
-                other => OAuthError::Refused(format!(
-                    "{provider} refused the token request ({}{description})",
-                    other.as_ref()
-                )),
-            }
-        }
-        RequestTokenError::Request(e) => {
-            OAuthError::Unavailable(format!("{provider} could not be reached ({e})"))
-        }
-        RequestTokenError::Parse(_, body) => {
-            let code = serde_json::from_slice::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string));
-            match code.as_deref() {
-                Some("invalid_grant" | "invalid_code") => OAuthError::InvalidGrant(format!(
-                    "{provider} no longer accepts this authorization ({}); connect it again",
-                    code.unwrap_or_default()
-                )),
-                Some(code) if is_outage(code) => OAuthError::Unavailable(format!(
-                    "{provider} is unavailable ({code}); connect it again in a moment"
-                )),
-                Some(code) => {
-                    OAuthError::Refused(format!("{provider} refused the token request ({code})"))
-                }
-                None if body.starts_with(b"<") || body.is_empty() => OAuthError::Unavailable(
-                    format!("{provider} sent an answer this service cannot read"),
-                ),
-                None => OAuthError::Refused(format!(
-                    "{provider} sent a token answer this service cannot read"
-                )),
-            }
-        }
-        RequestTokenError::Other(e) => OAuthError::Unavailable(format!("{provider}: {e}")),
-    }
-}
-
-/// The error codes with which an authorization server says the trouble is its own (RFC 6749
-/// 4.1.2.1): worth trying again, not the caller's fault.
-fn is_outage(code: &str) -> bool {
-    matches!(code, "temporarily_unavailable" | "server_error")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A token endpoint in trouble (503 `temporarily_unavailable`, or 500 `server_error`) is an
-    /// outage, not a refusal: CompleteOAuth used to answer INVALID_ARGUMENT to it.
-    #[test]
-    fn a_token_endpoint_outage_is_unavailable_not_a_refusal() {
-        for code in ["temporarily_unavailable", "server_error"] {
-            let response = BasicErrorResponse::new(
-                BasicErrorResponseType::Extension(code.to_string()),
-                None,
-                None,
-            );
-            let error = token_error(
-                ProviderId::GoogleDrive,
-                RequestTokenError::ServerResponse(response),
-            );
-            assert!(
-                matches!(error, OAuthError::Unavailable(_)),
-                "{code}: {error:?}"
-            );
-        }
-        let refused = BasicErrorResponse::new(BasicErrorResponseType::InvalidClient, None, None);
-        let error = token_error(
-            ProviderId::GoogleDrive,
-            RequestTokenError::ServerResponse(refused),
-        );
-        assert!(matches!(error, OAuthError::Refused(_)), "{error:?}");
-    }
 
     #[test]
     fn revocation_urls_are_derived_from_the_token_urls() {

@@ -467,13 +467,41 @@ mod tests {
         assert_eq!(parse_time("yesterday"), None);
     }
 
+    /// Budgets of every shape the catalogue and RATE_LIMITS use.
+    const LIMITS: [RateLimit; 6] = [
+        RateLimit {
+            requests: 100,
+            per_seconds: 10,
+        },
+        RateLimit {
+            requests: 10,
+            per_seconds: 1,
+        },
+        RateLimit {
+            requests: 1,
+            per_seconds: 1,
+        },
+        RateLimit {
+            requests: 5,
+            per_seconds: 1,
+        },
+        RateLimit {
+            requests: 20,
+            per_seconds: 1,
+        },
+        RateLimit {
+            requests: 190,
+            per_seconds: 10,
+        },
+    ];
+
     #[test]
     fn quotas_keep_a_request_of_margin_in_any_window() {
-        for (requests, per_seconds) in [(100, 10), (10, 1), (1, 1), (5, 1), (20, 1), (190, 10)] {
-            let limit = RateLimit {
+        for limit in LIMITS {
+            let RateLimit {
                 requests,
                 per_seconds,
-            };
+            } = limit;
             let q = quota(limit);
             assert_eq!(q.burst_size().get(), 1, "no bursts");
             let window = Duration::from_secs(u64::from(per_seconds)).as_nanos();
@@ -500,11 +528,11 @@ mod tests {
     #[test]
     fn the_limiter_keeps_under_the_limit_in_every_window_whatever_the_jitter() {
         use governor::clock::{Clock, FakeRelativeClock, Reference};
-        for (requests, per_seconds) in [(100, 10), (10, 1), (1, 1), (5, 1), (20, 1), (190, 10)] {
-            let limit = RateLimit {
+        for limit in LIMITS {
+            let RateLimit {
                 requests,
                 per_seconds,
-            };
+            } = limit;
             let window = Duration::from_secs(u64::from(per_seconds));
             let q = quota(limit);
             let clock = FakeRelativeClock::default();

@@ -203,6 +203,15 @@ impl FakeProvider {
         self.pushes().into_iter().flat_map(|p| p.emails).collect()
     }
 
+    /// Accepted pushes carrying a contact whose email starts with `prefix` (one user's).
+    pub fn pushes_of(&self, prefix: &str) -> usize {
+        self.state()
+            .pushes
+            .iter()
+            .filter(|p| p.emails.iter().any(|e| e.starts_with(prefix)))
+            .count()
+    }
+
     pub fn push_requests(&self) -> usize {
         self.state().push_requests
     }

@@ -227,11 +227,7 @@ async fn jobs_are_listed_newest_first_and_a_running_one_can_be_canceled(backend:
     second_batch.release();
     let cy = finished(&app, "cy", &start_sync(&mut client, "cy", Provider::Hubspot).await).await;
     assert_eq!(cy.state(), SyncJobState::Succeeded, "{cy:?}");
-    let ada_pushes = hubspot
-        .pushes()
-        .iter()
-        .filter(|p| p.emails.iter().any(|e| e.starts_with("contact")))
-        .count();
+    let ada_pushes = hubspot.pushes_of("contact");
     assert!(
         ada_pushes <= at_cancel + 1,
         "kept pushing after the cancel: {at_cancel} -> {ada_pushes}"

@@ -623,11 +623,7 @@ async fn disconnecting_mid_job_stops_it_and_deletes_its_jobs(backend: Backend) {
     let bob = start_sync(&mut client, "bob", Provider::Hubspot).await;
     let bob = wait_for_job(&app, "bob", &bob.id).await;
     assert_eq!(bob.state(), SyncJobState::Succeeded, "{bob:?}");
-    let ada_pushes = hubspot
-        .pushes()
-        .iter()
-        .filter(|p| p.emails.iter().any(|e| e.starts_with("contact")))
-        .count();
+    let ada_pushes = hubspot.pushes_of("contact");
     assert!(
         ada_pushes <= at_disconnect + 1,
         "the worker kept pushing after the disconnect: {at_disconnect} -> {ada_pushes}"
