@@ -161,11 +161,12 @@ async fn reconcile(config: Config) -> anyhow::Result<()> {
     store.close().await;
     let report = report?;
     println!(
-        "events listed {}, added {}; subscriptions refreshed {}, adopted {}",
+        "events listed {}, added {}; subscriptions refreshed {}, adopted {}, failed {}",
         report.events_listed,
         report.events_added,
         report.subscriptions_refreshed,
-        report.subscriptions_adopted
+        report.subscriptions_adopted,
+        report.subscriptions_failed
     );
     Ok(())
 }

@@ -25,7 +25,7 @@ impl Billing {
                 Err(e) => Err(e),
             };
             match expired {
-                Ok(()) => self.store.checkout_expired(&id).await?,
+                Ok(_) => self.store.checkout_expired(&id).await?,
                 Err(e) => {
                     failed += 1;
                     tracing::warn!(provider = provider.as_str(), error = %e, "cannot expire a checkout session of a user being erased");

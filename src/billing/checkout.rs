@@ -7,8 +7,8 @@ use chrono::Utc;
 
 use super::{Billing, BillingError};
 use crate::{
-    domain::{Tier, UserId, subscription::PaymentProvider},
-    payments::{CheckoutRequest, CheckoutSession, PaymentGateway},
+    domain::{Tier, UserId, freshness::Evidence, subscription::PaymentProvider},
+    payments::{CheckoutRequest, CheckoutSession, Expiry, PaymentGateway},
 };
 
 /// What a checkout needs from the caller.
@@ -70,6 +70,7 @@ impl Billing {
         }
         let customer_id = self.customer(gateway.as_ref(), new.user, new.email).await?;
         let earlier = self.store.checkouts(new.user).await?;
+
         let session = gateway
             .create_checkout(&CheckoutRequest {
                 user: new.user,
@@ -82,20 +83,70 @@ impl Billing {
                 expired_before: earlier.iter().filter(|(_, open)| !open).count(),
             })
             .await?;
-        // The same request asked again gets the same session back (idempotency): keep it open.
-        for (id, _) in earlier
-            .iter()
-            .filter(|(id, open)| *open && id != &session.id)
-        {
-            gateway.expire_checkout(id).await?;
-            self.store.checkout_expired(id).await?;
-            tracing::info!(session_id = %id, "earlier checkout session expired");
-        }
         self.store
             .save_checkout(new.user, gateway.provider(), &session.id, &session.url)
             .await?;
+        // The same request asked again gets the same session back (idempotency): keep it open.
+        let paid = self.close_checkouts(new.user, Some(&session.id)).await?;
+        if let Some((provider, subscription_id)) = paid.into_iter().next() {
+            // Another tab was paid first: this session must not be paid as well.
+            if let Expiry::AlreadyPaid { .. } = gateway.expire_checkout(&session.id).await? {
+                tracing::warn!(session_id = %session.id, "two checkout sessions were paid");
+            }
+            self.store.checkout_expired(&session.id).await?;
+            let tier = self
+                .adopt_paid(new.user, provider, &subscription_id)
+                .await?;
+            return Err(BillingError::Precondition(format!(
+                "an earlier checkout was paid: you have a {tier} subscription now; use ChangePlan to switch plans"
+            )));
+        }
         tracing::info!(session_id = %session.id, "checkout session created");
         Ok(session)
+    }
+
+    /// Expires the user's open checkout sessions (all but `keep`), each through the gateway of
+    /// the provider that opened it. Sessions the payer already finished are closed too and
+    /// their subscriptions returned, to be applied (or cancelled, for an erasure).
+    pub(super) async fn close_checkouts(
+        &self,
+        user: &UserId,
+        keep: Option<&str>,
+    ) -> Result<Vec<(PaymentProvider, String)>, BillingError> {
+        let mut paid = Vec::new();
+        for (provider, id) in self.store.open_checkouts(user).await? {
+            if keep == Some(id.as_str()) {
+                continue;
+            }
+            match self.gateways.get(provider)?.expire_checkout(&id).await? {
+                Expiry::Expired => {
+                    tracing::info!(session_id = %id, "earlier checkout session expired")
+                }
+                Expiry::AlreadyPaid { subscription_id } => {
+                    tracing::info!(session_id = %id, "earlier checkout session was paid");
+                    paid.extend(subscription_id.map(|s| (provider, s)));
+                }
+            }
+            self.store.checkout_expired(&id).await?;
+        }
+        Ok(paid)
+    }
+
+    /// Applies the subscription a paid checkout started (its webhook may still be on its way);
+    /// the tier the user has now.
+    async fn adopt_paid(
+        &self,
+        user: &UserId,
+        provider: PaymentProvider,
+        subscription_id: &str,
+    ) -> Result<Tier, BillingError> {
+        let gateway = self.gateways.get(provider)?;
+        let fetched_at = Utc::now();
+        let remote = gateway.fetch_subscription(subscription_id).await?;
+        let stored = self
+            .store_remote(user, &remote, Evidence::Fetched(fetched_at))
+            .await?;
+        Ok(stored.tier)
     }
 
     /// The user's customer at the gateway's provider, created once and reused.

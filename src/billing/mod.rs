@@ -250,6 +250,12 @@ pub(crate) async fn apply_remote(
             Freshness::Stale => return Ok(Applied::Stale),
             Freshness::Unclear => return Ok(Applied::NeedsFetch),
         }
+    } else if stored.provider_subscription_id.is_some() && matches!(evidence, Evidence::Snapshot(_))
+    {
+        // Nothing stored tells how old a snapshot of another subscription is (a late or
+        // replayed event of one that ended since): only its current state may replace the
+        // stored subscription or be judged a second live one.
+        return Ok(Applied::NeedsFetch);
     }
     match reconcile(stored, remote, evidence.as_of()) {
         Reconciled::Apply { mut next, activity } => {

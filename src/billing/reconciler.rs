@@ -37,6 +37,8 @@ pub struct ReconcileReport {
     pub events_added: u64,
     pub subscriptions_refreshed: u64,
     pub subscriptions_adopted: u64,
+    /// Subscriptions that could not be read or stored this run (each logged; the others went on).
+    pub subscriptions_failed: u64,
 }
 
 impl Billing {
@@ -64,18 +66,15 @@ impl Billing {
             if overdue.provider == PaymentProvider::Mpesa {
                 continue;
             }
-            let fetched_at = Utc::now();
-            let remote = gateway.fetch_subscription(&overdue.subscription_id).await?;
-            let ended = !is_live_status(remote.status);
-            self.store_remote(&overdue.user, &remote, Evidence::Fetched(fetched_at))
-                .await?;
-            report.subscriptions_refreshed += 1;
-            // Only Stripe can list a customer's other subscriptions.
-            if ended
-                && overdue.provider == PaymentProvider::Stripe
-                && self.adopt(gateway.as_ref(), &overdue).await?
+            // One subscription that cannot be read (a test-mode id after switching to live
+            // keys, a deleted customer) must not stop the others, run after run.
+            if let Err(e) = self
+                .refresh_overdue(gateway.as_ref(), &overdue, &mut report)
+                .await
             {
-                report.subscriptions_adopted += 1;
+                report.subscriptions_failed += 1;
+                tracing::warn!(user_id = %overdue.user, subscription_id = %overdue.subscription_id,
+                    error = %error_chain(&e), "overdue subscription not refreshed; the others go on");
             }
         }
         let Some(stripe) = stripe else {
@@ -89,12 +88,40 @@ impl Billing {
             .into_iter()
             .filter(|e| e.provider == PaymentProvider::Stripe)
         {
-            if self.adopt(stripe.as_ref(), &ended).await? {
-                report.subscriptions_adopted += 1;
+            match self.adopt(stripe.as_ref(), &ended).await {
+                Ok(true) => report.subscriptions_adopted += 1,
+                Ok(false) => {}
+                Err(e) => {
+                    report.subscriptions_failed += 1;
+                    tracing::warn!(user_id = %ended.user, error = %error_chain(&e),
+                        "ended subscription's customer not listed; the others go on");
+                }
             }
         }
         tracing::info!(?report, "reconciliation finished");
         Ok(report)
+    }
+
+    async fn refresh_overdue(
+        &self,
+        gateway: &dyn PaymentGateway,
+        overdue: &OverdueSubscription,
+        report: &mut ReconcileReport,
+    ) -> Result<(), BillingError> {
+        let fetched_at = Utc::now();
+        let remote = gateway.fetch_subscription(&overdue.subscription_id).await?;
+        let ended = !is_live_status(remote.status);
+        self.store_remote(&overdue.user, &remote, Evidence::Fetched(fetched_at))
+            .await?;
+        report.subscriptions_refreshed += 1;
+        // Only Stripe can list a customer's other subscriptions.
+        if ended
+            && overdue.provider == PaymentProvider::Stripe
+            && self.adopt(gateway, overdue).await?
+        {
+            report.subscriptions_adopted += 1;
+        }
+        Ok(())
     }
 
     async fn missed_events(

@@ -94,6 +94,14 @@ pub fn reconcile(
             ),
         };
     }
+    if !same && stored.provider_subscription_id.is_some() && !is_live_status(remote.status) {
+        return Reconciled::Ignore {
+            reason: format!(
+                "subscription {} has ended; it does not replace the stored one",
+                remote.id
+            ),
+        };
+    }
     // A price this service does not map to a tier is never silently FREE: the last known tier
     // stays, and the change is flagged below.
     let tier = remote.tier.unwrap_or(stored.tier);

@@ -302,8 +302,9 @@ pub trait PaymentGateway: Send + Sync + 'static {
         customer_id: &str,
     ) -> Result<Vec<RemoteSubscription>, PaymentError>;
 
-    /// Expires an open checkout session, so it can no longer be paid.
-    async fn expire_checkout(&self, session_id: &str) -> Result<(), PaymentError>;
+    /// Expires an open checkout session, so it can no longer be paid. A session the payer
+    /// already paid cannot be expired: its subscription is answered instead, to be applied.
+    async fn expire_checkout(&self, session_id: &str) -> Result<Expiry, PaymentError>;
 
     /// Cancels a subscription now (not at the period end), without a refund: the account is
     /// being deleted. Cancelling one already cancelled succeeds.
@@ -327,6 +328,15 @@ pub trait PaymentGateway: Send + Sync + 'static {
             "this payment provider has no one-off payments".into(),
         ))
     }
+}
+
+/// What expiring a checkout session found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expiry {
+    /// It can no longer be paid (expired now or before, or unknown to the provider).
+    Expired,
+    /// The payer finished it first: the subscription it started (its webhook may be on its way).
+    AlreadyPaid { subscription_id: Option<String> },
 }
 
 /// One page of listed events.

@@ -401,8 +401,8 @@ impl PaymentGateway for MpesaGateway {
         Err(not_subscriptions())
     }
 
-    async fn expire_checkout(&self, _: &str) -> Result<(), PaymentError> {
-        Ok(())
+    async fn expire_checkout(&self, _: &str) -> Result<super::Expiry, PaymentError> {
+        Ok(super::Expiry::Expired)
     }
 
     async fn cancel_now(&self, _: &str) -> Result<(), PaymentError> {

@@ -425,8 +425,8 @@ impl PaymentGateway for PaypalGateway {
 
     /// PayPal has no call to withdraw an approve link; an unapproved subscription lapses on its
     /// own, and one approved anyway is a second live subscription (`DUPLICATE_SUBSCRIPTION_POLICY`).
-    async fn expire_checkout(&self, _: &str) -> Result<(), PaymentError> {
-        Ok(())
+    async fn expire_checkout(&self, _: &str) -> Result<super::Expiry, PaymentError> {
+        Ok(super::Expiry::Expired)
     }
 
     #[tracing::instrument(skip_all, fields(subscription_id = %subscription_id))]

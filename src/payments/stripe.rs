@@ -488,7 +488,7 @@ impl PaymentGateway for StripeGateway {
     }
 
     #[tracing::instrument(skip_all, fields(session_id = %session_id))]
-    async fn expire_checkout(&self, session_id: &str) -> Result<(), PaymentError> {
+    async fn expire_checkout(&self, session_id: &str) -> Result<super::Expiry, PaymentError> {
         self.expire_checkout_raw(session_id).await
     }
 

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use secrecy::ExposeSecret;
 use url::Url;
 
-use super::{EventPage, PaymentError, stripe::StripeGateway, stripe_event};
+use super::{EventPage, Expiry, PaymentError, stripe::StripeGateway, stripe_event};
 use crate::domain::reconcile::RemoteSubscription;
 
 /// How a failed raw call is counted in `stripe_requests_total{status}`.
@@ -143,19 +143,37 @@ impl StripeGateway {
             .collect()
     }
 
-    pub(super) async fn expire_checkout_raw(&self, session_id: &str) -> Result<(), PaymentError> {
-        let path = format!("v1/checkout/sessions/{session_id}/expire");
+    /// Stripe answers 404 for a session it does not know (another account's or mode's: it
+    /// cannot be paid here) and 400 for one no longer open, which is read to tell a paid one.
+    pub(super) async fn expire_checkout_raw(
+        &self,
+        session_id: &str,
+    ) -> Result<Expiry, PaymentError> {
+        let path = format!("v1/checkout/sessions/{session_id}");
         let result = self
             .raw(
                 "POST /v1/checkout/sessions/{id}/expire",
                 self.http
-                    .post(self.url(&path)?)
+                    .post(self.url(&format!("{path}/expire"))?)
                     .header("Idempotency-Key", format!("nexus-expire-{session_id}")),
             )
             .await;
         match result {
-            // Already complete or expired: nothing is left to pay in it.
-            Ok(_) | Err(PaymentError::Rejected(_)) => Ok(()),
+            Ok(_) | Err(PaymentError::NotFound(_)) => Ok(Expiry::Expired),
+            Err(PaymentError::Rejected(_)) => {
+                let session = self
+                    .raw(
+                        "GET /v1/checkout/sessions/{id}",
+                        self.http.get(self.url(&path)?),
+                    )
+                    .await?;
+                match session.get("status").and_then(serde_json::Value::as_str) {
+                    Some("complete") => Ok(Expiry::AlreadyPaid {
+                        subscription_id: stripe_event::id_of_value(session.get("subscription")),
+                    }),
+                    _ => Ok(Expiry::Expired),
+                }
+            }
             Err(e) => Err(e),
         }
     }

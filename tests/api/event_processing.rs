@@ -31,7 +31,7 @@ crate::on_both_backends!(
 const BIN: &str = env!("CARGO_BIN_EXE_nexus-billing");
 
 /// Runs the binary against the app's database with the fake's Stripe settings.
-fn run_cli(app: &TestApp, stripe: &FakeStripe, args: &[&str]) -> (bool, String) {
+pub fn run_cli(app: &TestApp, stripe: &FakeStripe, args: &[&str]) -> (bool, String) {
     let mut command = Command::new(BIN);
     command
         .env_clear()

@@ -186,6 +186,27 @@ impl FakeStripe {
         lock(&self.state).sessions.get(id).cloned()
     }
 
+    /// The payer finished the session at Stripe, starting `subscription` (it can no longer
+    /// be expired).
+    pub fn complete_session(&self, id: &str, subscription: &str) {
+        let mut state = lock(&self.state);
+        let (session, _) = state
+            .sessions
+            .get_mut(id)
+            .unwrap_or_else(|| panic!("no checkout session {id}"));
+        session["status"] = json!("complete");
+        session["payment_status"] = json!("paid");
+        session["subscription"] = json!(subscription);
+    }
+
+    /// A session's status at the fake ("open", "expired", "complete").
+    pub fn session_status(&self, id: &str) -> Option<String> {
+        lock(&self.state)
+            .sessions
+            .get(id)
+            .and_then(|(s, _)| s["status"].as_str().map(str::to_string))
+    }
+
     /// Refunds created (their form fields).
     pub fn refunds(&self) -> Vec<HashMap<String, String>> {
         lock(&self.state).refunds.clone()
@@ -217,6 +238,11 @@ impl FakeStripe {
             .subscriptions
             .insert(spec.id.to_string(), sub.clone());
         sub
+    }
+
+    /// Stripe no longer knows the subscription (another account's or mode's id): 404.
+    pub fn forget_subscription(&self, id: &str) {
+        lock(&self.state).subscriptions.remove(id);
     }
 
     pub fn subscription(&self, id: &str) -> Option<Value> {
@@ -570,8 +596,24 @@ impl Handler {
                 json!({ "id": self.next("re_test"), "object": "refund", "status": "succeeded",
                         "payment_intent": form.get("payment_intent") })
             }
+            ("GET", ["v1", "checkout", "sessions", id]) => match state.sessions.get(*id) {
+                Some((session, _)) => session.clone(),
+                None => return error(404, "invalid_request_error", "No such checkout.session"),
+            },
+            // As Stripe: 404 for a session it does not know, 400 for one already paid.
             ("POST", ["v1", "checkout", "sessions", id, "expire"]) => {
-                json!({ "id": id, "object": "checkout.session", "status": "expired" })
+                let Some((session, _)) = state.sessions.get_mut(*id) else {
+                    return error(404, "invalid_request_error", "No such checkout.session");
+                };
+                if session["status"] == "complete" {
+                    return error(
+                        400,
+                        "invalid_request_error",
+                        "Only Checkout Sessions with a status in [\"open\"] can be expired",
+                    );
+                }
+                session["status"] = json!("expired");
+                session.clone()
             }
             _ => return error(404, "invalid_request_error", "Unrecognized request URL"),
         };

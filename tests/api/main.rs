@@ -41,6 +41,7 @@ test_modules!(
     health,
     imports,
     integrations,
+    money_seams,
     mpesa,
     oauth,
     oauth_browser,

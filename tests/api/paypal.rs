@@ -49,13 +49,13 @@ pub async fn deliver(app: &TestApp, body: &str, headers: &[(&str, String)]) -> (
 }
 
 /// Delivers `body` signed as PayPal would, expecting 200, and waits until it is applied.
-async fn deliver_signed(app: &TestApp, paypal: &FakePaypal, body: &str) {
+pub async fn deliver_signed(app: &TestApp, paypal: &FakePaypal, body: &str) {
     let (status, text) = deliver(app, body, &paypal.headers(body)).await;
     assert_eq!(status, 200, "delivery refused: {text}");
     app.settle().await;
 }
 
-async fn checkout(app: &TestApp, user: &str, tier: Tier) -> (String, String) {
+pub async fn checkout(app: &TestApp, user: &str, tier: Tier) -> (String, String) {
     let answer = app
         .billing()
         .await
@@ -77,7 +77,7 @@ async fn checkout(app: &TestApp, user: &str, tier: Tier) -> (String, String) {
 }
 
 /// A user with an active PRO PayPal subscription; returns its id.
-async fn subscribed(app: &TestApp, paypal: &FakePaypal, user: &str) -> String {
+pub async fn subscribed(app: &TestApp, paypal: &FakePaypal, user: &str) -> String {
     let (id, _) = checkout(app, user, Tier::Pro).await;
     let active = paypal.activate(&id, Utc::now() - Duration::seconds(30));
     let (_, body) = paypal.event(

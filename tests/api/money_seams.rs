@@ -1,0 +1,256 @@
+//! Where billing features meet (issue 25): two payment providers, a paid tab and a new
+//! checkout, a late snapshot of an old subscription. Each test failed on the code before its fix.
+
+use chrono::{Duration, Utc};
+use nexus_billing::grpc::proto::billing::{
+    CreateCheckoutSessionRequest, PaymentProvider, SubscriptionStatus, Tier,
+};
+use serde_json::json;
+use tonic::Code;
+
+use crate::{
+    fake_paypal::FakePaypal,
+    fake_stripe::{FakeStripe, InvoiceSpec},
+    helpers::{ALLOWED_ORIGIN, Backend, TestApp, authed, token},
+    subscription_lifecycle::{subscribe, subscription},
+};
+
+crate::on_both_backends!(
+    a_paypal_checkout_leaves_the_stripe_session_to_stripe,
+    a_stripe_checkout_expires_the_stripe_session_not_through_paypal,
+    a_tab_paid_first_turns_the_next_checkout_into_its_subscription,
+    a_late_snapshot_of_an_ended_subscription_refunds_nothing,
+    a_late_snapshot_never_replaces_an_ended_subscription,
+    one_unreadable_overdue_subscription_does_not_stop_the_reconciler,
+);
+
+/// The server with both Stripe and PayPal configured.
+pub async fn spawn_two(backend: Backend) -> (TestApp, FakeStripe, FakePaypal) {
+    let stripe = FakeStripe::start().await;
+    let paypal = FakePaypal::start().await;
+    let settings: Vec<(&str, String)> = stripe
+        .settings()
+        .into_iter()
+        .chain(paypal.settings())
+        .collect();
+    let overrides: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    (
+        TestApp::spawn_with(backend, &overrides).await,
+        stripe,
+        paypal,
+    )
+}
+
+/// A checkout at `provider`; the session id, or the refusal.
+pub async fn try_checkout(
+    app: &TestApp,
+    user: &str,
+    tier: Tier,
+    provider: PaymentProvider,
+) -> Result<String, tonic::Status> {
+    app.billing()
+        .await
+        .create_checkout_session(authed(
+            CreateCheckoutSessionRequest {
+                tier: tier.into(),
+                success_url: format!("{ALLOWED_ORIGIN}/billing/done"),
+                cancel_url: format!("{ALLOWED_ORIGIN}/billing"),
+                provider: provider.into(),
+                ..Default::default()
+            },
+            &token(user),
+        ))
+        .await
+        .map(|r| r.into_inner().session_id)
+}
+
+async fn checkout(app: &TestApp, user: &str, tier: Tier, provider: PaymentProvider) -> String {
+    try_checkout(app, user, tier, provider)
+        .await
+        .unwrap_or_else(|e| panic!("checkout at {provider:?}: {e}"))
+}
+
+/// Item 1: a Stripe checkout after a PayPal one used to ask Stripe to expire the PayPal id
+/// (Stripe: 404), which failed the RPC on every retry.
+async fn a_paypal_checkout_leaves_the_stripe_session_to_stripe(backend: Backend) {
+    let (app, stripe, paypal) = spawn_two(backend).await;
+    let paypal_id = checkout(&app, "two-ana", Tier::Pro, PaymentProvider::Paypal).await;
+    let stripe_id = checkout(&app, "two-ana", Tier::Pro, PaymentProvider::Stripe).await;
+    assert!(stripe_id.starts_with("cs_"), "{stripe_id}");
+    let asked = stripe.requests("POST", &format!("/v1/checkout/sessions/{paypal_id}"));
+    assert!(asked.is_empty(), "Stripe was asked about a PayPal id");
+    assert!(paypal.subscription(&paypal_id)["id"] == paypal_id.as_str());
+    app.stop().await;
+}
+
+/// Item 1, the other way: a PayPal checkout after a Stripe one used to "expire" the Stripe
+/// session through PayPal (a no-op), leaving it payable at Stripe for 24 hours.
+async fn a_stripe_checkout_expires_the_stripe_session_not_through_paypal(backend: Backend) {
+    let (app, stripe, _paypal) = spawn_two(backend).await;
+    let stripe_id = checkout(&app, "two-bo", Tier::Pro, PaymentProvider::Stripe).await;
+    checkout(&app, "two-bo", Tier::Premium, PaymentProvider::Paypal).await;
+    assert_eq!(
+        stripe.session_status(&stripe_id).as_deref(),
+        Some("expired"),
+        "the Stripe session can still be paid"
+    );
+    app.stop().await;
+}
+
+/// Item 1: a session paid in one tab cannot be expired (Stripe answers 400); the next
+/// checkout must not open a second payable session, and the paid one is applied at once.
+async fn a_tab_paid_first_turns_the_next_checkout_into_its_subscription(backend: Backend) {
+    let (app, stripe) = TestApp::spawn_with_stripe(backend).await;
+    let user = "two-cy";
+    let first = checkout(&app, user, Tier::Pro, PaymentProvider::Stripe).await;
+    let customer = stripe
+        .customer_of(user)
+        .unwrap_or_else(|| panic!("no customer"));
+    let (start, end) = crate::subscription_lifecycle::period();
+    stripe.put_subscription(&crate::fake_stripe::SubSpec {
+        id: "sub_two_cy",
+        customer: &customer,
+        price: crate::fake_stripe::PRICE_PRO,
+        status: "active",
+        period_start: start,
+        period_end: end,
+        cancel_at_period_end: false,
+    });
+    stripe.complete_session(&first, "sub_two_cy");
+    // The webhook is still on its way when the user opens another tab.
+    let refused = try_checkout(&app, user, Tier::Premium, PaymentProvider::Stripe)
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("a second payable session was opened"));
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(refused.message().contains("ChangePlan"), "{refused:?}");
+    let open: Vec<_> = stripe
+        .requests("POST", "/v1/checkout/sessions")
+        .iter()
+        .filter(|r| r.path == "/v1/checkout/sessions")
+        .map(|r| r.idempotency_key.clone())
+        .collect();
+    assert_eq!(open.len(), 2, "the second session was created");
+    let second_status = stripe
+        .received()
+        .iter()
+        .filter(|r| r.path.ends_with("/expire"))
+        .map(|r| r.path.clone())
+        .collect::<Vec<_>>();
+    assert_eq!(second_status.len(), 2, "both sessions asked to expire: {second_status:?}");
+    let sub = subscription(&app, user).await;
+    assert_eq!(sub.effective_tier, i32::from(Tier::Pro));
+    assert_eq!(sub.status, i32::from(SubscriptionStatus::Active));
+    app.stop().await;
+}
+
+/// Sub A ended, the user subscribed again (sub B); a late snapshot of A as it was while
+/// active arrives. Returns (customer, A, B, the late event's body).
+async fn resubscribed_with_a_late_snapshot(
+    app: &TestApp,
+    stripe: &FakeStripe,
+    user: &str,
+) -> (String, String, String, String) {
+    let (customer, a) = subscribe(app, stripe, user, Tier::Pro).await;
+    let then = Utc::now() - Duration::minutes(10);
+    let active_a = stripe.subscription(&a).unwrap_or_else(|| panic!("no {a}"));
+    // A's period was paid (the invoice a refund would take back) and then A ended.
+    stripe.put_invoice(&InvoiceSpec {
+        id: &format!("in_{a}"),
+        customer: &customer,
+        subscription: &a,
+        status: "paid",
+        amount_due: 1900,
+        amount_paid: 1900,
+        created: then.timestamp(),
+    });
+    let ended = stripe.patch_subscription(
+        &a,
+        json!({ "status": "canceled", "latest_invoice": format!("in_{a}") }),
+    );
+    let (_, deleted) = stripe.event("customer.subscription.deleted", &ended);
+    app.deliver_signed(&deleted).await;
+    assert_eq!(
+        subscription(app, user).await.effective_tier,
+        i32::from(Tier::Free)
+    );
+    let (_, b) = subscribe(app, stripe, user, Tier::Premium).await;
+    let (_, late) = stripe.event_at(
+        "customer.subscription.updated",
+        &active_a,
+        then.timestamp(),
+    );
+    (customer, a, b, late)
+}
+
+/// Item 3: the late "active" snapshot of A was judged a second live subscription, and A's
+/// latest invoice (a period the user had used) was refunded.
+async fn a_late_snapshot_of_an_ended_subscription_refunds_nothing(backend: Backend) {
+    let (app, stripe) = TestApp::spawn_with_stripe(backend).await;
+    let user = "late-ana";
+    let (_, a, b, late) = resubscribed_with_a_late_snapshot(&app, &stripe, user).await;
+    app.deliver_signed(&late).await;
+    assert!(stripe.refunds().is_empty(), "refunded: {:?}", stripe.refunds());
+    assert!(
+        stripe
+            .requests("DELETE", &format!("/v1/subscriptions/{a}"))
+            .is_empty()
+    );
+    let sub = subscription(&app, user).await;
+    assert_eq!(sub.effective_tier, i32::from(Tier::Premium));
+    let kinds = app.activity_kinds(user).await;
+    assert!(
+        !kinds.iter().any(|k| k.starts_with("subscription.duplicate")),
+        "{kinds:?}"
+    );
+    assert_eq!(stripe.subscription(&b).map(|s| s["status"].clone()), Some(json!("active")));
+    app.stop().await;
+}
+
+/// Item 3: when the stored subscription (B) has ended, a late snapshot of A restored A's
+/// paid tier although A ended long ago.
+async fn a_late_snapshot_never_replaces_an_ended_subscription(backend: Backend) {
+    let (app, stripe) = TestApp::spawn_with_stripe(backend).await;
+    let user = "late-bo";
+    let (_, _a, b, late) = resubscribed_with_a_late_snapshot(&app, &stripe, user).await;
+    let ended = stripe.patch_subscription(&b, json!({ "status": "canceled" }));
+    let (_, deleted) = stripe.event("customer.subscription.deleted", &ended);
+    app.deliver_signed(&deleted).await;
+    assert_eq!(
+        subscription(&app, user).await.effective_tier,
+        i32::from(Tier::Free)
+    );
+    app.deliver_signed(&late).await;
+    let sub = subscription(&app, user).await;
+    assert_eq!(sub.effective_tier, i32::from(Tier::Free), "{sub:?}");
+    assert!(stripe.refunds().is_empty());
+    app.stop().await;
+}
+
+/// Item 6: the reconciler stopped at the first overdue subscription it could not read (a
+/// test-mode id after switching to live keys), in the same order every run.
+async fn one_unreadable_overdue_subscription_does_not_stop_the_reconciler(backend: Backend) {
+    let (app, stripe) = TestApp::spawn_with_stripe(backend).await;
+    let (_, lost) = subscribe(&app, &stripe, "rec-ana", Tier::Pro).await;
+    let (_, kept) = subscribe(&app, &stripe, "rec-bo", Tier::Pro).await;
+    // Both periods ended with no news since; Stripe no longer knows the first (404).
+    for (user, days) in [("rec-ana", 40), ("rec-bo", 35)] {
+        crate::exec!(
+            &app.pool,
+            "UPDATE subscriptions SET current_period_end = $1, state_as_of = NULL WHERE user_id = $2",
+            Utc::now() - Duration::days(days),
+            user
+        );
+    }
+    stripe.forget_subscription(&lost);
+    stripe.patch_subscription(&kept, json!({ "status": "canceled" }));
+    let (_, output) = crate::event_processing::run_cli(&app, &stripe, &["reconcile"]);
+    assert!(output.contains("refreshed 1"), "{output}");
+    assert!(output.contains("failed 1"), "{output}");
+    assert_eq!(
+        subscription(&app, "rec-bo").await.status,
+        i32::from(SubscriptionStatus::Canceled),
+        "the readable subscription behind the unreadable one was refreshed"
+    );
+    app.stop().await;
+}
