@@ -68,6 +68,10 @@ impl Billing {
                 live.tier
             )));
         }
+        if let Some(waiting) = self.store.pending_mobile_payment(new.user).await? {
+            // Both could be paid otherwise.
+            return Err(super::mpesa::pending_precondition(&waiting));
+        }
         let customer_id = self.customer(gateway.as_ref(), new.user, new.email).await?;
         let earlier = self.store.checkouts(new.user).await?;
 
@@ -81,6 +85,7 @@ impl Billing {
                 phone_number: new.phone_number,
                 previous_subscription_id: current.subscription.provider_subscription_id.as_deref(),
                 expired_before: earlier.iter().filter(|(_, open)| !open).count(),
+                reference: None,
             })
             .await?;
         self.store
@@ -134,7 +139,7 @@ impl Billing {
 
     /// Applies the subscription a paid checkout started (its webhook may still be on its way);
     /// the tier the user has now.
-    async fn adopt_paid(
+    pub(super) async fn adopt_paid(
         &self,
         user: &UserId,
         provider: PaymentProvider,

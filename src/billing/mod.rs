@@ -56,6 +56,10 @@ pub enum BillingError {
     /// Another change of the same subscription is running: try again.
     #[error("{0}")]
     Busy(String),
+    /// The provider may have acted on the request but its answer was lost: the message says
+    /// what the user should do (answered UNAVAILABLE).
+    #[error("{0}")]
+    Unconfirmed(String),
 }
 
 /// Checks redirect URLs against the allowed origins (the open-redirect guard).

@@ -26,15 +26,20 @@ use crate::{
         activity::Activity,
         invoice::{Invoice, InvoiceStatus, format_amount},
         phone,
-        prepaid::{PaymentState, paid_period},
+        prepaid::{Paid, PaymentState, paid_period},
         subscription::PaymentProvider,
     },
     payments::{
-        CheckoutRequest, CheckoutSession, PaymentGateway, PaymentStatus, WebhookRejection,
+        CheckoutRequest, CheckoutSession, PaymentError, PaymentGateway, PaymentStatus,
+        WebhookRejection,
         mpesa::{MpesaHint, read_callback},
     },
     store::{NewMobilePayment, PendingEvent, Settled},
 };
+
+/// How many times a hint asks the STK query again when it contradicts a success callback
+/// (the query lags right after completion) before the query's answer is taken, flagged.
+const CONTRADICTED_ATTEMPTS: u32 = 5;
 
 /// What an M-Pesa callback delivery did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +79,16 @@ impl Billing {
         if let Some(waiting) = self.store.pending_mobile_payment(new.user).await? {
             return Err(pending_precondition(&waiting));
         }
+        // An open Stripe or PayPal checkout could be paid beside the push: close it first.
+        let paid = self.close_checkouts(new.user, None).await?;
+        if let Some((provider, subscription_id)) = paid.into_iter().next() {
+            let tier = self
+                .adopt_paid(new.user, provider, &subscription_id)
+                .await?;
+            return Err(BillingError::Precondition(format!(
+                "an earlier checkout was paid: you have a {tier} subscription now"
+            )));
+        }
         let customer = self.customer(gateway, new.user, new.email).await?;
         let id = uuid::Uuid::new_v4().to_string();
         let reserved = self
@@ -107,28 +122,46 @@ impl Billing {
                 phone_number: Some(&phone),
                 previous_subscription_id: None,
                 expired_before: 0,
+                reference: Some(&id),
             })
             .await;
         match sent {
             Ok(session) => {
+                // Should this write fail, the callback still finds the request by its `ref`.
                 self.store.mobile_payment_sent(&id, &session.id).await?;
                 tracing::info!(checkout_request_id = %session.id, phone = %phone::masked(&phone),
                     "M-Pesa payment request sent");
                 Ok(session)
             }
-            Err(e) => {
+            // Refused: nothing reached the phone.
+            Err(e @ (PaymentError::Rejected(_) | PaymentError::NotAvailable(_))) => {
                 let reason = format!("the payment request was not sent: {e}");
                 self.store
                     .mobile_payment_not_sent(&id, &reason, Utc::now())
                     .await?;
                 Err(e.into())
             }
+            // Timed out, dropped, a 5xx or an unreadable answer: Daraja may have sent the
+            // prompt. The request stays pending (no second push) until its callback names it
+            // or the poller gives up on it (`mpesa_poller::UNSENT`).
+            Err(e) => {
+                tracing::warn!(payment_id = %id, error = %e,
+                    "M-Pesa push answer lost; the request waits for its callback");
+                Err(BillingError::Unconfirmed(format!(
+                    "M-Pesa did not confirm the payment request; if your phone shows the prompt, answer it and it will be applied; otherwise try again in {} minutes",
+                    super::mpesa_poller::UNSENT.num_minutes()
+                )))
+            }
         }
     }
 
     /// Handles one delivery to `POST /billing/webhook/mpesa`.
     #[tracing::instrument(skip_all, fields(checkout_request_id))]
-    pub async fn mpesa_callback(&self, body: &[u8]) -> Result<CallbackOutcome, WebhookError> {
+    pub async fn mpesa_callback(
+        &self,
+        body: &[u8],
+        reference: Option<&str>,
+    ) -> Result<CallbackOutcome, WebhookError> {
         let gateway = self
             .gateways
             .get(PaymentProvider::Mpesa)
@@ -136,11 +169,26 @@ impl Billing {
         let callback = read_callback(body)?;
         tracing::Span::current()
             .record("checkout_request_id", callback.checkout_request_id.as_str());
-        let Some(payment) = self
+        let mut known = self
             .store
             .mobile_payment(&callback.checkout_request_id)
-            .await?
-        else {
+            .await?;
+        if known.is_none()
+            && let Some(reference) = reference
+            && self
+                .store
+                .mobile_payment_found(reference, &callback.checkout_request_id)
+                .await?
+        {
+            // The push's answer was lost (or not recorded): its callback names it. Being
+            // unsigned, it is still only a hint: the STK query decides.
+            tracing::warn!(payment_id = %reference, "M-Pesa request found by its callback");
+            known = self
+                .store
+                .mobile_payment(&callback.checkout_request_id)
+                .await?;
+        }
+        let Some(payment) = known else {
             if callback.result_code == 0 {
                 // Paid, but not through a request this service recorded (or forged): support
                 // must look at it; nothing is granted.
@@ -156,6 +204,11 @@ impl Billing {
         if payment.state != PaymentState::Pending {
             return Ok(CallbackOutcome::Ignored);
         }
+        if let (0, Some(receipt)) = (callback.result_code, callback.receipt.as_deref()) {
+            self.store
+                .mobile_payment_reported_paid(&callback.checkout_request_id, receipt)
+                .await?;
+        }
         let hint = MpesaHint {
             user_id: payment.user_id.as_str().to_string(),
             checkout_request_id: callback.checkout_request_id.clone(),
@@ -163,6 +216,7 @@ impl Billing {
             received_at: Utc::now(),
             receipt: callback.receipt.clone(),
             result_code: Some(callback.result_code),
+            round: 0,
         };
         Ok(CallbackOutcome::Accepted(
             self.store_hint(gateway.as_ref(), &hint).await?,
@@ -195,6 +249,8 @@ impl Billing {
         if payment.state != PaymentState::Pending {
             return self.finish(pending, "already_settled", None).await;
         }
+        // A success callback's receipt, from this hint or an earlier one.
+        let receipt = receipt.or(payment.receipt.as_deref());
         let status = gateway.payment_status(request_id).await?;
         let now = Utc::now();
         let user = &payment.user_id;
@@ -207,6 +263,16 @@ impl Billing {
                 ));
             }
             PaymentStatus::Paid => (PaymentState::Paid, None, "paid"),
+            // The callback said paid (with a receipt) and the query, which can lag right after
+            // completion, says otherwise: ask again later rather than fail a paid request (the
+            // poller flags it for support if it never agrees).
+            PaymentStatus::Failed { reason, .. }
+                if receipt.is_some() && pending.attempts + 1 < CONTRADICTED_ATTEMPTS =>
+            {
+                return Err(Failure::Temporary(format!(
+                    "the STK query says \"{reason}\" but the callback reported a payment; asking again"
+                )));
+            }
             PaymentStatus::Failed { reason, .. } => (
                 PaymentState::Failed,
                 Some(reason.as_str()),
@@ -232,6 +298,20 @@ impl Billing {
             "tier": payment.tier.as_str(), "amount": payment.amount, "currency": payment.currency });
         if let PaymentStatus::Failed { code, reason } = &status {
             tracing::info!(code = %code, "M-Pesa payment failed");
+            if receipt.is_some() {
+                // A success callback the query never agreed with: forged, or M-Pesa's own
+                // mistake. Failed on the query's word, and flagged.
+                tracing::error!(user_id = %user, "M-Pesa success callback contradicted by the STK query; flagged");
+                tx.log_activity(
+                    user,
+                    &Activity::new(
+                        "subscription.needs_attention",
+                        format!("M-Pesa reported a payment of {amount} that its status query does not confirm; support will check it"),
+                        details.clone(),
+                    ),
+                )
+                .await?;
+            }
             tx.log_activity(
                 user,
                 &Activity::new(
@@ -257,14 +337,22 @@ impl Billing {
             )
             .await?;
         } else {
-            let (next, entry) = paid_period(&stored, &payment, now);
-            tx.save_subscription(&next).await?;
+            let paid = tx.prepaid_periods(user, now).await?;
+            let Paid {
+                period,
+                subscription: next,
+                activity: entry,
+            } = paid_period(&stored, &paid, &payment, now);
+            tx.save_prepaid_period(&period).await?;
+            if next != stored {
+                tx.save_subscription(&next).await?;
+            }
             tx.save_invoice(
                 &mpesa_invoice(
                     &payment,
                     request_id,
                     receipt,
-                    Some((next.current_period_start, next.current_period_end)),
+                    Some((Some(period.start), Some(period.end))),
                 ),
                 now,
             )
@@ -322,7 +410,9 @@ fn mpesa_invoice(
     }
 }
 
-fn pending_precondition(waiting: &crate::domain::prepaid::MobilePayment) -> BillingError {
+pub(super) fn pending_precondition(
+    waiting: &crate::domain::prepaid::MobilePayment,
+) -> BillingError {
     let minutes = (Utc::now() - waiting.created_at).num_minutes().max(0);
     BillingError::Precondition(format!(
         "an M-Pesa payment request sent {minutes} min ago is still waiting on your phone; answer it (or let it expire) before asking again"

@@ -13,15 +13,23 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Billing, BillingError};
 use crate::{
-    domain::{SubscriptionStatus, activity::Activity, subscription::PaymentProvider},
+    domain::prepaid::{MobilePayment, PaymentState},
+    domain::{
+        SubscriptionStatus, activity::Activity, prepaid::current_run, subscription::PaymentProvider,
+    },
     payments::{PaymentError, mpesa::MpesaHint},
+    store::Settled,
     telemetry::error_chain,
 };
 
 /// Requests looked at per run.
 const BATCH: u32 = 200;
 /// How long a push may stay without a CheckoutRequestID (its answer was lost).
-const UNSENT: chrono::Duration = chrono::Duration::minutes(10);
+pub(super) const UNSENT: chrono::Duration = chrono::Duration::minutes(10);
+
+/// How long a sent request may stay unconfirmed before it is failed and flagged for support
+/// (the user can pay again, and an erasure can go ahead).
+pub(super) const GIVE_UP: chrono::Duration = chrono::Duration::hours(24);
 
 /// What one poll did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +37,10 @@ pub struct PollReport {
     pub hints_stored: u32,
     pub unsent_failed: u32,
     pub periods_ended: u32,
+    /// Requests M-Pesa never confirmed either way within `GIVE_UP`: failed and flagged.
+    pub given_up: u32,
+    /// Subscriptions moved on to the next period paid for.
+    pub periods_started: u32,
 }
 
 impl Billing {
@@ -38,9 +50,22 @@ impl Billing {
         let now = Utc::now();
         let grace = chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::zero());
         let mut report = PollReport::default();
-        for payment in self.store.stale_mobile_payments(now - grace, BATCH).await? {
+        for payment in self
+            .store
+            .stale_mobile_payments(now - grace, now, BATCH)
+            .await?
+        {
             match &payment.request_id {
+                Some(request_id) if payment.created_at < now - GIVE_UP => {
+                    self.give_up(&payment, request_id, now).await?;
+                    report.given_up += 1;
+                }
                 Some(request_id) => {
+                    // Asked again and again, further apart as the request ages: a new round
+                    // is a new event, so dead-lettered hints do not end the asking.
+                    let age = now - payment.created_at;
+                    let next = now + (age / 4).clamp(grace, chrono::Duration::hours(1));
+                    let round = self.store.mobile_payment_polled(&payment.id, next).await?;
                     let hint = MpesaHint {
                         user_id: payment.user_id.as_str().to_string(),
                         checkout_request_id: request_id.clone(),
@@ -48,6 +73,7 @@ impl Billing {
                         received_at: now,
                         receipt: None,
                         result_code: None,
+                        round: round.saturating_sub(1),
                     };
                     match self.store_hint(gateway.as_ref(), &hint).await {
                         Ok(super::WebhookOutcome::Stored) => report.hints_stored += 1,
@@ -79,6 +105,30 @@ impl Billing {
             if !ended {
                 continue;
             }
+            // The next period paid for (at its own tier) follows; without one, FREE.
+            let paid = tx.prepaid_periods(&user, now).await?;
+            if let Some(next) = current_run(&stored, &paid, now) {
+                tx.save_subscription(&next).await?;
+                tx.log_activity(
+                    &user,
+                    &Activity::new(
+                        "subscription.period_started",
+                        format!(
+                            "the next period paid with M-Pesa started: {} until {}",
+                            next.tier,
+                            next.current_period_end
+                                .map(|t| t.date_naive().to_string())
+                                .unwrap_or_default()
+                        ),
+                        json!({ "provider": "mpesa", "tier": next.tier.as_str(),
+                                "period_end": next.current_period_end.map(|t| t.to_rfc3339()) }),
+                    ),
+                )
+                .await?;
+                tx.commit().await?;
+                report.periods_started += 1;
+                continue;
+            }
             let next = crate::domain::Subscription {
                 status: SubscriptionStatus::Canceled,
                 state_as_of: Some(now),
@@ -105,6 +155,45 @@ impl Billing {
             tracing::info!(?report, "M-Pesa poll");
         }
         Ok(report)
+    }
+}
+
+impl Billing {
+    /// Ends a request M-Pesa never confirmed: failed, with an entry that asks for a look.
+    async fn give_up(
+        &self,
+        payment: &MobilePayment,
+        request_id: &str,
+        now: chrono::DateTime<Utc>,
+    ) -> Result<(), BillingError> {
+        let mut tx = self.store.begin().await?;
+        tx.lock_subscription(&payment.user_id).await?;
+        let settled = Settled {
+            state: PaymentState::Failed,
+            reason: Some("M-Pesa did not confirm the payment within a day; support will check it"),
+            receipt: None,
+            now,
+        };
+        if tx
+            .settle_mobile_payment(request_id, &settled)
+            .await?
+            .is_none()
+        {
+            return Ok(());
+        }
+        tracing::error!(user_id = %payment.user_id, checkout_request_id = %request_id,
+            "M-Pesa request never confirmed; failed and flagged");
+        tx.log_activity(
+            &payment.user_id,
+            &Activity::new(
+                "subscription.needs_attention",
+                "an M-Pesa payment request could not be confirmed with M-Pesa; if you were charged, support will apply or refund it".to_string(),
+                json!({ "provider": "mpesa", "checkout_request_id": request_id }),
+            ),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
     }
 }
 

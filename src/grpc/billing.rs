@@ -36,6 +36,7 @@ pub(crate) fn billing_status(error: BillingError) -> Status {
         BillingError::Invalid(message) => Status::invalid_argument(message),
         BillingError::Precondition(message) => Status::failed_precondition(message),
         BillingError::Busy(message) => Status::aborted(message),
+        BillingError::Unconfirmed(message) => Status::unavailable(message),
         BillingError::Payment(PaymentError::NotAvailable(message)) => {
             Status::failed_precondition(message)
         }

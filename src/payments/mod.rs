@@ -63,6 +63,9 @@ pub struct CheckoutRequest<'a> {
     /// How many of the user's checkout sessions were expired: a session expired since is never
     /// handed out again for the same request.
     pub expired_before: usize,
+    /// This service's id of the request, for providers whose answer can be lost while the
+    /// request goes ahead (M-Pesa: it comes back in the callback's URL).
+    pub reference: Option<&'a str>,
 }
 
 /// A checkout the user is sent to.

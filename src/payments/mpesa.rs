@@ -80,12 +80,19 @@ pub struct MpesaHint {
     /// The receipt a callback named (kept only if the query confirms the payment).
     pub receipt: Option<String>,
     pub result_code: Option<i64>,
+    /// The poller's round for this request (0 for a callback): each round is a new event, so
+    /// a request whose earlier hints became dead letters is still asked about.
+    #[serde(default)]
+    pub round: u32,
 }
 
 impl MpesaHint {
-    /// The inbox id: one per request and source (a callback sent twice is one event).
+    /// The inbox id: one per request, source and round (a callback sent twice is one event).
     pub fn event_id(&self) -> String {
-        format!("mpesa-{}-{}", self.source, self.checkout_request_id)
+        match self.round {
+            0 => format!("mpesa-{}-{}", self.source, self.checkout_request_id),
+            n => format!("mpesa-{}-{}-{n}", self.source, self.checkout_request_id),
+        }
     }
 }
 
@@ -155,6 +162,16 @@ fn not_subscriptions() -> PaymentError {
 }
 
 impl MpesaGateway {
+    /// The callback URL of one request: `ref` names this service's request, so a callback
+    /// still finds it when the push's answer (its CheckoutRequestID) was lost.
+    fn callback_for(&self, reference: Option<&str>) -> Url {
+        let mut url = self.callback_url.clone();
+        if let Some(reference) = reference {
+            url.query_pairs_mut().append_pair("ref", reference);
+        }
+        url
+    }
+
     pub fn new(config: &MpesaConfig, api_base: &Url) -> Result<Self, PaymentError> {
         Ok(Self {
             api: ProviderApi::new(api_base, "mpesa")?,
@@ -253,7 +270,7 @@ impl PaymentGateway for MpesaGateway {
             "PartyA": phone,
             "PartyB": self.shortcode,
             "PhoneNumber": phone,
-            "CallBackURL": self.callback_url.as_str(),
+            "CallBackURL": self.callback_for(request.reference).as_str(),
             // At most 12 and 13 characters.
             "AccountReference": "NexusCards",
             "TransactionDesc": format!("Nexus {tier}").chars().take(13).collect::<String>(),

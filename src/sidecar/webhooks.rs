@@ -49,12 +49,18 @@ pub(super) async fn deliver(
         return text(StatusCode::NOT_FOUND, "not found");
     };
     let headers = request.headers().clone();
+    // M-Pesa callbacks name this service's request in their URL (`?ref=`).
+    let reference = request.uri().query().and_then(|q| {
+        url::form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == "ref")
+            .map(|(_, v)| v.into_owned())
+    });
     let body = match read_body(request, state.webhook_max_body_bytes).await {
         Ok(body) => body,
         Err(response) => return response,
     };
     if provider == PaymentProvider::Mpesa {
-        return mpesa(state, &body).await;
+        return mpesa(state, &body, reference.as_deref()).await;
     }
     let result = state.billing.webhook(provider, &headers, &body).await;
     count(provider, label(&result));
@@ -65,8 +71,12 @@ pub(super) async fn deliver(
     }
 }
 
-async fn mpesa(state: &SidecarState, body: &[u8]) -> Response<Full<Bytes>> {
-    let result = state.billing.mpesa_callback(body).await;
+async fn mpesa(
+    state: &SidecarState,
+    body: &[u8],
+    reference: Option<&str>,
+) -> Response<Full<Bytes>> {
+    let result = state.billing.mpesa_callback(body, reference).await;
     let outcome = match &result {
         Ok(CallbackOutcome::Accepted(o)) => label(&Ok(*o)),
         Ok(CallbackOutcome::Ignored) => "ignored",

@@ -36,7 +36,7 @@ use crate::domain::{
     contact::Contact,
     integration::{Integration, IntegrationStatus},
     invoice::{Invoice, InvoiceStatus, StoredInvoice},
-    prepaid::{MobilePayment, PaymentState},
+    prepaid::{MobilePayment, PaymentState, PrepaidPeriod},
     subscription::{PaymentProvider, Subscription},
     sync_job::{Direction, JobProgress, JobState, SyncJob},
 };
@@ -123,6 +123,26 @@ pub trait MobilePayments: Send + Sync {
     /// The push was accepted: its CheckoutRequestID.
     async fn mobile_payment_sent(&self, id: &str, request_id: &str) -> Result<(), StoreError>;
 
+    /// Gives a pending request whose push answer was lost the CheckoutRequestID its callback
+    /// named; `false` when it has one already, is not pending, or the id is taken.
+    async fn mobile_payment_found(&self, id: &str, request_id: &str) -> Result<bool, StoreError>;
+
+    /// The poller asked about the request (stored a hint); it asks again from `next`. Returns
+    /// the round number.
+    async fn mobile_payment_polled(&self, id: &str, next: DateTime<Utc>)
+    -> Result<u32, StoreError>;
+
+    /// A callback reported the pending request paid with `receipt`: kept, so no later hint
+    /// fails it on a lagging STK query.
+    async fn mobile_payment_reported_paid(
+        &self,
+        request_id: &str,
+        receipt: &str,
+    ) -> Result<(), StoreError>;
+
+    /// The request with this service's id.
+    async fn mobile_payment_by_id(&self, id: &str) -> Result<Option<MobilePayment>, StoreError>;
+
     /// The push was not sent (refused or failed): the request ends failed.
     async fn mobile_payment_not_sent(
         &self,
@@ -147,10 +167,12 @@ pub trait MobilePayments: Send + Sync {
         limit: u32,
     ) -> Result<Vec<UserId>, StoreError>;
 
-    /// Pending requests created before `created_before`, oldest first.
+    /// Pending requests created before `created_before` that are due to be asked about at
+    /// `now`, the least recently asked first.
     async fn stale_mobile_payments(
         &self,
         created_before: DateTime<Utc>,
+        now: DateTime<Utc>,
         limit: u32,
     ) -> Result<Vec<MobilePayment>, StoreError>;
 }
@@ -331,6 +353,16 @@ pub trait BillingTx: Send {
         request_id: &str,
         settled: &Settled<'_>,
     ) -> Result<Option<MobilePayment>, StoreError>;
+
+    /// The periods the user's paid M-Pesa payments bought that end after `after`, oldest first.
+    async fn prepaid_periods(
+        &mut self,
+        user: &UserId,
+        after: DateTime<Utc>,
+    ) -> Result<Vec<PrepaidPeriod>, StoreError>;
+
+    /// Records the period a paid M-Pesa payment bought.
+    async fn save_prepaid_period(&mut self, period: &PrepaidPeriod) -> Result<(), StoreError>;
 
     /// Makes every change of this transaction visible.
     async fn commit(self: Box<Self>) -> Result<(), StoreError>;

@@ -24,6 +24,26 @@ pub(crate) type PaymentRow = (
     chrono::DateTime<chrono::Utc>,
 );
 
+pub(crate) type PeriodRow = (
+    String,
+    String,
+    chrono::DateTime<chrono::Utc>,
+    chrono::DateTime<chrono::Utc>,
+);
+
+pub(crate) fn period(
+    (request_id, tier, start, end): PeriodRow,
+) -> Result<crate::domain::prepaid::PrepaidPeriod, crate::store::StoreError> {
+    Ok(crate::domain::prepaid::PrepaidPeriod {
+        request_id,
+        tier: tier
+            .parse()
+            .map_err(|_| crate::store::StoreError::Corrupt("mpesa_payments.tier".into()))?,
+        start,
+        end,
+    })
+}
+
 pub(crate) fn payment(
     row: PaymentRow,
 ) -> Result<crate::domain::prepaid::MobilePayment, crate::store::StoreError> {
@@ -104,6 +124,67 @@ macro_rules! mobile_payments {
                     Ok(())
                 }
 
+                async fn mobile_payment_found(
+                    &self,
+                    id: &str,
+                    request_id: &str,
+                ) -> Result<bool, StoreError> {
+                    let done = sqlx::query(
+                        "UPDATE mpesa_payments SET checkout_request_id = $2 WHERE id = $1 \
+                         AND checkout_request_id IS NULL AND state = 'pending' \
+                         AND NOT EXISTS (SELECT 1 FROM mpesa_payments WHERE checkout_request_id = $2)",
+                    )
+                    .bind(id)
+                    .bind(request_id)
+                    .execute(&self.pool)
+                    .await?;
+                    Ok(done.rows_affected() == 1)
+                }
+
+                async fn mobile_payment_polled(
+                    &self,
+                    id: &str,
+                    next: DateTime<Utc>,
+                ) -> Result<u32, StoreError> {
+                    let polls: i32 = sqlx::query_scalar(
+                        "UPDATE mpesa_payments SET polls = polls + 1, next_poll_at = $2 \
+                         WHERE id = $1 RETURNING polls",
+                    )
+                    .bind(id)
+                    .bind(next)
+                    .fetch_one(&self.pool)
+                    .await?;
+                    Ok(u32::try_from(polls).unwrap_or(0))
+                }
+
+                async fn mobile_payment_reported_paid(
+                    &self,
+                    request_id: &str,
+                    receipt: &str,
+                ) -> Result<(), StoreError> {
+                    sqlx::query(
+                        "UPDATE mpesa_payments SET receipt = $2 \
+                         WHERE checkout_request_id = $1 AND state = 'pending'",
+                    )
+                    .bind(request_id)
+                    .bind(receipt)
+                    .execute(&self.pool)
+                    .await?;
+                    Ok(())
+                }
+
+                async fn mobile_payment_by_id(
+                    &self,
+                    id: &str,
+                ) -> Result<Option<MobilePayment>, StoreError> {
+                    let sql = format!("SELECT {COLUMNS} FROM mpesa_payments WHERE id = $1");
+                    let row: Option<PaymentRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                        .bind(id)
+                        .fetch_optional(&self.pool)
+                        .await?;
+                    row.map(payment).transpose()
+                }
+
                 async fn mobile_payment_not_sent(
                     &self,
                     id: &str,
@@ -172,14 +253,18 @@ macro_rules! mobile_payments {
                 async fn stale_mobile_payments(
                     &self,
                     created_before: DateTime<Utc>,
+                    now: DateTime<Utc>,
                     limit: u32,
                 ) -> Result<Vec<MobilePayment>, StoreError> {
+                    // Least recently asked about first: stuck requests cannot starve the rest.
                     let sql = format!(
                         "SELECT {COLUMNS} FROM mpesa_payments WHERE state = 'pending' \
-                         AND created_at < $1 ORDER BY created_at LIMIT $2"
+                         AND created_at < $1 AND (next_poll_at IS NULL OR next_poll_at <= $2) \
+                         ORDER BY COALESCE(next_poll_at, created_at) LIMIT $3"
                     );
                     let rows: Vec<PaymentRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
                         .bind(created_before)
+                        .bind(now)
                         .bind(i64::from(limit))
                         .fetch_all(&self.pool)
                         .await?;

@@ -191,6 +191,39 @@ macro_rules! billing_tx {
                 row.map($crate::store::mpesa_sql::payment).transpose()
             }
 
+            async fn prepaid_periods(
+                &mut self,
+                user: &$crate::domain::UserId,
+                after: chrono::DateTime<chrono::Utc>,
+            ) -> Result<Vec<$crate::domain::prepaid::PrepaidPeriod>, $crate::store::StoreError> {
+                let rows: Vec<$crate::store::mpesa_sql::PeriodRow> = sqlx::query_as(
+                    "SELECT checkout_request_id, tier, period_start, period_end FROM mpesa_payments \
+                     WHERE user_id = $1 AND state = 'paid' AND period_end > $2 \
+                     AND checkout_request_id IS NOT NULL ORDER BY period_start",
+                )
+                .bind(user.as_str())
+                .bind(after)
+                .fetch_all(&mut *self.0)
+                .await?;
+                rows.into_iter().map($crate::store::mpesa_sql::period).collect()
+            }
+
+            async fn save_prepaid_period(
+                &mut self,
+                period: &$crate::domain::prepaid::PrepaidPeriod,
+            ) -> Result<(), $crate::store::StoreError> {
+                sqlx::query(
+                    "UPDATE mpesa_payments SET period_start = $2, period_end = $3 \
+                     WHERE checkout_request_id = $1",
+                )
+                .bind(&period.request_id)
+                .bind(period.start)
+                .bind(period.end)
+                .execute(&mut *self.0)
+                .await?;
+                Ok(())
+            }
+
             async fn commit(self: Box<Self>) -> Result<(), $crate::store::StoreError> {
                 let Self(tx, signals) = *self;
                 tx.commit().await?;

@@ -26,6 +26,8 @@ pub const SHORTCODE: &str = "174379";
 pub const PASSKEY: &str = "bfb279f9aa9bdbcf158e97dd71a467cd2e0c893059b10f78e6b72ada1ed2c919";
 pub const PRICE_PRO: u32 = 1500;
 pub const PRICE_PREMIUM: u32 = 3500;
+/// For [`FakeMpesa::query_says`]: the query is refused (400), as for an id Daraja lost.
+pub const REFUSE: i64 = -1;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -41,6 +43,12 @@ struct State {
     /// Problems found in requests (a test asserts there are none).
     problems: Vec<String>,
     delay: Duration,
+    /// Accept the next push, then drop the connection without answering.
+    lose_next_push: bool,
+    /// What the STK query answers for a request, whatever the payer did (a lagging query).
+    query_says: HashMap<String, i64>,
+    /// CheckoutRequestIDs created, in order.
+    created: Vec<String>,
 }
 
 pub struct FakeMpesa {
@@ -96,6 +104,25 @@ impl FakeMpesa {
         lock(&self.state)
             .requests
             .insert(request_id.to_string(), Some(code));
+    }
+
+    /// Daraja accepts the next push (the phone prompts) and the answer never arrives.
+    pub fn lose_next_push_answer(&self) {
+        lock(&self.state).lose_next_push = true;
+    }
+
+    /// The STK query answers `code` for `request_id` whatever the payer did, until cleared.
+    pub fn query_says(&self, request_id: &str, code: Option<i64>) {
+        let mut state = lock(&self.state);
+        match code {
+            Some(code) => state.query_says.insert(request_id.to_string(), code),
+            None => state.query_says.remove(request_id),
+        };
+    }
+
+    /// The CheckoutRequestIDs Daraja created, in order (answered or not).
+    pub fn created(&self) -> Vec<String> {
+        lock(&self.state).created.clone()
     }
 
     /// Every STK push body received.
@@ -273,10 +300,16 @@ impl Handler {
                 let n = self.counter.fetch_add(1, Ordering::Relaxed);
                 let id = format!("ws_CO_30112026{n:06}");
                 state.requests.insert(id.clone(), None);
-                ResponseTemplate::new(200).set_body_json(json!({
+                state.created.push(id.clone());
+                let answer = ResponseTemplate::new(200).set_body_json(json!({
                     "MerchantRequestID": format!("29115-34620561-{n}"), "CheckoutRequestID": id,
                     "ResponseCode": "0", "ResponseDescription": "Success. Request accepted for processing",
-                    "CustomerMessage": "Success. Request accepted for processing" }))
+                    "CustomerMessage": "Success. Request accepted for processing" }));
+                if std::mem::take(&mut state.lose_next_push) {
+                    answer.lost()
+                } else {
+                    answer
+                }
             }
             "/mpesa/stkpushquery/v1/query" => {
                 state.queries.push(body.clone());
@@ -290,7 +323,15 @@ impl Handler {
                     );
                 }
                 let id = body["CheckoutRequestID"].as_str().unwrap_or_default();
-                match state.requests.get(id) {
+                let lagging = state.query_says.get(id).copied().map(Some);
+                if lagging == Some(Some(REFUSE)) {
+                    return daraja_error(
+                        400,
+                        "400.002.02",
+                        "Bad Request - Invalid CheckoutRequestID",
+                    );
+                }
+                match lagging.as_ref().or(state.requests.get(id)) {
                     None => daraja_error(400, "400.002.02", "Bad Request - Invalid CheckoutRequestID"),
                     Some(None) => daraja_error(500, "500.001.1001", "The transaction is being processed"),
                     Some(Some(code)) => ResponseTemplate::new(200).set_body_json(json!({

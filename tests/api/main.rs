@@ -42,6 +42,7 @@ test_modules!(
     imports,
     integrations,
     money_seams,
+    money_seams_mpesa,
     mpesa,
     oauth,
     oauth_browser,
