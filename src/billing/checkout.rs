@@ -119,7 +119,7 @@ impl Billing {
         keep: Option<&str>,
     ) -> Result<Vec<(PaymentProvider, String)>, BillingError> {
         let mut paid = Vec::new();
-        for (provider, id) in self.store.open_checkouts(user).await? {
+        for (provider, id) in self.store.open_checkouts(user, true).await? {
             if keep == Some(id.as_str()) {
                 continue;
             }

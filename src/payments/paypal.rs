@@ -454,6 +454,18 @@ impl PaymentGateway for PaypalGateway {
                 .filter(|t| t["status"].as_str() == Some("COMPLETED"))
                 .max_by_key(|t| t["time"].as_str().unwrap_or("").to_string())
         }) else {
+            // PayPal lists a subscription's sale some time after its payment: when a payment
+            // was made, the refund is retried (the cancel again is a no-op) until it is listed.
+            let path = format!("/v1/billing/subscriptions/{}", segment(subscription_id));
+            let sub = self
+                .call(Method::GET, &path, "subscription_get", None, None)
+                .await?;
+            if sub.pointer("/billing_info/last_payment/time").is_some() {
+                return Err(PaymentError::Unavailable(
+                    "the subscription's payment is not listed by PayPal yet; the refund is retried"
+                        .into(),
+                ));
+            }
             return Ok(None);
         };
         let sale = paid["id"]

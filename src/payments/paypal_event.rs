@@ -4,10 +4,12 @@
 //!   (PayPal has no customer object). A sale names it in `custom`.
 //! - PayPal has no "cancel at period end": a cancelled subscription stops billing at once. What
 //!   was paid for still runs: a CANCELLED subscription reads as active with
-//!   `cancel_at_period_end` until the end of the last paid period (the next billing time it had,
-//!   else a month after its last payment; the plans are monthly).
+//!   `cancel_at_period_end` until the end of the last paid period: a month after its last
+//!   payment (the plans are monthly), or its next billing time if that is sooner. A cycle whose
+//!   payment failed was not paid, so it never extends access.
 //! - A payment failure leaves the subscription ACTIVE with `failed_payments_count > 0`: read as
-//!   past due. SUSPENDED reads as paused, EXPIRED as canceled.
+//!   past due. SUSPENDED (PayPal stops it after the failed payments allowed) and EXPIRED read
+//!   as canceled: nothing is being paid, and the user may subscribe again.
 //! - `PAYMENT.SALE.COMPLETED` is an invoice paid (the sale is the invoice). Refunds and
 //!   reversals are recorded and not applied (see the README).
 
@@ -76,15 +78,17 @@ pub(super) fn subscription(v: &Value, plans: &PlanMap) -> Result<RemoteSubscript
                 .or_else(|| n.as_str().and_then(|s| s.parse().ok()))
         })
         .unwrap_or(0);
-    let paid_through =
-        next_billing.or_else(|| last_payment.and_then(|t| t.checked_add_months(Months::new(1))));
+    let paid_month = last_payment.and_then(|t| t.checked_add_months(Months::new(1)));
+    let paid_through = match (paid_month, next_billing) {
+        (Some(month), Some(next)) if failed == 0 => Some(month.min(next)),
+        (month, None) | (month, Some(_)) => month,
+    };
     let (status, cancel_at_period_end) = match status {
         "APPROVAL_PENDING" | "APPROVED" => (SubscriptionStatus::Incomplete, false),
         "ACTIVE" if failed > 0 => (SubscriptionStatus::PastDue, false),
         "ACTIVE" => (SubscriptionStatus::Active, false),
-        "SUSPENDED" => (SubscriptionStatus::Paused, false),
         "CANCELLED" if paid_through.is_some() => (SubscriptionStatus::Active, true),
-        "CANCELLED" | "EXPIRED" => (SubscriptionStatus::Canceled, false),
+        "CANCELLED" | "SUSPENDED" | "EXPIRED" => (SubscriptionStatus::Canceled, false),
         other => return Err(format!("unknown subscription status {other:?}")),
     };
     Ok(RemoteSubscription {
@@ -95,7 +99,11 @@ pub(super) fn subscription(v: &Value, plans: &PlanMap) -> Result<RemoteSubscript
         price_id: plan.map(str::to_string),
         tier: plan.and_then(|p| plans.tier_of(p)),
         current_period_start: last_payment.or_else(|| time(v, &["start_time"])),
-        current_period_end: paid_through,
+        current_period_end: if status == SubscriptionStatus::Active && !cancel_at_period_end {
+            next_billing.or(paid_through)
+        } else {
+            paid_through
+        },
         cancel_at_period_end,
         cancel_at: None,
     })
@@ -231,6 +239,22 @@ mod tests {
         let r =
             subscription(&sub("CANCELLED", json!({})), &plans()).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(r.status, SubscriptionStatus::Canceled);
+        // Issue 25, item 9: cancelled after the December payment failed (PayPal retries on the
+        // 6th): paid through December 1 only, not the retry date.
+        let unpaid = json!({ "last_payment": { "time": "2026-11-01T10:00:00Z" },
+                             "next_billing_time": "2026-12-06T10:00:00Z", "failed_payments_count": 1 });
+        let r = subscription(&sub("CANCELLED", unpaid), &plans()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            r.access_ends_at(),
+            DateTime::parse_from_rfc3339("2026-12-01T10:00:00Z")
+                .ok()
+                .map(|t| t.with_timezone(&Utc)),
+            "an unpaid cycle gave access"
+        );
+        // Suspended by PayPal: nothing is paid, and the user is not held to it.
+        let r = subscription(&sub("SUSPENDED", active.clone()), &plans())
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(!crate::domain::reconcile::is_live_status(r.status), "{r:?}");
         let r = subscription(&sub("APPROVAL_PENDING", json!({})), &plans())
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(r.status, SubscriptionStatus::Incomplete);

@@ -226,9 +226,22 @@ impl StripeGateway {
             .get("amount_paid")
             .and_then(serde_json::Value::as_i64)
             .unwrap_or(0);
-        // Newer API versions list the invoice's payments; older ones name its payment intent.
-        let payment_intent = invoice
-            .pointer("/payments/data/0/payment/payment_intent")
+        // Newer API versions list the invoice's payments (a failed attempt may come first: the
+        // paid one is refunded); older ones name its payment intent.
+        let payments = invoice
+            .pointer("/payments/data")
+            .and_then(serde_json::Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let paid = payments
+            .iter()
+            .find(|p| p.get("status").and_then(serde_json::Value::as_str) == Some("paid"))
+            .or_else(|| {
+                // Without statuses (older versions), only a single payment is unambiguous.
+                (payments.len() == 1 && payments[0].get("status").is_none()).then(|| &payments[0])
+            });
+        let payment_intent = paid
+            .and_then(|p| p.pointer("/payment/payment_intent"))
             .and_then(|v| stripe_event::id_of_value(Some(v)))
             .or_else(|| stripe_event::id_of_value(invoice.get("payment_intent")));
         let (Some(payment_intent), true) = (payment_intent, amount > 0) else {

@@ -274,10 +274,12 @@ pub trait BillingRecords: Send + Sync {
     /// The user's checkout sessions, oldest first, each with whether it is still open.
     async fn checkouts(&self, user: &UserId) -> Result<Vec<(String, bool)>, StoreError>;
 
-    /// The user's checkout sessions still open, with their provider, oldest first.
+    /// The user's checkout sessions (those still open, or all of them), with their provider,
+    /// oldest first.
     async fn open_checkouts(
         &self,
         user: &UserId,
+        only_open: bool,
     ) -> Result<Vec<(PaymentProvider, String)>, StoreError>;
 
     /// Remembers a checkout session opened for the user (a replayed one is kept once).

@@ -346,15 +346,17 @@ macro_rules! billing_records {
             async fn open_checkouts(
                 &self,
                 user: &$crate::domain::UserId,
+                only_open: bool,
             ) -> Result<
                 Vec<($crate::domain::subscription::PaymentProvider, String)>,
                 $crate::store::StoreError,
             > {
                 let rows: Vec<(String, String)> = sqlx::query_as(
-                    "SELECT provider, id FROM checkout_sessions WHERE user_id = $1 AND state = 'open' \
-                     ORDER BY created_at, id",
+                    "SELECT provider, id FROM checkout_sessions WHERE user_id = $1 \
+                     AND (state = 'open' OR NOT $2) ORDER BY created_at, id",
                 )
                 .bind(user.as_str())
+                .bind(only_open)
                 .fetch_all(&self.pool)
                 .await?;
                 rows.into_iter()

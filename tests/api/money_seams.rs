@@ -22,6 +22,9 @@ crate::on_both_backends!(
     a_late_snapshot_of_an_ended_subscription_refunds_nothing,
     a_late_snapshot_never_replaces_an_ended_subscription,
     one_unreadable_overdue_subscription_does_not_stop_the_reconciler,
+    an_erasure_before_the_webhooks_cancels_what_was_paid_at_each_provider,
+    a_paypal_duplicate_is_refunded_once_its_sale_is_listed,
+    a_stripe_duplicate_refunds_the_payment_that_was_paid,
 );
 
 /// The server with both Stripe and PayPal configured.
@@ -251,6 +254,125 @@ async fn one_unreadable_overdue_subscription_does_not_stop_the_reconciler(backen
         subscription(&app, "rec-bo").await.status,
         i32::from(SubscriptionStatus::Canceled),
         "the readable subscription behind the unreadable one was refreshed"
+    );
+    app.stop().await;
+}
+
+/// Item 4: a user who paid (Stripe in one tab, PayPal in another) and erased the account
+/// before any webhook was applied kept being charged: the erasure cancelled only the stored
+/// subscription (none yet), and the later events were dropped as unknown.
+async fn an_erasure_before_the_webhooks_cancels_what_was_paid_at_each_provider(backend: Backend) {
+    let (app, stripe, paypal) = spawn_two(backend).await;
+    let user = "gone-ana";
+    // PayPal's approve link cannot be withdrawn: the later Stripe checkout leaves it payable.
+    let approval = checkout(&app, user, Tier::Premium, PaymentProvider::Paypal).await;
+    let session = checkout(&app, user, Tier::Pro, PaymentProvider::Stripe).await;
+    let customer = stripe
+        .customer_of(user)
+        .unwrap_or_else(|| panic!("no customer"));
+    let (start, end) = crate::subscription_lifecycle::period();
+    stripe.put_subscription(&crate::fake_stripe::SubSpec {
+        id: "sub_gone_ana",
+        customer: &customer,
+        price: crate::fake_stripe::PRICE_PRO,
+        status: "active",
+        period_start: start,
+        period_end: end,
+        cancel_at_period_end: false,
+    });
+    stripe.complete_session(&session, "sub_gone_ana");
+    paypal.activate(&approval, Utc::now());
+    let erased = crate::account_world::erase(&app, &token(user), "").await;
+    assert!(!erased.erasure_id.is_empty());
+    assert_eq!(
+        stripe.subscription("sub_gone_ana").map(|s| s["status"].clone()),
+        Some(json!("canceled")),
+        "the Stripe subscription still charges an erased user"
+    );
+    assert_eq!(
+        paypal.subscription(&approval)["status"],
+        "CANCELLED",
+        "the PayPal subscription still charges an erased user"
+    );
+    app.stop().await;
+}
+
+/// Item 9: PayPal lists a sale only some time after the payment. A duplicate cancelled before
+/// its sale was listed was never refunded, and nothing tried again.
+async fn a_paypal_duplicate_is_refunded_once_its_sale_is_listed(backend: Backend) {
+    let (app, paypal) = crate::paypal::spawn(backend).await;
+    let user = "pp-late-sale";
+    let (first, _) = crate::paypal::checkout(&app, user, Tier::Pro).await;
+    let (second, _) = crate::paypal::checkout(&app, user, Tier::Premium).await;
+    let at = Utc::now() - Duration::seconds(30);
+    let one = paypal.activate(&first, at);
+    let two = paypal.activate(&second, at + Duration::seconds(2));
+    let (_, e1) = paypal.event("BILLING.SUBSCRIPTION.ACTIVATED", &one, at + Duration::seconds(1));
+    let (_, e2) = paypal.event("BILLING.SUBSCRIPTION.ACTIVATED", &two, at + Duration::seconds(3));
+    crate::paypal::deliver_signed(&app, &paypal, &e1).await;
+    let (status, _) = crate::paypal::deliver(&app, &e2, &paypal.headers(&e2)).await;
+    assert_eq!(status, 200);
+    // PayPal has answered the listing of its transactions: none yet.
+    let listing = format!("/v1/billing/subscriptions/{second}/transactions");
+    crate::helpers::eventually("the duplicate's payments were listed", || async {
+        !paypal.requests("GET", &listing).is_empty()
+    })
+    .await;
+    assert_eq!(paypal.subscription(&second)["status"], "CANCELLED");
+    assert!(paypal.refunds().is_empty());
+    // The sale shows up in the listing later.
+    let sale = paypal.sale(&second, "19.00", at + Duration::seconds(2));
+    crate::helpers::eventually("the duplicate's payment was refunded", || async {
+        paypal.refunds() == [sale["id"].as_str().unwrap_or_default().to_string()]
+    })
+    .await;
+    app.settle().await;
+    assert_eq!(paypal.refunds().len(), 1);
+    app.stop().await;
+}
+
+/// Item 9: the duplicate's refund took `payments.data[0]`, which can be a failed attempt
+/// rather than the payment that was made.
+async fn a_stripe_duplicate_refunds_the_payment_that_was_paid(backend: Backend) {
+    let (app, stripe) = TestApp::spawn_with_stripe(backend).await;
+    let user = "dup-paid";
+    let (customer, _) = subscribe(&app, &stripe, user, Tier::Pro).await;
+    let (start, end) = crate::subscription_lifecycle::period();
+    stripe.put_subscription(&crate::fake_stripe::SubSpec {
+        id: "sub_dup_paid_2",
+        customer: &customer,
+        price: crate::fake_stripe::PRICE_PRO,
+        status: "active",
+        period_start: start,
+        period_end: end,
+        cancel_at_period_end: false,
+    });
+    stripe.put_invoice(&InvoiceSpec {
+        id: "in_latest_sub_dup_paid_2",
+        customer: &customer,
+        subscription: "sub_dup_paid_2",
+        status: "paid",
+        amount_due: 1900,
+        amount_paid: 1900,
+        created: start,
+    });
+    stripe.patch_invoice(
+        "in_latest_sub_dup_paid_2",
+        json!({ "payments": { "object": "list", "data": [
+            { "status": "canceled", "payment": { "type": "payment_intent", "payment_intent": "pi_declined" } },
+            { "status": "paid", "payment": { "type": "payment_intent", "payment_intent": "pi_paid" } },
+        ] } }),
+    );
+    let (_, body) = stripe.event(
+        "checkout.session.completed",
+        &stripe.checkout_completed(user, &customer, "sub_dup_paid_2"),
+    );
+    app.deliver_signed(&body).await;
+    let refunds = stripe.refunds();
+    assert_eq!(refunds.len(), 1, "{refunds:?}");
+    assert_eq!(
+        refunds[0].get("payment_intent").map(String::as_str),
+        Some("pi_paid")
     );
     app.stop().await;
 }
