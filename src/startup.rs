@@ -422,7 +422,18 @@ fn build_billing(
         chrono::Duration::from_std(config.past_due_grace).context("PAST_DUE_GRACE is too long")?,
         redirect_allowed,
         config.duplicate_policy,
+        subject_keys(config),
     ))
+}
+
+/// The keys of erased users' anonymous entries, from the same keys as the vault.
+fn subject_keys(config: &Config) -> crate::domain::erasure::SubjectKeys {
+    let previous: Vec<&[u8; 32]> = config
+        .previous_encryption_keys
+        .iter()
+        .map(|k| k.expose())
+        .collect();
+    crate::domain::erasure::SubjectKeys::new(config.encryption_key.expose(), &previous)
 }
 
 /// The vault with the current key and any previous ones.

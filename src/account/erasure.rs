@@ -22,7 +22,7 @@ use crate::{
     domain::{
         UserId,
         catalogue::ProviderId,
-        erasure::{ErasedRows, Requester, Revocation, subject_hash},
+        erasure::{ErasedRows, ErasureEntry, Requester, Revocation},
         subscription::PaymentProvider,
     },
     store::StoreError,
@@ -58,6 +58,19 @@ pub enum ErasureError {
 }
 
 impl Account {
+    /// The user's erasure entry, under any of the subject keys.
+    pub(super) async fn earlier_erasure(
+        &self,
+        user: &UserId,
+    ) -> Result<Option<ErasureEntry>, crate::store::StoreError> {
+        for subject in self.billing.subjects().candidates(user) {
+            if let Some(entry) = self.store.erasure(&subject).await? {
+                return Ok(Some(entry));
+            }
+        }
+        Ok(None)
+    }
+
     /// Erases everything held about `user` except the invoice rows bookkeeping requires, which
     /// are detached from them.
     #[tracing::instrument(skip_all, fields(requested_by = %requested_by))]
@@ -89,8 +102,8 @@ impl Account {
                     .into(),
             ));
         }
-        let subject = subject_hash(user);
-        let earlier = self.store.erasure(&subject).await?;
+        let subject = self.billing.subjects().hash(user);
+        let earlier = self.earlier_erasure(user).await?;
         let entry = self
             .store
             .start_erasure(&subject, requested_by, Utc::now())

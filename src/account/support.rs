@@ -6,10 +6,7 @@ use std::fmt::Write;
 use chrono::{DateTime, Utc};
 
 use super::Account;
-use crate::{
-    domain::{UserId, erasure::subject_hash},
-    store::StoreError,
-};
+use crate::{domain::UserId, store::StoreError};
 
 /// How many recent sync jobs and activity entries the summary lists.
 const RECENT: u32 = 10;
@@ -25,7 +22,7 @@ impl Account {
         let e = self.billing.entitlement(user).await?;
         let s = &e.subscription;
         let _ = writeln!(out, "user {user}");
-        if let Some(erasure) = self.store.erasure(&subject_hash(user)).await? {
+        if let Some(erasure) = self.earlier_erasure(user).await? {
             let _ = writeln!(
                 out,
                 "erasure {}: {} (runs {}, started {}, finished {})",

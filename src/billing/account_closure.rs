@@ -50,9 +50,14 @@ impl Billing {
         &self,
         user: &UserId,
     ) -> Result<Option<PaymentProvider>, BillingError> {
+        let candidates = self.subscriptions_of(user).await?;
+        if candidates.is_empty() {
+            // Nothing to lock either (the lock would create a row for an erased user).
+            return Ok(None);
+        }
         let owner = uuid::Uuid::new_v4().to_string();
         self.lock_changes(user, &owner).await?;
-        let result = self.cancel_everything(user).await;
+        let result = self.cancel_everything(user, candidates).await;
         if let Err(e) = self.store.unlock_subscription_changes(user, &owner).await {
             tracing::warn!(error = %e, "cannot release a subscription-change lock");
         }
@@ -62,10 +67,11 @@ impl Billing {
     async fn cancel_everything(
         &self,
         user: &UserId,
+        candidates: Vec<(PaymentProvider, String)>,
     ) -> Result<Option<PaymentProvider>, BillingError> {
         let stored = self.entitlement(user).await?.subscription;
         let mut cancelled = None;
-        for (provider, subscription_id) in self.subscriptions_of(user).await? {
+        for (provider, subscription_id) in candidates {
             let gateway = self.gateways.get(provider)?;
             let remote = match gateway.fetch_subscription(&subscription_id).await {
                 Ok(remote) => remote,

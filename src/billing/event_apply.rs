@@ -92,6 +92,11 @@ impl Billing {
             return self.finish(pending, "ignored", None).await;
         }
         let Some(user) = self.event_user(pending.provider, &event).await? else {
+            if let Some(subscription_id) = self.erased_users_subscription(&event).await? {
+                return self
+                    .refund_for_erased(gateway.as_ref(), pending, &subscription_id)
+                    .await;
+            }
             tracing::warn!(
                 customer_id = event.customer_id.as_deref().unwrap_or("none"),
                 "webhook event for a customer this service does not know; recorded and ignored"
@@ -474,8 +479,7 @@ impl Billing {
                     );
                 }
                 (None, Ok(user)) => {
-                    let erased = crate::domain::erasure::subject_hash(&user);
-                    if self.store.was_erased(&erased).await? {
+                    if self.was_erased(&user).await? {
                         tracing::warn!(
                             "checkout completed for an erased user; recorded and not linked"
                         );
@@ -495,6 +499,55 @@ impl Billing {
             }
         }
         Ok(known)
+    }
+}
+
+impl Billing {
+    /// The subscription an event names when it was started for a user who has been erased
+    /// since (a PayPal approve link or a Stripe session paid after the erasure).
+    async fn erased_users_subscription(
+        &self,
+        event: &WebhookEvent,
+    ) -> Result<Option<String>, StoreError> {
+        let (user_ref, subscription_id) = match &event.action {
+            EventAction::CheckoutCompleted {
+                user_ref,
+                subscription_id: Some(id),
+            } => (user_ref.as_deref().or(event.customer_id.as_deref()), id),
+            // PayPal's customer is the user id.
+            EventAction::SubscriptionChanged {
+                subscription_id, ..
+            } => (event.customer_id.as_deref(), subscription_id),
+            _ => return Ok(None),
+        };
+        let Some(user) = user_ref.and_then(|u| UserId::parse(u).ok()) else {
+            return Ok(None);
+        };
+        let erased = self.was_erased(&user).await?;
+        Ok(erased.then(|| subscription_id.clone()))
+    }
+
+    /// An erased user cannot use what was paid after the erasure: cancelled and refunded.
+    async fn refund_for_erased(
+        &self,
+        gateway: &dyn PaymentGateway,
+        pending: &PendingEvent,
+        subscription_id: &str,
+    ) -> Result<Outcome, Failure> {
+        let remote = match gateway.fetch_subscription(subscription_id).await {
+            Ok(remote) => remote,
+            Err(PaymentError::NotFound(_)) => return self.finish(pending, "erased", None).await,
+            Err(e) => return Err(e.into()),
+        };
+        if !crate::domain::reconcile::is_live_status(remote.status) || remote.cancel_at_period_end {
+            return self.finish(pending, "erased", None).await;
+        }
+        let refunded = gateway.cancel_and_refund(subscription_id).await?;
+        tracing::warn!(
+            ?refunded,
+            "subscription paid after its user was erased; cancelled and refunded"
+        );
+        self.finish(pending, "erased_refunded", None).await
     }
 }
 

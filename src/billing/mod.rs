@@ -30,6 +30,7 @@ use chrono::{Duration, Utc};
 use crate::{
     domain::{
         LimitCheck, Resource, Subscription, Tier, Usage, UserId,
+        erasure::SubjectKeys,
         freshness::{Evidence, Freshness, freshness},
         invoice::StoredInvoice,
         reconcile::{Reconciled, RemoteSubscription, is_live_status, reconcile},
@@ -71,6 +72,8 @@ pub struct Billing {
     past_due_grace: Duration,
     redirect_allowed: RedirectGuard,
     duplicate_policy: DuplicatePolicy,
+    /// The keys of erased users' anonymous entries.
+    subjects: SubjectKeys,
     /// Wakes the event processor when the intake stored an event.
     stored_events: tokio::sync::Notify,
 }
@@ -104,6 +107,7 @@ impl Billing {
         past_due_grace: Duration,
         redirect_allowed: RedirectGuard,
         duplicate_policy: DuplicatePolicy,
+        subjects: SubjectKeys,
     ) -> Self {
         Self {
             store,
@@ -111,8 +115,24 @@ impl Billing {
             past_due_grace,
             redirect_allowed,
             duplicate_policy,
+            subjects,
             stored_events: tokio::sync::Notify::new(),
         }
+    }
+
+    /// The keys of erased users' anonymous entries.
+    pub fn subjects(&self) -> &SubjectKeys {
+        &self.subjects
+    }
+
+    /// Whether `user` was erased (an entry under any of the subject keys).
+    pub(crate) async fn was_erased(&self, user: &UserId) -> Result<bool, StoreError> {
+        for subject in self.subjects.candidates(user) {
+            if self.store.was_erased(&subject).await? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     fn entitle(&self, subscription: Subscription) -> Entitlement {

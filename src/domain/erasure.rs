@@ -9,10 +9,64 @@ use sha2::{Digest, Sha256};
 
 use super::UserId;
 
-/// The anonymous key of an erased user: the hex SHA-256 of `"nexus-erasure-v1:" + user id`.
-/// The erasure entry keeps only this, so it says "this user was erased" to whoever already
-/// knows the id, and nothing to anyone else.
-pub fn subject_hash(user: &UserId) -> String {
+/// The anonymous key of an erased user, which the erasure entry keeps instead of the id: an
+/// HMAC-SHA256 of the id under a key derived from `ENCRYPTION_KEY`. It says "this user was
+/// erased" to this service, which holds the key, and nothing to anyone reading the table (a
+/// plain hash of a guessable id could be reversed by trying ids).
+#[derive(Clone)]
+pub struct SubjectKeys {
+    /// The current key first, then the previous ones (`PREVIOUS_ENCRYPTION_KEYS`).
+    keys: Vec<[u8; 32]>,
+}
+
+impl fmt::Debug for SubjectKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SubjectKeys")
+            .field("keys", &self.keys.len())
+            .finish()
+    }
+}
+
+type HmacSha256 = hmac::Hmac<Sha256>;
+
+fn keyed(key: &[u8], data: &[u8]) -> [u8; 32] {
+    use hmac::{KeyInit, Mac};
+    let mut mac = <HmacSha256 as KeyInit>::new_from_slice(key)
+        .unwrap_or_else(|_| <HmacSha256 as KeyInit>::new(&Default::default()));
+    mac.update(data);
+    mac.finalize().into_bytes().into()
+}
+
+impl SubjectKeys {
+    /// Derived from the encryption keys (current first).
+    pub fn new(current: &[u8; 32], previous: &[&[u8; 32]]) -> Self {
+        let keys = std::iter::once(current)
+            .chain(previous.iter().copied())
+            .map(|k| keyed(k, b"nexus-erasure/v2/subject"))
+            .collect();
+        Self { keys }
+    }
+
+    /// The key an erasure entry is stored under.
+    pub fn hash(&self, user: &UserId) -> String {
+        hex::encode(keyed(&self.keys[0], user.as_str().as_bytes()))
+    }
+
+    /// Every key an earlier entry of the user may be stored under: under each configured key,
+    /// then the unkeyed hash entries made before keys were used.
+    pub fn candidates(&self, user: &UserId) -> Vec<String> {
+        let mut all: Vec<String> = self
+            .keys
+            .iter()
+            .map(|k| hex::encode(keyed(k, user.as_str().as_bytes())))
+            .collect();
+        all.push(legacy_subject_hash(user));
+        all
+    }
+}
+
+/// The unkeyed hash entries were stored under before issue 25 (read, never written).
+fn legacy_subject_hash(user: &UserId) -> String {
     let digest = Sha256::digest(format!("nexus-erasure-v1:{}", user.as_str()).as_bytes());
     hex::encode(digest)
 }
@@ -127,14 +181,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_subject_key_is_keyed_and_old_entries_are_still_found() {
+        let user = UserId::parse("ada").unwrap_or_else(|e| panic!("{e}"));
+        let keys = SubjectKeys::new(&[7; 32], &[&[9; 32]]);
+        let other = SubjectKeys::new(&[8; 32], &[]);
+        assert_ne!(keys.hash(&user), legacy_subject_hash(&user), "guessable");
+        assert_ne!(keys.hash(&user), other.hash(&user));
+        let candidates = keys.candidates(&user);
+        assert_eq!(candidates[0], keys.hash(&user));
+        assert_eq!(candidates[1], SubjectKeys::new(&[9; 32], &[]).hash(&user));
+        assert_eq!(candidates[2], legacy_subject_hash(&user));
+    }
+
+    #[test]
     fn the_subject_hash_is_stable_and_does_not_contain_the_id() {
         let user = UserId::parse("user-42").unwrap_or_else(|e| panic!("{e}"));
-        let hash = subject_hash(&user);
+        let keys = SubjectKeys::new(&[1; 32], &[]);
+        let hash = keys.hash(&user);
         assert_eq!(hash.len(), 64);
-        assert_eq!(hash, subject_hash(&user));
+        assert_eq!(hash, keys.hash(&user));
         assert!(!hash.contains("user-42"));
         let other = UserId::parse("user-43").unwrap_or_else(|e| panic!("{e}"));
-        assert_ne!(hash, subject_hash(&other));
+        assert_ne!(hash, keys.hash(&other));
     }
 
     #[test]

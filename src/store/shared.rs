@@ -26,9 +26,12 @@ macro_rules! billing_tx {
                     // with no use here.
                     "UPDATE webhook_inbox SET state = 'done', outcome = $3, processed_at = $4, \
                      last_error = NULL, \
-                     payload = CASE WHEN $3 = 'unknown_customer' THEN NULL ELSE payload END, \
-                     order_key = CASE WHEN $3 = 'unknown_customer' THEN NULL ELSE order_key END, \
-                     object_id = CASE WHEN $3 = 'unknown_customer' THEN NULL ELSE object_id END \
+                     payload = CASE WHEN $3 IN ('unknown_customer', 'erased', 'erased_refunded') \
+                       THEN NULL ELSE payload END, \
+                     order_key = CASE WHEN $3 IN ('unknown_customer', 'erased', 'erased_refunded') \
+                       THEN NULL ELSE order_key END, \
+                     object_id = CASE WHEN $3 IN ('unknown_customer', 'erased', 'erased_refunded') \
+                       THEN NULL ELSE object_id END \
                      WHERE provider = $1 AND event_id = $2 AND state = 'pending'",
                 )
                 .bind(provider.as_str())
@@ -150,6 +153,16 @@ macro_rules! billing_tx {
                 provider: $crate::domain::subscription::PaymentProvider,
                 customer_id: &str,
             ) -> Result<(), $crate::store::StoreError> {
+                // Remembered for an erasure: the customer's old events name the user.
+                sqlx::query(
+                    "INSERT INTO forgotten_customers (provider, customer_id, user_id) \
+                     SELECT provider, customer_id, user_id FROM billing_customers \
+                     WHERE provider = $1 AND customer_id = $2 ON CONFLICT DO NOTHING",
+                )
+                .bind(provider.as_str())
+                .bind(customer_id)
+                .execute(&mut *self.0)
+                .await?;
                 sqlx::query("DELETE FROM billing_customers WHERE provider = $1 AND customer_id = $2")
                     .bind(provider.as_str())
                     .bind(customer_id)

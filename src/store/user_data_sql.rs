@@ -41,6 +41,10 @@ pub(crate) const DELETES: &[(&str, Count)] = &[
     ("DELETE FROM integrations WHERE user_id = $1", |r, n| {
         r.integrations += n
     }),
+    (
+        "DELETE FROM forgotten_customers WHERE user_id = $1",
+        |_, _| {},
+    ),
     ("DELETE FROM oauth_states WHERE user_id = $1", |r, n| {
         r.oauth_states += n
     }),
@@ -146,7 +150,10 @@ macro_rules! user_data_store {
                     // Webhook events are ordered by customer: PayPal's and M-Pesa's customer id
                     // is the user id, Stripe's is its cus_ id.
                     let mut keys: Vec<String> =
-                        sqlx::query_scalar("SELECT customer_id FROM billing_customers WHERE user_id = $1")
+                        sqlx::query_scalar(
+                            "SELECT customer_id FROM billing_customers WHERE user_id = $1 \
+                             UNION SELECT customer_id FROM forgotten_customers WHERE user_id = $1",
+                        )
                             .bind(user.as_str())
                             .fetch_all(&mut *tx)
                             .await?;

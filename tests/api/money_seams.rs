@@ -25,6 +25,8 @@ crate::on_both_backends!(
     an_erasure_before_the_webhooks_cancels_what_was_paid_at_each_provider,
     a_paypal_duplicate_is_refunded_once_its_sale_is_listed,
     a_stripe_duplicate_refunds_the_payment_that_was_paid,
+    a_deleted_customers_old_payloads_are_erased_too,
+    a_paypal_link_approved_after_the_erasure_is_cancelled_and_refunded,
 );
 
 /// The server with both Stripe and PayPal configured.
@@ -373,6 +375,69 @@ async fn a_stripe_duplicate_refunds_the_payment_that_was_paid(backend: Backend) 
     assert_eq!(
         refunds[0].get("payment_intent").map(String::as_str),
         Some("pi_paid")
+    );
+    app.stop().await;
+}
+
+/// Item 12: after Stripe deleted the customer (`customer.deleted`), an erasure no longer found
+/// the customer's old webhook payloads, which keep the user's email and id.
+async fn a_deleted_customers_old_payloads_are_erased_too(backend: Backend) {
+    let (app, stripe) = TestApp::spawn_with_stripe(backend).await;
+    let user = "deleted-cus";
+    let (customer, sub_id) = subscribe(&app, &stripe, user, Tier::Pro).await;
+    let ended = stripe.patch_subscription(&sub_id, json!({ "status": "canceled" }));
+    let (_, body) = stripe.event("customer.subscription.deleted", &ended);
+    app.deliver_signed(&body).await;
+    let (_, deleted) = stripe.event(
+        "customer.deleted",
+        &json!({ "id": customer, "object": "customer", "email": "deleted-cus@example.com",
+                 "metadata": { "user_id": user } }),
+    );
+    app.deliver_signed(&deleted).await;
+    crate::account_world::erase(&app, &token(user), "").await;
+    assert_eq!(
+        app.count("webhook_inbox", &format!("payload LIKE '%{user}%'"))
+            .await,
+        0,
+        "an erased user's webhook payloads are kept"
+    );
+    // Item 12: the entry's anonymous key is keyed, not a plain hash anyone can recompute.
+    use sha2::Digest;
+    let plain = hex::encode(sha2::Sha256::digest(
+        format!("nexus-erasure-v1:{user}").as_bytes(),
+    ));
+    assert_eq!(app.count("erasures", "").await, 1);
+    assert_eq!(
+        app.count("erasures", &format!("subject_hash = '{plain}'"))
+            .await,
+        0,
+        "the erased user's key is a plain SHA-256 of a guessable id"
+    );
+    app.stop().await;
+}
+
+/// The money model found it: PayPal's approve link cannot be withdrawn, and one approved
+/// after the erasure charged an erased user every month (its events were dropped as unknown).
+async fn a_paypal_link_approved_after_the_erasure_is_cancelled_and_refunded(backend: Backend) {
+    let (app, paypal) = crate::paypal::spawn(backend).await;
+    let user = "pp-after-erasure";
+    let (id, _) = crate::paypal::checkout(&app, user, Tier::Pro).await;
+    crate::account_world::erase(&app, &token(user), "").await;
+    let at = Utc::now() - Duration::seconds(5);
+    let active = paypal.activate(&id, at);
+    let sale = paypal.sale(&id, "9.00", at);
+    let (_, body) = paypal.event("BILLING.SUBSCRIPTION.ACTIVATED", &active, at);
+    crate::paypal::deliver_signed(&app, &paypal, &body).await;
+    assert_eq!(paypal.subscription(&id)["status"], "CANCELLED");
+    assert_eq!(
+        paypal.refunds(),
+        [sale["id"].as_str().unwrap_or_default().to_string()]
+    );
+    assert_eq!(
+        app.count("webhook_inbox", &format!("payload LIKE '%{user}%'"))
+            .await,
+        0,
+        "the event's payload names the erased user"
     );
     app.stop().await;
 }
