@@ -57,7 +57,9 @@ impl Billing {
         }
         let owner = uuid::Uuid::new_v4().to_string();
         self.lock_changes(user, &owner).await?;
-        let result = self.cancel_everything(user, candidates).await;
+        let result = self
+            .while_locked(user, &owner, self.cancel_everything(user, candidates))
+            .await;
         if let Err(e) = self.store.unlock_subscription_changes(user, &owner).await {
             tracing::warn!(error = %e, "cannot release a subscription-change lock");
         }

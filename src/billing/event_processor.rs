@@ -31,9 +31,6 @@ use crate::{
     config::WebhookConfig, store::PendingEvent, store::StoreError, telemetry::error_chain,
 };
 
-/// How long a worker holds a customer's events before it must renew.
-const LEASE: chrono::Duration = chrono::Duration::seconds(30);
-
 pub struct EventProcessor {
     billing: Arc<Billing>,
     config: WebhookConfig,
@@ -47,6 +44,11 @@ impl EventProcessor {
             config,
             name: format!("events-{}", uuid::Uuid::new_v4().simple()),
         }
+    }
+
+    /// How long a worker holds a customer's events (`WEBHOOK_LEASE`).
+    fn lease(&self) -> chrono::Duration {
+        chrono::Duration::from_std(self.config.lease).unwrap_or(chrono::Duration::seconds(30))
     }
 
     /// Runs `WEBHOOK_WORKERS` workers and a pending-events gauge until shutdown.
@@ -109,9 +111,10 @@ impl EventProcessor {
     ) -> Result<bool, StoreError> {
         let store = &self.billing.store;
         let now = Utc::now();
+        let lease = self.lease();
         for key in store.ready_order_keys(now).await? {
             if store
-                .claim_order_key(&key, worker, now + LEASE, now)
+                .claim_order_key(&key, worker, now + lease, now)
                 .await?
             {
                 let hold = self.run_key(&key, worker, shutdown).await;
@@ -145,11 +148,16 @@ impl EventProcessor {
             }
             let span = tracing::info_span!("webhook_event", event_id = %pending.event_id,
                 event_type = %pending.event_type, attempt = pending.attempts + 1);
-            let result = self
+            let work = self
                 .billing
                 .apply_event(&pending, &mut fetched)
-                .instrument(span)
-                .await;
+                .instrument(span);
+            // A slow provider (a confirmation, a cancel-and-refund) must not outlast the lease.
+            let lease = self.lease();
+            let result = super::lease::renewing(work, self.config.lease / 3, || {
+                store.extend_order_key(key, worker, Utc::now() + lease)
+            })
+            .await;
             match result {
                 Ok(outcome) => {
                     let lag = (Utc::now() - pending.created).num_milliseconds().max(0) as f64;
@@ -169,7 +177,7 @@ impl EventProcessor {
                 }
             }
             if let Err(e) = store
-                .extend_order_key(key, worker, Utc::now() + LEASE)
+                .extend_order_key(key, worker, Utc::now() + self.lease())
                 .await
             {
                 tracing::warn!(error = %error_chain(&e), "cannot renew an event lease");
@@ -202,7 +210,7 @@ impl EventProcessor {
         let delay = backoff(attempts, self.config.retry_max_delay);
         tracing::warn!(event_id = %pending.event_id, attempts, error = %message,
             retry_in_ms = delay.as_millis() as u64, "webhook event not applied yet; will retry");
-        Some(Utc::now() + chrono::Duration::from_std(delay).unwrap_or(LEASE))
+        Some(Utc::now() + chrono::Duration::from_std(delay).unwrap_or(self.lease()))
     }
 }
 

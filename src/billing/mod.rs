@@ -11,6 +11,7 @@ mod account_closure;
 mod checkout;
 mod event_apply;
 pub mod event_processor;
+mod lease;
 mod mpesa;
 pub mod mpesa_poller;
 mod plan_changes;

@@ -93,12 +93,31 @@ impl Billing {
         }
         let owner = uuid::Uuid::new_v4().to_string();
         self.lock_changes(user, &owner).await?;
-        let result = self.change_locked(user, decide).await;
+        let result = self
+            .while_locked(user, &owner, self.change_locked(user, decide))
+            .await;
         if let Err(e) = self.store.unlock_subscription_changes(user, &owner).await {
             // The lock expires on its own.
             tracing::warn!(error = %e, "cannot release a subscription-change lock");
         }
         result
+    }
+
+    /// Runs `work` while renewing the user's change lock held by `owner`.
+    pub(super) async fn while_locked<T>(
+        &self,
+        user: &UserId,
+        owner: &str,
+        work: impl std::future::Future<Output = T>,
+    ) -> T {
+        let every = (CHANGE_LOCK / 3)
+            .to_std()
+            .unwrap_or(StdDuration::from_secs(20));
+        super::lease::renewing(work, every, || {
+            self.store
+                .extend_subscription_lock(user, owner, Utc::now() + CHANGE_LOCK)
+        })
+        .await
     }
 
     pub(super) async fn lock_changes(

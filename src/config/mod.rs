@@ -83,6 +83,8 @@ pub struct WebhookConfig {
     pub poll_interval: Duration,
     pub max_attempts: u32,
     pub retry_max_delay: Duration,
+    /// How long a worker holds a customer's events (renewed while it works).
+    pub lease: Duration,
     /// `None`: the reconciler runs only on demand.
     pub reconcile_interval: Option<Duration>,
 }
@@ -528,6 +530,7 @@ impl Config {
                 poll_interval: s.webhook_poll_interval,
                 max_attempts: s.webhook_max_attempts.max(1),
                 retry_max_delay: s.webhook_retry_max_delay.max(Duration::from_secs(1)),
+                lease: s.webhook_lease.max(Duration::from_secs(3)),
                 reconcile_interval: (!s.reconcile_interval.is_zero())
                     .then_some(s.reconcile_interval),
             },

@@ -191,6 +191,10 @@ pub struct Settings {
     /// Longest wait between two attempts of a failing event (the wait doubles from 1 s).
     #[arg(long, env = "WEBHOOK_RETRY_MAX_DELAY", default_value = "5m", value_parser = humantime::parse_duration, global = true)]
     pub webhook_retry_max_delay: Duration,
+    /// How long a worker holds a customer's events; renewed every third of it while a slow
+    /// provider call runs, and taken over by another worker if its holder died.
+    #[arg(long, env = "WEBHOOK_LEASE", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
+    pub webhook_lease: Duration,
     /// How often the reconciler brings in missed Stripe events and re-reads overdue
     /// subscriptions (`0s`: never; `nexus-billing reconcile` runs it once).
     #[arg(long, env = "RECONCILE_INTERVAL", default_value = "1h", value_parser = humantime::parse_duration, global = true)]

@@ -264,6 +264,14 @@ pub trait BillingRecords: Send + Sync {
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError>;
 
+    /// Extends the lock to `until` if `owner` still holds it; `false` if it does not.
+    async fn extend_subscription_lock(
+        &self,
+        user: &UserId,
+        owner: &str,
+        until: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
     /// Releases the lock if `owner` still holds it.
     async fn unlock_subscription_changes(
         &self,

@@ -327,6 +327,24 @@ macro_rules! billing_records {
                 Ok(done.rows_affected() == 1)
             }
 
+            async fn extend_subscription_lock(
+                &self,
+                user: &$crate::domain::UserId,
+                owner: &str,
+                until: chrono::DateTime<chrono::Utc>,
+            ) -> Result<bool, $crate::store::StoreError> {
+                let done = sqlx::query(
+                    "UPDATE subscriptions SET change_lock_until = $3 \
+                     WHERE user_id = $1 AND change_lock_owner = $2",
+                )
+                .bind(user.as_str())
+                .bind(owner)
+                .bind(until)
+                .execute(&self.pool)
+                .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
             async fn unlock_subscription_changes(
                 &self,
                 user: &$crate::domain::UserId,

@@ -429,14 +429,27 @@ impl Handler {
                 None => error(404, "RESOURCE_NOT_FOUND", "INVALID_RESOURCE_ID"),
             },
             ("POST", ["v1", "payments", "sale", id, "refund"]) => {
+                // As PayPal: the same PayPal-Request-Id replays the first answer; a sale
+                // refunded before cannot be refunded again.
+                if let Some(key) = &r.request_id
+                    && let Some(replay) = state.replays.get(key)
+                {
+                    return ResponseTemplate::new(201).set_body_json(replay.clone());
+                }
                 let Some(sale) = state.sales.get_mut(*id) else {
                     return error(404, "RESOURCE_NOT_FOUND", "INVALID_RESOURCE_ID");
                 };
+                if sale["state"] == "refunded" {
+                    return error(400, "TRANSACTION_REFUSED", "TRANSACTION_ALREADY_REFUNDED");
+                }
                 sale["state"] = json!("refunded");
                 state.refunds.push(id.to_string());
-                ResponseTemplate::new(201).set_body_json(
-                    json!({ "id": self.next("REFUND-"), "state": "completed", "sale_id": id }),
-                )
+                let answer =
+                    json!({ "id": self.next("REFUND-"), "state": "completed", "sale_id": id });
+                if let Some(key) = &r.request_id {
+                    state.replays.insert(key.clone(), answer.clone());
+                }
+                ResponseTemplate::new(201).set_body_json(answer)
             }
             ("POST", ["v1", "notifications", "verify-webhook-signature"]) => {
                 if state.fail_verify {

@@ -22,6 +22,7 @@ crate::on_both_backends!(
     a_request_whose_hints_died_is_still_asked_about,
     a_request_never_confirmed_is_failed_and_flagged_after_a_day,
     a_lagging_query_does_not_fail_a_paid_request,
+    a_slow_confirmation_keeps_its_lease,
 );
 
 async fn spawn_with(backend: Backend, extra: &[(&str, &str)]) -> (TestApp, FakeMpesa) {
@@ -252,6 +253,59 @@ async fn a_lagging_query_does_not_fail_a_paid_request(backend: Backend) {
     assert_eq!(
         subscription(&app, user).await.effective_tier,
         i32::from(Tier::Pro)
+    );
+    app.stop().await;
+}
+
+/// Who holds the lease on `key`, and until when (`None` while no worker holds it).
+async fn lease(app: &TestApp, key: &str) -> Option<(String, chrono::DateTime<Utc>)> {
+    let sql = "SELECT lease_owner, lease_until FROM webhook_streams \
+               WHERE order_key = $1 AND lease_owner IS NOT NULL";
+    match &app.pool {
+        crate::helpers::TestPool::Sqlite(pool) => {
+            sqlx::query_as(sql).bind(key).fetch_optional(pool).await
+        }
+        crate::helpers::TestPool::Postgres(pool) => {
+            sqlx::query_as(sql).bind(key).fetch_optional(pool).await
+        }
+    }
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Item 11: the event lease was not renewed while a provider call ran, so a confirmation
+/// slower than the lease could be taken over and run twice by another worker.
+async fn a_slow_confirmation_keeps_its_lease(backend: Backend) {
+    let (app, mpesa) = spawn_with(backend, &[("--webhook-lease", "3s")]).await;
+    let user = "lease-gi";
+    let id = push(&app, user, Tier::Pro).await;
+    mpesa.resolve(&id, 0);
+    let query = mpesa.server.hold_first(
+        1,
+        crate::fake_http::HoldPoint::Answer,
+        crate::fake_http::route("POST", "/mpesa/stkpushquery"),
+    );
+    post_callback(&app, &callback(&id, 0, Some("RLEASE"), PRICE_PRO)).await;
+    query.arrived(1).await;
+    let held_at = Utc::now();
+    let (owner, _) = lease(&app, user)
+        .await
+        .unwrap_or_else(|| panic!("no worker holds the user's events"));
+    // Daraja is slow to answer: the same worker renews its lease past its first term (without
+    // renewals it ends, and another worker takes the event and asks Daraja again).
+    wait_for("the lease was renewed by its holder", || async {
+        lease(&app, user)
+            .await
+            .filter(|(holder, until)| *holder == owner && *until > held_at + Duration::seconds(3))
+    })
+    .await;
+    query.release();
+    assert_eq!(settled(&app, &id).await.0, "paid");
+    app.settle().await;
+    assert_eq!(mpesa.queries(&id), 1, "the confirmation was started twice");
+    assert_eq!(
+        app.count("invoices", "provider = 'mpesa'").await,
+        1,
+        "the confirmation ran once"
     );
     app.stop().await;
 }
