@@ -7,8 +7,6 @@
 //! database is changed by the erasure afterwards, so a failure here leaves the user's data in
 //! place for a retry.
 
-use chrono::Utc;
-
 use super::{Billing, BillingError};
 use crate::{
     domain::{
@@ -90,7 +88,7 @@ impl Billing {
                 "subscription cancelled for an erasure"
             );
             if stored.provider_subscription_id.as_deref() == Some(subscription_id.as_str()) {
-                let fetched_at = Utc::now();
+                let fetched_at = gateway.now();
                 let after = gateway.fetch_subscription(&subscription_id).await?;
                 self.store_remote(user, &after, Evidence::Fetched(fetched_at))
                     .await?;

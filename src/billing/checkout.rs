@@ -146,7 +146,7 @@ impl Billing {
         subscription_id: &str,
     ) -> Result<Tier, BillingError> {
         let gateway = self.gateways.get(provider)?;
-        let fetched_at = Utc::now();
+        let fetched_at = gateway.now();
         let remote = gateway.fetch_subscription(subscription_id).await?;
         let stored = self
             .store_remote(user, &remote, Evidence::Fetched(fetched_at))

@@ -205,8 +205,8 @@ impl Work<'_> {
         {
             return Ok((remote.clone(), Evidence::Fetched(*at)));
         }
-        wait_until(after_event).await;
-        let started = Utc::now();
+        wait_until(self.gateway, after_event).await;
+        let started = self.gateway.now();
         let remote = self.gateway.fetch_subscription(id).await?;
         fetched
             .subscriptions
@@ -225,8 +225,8 @@ impl Work<'_> {
         {
             return Ok((remote.clone(), Evidence::Fetched(*at)));
         }
-        wait_until(after_event).await;
-        let started = Utc::now();
+        wait_until(self.gateway, after_event).await;
+        let started = self.gateway.now();
         let remote = self.gateway.fetch_invoice(id).await?;
         fetched
             .invoices
@@ -275,6 +275,11 @@ impl Work<'_> {
             let outcome = match (&applied, evidence) {
                 (Applied::NeedsFetch, _) => {
                     drop(tx);
+                    if let Evidence::Fetched(started) = evidence {
+                        // Fetched in the second of the stored snapshot: again, after it.
+                        fetched.subscriptions.remove(id);
+                        wait_until(self.gateway, next_second(started)).await;
+                    }
                     (remote, evidence) = self.fetch_subscription(id, fetched).await?;
                     continue;
                 }
@@ -391,6 +396,10 @@ impl Work<'_> {
             let fresh = freshness(before.as_ref().and_then(|b| b.state_as_of), evidence);
             if fresh == Freshness::Unclear {
                 drop(tx);
+                if let Evidence::Fetched(started) = evidence {
+                    fetched.invoices.remove(id);
+                    wait_until(self.gateway, next_second(started)).await;
+                }
                 (remote, evidence) = self.fetch_invoice(id, fetched).await?;
                 continue;
             }
@@ -551,10 +560,18 @@ impl Billing {
     }
 }
 
-/// Sleeps until `at` (a fetch must start after the event's second to order against it).
-async fn wait_until(at: DateTime<Utc>) {
-    if let Ok(wait) = (at - Utc::now()).to_std() {
-        tokio::time::sleep(wait).await;
+/// The start of the second after `t`'s.
+pub(super) fn next_second(t: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp(t.timestamp() + 1, 0).unwrap_or(t)
+}
+
+/// Sleeps until `at` on the provider's clock (a fetch must start after the event's second to
+/// order against it, and the event's second is the provider's). At most two seconds: a longer
+/// wait means the provider's clock is not known yet (no answer seen since the start); the fetch
+/// teaches it, and its evidence is then compared on the provider's clock.
+pub(super) async fn wait_until(gateway: &dyn PaymentGateway, at: DateTime<Utc>) {
+    if let Ok(wait) = (at - gateway.now()).to_std() {
+        tokio::time::sleep(wait.min(std::time::Duration::from_secs(2))).await;
     }
 }
 

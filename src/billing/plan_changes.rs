@@ -166,12 +166,13 @@ impl Billing {
                 .map(|t| format!(" on {}", t.date_naive()))
                 .unwrap_or_default();
             return Err(BillingError::Precondition(format!(
-                "an M-Pesa period is prepaid and ends{end} without renewing: there is nothing to cancel or resume; to change tier, pay for the new tier with M-Pesa (it applies at once and extends the period)"
+                "an M-Pesa period is prepaid and ends{end} without renewing: there is nothing to cancel or resume; to change tier, pay for a period of the new tier with M-Pesa (it follows the days already paid)"
             )));
         }
         let gateway = self.gateways.get(provider)?;
         // The provider's state now, not the stored row (its news may still be on the way).
-        let fetched_at = Utc::now();
+        // Times of fetches are the provider's (see `payments::provider_clock`).
+        let fetched_at = gateway.now();
         let remote = gateway.fetch_subscription(&subscription_id).await?;
         let live = is_live_status(remote.status)
             && remote.access_ends_at().is_none_or(|end| end > fetched_at);
@@ -179,7 +180,7 @@ impl Billing {
         let (remote, evidence, approval_url) = match change {
             None => (remote, Evidence::Fetched(fetched_at), None),
             Some(change) => {
-                let started = Utc::now();
+                let started = gateway.now();
                 let (answer, approval) = send(gateway.as_ref(), &subscription_id, change).await?;
                 (answer, Evidence::Fetched(started), approval)
             }
@@ -202,15 +203,37 @@ impl Billing {
         remote: &RemoteSubscription,
         evidence: Evidence,
     ) -> Result<Subscription, BillingError> {
-        let mut tx = self.store.begin().await?;
-        let stored = tx.lock_subscription(user).await?;
-        let next = match apply_remote(tx.as_mut(), &stored, remote, evidence).await? {
-            Applied::Stored(next) => next,
-            // A webhook stored newer news meanwhile: that is the state.
-            _ => stored,
-        };
-        tx.commit().await?;
-        Ok(next)
+        let mut remote = remote.clone();
+        let mut evidence = evidence;
+        for _ in 0..3 {
+            let mut tx = self.store.begin().await?;
+            let stored = tx.lock_subscription(user).await?;
+            match apply_remote(tx.as_mut(), &stored, &remote, evidence).await? {
+                Applied::Stored(next) => {
+                    tx.commit().await?;
+                    return Ok(next);
+                }
+                // Read in the second of the stored snapshot: read again after it.
+                Applied::NeedsFetch => {
+                    drop(tx);
+                    let gateway = self.gateways.get(remote.provider)?;
+                    super::event_apply::wait_until(
+                        gateway.as_ref(),
+                        super::event_apply::next_second(evidence.as_of()),
+                    )
+                    .await;
+                    let started = gateway.now();
+                    remote = gateway.fetch_subscription(&remote.id).await?;
+                    evidence = Evidence::Fetched(started);
+                }
+                // A webhook stored newer news meanwhile: that is the state.
+                _ => {
+                    tx.commit().await?;
+                    return Ok(stored);
+                }
+            }
+        }
+        Ok(self.entitlement(user).await?.subscription)
     }
 }
 

@@ -108,7 +108,7 @@ impl Billing {
         overdue: &OverdueSubscription,
         report: &mut ReconcileReport,
     ) -> Result<(), BillingError> {
-        let fetched_at = Utc::now();
+        let fetched_at = gateway.now();
         let remote = gateway.fetch_subscription(&overdue.subscription_id).await?;
         let ended = !is_live_status(remote.status);
         self.store_remote(&overdue.user, &remote, Evidence::Fetched(fetched_at))
@@ -170,7 +170,7 @@ impl Billing {
         let Some(customer) = ended.customer_id.as_deref() else {
             return Ok(false);
         };
-        let listed_at = Utc::now();
+        let listed_at = gateway.now();
         let live = gateway
             .customer_subscriptions(customer)
             .await?

@@ -44,10 +44,22 @@ pub fn freshness(stored_as_of: Option<DateTime<Utc>>, evidence: Evidence) -> Fre
     let Some(stored) = stored_as_of else {
         return Freshness::Newer;
     };
+    // State stored from a snapshot is known only to its second (a whole second: a fetch's
+    // start is never one in practice).
+    let from_snapshot = stored.timestamp_subsec_nanos() == 0;
     match evidence {
-        // A fetch that started no earlier than the stored state's instant saw at least it.
-        Evidence::Fetched(started) if started >= stored => Freshness::Newer,
-        Evidence::Fetched(_) => Freshness::Stale,
+        // A fetch that started after the stored state's instant (after its whole second, for
+        // a snapshot) saw at least it.
+        Evidence::Fetched(started) if from_snapshot && started >= stored + Duration::seconds(1) => {
+            Freshness::Newer
+        }
+        Evidence::Fetched(started) if !from_snapshot && started >= stored => Freshness::Newer,
+        // One that started a whole second before it did not. Fetch times are the provider's
+        // time as this host can tell it (`payments::provider_clock`), to within a second.
+        Evidence::Fetched(started) if started + Duration::seconds(1) <= stored => Freshness::Stale,
+        // In between (the second of a stored snapshot, or a fetch just before the stored one):
+        // ask again, after that second.
+        Evidence::Fetched(_) => Freshness::Unclear,
         // The snapshot's second lies wholly after the stored instant.
         Evidence::Snapshot(second) if second > stored => Freshness::Newer,
         // ... or wholly before it.
@@ -97,10 +109,20 @@ mod tests {
     #[test]
     fn a_fetch_never_overwrites_state_known_to_be_newer_than_its_start() {
         use Evidence::Fetched as F;
+        // Stored from a snapshot of second 5: a fetch in that second may be older than it
+        // (issue 25, item 10: it used to overwrite the snapshot).
         let stored = Some(t(5, 0));
-        assert_eq!(freshness(stored, F(t(5, 0))), Freshness::Newer);
-        assert_eq!(freshness(stored, F(t(5, 1))), Freshness::Newer);
-        assert_eq!(freshness(stored, F(t(4, 999))), Freshness::Stale);
+        assert_eq!(freshness(stored, F(t(5, 0))), Freshness::Unclear);
+        assert_eq!(freshness(stored, F(t(5, 1))), Freshness::Unclear);
+        assert_eq!(freshness(stored, F(t(6, 0))), Freshness::Newer);
+        assert_eq!(freshness(stored, F(t(4, 999))), Freshness::Unclear);
+        assert_eq!(freshness(stored, F(t(4, 0))), Freshness::Stale);
+        // Stored from a fetch that started at 5.3 s: a later start saw at least it; one a
+        // second earlier did not.
+        let fetched = Some(t(5, 300));
+        assert_eq!(freshness(fetched, F(t(5, 301))), Freshness::Newer);
+        assert_eq!(freshness(fetched, F(t(5, 299))), Freshness::Unclear);
+        assert_eq!(freshness(fetched, F(t(4, 300))), Freshness::Stale);
     }
 
     #[test]

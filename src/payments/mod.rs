@@ -9,6 +9,7 @@ pub mod mpesa;
 pub mod paypal;
 pub(crate) mod paypal_event;
 mod provider_api;
+pub mod provider_clock;
 pub mod stripe;
 pub mod stripe_budget;
 pub(crate) mod stripe_event;
@@ -316,6 +317,12 @@ pub trait PaymentGateway: Send + Sync + 'static {
     /// Cancels a subscription now (not at the period end) and refunds its latest payment;
     /// returns the refunded amount in minor units, if a payment was refunded.
     async fn cancel_and_refund(&self, subscription_id: &str) -> Result<Option<i64>, PaymentError>;
+
+    /// A lower bound of this provider's time now (from its answers' `Date` headers), to
+    /// compare with the times of its events; this host's time when it cannot tell.
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
 
     /// The price of one period of `tier` when this service sets it (M-Pesa: KES from the
     /// settings), in minor units and the currency; `None` when the provider holds the price.

@@ -429,6 +429,10 @@ impl PaymentGateway for PaypalGateway {
         Ok(super::Expiry::Expired)
     }
 
+    fn now(&self) -> DateTime<Utc> {
+        self.api.clock.now()
+    }
+
     #[tracing::instrument(skip_all, fields(subscription_id = %subscription_id))]
     async fn cancel_now(&self, subscription_id: &str) -> Result<(), PaymentError> {
         self.cancel(subscription_id, "Account deleted at the user's request")

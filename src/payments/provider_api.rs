@@ -24,6 +24,8 @@ pub(super) struct ProviderApi {
     pub base: Url,
     pub provider: &'static str,
     pub token: AccessToken,
+    /// The provider's clock, from its answers' `Date`.
+    pub clock: super::provider_clock::ProviderClock,
 }
 
 /// One answer, whatever its status.
@@ -85,6 +87,7 @@ impl ProviderApi {
             base: base.clone(),
             provider,
             token: AccessToken::default(),
+            clock: Default::default(),
         })
     }
 
@@ -161,6 +164,10 @@ impl ProviderApi {
                 )));
             }
         };
+        self.clock.observe(
+            response.headers().get(http::header::DATE),
+            chrono::Utc::now(),
+        );
         let status = response.status();
         outcome(match status.as_u16() {
             200..=299 => "ok",

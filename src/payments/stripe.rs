@@ -60,6 +60,8 @@ pub struct StripeGateway {
     pub(super) prices: PriceMap,
     verifier: SignatureVerifier,
     pub(super) budget: StripeBudget,
+    /// Stripe's clock, from the `Date` of its answers to raw calls.
+    pub(super) clock: super::provider_clock::ProviderClock,
 }
 
 /// How a failed Stripe call is counted in `stripe_requests_total{status}`.
@@ -105,6 +107,7 @@ impl StripeGateway {
             },
             verifier: SignatureVerifier::new(config.webhook_secrets.clone(), tolerance),
             budget: StripeBudget::new(config.max_requests_per_second),
+            clock: Default::default(),
         })
     }
 
@@ -403,13 +406,17 @@ impl PaymentGateway for StripeGateway {
         Ok(session.url)
     }
 
+    /// Read raw (the answer's `Date` tells Stripe's clock), with the reader of event snapshots.
     #[tracing::instrument(skip_all, fields(subscription_id = %subscription_id))]
     async fn fetch_subscription(
         &self,
         subscription_id: &str,
     ) -> Result<RemoteSubscription, PaymentError> {
-        let sub = self.retrieve(subscription_id).await?;
-        self.remote_subscription(&sub)
+        self.fetch_subscription_raw(subscription_id).await
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
     }
 
     #[tracing::instrument(skip_all, fields(invoice_id = %invoice_id))]

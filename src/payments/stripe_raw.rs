@@ -39,6 +39,8 @@ impl StripeGateway {
                             "cannot reach Stripe".to_string()
                         })
                     })?;
+                    self.clock
+                        .observe(response.headers().get(http::header::DATE), Utc::now());
                     let status = response.status().as_u16();
                     let body: serde_json::Value = response.json().await.map_err(|_| {
                         PaymentError::Malformed(format!("status {status}: not JSON"))
@@ -111,6 +113,21 @@ impl StripeGateway {
                 .and_then(serde_json::Value::as_bool)
                 .unwrap_or(false),
         })
+    }
+
+    pub(super) async fn fetch_subscription_raw(
+        &self,
+        subscription_id: &str,
+    ) -> Result<RemoteSubscription, PaymentError> {
+        let path = format!("v1/subscriptions/{subscription_id}");
+        let sub = self
+            .raw(
+                "GET /v1/subscriptions/{id}",
+                self.http.get(self.url(&path)?),
+            )
+            .await?;
+        stripe_event::subscription_from_json(&sub, &self.prices)
+            .ok_or_else(|| PaymentError::Malformed("the subscription cannot be read".into()))
     }
 
     pub(super) async fn customer_subscriptions_raw(

@@ -74,6 +74,9 @@ struct State {
     refunds: Vec<HashMap<String, String>>,
     /// Checkout sessions created (the session and the form that created it), by id.
     sessions: HashMap<String, (Value, HashMap<String, String>)>,
+    /// How far Stripe's clock runs ahead of this host's (seconds; its `Date` headers and the
+    /// events it creates say so).
+    clock_ahead: i64,
     /// Where session URLs point (a hosted checkout page the browser tests serve).
     checkout_base: Option<String>,
 }
@@ -149,6 +152,16 @@ impl FakeStripe {
     /// Makes every GET fail with 500 (Stripe down) until set back.
     pub fn fail_reads(&self, fail: bool) {
         lock(&self.state).fail_reads = fail;
+    }
+
+    /// Runs Stripe's clock `seconds` ahead of this host's (negative: behind).
+    pub fn set_clock_ahead(&self, seconds: i64) {
+        lock(&self.state).clock_ahead = seconds;
+    }
+
+    /// Stripe's time now, in unix seconds.
+    pub fn now(&self) -> i64 {
+        chrono::Utc::now().timestamp() + lock(&self.state).clock_ahead
     }
 
     /// Answers every request after `delay`, as a real Stripe does.
@@ -288,9 +301,9 @@ impl FakeStripe {
             .and_then(|c| c["id"].as_str().map(str::to_string))
     }
 
-    /// A Stripe event envelope around `object`, with a fresh id, created now.
+    /// A Stripe event envelope around `object`, with a fresh id, created now (Stripe's time).
     pub fn event(&self, kind: &str, object: &Value) -> (String, String) {
-        self.event_at(kind, object, chrono::Utc::now().timestamp())
+        self.event_at(kind, object, self.now())
     }
 
     /// A Stripe event envelope around `object`, created at `created` (unix seconds).
@@ -432,7 +445,10 @@ impl Respond for Handler {
             all.push_back(now);
         }
         let answer = self.answer(&mut state, &received, &form);
-        answer.set_delay(delay)
+        let date = chrono::Utc::now() + chrono::Duration::seconds(state.clock_ahead);
+        answer
+            .insert_header("date", date.format("%a, %d %b %Y %H:%M:%S GMT").to_string())
+            .set_delay(delay)
     }
 }
 

@@ -27,6 +27,7 @@ crate::on_both_backends!(
     a_stripe_duplicate_refunds_the_payment_that_was_paid,
     a_deleted_customers_old_payloads_are_erased_too,
     a_paypal_link_approved_after_the_erasure_is_cancelled_and_refunded,
+    a_plan_change_lands_although_stripes_clock_runs_ahead,
 );
 
 /// The server with both Stripe and PayPal configured.
@@ -438,6 +439,33 @@ async fn a_paypal_link_approved_after_the_erasure_is_cancelled_and_refunded(back
             .await,
         0,
         "the event's payload names the erased user"
+    );
+    app.stop().await;
+}
+
+/// Item 10: fetches were timed by this host's clock and events by Stripe's. With Stripe's
+/// clock two minutes ahead, the answer of a plan change looked older than the stored state
+/// (from an event "created" two minutes in this host's future) and was dropped: Stripe bills
+/// PREMIUM while the user kept PRO.
+async fn a_plan_change_lands_although_stripes_clock_runs_ahead(backend: Backend) {
+    let (app, stripe) = TestApp::spawn_with_stripe(backend).await;
+    stripe.set_clock_ahead(120);
+    let user = "skew-ana";
+    subscribe(&app, &stripe, user, Tier::Pro).await;
+    app.billing()
+        .await
+        .change_plan(authed(
+            nexus_billing::grpc::proto::billing::ChangePlanRequest {
+                tier: Tier::Premium.into(),
+            },
+            &token(user),
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        subscription(&app, user).await.tier,
+        i32::from(Tier::Premium),
+        "the change Stripe made was dropped as older than the stored state"
     );
     app.stop().await;
 }
