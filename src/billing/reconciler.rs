@@ -1,13 +1,15 @@
 //! The reconciler heals what webhooks missed (`RECONCILE_INTERVAL`, and `nexus-billing
 //! reconcile` on demand):
-//! - events: lists Stripe's events since the newest one stored (with an overlap) and
-//!   stores those the inbox lacks, so events lost while the endpoint was down past the
-//!   provider's retries, or disabled, are still applied by the event processor;
+//! - events: lists Stripe's events since the last complete listing (with an overlap; the
+//!   last 30 days the first time) and stores those the inbox lacks, so events lost while the
+//!   endpoint was down past the provider's retries, or disabled, are still applied by the
+//!   event processor;
 //! - overdue subscriptions: a paid subscription whose period ended longer ago than the grace
 //!   period with no news since is fetched and stored;
 //! - adoption: when the stored subscription has ended, the customer's subscriptions are listed
-//!   and one still live is adopted (a second subscription is not ignored forever; Stripe only:
-//!   PayPal cannot list a customer's subscriptions).
+//!   once per ending (newest endings first, each taken by one replica) and one still live is
+//!   adopted (a second subscription is not ignored forever; Stripe only: PayPal cannot list a
+//!   customer's subscriptions).
 
 use std::{sync::Arc, time::Duration};
 
@@ -22,8 +24,7 @@ use crate::{
     telemetry::error_chain,
 };
 
-/// Events are listed from this long before the newest stored one (deliveries arrive out of
-/// order, so the newest stored is not the end of an unbroken run).
+/// Events are listed from this long before the last complete listing reached.
 const EVENT_OVERLAP: chrono::Duration = chrono::Duration::hours(1);
 /// How far back the provider keeps events.
 const EVENT_RETENTION: chrono::Duration = chrono::Duration::days(30);
@@ -83,7 +84,7 @@ impl Billing {
         };
         for ended in self
             .store
-            .ended_subscriptions(now - EVENT_RETENTION, BATCH)
+            .claim_ended_subscriptions(now - EVENT_RETENTION, now, BATCH)
             .await?
             .into_iter()
             .filter(|e| e.provider == PaymentProvider::Stripe)
@@ -129,9 +130,13 @@ impl Billing {
         gateway: &dyn PaymentGateway,
         report: &mut ReconcileReport,
     ) -> Result<(), BillingError> {
-        let since = match self.store.newest_event_created(gateway.provider()).await? {
-            Some(newest) => newest - EVENT_OVERLAP,
-            None => Utc::now() - EVENT_RETENTION,
+        // From where the last complete listing reached (with an overlap for events created
+        // late in Stripe's clock), not from the newest stored event: one delivery after an
+        // outage would hide everything before it.
+        let started = gateway.now();
+        let since = match self.store.events_listed_through(gateway.provider()).await? {
+            Some(through) => (through - EVENT_OVERLAP).max(started - EVENT_RETENTION),
+            None => started - EVENT_RETENTION,
         };
         let mut after: Option<String> = None;
         loop {
@@ -155,7 +160,12 @@ impl Billing {
             }
             match (page.has_more, page.events.last()) {
                 (true, Some((last, _))) => after = Some(last.clone()),
-                _ => return Ok(()),
+                _ => {
+                    self.store
+                        .set_events_listed_through(gateway.provider(), started)
+                        .await?;
+                    return Ok(());
+                }
             }
         }
     }

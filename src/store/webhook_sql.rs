@@ -269,20 +269,6 @@ macro_rules! webhook_store {
                     Ok(u64::try_from(n).unwrap_or(0))
                 }
 
-                async fn newest_event_created(
-                    &self,
-                    provider: PaymentProvider,
-                ) -> Result<Option<DateTime<Utc>>, StoreError> {
-                    let newest: Option<DateTime<Utc>> = sqlx::query_scalar(
-                        "SELECT event_created_at FROM webhook_inbox WHERE provider = $1 \
-                         AND event_created_at IS NOT NULL ORDER BY event_created_at DESC LIMIT 1",
-                    )
-                    .bind(provider.as_str())
-                    .fetch_optional(&self.pool)
-                    .await?;
-                    Ok(newest)
-                }
-
                 async fn event_stored(
                     &self,
                     provider: PaymentProvider,
@@ -318,22 +304,57 @@ macro_rules! webhook_store {
                     rows.into_iter().map(overdue).collect()
                 }
 
-                async fn ended_subscriptions(
+                async fn claim_ended_subscriptions(
                     &self,
                     since: DateTime<Utc>,
+                    now: DateTime<Utc>,
                     limit: u32,
                 ) -> Result<Vec<OverdueSubscription>, StoreError> {
+                    // The conditions are repeated outside the subquery: a row another replica
+                    // claimed meanwhile no longer matches when this update reaches it.
                     let rows: Vec<(String, String, String, Option<String>)> = sqlx::query_as(
-                        "SELECT user_id, provider, provider_subscription_id, provider_customer_id \
-                         FROM subscriptions WHERE provider_subscription_id IS NOT NULL \
-                         AND status IN ('canceled', 'incomplete_expired') \
-                         AND state_as_of > $1 ORDER BY state_as_of LIMIT $2",
+                        "UPDATE subscriptions SET adoption_checked_at = $2 \
+                         WHERE user_id IN (SELECT user_id FROM subscriptions \
+                           WHERE provider_subscription_id IS NOT NULL \
+                           AND status IN ('canceled', 'incomplete_expired') AND state_as_of > $1 \
+                           AND (adoption_checked_at IS NULL OR adoption_checked_at < state_as_of) \
+                           ORDER BY state_as_of DESC LIMIT $3) \
+                         AND (adoption_checked_at IS NULL OR adoption_checked_at < state_as_of) \
+                         RETURNING user_id, provider, provider_subscription_id, provider_customer_id",
                     )
                     .bind(since)
+                    .bind(now)
                     .bind(i64::from(limit))
                     .fetch_all(&self.pool)
                     .await?;
                     rows.into_iter().map(overdue).collect()
+                }
+
+                async fn events_listed_through(
+                    &self,
+                    provider: PaymentProvider,
+                ) -> Result<Option<DateTime<Utc>>, StoreError> {
+                    Ok(sqlx::query_scalar("SELECT at FROM reconciler_marks WHERE name = $1")
+                        .bind(format!("events:{}", provider.as_str()))
+                        .fetch_optional(&self.pool)
+                        .await?)
+                }
+
+                async fn set_events_listed_through(
+                    &self,
+                    provider: PaymentProvider,
+                    at: DateTime<Utc>,
+                ) -> Result<(), StoreError> {
+                    sqlx::query(
+                        "INSERT INTO reconciler_marks (name, at) VALUES ($1, $2) \
+                         ON CONFLICT (name) DO UPDATE SET at = excluded.at \
+                         WHERE reconciler_marks.at < excluded.at",
+                    )
+                    .bind(format!("events:{}", provider.as_str()))
+                    .bind(at)
+                    .execute(&self.pool)
+                    .await?;
+                    Ok(())
                 }
             }
         };

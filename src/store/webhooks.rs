@@ -124,12 +124,6 @@ pub trait WebhookStore: Send + Sync {
     /// How many events wait to be applied.
     async fn pending_event_count(&self) -> Result<u64, StoreError>;
 
-    /// The `created` of the newest stored event of `provider`.
-    async fn newest_event_created(
-        &self,
-        provider: PaymentProvider,
-    ) -> Result<Option<DateTime<Utc>>, StoreError>;
-
     /// Whether the event is stored (pending, done or failed).
     async fn event_stored(
         &self,
@@ -145,11 +139,26 @@ pub trait WebhookStore: Send + Sync {
         limit: u32,
     ) -> Result<Vec<OverdueSubscription>, StoreError>;
 
-    /// Subscriptions that ended (cancelled, expired) with state newer than `since`: the user
-    /// may still have another live one at the provider.
-    async fn ended_subscriptions(
+    /// Takes subscriptions that ended (cancelled, expired) with state newer than `since` and
+    /// not checked since they ended, newest first, marking them checked at `now` (a replica
+    /// running at the same time gets others): the user may still have another live one.
+    async fn claim_ended_subscriptions(
         &self,
         since: DateTime<Utc>,
+        now: DateTime<Utc>,
         limit: u32,
     ) -> Result<Vec<OverdueSubscription>, StoreError>;
+
+    /// How far back the provider's event listing is known complete (`None`: never listed).
+    async fn events_listed_through(
+        &self,
+        provider: PaymentProvider,
+    ) -> Result<Option<DateTime<Utc>>, StoreError>;
+
+    /// Records that the provider's events up to `at` were all listed.
+    async fn set_events_listed_through(
+        &self,
+        provider: PaymentProvider,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
 }

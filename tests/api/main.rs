@@ -43,6 +43,7 @@ test_modules!(
     integrations,
     money_seams,
     money_seams_mpesa,
+    money_seams_reconciler,
     mpesa,
     oauth,
     oauth_browser,
