@@ -41,6 +41,7 @@ test_modules!(
     health,
     imports,
     integrations,
+    money_model,
     money_seams,
     money_seams_mpesa,
     money_seams_reconciler,
