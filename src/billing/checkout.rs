@@ -72,6 +72,17 @@ impl Billing {
             // Both could be paid otherwise.
             return Err(super::mpesa::pending_precondition(&waiting));
         }
+        // M-Pesa days paid in advance (queued after the running period) would be lost.
+        let queued = {
+            let mut tx = self.store.begin().await?;
+            tx.prepaid_periods(new.user, Utc::now()).await?
+        };
+        if let Some(last) = queued.iter().map(|p| p.end).max() {
+            return Err(BillingError::Precondition(format!(
+                "you have periods paid with M-Pesa until {}; subscribe after they end (or pay more periods with M-Pesa)",
+                last.date_naive()
+            )));
+        }
         let customer_id = self.customer(gateway.as_ref(), new.user, new.email).await?;
         let earlier = self.store.checkouts(new.user).await?;
 
@@ -93,17 +104,22 @@ impl Billing {
             .await?;
         // The same request asked again gets the same session back (idempotency): keep it open.
         let paid = self.close_checkouts(new.user, Some(&session.id)).await?;
-        if let Some((provider, subscription_id)) = paid.into_iter().next() {
+        for (provider, subscription_id) in paid {
+            let adopted = self
+                .adopt_paid(new.user, provider, &subscription_id)
+                .await?;
+            if !adopted.is_live(Utc::now()) {
+                // Paid long ago and ended since (its session was never closed): no obstacle.
+                continue;
+            }
             // Another tab was paid first: this session must not be paid as well.
             if let Expiry::AlreadyPaid { .. } = gateway.expire_checkout(&session.id).await? {
                 tracing::warn!(session_id = %session.id, "two checkout sessions were paid");
             }
             self.store.checkout_expired(&session.id).await?;
-            let tier = self
-                .adopt_paid(new.user, provider, &subscription_id)
-                .await?;
             return Err(BillingError::Precondition(format!(
-                "an earlier checkout was paid: you have a {tier} subscription now; use ChangePlan to switch plans"
+                "an earlier checkout was paid: you have a {} subscription now; use ChangePlan to switch plans",
+                adopted.tier
             )));
         }
         tracing::info!(session_id = %session.id, "checkout session created");
@@ -138,20 +154,18 @@ impl Billing {
     }
 
     /// Applies the subscription a paid checkout started (its webhook may still be on its way);
-    /// the tier the user has now.
+    /// the user's subscription now.
     pub(super) async fn adopt_paid(
         &self,
         user: &UserId,
         provider: PaymentProvider,
         subscription_id: &str,
-    ) -> Result<Tier, BillingError> {
+    ) -> Result<crate::domain::Subscription, BillingError> {
         let gateway = self.gateways.get(provider)?;
         let fetched_at = gateway.now();
         let remote = gateway.fetch_subscription(subscription_id).await?;
-        let stored = self
-            .store_remote(user, &remote, Evidence::Fetched(fetched_at))
-            .await?;
-        Ok(stored.tier)
+        self.store_remote(user, &remote, Evidence::Fetched(fetched_at))
+            .await
     }
 
     /// The user's customer at the gateway's provider, created once and reused.

@@ -121,7 +121,13 @@ impl Billing {
             EventAction::CheckoutCompleted {
                 subscription_id: Some(id),
                 ..
-            } => work.subscription(id, None, fetched).await,
+            } => {
+                // Paid: the session is no longer open (a later checkout need not expire it).
+                if let Some(session) = event.object_id.as_deref() {
+                    self.store.checkout_expired(session).await?;
+                }
+                work.subscription(id, None, fetched).await
+            }
             EventAction::CheckoutCompleted { .. } => self.finish(pending, "linked", None).await,
             EventAction::InvoiceChanged {
                 invoice_id,

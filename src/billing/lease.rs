@@ -19,19 +19,26 @@ where
     R: FnMut() -> RF,
     RF: Future<Output = Result<bool, StoreError>>,
 {
-    tokio::pin!(work);
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
-    loop {
-        tokio::select! {
-            out = &mut work => return out,
-            _ = tick.tick() => match renew().await {
+    // The renewals run beside the work, never in its way: a renewal waiting on a row the
+    // work holds must not stop the work from finishing (and releasing it).
+    let renewals = async {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            match renew().await {
                 Ok(true) => {}
                 Ok(false) => tracing::warn!("a lease was lost while its work ran"),
                 Err(e) => tracing::warn!(error = %error_chain(&e), "cannot renew a lease"),
-            },
+            }
         }
+    };
+    tokio::pin!(work);
+    tokio::pin!(renewals);
+    tokio::select! {
+        out = &mut work => out,
+        never = &mut renewals => never,
     }
 }
 

@@ -34,7 +34,7 @@ use crate::{
         erasure::SubjectKeys,
         freshness::{Evidence, Freshness, freshness},
         invoice::StoredInvoice,
-        reconcile::{Reconciled, RemoteSubscription, is_live_status, reconcile},
+        reconcile::{Reconciled, RemoteSubscription, is_live_at, reconcile},
         subscription::{DuplicatePolicy, PaymentProvider},
         usage::check_limit,
     },
@@ -293,7 +293,9 @@ pub(crate) async fn apply_remote(
             }
             Ok(Applied::Stored(next))
         }
-        Reconciled::Ignore { reason } if is_live_status(remote.status) => {
+        // Live at the time of the evidence: a subscription whose paid month has run out is not
+        // a second one to refund (its period was used).
+        Reconciled::Ignore { reason } if is_live_at(remote, evidence.as_of()) => {
             tracing::warn!(user_id = %stored.user_id, subscription_id = %remote.id, %reason,
                 "second live subscription for one user");
             Ok(Applied::Duplicate)

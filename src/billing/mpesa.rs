@@ -23,6 +23,7 @@ use super::{
 };
 use crate::{
     domain::{
+        SubscriptionStatus, UserId,
         activity::Activity,
         invoice::{Invoice, InvoiceStatus, format_amount},
         phone,
@@ -36,6 +37,9 @@ use crate::{
     },
     store::{NewMobilePayment, PendingEvent, Settled},
 };
+
+/// How long PayPal keeps an approve link usable.
+const PAYPAL_LINK_LIFETIME: chrono::Duration = chrono::Duration::hours(3);
 
 /// How many times a hint asks the STK query again when it contradicts a success callback
 /// (the query lags right after completion) before the query's answer is taken, flagged.
@@ -80,14 +84,17 @@ impl Billing {
             return Err(pending_precondition(&waiting));
         }
         // An open Stripe or PayPal checkout could be paid beside the push: close it first.
-        let paid = self.close_checkouts(new.user, None).await?;
-        if let Some((provider, subscription_id)) = paid.into_iter().next() {
-            let tier = self
+        self.refuse_beside_paypal_links(new.user).await?;
+        for (provider, subscription_id) in self.close_checkouts(new.user, None).await? {
+            let adopted = self
                 .adopt_paid(new.user, provider, &subscription_id)
                 .await?;
-            return Err(BillingError::Precondition(format!(
-                "an earlier checkout was paid: you have a {tier} subscription now"
-            )));
+            if adopted.is_live(Utc::now()) {
+                return Err(BillingError::Precondition(format!(
+                    "an earlier checkout was paid: you have a {} subscription now",
+                    adopted.tier
+                )));
+            }
         }
         let customer = self.customer(gateway, new.user, new.email).await?;
         let id = uuid::Uuid::new_v4().to_string();
@@ -155,6 +162,42 @@ impl Billing {
         }
     }
 
+    /// PayPal cannot withdraw an approve link: while one opened in the last three hours (how
+    /// long PayPal keeps it) can still be approved, a push could be paid beside it, and an M-Pesa
+    /// payment cannot be refunded by this service. The push waits until the link is used or
+    /// expires.
+    async fn refuse_beside_paypal_links(&self, user: &UserId) -> Result<(), BillingError> {
+        let Ok(paypal) = self.gateways.get(PaymentProvider::Paypal) else {
+            return Ok(());
+        };
+        let since = Utc::now() - PAYPAL_LINK_LIFETIME;
+        for id in self
+            .store
+            .checkouts_since(user, PaymentProvider::Paypal, since)
+            .await?
+        {
+            let remote = match paypal.fetch_subscription(&id).await {
+                Ok(remote) => remote,
+                Err(PaymentError::NotFound(_)) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            if remote.status == SubscriptionStatus::Incomplete {
+                return Err(BillingError::Precondition(
+                    "a PayPal checkout you opened can still be approved; approve it, or pay with M-Pesa once its link expires (three hours after it was opened)".into(),
+                ));
+            }
+            // Approved, its webhook still on the way: that is the user's subscription now.
+            let adopted = self.adopt_paid(user, PaymentProvider::Paypal, &id).await?;
+            if adopted.is_live(Utc::now()) {
+                return Err(BillingError::Precondition(format!(
+                    "you have a live {} subscription with PayPal; M-Pesa periods cannot run beside it",
+                    adopted.tier
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Handles one delivery to `POST /billing/webhook/mpesa`.
     #[tracing::instrument(skip_all, fields(checkout_request_id))]
     pub async fn mpesa_callback(
@@ -175,6 +218,9 @@ impl Billing {
             .await?;
         if known.is_none()
             && let Some(reference) = reference
+            && self
+                .exists_at_daraja(gateway.as_ref(), &callback.checkout_request_id)
+                .await
             && self
                 .store
                 .mobile_payment_found(reference, &callback.checkout_request_id)
@@ -221,6 +267,16 @@ impl Billing {
         Ok(CallbackOutcome::Accepted(
             self.store_hint(gateway.as_ref(), &hint).await?,
         ))
+    }
+
+    /// Whether Daraja knows the CheckoutRequestID a callback names (an unsigned callback could
+    /// name a made-up one for a request whose answer was lost). When Daraja cannot be asked,
+    /// the callback is believed: the STK query decides the payment anyway.
+    async fn exists_at_daraja(&self, gateway: &dyn PaymentGateway, request_id: &str) -> bool {
+        !matches!(
+            gateway.payment_status(request_id).await,
+            Err(PaymentError::Rejected(_) | PaymentError::NotFound(_))
+        )
     }
 
     /// Stores a hint in the inbox for the event processor.

@@ -91,6 +91,18 @@ impl Billing {
                             now,
                         )
                         .await?;
+                    // Daraja may have sent it and its callback been lost: support checks.
+                    let mut tx = self.store.begin().await?;
+                    tx.log_activity(
+                        &payment.user_id,
+                        &Activity::new(
+                            "subscription.needs_attention",
+                            "an M-Pesa payment request got no answer from M-Pesa; if you were charged, support will apply or refund it".to_string(),
+                            json!({ "provider": "mpesa", "payment_id": payment.id }),
+                        ),
+                    )
+                    .await?;
+                    tx.commit().await?;
                     report.unsent_failed += 1;
                 }
                 None => {}

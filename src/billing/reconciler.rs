@@ -96,6 +96,8 @@ impl Billing {
                     report.subscriptions_failed += 1;
                     tracing::warn!(user_id = %ended.user, error = %error_chain(&e),
                         "ended subscription's customer not listed; the others go on");
+                    // Checked again by a later run.
+                    self.store.unclaim_ended_subscription(&ended.user).await?;
                 }
             }
         }

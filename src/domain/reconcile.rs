@@ -67,6 +67,13 @@ pub fn is_live_status(status: SubscriptionStatus) -> bool {
     )
 }
 
+/// A subscription that still holds (or can regain) a paid tier at `at`: a live status and no
+/// scheduled end before then (a cancelled PayPal subscription reads as active until the end
+/// of its paid month).
+pub fn is_live_at(remote: &RemoteSubscription, at: DateTime<Utc>) -> bool {
+    is_live_status(remote.status) && remote.access_ends_at().is_none_or(|end| end > at)
+}
+
 impl Subscription {
     /// A paid subscription at the provider that has not ended: the one a user may change,
     /// cancel or resume, and the reason a second checkout is refused.
@@ -94,7 +101,7 @@ pub fn reconcile(
             ),
         };
     }
-    if !same && stored.provider_subscription_id.is_some() && !is_live_status(remote.status) {
+    if !same && stored.provider_subscription_id.is_some() && !is_live_at(remote, seen_at) {
         return Reconciled::Ignore {
             reason: format!(
                 "subscription {} has ended; it does not replace the stored one",

@@ -439,11 +439,21 @@ impl PaymentGateway for PaypalGateway {
             .await
     }
 
+    /// Refunds first, then cancels: a retry after a failure in between finds the subscription
+    /// still live and does both again (the refund replays by its `PayPal-Request-Id`).
     async fn cancel_and_refund(&self, subscription_id: &str) -> Result<Option<i64>, PaymentError> {
+        let refunded = self.refund_latest_sale(subscription_id).await?;
         self.cancel(subscription_id, "Second subscription of one user; refunded")
             .await?;
+        Ok(refunded)
+    }
+}
+
+impl PaypalGateway {
+    /// Refunds the subscription's latest completed sale; the amount refunded, if any.
+    async fn refund_latest_sale(&self, subscription_id: &str) -> Result<Option<i64>, PaymentError> {
         let end = Utc::now();
-        let start = end - chrono::Duration::days(40);
+        let start = end - chrono::Duration::days(LISTED_DAYS);
         let path = format!(
             "/v1/billing/subscriptions/{}/transactions?start_time={}&end_time={}",
             segment(subscription_id),
@@ -453,18 +463,35 @@ impl PaymentGateway for PaypalGateway {
         let listed = self
             .call(Method::GET, &path, "subscription_transactions", None, None)
             .await?;
-        let Some(paid) = listed["transactions"].as_array().and_then(|all| {
-            all.iter()
-                .filter(|t| t["status"].as_str() == Some("COMPLETED"))
-                .max_by_key(|t| t["time"].as_str().unwrap_or("").to_string())
-        }) else {
-            // PayPal lists a subscription's sale some time after its payment: when a payment
-            // was made, the refund is retried (the cancel again is a no-op) until it is listed.
+        let all = listed["transactions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let status = |t: &Value| t["status"].as_str().unwrap_or_default().to_string();
+        let Some(paid) = all
+            .iter()
+            .filter(|t| status(t) == "COMPLETED")
+            .max_by_key(|t| t["time"].as_str().unwrap_or("").to_string())
+        else {
+            // Refunded before (an earlier attempt whose answer was lost): nothing left to do.
+            if all
+                .iter()
+                .any(|t| matches!(status(t).as_str(), "REFUNDED" | "PARTIALLY_REFUNDED"))
+            {
+                return Ok(None);
+            }
+            // PayPal lists a subscription's sale some time after its payment: a recent payment
+            // not listed yet is waited for (the subscription is not cancelled meanwhile).
             let path = format!("/v1/billing/subscriptions/{}", segment(subscription_id));
             let sub = self
                 .call(Method::GET, &path, "subscription_get", None, None)
                 .await?;
-            if sub.pointer("/billing_info/last_payment/time").is_some() {
+            let recent = sub
+                .pointer("/billing_info/last_payment/time")
+                .and_then(Value::as_str)
+                .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                .is_some_and(|t| t.with_timezone(&Utc) > end - chrono::Duration::days(LISTED_DAYS));
+            if recent {
                 return Err(PaymentError::Unavailable(
                     "the subscription's payment is not listed by PayPal yet; the refund is retried"
                         .into(),
@@ -490,6 +517,9 @@ impl PaymentGateway for PaypalGateway {
         Ok(minor)
     }
 }
+
+/// How far back a subscription's transactions are listed for a refund.
+const LISTED_DAYS: i64 = 40;
 
 impl WebhookRejection {
     /// Logs why PayPal refused to verify (a 4xx), keeping the rejection.

@@ -6,18 +6,23 @@
 //! `provider_time >= host_time + (Date - arrival)`. [`ProviderClock::now`] corrects this
 //! host's time by that offset when it is larger than the header's resolution can explain.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::{
+    collections::VecDeque,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
 
 use chrono::{DateTime, Utc};
 
 /// Offsets within this are the `Date` header's truncation and the round trip, not skew.
 const SKEW_NOISE_MS: i64 = 2_000;
+/// Answers of this long ago still count: each gives a lower bound, the largest is the best.
+const WINDOW: Duration = Duration::from_secs(300);
 
 #[derive(Debug, Default)]
 pub struct ProviderClock {
-    /// Milliseconds to add to this host's time (the latest answer's bound).
-    offset_ms: AtomicI64,
-    seen: AtomicBool,
+    /// Recent bounds of the offset (milliseconds to add to this host's time), oldest first.
+    samples: Mutex<VecDeque<(Instant, i64)>>,
 }
 
 impl ProviderClock {
@@ -30,25 +35,38 @@ impl ProviderClock {
             return;
         };
         let offset = (date.with_timezone(&Utc) - arrived).num_milliseconds();
-        // Kept steady within the header's resolution, so times taken on this host stay in
-        // order; a larger change is the provider's (or this host's) clock being set.
-        let current = self.offset_ms.load(Ordering::Relaxed);
-        if !self.seen.load(Ordering::Relaxed) || (offset - current).abs() > SKEW_NOISE_MS {
-            self.offset_ms.store(offset, Ordering::Relaxed);
-            self.seen.store(true, Ordering::Relaxed);
+        let mut samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        while samples
+            .front()
+            .is_some_and(|(at, _)| now.duration_since(*at) > WINDOW)
+        {
+            samples.pop_front();
+        }
+        samples.push_back((now, offset));
+        if samples.len() > 256 {
+            samples.pop_front();
         }
     }
 
-    /// The provider's time now: this host's, corrected by the offset the answers showed when
-    /// it exceeds what the `Date` header's resolution can tell (two seconds). Within that, the
-    /// clocks are taken as agreeing (the freshness rules allow for one second).
+    /// The provider's time now: this host's, corrected by the largest recent bound of the
+    /// offset when it exceeds what the `Date` header's resolution can explain (two seconds).
+    /// Within that, the two clocks are taken as agreeing (the freshness rules allow a second).
     pub fn now(&self) -> DateTime<Utc> {
         let now = Utc::now();
-        let offset = self.offset_ms.load(Ordering::Relaxed);
-        if !self.seen.load(Ordering::Relaxed) || offset.abs() <= SKEW_NOISE_MS {
-            return now;
+        let offset = self
+            .samples
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(_, offset)| *offset)
+            .max();
+        match offset {
+            Some(offset) if offset.abs() > SKEW_NOISE_MS => {
+                now + chrono::Duration::milliseconds(offset)
+            }
+            _ => now,
         }
-        now + chrono::Duration::milliseconds(offset)
     }
 }
 

@@ -222,12 +222,30 @@ impl StripeGateway {
         }
     }
 
+    /// Refunds the latest invoice's payment first, then cancels: a retry after a failure in
+    /// between finds the subscription still live and does both again (the refund replays by
+    /// its idempotency key).
     pub(super) async fn cancel_and_refund_raw(
         &self,
         subscription_id: &str,
     ) -> Result<Option<i64>, PaymentError> {
-        let cancelled = self.cancel_now_raw(subscription_id).await?;
-        let Some(invoice_id) = stripe_event::id_of_value(cancelled.get("latest_invoice")) else {
+        let refunded = self.refund_latest_invoice(subscription_id).await?;
+        self.cancel_now_raw(subscription_id).await?;
+        Ok(refunded)
+    }
+
+    async fn refund_latest_invoice(
+        &self,
+        subscription_id: &str,
+    ) -> Result<Option<i64>, PaymentError> {
+        let path = format!("v1/subscriptions/{subscription_id}");
+        let sub = self
+            .raw(
+                "GET /v1/subscriptions/{id}",
+                self.http.get(self.url(&path)?),
+            )
+            .await?;
+        let Some(invoice_id) = stripe_event::id_of_value(sub.get("latest_invoice")) else {
             return Ok(None);
         };
         let invoice = self

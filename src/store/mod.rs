@@ -290,6 +290,14 @@ pub trait BillingRecords: Send + Sync {
         only_open: bool,
     ) -> Result<Vec<(PaymentProvider, String)>, StoreError>;
 
+    /// The user's checkout sessions at `provider` opened after `since` (any state).
+    async fn checkouts_since(
+        &self,
+        user: &UserId,
+        provider: PaymentProvider,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<String>, StoreError>;
+
     /// Remembers a checkout session opened for the user (a replayed one is kept once).
     async fn save_checkout(
         &self,

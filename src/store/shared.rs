@@ -402,6 +402,26 @@ macro_rules! billing_records {
                     .collect()
             }
 
+            async fn checkouts_since(
+                &self,
+                user: &$crate::domain::UserId,
+                provider: $crate::domain::subscription::PaymentProvider,
+                since: chrono::DateTime<chrono::Utc>,
+            ) -> Result<Vec<String>, $crate::store::StoreError> {
+                let rows: Vec<(String, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+                    "SELECT id, created_at FROM checkout_sessions WHERE user_id = $1 AND provider = $2",
+                )
+                .bind(user.as_str())
+                .bind(provider.as_str())
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows
+                    .into_iter()
+                    .filter(|(_, at)| *at > since)
+                    .map(|(id, _)| id)
+                    .collect())
+            }
+
             async fn save_checkout(
                 &self,
                 user: &$crate::domain::UserId,

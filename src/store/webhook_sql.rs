@@ -330,6 +330,14 @@ macro_rules! webhook_store {
                     rows.into_iter().map(overdue).collect()
                 }
 
+                async fn unclaim_ended_subscription(&self, user: &UserId) -> Result<(), StoreError> {
+                    sqlx::query("UPDATE subscriptions SET adoption_checked_at = NULL WHERE user_id = $1")
+                        .bind(user.as_str())
+                        .execute(&self.pool)
+                        .await?;
+                    Ok(())
+                }
+
                 async fn events_listed_through(
                     &self,
                     provider: PaymentProvider,

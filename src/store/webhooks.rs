@@ -149,6 +149,9 @@ pub trait WebhookStore: Send + Sync {
         limit: u32,
     ) -> Result<Vec<OverdueSubscription>, StoreError>;
 
+    /// Gives back a claimed ending whose check failed, so a later run checks it again.
+    async fn unclaim_ended_subscription(&self, user: &UserId) -> Result<(), StoreError>;
+
     /// How far back the provider's event listing is known complete (`None`: never listed).
     async fn events_listed_through(
         &self,

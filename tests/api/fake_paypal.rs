@@ -412,7 +412,9 @@ impl Handler {
                     .values()
                     .filter(|s| s["billing_agreement_id"].as_str() == Some(id))
                     .map(|s| json!({
-                        "id": s["id"], "status": "COMPLETED", "time": s["create_time"],
+                        "id": s["id"],
+                        "status": if s["state"] == "refunded" { "REFUNDED" } else { "COMPLETED" },
+                        "time": s["create_time"],
                         "amount_with_breakdown": { "gross_amount": {
                             "currency_code": s["amount"]["currency"], "value": s["amount"]["total"] } },
                     }))

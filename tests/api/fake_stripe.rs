@@ -58,6 +58,8 @@ struct State {
     fail_reads: bool,
     /// Events `GET /v1/events` lists, newest first.
     events: Vec<Value>,
+    /// Requests (method, path prefix) answered once with this status instead of served.
+    fail_once: Vec<(String, String, u16)>,
     /// Answer this many requests with 429 before serving again.
     throttle_next: u32,
     /// Requests per second the fake allows (per endpoint and overall); above it, 429.
@@ -179,6 +181,14 @@ impl FakeStripe {
         lock(&self.state).limit_per_second = Some(per_second);
     }
 
+    /// Answers the next `method` request whose path starts with `prefix` with `status` (a
+    /// 5xx: nothing done), once.
+    pub fn fail_once(&self, method: &str, prefix: &str, status: u16) {
+        lock(&self.state)
+            .fail_once
+            .push((method.to_string(), prefix.to_string(), status));
+    }
+
     /// Answers the next `n` requests with 429 (a rate-limit storm).
     pub fn throttle_next(&self, n: u32) {
         lock(&self.state).throttle_next = n;
@@ -244,12 +254,26 @@ impl FakeStripe {
             .collect()
     }
 
-    /// Creates or replaces a subscription.
+    /// Creates or replaces a subscription. Its latest invoice (`in_latest_{id}`, paid with the
+    /// payment intent `pi_{id}`) is created with it unless the test put one.
     pub fn put_subscription(&self, spec: &SubSpec<'_>) -> Value {
-        let sub = subscription_object(&self.fixtures, spec);
-        lock(&self.state)
-            .subscriptions
-            .insert(spec.id.to_string(), sub.clone());
+        let mut sub = subscription_object(&self.fixtures, spec);
+        let invoice = format!("in_latest_{}", spec.id);
+        sub["latest_invoice"] = json!(invoice);
+        let mut state = lock(&self.state);
+        state.invoices.entry(invoice.clone()).or_insert_with(|| {
+            let mut paid = self.fixtures["invoice"].clone();
+            merge(
+                &mut paid,
+                json!({ "id": invoice, "customer": spec.customer, "subscription": spec.id,
+                "status": "paid", "amount_paid": 1900, "amount_due": 1900,
+                "payments": { "object": "list", "data": [
+                    { "payment": { "type": "payment_intent", "payment_intent": format!("pi_{}", spec.id) } }
+                ] } }),
+            );
+            paid
+        });
+        state.subscriptions.insert(spec.id.to_string(), sub.clone());
         sub
     }
 
@@ -411,6 +435,12 @@ impl Respond for Handler {
             } else {
                 std::time::Duration::ZERO
             };
+        if let Some(at) = state.fail_once.iter().position(|(m, prefix, _)| {
+            *m == received.method && received.path.starts_with(prefix.as_str())
+        }) {
+            let (_, _, status) = state.fail_once.remove(at);
+            return error(status, "api_error", "injected failure").set_delay(delay);
+        }
         if state.throttle_next > 0 {
             state.throttle_next -= 1;
             state.throttled += 1;
@@ -606,7 +636,6 @@ impl Handler {
                 sub["latest_invoice"] = json!(invoice);
                 let sub = sub.clone();
                 if state.invoices.contains_key(&invoice) {
-                    // The test set the latest invoice (its payments) itself.
                     return ResponseTemplate::new(200).set_body_json(sub);
                 }
                 let mut paid = self.fixtures["invoice"].clone();

@@ -28,6 +28,8 @@ crate::on_both_backends!(
     a_deleted_customers_old_payloads_are_erased_too,
     a_paypal_link_approved_after_the_erasure_is_cancelled_and_refunded,
     a_plan_change_lands_although_stripes_clock_runs_ahead,
+    a_late_event_of_a_paypal_subscription_whose_month_ran_out_refunds_nothing,
+    a_duplicate_refund_that_failed_is_made_when_retried,
 );
 
 /// The server with both Stripe and PayPal configured.
@@ -321,7 +323,8 @@ async fn a_paypal_duplicate_is_refunded_once_its_sale_is_listed(backend: Backend
         !paypal.requests("GET", &listing).is_empty()
     })
     .await;
-    assert_eq!(paypal.subscription(&second)["status"], "CANCELLED");
+    // Refund first, then cancel: it waits, still active, for its sale.
+    assert_eq!(paypal.subscription(&second)["status"], "ACTIVE");
     assert!(paypal.refunds().is_empty());
     // The sale shows up in the listing later.
     let sale = paypal.sale(&second, "19.00", at + Duration::seconds(2));
@@ -331,6 +334,7 @@ async fn a_paypal_duplicate_is_refunded_once_its_sale_is_listed(backend: Backend
     .await;
     app.settle().await;
     assert_eq!(paypal.refunds().len(), 1);
+    assert_eq!(paypal.subscription(&second)["status"], "CANCELLED");
     app.stop().await;
 }
 
@@ -466,6 +470,76 @@ async fn a_plan_change_lands_although_stripes_clock_runs_ahead(backend: Backend)
         subscription(&app, user).await.tier,
         i32::from(Tier::Premium),
         "the change Stripe made was dropped as older than the stored state"
+    );
+    app.stop().await;
+}
+
+/// Review of issue 25: a cancelled PayPal subscription reads as active until the end of its
+/// paid month, and was judged a live second subscription even after that month ran out: a late
+/// event about it refunded a month the user had used.
+async fn a_late_event_of_a_paypal_subscription_whose_month_ran_out_refunds_nothing(
+    backend: Backend,
+) {
+    let (app, paypal) = crate::paypal::spawn(backend).await;
+    let user = "pp-old-month";
+    let (old, _) = crate::paypal::checkout(&app, user, Tier::Pro).await;
+    let (new, _) = crate::paypal::checkout(&app, user, Tier::Premium).await;
+    let live = paypal.activate(&new, Utc::now() - Duration::seconds(30));
+    let (_, body) = paypal.event(
+        "BILLING.SUBSCRIPTION.ACTIVATED",
+        &live,
+        Utc::now() - Duration::seconds(20),
+    );
+    crate::paypal::deliver_signed(&app, &paypal, &body).await;
+    // The old one was paid 35 days ago and cancelled since: its month ran out 5 days ago.
+    let paid_at = Utc::now() - Duration::days(35);
+    paypal.activate(&old, paid_at);
+    paypal.sale(&old, "9.00", paid_at);
+    let cancelled = paypal.patch(&old, |s| {
+        s["status"] = json!("CANCELLED");
+        if let Some(info) = s["billing_info"].as_object_mut() {
+            info.remove("next_billing_time");
+        }
+    });
+    let (_, late) = paypal.event("BILLING.SUBSCRIPTION.CANCELLED", &cancelled, Utc::now());
+    crate::paypal::deliver_signed(&app, &paypal, &late).await;
+    assert!(paypal.refunds().is_empty(), "a used month was refunded");
+    assert_eq!(subscription(&app, user).await.tier, i32::from(Tier::Premium));
+    app.stop().await;
+}
+
+/// Review of issue 25: the duplicate was cancelled first and refunded second; when the refund
+/// failed, the retry found the subscription cancelled, took it for an old one, and the payment
+/// was never refunded.
+async fn a_duplicate_refund_that_failed_is_made_when_retried(backend: Backend) {
+    let (app, stripe) = TestApp::spawn_with_stripe(backend).await;
+    let user = "dup-retry";
+    let (customer, _) = subscribe(&app, &stripe, user, Tier::Pro).await;
+    let (start, end) = crate::subscription_lifecycle::period();
+    stripe.put_subscription(&crate::fake_stripe::SubSpec {
+        id: "sub_dup_retry_2",
+        customer: &customer,
+        price: crate::fake_stripe::PRICE_PRO,
+        status: "active",
+        period_start: start,
+        period_end: end,
+        cancel_at_period_end: false,
+    });
+    stripe.fail_once("POST", "/v1/refunds", 500);
+    let (_, body) = stripe.event(
+        "checkout.session.completed",
+        &stripe.checkout_completed(user, &customer, "sub_dup_retry_2"),
+    );
+    app.deliver_signed(&body).await;
+    let refunds = stripe.refunds();
+    assert_eq!(refunds.len(), 1, "{refunds:?}");
+    assert_eq!(
+        refunds[0].get("payment_intent").map(String::as_str),
+        Some("pi_sub_dup_retry_2")
+    );
+    assert_eq!(
+        stripe.subscription("sub_dup_retry_2").map(|s| s["status"].clone()),
+        Some(json!("canceled"))
     );
     app.stop().await;
 }

@@ -23,6 +23,7 @@ crate::on_both_backends!(
     a_request_never_confirmed_is_failed_and_flagged_after_a_day,
     a_lagging_query_does_not_fail_a_paid_request,
     a_slow_confirmation_keeps_its_lease,
+    a_push_waits_while_a_paypal_link_can_be_approved,
 );
 
 async fn spawn_with(backend: Backend, extra: &[(&str, &str)]) -> (TestApp, FakeMpesa) {
@@ -307,5 +308,42 @@ async fn a_slow_confirmation_keeps_its_lease(backend: Backend) {
         1,
         "the confirmation ran once"
     );
+    app.stop().await;
+}
+
+/// The money model found it: a PayPal approve link (which cannot be withdrawn) and a push
+/// were both paid; the M-Pesa payment, which this service cannot refund, was only flagged.
+async fn a_push_waits_while_a_paypal_link_can_be_approved(backend: Backend) {
+    let mpesa = FakeMpesa::start().await;
+    let paypal = crate::fake_paypal::FakePaypal::start().await;
+    let settings: Vec<(&str, String)> = mpesa
+        .settings()
+        .into_iter()
+        .chain(paypal.settings())
+        .collect();
+    let overrides: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let app = TestApp::spawn_with(backend, &overrides).await;
+    let user = "link-ha";
+    let (link, _) = crate::paypal::checkout(&app, user, Tier::Pro).await;
+    let refused = app
+        .billing()
+        .await
+        .create_checkout_session(authed(push_request(Tier::Pro, "0712345678"), &token(user)))
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("a push was sent beside an open PayPal link"));
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(mpesa.pushes().is_empty());
+    // Approved: the PayPal subscription is the user's, and a push is still refused.
+    paypal.activate(&link, Utc::now());
+    let refused = app
+        .billing()
+        .await
+        .create_checkout_session(authed(push_request(Tier::Pro, "0712345678"), &token(user)))
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("a push was sent beside a live PayPal subscription"));
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(mpesa.pushes().is_empty());
     app.stop().await;
 }
