@@ -10,6 +10,7 @@
 mod account_closure;
 mod checkout;
 mod event_apply;
+mod event_owner;
 pub mod event_processor;
 mod lease;
 mod mpesa;
