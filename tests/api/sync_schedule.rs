@@ -293,7 +293,14 @@ async fn a_one_off_import_leaves_the_recurring_direction_alone(backend: Backend)
 /// go, in batches; recent ones and active jobs stay.
 async fn old_jobs_and_activity_are_pruned(backend: Backend) {
     let hubspot = FakeProvider::start(Kind::Hubspot).await;
-    let app = spawn_with_fakes(backend, &[&hubspot], &[("--sync-workers", "0")]).await;
+    // Retention also runs when this first server starts, at a moment of its own: with ten
+    // years kept it cannot prune the rows being seeded (CI saw 9 of them go, once).
+    let app = spawn_with_fakes(
+        backend,
+        &[&hubspot],
+        &[("--sync-workers", "0"), ("--retention-days", "3650")],
+    )
+    .await;
     connect(&app, "ada", &hubspot).await;
     let integration = crate::integrations::list(&app, "ada").await[0].id.clone();
     let old = chrono::Utc::now() - chrono::Duration::days(100);
