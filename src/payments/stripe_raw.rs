@@ -115,17 +115,24 @@ impl StripeGateway {
         })
     }
 
+    /// The subscription as Stripe answers it, kept as JSON.
+    async fn subscription_json(
+        &self,
+        subscription_id: &str,
+    ) -> Result<serde_json::Value, PaymentError> {
+        let path = format!("v1/subscriptions/{subscription_id}");
+        self.raw(
+            "GET /v1/subscriptions/{id}",
+            self.http.get(self.url(&path)?),
+        )
+        .await
+    }
+
     pub(super) async fn fetch_subscription_raw(
         &self,
         subscription_id: &str,
     ) -> Result<RemoteSubscription, PaymentError> {
-        let path = format!("v1/subscriptions/{subscription_id}");
-        let sub = self
-            .raw(
-                "GET /v1/subscriptions/{id}",
-                self.http.get(self.url(&path)?),
-            )
-            .await?;
+        let sub = self.subscription_json(subscription_id).await?;
         stripe_event::subscription_from_json(&sub, &self.prices)
             .ok_or_else(|| PaymentError::Malformed("the subscription cannot be read".into()))
     }
@@ -211,13 +218,7 @@ impl StripeGateway {
         {
             Ok(sub) => Ok(sub),
             // Cancelled before (a retry): read it as it is.
-            Err(PaymentError::Rejected(_)) => {
-                self.raw(
-                    "GET /v1/subscriptions/{id}",
-                    self.http.get(self.url(&path)?),
-                )
-                .await
-            }
+            Err(PaymentError::Rejected(_)) => self.subscription_json(subscription_id).await,
             Err(e) => Err(e),
         }
     }
@@ -238,13 +239,7 @@ impl StripeGateway {
         &self,
         subscription_id: &str,
     ) -> Result<Option<i64>, PaymentError> {
-        let path = format!("v1/subscriptions/{subscription_id}");
-        let sub = self
-            .raw(
-                "GET /v1/subscriptions/{id}",
-                self.http.get(self.url(&path)?),
-            )
-            .await?;
+        let sub = self.subscription_json(subscription_id).await?;
         let Some(invoice_id) = stripe_event::id_of_value(sub.get("latest_invoice")) else {
             return Ok(None);
         };

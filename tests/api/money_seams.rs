@@ -32,21 +32,36 @@ crate::on_both_backends!(
     a_duplicate_refund_that_failed_is_made_when_retried,
 );
 
+/// The server with the settings of several fakes (two payment providers at once).
+pub async fn spawn_with_settings(
+    backend: Backend,
+    settings: Vec<(&'static str, String)>,
+) -> TestApp {
+    let overrides: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    TestApp::spawn_with(backend, &overrides).await
+}
+
 /// The server with both Stripe and PayPal configured.
 pub async fn spawn_two(backend: Backend) -> (TestApp, FakeStripe, FakePaypal) {
     let stripe = FakeStripe::start().await;
     let paypal = FakePaypal::start().await;
-    let settings: Vec<(&str, String)> = stripe
-        .settings()
-        .into_iter()
-        .chain(paypal.settings())
-        .collect();
-    let overrides: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    (
-        TestApp::spawn_with(backend, &overrides).await,
-        stripe,
-        paypal,
-    )
+    let settings = stripe.settings().into_iter().chain(paypal.settings());
+    let app = spawn_with_settings(backend, settings.collect()).await;
+    (app, stripe, paypal)
+}
+
+/// A second live PRO subscription `id` of `customer` at Stripe (another tab paid).
+fn live_pro(stripe: &FakeStripe, id: &str, customer: &str) {
+    let (start, end) = crate::subscription_lifecycle::period();
+    stripe.put_subscription(&crate::fake_stripe::SubSpec {
+        id,
+        customer,
+        price: crate::fake_stripe::PRICE_PRO,
+        status: "active",
+        period_start: start,
+        period_end: end,
+        cancel_at_period_end: false,
+    });
 }
 
 /// A checkout at `provider`; the session id, or the refusal.
@@ -114,16 +129,7 @@ async fn a_tab_paid_first_turns_the_next_checkout_into_its_subscription(backend:
     let customer = stripe
         .customer_of(user)
         .unwrap_or_else(|| panic!("no customer"));
-    let (start, end) = crate::subscription_lifecycle::period();
-    stripe.put_subscription(&crate::fake_stripe::SubSpec {
-        id: "sub_two_cy",
-        customer: &customer,
-        price: crate::fake_stripe::PRICE_PRO,
-        status: "active",
-        period_start: start,
-        period_end: end,
-        cancel_at_period_end: false,
-    });
+    live_pro(&stripe, "sub_two_cy", &customer);
     stripe.complete_session(&first, "sub_two_cy");
     // The webhook is still on its way when the user opens another tab.
     let refused = try_checkout(&app, user, Tier::Premium, PaymentProvider::Stripe)
@@ -275,16 +281,7 @@ async fn an_erasure_before_the_webhooks_cancels_what_was_paid_at_each_provider(b
     let customer = stripe
         .customer_of(user)
         .unwrap_or_else(|| panic!("no customer"));
-    let (start, end) = crate::subscription_lifecycle::period();
-    stripe.put_subscription(&crate::fake_stripe::SubSpec {
-        id: "sub_gone_ana",
-        customer: &customer,
-        price: crate::fake_stripe::PRICE_PRO,
-        status: "active",
-        period_start: start,
-        period_end: end,
-        cancel_at_period_end: false,
-    });
+    live_pro(&stripe, "sub_gone_ana", &customer);
     stripe.complete_session(&session, "sub_gone_ana");
     paypal.activate(&approval, Utc::now());
     let erased = crate::account_world::erase(&app, &token(user), "").await;
@@ -344,16 +341,7 @@ async fn a_stripe_duplicate_refunds_the_payment_that_was_paid(backend: Backend) 
     let (app, stripe) = TestApp::spawn_with_stripe(backend).await;
     let user = "dup-paid";
     let (customer, _) = subscribe(&app, &stripe, user, Tier::Pro).await;
-    let (start, end) = crate::subscription_lifecycle::period();
-    stripe.put_subscription(&crate::fake_stripe::SubSpec {
-        id: "sub_dup_paid_2",
-        customer: &customer,
-        price: crate::fake_stripe::PRICE_PRO,
-        status: "active",
-        period_start: start,
-        period_end: end,
-        cancel_at_period_end: false,
-    });
+    live_pro(&stripe, "sub_dup_paid_2", &customer);
     stripe.put_invoice(&InvoiceSpec {
         id: "in_latest_sub_dup_paid_2",
         customer: &customer,
@@ -361,7 +349,7 @@ async fn a_stripe_duplicate_refunds_the_payment_that_was_paid(backend: Backend) 
         status: "paid",
         amount_due: 1900,
         amount_paid: 1900,
-        created: start,
+        created: crate::subscription_lifecycle::period().0,
     });
     stripe.patch_invoice(
         "in_latest_sub_dup_paid_2",
@@ -515,16 +503,7 @@ async fn a_duplicate_refund_that_failed_is_made_when_retried(backend: Backend) {
     let (app, stripe) = TestApp::spawn_with_stripe(backend).await;
     let user = "dup-retry";
     let (customer, _) = subscribe(&app, &stripe, user, Tier::Pro).await;
-    let (start, end) = crate::subscription_lifecycle::period();
-    stripe.put_subscription(&crate::fake_stripe::SubSpec {
-        id: "sub_dup_retry_2",
-        customer: &customer,
-        price: crate::fake_stripe::PRICE_PRO,
-        status: "active",
-        period_start: start,
-        period_end: end,
-        cancel_at_period_end: false,
-    });
+    live_pro(&stripe, "sub_dup_retry_2", &customer);
     stripe.fail_once("POST", "/v1/refunds", 500);
     let (_, body) = stripe.event(
         "checkout.session.completed",

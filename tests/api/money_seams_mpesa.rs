@@ -106,13 +106,8 @@ async fn a_push_whose_answer_was_lost_is_found_by_its_callback(backend: Backend)
 async fn a_waiting_push_blocks_a_stripe_checkout(backend: Backend) {
     let mpesa = FakeMpesa::start().await;
     let stripe = crate::fake_stripe::FakeStripe::start().await;
-    let settings: Vec<(&str, String)> = mpesa
-        .settings()
-        .into_iter()
-        .chain(stripe.settings())
-        .collect();
-    let overrides: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let app = TestApp::spawn_with(backend, &overrides).await;
+    let settings = mpesa.settings().into_iter().chain(stripe.settings());
+    let app = crate::money_seams::spawn_with_settings(backend, settings.collect()).await;
     push(&app, "wait-bo", Tier::Pro).await;
     let refused = try_checkout(&app, "wait-bo", Tier::Pro, PaymentProvider::Stripe)
         .await
@@ -317,13 +312,8 @@ async fn a_slow_confirmation_keeps_its_lease(backend: Backend) {
 async fn a_push_waits_while_a_paypal_link_can_be_approved(backend: Backend) {
     let mpesa = FakeMpesa::start().await;
     let paypal = crate::fake_paypal::FakePaypal::start().await;
-    let settings: Vec<(&str, String)> = mpesa
-        .settings()
-        .into_iter()
-        .chain(paypal.settings())
-        .collect();
-    let overrides: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let app = TestApp::spawn_with(backend, &overrides).await;
+    let settings = mpesa.settings().into_iter().chain(paypal.settings());
+    let app = crate::money_seams::spawn_with_settings(backend, settings.collect()).await;
     let user = "link-ha";
     let (link, _) = crate::paypal::checkout(&app, user, Tier::Pro).await;
     let refused = app
