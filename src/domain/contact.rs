@@ -178,19 +178,21 @@ pub fn non_blank(value: Option<&str>) -> Option<&str> {
     value.map(str::trim).filter(|v| !v.is_empty())
 }
 
-/// Splits a page of contacts into those a provider keyed by email can take (first occurrence of
-/// each address, compared case-insensitively) and how many were left out for having none.
+/// Splits a page of contacts (in push order, oldest change first) into those a provider keyed by
+/// email can take (the most recently changed contact of each address, compared
+/// case-insensitively) and how many were left out for having none or for repeating one.
 /// Duplicates within one page are dropped: the providers reject a batch naming an address twice.
 pub fn sendable_by_email(page: &[Contact]) -> (Vec<&Contact>, u64, u64) {
     let mut seen = std::collections::HashSet::new();
     let (mut sendable, mut without_email, mut duplicates) = (Vec::new(), 0, 0);
-    for contact in page {
+    for contact in page.iter().rev() {
         match contact.email() {
             None => without_email += 1,
             Some(email) if !seen.insert(email.to_ascii_lowercase()) => duplicates += 1,
             Some(_) => sendable.push(contact),
         }
     }
+    sendable.reverse();
     (sendable, without_email, duplicates)
 }
 
@@ -217,7 +219,11 @@ mod tests {
         ];
         let (sendable, without_email, duplicates) = sendable_by_email(&page);
         let ids: Vec<&str> = sendable.iter().map(|c| c.id.as_str()).collect();
-        assert_eq!(ids, ["1", "5"]);
+        assert_eq!(
+            ids,
+            ["4", "5"],
+            "the later change of a repeated address wins"
+        );
         assert_eq!((without_email, duplicates), (2, 1));
     }
 }

@@ -152,12 +152,16 @@ impl JobProgress {
     }
 }
 
-/// A position in push order: a contact's `updated_at` (as normalised text, see the store) and
-/// its id. A push sends the contacts after its start key; a successful push saves its last key
-/// on the integration (the watermark), so the next push starts after it.
+/// A position in push order: a contact's change number and its id. The change number is
+/// assigned by the database on every insert and update of a contact (migration
+/// `20261205000012_contact_change_order`), never by a clock: on SQLite a counter bumped under
+/// the write lock (so numbers follow commit order), on PostgreSQL the writing transaction's id.
+/// A push sends the contacts after its start key; a successful push saves where it got to on
+/// the integration (the watermark, never past the push's horizon), so the next push starts
+/// there.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct PushKey {
-    pub at: String,
+    pub seq: i64,
     pub id: String,
 }
 
@@ -165,22 +169,65 @@ impl PushKey {
     /// Before every contact.
     pub fn start() -> Self {
         Self {
-            at: "0001-01-01T00:00:00.000000Z".into(),
+            seq: -1,
             id: String::new(),
         }
     }
 
-    /// `at|id` (an id may itself hold `|`; `at` never does).
+    /// `seq|id` (an id may itself hold `|`; the number never does).
     pub fn encode(&self) -> String {
-        format!("{}|{}", self.at, self.id)
+        format!("{}|{}", self.seq, self.id)
     }
 
+    /// `None` for a key of another form (the timestamps of before the change numbers).
     pub fn decode(text: &str) -> Option<Self> {
-        let (at, id) = text.split_once('|')?;
-        (at.len() >= 20 && at.starts_with(|c: char| c.is_ascii_digit())).then(|| Self {
-            at: at.to_string(),
+        let (seq, id) = text.split_once('|')?;
+        Some(Self {
+            seq: seq.parse().ok()?,
             id: id.to_string(),
         })
+    }
+}
+
+/// Where a push got to: the key of the last contact handled, and the push's horizon, the change
+/// number from which a contact may still have been uncommitted when the push began (every
+/// change below it was committed, so the push saw it). The watermark never passes the horizon.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushCheckpoint {
+    pub horizon: i64,
+    pub last: PushKey,
+}
+
+impl PushCheckpoint {
+    const PREFIX: &'static str = "push:";
+
+    /// Whether a job's checkpoint is a push's.
+    pub fn is_push(checkpoint: &str) -> bool {
+        checkpoint.starts_with(Self::PREFIX)
+    }
+
+    /// `push:<horizon>:<seq>|<id>`.
+    pub fn encode(&self) -> String {
+        format!("{}{}:{}", Self::PREFIX, self.horizon, self.last.encode())
+    }
+
+    /// `None` for anything else, including the checkpoints of before the change numbers (the
+    /// push then starts again from the watermark; what the provider holds is not sent again).
+    pub fn decode(text: &str) -> Option<Self> {
+        let (horizon, last) = text.strip_prefix(Self::PREFIX)?.split_once(':')?;
+        Some(Self {
+            horizon: horizon.parse().ok()?,
+            last: PushKey::decode(last)?,
+        })
+    }
+
+    /// The watermark a finished push leaves: where it got to, but not past its horizon.
+    pub fn watermark(&self) -> PushKey {
+        let horizon = PushKey {
+            seq: self.horizon,
+            id: String::new(),
+        };
+        self.last.clone().min(horizon)
     }
 }
 
@@ -242,7 +289,7 @@ mod tests {
     #[test]
     fn push_keys_round_trip_and_order() {
         let key = PushKey {
-            at: "2026-11-30T10:00:00.000000Z".into(),
+            seq: 42,
             id: "a|b".into(),
         };
         assert_eq!(PushKey::decode(&key.encode()), Some(key.clone()));
@@ -251,7 +298,65 @@ mod tests {
             None,
             "an old id-only checkpoint"
         );
+        assert_eq!(
+            PushKey::decode("2026-11-30T10:00:00.000000Z|c1"),
+            None,
+            "a key of the timestamp days"
+        );
         assert!(PushKey::start() < key);
+        assert!(
+            PushKey::start()
+                < PushKey {
+                    seq: 0,
+                    id: "c".into()
+                }
+        );
+    }
+
+    #[test]
+    fn a_push_never_leaves_its_watermark_past_its_horizon() {
+        let checkpoint = PushCheckpoint {
+            horizon: 100,
+            last: PushKey {
+                seq: 250,
+                id: "c9".into(),
+            },
+        };
+        assert_eq!(
+            PushCheckpoint::decode(&checkpoint.encode()),
+            Some(checkpoint.clone())
+        );
+        let mark = checkpoint.watermark();
+        assert!(
+            mark < PushKey {
+                seq: 100,
+                id: "a".into()
+            },
+            "a change at the horizon is read again"
+        );
+        assert!(
+            mark > PushKey {
+                seq: 99,
+                id: "z".into()
+            }
+        );
+        let behind = PushCheckpoint {
+            horizon: i64::MAX,
+            last: PushKey {
+                seq: 7,
+                id: "c1".into(),
+            },
+        };
+        assert_eq!(
+            behind.watermark(),
+            behind.last,
+            "SQLite: commit order, no horizon"
+        );
+        assert_eq!(
+            PushCheckpoint::decode("push:2026-11-30T10:00:00.000000Z|c1"),
+            None
+        );
+        assert_eq!(PushCheckpoint::decode("import:3"), None);
     }
 
     #[test]

@@ -8,14 +8,14 @@ use serde_json::json;
 
 use super::{
     IntegrationError, Integrations, connect_error, not_connected,
-    sync_worker::{sync_direction, sync_interval},
+    sync_context::{sync_direction, sync_interval},
     validate_credentials, validate_settings,
 };
 use crate::domain::{
     UserId,
     activity::Activity,
     catalogue::{AuthKind, ProviderId},
-    credentials::Credentials,
+    credentials::{Credentials, keys},
     integration::Integration,
 };
 
@@ -76,12 +76,33 @@ impl Integrations {
         credentials: &Credentials,
         settings: &BTreeMap<String, String>,
     ) -> Result<Integration, IntegrationError> {
-        let existed = self.store.integration(user, provider).await?.is_some();
-        let sealed = self.vault.seal(credentials);
+        let before = self.store.integration(user, provider).await?;
+        let existed = before.is_some();
+        // A re-authorisation keeps the file this service made (Google Drive), so the next sync
+        // updates it instead of making a second one.
+        let mut credentials = credentials.clone();
+        if let Some(before) = &before
+            && credentials.get(keys::FILE_ID).is_none()
+            && let Some(old) = self
+                .store
+                .sealed_credentials(&before.id)
+                .await?
+                .and_then(|sealed| self.vault.open(&sealed).ok())
+            && let Some(file_id) = old.get(keys::FILE_ID)
+        {
+            credentials = credentials.with(keys::FILE_ID, file_id);
+        }
+        let sealed = self.vault.seal(&credentials);
         let integration = self
             .store
             .save_integration(user, provider, &sealed, settings)
             .await?;
+        if existed {
+            // Connected again: perhaps to another account, portal, org or audience. What the
+            // old destination holds says nothing about the new one, so the next push sends
+            // every contact (upserts by key: a contact already there is not duplicated).
+            self.store.forget_destination(&integration.id).await?;
+        }
         let message = if existed {
             format!("Updated the {provider} connection")
         } else {
@@ -203,6 +224,14 @@ impl Integrations {
             .update_integration_settings(user, provider, &settings)
             .await?
             .ok_or_else(|| not_connected(provider))?;
+        if destination_changed(&current.settings, &settings) {
+            // Another audience, list or file: the next push sends every contact there.
+            self.store.forget_destination(&integration.id).await?;
+            tracing::info!(
+                provider = provider.as_str(),
+                "the destination changed; its memory is forgotten"
+            );
+        }
         self.schedule(&integration, integration.last_sync_at)
             .await?;
         self.activity(
@@ -241,6 +270,14 @@ impl Integrations {
             .await?;
         Ok(interval.is_some())
     }
+}
+
+/// Whether the settings that name where contacts go (a list, an audience, a file's path)
+/// changed.
+fn destination_changed(old: &BTreeMap<String, String>, new: &BTreeMap<String, String>) -> bool {
+    ["listId", "listIds", "path", "folderId"]
+        .iter()
+        .any(|key| old.get(*key).map(|v| v.trim()) != new.get(*key).map(|v| v.trim()))
 }
 
 /// Whether settings the provider itself checks (its list or audience) changed.

@@ -9,6 +9,7 @@
 #[macro_use]
 mod provider_call;
 mod account_closure;
+mod bookkeeping;
 mod connections;
 pub mod job_watch;
 pub mod jobs;
@@ -17,6 +18,7 @@ mod oauth_error;
 pub mod oauth_flow;
 pub mod scheduler;
 mod sync_attempt;
+mod sync_context;
 mod sync_import;
 mod sync_outcome;
 mod sync_push;
@@ -284,6 +286,7 @@ fn connect_error(error: ProviderError) -> IntegrationError {
         }
         ProviderError::Unauthorized(reason)
         | ProviderError::Rejected(reason)
+        | ProviderError::FileGone(reason)
         | ProviderError::BatchRefused(reason) => IntegrationError::InvalidArgument(reason),
         ProviderError::RateLimited { .. } => IntegrationError::Unavailable(
             "the provider is rate limiting this account; try again shortly".into(),

@@ -65,5 +65,6 @@ pub(super) fn batch_refused(batch: &[&Contact], reason: &str) -> PushReport {
                 message: reason.to_string(),
             })
             .collect(),
+        retry_later: Vec::new(),
     }
 }

@@ -7,8 +7,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     sync_attempt::{Outcome, is_transient},
+    sync_context::{IMPORT_CHECKPOINT, IMPORT_DONE, SyncWorker},
     sync_session::Session,
-    sync_worker::{IMPORT_CHECKPOINT, IMPORT_DONE, SyncWorker},
 };
 use crate::{
     domain::{

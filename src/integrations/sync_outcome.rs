@@ -12,14 +12,14 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     sync_attempt::{Outcome, broken},
-    sync_worker::{PUSH_CHECKPOINT, SyncWorker, sync_interval},
+    sync_context::{SyncWorker, sync_interval},
 };
 use crate::{
     domain::{
         UserId,
         activity::Activity,
         integration::IntegrationStatus,
-        sync_job::{JobProgress, JobState, PushKey, SyncJob},
+        sync_job::{JobProgress, JobState, PushCheckpoint, SyncJob},
     },
     providers::ProviderError,
     store::{JobEnd, StoreError},
@@ -28,9 +28,6 @@ use crate::{
 /// The longest wait for a rate limit or a retry spent inside an attempt; a longer one parks
 /// the job and frees the worker.
 pub(super) const MAX_INLINE_WAIT: Duration = Duration::from_secs(60);
-
-/// How far behind the push's start the watermark stays (see `settle`).
-const WATERMARK_LAG: chrono::Duration = chrono::Duration::seconds(5);
 
 impl SyncWorker {
     /// Calls the provider, retrying outages and short rate limits within the attempt
@@ -158,6 +155,8 @@ impl SyncWorker {
         match outcome {
             Outcome::LeaseLost => {
                 tracing::warn!("the job was taken over, canceled or deleted; this worker stops it");
+                // A canceled job keeps its lease until its worker has stopped: now it has.
+                store.release_stopped_job(&job.id, worker).await?;
             }
             Outcome::Stopped => {
                 let end = JobEnd::Retry {
@@ -232,20 +231,16 @@ impl SyncWorker {
                     tracing::warn!("the job was taken over, canceled or deleted before it ended");
                     return Ok(());
                 }
-                if let Some(key) = progress
+                if let Some(checkpoint) = progress
                     .checkpoint
                     .as_deref()
-                    .and_then(|c| c.strip_prefix(PUSH_CHECKPOINT))
-                    .and_then(PushKey::decode)
+                    .and_then(PushCheckpoint::decode)
                 {
-                    // A contact written just before the push read its page may commit just
-                    // after: the watermark stays WATERMARK_LAG behind the push's start, so the
-                    // next push looks at it again (unchanged ones cost no provider request:
-                    // their fingerprints match).
-                    let started = job.started_at.unwrap_or(now);
-                    let lagging = store.push_key_at(started - WATERMARK_LAG);
+                    // Never past the push's horizon: a change still uncommitted when the push
+                    // began is read by the next one (unchanged contacts read again cost no
+                    // provider request: their fingerprints match).
                     store
-                        .advance_push_watermark(&job.integration_id, &key.min(lagging))
+                        .advance_push_watermark(&job.integration_id, &checkpoint.watermark())
                         .await?;
                 }
                 store.record_sync_time(&job.integration_id, now).await?;

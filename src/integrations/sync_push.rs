@@ -1,14 +1,22 @@
 //! The push phase of a sync: the contacts changed since the integration's watermark (all of
-//! them for a full push), in push order (`updated_at`, then id), a batch at a time, or as one
-//! file for Google Drive and Dropbox. The job's checkpoint is the key of the last contact
-//! handled; a finished push moves the integration's watermark there (`sync_outcome.rs`).
+//! them for a full push), in push order (the change number the database gave each contact's
+//! last write, then id), a batch at a time, or as one file for Google Drive and Dropbox. The
+//! job's checkpoint is the key of the last contact handled and the push's horizon; a finished
+//! push moves the integration's watermark there, never past the horizon (`sync_outcome.rs`).
+//!
+//! Every provider write is safe to send again: record providers upsert by key, the Zapier hook
+//! gets an `Idempotency-Key` naming the batch, Google Drive's file id is reserved and stored
+//! before the file is made. The bookkeeping after a provider call is retried in place
+//! (`bookkeeping.rs`) before the attempt is given up, so a passing database error does not
+//! send a batch again.
 
 use tokio_util::sync::CancellationToken;
 
 use super::{
+    bookkeeping::in_place,
     sync_attempt::{Outcome, batch_refused, is_transient},
-    sync_session::Session,
-    sync_worker::{PUSH_CHECKPOINT, SyncWorker},
+    sync_context::SyncWorker,
+    sync_session::{Session, session_outcome},
     tokens::TokenError,
 };
 use crate::domain::credentials::keys;
@@ -17,7 +25,7 @@ use crate::{
         catalogue::ProviderId,
         contact::{Contact, sendable_by_email},
         contact_csv::ContactsCsv,
-        sync_job::{JobProgress, PushKey, SyncJob},
+        sync_job::{JobProgress, PushCheckpoint, PushKey, SyncJob},
     },
     providers::{ProviderError, PushReport},
     store::StoreError,
@@ -27,29 +35,42 @@ use crate::{
 const FILE_PAGE: u32 = 1000;
 
 impl SyncWorker {
-    /// Where this push starts: its own checkpoint when resuming, else the integration's
-    /// watermark (the very start for a full push or a first sync).
+    /// Where this push starts, and its horizon: its own checkpoint when resuming, else the
+    /// integration's watermark (the very start for a full push or a first sync) and the horizon
+    /// read now. A fresh push first sends again the contacts refused for a passing reason last
+    /// time (their change numbers are moved on, so they sort after the watermark).
     async fn push_start(
         &self,
         job: &SyncJob,
         progress: &JobProgress,
-    ) -> Result<PushKey, StoreError> {
-        if let Some(key) = progress
+    ) -> Result<(i64, PushKey), StoreError> {
+        if let Some(checkpoint) = progress
             .checkpoint
             .as_deref()
-            .and_then(|c| c.strip_prefix(PUSH_CHECKPOINT))
-            .and_then(PushKey::decode)
+            .and_then(PushCheckpoint::decode)
         {
-            return Ok(key);
+            return Ok((checkpoint.horizon, checkpoint.last));
         }
+        let requeued = self
+            .store
+            .requeue_retries(&job.integration_id, &job.user_id)
+            .await?;
+        if requeued > 0 {
+            tracing::info!(
+                requeued,
+                "contacts refused for a passing reason are sent again"
+            );
+        }
+        let horizon = self.store.push_horizon().await?;
         if job.full {
-            return Ok(PushKey::start());
+            return Ok((horizon, PushKey::start()));
         }
-        Ok(self
+        let start = self
             .store
             .push_watermark(&job.integration_id)
             .await?
-            .unwrap_or_else(PushKey::start))
+            .unwrap_or_else(PushKey::start);
+        Ok((horizon, start))
     }
 
     /// Pushes the changed contacts page by page from the checkpoint. `Some` ends the attempt.
@@ -61,7 +82,7 @@ impl SyncWorker {
         progress: &mut JobProgress,
         shutdown: &CancellationToken,
     ) -> Result<Option<Outcome>, StoreError> {
-        let mut after = self.push_start(job, progress).await?;
+        let (horizon, mut after) = self.push_start(job, progress).await?;
         let remaining = self
             .store
             .contacts_changed_count(&job.user_id, &after)
@@ -80,6 +101,7 @@ impl SyncWorker {
                 break;
             };
             let last = last.clone();
+            let batch_key = batch_key(&job.integration_id, &page);
             let contacts: Vec<Contact> = page.into_iter().map(|(_, c)| c).collect();
             let (sendable, without_email, duplicates): (Vec<&Contact>, u64, u64) =
                 if keyed_by_email(job.provider) {
@@ -94,16 +116,33 @@ impl SyncWorker {
             } else {
                 self.not_yet_at_provider(job, sendable).await?
             };
-            if !sendable.is_empty() {
+            // A batch refused whole for one bad record is split in halves until the refusal
+            // names the record (only that one is then left out).
+            let mut parts = vec![sendable];
+            while let Some(part) = parts.pop() {
+                if part.is_empty() {
+                    continue;
+                }
+                let key = if part.len() == contacts.len() {
+                    batch_key.clone()
+                } else {
+                    format!("{batch_key}-{}", part.len())
+                };
                 let pushed = call_provider!(self, session, job, shutdown, sink, |sink| sink
-                    .push(&sendable));
+                    .push(&part, &key));
                 match pushed {
                     Ok(report) => {
-                        self.remember_pushed(job, &sendable, &report).await?;
+                        in_place(|| self.remember_pushed(job, &part, &report)).await?;
                         progress.add_failures(report.failed, report.failures);
                     }
+                    Err(ProviderError::BatchRefused(_)) if part.len() > 1 => {
+                        let second = part[part.len() / 2..].to_vec();
+                        let first = part[..part.len() / 2].to_vec();
+                        parts.push(second);
+                        parts.push(first);
+                    }
                     Err(ProviderError::BatchRefused(reason)) => {
-                        let failed = batch_refused(&sendable, &reason);
+                        let failed = batch_refused(&part, &reason);
                         progress.add_failures(failed.failed, failed.failures);
                     }
                     Err(e) if shutdown.is_cancelled() && is_transient(&e) => {
@@ -117,8 +156,14 @@ impl SyncWorker {
             progress.contacts_total = progress.contacts_total.saturating_sub(up_to_date);
             progress.add_skipped(without_email, "no email address");
             progress.add_skipped(duplicates, "email address repeated in a batch");
-            progress.checkpoint = Some(format!("{PUSH_CHECKPOINT}{}", last.encode()));
-            if !self.store.save_progress(&job.id, worker, progress).await? {
+            progress.checkpoint = Some(
+                PushCheckpoint {
+                    horizon,
+                    last: last.clone(),
+                }
+                .encode(),
+            );
+            if !in_place(|| self.store.save_progress(&job.id, worker, progress)).await? {
                 return Ok(Some(Outcome::LeaseLost));
             }
             if contacts.len() < batch_size as usize {
@@ -140,7 +185,7 @@ impl SyncWorker {
         progress: &mut JobProgress,
         shutdown: &CancellationToken,
     ) -> Result<Option<Outcome>, StoreError> {
-        let start = self.push_start(job, progress).await?;
+        let (horizon, start) = self.push_start(job, progress).await?;
         // Read before the file is built: a contact changed while it is written sorts after
         // this key, so the next sync uploads again.
         // (Deleting a contact does not move the newest key: the file catches up at the next
@@ -169,30 +214,99 @@ impl SyncWorker {
         }
         let rows = file.rows();
         let csv = file.finish();
-        let uploaded = call_provider!(self, session, job, shutdown, file_sink, |sink| sink
-            .upload(&csv));
-        match uploaded {
-            Ok(new_file) => {
-                if let Some(file_id) = new_file {
-                    // Kept so the next sync updates this file instead of making another.
-                    match session.remember(keys::FILE_ID, &file_id).await {
-                        Ok(()) => {}
-                        Err(TokenError::Store(e)) => return Err(e),
-                        Err(e) => return Ok(Some(super::sync_session::session_outcome(e))),
+        // Two tries: a file gone from the provider (trashed, or deleted after its id was
+        // reserved) is replaced by a new one once.
+        for _ in 0..2 {
+            if session
+                .credentials
+                .get(keys::FILE_ID)
+                .is_none_or(str::is_empty)
+            {
+                // Google Drive: the new file's id is reserved and kept before the file is made,
+                // so an upload whose answer is lost is sent again to the same file.
+                let reserved = call_provider!(self, session, job, shutdown, file_sink, |sink| sink
+                    .reserve());
+                match reserved {
+                    Ok(Some(file_id)) => {
+                        if let Some(outcome) =
+                            self.keep_file_id(session, worker, job, &file_id).await?
+                        {
+                            return Ok(Some(outcome));
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) if shutdown.is_cancelled() && is_transient(&e) => {
+                        return Ok(Some(Outcome::Stopped));
+                    }
+                    Err(e) => return Ok(Some(self.outcome_of(e, job))),
+                }
+            }
+            let uploaded = call_provider!(self, session, job, shutdown, file_sink, |sink| sink
+                .upload(&csv));
+            match uploaded {
+                Ok(()) => {
+                    progress.contacts_total = rows;
+                    progress.contacts_done = rows;
+                    if let Some(newest) = newest {
+                        progress.checkpoint = Some(
+                            PushCheckpoint {
+                                horizon,
+                                last: newest,
+                            }
+                            .encode(),
+                        );
+                    }
+                    if !in_place(|| self.store.save_progress(&job.id, worker, progress)).await? {
+                        return Ok(Some(Outcome::LeaseLost));
+                    }
+                    return Ok(None);
+                }
+                Err(ProviderError::FileGone(reason)) => {
+                    tracing::info!(%reason, "the contacts file is gone; making a new one");
+                    if let Some(outcome) = self.keep_file_id(session, worker, job, "").await? {
+                        return Ok(Some(outcome));
                     }
                 }
-                progress.contacts_total = rows;
-                progress.contacts_done = rows;
-                if let Some(newest) = newest {
-                    progress.checkpoint = Some(format!("{PUSH_CHECKPOINT}{}", newest.encode()));
+                Err(e) if shutdown.is_cancelled() && is_transient(&e) => {
+                    return Ok(Some(Outcome::Stopped));
                 }
-                if !self.store.save_progress(&job.id, worker, progress).await? {
-                    return Ok(Some(Outcome::LeaseLost));
-                }
-                Ok(None)
+                Err(e) => return Ok(Some(self.outcome_of(e, job))),
             }
-            Err(e) if shutdown.is_cancelled() && is_transient(&e) => Ok(Some(Outcome::Stopped)),
-            Err(e) => Ok(Some(self.outcome_of(e, job))),
+        }
+        Ok(Some(Outcome::Retry {
+            reason: format!("{} kept losing the contacts file", job.provider),
+        }))
+    }
+
+    /// Keeps the contacts file's id with the credentials (empty: forget it), only while the job
+    /// is this worker's, retried in place on a passing database error.
+    async fn keep_file_id(
+        &self,
+        session: &mut Session<'_>,
+        worker: &str,
+        job: &SyncJob,
+        file_id: &str,
+    ) -> Result<Option<Outcome>, StoreError> {
+        if !in_place(|| {
+            self.store
+                .extend_lease(&job.id, worker, chrono::Utc::now() + self.lease())
+        })
+        .await?
+        {
+            return Ok(Some(Outcome::LeaseLost));
+        }
+        let mut tries = 0;
+        loop {
+            match session.remember(keys::FILE_ID, file_id).await {
+                Ok(()) => return Ok(None),
+                Err(TokenError::Store(e)) if tries < 4 => {
+                    tries += 1;
+                    tracing::warn!(error = %crate::telemetry::error_chain(&e), "cannot keep the file id yet; trying again");
+                    tokio::time::sleep(super::bookkeeping::pause(tries)).await;
+                }
+                Err(TokenError::Store(e)) => return Err(e),
+                Err(e) => return Ok(Some(session_outcome(e))),
+            }
         }
     }
 }
@@ -219,20 +333,34 @@ impl SyncWorker {
         Ok((changed, left_out))
     }
 
-    /// Records what the provider now holds: every sent contact it did not refuse.
+    /// Records what the provider now holds: every sent contact it did not refuse. Contacts
+    /// refused for a passing reason are kept to be sent again at the next push.
     async fn remember_pushed(
         &self,
         job: &SyncJob,
         sent: &[&Contact],
         report: &PushReport,
     ) -> Result<(), StoreError> {
-        let refused: std::collections::HashSet<String> = report
-            .failures
-            .iter()
-            .map(|f| f.email.to_ascii_lowercase())
-            .collect();
-        // Refusals the provider did not name: nothing of this batch is known to have landed.
-        if report.failed as usize > report.failures.len() {
+        let lower = |e: &str| e.to_ascii_lowercase();
+        let retry: std::collections::HashSet<String> =
+            report.retry_later.iter().map(|e| lower(e)).collect();
+        if !retry.is_empty() {
+            let again: Vec<(String, String)> = sent
+                .iter()
+                .filter(|c| retry.contains(&lower(c.email().unwrap_or_default())))
+                .map(|c| (c.id.clone(), "refused for a passing reason".to_string()))
+                .collect();
+            self.store
+                .hold_for_retry(&job.integration_id, &again)
+                .await?;
+        }
+        let refused: std::collections::HashSet<String> =
+            report.failures.iter().map(|f| lower(&f.email)).collect();
+        // Refusals the provider did not name (or named without an address): nothing of this
+        // batch is known to have landed.
+        if report.failed as usize > report.failures.len()
+            || report.failures.iter().any(|f| f.email.trim().is_empty())
+        {
             return Ok(());
         }
         let landed: Vec<(String, String)> = sent
@@ -244,6 +372,21 @@ impl SyncWorker {
             .save_provider_fingerprints(&job.integration_id, &landed)
             .await
     }
+}
+
+/// Names one batch of changes: the same batch sent again (a lost answer, a retried attempt)
+/// gets the same key, another batch (other contacts, or the same ones changed since) another
+/// one. Sent as Zapier's `Idempotency-Key`.
+fn batch_key(integration_id: &str, page: &[(PushKey, Contact)]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    hash.update(integration_id.as_bytes());
+    for (key, _) in page {
+        hash.update(b"\n");
+        hash.update(key.encode().as_bytes());
+    }
+    let digest = hash.finalize();
+    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Providers that identify contacts by email (a contact without one cannot be sent).

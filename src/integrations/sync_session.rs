@@ -69,9 +69,12 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
-    /// Keeps a value (a file id) with the sealed credentials.
-    pub async fn remember(&self, key: &str, value: &str) -> Result<(), TokenError> {
-        self.tokens.remember(&self.integration, key, value).await
+    /// Keeps a value (a file id; empty to forget it) with the sealed credentials, and uses it
+    /// from now on.
+    pub async fn remember(&mut self, key: &str, value: &str) -> Result<(), TokenError> {
+        self.tokens.remember(&self.integration, key, value).await?;
+        self.credentials = self.credentials.with(key, value);
+        Ok(())
     }
 }
 

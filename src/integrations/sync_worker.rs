@@ -16,53 +16,18 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::{sync_attempt::Outcome, sync_session::Session, tokens::TokenKeeper};
+pub use super::sync_context::SyncWorker;
+use super::{sync_attempt::Outcome, sync_session::Session};
 use crate::{
-    billing::Billing,
-    config::SyncConfig,
     domain::{
         integration::{Integration, IntegrationStatus},
-        sync_job::{Direction, SyncJob},
+        sync_job::{Direction, PushCheckpoint, SyncJob},
     },
-    providers::Providers,
-    store::{Store, StoreError},
+    store::StoreError,
     telemetry::error_chain,
 };
 
-/// Everything a worker needs; shared by the worker loops of one process.
-pub struct SyncWorker {
-    pub(super) store: Arc<dyn Store>,
-    pub(super) billing: Arc<Billing>,
-    pub(super) tokens: Arc<TokenKeeper>,
-    pub(super) providers: Arc<Providers>,
-    pub(super) config: SyncConfig,
-    /// Unique per process; each loop appends its slot.
-    name: String,
-}
-
 impl SyncWorker {
-    pub fn new(
-        store: Arc<dyn Store>,
-        billing: Arc<Billing>,
-        tokens: Arc<TokenKeeper>,
-        providers: Arc<Providers>,
-        config: SyncConfig,
-    ) -> Self {
-        let name = format!(
-            "{}-{}",
-            std::process::id(),
-            &uuid::Uuid::new_v4().simple().to_string()[..8]
-        );
-        Self {
-            store,
-            billing,
-            tokens,
-            providers,
-            config,
-            name,
-        }
-    }
-
     /// Runs the configured number of worker loops until `shutdown`. Each loop finishes the
     /// batch in flight and puts its job back in the queue before returning. Dropping the
     /// returned future aborts them all (as a crash would): their leases then expire.
@@ -127,10 +92,6 @@ impl SyncWorker {
         Ok(true)
     }
 
-    pub(super) fn lease(&self) -> chrono::Duration {
-        chrono::Duration::from_std(self.config.lease).unwrap_or(chrono::Duration::seconds(60))
-    }
-
     async fn run_job(
         &self,
         worker: &str,
@@ -180,18 +141,29 @@ impl SyncWorker {
     }
 
     /// Renews the lease every third of its length; returns when the job is no longer ours
-    /// (taken over, canceled or deleted).
+    /// (taken over, canceled or deleted), or when the lease could not be renewed for so long
+    /// that another worker may take the job over: this one stops before that can happen.
     async fn heartbeat(&self, id: &str, worker: &str) {
+        let mut held_until = tokio::time::Instant::now() + self.config.lease;
         loop {
             tokio::time::sleep(self.config.lease / 3).await;
+            let asked = tokio::time::Instant::now();
             match self
                 .store
                 .extend_lease(id, worker, Utc::now() + self.lease())
                 .await
             {
-                Ok(true) => {}
+                Ok(true) => held_until = asked + self.config.lease,
                 Ok(false) => return,
-                Err(e) => tracing::warn!(error = %error_chain(&e), "cannot renew a job lease"),
+                Err(e) => {
+                    tracing::warn!(error = %error_chain(&e), "cannot renew a job lease");
+                    if tokio::time::Instant::now() + self.config.lease / 3 >= held_until {
+                        tracing::warn!(
+                            "the job lease runs out before it can be renewed; this worker stops the attempt"
+                        );
+                        return;
+                    }
+                }
             }
         }
     }
@@ -231,7 +203,7 @@ impl SyncWorker {
         let pushing_already = progress
             .checkpoint
             .as_deref()
-            .is_some_and(|c| c.starts_with(PUSH_CHECKPOINT));
+            .is_some_and(PushCheckpoint::is_push);
         if job.direction != Direction::Push
             && !pushing_already
             && let Some(outcome) = self
@@ -276,31 +248,4 @@ fn unusable(job: &SyncJob, integration: &Integration) -> Option<Outcome> {
         });
     }
     None
-}
-
-/// Checkpoints of the import phase start with this.
-pub(super) const IMPORT_CHECKPOINT: &str = "import:";
-/// The checkpoint of an import that read its last page.
-pub(super) const IMPORT_DONE: &str = "import-done";
-/// Checkpoints of the push phase: `push:` and the push key of the last contact handled.
-pub(super) const PUSH_CHECKPOINT: &str = "push:";
-
-/// The recurring interval of an integration, if it has one.
-pub fn sync_interval(integration: &Integration) -> Option<chrono::Duration> {
-    let secs: i64 = integration
-        .settings
-        .get("syncInterval")?
-        .trim()
-        .parse()
-        .ok()?;
-    (secs > 0).then(|| chrono::Duration::seconds(secs))
-}
-
-/// The recurring direction of an integration (`syncDirection`, PUSH when unset).
-pub fn sync_direction(integration: &Integration) -> Direction {
-    integration
-        .settings
-        .get("syncDirection")
-        .and_then(|d| d.trim().to_ascii_lowercase().parse().ok())
-        .unwrap_or(Direction::Push)
 }

@@ -22,8 +22,9 @@ use crate::{
 
 /// Tokens are refreshed when they have less than this left.
 pub const REFRESH_MARGIN: Duration = Duration::from_secs(5 * 60);
-/// How long one refresh may hold the lock (a crashed holder's lock runs out after this).
-const LOCK_FOR: Duration = Duration::from_secs(30);
+/// How long one refresh may hold the lock (a crashed holder's lock runs out after this): well
+/// past the OAuth client's whole timeout, so a slow refresh still holds it when it ends.
+const LOCK_FOR: Duration = Duration::from_secs(90);
 /// How often a waiter looks whether the holder has finished.
 const LOCK_POLL: Duration = Duration::from_millis(50);
 
@@ -170,23 +171,36 @@ impl TokenKeeper {
                 )
                 .await);
         };
+        let refresh_token = refresh_token.to_string();
         match self
             .oauth
-            .refresh(provider, refresh_token, &credentials)
+            .refresh(provider, &refresh_token, &credentials)
             .await
         {
             Ok(tokens) => {
                 let rotated = tokens.refresh_token.is_some();
-                let refreshed = tokens.apply_to(&credentials);
-                let updated = self.vault.seal(&refreshed);
-                // Stored before it is used: a rotated refresh token must survive a crash.
-                if !self
-                    .store
-                    .replace_sealed_credentials(&integration.id, &sealed, &updated)
-                    .await?
-                {
-                    return Ok(None);
-                }
+                // Stored before it is used: a rotated refresh token must survive a crash. When
+                // the row changed meanwhile (keys rotated, a file id kept) the tokens are merged
+                // into what is there now, never dropped: the provider may have retired the old
+                // refresh token already.
+                let mut base = (sealed, credentials);
+                let refreshed = loop {
+                    let refreshed = tokens.apply_to(&base.1);
+                    let updated = self.vault.seal(&refreshed);
+                    if self
+                        .store
+                        .replace_sealed_credentials(&integration.id, &base.0, &updated)
+                        .await?
+                    {
+                        break refreshed;
+                    }
+                    let (sealed_now, now) = self.read(&integration.id).await?;
+                    if now.get(keys::REFRESH_TOKEN) != Some(refresh_token.as_str()) {
+                        // Connected again meanwhile: the new grant's tokens stay.
+                        return Ok(None);
+                    }
+                    base = (sealed_now, now);
+                };
                 metrics::counter!("oauth_refreshes_total", "provider" => provider.as_str(), "result" => "ok")
                     .increment(1);
                 tracing::info!(
@@ -199,6 +213,12 @@ impl TokenKeeper {
             Err(OAuthError::InvalidGrant(reason)) => {
                 metrics::counter!("oauth_refreshes_total", "provider" => provider.as_str(), "result" => "invalid_grant")
                     .increment(1);
+                // Refused for the grant we read: if the user re-authorised meanwhile, the new
+                // grant is not this refusal's to break.
+                let (_, now) = self.read(&integration.id).await?;
+                if now.get(keys::REFRESH_TOKEN) != Some(refresh_token.as_str()) {
+                    return Ok(None);
+                }
                 Err(self.needs_reauth(integration, reason).await)
             }
             Err(OAuthError::NotConfigured(_)) => Err(TokenError::Unavailable(format!(

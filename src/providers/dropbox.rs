@@ -89,7 +89,7 @@ pub fn ascii_json(value: &serde_json::Value) -> String {
 
 #[async_trait]
 impl FileSink for Dropbox {
-    async fn upload(&self, csv: &[u8]) -> Result<Option<String>, ProviderError> {
+    async fn upload(&self, csv: &[u8]) -> Result<(), ProviderError> {
         if csv.len() > UPLOAD_LIMIT {
             return Err(ProviderError::Rejected(format!(
                 "the contacts file is larger than Dropbox's {} MB upload limit",
@@ -115,7 +115,7 @@ impl FileSink for Dropbox {
             .header("Dropbox-API-Arg", arg)
             .body(csv.to_vec());
         self.client.send(request).await?;
-        Ok(None)
+        Ok(())
     }
 }
 

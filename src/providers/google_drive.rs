@@ -1,5 +1,6 @@
-//! Google Drive: the contacts file `contacts.csv`, created once and then updated in place by id
-//! (the id is kept with the integration). Files up to 5 MB go in one multipart request; larger
+//! Google Drive: the contacts file `contacts.csv`, made once under an id reserved beforehand
+//! (`files.generateIds`, kept with the integration before the file is made) and then updated in
+//! place by that id. Files up to 5 MB go in one multipart request; larger
 //! ones through a resumable upload session.
 
 use async_trait::async_trait;
@@ -23,7 +24,8 @@ pub struct GoogleDrive {
 
 #[derive(Deserialize)]
 struct FileAnswer {
-    id: String,
+    #[serde(default)]
+    trashed: bool,
 }
 
 impl GoogleDrive {
@@ -34,7 +36,10 @@ impl GoogleDrive {
     ) -> Result<Self, ProviderError> {
         Ok(Self {
             token: required(credentials, keys::ACCESS_TOKEN)?.to_string(),
-            file_id: credentials.get(keys::FILE_ID).map(str::to_string),
+            file_id: credentials
+                .get(keys::FILE_ID)
+                .filter(|id| !id.is_empty())
+                .map(str::to_string),
             client,
             upload_base: upload_base.clone(),
         })
@@ -45,26 +50,42 @@ impl GoogleDrive {
         let base = self.upload_base.as_str().trim_end_matches('/');
         match file_id {
             Some(id) => format!(
-                "{base}/upload/drive/v3/files/{}?uploadType={upload_type}&fields=id",
+                "{base}/upload/drive/v3/files/{}?uploadType={upload_type}&fields=id,trashed",
                 urlencode(id)
             ),
-            None => format!("{base}/upload/drive/v3/files?uploadType={upload_type}&fields=id"),
+            None => {
+                format!("{base}/upload/drive/v3/files?uploadType={upload_type}&fields=id,trashed")
+            }
         }
     }
 
-    async fn upload_to(&self, file_id: Option<&str>, csv: &[u8]) -> Result<String, ProviderError> {
-        let method = if file_id.is_some() {
-            reqwest::Method::PATCH
-        } else {
-            reqwest::Method::POST
+    /// Sends the file: `Update` replaces the content of the file `id`; `Create` makes the file
+    /// under the reserved `id` (or under a new id when there is none).
+    async fn upload_to(&self, write: Write<'_>, csv: &[u8]) -> Result<FileAnswer, ProviderError> {
+        let (method, url_id, metadata) = match write {
+            Write::Update(id) => (
+                reqwest::Method::PATCH,
+                Some(id),
+                serde_json::json!({ "name": FILE_NAME, "mimeType": "text/csv" }),
+            ),
+            Write::Create(id) => (
+                reqwest::Method::POST,
+                None,
+                match id {
+                    Some(id) => {
+                        serde_json::json!({ "id": id, "name": FILE_NAME, "mimeType": "text/csv" })
+                    }
+                    None => serde_json::json!({ "name": FILE_NAME, "mimeType": "text/csv" }),
+                },
+            ),
         };
-        let metadata = serde_json::json!({ "name": FILE_NAME, "mimeType": "text/csv" }).to_string();
+        let metadata = metadata.to_string();
         let response = if csv.len() <= MULTIPART_LIMIT {
             let boundary = format!("nexus-{}", uuid::Uuid::new_v4().simple());
             let request = self
                 .client
                 .http
-                .request(method, self.files_url(file_id, "multipart"))
+                .request(method, self.files_url(url_id, "multipart"))
                 .bearer_auth(&self.token)
                 .header(
                     CONTENT_TYPE,
@@ -76,7 +97,7 @@ impl GoogleDrive {
             let start = self
                 .client
                 .http
-                .request(method, self.files_url(file_id, "resumable"))
+                .request(method, self.files_url(url_id, "resumable"))
                 .bearer_auth(&self.token)
                 .header(CONTENT_TYPE, "application/json; charset=UTF-8")
                 .header("X-Upload-Content-Type", "text/csv")
@@ -106,9 +127,19 @@ impl GoogleDrive {
                 .body(csv.to_vec());
             self.client.send(request).await?
         };
-        let answer: FileAnswer = self.client.json(response).await?;
-        Ok(answer.id)
+        self.client.json(response).await
     }
+}
+
+/// What an upload does to the file.
+enum Write<'a> {
+    Update(&'a str),
+    Create(Option<&'a str>),
+}
+
+#[derive(Deserialize)]
+struct GeneratedIds {
+    ids: Vec<String>,
 }
 
 /// `multipart/related`: the JSON metadata, then the file.
@@ -132,20 +163,58 @@ fn urlencode(value: &str) -> String {
 
 #[async_trait]
 impl FileSink for GoogleDrive {
-    async fn upload(&self, csv: &[u8]) -> Result<Option<String>, ProviderError> {
-        if let Some(id) = &self.file_id {
-            match self.upload_to(Some(id), csv).await {
-                Ok(_) => return Ok(None),
-                // The user deleted the file (or took our access to it): make a new one.
-                Err(ProviderError::Rejected(reason))
-                    if reason.contains("404")
-                        || reason.to_ascii_lowercase().contains("not found") =>
-                {
-                    tracing::info!("the Drive file is gone; creating a new one");
-                }
-                Err(e) => return Err(e),
-            }
+    /// `files.generateIds`: an id for the file before it exists.
+    async fn reserve(&self) -> Result<Option<String>, ProviderError> {
+        if self.file_id.is_some() {
+            return Ok(None);
         }
-        self.upload_to(None, csv).await.map(Some)
+        let url = format!(
+            "{}/drive/v3/files/generateIds?count=1&space=drive&type=files",
+            self.upload_base.as_str().trim_end_matches('/')
+        );
+        let request = self.client.http.get(url).bearer_auth(&self.token);
+        let answer: GeneratedIds = self.client.json(self.client.send(request).await?).await?;
+        answer
+            .ids
+            .into_iter()
+            .next()
+            .map(Some)
+            .ok_or_else(|| ProviderError::Unavailable("Google Drive reserved no file id".into()))
     }
+
+    /// Updates the kept file; makes it under its reserved id when it does not exist yet (a
+    /// resend after a lost answer finds it and updates it). A file in the trash (Drive still
+    /// takes updates to it for 30 days) or deleted is gone: the caller reserves a new one.
+    async fn upload(&self, csv: &[u8]) -> Result<(), ProviderError> {
+        let Some(id) = &self.file_id else {
+            // No id kept and none reserved (an integration of before the reservations).
+            return self.upload_to(Write::Create(None), csv).await.map(drop);
+        };
+        match self.upload_to(Write::Update(id), csv).await {
+            Ok(answer) if answer.trashed => Err(ProviderError::FileGone(
+                "the contacts file is in the Google Drive trash".into(),
+            )),
+            Ok(_) => Ok(()),
+            Err(ProviderError::Rejected(reason)) if not_found(&reason) => {
+                match self.upload_to(Write::Create(Some(id)), csv).await {
+                    Ok(_) => Ok(()),
+                    // The reserved id is taken by a file we cannot update: it was deleted.
+                    Err(ProviderError::Rejected(reason) | ProviderError::BatchRefused(reason))
+                        if reason.contains("409")
+                            || reason.to_ascii_lowercase().contains("already exists") =>
+                    {
+                        Err(ProviderError::FileGone(format!(
+                            "the contacts file was deleted from Google Drive ({reason})"
+                        )))
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+fn not_found(reason: &str) -> bool {
+    reason.contains("404") || reason.to_ascii_lowercase().contains("not found")
 }

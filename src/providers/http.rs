@@ -96,6 +96,11 @@ impl Client {
                 retry_after: retry_after(headers),
                 daily: says_daily,
             },
+            // Google Drive's full storage is not a rate limit: waiting does not free space.
+            403 if lower.contains("storagequotaexceeded") => ProviderError::Rejected(format!(
+                "{}'s storage is full; free some space, then sync again: {reason}",
+                self.provider
+            )),
             401 | 403 if says_rate_limited => ProviderError::RateLimited {
                 retry_after: retry_after(headers),
                 daily: says_daily,

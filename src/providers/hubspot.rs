@@ -89,7 +89,7 @@ impl ContactSink for Hubspot {
     /// can fail the whole batch (400). A refused batch is split in halves, again and again,
     /// until the refused records stand alone; every other record lands. (Upserts are
     /// idempotent, so a retry after a failure half-way resends nothing harmful.)
-    async fn push(&self, contacts: &[&Contact]) -> Result<PushReport, ProviderError> {
+    async fn push(&self, contacts: &[&Contact], _key: &str) -> Result<PushReport, ProviderError> {
         let mut report = PushReport::default();
         let mut pending: Vec<&[&Contact]> = vec![contacts];
         while let Some(part) = pending.pop() {

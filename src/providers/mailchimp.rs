@@ -132,7 +132,7 @@ impl ContactSink for Mailchimp {
         }
     }
 
-    async fn push(&self, contacts: &[&Contact]) -> Result<PushReport, ProviderError> {
+    async fn push(&self, contacts: &[&Contact], _key: &str) -> Result<PushReport, ProviderError> {
         let members: Vec<Value> = contacts.iter().filter_map(|c| member(c)).collect();
         let request = self
             .client
@@ -156,6 +156,7 @@ impl ContactSink for Mailchimp {
                 .unwrap_or(failures.len() as u64)
                 .max(failures.len() as u64),
             failures,
+            retry_later: Vec::new(),
         })
     }
 }

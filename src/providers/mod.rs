@@ -57,6 +57,9 @@ pub enum ProviderError {
     /// Network failure, timeout or 5xx: worth retrying.
     #[error("{0}")]
     Unavailable(String),
+    /// The file this service keeps at the provider is gone (trashed or deleted): make a new one.
+    #[error("{0}")]
+    FileGone(String),
 }
 
 /// What one pushed batch came back with.
@@ -66,6 +69,23 @@ pub struct PushReport {
     pub failed: u64,
     /// Details of the refused contacts, as far as the provider names them.
     pub failures: Vec<RecordFailure>,
+    /// Addresses of the refused contacts whose refusal will pass (a locked record, a
+    /// per-record rate limit): they are sent again at the next push.
+    pub retry_later: Vec<String>,
+}
+
+/// Per-record error codes that pass by themselves (Salesforce's and Zoho's): the record is
+/// sent again at the next push instead of counting as refused for good.
+pub fn passing_record_error(code: &str) -> bool {
+    matches!(
+        code,
+        "UNABLE_TO_LOCK_ROW"
+            | "REQUEST_RUNNING_TOO_LONG"
+            | "SERVER_UNAVAILABLE"
+            | "INTERNAL_ERROR"
+            | "TOO_MANY_REQUESTS"
+            | "LIMIT_EXCEEDED"
+    )
 }
 
 /// A provider account that contacts can be pushed to.
@@ -76,15 +96,25 @@ pub trait ContactSink: Send + Sync {
 
     /// Pushes one batch (at most the catalogue's batch size, every contact with an email for
     /// email-keyed providers). Per-record refusals are in the report, not an error.
-    async fn push(&self, contacts: &[&Contact]) -> Result<PushReport, ProviderError>;
+    /// `key` names the batch: the same when this batch is sent again, another for another
+    /// batch (Zapier passes it on as `Idempotency-Key`; upserts by key need none).
+    async fn push(&self, contacts: &[&Contact], key: &str) -> Result<PushReport, ProviderError>;
 }
 
 /// A provider that keeps the contacts as one file (Google Drive, Dropbox).
 #[async_trait]
 pub trait FileSink: Send + Sync {
-    /// Uploads the whole file, replacing the previous one. Returns a file id to keep when the
-    /// provider made a new file.
-    async fn upload(&self, csv: &[u8]) -> Result<Option<String>, ProviderError>;
+    /// Reserves the id of a file not made yet, to be kept before [`FileSink::upload`] makes
+    /// it (so an upload whose answer is lost is sent again to the same file). `None` when the
+    /// provider needs none (a path names the file, or an id is already kept).
+    async fn reserve(&self) -> Result<Option<String>, ProviderError> {
+        Ok(None)
+    }
+
+    /// Uploads the whole file, replacing the previous one (making it under the kept id when it
+    /// does not exist yet). [`ProviderError::FileGone`] when the kept file cannot be used any
+    /// more: the caller forgets its id and uploads again.
+    async fn upload(&self, csv: &[u8]) -> Result<(), ProviderError>;
 }
 
 /// One page of a provider's contacts.

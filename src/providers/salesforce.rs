@@ -151,9 +151,17 @@ impl Salesforce {
                 .map(|e| format!("{}: {}", e.status_code, e.message))
                 .collect::<Vec<_>>()
                 .join("; ");
+            let email = emails.get(i).map(|e| e.to_string()).unwrap_or_default();
+            if result
+                .errors
+                .iter()
+                .any(|e| super::passing_record_error(&e.status_code))
+            {
+                report.retry_later.push(email.clone());
+            }
             report.failed += 1;
             report.failures.push(RecordFailure {
-                email: emails.get(i).map(|e| e.to_string()).unwrap_or_default(),
+                email,
                 message: self.client.scrub(&message),
             });
         }
@@ -255,7 +263,7 @@ impl ContactSink for Salesforce {
         self.client.send(request).await.map(drop)
     }
 
-    async fn push(&self, contacts: &[&Contact]) -> Result<PushReport, ProviderError> {
+    async fn push(&self, contacts: &[&Contact], _key: &str) -> Result<PushReport, ProviderError> {
         let emails: Vec<&str> = contacts.iter().filter_map(|c| c.email()).collect();
         let existing = self.existing(&emails).await?;
         let (mut updates, mut update_emails) = (Vec::new(), Vec::new());

@@ -92,7 +92,7 @@ impl ContactSink for Sendgrid {
         self.client.send(request).await.map(drop)
     }
 
-    async fn push(&self, contacts: &[&Contact]) -> Result<PushReport, ProviderError> {
+    async fn push(&self, contacts: &[&Contact], _key: &str) -> Result<PushReport, ProviderError> {
         let body: Vec<Value> = contacts.iter().filter_map(|c| contact_json(c)).collect();
         let sent = body.len() as u64;
         let mut payload = json!({ "contacts": body });
@@ -147,6 +147,7 @@ impl ContactSink for Sendgrid {
                                 accepted.job_id
                             ),
                         }],
+                        retry_later: Vec::new(),
                     });
                 }
             }

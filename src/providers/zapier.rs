@@ -80,12 +80,16 @@ impl ContactSink for Zapier {
         }
     }
 
-    async fn push(&self, contacts: &[&Contact]) -> Result<PushReport, ProviderError> {
+    /// Each delivery carries `Idempotency-Key`: the same when a batch is sent again (its answer
+    /// was lost, or the attempt was retried), another for another batch, so a Zap can drop
+    /// repeats.
+    async fn push(&self, contacts: &[&Contact], key: &str) -> Result<PushReport, ProviderError> {
         let body: Vec<Value> = contacts.iter().map(|c| contact_json(c)).collect();
         let request = self
             .client
             .http
             .post(self.hook.clone())
+            .header("Idempotency-Key", key)
             .json(&json!({ "event": "contacts", "contacts": body }));
         self.client.send(request).await?;
         Ok(PushReport::default())

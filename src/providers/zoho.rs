@@ -132,7 +132,7 @@ impl ContactSink for Zoho {
         self.client.send(request).await.map(drop)
     }
 
-    async fn push(&self, contacts: &[&Contact]) -> Result<PushReport, ProviderError> {
+    async fn push(&self, contacts: &[&Contact], _key: &str) -> Result<PushReport, ProviderError> {
         let data: Vec<Map<String, Value>> = contacts.iter().map(|c| record(c)).collect();
         let request = self
             .client
@@ -151,13 +151,17 @@ impl ContactSink for Zoho {
             if result.status == "success" {
                 continue;
             }
+            let email = contacts
+                .get(i)
+                .and_then(|c| c.email())
+                .unwrap_or_default()
+                .to_string();
+            if super::passing_record_error(&result.code) {
+                report.retry_later.push(email.clone());
+            }
             report.failed += 1;
             report.failures.push(RecordFailure {
-                email: contacts
-                    .get(i)
-                    .and_then(|c| c.email())
-                    .unwrap_or_default()
-                    .to_string(),
+                email,
                 message: self
                     .client
                     .scrub(&format!("{}: {}", result.code, result.message)),

@@ -292,10 +292,13 @@ macro_rules! integration_store {
                          lease_expires_at = $3, attempts = attempts + 1, \
                          attempts_in_a_row = attempts_in_a_row + 1, \
                          started_at = COALESCE(started_at, $2) \
-                         WHERE id = (SELECT id FROM sync_jobs \
-                           WHERE (state = 'queued' AND next_attempt_at <= $2) \
-                              OR (state = 'running' AND lease_expires_at < $2) \
-                           ORDER BY next_attempt_at LIMIT 1", $lock, ") \
+                         WHERE id = (SELECT j.id FROM sync_jobs j \
+                           WHERE ((j.state = 'queued' AND j.next_attempt_at <= $2) \
+                              OR (j.state = 'running' AND j.lease_expires_at < $2)) \
+                             AND NOT EXISTS (SELECT 1 FROM sync_jobs o \
+                               WHERE o.integration_id = j.integration_id AND o.id <> j.id \
+                                 AND o.state = 'canceled' AND o.lease_expires_at >= $2) \
+                           ORDER BY j.next_attempt_at LIMIT 1", $lock, ") \
                          RETURNING id", $text
                     ))
                     .bind(worker)
@@ -328,6 +331,18 @@ macro_rules! integration_store {
                     .execute(&self.pool)
                     .await?;
                     Ok(done.rows_affected() == 1)
+                }
+
+                async fn release_stopped_job(&self, id: &str, worker: &str) -> Result<(), StoreError> {
+                    sqlx::query(concat!(
+                        "UPDATE sync_jobs SET lease_owner = NULL, lease_expires_at = NULL \
+                         WHERE id = $1", $id, " AND lease_owner = $2 AND state <> 'running'"
+                    ))
+                    .bind(id)
+                    .bind(worker)
+                    .execute(&self.pool)
+                    .await?;
+                    Ok(())
                 }
 
                 async fn save_progress(

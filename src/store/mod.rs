@@ -395,6 +395,11 @@ pub trait IntegrationStore: Send + Sync {
     ) -> Result<Option<SyncJob>, StoreError>;
 
     /// `false` when the worker no longer holds the job.
+    /// Lets go of a job this worker stopped working on after it was canceled: until then, no
+    /// other job of its integration is claimed (a canceled job's worker may still be talking
+    /// to the provider).
+    async fn release_stopped_job(&self, id: &str, worker: &str) -> Result<(), StoreError>;
+
     async fn extend_lease(
         &self,
         id: &str,

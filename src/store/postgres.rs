@@ -198,7 +198,5 @@ webhook_store!(PgStore);
 mobile_payments!(PgStore);
 user_data_store!(PgStore);
 sync_queue!(PgStore, id: "::uuid", text: "::text",
-    key: "to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
-    key_format: "%Y-%m-%dT%H:%M:%S%.6fZ",
-    order: "updated_at, id", key_param: "CAST($2 AS timestamptz)", begin: "BEGIN",
+    horizon: "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint", begin: "BEGIN",
     schedule: [SCHEDULE_DUE_SYNCS]);

@@ -179,7 +179,4 @@ webhook_store!(SqliteStore);
 mobile_payments!(SqliteStore);
 user_data_store!(SqliteStore);
 sync_queue!(SqliteStore, id: "", text: "",
-    key: "strftime('%Y-%m-%dT%H:%M:%fZ', updated_at)",
-    key_format: "%Y-%m-%dT%H:%M:%S%.3fZ",
-    order: "strftime('%Y-%m-%dT%H:%M:%fZ', updated_at), id", key_param: "$2",
-    begin: "BEGIN IMMEDIATE", schedule: [QUEUE_DUE_SYNCS, BUMP_DUE_SYNCS]);
+    horizon: "SELECT 9223372036854775807", begin: "BEGIN IMMEDIATE", schedule: [QUEUE_DUE_SYNCS, BUMP_DUE_SYNCS]);

@@ -32,7 +32,8 @@ pub struct Pruned {
 
 #[async_trait]
 pub trait SyncQueue: Send + Sync {
-    /// The user's contacts after `after` in push order (`updated_at`, then id), with their keys.
+    /// The user's contacts after `after` in push order (change number, then id), with their
+    /// keys.
     async fn contacts_changed(
         &self,
         user: &UserId,
@@ -40,8 +41,28 @@ pub trait SyncQueue: Send + Sync {
         limit: u32,
     ) -> Result<Vec<(PushKey, Contact)>, StoreError>;
 
-    /// The push key of the instant `at` (before every contact changed at `at` or later).
-    fn push_key_at(&self, at: DateTime<Utc>) -> PushKey;
+    /// The change number from which a contact change may still be uncommitted (every change
+    /// numbered below it is committed and visible). SQLite numbers changes in commit order, so
+    /// there is no such number (`i64::MAX`); PostgreSQL's is its snapshot's oldest running
+    /// transaction.
+    async fn push_horizon(&self) -> Result<i64, StoreError>;
+
+    /// Keeps contacts a provider refused for a passing reason (contact id, reason), to be sent
+    /// again by the next push.
+    async fn hold_for_retry(
+        &self,
+        integration_id: &str,
+        contacts: &[(String, String)],
+    ) -> Result<(), StoreError>;
+
+    /// Moves the held contacts of the integration after every watermark (their change numbers
+    /// are renewed, their values untouched) and forgets them; how many there were.
+    async fn requeue_retries(&self, integration_id: &str, user: &UserId)
+    -> Result<u64, StoreError>;
+
+    /// Forgets what the integration's destination holds (its watermark and the fingerprints of
+    /// the contacts pushed there): the destination changed, so the next push sends everything.
+    async fn forget_destination(&self, integration_id: &str) -> Result<(), StoreError>;
 
     /// How many of the user's contacts lie after `after` in push order.
     async fn contacts_changed_count(

@@ -1,16 +1,11 @@
 //! `sync_queue!(Type, ...)` implements `SyncQueue` for a store with a `pool` field. The SQL is
 //! shared; the parameters carry what differs between the backends:
-//! - `key`: a contact's `updated_at` as text in one fixed form (the push key), and `order`, the
-//!   push order it is compared in. PostgreSQL compares the timestamp itself (its index serves
-//!   the row comparison); SQLite compares the normalised text, since the card application and
-//!   sqlx write timestamps in different text forms. `key_format` writes an instant in the same
-//!   form (microseconds on PostgreSQL, milliseconds on SQLite).
+//! - `horizon`: the statement reading the push horizon (see `SyncQueue::push_horizon`).
 //! - `schedule`: the statements of one scheduler pass (one CTE on PostgreSQL; an INSERT and an
 //!   UPDATE in one `BEGIN IMMEDIATE` transaction on SQLite).
 
 macro_rules! sync_queue {
-    ($name:ident, id: $id:literal, text: $text:literal, key: $key:literal, key_format: $key_format:literal,
-     order: $order:literal, key_param: $key_param:literal, begin: $begin:literal,
+    ($name:ident, id: $id:literal, text: $text:literal, horizon: $horizon:literal, begin: $begin:literal,
      schedule: [$($schedule:expr),+]) => {
         const _: () = {
             use std::collections::BTreeMap;
@@ -35,7 +30,8 @@ macro_rules! sync_queue {
 
             const CONTACT_COLUMNS: &str =
                 "id, email, first_name, last_name, company, phone, job_title";
-            const AFTER_KEY: &str = concat!("(", $order, ") > (", $key_param, ", $3)");
+            /// Push order: the change number the database gave the contact's last write, then id.
+            const AFTER_KEY: &str = "(change_seq, id) > ($2, $3)";
 
             #[async_trait::async_trait]
             impl SyncQueue for $name {
@@ -46,14 +42,12 @@ macro_rules! sync_queue {
                     limit: u32,
                 ) -> Result<Vec<(PushKey, Contact)>, StoreError> {
                     let sql = sqlx::AssertSqlSafe(format!(
-                        "SELECT {}, {CONTACT_COLUMNS} FROM contacts WHERE user_id = $1 AND {AFTER_KEY} \
-                         ORDER BY {} LIMIT $4",
-                        concat!($key, " AS push_at"),
-                        $order
+                        "SELECT change_seq AS push_seq, {CONTACT_COLUMNS} FROM contacts \
+                         WHERE user_id = $1 AND {AFTER_KEY} ORDER BY change_seq, id LIMIT $4"
                     ));
                     let rows: Vec<KeyedContact> = sqlx::query_as(sql)
                         .bind(user.as_str())
-                        .bind(&after.at)
+                        .bind(after.seq)
                         .bind(&after.id)
                         .bind(i64::from(limit))
                         .fetch_all(&self.pool)
@@ -62,16 +56,73 @@ macro_rules! sync_queue {
                         .into_iter()
                         .map(|row| {
                             let contact = Contact::from(row.contact);
-                            (PushKey { at: row.push_at, id: contact.id.clone() }, contact)
+                            (PushKey { seq: row.push_seq, id: contact.id.clone() }, contact)
                         })
                         .collect())
                 }
 
-                fn push_key_at(&self, at: DateTime<Utc>) -> PushKey {
-                    PushKey {
-                        at: at.format($key_format).to_string(),
-                        id: String::new(),
+                async fn push_horizon(&self) -> Result<i64, StoreError> {
+                    Ok(sqlx::query_scalar($horizon).fetch_one(&self.pool).await?)
+                }
+
+                async fn hold_for_retry(
+                    &self,
+                    integration_id: &str,
+                    contacts: &[(String, String)],
+                ) -> Result<(), StoreError> {
+                    for (contact, reason) in contacts {
+                        sqlx::query(concat!(
+                            "INSERT INTO integration_retries (integration_id, contact_id, reason) \
+                             VALUES ($1", $id, ", $2, $3) ON CONFLICT (integration_id, contact_id) \
+                             DO UPDATE SET reason = excluded.reason"
+                        ))
+                        .bind(integration_id)
+                        .bind(contact)
+                        .bind(reason)
+                        .execute(&self.pool)
+                        .await?;
                     }
+                    Ok(())
+                }
+
+                async fn requeue_retries(&self, integration_id: &str, user: &UserId) -> Result<u64, StoreError> {
+                    let mut tx = self.pool.begin_with($begin).await?;
+                    // A no-op write: the contacts' change numbers are renewed by the trigger.
+                    let touched = sqlx::query(concat!(
+                        "UPDATE contacts SET updated_at = updated_at WHERE user_id = $2 AND id IN \
+                         (SELECT contact_id FROM integration_retries WHERE integration_id = $1", $id, ")"
+                    ))
+                    .bind(integration_id)
+                    .bind(user.as_str())
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    sqlx::query(concat!(
+                        "DELETE FROM integration_retries WHERE integration_id = $1", $id
+                    ))
+                    .bind(integration_id)
+                    .execute(&mut *tx)
+                    .await?;
+                    tx.commit().await?;
+                    Ok(touched)
+                }
+
+                async fn forget_destination(&self, integration_id: &str) -> Result<(), StoreError> {
+                    let mut tx = self.pool.begin_with($begin).await?;
+                    sqlx::query(concat!(
+                        "UPDATE integrations SET push_watermark = NULL WHERE id = $1", $id
+                    ))
+                    .bind(integration_id)
+                    .execute(&mut *tx)
+                    .await?;
+                    sqlx::query(concat!(
+                        "DELETE FROM integration_contacts WHERE integration_id = $1", $id
+                    ))
+                    .bind(integration_id)
+                    .execute(&mut *tx)
+                    .await?;
+                    tx.commit().await?;
+                    Ok(())
                 }
 
                 async fn contacts_changed_count(
@@ -84,7 +135,7 @@ macro_rules! sync_queue {
                     ));
                     let n: i64 = sqlx::query_scalar(sql)
                         .bind(user.as_str())
-                        .bind(&after.at)
+                        .bind(after.seq)
                         .bind(&after.id)
                         .fetch_one(&self.pool)
                         .await?;
@@ -92,16 +143,14 @@ macro_rules! sync_queue {
                 }
 
                 async fn last_push_key(&self, user: &UserId) -> Result<Option<PushKey>, StoreError> {
-                    let sql = sqlx::AssertSqlSafe(format!(
-                        "SELECT {}, id FROM contacts WHERE user_id = $1 ORDER BY {} LIMIT 1",
-                        $key,
-                        $order.replace(", id", " DESC, id DESC")
-                    ));
-                    let row: Option<(String, String)> = sqlx::query_as(sql)
-                        .bind(user.as_str())
-                        .fetch_optional(&self.pool)
-                        .await?;
-                    Ok(row.map(|(at, id)| PushKey { at, id }))
+                    let row: Option<(i64, String)> = sqlx::query_as(
+                        "SELECT change_seq, id FROM contacts WHERE user_id = $1 \
+                         ORDER BY change_seq DESC, id DESC LIMIT 1",
+                    )
+                    .bind(user.as_str())
+                    .fetch_optional(&self.pool)
+                    .await?;
+                    Ok(row.map(|(seq, id)| PushKey { seq, id }))
                 }
 
                 async fn push_watermark(&self, integration_id: &str) -> Result<Option<PushKey>, StoreError> {
@@ -251,7 +300,7 @@ macro_rules! sync_queue {
                 ) -> Result<bool, StoreError> {
                     let done = sqlx::query(concat!(
                         "UPDATE sync_jobs SET state = 'canceled', finished_at = $3, \
-                         last_error = 'canceled by its user', lease_owner = NULL, lease_expires_at = NULL \
+                         last_error = 'canceled by its user' \
                          WHERE id = $1", $id, " AND user_id = $2 AND state IN ('queued', 'running')"
                     ))
                     .bind(id)
@@ -368,13 +417,13 @@ macro_rules! sync_queue {
                 }
             }
 
-            /// A contact row with its push key.
+            /// A contact row with its change number.
             struct KeyedContact {
-                push_at: String,
+                push_seq: i64,
                 contact: ContactRow,
             }
 
-            $crate::store::rows::from_row!(KeyedContact { push_at } flatten { contact: ContactRow });
+            $crate::store::rows::from_row!(KeyedContact { push_seq } flatten { contact: ContactRow });
         };
     };
 }
