@@ -117,17 +117,16 @@ impl SyncWorker {
                 self.not_yet_at_provider(job, sendable).await?
             };
             // A batch refused whole for one bad record is split in halves until the refusal
-            // names the record (only that one is then left out).
+            // names the record (only that one is then left out). The splits are bounded (twice
+            // the halvings one bad record needs): a refusal of the request itself (a list that
+            // does not exist) refuses the batch after a few requests, not one per contact.
+            let mut splits_left = 2 * (usize::BITS - sendable.len().leading_zeros());
             let mut parts = vec![sendable];
             while let Some(part) = parts.pop() {
                 if part.is_empty() {
                     continue;
                 }
-                let key = if part.len() == contacts.len() {
-                    batch_key.clone()
-                } else {
-                    format!("{batch_key}-{}", part.len())
-                };
+                let key = part_key(&batch_key, &part, contacts.len());
                 let pushed = call_provider!(self, session, job, shutdown, sink, |sink| sink
                     .push(&part, &key));
                 match pushed {
@@ -135,7 +134,8 @@ impl SyncWorker {
                         in_place(|| self.remember_pushed(job, &part, &report)).await?;
                         progress.add_failures(report.failed, report.failures);
                     }
-                    Err(ProviderError::BatchRefused(_)) if part.len() > 1 => {
+                    Err(ProviderError::BatchRefused(_)) if part.len() > 1 && splits_left > 0 => {
+                        splits_left -= 1;
                         let second = part[part.len() / 2..].to_vec();
                         let first = part[..part.len() / 2].to_vec();
                         parts.push(second);
@@ -384,6 +384,23 @@ fn batch_key(integration_id: &str, page: &[(PushKey, Contact)]) -> String {
     for (key, _) in page {
         hash.update(b"\n");
         hash.update(key.encode().as_bytes());
+    }
+    let digest = hash.finalize();
+    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The key of a part of a split batch: the batch's own when whole, else derived from the
+/// batch's and the part's contacts.
+fn part_key(batch_key: &str, part: &[&Contact], whole: usize) -> String {
+    use sha2::{Digest, Sha256};
+    if part.len() == whole {
+        return batch_key.to_string();
+    }
+    let mut hash = Sha256::new();
+    hash.update(batch_key.as_bytes());
+    for contact in part {
+        hash.update(b"\n");
+        hash.update(contact.id.as_bytes());
     }
     let digest = hash.finalize();
     digest[..16].iter().map(|b| format!("{b:02x}")).collect()

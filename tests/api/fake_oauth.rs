@@ -129,6 +129,14 @@ struct State {
     /// Salesforce next-page links name this; links of an earlier one are expired.
     cursor_epoch: usize,
     files: BTreeMap<String, Vec<u8>>,
+    /// Drive: files in the trash (they still take updates, as Drive's do).
+    trashed: HashSet<String>,
+    /// Drive: ids handed out by generateIds.
+    reserved: Vec<String>,
+    /// The next uploads are stored, then their answers are lost.
+    lose_upload_answers: usize,
+    /// Salesforce: addresses refused once with UNABLE_TO_LOCK_ROW.
+    locked_once: HashSet<String>,
     uploads: Vec<(String, String, Vec<u8>)>,
     sessions: HashMap<String, Option<String>>,
     problems: Vec<String>,
@@ -293,6 +301,33 @@ impl FakeOAuth {
         self.state().files.clone()
     }
     /// (method + kind, file id or path, bytes) of every upload.
+    /// Drive: moves a file to the trash.
+    pub fn trash(&self, id: &str) {
+        self.state().trashed.insert(id.to_string());
+    }
+
+    /// The next `n` uploads are stored, then their answers are lost.
+    pub fn lose_upload_answers(&self, n: usize) {
+        self.state().lose_upload_answers = n;
+    }
+
+    /// Salesforce: each of these addresses is refused once with UNABLE_TO_LOCK_ROW.
+    pub fn lock_once(&self, emails: &[&str]) {
+        self.state()
+            .locked_once
+            .extend(emails.iter().map(|e| e.to_string()));
+    }
+
+    /// Files not in the trash.
+    pub fn live_files(&self) -> BTreeMap<String, Vec<u8>> {
+        let s = self.state();
+        s.files
+            .iter()
+            .filter(|(id, _)| !s.trashed.contains(*id))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
     pub fn uploads(&self) -> Vec<(String, String, Vec<u8>)> {
         self.state().uploads.clone()
     }

@@ -138,6 +138,10 @@ impl Responder {
                         s.problems.push(format!("record without Contact type: {r}"));
                     }
                     let email = r["Email"].as_str().unwrap_or_default().to_string();
+                    if s.locked_once.remove(&email) {
+                        results.push(json!({"success": false, "errors": [{"statusCode": "UNABLE_TO_LOCK_ROW", "message": "unable to obtain exclusive access to this record", "fields": []}]}));
+                        continue;
+                    }
                     if s.refused.contains(&email) {
                         results.push(json!({"success": false, "errors": [{"statusCode": "INVALID_EMAIL_ADDRESS", "message": "Email: invalid email address", "fields": ["Email"]}]}));
                         continue;
@@ -330,6 +334,14 @@ impl Responder {
             .strip_prefix("/upload/drive/v3/files/")
             .map(str::to_string);
         match (method, path, upload_type.as_str()) {
+            ("GET", "/drive/v3/files/generateIds", _) => {
+                let id = format!("reserved{}", s.reserved.len() + 1);
+                s.reserved.push(id.clone());
+                json_answer(
+                    200,
+                    json!({"kind": "drive#generatedIds", "space": "drive", "ids": [id]}),
+                )
+            }
             ("POST", "/upload/drive/v3/files", "multipart") | ("PATCH", _, "multipart") => {
                 if file_id.as_ref().is_some_and(|id| !s.files.contains_key(id)) {
                     return json_answer(
@@ -350,11 +362,37 @@ impl Responder {
                 if content.len() > 5 * 1024 * 1024 {
                     s.problems.push("multipart upload above 5 MB".into());
                 }
-                let id = file_id.unwrap_or_else(|| format!("file{}", s.files.len() + 1));
+                // A create may name an id reserved with generateIds; Drive refuses one in use
+                // and one it never handed out.
+                let asked = metadata["id"].as_str().map(str::to_string);
+                if let Some(asked) = &asked {
+                    if s.files.contains_key(asked) {
+                        return json_answer(
+                            409,
+                            json!({"error": {"code": 409, "message": "A file already exists with the provided ID."}}),
+                        );
+                    }
+                    if !s.reserved.contains(asked) {
+                        s.problems
+                            .push(format!("create with an id never reserved: {asked}"));
+                        return json_answer(
+                            400,
+                            json!({"error": {"code": 400, "message": "The provided file ID is not usable."}}),
+                        );
+                    }
+                }
+                let id = file_id
+                    .or(asked)
+                    .unwrap_or_else(|| format!("file{}", s.files.len() + 1));
                 s.uploads
                     .push((format!("{method} multipart"), id.clone(), content.clone()));
                 s.files.insert(id.clone(), content);
-                json_answer(200, json!({"id": id}))
+                let trashed = s.trashed.contains(&id);
+                if s.lose_upload_answers > 0 {
+                    s.lose_upload_answers -= 1;
+                    return ResponseTemplate::new(200).lost();
+                }
+                json_answer(200, json!({"id": id, "trashed": trashed}))
             }
             ("POST", "/upload/drive/v3/files", "resumable") | ("PATCH", _, "resumable") => {
                 if file_id.as_ref().is_some_and(|id| !s.files.contains_key(id)) {

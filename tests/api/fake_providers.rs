@@ -46,6 +46,8 @@ pub type Fields = Vec<(String, String)>;
 pub struct Push {
     pub emails: Vec<String>,
     pub body: Value,
+    /// The `Idempotency-Key` header, if the push had one.
+    pub idempotency_key: Option<String>,
 }
 
 #[derive(Default)]
@@ -76,6 +78,9 @@ struct State {
     whole_batch_refusals: bool,
     /// Mailchimp: members of the audience that are not subscribed (email, status).
     unsubscribed: Vec<(String, String)>,
+    /// The next accepted pushes are acted on, then their answers are lost (the connection
+    /// drops), as a provider that timed out after doing the work.
+    lose_answers: usize,
 }
 
 /// Contacts per import page (small, so a test crosses pages).
@@ -162,6 +167,11 @@ impl FakeProvider {
             .iter()
             .map(|(e, status)| (e.to_string(), status.to_string()))
             .collect();
+    }
+
+    /// The next `n` accepted pushes are acted on and recorded, but their answers never arrive.
+    pub fn lose_answers(&self, n: usize) {
+        self.state().lose_answers = n;
     }
 
     pub fn enforce_limit(&self, requests: usize, per: Duration) {
@@ -374,7 +384,13 @@ impl Responder {
         }
     }
 
-    fn accept(&self, state: &mut State, emails: Vec<String>, body: Value) -> ResponseTemplate {
+    fn accept(
+        &self,
+        state: &mut State,
+        emails: Vec<String>,
+        body: Value,
+        idempotency_key: Option<String>,
+    ) -> ResponseTemplate {
         let refused: Vec<String> = emails
             .iter()
             .filter(|e| state.refused.contains(*e))
@@ -390,7 +406,12 @@ impl Responder {
         state.pushes.push(Push {
             emails: emails.clone(),
             body,
+            idempotency_key,
         });
+        if state.lose_answers > 0 {
+            state.lose_answers -= 1;
+            return ResponseTemplate::new(200).lost();
+        }
         let answer = match self.kind {
             Kind::Hubspot => {
                 let results: Vec<Value> = emails
@@ -634,6 +655,11 @@ impl Respond for Responder {
             return error(200, json!({})).set_delay(Duration::from_secs(3600));
         }
         let emails: Vec<String> = items.iter().filter_map(|i| self.email_of(i)).collect();
-        self.accept(&mut state, emails, body)
+        let key = request
+            .headers
+            .get("idempotency-key")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        self.accept(&mut state, emails, body, key)
     }
 }

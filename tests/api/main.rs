@@ -34,6 +34,7 @@ test_modules!(
     browser,
     checkout,
     config,
+    contact_seams,
     dashboard,
     data_rights,
     event_processing,

@@ -163,9 +163,11 @@ async fn a_list_that_does_not_exist_fails_the_job_and_the_integration(backend: B
     let app = spawn_with_fakes(backend, &[&sendgrid], &[]).await;
     app.add_contacts("ada", 30).await;
     connect(&app, "ada", &sendgrid).await;
+    // Every request names the missing list, the halves of a split batch too.
     sendgrid.script(vec![
         ResponseTemplate::new(400).set_body_json(serde_json::json!({
-        "errors": [{"field": "list_ids", "message": "list_ids: l2 does not exist"}]})),
+        "errors": [{"field": "list_ids", "message": "list_ids: l2 does not exist"}]}));
+        64
     ]);
     let job = start_sync(&mut app.integrations().await, "ada", Provider::Sendgrid).await;
     let job = finished(&app, "ada", &job).await;

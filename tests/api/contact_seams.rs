@@ -1,0 +1,340 @@
+//! Contacts at the seams (issue 26): where two integration features meet. Each test failed on
+//! the code before that issue: a changed destination kept the old one's memory, a
+//! re-authorised Drive lost its file, a lost answer made a second file or ran a Zap twice under
+//! another name, a contact committed late was skipped for good, a rotated refresh token was
+//! thrown away, a passing per-record refusal was never retried, a canceled job's worker and
+//! the next job both made a Drive file.
+
+use nexus_billing::{
+    domain::credentials::keys,
+    grpc::proto::integrations::{
+        CancelSyncJobRequest, IntegrationStatus, Provider, SyncJob, SyncJobState,
+        UpdateIntegrationRequest,
+    },
+    vault::Vault,
+};
+
+use crate::{
+    exec,
+    fake_http::HoldPoint,
+    fake_oauth::{FakeOAuth, OKind},
+    fake_providers::{FakeProvider, Kind},
+    helpers::{Backend, ENCRYPTION_KEY, TestApp, authed, token, wait_for},
+    integrations::{connect, spawn_with_fakes, start_sync, wait_for_job},
+    oauth::{connect_oauth, integration, spawn_with_oauth, stored_credentials},
+};
+
+crate::tests!(
+    backends: [
+        a_changed_dropbox_path_gets_every_contact,
+        a_reauthorised_drive_keeps_its_file,
+        a_lost_drive_answer_does_not_make_a_second_file,
+        a_trashed_drive_file_is_replaced_not_written_into,
+        zapier_resends_carry_the_same_idempotency_key,
+        a_contact_committed_late_with_an_old_timestamp_is_pushed,
+        a_passing_per_record_refusal_is_sent_again_next_sync,
+        a_refresh_that_loses_its_swap_keeps_the_rotated_tokens,
+        a_canceled_drive_sync_and_the_next_make_one_file,
+    ],
+    plain: [a_contact_whose_timestamp_cannot_be_read_is_pushed],
+);
+
+async fn sync(app: &TestApp, user: &str, provider: Provider) -> SyncJob {
+    let job = start_sync(&mut app.integrations().await, user, provider).await;
+    wait_for_job(app, user, &job.id).await
+}
+
+async fn succeeded(app: &TestApp, user: &str, provider: Provider) -> SyncJob {
+    let job = sync(app, user, provider).await;
+    assert_eq!(job.state(), SyncJobState::Succeeded, "{job:?}");
+    job
+}
+
+async fn update_settings(app: &TestApp, user: &str, provider: Provider, settings: &[(&str, &str)]) {
+    app.integrations()
+        .await
+        .update_integration(authed(
+            UpdateIntegrationRequest {
+                provider: provider.into(),
+                settings: settings
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            },
+            &token(user),
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
+fn lines(content: &[u8]) -> usize {
+    String::from_utf8_lossy(content).lines().count()
+}
+
+/// Item 1: the Dropbox path moved. The new file must hold every contact, though none changed
+/// since the upload to the old path (the old memory said "nothing to send").
+async fn a_changed_dropbox_path_gets_every_contact(backend: Backend) {
+    let dropbox = FakeOAuth::start(OKind::Dropbox).await;
+    let app = spawn_with_oauth(backend, &[&dropbox], &[]).await;
+    app.add_contacts("ada", 12).await;
+    connect_oauth(&app, "ada", &dropbox, &[("path", "/Nexus/old.csv")]).await;
+    succeeded(&app, "ada", Provider::Dropbox).await;
+    update_settings(&app, "ada", Provider::Dropbox, &[("path", "/Nexus/new.csv")]).await;
+    succeeded(&app, "ada", Provider::Dropbox).await;
+    let files = dropbox.files();
+    let new = files
+        .get("/Nexus/new.csv")
+        .unwrap_or_else(|| panic!("nothing uploaded to the new path: {:?}", files.keys()));
+    assert_eq!(lines(new), 13, "a header and every contact");
+    dropbox.assert_no_problems();
+    app.stop().await;
+}
+
+/// Item 1: re-authorising Google Drive used to rebuild the credentials without the file id:
+/// the next sync made a second contacts.csv.
+async fn a_reauthorised_drive_keeps_its_file(backend: Backend) {
+    let drive = FakeOAuth::start(OKind::GoogleDrive).await;
+    let app = spawn_with_oauth(backend, &[&drive], &[]).await;
+    app.add_contacts("ada", 5).await;
+    connect_oauth(&app, "ada", &drive, &[]).await;
+    succeeded(&app, "ada", Provider::GoogleDrive).await;
+    connect_oauth(&app, "ada", &drive, &[]).await;
+    app.add_contacts_named("ada", "later", 1).await;
+    succeeded(&app, "ada", Provider::GoogleDrive).await;
+    let files = drive.live_files();
+    assert_eq!(files.len(), 1, "one contacts file: {:?}", files.keys());
+    assert_eq!(lines(files.values().next().map_or(&[][..], |f| f)), 7);
+    drive.assert_no_problems();
+    app.stop().await;
+}
+
+/// Item 2: Drive made the file, then the answer was lost. The retry used to create another
+/// one; now the id was reserved and kept first, and the retry updates that file.
+async fn a_lost_drive_answer_does_not_make_a_second_file(backend: Backend) {
+    let drive = FakeOAuth::start(OKind::GoogleDrive).await;
+    let app = spawn_with_oauth(backend, &[&drive], &[]).await;
+    app.add_contacts("ada", 5).await;
+    connect_oauth(&app, "ada", &drive, &[]).await;
+    drive.lose_upload_answers(1);
+    succeeded(&app, "ada", Provider::GoogleDrive).await;
+    let uploads = drive.uploads();
+    assert!(uploads.len() >= 2, "the lost answer was sent again: {uploads:?}");
+    let files = drive.live_files();
+    assert_eq!(files.len(), 1, "one contacts file: {:?}", files.keys());
+    let kept = stored_credentials(&app).await;
+    assert_eq!(
+        kept.get(keys::FILE_ID),
+        files.keys().next().map(String::as_str),
+        "the kept id names the file"
+    );
+    drive.assert_no_problems();
+    app.stop().await;
+}
+
+/// Item 8: a file in Drive's trash still takes updates for 30 days; writing into it hides the
+/// contacts from the user. A new file is made instead.
+async fn a_trashed_drive_file_is_replaced_not_written_into(backend: Backend) {
+    let drive = FakeOAuth::start(OKind::GoogleDrive).await;
+    let app = spawn_with_oauth(backend, &[&drive], &[]).await;
+    app.add_contacts("ada", 5).await;
+    connect_oauth(&app, "ada", &drive, &[]).await;
+    succeeded(&app, "ada", Provider::GoogleDrive).await;
+    let first: Vec<String> = drive.live_files().into_keys().collect();
+    assert_eq!(first.len(), 1);
+    drive.trash(&first[0]);
+    app.add_contacts_named("ada", "later", 1).await;
+    succeeded(&app, "ada", Provider::GoogleDrive).await;
+    let files = drive.live_files();
+    assert_eq!(files.len(), 1, "one file outside the trash: {:?}", files.keys());
+    let (id, content) = files.iter().next().map(|(k, v)| (k.clone(), v.clone())).unwrap_or_default();
+    assert_ne!(id, first[0], "a new file, not the trashed one");
+    assert_eq!(lines(&content), 7);
+    app.stop().await;
+}
+
+/// Item 2: Zapier ran the batch, the answer was lost, the batch was sent again: each resend ran
+/// the user's Zap again with nothing to tell it was a repeat. Now every delivery carries an
+/// Idempotency-Key, the same for a resend, another for another batch.
+async fn zapier_resends_carry_the_same_idempotency_key(backend: Backend) {
+    let zapier = FakeProvider::start(Kind::Zapier).await;
+    let app = spawn_with_fakes(backend, &[&zapier], &[]).await;
+    app.add_contacts("ada", 3).await;
+    connect(&app, "ada", &zapier).await;
+    zapier.lose_answers(1);
+    succeeded(&app, "ada", Provider::Zapier).await;
+    app.add_contacts_named("ada", "later", 1).await;
+    succeeded(&app, "ada", Provider::Zapier).await;
+    let pushes = zapier.pushes();
+    assert_eq!(pushes.len(), 3, "a resend, then the next batch: {pushes:?}");
+    let keys: Vec<String> = pushes
+        .iter()
+        .map(|p| p.idempotency_key.clone().unwrap_or_default())
+        .collect();
+    assert!(!keys[0].is_empty(), "{keys:?}");
+    assert_eq!(keys[0], keys[1], "a resend names the same batch");
+    assert_ne!(keys[1], keys[2], "another batch, another key");
+    assert_eq!(pushes[0].emails, pushes[1].emails);
+    zapier.assert_no_problems();
+    app.stop().await;
+}
+
+/// Item 3: the watermark was `start - 5 s` of this host's clock against `updated_at` written by
+/// the card app: a row committed late (a long transaction, a skewed clock) with an old
+/// timestamp was skipped for good.
+async fn a_contact_committed_late_with_an_old_timestamp_is_pushed(backend: Backend) {
+    let hubspot = FakeProvider::start(Kind::Hubspot).await;
+    let app = spawn_with_fakes(backend, &[&hubspot], &[]).await;
+    app.add_contacts("ada", 3).await;
+    connect(&app, "ada", &hubspot).await;
+    succeeded(&app, "ada", Provider::Hubspot).await;
+    exec!(
+        &app.pool,
+        pg: "INSERT INTO contacts (id, user_id, email, first_name, updated_at) \
+             VALUES ('late-1', 'ada', 'late@example.com', 'Late', TIMESTAMPTZ '2001-01-01 00:00:00+00')",
+        sqlite: "INSERT INTO contacts (id, user_id, email, first_name, updated_at) \
+                 VALUES ('late-1', 'ada', 'late@example.com', 'Late', '2001-01-01T00:00:00.000Z')"
+    );
+    succeeded(&app, "ada", Provider::Hubspot).await;
+    let pushed = hubspot.pushed_emails();
+    assert_eq!(
+        pushed.iter().filter(|e| *e == "late@example.com").count(),
+        1,
+        "{pushed:?}"
+    );
+    assert_eq!(pushed.len(), 4, "nothing sent twice: {pushed:?}");
+    app.stop().await;
+}
+
+/// Item 3: on SQLite an `updated_at` that strftime cannot read gave a NULL push key: the contact
+/// was never pushed.
+async fn a_contact_whose_timestamp_cannot_be_read_is_pushed() {
+    let hubspot = FakeProvider::start(Kind::Hubspot).await;
+    let app = spawn_with_fakes(Backend::Sqlite, &[&hubspot], &[]).await;
+    connect(&app, "ada", &hubspot).await;
+    exec!(
+        &app.pool,
+        "INSERT INTO contacts (id, user_id, email, updated_at) \
+         VALUES ('odd-1', 'ada', 'odd@example.com', 'yesterday')"
+    );
+    succeeded(&app, "ada", Provider::Hubspot).await;
+    assert_eq!(hubspot.pushed_emails(), ["odd@example.com"]);
+    app.stop().await;
+}
+
+/// Item 6: Salesforce answered UNABLE_TO_LOCK_ROW for one record (someone was editing it). The
+/// checkpoint and watermark moved past it and it was never sent again.
+async fn a_passing_per_record_refusal_is_sent_again_next_sync(backend: Backend) {
+    let salesforce = FakeOAuth::start(OKind::Salesforce).await;
+    let app = spawn_with_oauth(backend, &[&salesforce], &[]).await;
+    app.add_contacts("ada", 4).await;
+    connect_oauth(&app, "ada", &salesforce, &[]).await;
+    salesforce.lock_once(&["contact2@example.com"]);
+    let first = sync(&app, "ada", Provider::Salesforce).await;
+    assert_eq!(first.state(), SyncJobState::Partial, "{first:?}");
+    assert!(
+        first.failures[0].message.contains("UNABLE_TO_LOCK_ROW"),
+        "{:?}",
+        first.failures
+    );
+    assert!(
+        !salesforce
+            .records()
+            .iter()
+            .any(|r| r.email == "contact2@example.com"),
+        "refused the first time"
+    );
+    succeeded(&app, "ada", Provider::Salesforce).await;
+    let records = salesforce.records();
+    assert_eq!(
+        records
+            .iter()
+            .filter(|r| r.email == "contact2@example.com")
+            .count(),
+        1,
+        "sent again, once"
+    );
+    assert_eq!(records.len(), 4);
+    salesforce.assert_no_problems();
+    app.stop().await;
+}
+
+/// Item 4: the row changed while a refresh was at the provider (another worker kept a value,
+/// keys were rotated). The refreshed tokens were thrown away; with rotating refresh tokens the
+/// next refresh got invalid_grant and the integration fell to NEEDS_REAUTH.
+async fn a_refresh_that_loses_its_swap_keeps_the_rotated_tokens(backend: Backend) {
+    let drive = FakeOAuth::start(OKind::GoogleDrive).await;
+    drive.rotate_refresh_tokens();
+    let app = spawn_with_oauth(backend, &[&drive], &[]).await;
+    app.add_contacts("ada", 2).await;
+    connect_oauth(&app, "ada", &drive, &[]).await;
+    // Every token is now about to expire: the sync refreshes first.
+    drive.set_expires_in(10);
+    drive.expire_access_tokens();
+    let refresh = drive.server.hold(HoldPoint::Answer, |request| {
+        request.url.path() == "/token"
+            && String::from_utf8_lossy(&request.body).contains("grant_type=refresh_token")
+    });
+    let job = start_sync(&mut app.integrations().await, "ada", Provider::GoogleDrive).await;
+    refresh.arrived(1).await;
+    // Meanwhile the row is rewritten without the refresh lock (as `remember` does).
+    let mut key = [0u8; 32];
+    hex::decode_to_slice(ENCRYPTION_KEY, &mut key).unwrap_or_else(|e| panic!("{e}"));
+    let vault = Vault::new(&key, &[]).unwrap_or_else(|e| panic!("{e}"));
+    let resealed = vault.seal(&stored_credentials(&app).await.with("note", "kept by another worker"));
+    exec!(&app.pool, "UPDATE integrations SET credentials = $1", resealed);
+    refresh.release();
+    let job = wait_for_job(&app, "ada", &job.id).await;
+    assert_eq!(job.state(), SyncJobState::Succeeded, "{job:?}");
+    let kept = stored_credentials(&app).await;
+    assert_eq!(
+        kept.get(keys::REFRESH_TOKEN).map(str::to_string),
+        drive.current_refresh_token(),
+        "the rotated refresh token is the one kept"
+    );
+    assert_eq!(kept.get("note"), Some("kept by another worker"), "merged, not replaced");
+    let now = integration(&app, "ada", OKind::GoogleDrive)
+        .await
+        .unwrap_or_else(|| panic!("gone"));
+    assert_eq!(now.status(), IntegrationStatus::Active, "{now:?}");
+    app.stop().await;
+}
+
+/// Item 5: CancelSyncJob then Sync now while the first upload was at Drive: the cancel freed
+/// the integration's one-job slot before the worker noticed, the next job found no file id and
+/// made a second file. Now the file's id is kept before it is made, and the next job is not
+/// claimed until the canceled job's worker has stopped.
+async fn a_canceled_drive_sync_and_the_next_make_one_file(backend: Backend) {
+    let drive = FakeOAuth::start(OKind::GoogleDrive).await;
+    let app = spawn_with_oauth(backend, &[&drive], &[("--sync-lease", "3s")]).await;
+    app.add_contacts("ada", 5).await;
+    connect_oauth(&app, "ada", &drive, &[]).await;
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let first_upload = drive.server.hold(HoldPoint::Answer, move |request| {
+        request.url.path().starts_with("/upload/drive/v3/files")
+            && seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0
+    });
+    let mut client = app.integrations().await;
+    let first = start_sync(&mut client, "ada", Provider::GoogleDrive).await;
+    first_upload.arrived(1).await;
+    client
+        .cancel_sync_job(authed(
+            CancelSyncJobRequest {
+                id: first.id.clone(),
+            },
+            &token("ada"),
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let second = succeeded(&app, "ada", Provider::GoogleDrive).await;
+    assert_ne!(second.id, first.id);
+    first_upload.release();
+    let files = drive.live_files();
+    assert_eq!(files.len(), 1, "one contacts file: {:?}", files.keys());
+    assert_eq!(lines(files.values().next().map_or(&[][..], |f| f)), 6);
+    wait_for("the first job is canceled", || async {
+        let job = crate::integrations::get_job(&mut app.integrations().await, "ada", &first.id).await;
+        (job.state() == SyncJobState::Canceled).then_some(())
+    })
+    .await;
+    app.stop().await;
+}
