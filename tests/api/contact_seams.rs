@@ -67,6 +67,16 @@ async fn update_settings(app: &TestApp, user: &str, provider: Provider, settings
         .unwrap_or_else(|e| panic!("{e}"));
 }
 
+/// Dates every contact an hour back, as contacts written before the sync are (the code before
+/// issue 26 re-read anything written in the 5 s before a push, which hid these defects).
+async fn backdate(app: &TestApp) {
+    exec!(
+        &app.pool,
+        pg: "UPDATE contacts SET updated_at = now() - interval '1 hour'",
+        sqlite: "UPDATE contacts SET updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-1 hour')"
+    );
+}
+
 fn lines(content: &[u8]) -> usize {
     String::from_utf8_lossy(content).lines().count()
 }
@@ -77,6 +87,7 @@ async fn a_changed_dropbox_path_gets_every_contact(backend: Backend) {
     let dropbox = FakeOAuth::start(OKind::Dropbox).await;
     let app = spawn_with_oauth(backend, &[&dropbox], &[]).await;
     app.add_contacts("ada", 12).await;
+    backdate(&app).await;
     connect_oauth(&app, "ada", &dropbox, &[("path", "/Nexus/old.csv")]).await;
     succeeded(&app, "ada", Provider::Dropbox).await;
     update_settings(&app, "ada", Provider::Dropbox, &[("path", "/Nexus/new.csv")]).await;
@@ -227,6 +238,7 @@ async fn a_passing_per_record_refusal_is_sent_again_next_sync(backend: Backend) 
     let salesforce = FakeOAuth::start(OKind::Salesforce).await;
     let app = spawn_with_oauth(backend, &[&salesforce], &[]).await;
     app.add_contacts("ada", 4).await;
+    backdate(&app).await;
     connect_oauth(&app, "ada", &salesforce, &[]).await;
     salesforce.lock_once(&["contact2@example.com"]);
     let first = sync(&app, "ada", Provider::Salesforce).await;
