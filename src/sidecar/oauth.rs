@@ -18,10 +18,13 @@ const COOKIE_PATH: &str = "/integrations/oauth";
 const COOKIE_MAX_AGE_SECS: u64 = crate::integrations::OAUTH_STATE_TTL.as_secs();
 
 /// `GET /integrations/oauth/start?state=..`: binds the flow to this browser (once) with an
-/// HttpOnly, SameSite=Lax cookie (Secure behind https), then 303 to the provider. A browser
-/// that reports arriving from another site or from outside any page (`Sec-Fetch-Site:
-/// cross-site` or `none`: a link in an email, another site's page) is refused, so a start link
-/// sent to someone else cannot bind their browser.
+/// HttpOnly, SameSite=Lax cookie (Secure behind https), then 303 to the provider. Only a
+/// navigation from the product's own pages is taken (`Sec-Fetch-Site: same-origin` or
+/// `same-site`: the dashboard, which got the link from StartOAuth with the signed-in user's
+/// token). Anything else is refused: another site's page (`cross-site`), a link opened from an
+/// email (`none`), and a browser that sends no Fetch Metadata at all (older browsers, web
+/// views), since it cannot say where it came from. So an attacker's own start link sent to a
+/// victim cannot connect the victim's account to the attacker's.
 pub(super) async fn start(
     state: &SidecarState,
     request: &Request<Incoming>,
@@ -32,7 +35,7 @@ pub(super) async fn start(
         .get("sec-fetch-site")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let mut response = if matches!(fetch_site, "cross-site" | "none") {
+    let mut response = if !matches!(fetch_site, "same-origin" | "same-site") {
         metrics::counter!("oauth_starts_total", "outcome" => "foreign").increment(1);
         text(
             StatusCode::BAD_REQUEST,

@@ -35,6 +35,7 @@ test_modules!(
     checkout,
     config,
     contact_seams,
+    contacts_model,
     dashboard,
     data_rights,
     event_processing,

@@ -228,8 +228,15 @@ async fn a_start_link_opened_from_another_site_or_twice_is_refused(backend: Back
     let fake = FakeOAuth::start(OKind::GoogleDrive).await;
     let app = spawn_with_oauth(backend, &[&fake], &[]).await;
     let start = start_url(&app, "ada", OKind::GoogleDrive, &[]).await;
-    for site in ["cross-site", "none"] {
-        let landing = open_start(&app, &start, &[("sec-fetch-site", site)]).await;
+    // Issue 26, item 7: no Fetch Metadata at all (an older browser or a web view opening an
+    // attacker's link) used to bind too.
+    for site in ["cross-site", "none", ""] {
+        let headers: &[(&str, &str)] = if site.is_empty() {
+            &[]
+        } else {
+            &[("sec-fetch-site", site)]
+        };
+        let landing = open_start(&app, &start, headers).await;
         assert_eq!(landing.status, 400, "{site}: {}", landing.body);
         assert_eq!(landing.set_cookie, None, "{site}");
         assert_eq!(landing.location, None, "{site}");
