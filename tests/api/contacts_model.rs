@@ -22,15 +22,15 @@ use std::{
 
 use futures_util::FutureExt;
 use nexus_billing::grpc::proto::integrations::{
-    CancelSyncJobRequest, ListSyncJobsRequest, Provider, SyncJob,
+    CancelSyncJobRequest, ListSyncJobsRequest, Provider, SyncJob, SyncJobState,
 };
 
 use crate::{
     exec,
     fake_http::ResponseTemplate,
     fake_providers::{FakeProvider, Kind},
-    helpers::{Backend, TestApp, authed, token},
-    integrations::{connect, is_final, spawn_with_fakes, start_sync, wait_for_job},
+    helpers::{Backend, TestApp, authed, token, wait_for},
+    integrations::{connect, is_final, spawn_with_fakes, start_sync},
 };
 
 crate::tests!(backends: [random_sequences_deliver_every_contact_once]);
@@ -235,11 +235,21 @@ impl World {
             .next()
     }
 
+    /// Waits until the job is neither queued nor running (canceled counts as ended).
+    async fn ended(&self, id: &str) {
+        let app = self.app();
+        wait_for("the job ended", || async {
+            let job = crate::integrations::get_job(&mut app.integrations().await, USER, id).await;
+            (is_final(&job) || job.state() == SyncJobState::Canceled).then_some(())
+        })
+        .await;
+    }
+
     /// Waits until no job of either integration is queued or running.
     async fn settle(&self) {
         for provider in [Provider::Hubspot, Provider::Zapier] {
             if let Some(job) = self.latest(provider).await {
-                wait_for_job(self.app(), USER, &job.id).await;
+                self.ended(&job.id).await;
             }
         }
     }
@@ -249,7 +259,7 @@ impl World {
         self.settle().await;
         for provider in [Provider::Hubspot, Provider::Zapier] {
             let job = start_sync(&mut self.app().integrations().await, USER, provider).await;
-            wait_for_job(self.app(), USER, &job.id).await;
+            self.ended(&job.id).await;
         }
     }
 
