@@ -283,10 +283,14 @@ async fn dropbox_overwrites_the_file_at_the_configured_path(backend: Backend) {
     let job = sync(&app, "ada", Provider::Dropbox).await;
     assert_eq!(job.state(), SyncJobState::Succeeded, "{job:?}");
     let uploads = fake.uploads();
-    assert_eq!(
-        uploads.len(),
-        3,
-        "three full syncs; the ordinary one after them sent nothing"
+    // On PostgreSQL the watermark stays at the push's horizon (the oldest transaction running
+    // anywhere on the server when it began, issue 26): with other databases busy on the same
+    // server, the ordinary sync may upload the file once more. Never more than that.
+    let most = if matches!(backend, Backend::Postgres) { 4 } else { 3 };
+    assert!(
+        (3..=most).contains(&uploads.len()),
+        "three full syncs; the ordinary one after them sent nothing (or, on PostgreSQL, the file once): {}",
+        uploads.len()
     );
     for upload in &uploads {
         assert_eq!(upload.1, path, "the path survived the header escaping");
