@@ -378,32 +378,28 @@ impl SyncWorker {
 /// gets the same key, another batch (other contacts, or the same ones changed since) another
 /// one. Sent as Zapier's `Idempotency-Key`.
 fn batch_key(integration_id: &str, page: &[(PushKey, Contact)]) -> String {
-    use sha2::{Digest, Sha256};
-    let mut hash = Sha256::new();
-    hash.update(integration_id.as_bytes());
-    for (key, _) in page {
-        hash.update(b"\n");
-        hash.update(key.encode().as_bytes());
-    }
-    let digest = hash.finalize();
-    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+    short_hash(integration_id, page.iter().map(|(key, _)| key.encode()))
 }
 
 /// The key of a part of a split batch: the batch's own when whole, else derived from the
 /// batch's and the part's contacts.
 fn part_key(batch_key: &str, part: &[&Contact], whole: usize) -> String {
-    use sha2::{Digest, Sha256};
     if part.len() == whole {
         return batch_key.to_string();
     }
+    short_hash(batch_key, part.iter().map(|contact| contact.id.clone()))
+}
+
+/// 32 hex digits of SHA-256 over `first` and each of `lines`.
+fn short_hash(first: &str, lines: impl Iterator<Item = String>) -> String {
+    use sha2::{Digest, Sha256};
     let mut hash = Sha256::new();
-    hash.update(batch_key.as_bytes());
-    for contact in part {
+    hash.update(first.as_bytes());
+    for line in lines {
         hash.update(b"\n");
-        hash.update(contact.id.as_bytes());
+        hash.update(line.as_bytes());
     }
-    let digest = hash.finalize();
-    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(&hash.finalize()[..16])
 }
 
 /// Providers that identify contacts by email (a contact without one cannot be sent).

@@ -7,20 +7,22 @@ pub mod google_drive;
 mod http;
 pub mod hubspot;
 pub mod mailchimp;
+mod rate_limit;
 pub mod salesforce;
 pub mod sendgrid;
 pub mod zapier;
 pub mod zoho;
 
-use std::{collections::BTreeMap, num::NonZeroU32, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use url::Url;
 
+pub use rate_limit::{RateLimits, Throttle, quota};
+
 use crate::domain::{
-    catalogue::{CATALOGUE, ProviderId, RateLimit},
+    catalogue::ProviderId,
     contact::{Contact, RemoteContact, non_blank},
     credentials::Credentials,
     sync_job::RecordFailure,
@@ -151,73 +153,6 @@ pub struct ProviderEndpoints {
     pub zoho_api_base: Option<Url>,
     pub google_upload_base: Url,
     pub dropbox_content_base: Url,
-}
-
-/// Request budgets, one limiter per provider keyed by account.
-pub struct RateLimits {
-    limits: BTreeMap<ProviderId, (RateLimit, DefaultKeyedRateLimiter<String>)>,
-}
-
-impl RateLimits {
-    /// The catalogue's limits, with `overrides` replacing some.
-    pub fn new(overrides: &BTreeMap<ProviderId, RateLimit>) -> Self {
-        let limits = CATALOGUE
-            .iter()
-            .map(|spec| {
-                let limit = overrides.get(&spec.id).copied().unwrap_or(spec.rate_limit);
-                (spec.id, (limit, RateLimiter::keyed(quota(limit))))
-            })
-            .collect();
-        Self { limits }
-    }
-
-    /// The budget the service keeps under for `provider`.
-    pub fn limit(&self, provider: ProviderId) -> RateLimit {
-        self.limits
-            .get(&provider)
-            .map(|(limit, _)| *limit)
-            .unwrap_or(provider.spec().rate_limit)
-    }
-}
-
-/// A quota that keeps under `limit` in ANY window of its length even when network jitter
-/// bunches two requests together: requests are spaced evenly (no burst) so that a window holds
-/// at least one request fewer than the budget (5 % fewer for large budgets), and a budget of one
-/// request is spaced 5 % wider than its window.
-pub fn quota(limit: RateLimit) -> Quota {
-    let requests = limit.requests.max(1);
-    let window_ns = u64::from(limit.per_seconds.max(1)) * 1_000_000_000;
-    let usable = u64::from((requests - requests.div_ceil(20)).max(1));
-    // Rounded up, so that rounding can never fit one more request into a window.
-    let period_ns = window_ns
-        .div_ceil(usable)
-        .max((window_ns * 21).div_ceil(20 * u64::from(requests)));
-    Quota::with_period(Duration::from_nanos(period_ns.max(1_000)))
-        .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
-}
-
-/// Waits for the rate limiter of one provider account before each request.
-#[derive(Clone)]
-pub struct Throttle {
-    limits: Arc<RateLimits>,
-    provider: ProviderId,
-    account: String,
-}
-
-impl Throttle {
-    pub fn new(limits: Arc<RateLimits>, provider: ProviderId, account: String) -> Self {
-        Self {
-            limits,
-            provider,
-            account,
-        }
-    }
-
-    pub async fn wait(&self) {
-        if let Some((_, limiter)) = self.limits.limits.get(&self.provider) {
-            limiter.until_key_ready(&self.account).await;
-        }
-    }
 }
 
 /// Builds provider clients from stored credentials and settings.
@@ -480,6 +415,8 @@ impl Jitter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::catalogue::RateLimit;
+    use governor::RateLimiter;
 
     #[test]
     fn provider_timestamps_are_read_in_each_format() {
