@@ -314,6 +314,7 @@ async fn no_credential_reaches_the_logs_of_a_whole_sync_run() {
             start.path(),
             start.query().unwrap_or_default()
         ))
+        .header("sec-fetch-site", "same-origin")
         .send()
         .await
         .unwrap_or_else(|e| panic!("{e}"));
