@@ -176,9 +176,9 @@ impl Billing {
 
     /// The user's counts and the tier whose limits apply.
     pub async fn usage(&self, user: &UserId) -> Result<(Tier, Usage), StoreError> {
-        let (entitlement, usage) =
-            tokio::try_join!(self.entitlement(user), self.store.usage(user))?;
-        Ok((entitlement.effective_tier, usage))
+        let (subscription, usage) = self.store.standing(user).await?;
+        let subscription = subscription.unwrap_or_else(|| Subscription::free(user.clone()));
+        Ok((self.entitle(subscription).effective_tier, usage))
     }
 
     /// May the user create `quantity` more of `resource`?

@@ -57,7 +57,10 @@ macro_rules! contact_import {
                     // Counted only under a limit (an unlimited plan never needs it).
                     let mut count = match limit {
                         Some(_) => {
-                            let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM contacts WHERE user_id = $1")
+                            // Kept by the database's triggers (usage_counts): one row read.
+                            let n: i64 = sqlx::query_scalar(
+                                "SELECT COALESCE((SELECT contacts FROM usage_counts WHERE user_id = $1), 0)",
+                            )
                                 .bind(user.as_str())
                                 .fetch_one(&mut *tx)
                                 .await?;

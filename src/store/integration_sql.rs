@@ -187,7 +187,10 @@ macro_rules! integration_store {
                 }
 
                 async fn contact_count(&self, user: &UserId) -> Result<u64, StoreError> {
-                    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM contacts WHERE user_id = $1")
+                    // The database keeps the count (usage_counts): one row, whatever the size.
+                    let n: i64 = sqlx::query_scalar(
+                        "SELECT COALESCE((SELECT contacts FROM usage_counts WHERE user_id = $1), 0)",
+                    )
                         .bind(user.as_str())
                         .fetch_one(&self.pool)
                         .await?;

@@ -122,8 +122,11 @@ pub trait Store:
     /// The user's stored subscription, if they ever started paying.
     async fn subscription(&self, user: &UserId) -> Result<Option<Subscription>, StoreError>;
 
-    /// How many cards and contacts the user has.
+    /// How many cards and contacts the user has (counts the database keeps: one row read).
     async fn usage(&self, user: &UserId) -> Result<Usage, StoreError>;
+
+    /// The user's stored subscription and counts, in one statement: the limit check's read.
+    async fn standing(&self, user: &UserId) -> Result<(Option<Subscription>, Usage), StoreError>;
 
     /// The user's integrations (without credentials), ordered by provider.
     async fn integrations(&self, user: &UserId) -> Result<Vec<Integration>, StoreError>;

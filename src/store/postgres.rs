@@ -10,7 +10,10 @@ use sqlx::{
 
 use super::{
     Backend, Store, StoreError,
-    rows::{IntegrationRow, SUBSCRIPTION_QUERY, SubscriptionRow, USAGE_QUERY, UsageRow},
+    rows::{
+        IntegrationRow, STANDING_QUERY, SUBSCRIPTION_QUERY, StandingRow, SubscriptionRow,
+        USAGE_QUERY, UsageRow,
+    },
 };
 use crate::domain::{
     Usage, UserId, integration::Integration, invoice::StoredInvoice, subscription::Subscription,
@@ -144,6 +147,14 @@ impl Store for PgStore {
             .fetch_one(&self.pool)
             .await?;
         Ok(row.into())
+    }
+
+    async fn standing(&self, user: &UserId) -> Result<(Option<Subscription>, Usage), StoreError> {
+        let row: StandingRow = sqlx::query_as(STANDING_QUERY)
+            .bind(user.as_str())
+            .fetch_one(&self.pool)
+            .await?;
+        row.into_domain()
     }
 
     async fn integrations(&self, user: &UserId) -> Result<Vec<Integration>, StoreError> {

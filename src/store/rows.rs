@@ -158,9 +158,57 @@ impl From<UsageRow> for crate::domain::Usage {
     }
 }
 
-pub(super) const USAGE_QUERY: &str = "SELECT \
-     (SELECT COUNT(*) FROM cards WHERE user_id = $1) AS cards, \
-     (SELECT COUNT(*) FROM contacts WHERE user_id = $1) AS contacts";
+/// The user's counts, kept by the database's triggers (`usage_counts`): one row, whatever the
+/// user's size. A user with no row has nothing.
+pub(super) const USAGE_QUERY: &str = "SELECT COALESCE(u.cards, 0) AS cards, \
+     COALESCE(u.contacts, 0) AS contacts FROM (SELECT $1 AS id) k \
+     LEFT JOIN usage_counts u ON u.user_id = k.id";
+
+/// The hot path's one statement: the user's subscription (if any) and counts together.
+pub(super) const STANDING_QUERY: &str = "SELECT s.user_id, s.tier, s.status, s.provider, \
+     s.provider_customer_id, s.provider_subscription_id, s.current_period_start, \
+     s.current_period_end, s.cancel_at_period_end, s.cancel_at, s.past_due_since, s.state_as_of, \
+     s.user_id IS NOT NULL AS subscribed, \
+     COALESCE(u.cards, 0) AS cards, COALESCE(u.contacts, 0) AS contacts \
+     FROM (SELECT $1 AS id) k \
+     LEFT JOIN subscriptions s ON s.user_id = k.id \
+     LEFT JOIN usage_counts u ON u.user_id = k.id";
+
+/// A row of `STANDING_QUERY`: the subscription columns are read only when there is one.
+pub(super) struct StandingRow {
+    pub subscription: Option<SubscriptionRow>,
+    pub usage: UsageRow,
+}
+
+macro_rules! standing_from_row {
+    ($row:ty) => {
+        impl<'r> sqlx::FromRow<'r, $row> for StandingRow {
+            fn from_row(row: &'r $row) -> Result<Self, sqlx::Error> {
+                use sqlx::Row as _;
+                let subscribed: bool = row.try_get("subscribed")?;
+                Ok(Self {
+                    subscription: if subscribed {
+                        Some(<SubscriptionRow as sqlx::FromRow<'r, $row>>::from_row(row)?)
+                    } else {
+                        None
+                    },
+                    usage: <UsageRow as sqlx::FromRow<'r, $row>>::from_row(row)?,
+                })
+            }
+        }
+    };
+}
+standing_from_row!(sqlx::postgres::PgRow);
+standing_from_row!(sqlx::sqlite::SqliteRow);
+
+impl StandingRow {
+    pub fn into_domain(self) -> Result<(Option<Subscription>, crate::domain::Usage), StoreError> {
+        Ok((
+            self.subscription.map(Subscription::try_from).transpose()?,
+            self.usage.into(),
+        ))
+    }
+}
 
 pub(super) struct InvoiceRow {
     id: String,

@@ -61,6 +61,7 @@ test_modules!(
     sync_field,
     sync_jobs,
     sync_schedule,
+    usage_counts,
     user_commands,
     vault,
     webhooks,
