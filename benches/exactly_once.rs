@@ -35,6 +35,7 @@ mod fake_paypal;
 mod fake_stripe;
 #[allow(dead_code)]
 mod support;
+use support::env_or;
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -57,13 +58,6 @@ use nexus_billing::grpc::proto::billing::{
 use sqlx::{PgPool, Row};
 
 const ALLOWED_ORIGIN: &str = "https://app.nexus.test";
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// One webhook delivery: the route, the body, and how to sign it at each attempt.
 struct Delivery {

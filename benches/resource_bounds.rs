@@ -29,6 +29,7 @@ mod fake_providers;
 mod fake_stripe;
 #[allow(dead_code)]
 mod support;
+use support::env_or;
 
 use std::time::{Duration, Instant};
 
@@ -46,13 +47,6 @@ use nexus_billing::grpc::proto::{
 };
 use sqlx::PgPool;
 use support::{authed, base_env, open_fds, peak_rss_mib, rss_mib};
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 struct Sample {
     rss: f64,

@@ -18,6 +18,14 @@ pub const JWT_SECRET: &str = "bench-secret-that-is-long-enough-for-hs256-0123456
 pub const ENCRYPTION_KEY: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
 pub const USER: &str = "bench-user";
 
+/// A setting from the environment, or `default` when unset or unreadable.
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 pub struct Database {
     pub url: String,
     cleanup: Option<(String, String)>,

@@ -175,6 +175,8 @@ pub struct SyncConfig {
     pub retention_days: u32,
     pub max_watch_streams_per_user: usize,
     pub watch_fallback_interval: Duration,
+    /// Bytes per chunk of a resumable file upload (Google Drive, Dropbox).
+    pub upload_chunk: usize,
 }
 
 impl Config {
@@ -395,7 +397,15 @@ impl Config {
             retention_days: s.retention_days,
             max_watch_streams_per_user: s.max_watch_streams_per_user,
             watch_fallback_interval: s.watch_fallback_interval,
+            upload_chunk: s.file_upload_chunk_kib.saturating_mul(1024),
         };
+        if s.file_upload_chunk_kib == 0 || !s.file_upload_chunk_kib.is_multiple_of(256) {
+            problem(
+                "FILE_UPLOAD_CHUNK_KIB",
+                "must be a positive multiple of 256 (Google Drive takes chunks in 256 KiB units)"
+                    .into(),
+            );
+        }
         if s.sync_scheduler_interval.is_zero() {
             problem("SYNC_SCHEDULER_INTERVAL", "must be longer than 0".into());
         }

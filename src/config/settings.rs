@@ -274,6 +274,16 @@ pub struct Settings {
         global = true
     )]
     pub max_watch_streams_per_user: usize,
+    /// Chunk size, in KiB, of the resumable uploads that send a contacts file larger than one
+    /// chunk to Google Drive or Dropbox: the most of the file held in memory at once. A multiple
+    /// of 256.
+    #[arg(
+        long,
+        env = "FILE_UPLOAD_CHUNK_KIB",
+        default_value_t = 8192,
+        global = true
+    )]
+    pub file_upload_chunk_kib: usize,
     /// How often a WatchSyncJob stream looks at its job when no change notice came (a notice
     /// lost with a dropped database connection); changes themselves wake it at once.
     #[arg(long, env = "WATCH_FALLBACK_INTERVAL", default_value = "15s", value_parser = humantime::parse_duration, global = true)]

@@ -18,29 +18,33 @@ pub const HEADER: [&str; 6] = [
     "Job Title",
 ];
 
-/// The file, written a page of contacts at a time (only the file's bytes are held).
+/// The file, written a page of contacts at a time; only the bytes not taken yet are held.
+#[derive(Default)]
 pub struct ContactsCsv {
-    out: csv::Writer<Vec<u8>>,
+    bytes: Vec<u8>,
     rows: u64,
+    header_written: bool,
 }
 
-impl Default for ContactsCsv {
-    fn default() -> Self {
-        let mut out = csv::WriterBuilder::new()
-            .terminator(csv::Terminator::CRLF)
-            .quote_style(csv::QuoteStyle::Necessary)
-            .from_writer(Vec::new());
-        // Writing to a Vec cannot fail; a record error would only come from mismatched lengths.
-        let _ = out.write_record(HEADER);
-        Self { out, rows: 0 }
-    }
+/// A writer appending RFC 4180 records to `out`.
+fn writer(out: &mut Vec<u8>) -> csv::Writer<&mut Vec<u8>> {
+    csv::WriterBuilder::new()
+        .terminator(csv::Terminator::CRLF)
+        .quote_style(csv::QuoteStyle::Necessary)
+        .from_writer(out)
 }
 
 impl ContactsCsv {
     pub fn add<'a>(&mut self, contacts: impl IntoIterator<Item = &'a Contact>) {
+        let header = !std::mem::replace(&mut self.header_written, true);
+        let mut out = writer(&mut self.bytes);
+        // Writing to a Vec cannot fail; a record error would only come from mismatched lengths.
+        if header {
+            let _ = out.write_record(HEADER);
+        }
         for c in contacts {
             let field = |v: &Option<String>| neutralise(v.as_deref().unwrap_or("").trim());
-            let _ = self.out.write_record([
+            let _ = out.write_record([
                 field(&c.email),
                 field(&c.first_name),
                 field(&c.last_name),
@@ -50,6 +54,7 @@ impl ContactsCsv {
             ]);
             self.rows += 1;
         }
+        let _ = out.flush();
     }
 
     /// Contacts written so far.
@@ -57,8 +62,26 @@ impl ContactsCsv {
         self.rows
     }
 
-    pub fn finish(self) -> Vec<u8> {
-        self.out.into_inner().unwrap_or_default()
+    /// Bytes written and not taken yet.
+    pub fn buffered(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Takes the first `max` bytes written (all of them when fewer), leaving the rest: how the
+    /// file is handed out in chunks while it is written.
+    pub fn take(&mut self, max: usize) -> Vec<u8> {
+        if !self.header_written {
+            self.add([]);
+        }
+        if self.bytes.len() <= max {
+            return std::mem::take(&mut self.bytes);
+        }
+        let rest = self.bytes.split_off(max);
+        std::mem::replace(&mut self.bytes, rest)
+    }
+
+    pub fn finish(mut self) -> Vec<u8> {
+        self.take(usize::MAX)
     }
 }
 
@@ -90,6 +113,34 @@ mod tests {
         ] {
             assert_eq!(neutralise(cell), want, "{cell:?}");
         }
+    }
+
+    #[test]
+    fn the_file_taken_in_chunks_is_the_file_written_whole() {
+        let contacts: Vec<Contact> = (0..500)
+            .map(|i| Contact {
+                id: i.to_string(),
+                email: Some(format!("person{i}@example.com")),
+                first_name: Some(format!("Person {i}")),
+                ..Contact::default()
+            })
+            .collect();
+        let mut whole = ContactsCsv::default();
+        whole.add(&contacts);
+        let whole = whole.finish();
+        let mut chunked = ContactsCsv::default();
+        let mut taken = Vec::new();
+        for page in contacts.chunks(70) {
+            chunked.add(page);
+            while chunked.buffered() >= 1000 {
+                let chunk = chunked.take(1000);
+                assert_eq!(chunk.len(), 1000);
+                taken.extend(chunk);
+            }
+        }
+        taken.extend(chunked.take(1000));
+        assert_eq!(chunked.buffered(), 0);
+        assert_eq!(taken, whole);
     }
 
     #[test]

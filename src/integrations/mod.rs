@@ -19,6 +19,7 @@ pub mod oauth_flow;
 pub mod scheduler;
 mod sync_attempt;
 mod sync_context;
+mod sync_file;
 mod sync_import;
 mod sync_outcome;
 mod sync_push;
@@ -288,6 +289,7 @@ fn connect_error(error: ProviderError) -> IntegrationError {
         | ProviderError::Rejected(reason)
         | ProviderError::FileGone(reason)
         | ProviderError::BatchRefused(reason) => IntegrationError::InvalidArgument(reason),
+        ProviderError::UploadLost(reason) => IntegrationError::Unavailable(reason),
         ProviderError::RateLimited { .. } => IntegrationError::Unavailable(
             "the provider is rate limiting this account; try again shortly".into(),
         ),

@@ -16,30 +16,24 @@ use super::{
     bookkeeping::in_place,
     sync_attempt::{Outcome, batch_refused, is_transient},
     sync_context::SyncWorker,
-    sync_session::{Session, session_outcome},
-    tokens::TokenError,
+    sync_session::Session,
 };
-use crate::domain::credentials::keys;
 use crate::{
     domain::{
         catalogue::ProviderId,
         contact::{Contact, sendable_by_email},
-        contact_csv::ContactsCsv,
         sync_job::{JobProgress, PushCheckpoint, PushKey, SyncJob},
     },
     providers::{ProviderError, PushReport},
     store::StoreError,
 };
 
-/// Contacts read per query when building a file.
-const FILE_PAGE: u32 = 1000;
-
 impl SyncWorker {
     /// Where this push starts, and its horizon: its own checkpoint when resuming, else the
     /// integration's watermark (the very start for a full push or a first sync) and the horizon
     /// read now. A fresh push first sends again the contacts refused for a passing reason last
     /// time (their change numbers are moved on, so they sort after the watermark).
-    async fn push_start(
+    pub(super) async fn push_start(
         &self,
         job: &SyncJob,
         progress: &JobProgress,
@@ -172,142 +166,6 @@ impl SyncWorker {
             after = last;
         }
         Ok(None)
-    }
-
-    /// Writes every contact into one CSV file and uploads it whole (Google Drive, Dropbox),
-    /// only when a contact changed since the last upload (or for a full push, or when there is
-    /// no file yet). A retry uploads the whole file again, which replaces it.
-    pub(super) async fn push_file(
-        &self,
-        session: &mut Session<'_>,
-        worker: &str,
-        job: &SyncJob,
-        progress: &mut JobProgress,
-        shutdown: &CancellationToken,
-    ) -> Result<Option<Outcome>, StoreError> {
-        let (horizon, start) = self.push_start(job, progress).await?;
-        // Read before the file is built: a contact changed while it is written sorts after
-        // this key, so the next sync uploads again.
-        // (Deleting a contact does not move the newest key: the file catches up at the next
-        // change or full push.)
-        let newest = self.store.last_push_key(&job.user_id).await?;
-        let unchanged = match &newest {
-            Some(newest) => *newest <= start,
-            None => start != PushKey::start(),
-        };
-        if unchanged {
-            tracing::info!("no contact changed since the last upload; nothing to send");
-            return Ok(None);
-        }
-        let mut file = ContactsCsv::default();
-        let mut after: Option<String> = None;
-        loop {
-            let page = self
-                .store
-                .contacts_after(&job.user_id, after.as_deref(), FILE_PAGE)
-                .await?;
-            file.add(&page);
-            after = page.last().map(|c| c.id.clone());
-            if page.len() < FILE_PAGE as usize {
-                break;
-            }
-        }
-        let rows = file.rows();
-        let csv = file.finish();
-        // Two tries: a file gone from the provider (trashed, or deleted after its id was
-        // reserved) is replaced by a new one once.
-        for _ in 0..2 {
-            if session
-                .credentials
-                .get(keys::FILE_ID)
-                .is_none_or(str::is_empty)
-            {
-                // Google Drive: the new file's id is reserved and kept before the file is made,
-                // so an upload whose answer is lost is sent again to the same file.
-                let reserved = call_provider!(self, session, job, shutdown, file_sink, |sink| sink
-                    .reserve());
-                match reserved {
-                    Ok(Some(file_id)) => {
-                        if let Some(outcome) =
-                            self.keep_file_id(session, worker, job, &file_id).await?
-                        {
-                            return Ok(Some(outcome));
-                        }
-                    }
-                    Ok(None) => {}
-                    Err(e) if shutdown.is_cancelled() && is_transient(&e) => {
-                        return Ok(Some(Outcome::Stopped));
-                    }
-                    Err(e) => return Ok(Some(self.outcome_of(e, job))),
-                }
-            }
-            let uploaded = call_provider!(self, session, job, shutdown, file_sink, |sink| sink
-                .upload(&csv));
-            match uploaded {
-                Ok(()) => {
-                    progress.contacts_total = rows;
-                    progress.contacts_done = rows;
-                    if let Some(newest) = newest {
-                        progress.checkpoint = Some(
-                            PushCheckpoint {
-                                horizon,
-                                last: newest,
-                            }
-                            .encode(),
-                        );
-                    }
-                    if !in_place(|| self.store.save_progress(&job.id, worker, progress)).await? {
-                        return Ok(Some(Outcome::LeaseLost));
-                    }
-                    return Ok(None);
-                }
-                Err(ProviderError::FileGone(reason)) => {
-                    tracing::info!(%reason, "the contacts file is gone; making a new one");
-                    if let Some(outcome) = self.keep_file_id(session, worker, job, "").await? {
-                        return Ok(Some(outcome));
-                    }
-                }
-                Err(e) if shutdown.is_cancelled() && is_transient(&e) => {
-                    return Ok(Some(Outcome::Stopped));
-                }
-                Err(e) => return Ok(Some(self.outcome_of(e, job))),
-            }
-        }
-        Ok(Some(Outcome::Retry {
-            reason: format!("{} kept losing the contacts file", job.provider),
-        }))
-    }
-
-    /// Keeps the contacts file's id with the credentials (empty: forget it), only while the job
-    /// is this worker's, retried in place on a passing database error.
-    async fn keep_file_id(
-        &self,
-        session: &mut Session<'_>,
-        worker: &str,
-        job: &SyncJob,
-        file_id: &str,
-    ) -> Result<Option<Outcome>, StoreError> {
-        if !in_place(|| {
-            self.store
-                .extend_lease(&job.id, worker, chrono::Utc::now() + self.lease())
-        })
-        .await?
-        {
-            return Ok(Some(Outcome::LeaseLost));
-        }
-        let mut tries = 0;
-        loop {
-            match session.remember(keys::FILE_ID, file_id).await {
-                Ok(()) => return Ok(None),
-                Err(TokenError::Store(e)) if tries < 4 => {
-                    tries += 1;
-                    tracing::warn!(error = %crate::telemetry::error_chain(&e), "cannot keep the file id yet; trying again");
-                    tokio::time::sleep(super::bookkeeping::pause(tries)).await;
-                }
-                Err(TokenError::Store(e)) => return Err(e),
-                Err(e) => return Ok(Some(session_outcome(e))),
-            }
-        }
     }
 }
 

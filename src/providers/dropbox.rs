@@ -1,18 +1,27 @@
-//! Dropbox: the contacts file uploaded with `POST /2/files/upload` on the content host,
-//! `mode: overwrite`, to the integration's `path` setting. The arguments travel as JSON in the
+//! Dropbox: the contacts file uploaded on the content host, `mode: overwrite`, to the
+//! integration's `path` setting: a small file with `POST /2/files/upload`, a larger one through
+//! an upload session (`upload_session/start`, `append_v2` per chunk, `finish` with the last one
+//! and the commit). A chunk sent again after a lost answer is answered `409 incorrect_offset`
+//! with the offset Dropbox holds, and only the rest is sent. The arguments travel as JSON in the
 //! `Dropbox-API-Arg` header, where every non-ASCII character must be `\uXXXX`-escaped.
 
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use reqwest::header::CONTENT_TYPE;
 use url::Url;
 
-use super::{FileSink, ProviderError, http::Client, required};
+use super::{
+    FileSink, ProviderError,
+    file_sink::{Chunk, UploadProgress, UploadSession},
+    http::Client,
+    required,
+};
 use crate::domain::credentials::{Credentials, keys};
 
 pub const DEFAULT_PATH: &str = "/Nexus Cards/contacts.csv";
-/// Largest file `files/upload` takes (upload sessions beyond are not built).
+/// Largest file `files/upload` takes in one request.
 pub const UPLOAD_LIMIT: usize = 150 * 1024 * 1024;
 
 pub struct Dropbox {
@@ -87,8 +96,156 @@ pub fn ascii_json(value: &serde_json::Value) -> String {
     out
 }
 
+impl Dropbox {
+    fn content_url(&self, route: &str) -> String {
+        format!(
+            "{}/2/files/{route}",
+            self.content_base.as_str().trim_end_matches('/')
+        )
+    }
+
+    /// What the commit does: overwrite the file at the path.
+    fn commit(&self) -> serde_json::Value {
+        serde_json::json!({
+            "path": self.path,
+            "mode": "overwrite",
+            "autorename": false,
+            "mute": true,
+        })
+    }
+
+    /// A content-host call: `arg` in the header, `body` as the bytes.
+    async fn call(
+        &self,
+        route: &str,
+        arg: &serde_json::Value,
+        body: Bytes,
+    ) -> Result<reqwest::Response, ProviderError> {
+        let request = self
+            .client
+            .http
+            .post(self.content_url(route))
+            .bearer_auth(&self.token)
+            .header(CONTENT_TYPE, "application/octet-stream")
+            .header("Dropbox-API-Arg", ascii_json(arg))
+            .body(body);
+        self.client.send_raw(request).await
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct SessionStarted {
+    session_id: String,
+}
+
+/// The offset Dropbox holds, from a `409 incorrect_offset` (on `append_v2` at `error`, on
+/// `finish` under `error.lookup_failed`); `Err` with the error's tag otherwise.
+fn held_offset(body: &serde_json::Value) -> Result<u64, String> {
+    let error = &body["error"];
+    let lookup = if error[".tag"] == "lookup_failed" {
+        &error["lookup_failed"]
+    } else {
+        error
+    };
+    match (lookup[".tag"].as_str(), lookup["correct_offset"].as_u64()) {
+        (Some("incorrect_offset"), Some(offset)) => Ok(offset),
+        (tag, _) => Err(tag.unwrap_or("unknown").to_string()),
+    }
+}
+
 #[async_trait]
 impl FileSink for Dropbox {
+    async fn start_upload(&self) -> Result<UploadSession, ProviderError> {
+        let response = self
+            .call(
+                "upload_session/start",
+                &serde_json::json!({ "close": false }),
+                Bytes::new(),
+            )
+            .await?;
+        if !response.status().is_success() {
+            return Err(self.client.failure(response).await);
+        }
+        let started: SessionStarted = self.client.json(response).await?;
+        Ok(UploadSession::new(started.session_id))
+    }
+
+    async fn send_chunk(
+        &self,
+        session: &UploadSession,
+        chunk: &Chunk,
+        last: bool,
+    ) -> Result<(), ProviderError> {
+        // Dropbox has no status call: a chunk sent again after a lost answer is refused with
+        // the offset Dropbox holds, and the rest goes from there.
+        loop {
+            let progress = session.progress();
+            if progress.complete || (!last && progress.offset == chunk.end()) {
+                return Ok(());
+            }
+            let rest = session.rest_of(chunk, "Dropbox")?;
+            let sent = rest.len() as u64;
+            let cursor =
+                serde_json::json!({ "session_id": session.id(), "offset": progress.offset });
+            let (route, arg) = if last {
+                (
+                    "upload_session/finish",
+                    serde_json::json!({ "cursor": cursor, "commit": self.commit() }),
+                )
+            } else {
+                (
+                    "upload_session/append_v2",
+                    serde_json::json!({ "cursor": cursor, "close": false }),
+                )
+            };
+            session.set(UploadProgress {
+                unsure: true,
+                ..progress
+            });
+            let response = self.call(route, &arg, rest).await?;
+            match response.status().as_u16() {
+                200 => {
+                    session.set(UploadProgress {
+                        offset: progress.offset + sent,
+                        unsure: false,
+                        complete: last,
+                    });
+                    return Ok(());
+                }
+                409 => {
+                    let text = response.text().await.unwrap_or_default();
+                    let body: serde_json::Value =
+                        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+                    match held_offset(&body) {
+                        Ok(held) if held != progress.offset => session.set(UploadProgress {
+                            offset: held,
+                            unsure: false,
+                            complete: false,
+                        }),
+                        Ok(_) => {
+                            return Err(ProviderError::Unavailable(format!(
+                                "Dropbox refused the chunk at {} without moving",
+                                progress.offset
+                            )));
+                        }
+                        // Finished already (by a request whose answer was lost) or expired.
+                        Err(tag) if tag == "not_found" || tag == "closed" => {
+                            return Err(ProviderError::UploadLost(format!(
+                                "Dropbox no longer has the upload session ({tag})"
+                            )));
+                        }
+                        Err(tag) => {
+                            return Err(ProviderError::Rejected(format!(
+                                "Dropbox refused the upload: {tag}"
+                            )));
+                        }
+                    }
+                }
+                _ => return Err(self.client.failure(response).await),
+            }
+        }
+    }
+
     async fn upload(&self, csv: &[u8]) -> Result<(), ProviderError> {
         if csv.len() > UPLOAD_LIMIT {
             return Err(ProviderError::Rejected(format!(
@@ -96,25 +253,12 @@ impl FileSink for Dropbox {
                 UPLOAD_LIMIT / 1024 / 1024
             )));
         }
-        let arg = ascii_json(&serde_json::json!({
-            "path": self.path,
-            "mode": "overwrite",
-            "autorename": false,
-            "mute": true,
-        }));
-        let url = format!(
-            "{}/2/files/upload",
-            self.content_base.as_str().trim_end_matches('/')
-        );
-        let request = self
-            .client
-            .http
-            .post(url)
-            .bearer_auth(&self.token)
-            .header(CONTENT_TYPE, "application/octet-stream")
-            .header("Dropbox-API-Arg", arg)
-            .body(csv.to_vec());
-        self.client.send(request).await?;
+        let response = self
+            .call("upload", &self.commit(), Bytes::copy_from_slice(csv))
+            .await?;
+        if !response.status().is_success() {
+            return Err(self.client.failure(response).await);
+        }
         Ok(())
     }
 }
@@ -127,6 +271,18 @@ mod tests {
     fn header_json_escapes_non_ascii() {
         let v = serde_json::json!({ "path": "/Zoë/😀.csv" });
         assert_eq!(ascii_json(&v), r#"{"path":"/Zo\u00eb/\ud83d\ude00.csv"}"#);
+    }
+
+    #[test]
+    fn the_held_offset_is_read_from_append_and_finish_refusals() {
+        let append = serde_json::json!({"error_summary": "incorrect_offset/...",
+            "error": {".tag": "incorrect_offset", "correct_offset": 42}});
+        let finish = serde_json::json!({"error_summary": "lookup_failed/incorrect_offset/...",
+            "error": {".tag": "lookup_failed", "lookup_failed": {".tag": "incorrect_offset", "correct_offset": 7}}});
+        let gone = serde_json::json!({"error": {".tag": "lookup_failed", "lookup_failed": {".tag": "not_found"}}});
+        assert_eq!(held_offset(&append), Ok(42));
+        assert_eq!(held_offset(&finish), Ok(7));
+        assert_eq!(held_offset(&gone), Err("not_found".to_string()));
     }
 
     #[test]

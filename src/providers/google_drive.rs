@@ -1,14 +1,22 @@
 //! Google Drive: the contacts file `contacts.csv`, made once under an id reserved beforehand
 //! (`files.generateIds`, kept with the integration before the file is made) and then updated in
-//! place by that id. Files up to 5 MB go in one multipart request; larger
-//! ones through a resumable upload session.
+//! place by that id. Files up to 5 MB go in one multipart request; larger ones stream through
+//! a resumable upload session in chunks (`Content-Range: bytes a-b/*`, answered `308` with the
+//! `Range` Drive holds); after a failure an empty `PUT` with `bytes */*` asks what Drive holds
+//! and only the rest is sent. Drive replaces the file's content when the last chunk lands.
 
 use async_trait::async_trait;
-use reqwest::header::{CONTENT_TYPE, LOCATION};
+use bytes::Bytes;
+use reqwest::header::{CONTENT_RANGE, CONTENT_TYPE, LOCATION, RANGE};
 use serde::Deserialize;
 use url::Url;
 
-use super::{FileSink, ProviderError, http::Client, required};
+use super::{
+    FileSink, ProviderError,
+    file_sink::{Chunk, UploadProgress, UploadSession},
+    http::Client,
+    required,
+};
 use crate::domain::credentials::{Credentials, keys};
 
 /// Largest body sent as one multipart request.
@@ -59,10 +67,10 @@ impl GoogleDrive {
         }
     }
 
-    /// Sends the file: `Update` replaces the content of the file `id`; `Create` makes the file
-    /// under the reserved `id` (or under a new id when there is none).
-    async fn upload_to(&self, write: Write<'_>, csv: &[u8]) -> Result<FileAnswer, ProviderError> {
-        let (method, url_id, metadata) = match write {
+    /// Metadata and method of a write: `Update` replaces the content of the file `id`;
+    /// `Create` makes the file under the reserved `id` (or under a new id when there is none).
+    fn write_of<'a>(write: &Write<'a>) -> (reqwest::Method, Option<&'a str>, String) {
+        let (method, url_id, metadata) = match *write {
             Write::Update(id) => (
                 reqwest::Method::PATCH,
                 Some(id),
@@ -79,55 +87,114 @@ impl GoogleDrive {
                 },
             ),
         };
-        let metadata = metadata.to_string();
-        let response = if csv.len() <= MULTIPART_LIMIT {
-            let boundary = format!("nexus-{}", uuid::Uuid::new_v4().simple());
-            let request = self
-                .client
-                .http
-                .request(method, self.files_url(url_id, "multipart"))
-                .bearer_auth(&self.token)
-                .header(
-                    CONTENT_TYPE,
-                    format!("multipart/related; boundary={boundary}"),
-                )
-                .body(multipart_body(&boundary, &metadata, csv));
-            self.client.send(request).await?
-        } else {
-            let start = self
-                .client
-                .http
-                .request(method, self.files_url(url_id, "resumable"))
-                .bearer_auth(&self.token)
-                .header(CONTENT_TYPE, "application/json; charset=UTF-8")
-                .header("X-Upload-Content-Type", "text/csv")
-                .header("X-Upload-Content-Length", csv.len().to_string())
-                .body(metadata);
-            let session = self.client.send(start).await?;
-            let location = session
-                .headers()
-                .get(LOCATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| Url::parse(v).ok())
-                .ok_or_else(|| {
-                    ProviderError::Unavailable("Google Drive gave no upload session".into())
-                })?;
-            // The session must be on the upload host we called, never somewhere else.
-            if location.origin() != self.upload_base.origin() {
-                return Err(ProviderError::Rejected(
-                    "Google Drive's upload session is on another host".into(),
-                ));
-            }
-            let request = self
-                .client
-                .http
-                .put(location)
-                .bearer_auth(&self.token)
-                .header(CONTENT_TYPE, "text/csv")
-                .body(csv.to_vec());
-            self.client.send(request).await?
-        };
+        (method, url_id, metadata.to_string())
+    }
+
+    /// Sends a small file in one multipart request.
+    async fn upload_to(&self, write: Write<'_>, csv: &[u8]) -> Result<FileAnswer, ProviderError> {
+        let (method, url_id, metadata) = Self::write_of(&write);
+        let boundary = format!("nexus-{}", uuid::Uuid::new_v4().simple());
+        let request = self
+            .client
+            .http
+            .request(method, self.files_url(url_id, "multipart"))
+            .bearer_auth(&self.token)
+            .header(
+                CONTENT_TYPE,
+                format!("multipart/related; boundary={boundary}"),
+            )
+            .body(multipart_body(&boundary, &metadata, csv));
+        let response = self.client.send(request).await?;
         self.client.json(response).await
+    }
+
+    /// Opens a resumable session for the write; its URL.
+    async fn open_session(&self, write: Write<'_>) -> Result<Url, ProviderError> {
+        let (method, url_id, metadata) = Self::write_of(&write);
+        let start = self
+            .client
+            .http
+            .request(method, self.files_url(url_id, "resumable"))
+            .bearer_auth(&self.token)
+            .header(CONTENT_TYPE, "application/json; charset=UTF-8")
+            .header("X-Upload-Content-Type", "text/csv")
+            .body(metadata);
+        let session = self.client.send(start).await?;
+        let location = session
+            .headers()
+            .get(LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| Url::parse(v).ok())
+            .ok_or_else(|| {
+                ProviderError::Unavailable("Google Drive gave no upload session".into())
+            })?;
+        // The session must be on the upload host we called, never somewhere else.
+        if location.origin() != self.upload_base.origin() {
+            return Err(ProviderError::Rejected(
+                "Google Drive's upload session is on another host".into(),
+            ));
+        }
+        Ok(location)
+    }
+
+    /// One `PUT` to the session: `range` is `bytes a-b/total` (or `*`) with the bytes, or
+    /// `bytes */total` (or `*`) empty to ask what Drive holds. Reads the answer into `session`.
+    async fn put_range(
+        &self,
+        session: &UploadSession,
+        range: String,
+        body: Bytes,
+    ) -> Result<(), ProviderError> {
+        let before = session.progress();
+        session.set(UploadProgress {
+            unsure: true,
+            ..before
+        });
+        let request = self
+            .client
+            .http
+            .put(session.id())
+            .bearer_auth(&self.token)
+            .header(CONTENT_TYPE, "text/csv")
+            .header(CONTENT_RANGE, range)
+            .body(body);
+        let response = self.client.send_raw(request).await?;
+        match response.status().as_u16() {
+            200 | 201 => {
+                let answer: FileAnswer = self.client.json(response).await?;
+                session.set(UploadProgress {
+                    offset: before.offset,
+                    unsure: false,
+                    complete: true,
+                });
+                if answer.trashed {
+                    return Err(ProviderError::FileGone(
+                        "the contacts file is in the Google Drive trash".into(),
+                    ));
+                }
+                Ok(())
+            }
+            // "Resume Incomplete": Drive holds bytes 0..=N (no Range: none yet).
+            308 => {
+                let held = response
+                    .headers()
+                    .get(RANGE)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("bytes=0-"))
+                    .and_then(|last| last.trim().parse::<u64>().ok())
+                    .map_or(0, |last| last + 1);
+                session.set(UploadProgress {
+                    offset: held,
+                    unsure: false,
+                    complete: false,
+                });
+                Ok(())
+            }
+            404 | 410 => Err(ProviderError::UploadLost(
+                "Google Drive no longer knows the upload session".into(),
+            )),
+            _ => Err(self.client.failure(response).await),
+        }
     }
 }
 
@@ -195,23 +262,86 @@ impl FileSink for GoogleDrive {
                 "the contacts file is in the Google Drive trash".into(),
             )),
             Ok(_) => Ok(()),
-            Err(ProviderError::Rejected(reason)) if not_found(&reason) => {
-                match self.upload_to(Write::Create(Some(id)), csv).await {
-                    Ok(_) => Ok(()),
-                    // The reserved id is taken by a file we cannot update: it was deleted.
-                    Err(ProviderError::Rejected(reason) | ProviderError::BatchRefused(reason))
-                        if reason.contains("409")
-                            || reason.to_ascii_lowercase().contains("already exists") =>
-                    {
-                        Err(ProviderError::FileGone(format!(
-                            "the contacts file was deleted from Google Drive ({reason})"
-                        )))
-                    }
-                    Err(e) => Err(e),
-                }
-            }
+            Err(ProviderError::Rejected(reason)) if not_found(&reason) => self
+                .upload_to(Write::Create(Some(id)), csv)
+                .await
+                .map(drop)
+                .map_err(create_refused),
             Err(e) => Err(e),
         }
+    }
+
+    /// A session updating the kept file, or making it under its reserved id when it does not
+    /// exist yet (as [`FileSink::upload`]).
+    async fn start_upload(&self) -> Result<UploadSession, ProviderError> {
+        let url = match &self.file_id {
+            None => self.open_session(Write::Create(None)).await?,
+            Some(id) => match self.open_session(Write::Update(id)).await {
+                Err(ProviderError::Rejected(reason)) if not_found(&reason) => self
+                    .open_session(Write::Create(Some(id)))
+                    .await
+                    .map_err(create_refused)?,
+                other => other?,
+            },
+        };
+        Ok(UploadSession::new(url.as_str()))
+    }
+
+    async fn send_chunk(
+        &self,
+        session: &UploadSession,
+        chunk: &Chunk,
+        last: bool,
+    ) -> Result<(), ProviderError> {
+        let total = if last {
+            chunk.end().to_string()
+        } else {
+            "*".to_string()
+        };
+        // The last try's answer was lost: ask what Drive holds first.
+        if session.progress().unsure {
+            self.put_range(session, format!("bytes */{total}"), Bytes::new())
+                .await?;
+        }
+        loop {
+            let progress = session.progress();
+            if progress.complete || (!last && progress.offset == chunk.end()) {
+                return Ok(());
+            }
+            let rest = session.rest_of(chunk, "Google Drive")?;
+            let range = if rest.is_empty() {
+                format!("bytes */{total}")
+            } else {
+                format!(
+                    "bytes {}-{}/{total}",
+                    progress.offset,
+                    progress.offset + rest.len() as u64 - 1
+                )
+            };
+            self.put_range(session, range, rest).await?;
+            let after = session.progress();
+            if !after.complete && after.offset <= progress.offset {
+                return Err(ProviderError::Unavailable(format!(
+                    "Google Drive took none of the chunk at {}",
+                    progress.offset
+                )));
+            }
+        }
+    }
+}
+
+/// What a kept file's id is worth when Drive refuses to make a file under it.
+fn create_refused(error: ProviderError) -> ProviderError {
+    match error {
+        // The reserved id is taken by a file we cannot update: it was deleted.
+        ProviderError::Rejected(reason) | ProviderError::BatchRefused(reason)
+            if reason.contains("409") || reason.to_ascii_lowercase().contains("already exists") =>
+        {
+            ProviderError::FileGone(format!(
+                "the contacts file was deleted from Google Drive ({reason})"
+            ))
+        }
+        e => e,
     }
 }
 

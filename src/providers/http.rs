@@ -37,6 +37,25 @@ impl Client {
 
     /// Waits for the rate limiter, sends, and turns any non-2xx answer into an error.
     pub async fn send(&self, request: RequestBuilder) -> Result<Response, ProviderError> {
+        let response = self.send_raw(request).await?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        Err(self.failure(response).await)
+    }
+
+    /// A non-2xx answer as an error.
+    pub async fn failure(&self, response: Response) -> ProviderError {
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.text().await.unwrap_or_default();
+        self.classify(status, &headers, &body)
+    }
+
+    /// Waits for the rate limiter and sends; every answer comes back, whatever its status (a
+    /// resumable upload's 308, Dropbox's 409 naming the offset it holds). Only a request that
+    /// got no answer is an error.
+    pub async fn send_raw(&self, request: RequestBuilder) -> Result<Response, ProviderError> {
         self.throttle.wait().await;
         let result = request.send().await;
         let provider = self.provider.as_str();
@@ -63,12 +82,7 @@ impl Client {
         let status = response.status();
         metrics::counter!("provider_requests_total", "provider" => provider, "status" => status.as_u16().to_string())
             .increment(1);
-        if status.is_success() {
-            return Ok(response);
-        }
-        let headers = response.headers().clone();
-        let body = response.text().await.unwrap_or_default();
-        Err(self.classify(status, &headers, &body))
+        Ok(response)
     }
 
     /// Reads a JSON body, calling a malformed one an outage (worth retrying).

@@ -3,6 +3,7 @@
 //! Every request waits for the per-provider-and-account rate limiter first ([`Throttle`]).
 
 pub mod dropbox;
+pub mod file_sink;
 pub mod google_drive;
 mod http;
 pub mod hubspot;
@@ -19,6 +20,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use url::Url;
 
+pub use file_sink::{Chunk, FileSink, UploadSession};
 pub use rate_limit::{RateLimits, Throttle, quota};
 
 use crate::domain::{
@@ -62,6 +64,10 @@ pub enum ProviderError {
     /// The file this service keeps at the provider is gone (trashed or deleted): make a new one.
     #[error("{0}")]
     FileGone(String),
+    /// The provider no longer has a resumable upload (expired, or completed by a request whose
+    /// answer was lost): upload the file again from its first byte.
+    #[error("{0}")]
+    UploadLost(String),
 }
 
 /// What one pushed batch came back with.
@@ -101,22 +107,6 @@ pub trait ContactSink: Send + Sync {
     /// `key` names the batch: the same when this batch is sent again, another for another
     /// batch (Zapier passes it on as `Idempotency-Key`; upserts by key need none).
     async fn push(&self, contacts: &[&Contact], key: &str) -> Result<PushReport, ProviderError>;
-}
-
-/// A provider that keeps the contacts as one file (Google Drive, Dropbox).
-#[async_trait]
-pub trait FileSink: Send + Sync {
-    /// Reserves the id of a file not made yet, to be kept before [`FileSink::upload`] makes
-    /// it (so an upload whose answer is lost is sent again to the same file). `None` when the
-    /// provider needs none (a path names the file, or an id is already kept).
-    async fn reserve(&self) -> Result<Option<String>, ProviderError> {
-        Ok(None)
-    }
-
-    /// Uploads the whole file, replacing the previous one (making it under the kept id when it
-    /// does not exist yet). [`ProviderError::FileGone`] when the kept file cannot be used any
-    /// more: the caller forgets its id and uploads again.
-    async fn upload(&self, csv: &[u8]) -> Result<(), ProviderError>;
 }
 
 /// One page of a provider's contacts.

@@ -138,8 +138,26 @@ struct State {
     /// Salesforce: addresses refused once with UNABLE_TO_LOCK_ROW.
     locked_once: HashSet<String>,
     uploads: Vec<(String, String, Vec<u8>)>,
-    sessions: HashMap<String, Option<String>>,
+    /// Resumable uploads in progress, by session.
+    sessions: HashMap<String, PartialUpload>,
+    /// Drive: finished sessions and the file each made (a status query on one answers the file).
+    finished_sessions: HashMap<String, String>,
+    sessions_started: usize,
+    /// Requests carrying a chunk so far (status queries not counted).
+    chunk_requests: usize,
+    /// (chunk request number, bytes kept): that request fails (see `break_chunk`).
+    broken_chunk: Option<(usize, Option<usize>)>,
+    /// (route, offset the request names, bytes it carries) of every session request.
+    chunk_log: Vec<(String, u64, usize)>,
     problems: Vec<String>,
+}
+
+/// A resumable upload the fake holds: what it will write, and the bytes received so far.
+#[derive(Default)]
+pub(super) struct PartialUpload {
+    /// Drive: the file the session updates, or the id a new one gets.
+    pub file: Option<String>,
+    pub received: Vec<u8>,
 }
 
 #[derive(Clone)]
@@ -330,6 +348,23 @@ impl FakeOAuth {
 
     pub fn uploads(&self) -> Vec<(String, String, Vec<u8>)> {
         self.state().uploads.clone()
+    }
+
+    /// The `n`th request carrying a chunk (from 1) fails: with `Some(k)` the fake keeps the
+    /// chunk's first `k` bytes and answers 503; with `None` it keeps the whole chunk and the
+    /// answer is lost.
+    pub fn break_chunk(&self, n: usize, keep: Option<usize>) {
+        self.state().broken_chunk = Some((n, keep));
+    }
+
+    /// (route, offset named, bytes carried) of every upload-session request.
+    pub fn chunk_log(&self) -> Vec<(String, u64, usize)> {
+        self.state().chunk_log.clone()
+    }
+
+    /// Upload sessions opened so far (finished or not).
+    pub fn sessions_opened(&self) -> usize {
+        self.state().sessions_started
     }
 
     pub fn assert_no_problems(&self) {

@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, time::Duration};
 use crate::fake_http::{Request, ResponseTemplate};
 use serde_json::{Value, json};
 
-use super::{Record, Responder, State, header, json_answer};
+use super::{PartialUpload, Record, Responder, State, header, json_answer};
 
 impl Responder {
     fn next_id(s: &State) -> String {
@@ -401,15 +401,33 @@ impl Responder {
                         json!({"error": {"code": 404, "message": "File not found."}}),
                     );
                 }
-                let declared: usize = header(request, "x-upload-content-length")
-                    .parse()
-                    .unwrap_or(0);
-                if declared <= 5 * 1024 * 1024 {
-                    s.problems
-                        .push(format!("resumable upload of {declared} bytes"));
+                let metadata: Value = serde_json::from_slice(&request.body).unwrap_or(Value::Null);
+                if metadata["name"] != "contacts.csv" || metadata["mimeType"] != "text/csv" {
+                    s.problems.push(format!("metadata {metadata}"));
                 }
-                let session = format!("s{}", s.sessions.len() + 1);
-                s.sessions.insert(session.clone(), file_id);
+                let asked = metadata["id"].as_str().map(str::to_string);
+                if let Some(asked) = &asked {
+                    if s.files.contains_key(asked) {
+                        return json_answer(
+                            409,
+                            json!({"error": {"code": 409, "message": "A file already exists with the provided ID."}}),
+                        );
+                    }
+                    if !s.reserved.contains(asked) {
+                        s.problems
+                            .push(format!("create with an id never reserved: {asked}"));
+                    }
+                }
+                s.sessions_started += 1;
+                let session = format!("s{}", s.sessions_started);
+                let file = file_id.or(asked);
+                s.sessions.insert(
+                    session.clone(),
+                    PartialUpload {
+                        file,
+                        received: Vec::new(),
+                    },
+                );
                 ResponseTemplate::new(200).insert_header(
                     "Location",
                     format!("{}/upload/session/{session}?upload_id=x", self.uri).as_str(),
@@ -417,16 +435,7 @@ impl Responder {
             }
             ("PUT", p, _) if p.starts_with("/upload/session/") => {
                 let session = p.trim_start_matches("/upload/session/").to_string();
-                let Some(file_id) = s.sessions.remove(&session) else {
-                    s.problems.push("upload to an unknown session".into());
-                    return json_answer(404, json!({}));
-                };
-                let id = file_id.unwrap_or_else(|| format!("file{}", s.files.len() + 1));
-                let content = request.body.clone();
-                s.uploads
-                    .push(("PUT resumable".into(), id.clone(), content.clone()));
-                s.files.insert(id.clone(), content);
-                json_answer(200, json!({"id": id}))
+                drive_session_put(s, &session, request)
             }
             _ => {
                 s.problems.push(format!(
@@ -444,32 +453,221 @@ impl Responder {
         method: &str,
         path: &str,
     ) -> ResponseTemplate {
-        if (method, path) != ("POST", "/2/files/upload") {
-            s.problems.push(format!("unexpected {method} {path}"));
-            return json_answer(404, json!({"error_summary": "not_found/"}));
-        }
         let raw_arg = header(request, "dropbox-api-arg");
         if !raw_arg.is_ascii() || raw_arg.is_empty() {
             s.problems
                 .push("Dropbox-API-Arg missing or not ASCII".into());
         }
-        let arg: Value = serde_json::from_str(raw_arg).unwrap_or(Value::Null);
-        if arg["mode"] != "overwrite" || arg["autorename"] != false {
-            s.problems.push(format!("upload arguments {arg}"));
-        }
         if header(request, "content-type") != "application/octet-stream" {
             s.problems
                 .push("upload not application/octet-stream".into());
         }
-        let file = arg["path"].as_str().unwrap_or_default().to_string();
-        let content = request.body.clone();
+        let arg: Value = serde_json::from_str(raw_arg).unwrap_or(Value::Null);
+        match (method, path) {
+            ("POST", "/2/files/upload") => {
+                let Some(file) = dropbox_commit(s, &arg) else {
+                    return json_answer(400, json!({"error_summary": "bad commit"}));
+                };
+                let content = request.body.clone();
+                s.uploads
+                    .push(("POST upload".into(), file.clone(), content.clone()));
+                s.files.insert(file.clone(), content);
+                json_answer(
+                    200,
+                    json!({"name": "contacts.csv", "path_display": file, "id": "id:abc"}),
+                )
+            }
+            ("POST", "/2/files/upload_session/start") => {
+                s.sessions_started += 1;
+                let session = format!("dbx-session-{}", s.sessions_started);
+                s.chunk_log.push(("start".into(), 0, request.body.len()));
+                s.sessions.insert(
+                    session.clone(),
+                    PartialUpload {
+                        file: None,
+                        received: request.body.clone(),
+                    },
+                );
+                json_answer(200, json!({"session_id": session}))
+            }
+            ("POST", "/2/files/upload_session/append_v2" | "/2/files/upload_session/finish") => {
+                let finish = path.ends_with("finish");
+                let route = if finish { "finish" } else { "append" };
+                let session = arg["cursor"]["session_id"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                let offset = arg["cursor"]["offset"].as_u64().unwrap_or(u64::MAX);
+                s.chunk_log.push((route.into(), offset, request.body.len()));
+                // On finish, a lookup error is wrapped in `lookup_failed`.
+                let refuse = |error: Value| {
+                    let error = if finish {
+                        json!({".tag": "lookup_failed", "lookup_failed": error})
+                    } else {
+                        error
+                    };
+                    json_answer(
+                        409,
+                        json!({"error_summary": format!("{}/...", error[".tag"].as_str().unwrap_or("")), "error": error}),
+                    )
+                };
+                let Some(held) = s.sessions.get(&session).map(|u| u.received.len() as u64) else {
+                    return refuse(json!({".tag": "not_found"}));
+                };
+                if offset != held {
+                    return refuse(json!({".tag": "incorrect_offset", "correct_offset": held}));
+                }
+                let (kept, fail) = chunk_fault(s, request.body.len());
+                if let Some(upload) = s.sessions.get_mut(&session) {
+                    upload.received.extend_from_slice(&request.body[..kept]);
+                }
+                if let Some(answer) = fail.as_ref().filter(|_| kept < request.body.len()) {
+                    return answer.clone();
+                }
+                if finish {
+                    let Some(file) = dropbox_commit(s, &arg["commit"]) else {
+                        return json_answer(400, json!({"error_summary": "bad commit"}));
+                    };
+                    let content = s
+                        .sessions
+                        .remove(&session)
+                        .map(|u| u.received)
+                        .unwrap_or_default();
+                    s.uploads
+                        .push(("POST upload_session".into(), file.clone(), content.clone()));
+                    s.files.insert(file.clone(), content);
+                    if let Some(answer) = fail {
+                        return answer;
+                    }
+                    return json_answer(
+                        200,
+                        json!({"name": "contacts.csv", "path_display": file, "id": "id:abc"}),
+                    );
+                }
+                if let Some(answer) = fail {
+                    return answer;
+                }
+                json_answer(200, Value::Null)
+            }
+            _ => {
+                s.problems.push(format!("unexpected {method} {path}"));
+                json_answer(404, json!({"error_summary": "not_found/"}))
+            }
+        }
+    }
+}
+
+/// The file a Dropbox commit names, after checking it overwrites.
+fn dropbox_commit(s: &mut State, commit: &Value) -> Option<String> {
+    if commit["mode"] != "overwrite" || commit["autorename"] != false {
+        s.problems.push(format!("upload arguments {commit}"));
+    }
+    commit["path"].as_str().map(str::to_string)
+}
+
+/// Counts a request carrying `len` bytes; when it is the broken one (`break_chunk`), how many
+/// of its bytes to keep and the failing answer.
+fn chunk_fault(s: &mut State, len: usize) -> (usize, Option<ResponseTemplate>) {
+    s.chunk_requests += 1;
+    match s.broken_chunk {
+        Some((n, keep)) if n == s.chunk_requests => match keep {
+            Some(k) => (
+                k.min(len),
+                Some(json_answer(
+                    503,
+                    json!({"error": {"code": 503, "message": "Service Unavailable"}}),
+                )),
+            ),
+            None => (len, Some(ResponseTemplate::new(200).lost())),
+        },
+        _ => (len, None),
+    }
+}
+
+/// Google Drive's session `PUT`: `Content-Range: bytes a-b/total` (or `*`) with bytes, or
+/// `bytes */total` (or `*`) without, asking what Drive holds. `308` with `Range: bytes=0-N` until
+/// the last byte of the declared total; then the file is written whole and the answer is it.
+fn drive_session_put(s: &mut State, session: &str, request: &Request) -> ResponseTemplate {
+    if let Some(id) = s.finished_sessions.get(session) {
+        let trashed = s.trashed.contains(id);
+        return json_answer(200, json!({"id": id, "trashed": trashed}));
+    }
+    let Some(held) = s.sessions.get(session).map(|u| u.received.len()) else {
+        s.problems.push("upload to an unknown session".into());
+        return json_answer(404, json!({"error": {"code": 404, "message": "Not Found"}}));
+    };
+    let range = header(request, "content-range").to_string();
+    let Some((span, total)) = range.strip_prefix("bytes ").and_then(|r| r.split_once('/')) else {
+        s.problems.push(format!("Content-Range {range:?}"));
+        return json_answer(
+            400,
+            json!({"error": {"code": 400, "message": "bad Content-Range"}}),
+        );
+    };
+    let total: Option<usize> = total.parse().ok();
+    let body = &request.body;
+    let (start, kept, fail) = if span == "*" {
+        if !body.is_empty() {
+            s.problems.push("a status query with a body".into());
+        }
+        s.chunk_log.push(("query".into(), held as u64, 0));
+        (held, 0, None)
+    } else {
+        let (a, b) = span.split_once('-').unwrap_or(("x", "x"));
+        let (a, b): (usize, usize) = (a.parse().unwrap_or(usize::MAX), b.parse().unwrap_or(0));
+        s.chunk_log.push(("put".into(), a as u64, body.len()));
+        if a != held || b + 1 != a + body.len() {
+            s.problems.push(format!(
+                "chunk {span} ({} bytes) while Drive holds {held}",
+                body.len()
+            ));
+            return json_answer(400, json!({"error": {"code": 400, "message": "bad range"}}));
+        }
+        if total.is_none() && !body.len().is_multiple_of(256 * 1024) {
+            s.problems.push(format!(
+                "a chunk of {} bytes, not a multiple of 256 KiB",
+                body.len()
+            ));
+        }
+        let (kept, fail) = chunk_fault(s, body.len());
+        (a, kept, fail)
+    };
+    let received = {
+        let Some(upload) = s.sessions.get_mut(session) else {
+            return json_answer(404, json!({}));
+        };
+        upload.received.extend_from_slice(&body[..kept]);
+        upload.received.len()
+    };
+    if let Some(answer) = fail.as_ref().filter(|_| kept < body.len()) {
+        return answer.clone();
+    }
+    let _ = start;
+    if total == Some(received) {
+        let Some(upload) = s.sessions.remove(session) else {
+            return json_answer(404, json!({}));
+        };
+        let id = upload
+            .file
+            .unwrap_or_else(|| format!("file{}", s.files.len() + 1));
         s.uploads
-            .push(("POST upload".into(), file.clone(), content.clone()));
-        s.files.insert(file.clone(), content);
-        json_answer(
-            200,
-            json!({"name": "contacts.csv", "path_display": file, "id": "id:abc"}),
-        )
+            .push(("PUT resumable".into(), id.clone(), upload.received.clone()));
+        s.files.insert(id.clone(), upload.received);
+        s.finished_sessions.insert(session.to_string(), id.clone());
+        if let Some(answer) = fail {
+            return answer;
+        }
+        let trashed = s.trashed.contains(&id);
+        return json_answer(200, json!({"id": id, "trashed": trashed}));
+    }
+    if let Some(answer) = fail {
+        return answer;
+    }
+    let answer = ResponseTemplate::new(308);
+    if received == 0 {
+        answer
+    } else {
+        answer.insert_header("Range", format!("bytes=0-{}", received - 1).as_str())
     }
 }
 

@@ -57,6 +57,7 @@ test_modules!(
     provider_rules,
     sidecar,
     store_contract,
+    streamed_files,
     subscription_lifecycle,
     sync_field,
     sync_jobs,

@@ -94,7 +94,8 @@ async fn counted_and_kept(pool: &TestPool) -> (Counts, Counts) {
          SELECT user_id, COUNT(*) AS cards, 0 AS contacts FROM cards GROUP BY user_id \
          UNION ALL SELECT user_id, 0, COUNT(*) FROM contacts GROUP BY user_id) t GROUP BY user_id";
     let kept_sql = "SELECT user_id, cards, contacts FROM usage_counts";
-    let (counted, kept): (Vec<(String, i64, i64)>, Vec<(String, i64, i64)>) = match pool {
+    type Rows = Vec<(String, i64, i64)>;
+    let (counted, kept): (Rows, Rows) = match pool {
         TestPool::Postgres(pool) => (
             sqlx::query_as(sqlx::AssertSqlSafe(counted_sql.replace(
                 "SUM(cards) AS cards, SUM(contacts) AS contacts",
