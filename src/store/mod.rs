@@ -21,6 +21,7 @@ mod mobile_payments;
 mod postgres;
 mod rows;
 mod sqlite;
+mod sqlite_reads;
 pub mod sync_queue;
 mod user_data;
 mod webhooks;

@@ -41,18 +41,18 @@ fn corrupt(e: impl std::fmt::Display) -> StoreError {
 }
 
 pub(super) struct SubscriptionRow {
-    user_id: String,
-    tier: String,
-    status: String,
-    provider: Option<String>,
-    provider_customer_id: Option<String>,
-    provider_subscription_id: Option<String>,
-    current_period_start: Option<DateTime<Utc>>,
-    current_period_end: Option<DateTime<Utc>>,
-    cancel_at_period_end: bool,
-    cancel_at: Option<DateTime<Utc>>,
-    past_due_since: Option<DateTime<Utc>>,
-    state_as_of: Option<DateTime<Utc>>,
+    pub(super) user_id: String,
+    pub(super) tier: String,
+    pub(super) status: String,
+    pub(super) provider: Option<String>,
+    pub(super) provider_customer_id: Option<String>,
+    pub(super) provider_subscription_id: Option<String>,
+    pub(super) current_period_start: Option<DateTime<Utc>>,
+    pub(super) current_period_end: Option<DateTime<Utc>>,
+    pub(super) cancel_at_period_end: bool,
+    pub(super) cancel_at: Option<DateTime<Utc>>,
+    pub(super) past_due_since: Option<DateTime<Utc>>,
+    pub(super) state_as_of: Option<DateTime<Utc>>,
 }
 
 from_row!(SubscriptionRow {

@@ -27,6 +27,8 @@ use super::{
 
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// The limit check's read on the caller's thread (`sqlite_reads.rs`); `None` in memory.
+    reads: Option<super::sqlite_reads::FastReads>,
     /// Job ids written by this process (SQLite has one process: the embedded default).
     changes: tokio::sync::broadcast::Sender<String>,
 }
@@ -47,6 +49,7 @@ impl SqliteStore {
         {
             std::fs::create_dir_all(dir).map_err(sqlx::Error::Io)?;
         }
+        let reads = super::sqlite_reads::FastReads::for_file(options.get_filename());
         let pool = SqlitePoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(5))
@@ -54,6 +57,7 @@ impl SqliteStore {
             .await?;
         Ok(Self {
             pool,
+            reads,
             changes: tokio::sync::broadcast::channel(1024).0,
         })
     }
@@ -127,6 +131,9 @@ impl Store for SqliteStore {
     }
 
     async fn standing(&self, user: &UserId) -> Result<(Option<Subscription>, Usage), StoreError> {
+        if let Some(answer) = self.reads.as_ref().and_then(|reads| reads.standing(user)) {
+            return Ok(answer);
+        }
         let row: StandingRow = sqlx::query_as(STANDING_QUERY)
             .bind(user.as_str())
             .fetch_one(&self.pool)

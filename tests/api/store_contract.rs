@@ -21,6 +21,7 @@ crate::on_both_backends!(
     a_user_without_a_row_has_no_subscription,
     a_subscription_round_trips_every_field,
     usage_is_counted_per_user,
+    the_limit_checks_read_equals_the_subscription_and_usage_reads,
     integrations_are_listed_per_user_in_provider_order,
     an_unknown_stored_value_is_an_error_not_a_default,
     the_scheduler_queues_only_what_is_due_and_never_beside_an_active_job,
@@ -257,5 +258,58 @@ async fn the_scheduler_queues_only_what_is_due_and_never_beside_an_active_job(ba
     assert_eq!(jobs("queued").await, 0, "a job beside a running one");
     assert_eq!(jobs("running").await, 1);
     drop(pool);
+    close(db, store).await;
+}
+
+/// `standing` (the limit check's one statement; on SQLite read on the caller's thread through
+/// a connection of its own) answers exactly what `subscription` and `usage` answer, through
+/// every change: none, a subscription, counts, past due, written by the service and by hand.
+async fn the_limit_checks_read_equals_the_subscription_and_usage_reads(backend: Backend) {
+    let (db, store) = open(backend).await;
+    let pool = db.pool().await;
+    let same = |u: &'static str| {
+        let store = Arc::clone(&store);
+        async move {
+            let standing = store
+                .standing(&user(u))
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            let apart = (
+                store
+                    .subscription(&user(u))
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}")),
+                store.usage(&user(u)).await.unwrap_or_else(|e| panic!("{e}")),
+            );
+            assert_eq!(standing, apart, "{u}");
+            standing
+        }
+    };
+    assert_eq!(same("sam").await, (None, Usage::default()));
+    crate::exec!(&pool, "INSERT INTO contacts (id, user_id) VALUES ('k1', 'sam')");
+    assert_eq!(same("sam").await.1.contacts, 1, "a write is seen at once");
+    seed_subscription(
+        &pool,
+        SeedSubscription {
+            user: "sam",
+            tier: "pro",
+            status: "past_due",
+            period_end: Utc::now() + Duration::days(3),
+            cancel_at_period_end: true,
+        },
+    )
+    .await;
+    let (sub, _) = same("sam").await;
+    assert_eq!(sub.map(|s| s.tier), Some(Tier::Pro));
+    // Timestamps as SQL writes them by hand.
+    crate::exec!(
+        &pool,
+        pg: "UPDATE subscriptions SET past_due_since = TIMESTAMPTZ '2026-01-02 03:04:05.5+00'",
+        sqlite: "UPDATE subscriptions SET past_due_since = '2026-01-02 03:04:05.5'",
+    );
+    let (sub, _) = same("sam").await;
+    assert!(sub.is_some_and(|s| s.past_due_since.is_some()));
+    crate::exec!(&pool, "DELETE FROM contacts WHERE user_id = 'sam'");
+    assert_eq!(same("sam").await.1, Usage::default());
     close(db, store).await;
 }
