@@ -1,16 +1,17 @@
 //! Import throughput and the contacts file, with fakes on loopback; the real binary (release)
 //! runs as a child process so its peak resident memory (`VmHWM`) is its own.
 //!
-//! 1. Import: a fake HubSpot holding N contacts, read 100 per page, into an empty PREMIUM user
-//!    (no contact limit): requests, seconds, contacts/s, peak memory. The contacts table holds
-//!    10,000 contacts of 100 other users and has planner statistics (ANALYZE), as a production
-//!    table has (autovacuum): on a never-analysed table PostgreSQL looks addresses up through
-//!    the user-id index and each page costs time in proportion to the user's contacts.
+//! 1. Import: a fake HubSpot holding N contacts, read 100 per page, into a PREMIUM user (no
+//!    contact limit) who already has BENCH_EXISTING contacts (default 100,000): requests,
+//!    seconds, contacts/s, peak memory. The contacts table also holds 10,000 contacts of 100
+//!    other users and has planner statistics (ANALYZE), as a production table has.
 //! 2. File: N contacts written as contacts.csv to a fake Google Drive (OAuth connected through
-//!    the real callback; above 5 MB the upload is resumable): seconds, file size, peak memory.
+//!    the real callback; a file larger than one chunk streams through a resumable session):
+//!    seconds, file size, memory before and at its peak.
 //!
 //! Run: `cargo bench --bench import_throughput`. SQLite in a temporary directory, or PostgreSQL
-//! when BENCH_DATABASE_URL is set. BENCH_CONTACTS (default 100000) sets N.
+//! when BENCH_DATABASE_URL is set. BENCH_CONTACTS (default 100000) sets N for imports (N/10 and
+//! N are run), BENCH_FILE_CONTACTS (default 1000000) for the file (N/10 and N).
 
 #[path = "../tests/api/fake_http.rs"]
 mod fake_http;
@@ -47,9 +48,33 @@ struct Measured {
     bytes: usize,
 }
 
-async fn import(contacts: usize) -> anyhow::Result<Measured> {
+/// `n` contacts of `user` with every field, in one statement.
+async fn seed_bulk(url: &str, user: &str, prefix: &str, n: usize) -> anyhow::Result<()> {
+    let rows = "'{prefix}' || g, '{user}', '{prefix}' || g || '@example.com', 'Contact', \
+         'Number ' || g, 'Acme Ltd', '+1555' || g, 'Buyer'"
+        .replace("{prefix}", prefix)
+        .replace("{user}", user);
+    let sql = if url.starts_with("postgres") {
+        format!(
+            "INSERT INTO contacts (id, user_id, email, first_name, last_name, company, phone, \
+             job_title) SELECT {rows} FROM generate_series(1, {n}) g"
+        )
+    } else {
+        format!(
+            "WITH RECURSIVE s(g) AS (SELECT 1 UNION ALL SELECT g + 1 FROM s WHERE g < {n}) \
+             INSERT INTO contacts (id, user_id, email, first_name, last_name, company, phone, \
+             job_title) SELECT {rows} FROM s"
+        )
+    };
+    execute(url, &sql).await
+}
+
+async fn import(contacts: usize, existing: usize) -> anyhow::Result<Measured> {
     let db = Database::create().await?;
     seed(&db.url, 0).await?;
+    if existing > 0 {
+        seed_bulk(&db.url, USER, "existing", existing).await?;
+    }
     execute(
         &db.url,
         "WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < 10000) \
@@ -123,7 +148,8 @@ async fn import(contacts: usize) -> anyhow::Result<Measured> {
 
 async fn drive_file(contacts: usize) -> anyhow::Result<Measured> {
     let db = Database::create().await?;
-    seed(&db.url, contacts).await?;
+    seed(&db.url, 0).await?;
+    seed_bulk(&db.url, USER, "c", contacts).await?;
     let drive = FakeOAuth::start(OKind::GoogleDrive).await;
     let mut env = base_env(&db.url);
     for (flag, value) in drive.settings() {
@@ -205,10 +231,9 @@ async fn drive_file(contacts: usize) -> anyhow::Result<Measured> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let contacts: usize = std::env::var("BENCH_CONTACTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100_000);
+    let contacts: usize = support::env_or("BENCH_CONTACTS", 100_000);
+    let existing: usize = support::env_or("BENCH_EXISTING", 100_000);
+    let file_contacts: usize = support::env_or("BENCH_FILE_CONTACTS", 1_000_000);
     let backend = if std::env::var("BENCH_DATABASE_URL").is_ok() {
         "PostgreSQL"
     } else {
@@ -216,31 +241,29 @@ async fn main() -> anyhow::Result<()> {
     };
     println!("imports and the contacts file, fakes on loopback ({backend})\n");
     println!(
-        "| run | contacts | requests | seconds | contacts/s | file MiB | service RSS before MiB | service peak RSS MiB |"
+        "| database | run | contacts | user had | requests | seconds | contacts/s | file MiB | RSS before MiB | peak RSS MiB | growth MiB |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
-    for (name, n) in [
-        ("HubSpot import", contacts / 10),
-        ("HubSpot import", contacts),
-    ] {
-        let m = import(n).await?;
-        print_row(name, n, &m);
-    }
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for n in [contacts / 10, contacts] {
+        let m = import(n, existing).await?;
+        print_row(backend, "HubSpot import", n, existing, &m);
+    }
+    for n in [file_contacts / 10, file_contacts] {
         let m = drive_file(n).await?;
-        print_row("Google Drive file", n, &m);
+        print_row(backend, "Google Drive file", n, n, &m);
     }
     Ok(())
 }
 
-fn print_row(name: &str, contacts: usize, m: &Measured) {
+fn print_row(backend: &str, name: &str, contacts: usize, had: usize, m: &Measured) {
     println!(
-        "| {name} | {contacts} | {} | {:.1} | {:.0} | {:.1} | {:.1} | {:.1} |",
+        "| {backend} | {name} | {contacts} | {had} | {} | {:.1} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} |",
         m.requests,
         m.seconds,
         contacts as f64 / m.seconds,
         m.bytes as f64 / 1024.0 / 1024.0,
         m.rss_before_mib,
-        m.rss_peak_mib
+        m.rss_peak_mib,
+        m.rss_peak_mib - m.rss_before_mib
     );
 }
