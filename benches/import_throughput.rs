@@ -54,7 +54,8 @@ struct Measured {
 /// and this program's polling, which would be a fifth of a short run.
 fn job_seconds(job: &nexus_billing::grpc::proto::integrations::SyncJob) -> Option<f64> {
     let (start, finish) = (job.start_time.as_ref()?, job.finish_time.as_ref()?);
-    let nanos = (finish.seconds - start.seconds) as f64 * 1e9 + f64::from(finish.nanos - start.nanos);
+    let nanos =
+        (finish.seconds - start.seconds) as f64 * 1e9 + f64::from(finish.nanos - start.nanos);
     Some(nanos / 1e9)
 }
 
@@ -171,6 +172,10 @@ async fn drive_file(contacts: usize) -> anyhow::Result<Measured> {
         ));
     }
     env.push(("OAUTH_REDIRECT_URL".into(), REDIRECT_URI.into()));
+    // The upload chunk (the service's default unless set here).
+    if let Ok(chunk) = std::env::var("FILE_UPLOAD_CHUNK_KIB") {
+        env.push(("FILE_UPLOAD_CHUNK_KIB".into(), chunk));
+    }
     env.push(("ALLOWED_ORIGINS".into(), ORIGIN.into()));
     let (child, grpc, http) = serve(env)?;
     let token = mint_token(&db.url)?;
@@ -203,7 +208,11 @@ async fn drive_file(contacts: usize) -> anyhow::Result<Measured> {
             .header("sec-fetch-site", "same-origin")
             .send()
             .await?;
-        anyhow::ensure!(started.status().as_u16() == 303, "start: {}", started.status());
+        anyhow::ensure!(
+            started.status().as_u16() == 303,
+            "start: {}",
+            started.status()
+        );
         let header = |name: &str| {
             started
                 .headers()

@@ -280,7 +280,7 @@ pub struct Settings {
     #[arg(
         long,
         env = "FILE_UPLOAD_CHUNK_KIB",
-        default_value_t = 8192,
+        default_value_t = 4096,
         global = true
     )]
     pub file_upload_chunk_kib: usize,

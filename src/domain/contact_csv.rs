@@ -18,6 +18,10 @@ pub const HEADER: [&str; 6] = [
     "Job Title",
 ];
 
+/// Room left beyond a chunk for the page of contacts that crosses it (1,000 rows of about 100
+/// bytes; a longer page makes the buffer grow once).
+const PAGE_ROOM: usize = 256 * 1024;
+
 /// The file, written a page of contacts at a time; only the bytes not taken yet are held.
 #[derive(Default)]
 pub struct ContactsCsv {
@@ -76,8 +80,20 @@ impl ContactsCsv {
         if self.bytes.len() <= max {
             return std::mem::take(&mut self.bytes);
         }
-        let rest = self.bytes.split_off(max);
+        // The rest goes into a buffer with room for the next chunk and a page beyond, so
+        // filling it never doubles a chunk-sized buffer (which would hold both copies at once).
+        let mut rest = Vec::with_capacity(max.saturating_add(PAGE_ROOM));
+        rest.extend_from_slice(&self.bytes[max..]);
+        self.bytes.truncate(max);
         std::mem::replace(&mut self.bytes, rest)
+    }
+
+    /// An empty file that will be taken `chunk` bytes at a time: room for a chunk and a page.
+    pub fn for_chunks(chunk: usize) -> Self {
+        Self {
+            bytes: Vec::with_capacity(chunk.saturating_add(PAGE_ROOM)),
+            ..Self::default()
+        }
     }
 
     pub fn finish(mut self) -> Vec<u8> {

@@ -44,11 +44,11 @@ struct FileStream<'a> {
 }
 
 impl<'a> FileStream<'a> {
-    fn new(store: &'a dyn Store, user: &'a UserId) -> Self {
+    fn new(store: &'a dyn Store, user: &'a UserId, chunk: usize) -> Self {
         Self {
             store,
             user,
-            csv: ContactsCsv::default(),
+            csv: ContactsCsv::for_chunks(chunk),
             after: None,
             read_all: false,
             next_start: 0,
@@ -117,7 +117,7 @@ impl SyncWorker {
             if let Some(outcome) = self.reserve_file(session, worker, job, shutdown).await? {
                 return Ok(Some(outcome));
             }
-            let mut file = FileStream::new(&*self.store, &job.user_id);
+            let mut file = FileStream::new(&*self.store, &job.user_id, chunk_size);
             let mut chunk = file.next_chunk(chunk_size).await?;
             let sent = if file.is_done() && chunk.bytes.len() <= single_limit {
                 call_provider!(self, session, job, shutdown, file_sink, |sink| sink
@@ -136,6 +136,9 @@ impl SyncWorker {
                         if sent.is_err() || last {
                             break sent;
                         }
+                        // The provider holds it: let it go before the next one is built, so
+                        // one chunk is held at a time, not two.
+                        chunk.bytes = Bytes::new();
                         chunk = file.next_chunk(chunk_size).await?;
                     },
                 }
