@@ -6,6 +6,11 @@
 -- removing one user's rows apply their changes one after the other. Inserts and deletes are
 -- counted once per statement (transition tables), so a bulk insert touches the row once. A row
 -- whose counts are both zero is removed: a user with nothing has no row here.
+--
+-- The functions run as their owner (SECURITY DEFINER, with the search path fixed), so the card
+-- app's role needs no privilege on this service's table. A card-app transaction now locks the
+-- user's count row until it commits: two transactions writing the same users in opposite orders
+-- can deadlock, and PostgreSQL aborts one (the card app retries it, as for any deadlock).
 CREATE TABLE usage_counts (
     user_id   TEXT PRIMARY KEY,
     cards     BIGINT NOT NULL DEFAULT 0,
@@ -26,7 +31,7 @@ BEGIN
         SET cards = u.cards + EXCLUDED.cards, contacts = u.contacts + EXCLUDED.contacts;
     RETURN NULL;
 END
-$$ LANGUAGE plpgsql;
+$$ LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT;
 
 -- Rows removed by one statement, per user.
 CREATE FUNCTION usage_counts_removed() RETURNS trigger AS $$
@@ -45,7 +50,7 @@ BEGIN
           AND u.user_id IN (SELECT DISTINCT user_id FROM removed);
     RETURN NULL;
 END
-$$ LANGUAGE plpgsql;
+$$ LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT;
 
 -- A row moved to another user (rare: a row-level trigger that fires only then).
 CREATE FUNCTION usage_counts_moved() RETURNS trigger AS $$
@@ -60,7 +65,7 @@ BEGIN
     DELETE FROM usage_counts WHERE user_id = OLD.user_id AND cards = 0 AND contacts = 0;
     RETURN NULL;
 END
-$$ LANGUAGE plpgsql;
+$$ LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT;
 
 -- TRUNCATE empties the table: nobody has any.
 CREATE FUNCTION usage_counts_truncated() RETURNS trigger AS $$
@@ -73,7 +78,7 @@ BEGIN
     DELETE FROM usage_counts WHERE cards = 0 AND contacts = 0;
     RETURN NULL;
 END
-$$ LANGUAGE plpgsql;
+$$ LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT;
 
 -- Triggers first: creating them locks out the card app's writers until this migration commits,
 -- so the counts below are taken with no write in between.

@@ -136,6 +136,11 @@ impl SyncWorker {
                         if sent.is_err() || last {
                             break sent;
                         }
+                        // Stopping: the old file stays whole (an upload never completed
+                        // replaces nothing); the next attempt sends the file again.
+                        if shutdown.is_cancelled() {
+                            return Ok(Some(Outcome::Stopped));
+                        }
                         // The provider holds it: let it go before the next one is built, so
                         // one chunk is held at a time, not two.
                         chunk.bytes = Bytes::new();

@@ -31,8 +31,9 @@ const CONNECTIONS: usize = 4;
 
 pub(super) struct FastReads {
     path: PathBuf,
-    /// Opened at the first read, after the migrations made the tables.
-    connections: OnceLock<Vec<Mutex<Connection>>>,
+    /// Opened at the first read, after the migrations made the tables; `None` when they could
+    /// not be opened (then every read goes through sqlx).
+    connections: OnceLock<Option<Vec<Mutex<Connection>>>>,
     next: AtomicUsize,
 }
 
@@ -40,7 +41,12 @@ impl FastReads {
     /// `None` for an in-memory database (no file another connection could open).
     pub fn for_file(path: &Path) -> Option<Self> {
         let name = path.to_string_lossy();
-        if name.is_empty() || name.starts_with(":memory:") || name.contains("mode=memory") {
+        // sqlx names an in-memory database `file:sqlx-in-memory-N`: no file to open.
+        if name.is_empty()
+            || name.starts_with(":memory:")
+            || name.starts_with("file:")
+            || name.contains("mode=memory")
+        {
             return None;
         }
         Some(Self {
@@ -51,23 +57,28 @@ impl FastReads {
     }
 
     fn connections(&self) -> Option<&[Mutex<Connection>]> {
-        if let Some(connections) = self.connections.get() {
-            return Some(connections);
-        }
-        let opened: Vec<Mutex<Connection>> = (0..CONNECTIONS)
-            .filter_map(|_| {
-                let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-                let connection = Connection::open_with_flags(&self.path, flags).ok()?;
-                // Short: this runs on an async worker thread. A read that would wait longer
-                // goes through sqlx instead.
-                connection.busy_timeout(Duration::from_millis(20)).ok()?;
-                Some(Mutex::new(connection))
+        self.connections
+            .get_or_init(|| {
+                let opened: Vec<Mutex<Connection>> = (0..CONNECTIONS)
+                    .filter_map(|_| {
+                        let flags =
+                            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+                        let connection = Connection::open_with_flags(&self.path, flags).ok()?;
+                        // Short: this runs on an async worker thread. A read that would wait
+                        // longer goes through sqlx instead.
+                        connection.busy_timeout(Duration::from_millis(20)).ok()?;
+                        Some(Mutex::new(connection))
+                    })
+                    .collect();
+                if opened.len() < CONNECTIONS {
+                    tracing::warn!(
+                        "cannot open read-only SQLite connections; limit checks read through sqlx"
+                    );
+                    return None;
+                }
+                Some(opened)
             })
-            .collect();
-        if opened.len() < CONNECTIONS {
-            return None;
-        }
-        Some(self.connections.get_or_init(|| opened))
+            .as_deref()
     }
 
     /// The user's subscription and counts, or `None` when this path cannot answer.
@@ -192,6 +203,7 @@ mod tests {
         writer.execute("UPDATE subscriptions SET current_period_end = 'soon'", [])?;
         assert_eq!(reads.standing(&user("ann")?), None);
         assert!(FastReads::for_file(Path::new(":memory:")).is_none());
+        assert!(FastReads::for_file(Path::new("file:sqlx-in-memory-3")).is_none());
         Ok(())
     }
 }
