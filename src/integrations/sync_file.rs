@@ -24,7 +24,7 @@ use crate::{
         credentials::keys,
         sync_job::{JobProgress, PushCheckpoint, PushKey, SyncJob},
     },
-    providers::{Chunk, ProviderError, file_sink::single_request_limit},
+    providers::{Chunk, ProviderError, single_request_limit},
     store::{Store, StoreError},
 };
 

@@ -9,19 +9,6 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::ProviderError;
-use crate::domain::catalogue::ProviderId;
-
-/// Every chunk but the last is a multiple of this (Google Drive's rule: 256 KiB).
-pub const CHUNK_UNIT: usize = 256 * 1024;
-
-/// The largest file sent in one request: Google Drive's multipart limit, Dropbox's
-/// `files/upload` limit. A larger file goes through an upload session.
-pub fn single_request_limit(provider: ProviderId) -> usize {
-    match provider {
-        ProviderId::Dropbox => super::dropbox::UPLOAD_LIMIT,
-        _ => super::google_drive::MULTIPART_LIMIT,
-    }
-}
 
 #[async_trait]
 pub trait FileSink: Send + Sync {

@@ -109,6 +109,15 @@ pub trait ContactSink: Send + Sync {
     async fn push(&self, contacts: &[&Contact], key: &str) -> Result<PushReport, ProviderError>;
 }
 
+/// The largest contacts file sent in one request: Google Drive's multipart limit, Dropbox's
+/// `files/upload` limit. A larger file goes through an upload session.
+pub fn single_request_limit(provider: ProviderId) -> usize {
+    match provider {
+        ProviderId::Dropbox => dropbox::UPLOAD_LIMIT,
+        _ => google_drive::MULTIPART_LIMIT,
+    }
+}
+
 /// One page of a provider's contacts.
 #[derive(Debug, Clone, Default)]
 pub struct ImportPage {
