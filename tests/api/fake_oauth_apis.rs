@@ -362,24 +362,9 @@ impl Responder {
                 if content.len() > 5 * 1024 * 1024 {
                     s.problems.push("multipart upload above 5 MB".into());
                 }
-                // A create may name an id reserved with generateIds; Drive refuses one in use
-                // and one it never handed out.
                 let asked = metadata["id"].as_str().map(str::to_string);
-                if let Some(asked) = &asked {
-                    if s.files.contains_key(asked) {
-                        return json_answer(
-                            409,
-                            json!({"error": {"code": 409, "message": "A file already exists with the provided ID."}}),
-                        );
-                    }
-                    if !s.reserved.contains(asked) {
-                        s.problems
-                            .push(format!("create with an id never reserved: {asked}"));
-                        return json_answer(
-                            400,
-                            json!({"error": {"code": 400, "message": "The provided file ID is not usable."}}),
-                        );
-                    }
+                if let Some(refused) = refuse_asked_id(s, asked.as_deref()) {
+                    return refused;
                 }
                 let id = file_id
                     .or(asked)
@@ -406,17 +391,8 @@ impl Responder {
                     s.problems.push(format!("metadata {metadata}"));
                 }
                 let asked = metadata["id"].as_str().map(str::to_string);
-                if let Some(asked) = &asked {
-                    if s.files.contains_key(asked) {
-                        return json_answer(
-                            409,
-                            json!({"error": {"code": 409, "message": "A file already exists with the provided ID."}}),
-                        );
-                    }
-                    if !s.reserved.contains(asked) {
-                        s.problems
-                            .push(format!("create with an id never reserved: {asked}"));
-                    }
+                if let Some(refused) = refuse_asked_id(s, asked.as_deref()) {
+                    return refused;
                 }
                 s.sessions_started += 1;
                 let session = format!("s{}", s.sessions_started);
@@ -555,6 +531,27 @@ impl Responder {
             }
         }
     }
+}
+
+/// Drive's check of the id a create names (reserved with generateIds): one in use is refused
+/// with 409, one it never handed out with 400.
+fn refuse_asked_id(s: &mut State, asked: Option<&str>) -> Option<ResponseTemplate> {
+    let asked = asked?;
+    if s.files.contains_key(asked) {
+        return Some(json_answer(
+            409,
+            json!({"error": {"code": 409, "message": "A file already exists with the provided ID."}}),
+        ));
+    }
+    if !s.reserved.iter().any(|r| r == asked) {
+        s.problems
+            .push(format!("create with an id never reserved: {asked}"));
+        return Some(json_answer(
+            400,
+            json!({"error": {"code": 400, "message": "The provided file ID is not usable."}}),
+        ));
+    }
+    None
 }
 
 /// The file a Dropbox commit names, after checking it overwrites.
