@@ -70,7 +70,7 @@ async fn probe(http: String, grpc: String, token: String, stop: Arc<AtomicBool>,
                 .ok()?;
             let mut client = BillingServiceClient::new(channel);
             client
-                .list_plans(support::authed(ListPlansRequest {}, &token).ok()?)
+                .list_plans(support::authed(ListPlansRequest::default(), &token).ok()?)
                 .await
                 .ok()
                 .map(drop)

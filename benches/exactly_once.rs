@@ -115,6 +115,7 @@ async fn checkout(
         } else {
             String::new()
         },
+        ..Default::default()
     };
     let answer = client
         .create_checkout_session(support::authed(request, &support::token_for(user)?)?)

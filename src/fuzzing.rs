@@ -44,6 +44,8 @@ pub fn stripe_event(body: &[u8]) -> Result<WebhookEvent, WebhookRejection> {
     let prices = PriceMap {
         pro: vec!["price_pro".into()],
         premium: vec!["price_premium".into()],
+        pro_yearly: None,
+        premium_yearly: None,
     };
     stripe_event::parse(body, &prices)
 }
@@ -53,6 +55,8 @@ pub fn paypal_event(body: &[u8]) -> Result<WebhookEvent, WebhookRejection> {
     let plans = PlanMap {
         pro: "P-PRO".into(),
         premium: "P-PREMIUM".into(),
+        pro_yearly: None,
+        premium_yearly: None,
     };
     paypal_event::parse(body, &plans)
 }

@@ -423,6 +423,7 @@ fn build_billing(
         redirect_allowed,
         config.duplicate_policy,
         subject_keys(config),
+        config.selling.clone(),
     ))
 }
 

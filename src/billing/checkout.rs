@@ -7,7 +7,12 @@ use chrono::Utc;
 
 use super::{Billing, BillingError};
 use crate::{
-    domain::{Tier, UserId, freshness::Evidence, subscription::PaymentProvider},
+    domain::{
+        Subscription, Tier, UserId,
+        freshness::Evidence,
+        pricing::{BillingInterval, parse_currency},
+        subscription::PaymentProvider,
+    },
     payments::{CheckoutRequest, CheckoutSession, Expiry, PaymentGateway},
 };
 
@@ -21,6 +26,9 @@ pub struct NewCheckout<'a> {
     pub success_url: &'a str,
     pub cancel_url: &'a str,
     pub phone_number: Option<&'a str>,
+    pub interval: BillingInterval,
+    /// The currency asked for; `None`: the account's, else the price's default.
+    pub currency: Option<&'a str>,
 }
 
 impl Billing {
@@ -47,6 +55,16 @@ impl Billing {
             ));
         }
         if new.provider == PaymentProvider::Mpesa {
+            if new.interval != BillingInterval::Month {
+                return Err(BillingError::Invalid(
+                    "M-Pesa pays one 30-day period at a time: choose the monthly interval".into(),
+                ));
+            }
+            if new.currency.is_some_and(|c| c != "kes") {
+                return Err(BillingError::Invalid(
+                    "M-Pesa is paid in KES: leave currency empty or \"kes\"".into(),
+                ));
+            }
             return self.mpesa_checkout(gateway.as_ref(), new).await;
         }
         self.check_redirect("success_url", new.success_url)?;
@@ -83,6 +101,10 @@ impl Billing {
                 last.date_naive()
             )));
         }
+        let currency = self
+            .checkout_currency(new.provider, new.tier, new.interval, new.currency, live)
+            .await?;
+        let trial_days = self.trial_days(new.provider, live);
         let customer_id = self.customer(gateway.as_ref(), new.user, new.email).await?;
         let earlier = self.store.checkouts(new.user).await?;
 
@@ -97,6 +119,11 @@ impl Billing {
                 previous_subscription_id: current.subscription.provider_subscription_id.as_deref(),
                 expired_before: earlier.iter().filter(|(_, open)| !open).count(),
                 reference: None,
+                interval: new.interval,
+                currency: currency.as_deref(),
+                trial_days,
+                allow_promotion_codes: self.selling.allow_promotion_codes
+                    && new.provider == PaymentProvider::Stripe,
             })
             .await?;
         self.store
@@ -124,6 +151,54 @@ impl Billing {
         }
         tracing::info!(session_id = %session.id, "checkout session created");
         Ok(session)
+    }
+
+    /// The currency to ask the provider for: `None` for the price's own. A Stripe customer
+    /// keeps the currency of their first subscription (Stripe refuses to mix them).
+    async fn checkout_currency(
+        &self,
+        provider: PaymentProvider,
+        tier: Tier,
+        interval: BillingInterval,
+        asked: Option<&str>,
+        stored: &Subscription,
+    ) -> Result<Option<String>, BillingError> {
+        if provider != PaymentProvider::Stripe {
+            if let Some(asked) = asked {
+                parse_currency(asked).map_err(super::price_list::currency_error)?;
+            }
+            return Ok(asked.map(str::to_string));
+        }
+        let account = stored
+            .terms
+            .currency
+            .as_deref()
+            .filter(|_| stored.provider == Some(PaymentProvider::Stripe));
+        if asked.is_none() && account.is_none() {
+            return Ok(None);
+        }
+        let table = self.price_list.table().await?;
+        let chosen = table
+            .choose_currency(asked, account)
+            .map_err(super::price_list::currency_error)?;
+        let price = table.price(tier, interval).ok_or_else(|| {
+            BillingError::Precondition(format!("{tier} is not sold {interval} here"))
+        })?;
+        if !price.amounts.contains_key(&chosen) {
+            return Err(BillingError::Invalid(format!(
+                "the {interval} {tier} plan is not sold in {chosen}"
+            )));
+        }
+        Ok((chosen != price.default_currency).then_some(chosen))
+    }
+
+    /// Trial days for this checkout: only Stripe's, and only for a user who never had a
+    /// subscription (one trial per user, ever).
+    fn trial_days(&self, provider: PaymentProvider, stored: &Subscription) -> Option<u32> {
+        let never_subscribed = stored.provider_subscription_id.is_none();
+        self.selling
+            .trial_days
+            .filter(|_| provider == PaymentProvider::Stripe && never_subscribed)
     }
 
     /// Expires the user's open checkout sessions (all but `keep`), each through the gateway of

@@ -16,6 +16,7 @@ mod lease;
 mod mpesa;
 pub mod mpesa_poller;
 mod plan_changes;
+pub mod price_list;
 pub mod reconciler;
 pub mod webhook_intake;
 
@@ -30,6 +31,7 @@ use std::sync::Arc;
 use chrono::{Duration, Utc};
 
 use crate::{
+    config::SellingConfig,
     domain::{
         LimitCheck, Resource, Subscription, Tier, Usage, UserId,
         erasure::SubjectKeys,
@@ -78,6 +80,10 @@ pub struct Billing {
     subjects: SubjectKeys,
     /// Wakes the event processor when the intake stored an event.
     stored_events: tokio::sync::Notify,
+    /// What the plans cost, from the provider.
+    price_list: price_list::PriceList,
+    /// Trials and promotion codes.
+    selling: SellingConfig,
 }
 
 /// A subscription with the tier it entitles to now.
@@ -85,6 +91,8 @@ pub struct Billing {
 pub struct Entitlement {
     pub subscription: Subscription,
     pub effective_tier: Tier,
+    /// For PAST_DUE: when the paid tier ends unless the failed invoice is paid.
+    pub grace_ends_at: Option<chrono::DateTime<Utc>>,
 }
 
 /// A configured payment provider selling a tier.
@@ -110,8 +118,15 @@ impl Billing {
         redirect_allowed: RedirectGuard,
         duplicate_policy: DuplicatePolicy,
         subjects: SubjectKeys,
+        selling: SellingConfig,
     ) -> Self {
+        let price_list = price_list::PriceList::new(
+            gateways.get(PaymentProvider::Stripe).ok().cloned(),
+            selling.price_refresh_interval,
+        );
         Self {
+            price_list,
+            selling,
             store,
             gateways,
             past_due_grace,
@@ -140,6 +155,7 @@ impl Billing {
     fn entitle(&self, subscription: Subscription) -> Entitlement {
         let effective_tier = subscription.effective_tier(Utc::now(), self.past_due_grace);
         Entitlement {
+            grace_ends_at: subscription.grace_ends_at(self.past_due_grace),
             subscription,
             effective_tier,
         }

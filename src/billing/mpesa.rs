@@ -130,6 +130,10 @@ impl Billing {
                 previous_subscription_id: None,
                 expired_before: 0,
                 reference: Some(&id),
+                interval: crate::domain::pricing::BillingInterval::Month,
+                currency: None,
+                trial_days: None,
+                allow_promotion_codes: false,
             })
             .await;
         match sent {

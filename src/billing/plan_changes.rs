@@ -13,8 +13,8 @@ use chrono::{Duration, Utc};
 use super::{Applied, Billing, BillingError, Entitlement, apply_remote};
 use crate::{
     domain::{
-        Subscription, Tier, UserId, freshness::Evidence, reconcile::RemoteSubscription,
-        reconcile::is_live_status, subscription::PaymentProvider,
+        Subscription, Tier, UserId, freshness::Evidence, pricing::BillingInterval,
+        reconcile::RemoteSubscription, reconcile::is_live_status, subscription::PaymentProvider,
     },
     payments::{NOT_CONFIGURED, PaymentError, PaymentGateway},
 };
@@ -34,14 +34,20 @@ pub struct PlanChange {
 
 /// A change asked of the provider.
 enum Change {
-    Tier(Tier),
+    Tier(Tier, BillingInterval),
     CancelAtPeriodEnd(bool),
 }
 
 impl Billing {
-    /// Switches the live subscription to `tier` (prorated); FREE means cancel at period end.
+    /// Switches the live subscription to `tier` billed every `interval` (`None`: the current
+    /// interval), prorated; FREE means cancel at period end.
     #[tracing::instrument(skip_all, fields(user_id = %user, tier = %tier))]
-    pub async fn change_plan(&self, user: &UserId, tier: Tier) -> Result<PlanChange, BillingError> {
+    pub async fn change_plan(
+        &self,
+        user: &UserId,
+        tier: Tier,
+        interval: Option<BillingInterval>,
+    ) -> Result<PlanChange, BillingError> {
         if !tier.is_paid() {
             return self
                 .change_at_provider(user, |remote| {
@@ -51,10 +57,12 @@ impl Billing {
         }
         self.change_at_provider(user, |remote| {
             let cancelling = remote.cancel_at_period_end || remote.cancel_at.is_some();
-            if remote.tier == Some(tier) && !cancelling {
+            let current = remote.terms.interval.unwrap_or(BillingInterval::Month);
+            let interval = interval.unwrap_or(current);
+            if remote.tier == Some(tier) && interval == current && !cancelling {
                 return Ok(None);
             }
-            Ok(Some(Change::Tier(tier)))
+            Ok(Some(Change::Tier(tier, interval)))
         })
         .await
     }
@@ -244,8 +252,8 @@ async fn send(
     change: Change,
 ) -> Result<(RemoteSubscription, Option<String>), BillingError> {
     Ok(match change {
-        Change::Tier(tier) => {
-            let change = gateway.change_tier(subscription_id, tier).await?;
+        Change::Tier(tier, interval) => {
+            let change = gateway.change_tier(subscription_id, tier, interval).await?;
             (change.subscription, change.approval_url)
         }
         Change::CancelAtPeriodEnd(cancel) => (

@@ -12,11 +12,13 @@ use crate::{
     domain::catalogue::{ProviderId, RateLimit},
 };
 
+mod billing_terms;
 mod origins;
 mod parse;
 mod payments;
 mod settings;
 
+pub use billing_terms::{BillingTermsSettings, DunningConfig, SellingConfig, parse_schedule};
 use origins::DEV_ORIGINS;
 pub use origins::{is_allowed_redirect, parse_origins};
 pub use parse::parse_rate_limits;
@@ -140,6 +142,9 @@ pub struct Config {
     pub duplicate_policy: crate::domain::subscription::DuplicatePolicy,
     pub endpoints: Endpoints,
     pub oauth: OAuthConfig,
+    /// Trials, promotion codes and the price cache.
+    pub selling: SellingConfig,
+    pub dunning: DunningConfig,
 }
 
 /// Validated OAuth settings: the callback URL and the apps that are configured.
@@ -499,6 +504,8 @@ impl Config {
             zoho_accounts_servers,
         };
 
+        let selling = billing_terms::selling(&s.billing_terms, &mut problems);
+        let dunning = billing_terms::dunning(&s.billing_terms, production, &mut problems);
         problems.extend(payment_problems);
         if !problems.is_empty() {
             return Err(ConfigError(problems));
@@ -546,6 +553,8 @@ impl Config {
             },
             endpoints: s.endpoints,
             oauth,
+            selling,
+            dunning,
         })
     }
 }

@@ -31,6 +31,11 @@ pub struct PaymentSettings {
     pub paypal_plan_id_pro: Option<String>,
     #[arg(long, env = "PAYPAL_PLAN_ID_PREMIUM", global = true)]
     pub paypal_plan_id_premium: Option<String>,
+    /// The PayPal billing plan a yearly PRO subscription is created with (unset: monthly only).
+    #[arg(long, env = "PAYPAL_PLAN_ID_PRO_YEARLY", global = true)]
+    pub paypal_plan_id_pro_yearly: Option<String>,
+    #[arg(long, env = "PAYPAL_PLAN_ID_PREMIUM_YEARLY", global = true)]
+    pub paypal_plan_id_premium_yearly: Option<String>,
     /// Daraja app consumer key (turns M-Pesa on).
     #[arg(long, env = "MPESA_CONSUMER_KEY", global = true)]
     pub mpesa_consumer_key: Option<String>,
@@ -71,6 +76,8 @@ pub struct PaypalConfig {
     pub webhook_id: String,
     pub plan_pro: String,
     pub plan_premium: String,
+    pub plan_pro_yearly: Option<String>,
+    pub plan_premium_yearly: Option<String>,
 }
 
 /// Validated M-Pesa settings; present only when `MPESA_CONSUMER_KEY` is set.
@@ -124,7 +131,19 @@ pub(super) fn paypal(
         webhook_id: required.get("PAYPAL_WEBHOOK_ID", s.paypal_webhook_id.clone()),
         plan_pro: required.get("PAYPAL_PLAN_ID_PRO", s.paypal_plan_id_pro.clone()),
         plan_premium: required.get("PAYPAL_PLAN_ID_PREMIUM", s.paypal_plan_id_premium.clone()),
+        plan_pro_yearly: non_empty(s.paypal_plan_id_pro_yearly.clone()),
+        plan_premium_yearly: non_empty(s.paypal_plan_id_premium_yearly.clone()),
     };
+    let mut plans = vec![&config.plan_pro, &config.plan_premium];
+    plans.extend(config.plan_pro_yearly.iter());
+    plans.extend(config.plan_premium_yearly.iter());
+    let distinct: std::collections::BTreeSet<_> = plans.iter().collect();
+    if distinct.len() != plans.len() && !config.plan_pro.is_empty() {
+        required.problem(
+            "PAYPAL_PLAN_ID_PRO_YEARLY",
+            "each PayPal plan id (PRO, PREMIUM, and their yearly ones) must differ".into(),
+        );
+    }
     if !config.plan_pro.is_empty() && config.plan_pro == config.plan_premium {
         required.problem(
             "PAYPAL_PLAN_ID_PREMIUM",
@@ -214,6 +233,8 @@ pub struct StripeConfig {
     pub prices_pro: Vec<String>,
     /// The price new PREMIUM checkouts use, then any others that are PREMIUM too.
     pub prices_premium: Vec<String>,
+    pub price_pro_yearly: Option<String>,
+    pub price_premium_yearly: Option<String>,
     pub max_requests_per_second: u32,
 }
 
@@ -288,12 +309,32 @@ pub(super) fn stripe(s: &Settings, problems: &mut Vec<ConfigProblem>) -> Option<
                     "a price cannot be both PRO and PREMIUM".into(),
                 );
             }
+            let price_pro_yearly = non_empty(s.stripe_price_id_pro_yearly.clone());
+            let price_premium_yearly = non_empty(s.stripe_price_id_premium_yearly.clone());
+            for (setting, yearly) in [
+                ("STRIPE_PRICE_ID_PRO_YEARLY", &price_pro_yearly),
+                ("STRIPE_PRICE_ID_PREMIUM_YEARLY", &price_premium_yearly),
+            ] {
+                if let Some(p) = yearly
+                    && (prices_pro.contains(p) || prices_premium.contains(p))
+                {
+                    problem(setting, "must differ from the monthly prices".into());
+                }
+            }
+            if price_pro_yearly.is_some() && price_pro_yearly == price_premium_yearly {
+                problem(
+                    "STRIPE_PRICE_ID_PREMIUM_YEARLY",
+                    "must differ from STRIPE_PRICE_ID_PRO_YEARLY".into(),
+                );
+            }
             Some(StripeConfig {
                 secret_key: key.into(),
                 webhook_secrets,
                 webhook_tolerance: Duration::from_secs(s.stripe_webhook_tolerance_secs),
                 prices_pro,
                 prices_premium,
+                price_pro_yearly,
+                price_premium_yearly,
                 max_requests_per_second: s.stripe_max_requests_per_second,
             })
         }

@@ -143,6 +143,12 @@ pub struct Settings {
     /// Stripe price id of the PREMIUM plan.
     #[arg(long, env = "STRIPE_PRICE_ID_PREMIUM", global = true)]
     pub stripe_price_id_premium: Option<String>,
+    /// Stripe price id of the yearly PRO plan (unset: PRO is sold monthly only).
+    #[arg(long, env = "STRIPE_PRICE_ID_PRO_YEARLY", global = true)]
+    pub stripe_price_id_pro_yearly: Option<String>,
+    /// Stripe price id of the yearly PREMIUM plan (unset: PREMIUM is sold monthly only).
+    #[arg(long, env = "STRIPE_PRICE_ID_PREMIUM_YEARLY", global = true)]
+    pub stripe_price_id_premium_yearly: Option<String>,
     /// How far a webhook signature's timestamp may be from now, in seconds (Stripe uses 300).
     #[arg(
         long,
@@ -302,6 +308,9 @@ pub struct Settings {
     /// PayPal and M-Pesa (each off until its first credential is set).
     #[command(flatten)]
     pub payments: super::PaymentSettings,
+    /// Trials, promotion codes, the price cache and dunning emails.
+    #[command(flatten)]
+    pub billing_terms: super::BillingTermsSettings,
     /// OAuth app credentials; a provider without both is listed as unavailable.
     #[command(flatten)]
     pub oauth_clients: OAuthClients,

@@ -121,6 +121,7 @@ fn the_dashboards_own_origin_is_allowed_and_loopback_only_in_development() {
         "--database-url=postgres://db.internal/nexus",
         "--allowed-origins=https://app.example.com",
         "--oauth-redirect-url=https://billing.example.com/integrations/oauth/callback",
+        "--smtp-url=smtp://mail.internal:25",
     ]);
     assert_eq!(
         production.browser_origins(3001),
@@ -184,4 +185,49 @@ fn paypal_and_mpesa_name_every_missing_setting_and_never_print_secrets() {
     let debug = format!("{config:?}");
     assert!(!debug.contains("super-secret-passkey") && !debug.contains("consumer-secret-value"));
     assert_eq!(config.mpesa.map(|m| m.price_kes_premium), Some(3500));
+}
+
+#[test]
+fn production_needs_smtp_while_dunning_is_on_and_never_repeats_the_url() {
+    let production = [
+        "--app-env=production",
+        "--database-url=postgres://db.internal/nexus",
+        "--allowed-origins=https://app.example.com",
+        "--oauth-redirect-url=https://billing.example.com/integrations/oauth/callback",
+    ];
+    let problems = |extra: &[&str]| {
+        let key = format!("--encryption-key={}", "ab".repeat(32));
+        let jwt = format!("--jwt-secret={}", "s".repeat(40));
+        let args = ["nexus-billing", key.as_str(), jwt.as_str()]
+            .into_iter()
+            .chain(production)
+            .chain(extra.iter().copied());
+        let settings = <crate::cli::Cli as clap::Parser>::try_parse_from(args)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .settings;
+        Config::from_settings(settings)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    };
+    assert!(
+        problems(&[]).contains("SMTP_URL: is required"),
+        "{}",
+        problems(&[])
+    );
+    assert_eq!(problems(&["--dunning-schedule="]), "");
+    assert_eq!(
+        problems(&["--smtp-url=smtps://u:p@mail.example.com:465"]),
+        ""
+    );
+    let bad = problems(&["--smtp-url=http://u:hunter2@mail.example.com"]);
+    assert!(
+        bad.contains("SMTP_URL") && !bad.contains("hunter2"),
+        "{bad}"
+    );
+    assert!(problems(&["--dunning-schedule=0,x"]).contains("DUNNING_SCHEDULE"));
+    assert!(problems(&["--email-from=not an address"]).contains("EMAIL_FROM"));
+    // Development without SMTP_URL: emails go to the log.
+    let dev = config_with(&[]).unwrap_or_else(|e| panic!("{e}"));
+    assert!(dev.dunning.smtp_url.is_none() && dev.dunning.is_on());
 }

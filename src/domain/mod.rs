@@ -13,6 +13,7 @@ pub mod invoice;
 pub mod phone;
 pub mod plans;
 pub mod prepaid;
+pub mod pricing;
 pub mod reconcile;
 pub mod subscription;
 pub mod sync_job;

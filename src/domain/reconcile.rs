@@ -28,6 +28,8 @@ pub struct RemoteSubscription {
     pub current_period_end: Option<DateTime<Utc>>,
     pub cancel_at_period_end: bool,
     pub cancel_at: Option<DateTime<Utc>>,
+    /// Interval, currency and trial.
+    pub terms: super::pricing::Terms,
 }
 
 impl RemoteSubscription {
@@ -133,6 +135,15 @@ pub fn reconcile(
         cancel_at: remote.cancel_at,
         past_due_since,
         state_as_of: stored.state_as_of,
+        // A provider that does not say its currency keeps the one known for this subscription.
+        terms: super::pricing::Terms {
+            currency: remote
+                .terms
+                .currency
+                .clone()
+                .or_else(|| same.then(|| stored.terms.currency.clone()).flatten()),
+            ..remote.terms.clone()
+        },
     };
     let mut activity = describe_change(stored, &next, same);
     if remote.tier.is_none() && (!same || stored.status != next.status) {
@@ -243,6 +254,7 @@ mod tests {
             current_period_end: Some(t(20)),
             cancel_at_period_end: false,
             cancel_at: None,
+            terms: Default::default(),
         }
     }
 

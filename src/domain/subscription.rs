@@ -149,6 +149,8 @@ pub struct Subscription {
     /// The instant this state is known to have been current at the provider (see
     /// `domain::freshness`); `None` before the provider was ever heard from.
     pub state_as_of: Option<DateTime<Utc>>,
+    /// Interval, currency and trial, as the provider reports them.
+    pub terms: super::pricing::Terms,
 }
 
 impl Subscription {
@@ -167,6 +169,7 @@ impl Subscription {
             cancel_at: None,
             past_due_since: None,
             state_as_of: None,
+            terms: Default::default(),
         }
     }
 
@@ -177,6 +180,16 @@ impl Subscription {
             self.current_period_end,
             self.cancel_at,
         )
+    }
+
+    /// When a PAST_DUE subscription loses its paid tier unless the failed invoice is paid.
+    pub fn grace_ends_at(&self, past_due_grace: Duration) -> Option<DateTime<Utc>> {
+        match self.status {
+            SubscriptionStatus::PastDue if self.tier.is_paid() => {
+                self.past_due_since.map(|since| since + past_due_grace)
+            }
+            _ => None,
+        }
     }
 
     /// The tier the user is entitled to at `now`. The single place this rule lives.

@@ -7,9 +7,10 @@ use tonic::{Request, Response, Status};
 use super::{
     caller,
     convert::{
-        cursor_from_token, invoice_to_proto, limit_check_to_proto, offer_to_proto, page_token,
-        payment_provider_from_proto, payment_provider_value, plan_to_proto, resource_from_proto,
-        subscription_to_proto, tier_from_proto, tier_to_proto, usage_to_proto,
+        cursor_from_token, interval_from_proto, invoice_to_proto, limit_check_to_proto,
+        offer_to_proto, page_token, payment_provider_from_proto, payment_provider_value,
+        priced_plan_to_proto, resource_from_proto, subscription_to_proto, tier_from_proto,
+        tier_to_proto, usage_to_proto,
     },
     proto::billing::{
         CancelSubscriptionRequest, CancelSubscriptionResponse, ChangePlanRequest,
@@ -24,7 +25,7 @@ use super::{
 };
 use crate::{
     billing::{Billing, BillingError, NewCheckout},
-    domain::{plans::PLANS, subscription::PaymentProvider},
+    domain::{plans::PLANS, pricing::BillingInterval, subscription::PaymentProvider},
     payments::PaymentError,
     telemetry::error_chain,
 };
@@ -87,12 +88,22 @@ impl BillingApi {
 impl BillingService for BillingApi {
     async fn list_plans(
         &self,
-        _request: Request<ListPlansRequest>,
+        request: Request<ListPlansRequest>,
     ) -> Result<Response<ListPlansResponse>, Status> {
+        let asked = Some(request.get_ref().currency.as_str()).filter(|c| !c.is_empty());
+        let priced = self
+            .billing
+            .plan_prices(asked)
+            .await
+            .map_err(billing_status)?;
         let plans = PLANS
             .iter()
             .map(|plan| {
-                let mut wire = plan_to_proto(plan);
+                let mut wire = priced_plan_to_proto(
+                    plan,
+                    priced.plans.iter().find(|p| p.tier == plan.tier),
+                    &priced.currency,
+                );
                 wire.offers = self
                     .billing
                     .offers(plan.tier)
@@ -102,7 +113,11 @@ impl BillingService for BillingApi {
                 wire
             })
             .collect();
-        Ok(Response::new(ListPlansResponse { plans }))
+        Ok(Response::new(ListPlansResponse {
+            plans,
+            currency: priced.currency,
+            currencies: priced.currencies,
+        }))
     }
 
     async fn get_subscription(
@@ -186,6 +201,8 @@ impl BillingService for BillingApi {
                     _ => url_field("cancel_url", &body.cancel_url)?,
                 },
                 phone_number: Some(body.phone_number.as_str()).filter(|p| !p.is_empty()),
+                interval: interval_from_proto(body.interval)?.unwrap_or(BillingInterval::Month),
+                currency: Some(body.currency.as_str()).filter(|c| !c.is_empty()),
             })
             .await
             .map_err(billing_status)?;
@@ -203,9 +220,10 @@ impl BillingService for BillingApi {
     ) -> Result<Response<ChangePlanResponse>, Status> {
         let caller = caller(&request)?;
         let tier = tier_from_proto(request.get_ref().tier)?;
+        let interval = interval_from_proto(request.get_ref().interval)?;
         let change = self
             .billing
-            .change_plan(&caller.user_id, tier)
+            .change_plan(&caller.user_id, tier, interval)
             .await
             .map_err(billing_status)?;
         Ok(Response::new(ChangePlanResponse {

@@ -11,6 +11,7 @@ use crate::{
         catalogue::{AuthKind, InputType, ProviderId, SyncDirection},
         integration::{Integration, IntegrationStatus},
         invoice::{InvoiceStatus, StoredInvoice},
+        pricing::BillingInterval,
         subscription::PaymentProvider,
         sync_job::{Direction, JobState, SyncJob},
     },
@@ -179,6 +180,7 @@ pub fn plan_to_proto(plan: &Plan) -> pb::Plan {
             analytics_retention_days: plan.limits.analytics_retention_days.as_wire(),
         }),
         offers: Vec::new(),
+        prices: Vec::new(),
     }
 }
 
@@ -205,7 +207,69 @@ pub fn subscription_to_proto(entitlement: &Entitlement) -> pb::Subscription {
         current_period_end: sub.current_period_end.map(timestamp),
         cancel_at_period_end: sub.cancel_at_period_end,
         access_ends_at: sub.access_ends_at().map(timestamp),
+        interval: interval_value(sub.terms.interval),
+        currency: sub.terms.currency.clone().unwrap_or_default(),
+        trial_end: sub
+            .terms
+            .trial_end
+            .filter(|_| sub.status == SubscriptionStatus::Trialing)
+            .map(timestamp),
+        grace_ends_at: entitlement.grace_ends_at.map(timestamp),
     }
+}
+
+pub fn interval_value(interval: Option<BillingInterval>) -> i32 {
+    match interval {
+        None => pb::BillingInterval::Unspecified,
+        Some(BillingInterval::Month) => pb::BillingInterval::Month,
+        Some(BillingInterval::Year) => pb::BillingInterval::Year,
+    }
+    .into()
+}
+
+/// A request's interval; `None` for unspecified (each RPC says what that means).
+pub fn interval_from_proto(value: i32) -> Result<Option<BillingInterval>, Status> {
+    match pb::BillingInterval::try_from(value) {
+        Ok(pb::BillingInterval::Unspecified) => Ok(None),
+        Ok(pb::BillingInterval::Month) => Ok(Some(BillingInterval::Month)),
+        Ok(pb::BillingInterval::Year) => Ok(Some(BillingInterval::Year)),
+        Err(_) => Err(Status::invalid_argument(
+            "interval must be BILLING_INTERVAL_MONTH or BILLING_INTERVAL_YEAR",
+        )),
+    }
+}
+
+/// A plan with its prices in the response's currency.
+pub fn priced_plan_to_proto(
+    plan: &Plan,
+    priced: Option<&crate::billing::price_list::PricedPlan>,
+    currency: &str,
+) -> pb::Plan {
+    let prices: Vec<pb::PlanPrice> = priced
+        .map(|p| p.prices.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .map(|price| pb::PlanPrice {
+            interval: interval_value(Some(price.interval)),
+            amount: Some(pb::Money {
+                amount_minor: price.amount_minor,
+                currency: currency.to_string(),
+            }),
+            months_free: price.months_free,
+            saving: price.saving.clone(),
+        })
+        .collect();
+    let monthly = prices
+        .iter()
+        .find(|p| p.interval == interval_value(Some(BillingInterval::Month)))
+        .and_then(|p| p.amount.clone());
+    let mut wire = plan_to_proto(plan);
+    wire.price = Some(monthly.unwrap_or(pb::Money {
+        amount_minor: 0,
+        currency: currency.to_string(),
+    }));
+    wire.prices = prices;
+    wire
 }
 
 pub fn usage_to_proto(tier: Tier, usage: &Usage) -> pb::Usage {

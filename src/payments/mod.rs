@@ -13,6 +13,7 @@ pub mod provider_clock;
 pub mod stripe;
 pub mod stripe_budget;
 pub(crate) mod stripe_event;
+mod stripe_prices;
 mod stripe_raw;
 pub mod stripe_signature;
 
@@ -24,6 +25,7 @@ use chrono::{DateTime, Utc};
 use crate::domain::{
     Tier, UserId,
     invoice::{Invoice, InvoiceStatus},
+    pricing::{BillingInterval, PriceTable},
     reconcile::RemoteSubscription,
     subscription::PaymentProvider,
 };
@@ -67,6 +69,14 @@ pub struct CheckoutRequest<'a> {
     /// This service's id of the request, for providers whose answer can be lost while the
     /// request goes ahead (M-Pesa: it comes back in the callback's URL).
     pub reference: Option<&'a str>,
+    /// How often the subscription renews.
+    pub interval: BillingInterval,
+    /// The currency to charge, when not the price's own (one of its `currency_options`).
+    pub currency: Option<&'a str>,
+    /// Days of free trial, for a user who never had one.
+    pub trial_days: Option<u32>,
+    /// Whether the payer may enter a promotion code.
+    pub allow_promotion_codes: bool,
 }
 
 /// A checkout the user is sent to.
@@ -256,7 +266,14 @@ pub trait PaymentGateway: Send + Sync + 'static {
         &self,
         subscription_id: &str,
         tier: Tier,
+        interval: BillingInterval,
     ) -> Result<TierChange, PaymentError>;
+
+    /// What the provider charges for each tier and interval it sells, in every currency; an
+    /// empty table when this service sets the price itself (see [`Self::local_price`]).
+    async fn prices(&self) -> Result<PriceTable, PaymentError> {
+        Ok(PriceTable::default())
+    }
 
     /// Sets or clears cancellation at the end of the current period.
     async fn set_cancel_at_period_end(

@@ -352,7 +352,12 @@ impl PaymentGateway for MpesaGateway {
         })
     }
 
-    async fn change_tier(&self, _: &str, _: Tier) -> Result<TierChange, PaymentError> {
+    async fn change_tier(
+        &self,
+        _: &str,
+        _: Tier,
+        _: crate::domain::pricing::BillingInterval,
+    ) -> Result<TierChange, PaymentError> {
         Err(not_subscriptions())
     }
 

@@ -33,7 +33,10 @@ use super::{
 };
 use crate::{
     config::PaypalConfig,
-    domain::{Tier, UserId, reconcile::RemoteSubscription, subscription::PaymentProvider},
+    domain::{
+        Tier, UserId, pricing::BillingInterval, reconcile::RemoteSubscription,
+        subscription::PaymentProvider,
+    },
 };
 
 /// Hosts PayPal serves its webhook signing certificates from; a `PAYPAL-CERT-URL` elsewhere is
@@ -87,6 +90,8 @@ impl PaypalGateway {
             plans: PlanMap {
                 pro: config.plan_pro.clone(),
                 premium: config.plan_premium.clone(),
+                pro_yearly: config.plan_pro_yearly.clone(),
+                premium_yearly: config.plan_premium_yearly.clone(),
             },
         })
     }
@@ -133,10 +138,16 @@ impl PaypalGateway {
         self.api.send(call, || self.issue_token()).await?.ok()
     }
 
-    fn plan_of(&self, tier: Tier) -> Result<&str, PaymentError> {
-        self.plans
-            .plan_of(tier)
-            .ok_or_else(|| PaymentError::Rejected("FREE has no PayPal plan".into()))
+    fn plan_of(&self, tier: Tier, interval: BillingInterval) -> Result<&str, PaymentError> {
+        match (tier, interval) {
+            (Tier::Free, _) => Err(PaymentError::Rejected("FREE has no PayPal plan".into())),
+            _ => self.plans.plan_of(tier, interval).ok_or_else(|| {
+                PaymentError::NotAvailable(format!(
+                    "{tier} is not sold yearly with PayPal (PAYPAL_PLAN_ID_{}_YEARLY is not set)",
+                    tier.as_str().to_uppercase()
+                ))
+            }),
+        }
     }
 
     fn read_subscription(&self, body: &Value) -> Result<RemoteSubscription, PaymentError> {
@@ -217,7 +228,12 @@ impl PaymentGateway for PaypalGateway {
         &self,
         request: &CheckoutRequest<'_>,
     ) -> Result<CheckoutSession, PaymentError> {
-        let plan = self.plan_of(request.tier)?;
+        if request.currency.is_some() {
+            return Err(PaymentError::NotAvailable(
+                "a PayPal plan charges the currency it was created in; leave currency empty to pay with PayPal".into(),
+            ));
+        }
+        let plan = self.plan_of(request.tier, request.interval)?;
         let key = Sha256::digest(
             format!(
                 "{}|{}|{}|{}|{}|{}",
@@ -268,8 +284,9 @@ impl PaymentGateway for PaypalGateway {
         &self,
         subscription_id: &str,
         tier: Tier,
+        interval: BillingInterval,
     ) -> Result<TierChange, PaymentError> {
-        let plan = self.plan_of(tier)?;
+        let plan = self.plan_of(tier, interval)?;
         let path = format!(
             "/v1/billing/subscriptions/{}/revise",
             segment(subscription_id)

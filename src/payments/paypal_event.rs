@@ -20,6 +20,7 @@ use super::{EventAction, InvoiceOutcome, RemoteInvoice, WebhookEvent, WebhookRej
 use crate::domain::{
     Tier,
     invoice::{InvoiceStatus, parse_amount},
+    pricing::{BillingInterval, Terms},
     reconcile::RemoteSubscription,
     subscription::{PaymentProvider, SubscriptionStatus},
 };
@@ -29,25 +30,27 @@ use crate::domain::{
 pub(crate) struct PlanMap {
     pub pro: String,
     pub premium: String,
+    /// The yearly plans, when the tier is sold yearly.
+    pub pro_yearly: Option<String>,
+    pub premium_yearly: Option<String>,
 }
 
 impl PlanMap {
-    pub fn plan_of(&self, tier: Tier) -> Option<&str> {
-        match tier {
-            Tier::Pro => Some(&self.pro),
-            Tier::Premium => Some(&self.premium),
-            Tier::Free => None,
+    pub fn plan_of(&self, tier: Tier, interval: BillingInterval) -> Option<&str> {
+        match (tier, interval) {
+            (Tier::Pro, BillingInterval::Month) => Some(&self.pro),
+            (Tier::Premium, BillingInterval::Month) => Some(&self.premium),
+            (Tier::Pro, BillingInterval::Year) => self.pro_yearly.as_deref(),
+            (Tier::Premium, BillingInterval::Year) => self.premium_yearly.as_deref(),
+            (Tier::Free, _) => None,
         }
     }
 
-    fn tier_of(&self, plan: &str) -> Option<Tier> {
-        if plan == self.pro {
-            Some(Tier::Pro)
-        } else if plan == self.premium {
-            Some(Tier::Premium)
-        } else {
-            None
-        }
+    fn tier_of(&self, plan: &str) -> Option<(Tier, BillingInterval)> {
+        [Tier::Pro, Tier::Premium]
+            .into_iter()
+            .flat_map(|tier| BillingInterval::ALL.map(|interval| (tier, interval)))
+            .find(|(tier, interval)| self.plan_of(*tier, *interval) == Some(plan))
     }
 }
 
@@ -97,7 +100,7 @@ pub(super) fn subscription(v: &Value, plans: &PlanMap) -> Result<RemoteSubscript
         customer_id: text(v, &["custom_id"]).unwrap_or_default().to_string(),
         status,
         price_id: plan.map(str::to_string),
-        tier: plan.and_then(|p| plans.tier_of(p)),
+        tier: plan.and_then(|p| plans.tier_of(p)).map(|(tier, _)| tier),
         current_period_start: last_payment.or_else(|| time(v, &["start_time"])),
         current_period_end: if status == SubscriptionStatus::Active && !cancel_at_period_end {
             next_billing.or(paid_through)
@@ -106,6 +109,17 @@ pub(super) fn subscription(v: &Value, plans: &PlanMap) -> Result<RemoteSubscript
         },
         cancel_at_period_end,
         cancel_at: None,
+        terms: Terms {
+            interval: plan
+                .and_then(|p| plans.tier_of(p))
+                .map(|(_, interval)| interval),
+            currency: text(
+                v,
+                &["billing_info", "last_payment", "amount", "currency_code"],
+            )
+            .map(str::to_ascii_lowercase),
+            trial_end: None,
+        },
     })
 }
 
@@ -200,6 +214,8 @@ mod tests {
         PlanMap {
             pro: "P-PRO".into(),
             premium: "P-PREMIUM".into(),
+            pro_yearly: None,
+            premium_yearly: None,
         }
     }
 

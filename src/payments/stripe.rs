@@ -42,6 +42,7 @@ use crate::{
     domain::{
         Tier, UserId,
         invoice::InvoiceStatus,
+        pricing::{BillingInterval, PriceTable, Terms},
         reconcile::RemoteSubscription,
         subscription::{PaymentProvider, SubscriptionStatus},
     },
@@ -104,6 +105,8 @@ impl StripeGateway {
             prices: PriceMap {
                 pro: config.prices_pro.clone(),
                 premium: config.prices_premium.clone(),
+                pro_yearly: config.price_pro_yearly.clone(),
+                premium_yearly: config.price_premium_yearly.clone(),
             },
             verifier: SignatureVerifier::new(config.webhook_secrets.clone(), tolerance),
             budget: StripeBudget::new(config.max_requests_per_second),
@@ -111,10 +114,16 @@ impl StripeGateway {
         })
     }
 
-    fn price_of(&self, tier: Tier) -> Result<&str, PaymentError> {
-        self.prices
-            .price_of(tier)
-            .ok_or_else(|| PaymentError::Rejected("FREE has no price".into()))
+    fn price_of(&self, tier: Tier, interval: BillingInterval) -> Result<&str, PaymentError> {
+        match tier {
+            Tier::Free => Err(PaymentError::Rejected("FREE has no price".into())),
+            _ => self.prices.price_of(tier, interval).ok_or_else(|| {
+                PaymentError::NotAvailable(format!(
+                    "{tier} is not sold {interval} (STRIPE_PRICE_ID_{}_YEARLY is not set)",
+                    tier.as_str().to_uppercase()
+                ))
+            }),
+        }
     }
 
     /// Sends a typed request within the budget.
@@ -177,6 +186,13 @@ impl StripeGateway {
             current_period_end: item.and_then(|i| time(i.current_period_end)),
             cancel_at_period_end: sub.cancel_at_period_end,
             cancel_at: sub.cancel_at.and_then(time),
+            terms: Terms {
+                interval: item
+                    .and_then(|i| i.price.recurring.as_ref())
+                    .and_then(|r| r.interval.as_str().parse().ok()),
+                currency: Some(sub.currency.to_string().to_ascii_lowercase()),
+                trial_end: sub.trial_end.and_then(time),
+            },
         })
     }
 }
@@ -299,7 +315,8 @@ impl PaymentGateway for StripeGateway {
         &self,
         request: &CheckoutRequest<'_>,
     ) -> Result<CheckoutSession, PaymentError> {
-        let price = self.price_of(request.tier)?;
+        let price = self.price_of(request.tier, request.interval)?;
+        let trial = request.trial_days.map(|d| d.to_string());
         let strategy = derived_key(
             "checkout",
             &[
@@ -310,6 +327,13 @@ impl PaymentGateway for StripeGateway {
                 request.cancel_url,
                 request.previous_subscription_id.unwrap_or("none"),
                 &request.expired_before.to_string(),
+                request.currency.unwrap_or("default"),
+                trial.as_deref().unwrap_or("no-trial"),
+                if request.allow_promotion_codes {
+                    "codes"
+                } else {
+                    "no-codes"
+                },
             ],
         )?;
         let mut line = CreateCheckoutSessionLineItems::new();
@@ -317,7 +341,19 @@ impl PaymentGateway for StripeGateway {
         line.quantity = Some(1);
         let mut subscription_data = CreateCheckoutSessionSubscriptionData::new();
         subscription_data.metadata = Some(metadata(request.user));
-        let create = CreateCheckoutSession::new()
+        subscription_data.trial_period_days = request.trial_days;
+        let mut create = CreateCheckoutSession::new();
+        if let Some(currency) = request.currency {
+            create = create.currency(
+                currency
+                    .parse::<stripe_types::Currency>()
+                    .unwrap_or_else(|never| match never {}),
+            );
+        }
+        if request.allow_promotion_codes {
+            create = create.allow_promotion_codes(true);
+        }
+        let create = create
             .mode(CheckoutSessionMode::Subscription)
             .customer(request.customer_id)
             .client_reference_id(request.user.as_str())
@@ -350,8 +386,9 @@ impl PaymentGateway for StripeGateway {
         &self,
         subscription_id: &str,
         tier: Tier,
+        interval: BillingInterval,
     ) -> Result<TierChange, PaymentError> {
-        let price = self.price_of(tier)?;
+        let price = self.price_of(tier, interval)?;
         let current = self.retrieve(subscription_id).await?;
         let item = current
             .items
@@ -373,6 +410,10 @@ impl PaymentGateway for StripeGateway {
             subscription,
             approval_url: None,
         })
+    }
+
+    async fn prices(&self) -> Result<PriceTable, PaymentError> {
+        self.prices_raw().await
     }
 
     #[tracing::instrument(skip_all, fields(subscription_id = %subscription_id, cancel = cancel))]

@@ -10,7 +10,11 @@ use serde_json::Value;
 
 use super::{EventAction, InvoiceOutcome, RemoteInvoice, WebhookEvent, WebhookRejection};
 use crate::domain::{
-    Tier, invoice::InvoiceStatus, reconcile::RemoteSubscription, subscription::PaymentProvider,
+    Tier,
+    invoice::InvoiceStatus,
+    pricing::{BillingInterval, Terms},
+    reconcile::RemoteSubscription,
+    subscription::PaymentProvider,
 };
 
 /// Which tier each Stripe price is.
@@ -19,26 +23,45 @@ pub struct PriceMap {
     /// The PRO price for new checkouts first, then others that are PRO too.
     pub pro: Vec<String>,
     pub premium: Vec<String>,
+    /// The yearly prices, when the tier is sold yearly.
+    pub pro_yearly: Option<String>,
+    pub premium_yearly: Option<String>,
 }
 
 impl PriceMap {
     pub fn tier_of(&self, price_id: &str) -> Option<Tier> {
-        if self.pro.iter().any(|p| p == price_id) {
+        let is = |p: &Option<String>| p.as_deref() == Some(price_id);
+        if self.pro.iter().any(|p| p == price_id) || is(&self.pro_yearly) {
             Some(Tier::Pro)
-        } else if self.premium.iter().any(|p| p == price_id) {
+        } else if self.premium.iter().any(|p| p == price_id) || is(&self.premium_yearly) {
             Some(Tier::Premium)
         } else {
             None
         }
     }
 
-    /// The price new checkouts and plan changes to `tier` use.
-    pub fn price_of(&self, tier: Tier) -> Option<&str> {
-        match tier {
-            Tier::Pro => self.pro.first().map(String::as_str),
-            Tier::Premium => self.premium.first().map(String::as_str),
-            Tier::Free => None,
+    /// The price new checkouts and plan changes to `tier` billed every `interval` use.
+    pub fn price_of(&self, tier: Tier, interval: BillingInterval) -> Option<&str> {
+        match (tier, interval) {
+            (Tier::Pro, BillingInterval::Month) => self.pro.first().map(String::as_str),
+            (Tier::Premium, BillingInterval::Month) => self.premium.first().map(String::as_str),
+            (Tier::Pro, BillingInterval::Year) => self.pro_yearly.as_deref(),
+            (Tier::Premium, BillingInterval::Year) => self.premium_yearly.as_deref(),
+            (Tier::Free, _) => None,
         }
+    }
+
+    /// Every price new checkouts use, with its tier and interval.
+    pub fn selling(&self) -> Vec<(Tier, BillingInterval, &str)> {
+        [Tier::Pro, Tier::Premium]
+            .into_iter()
+            .flat_map(|tier| BillingInterval::ALL.map(|interval| (tier, interval)))
+            .filter_map(|(tier, interval)| {
+                self.price_of(tier, interval)
+                    .filter(|p| !p.is_empty())
+                    .map(|p| (tier, interval, p))
+            })
+            .collect()
     }
 }
 
@@ -92,6 +115,17 @@ pub(super) fn subscription_from_json(sub: &Value, prices: &PriceMap) -> Option<R
         current_period_end: period("current_period_end"),
         cancel_at_period_end: sub.get("cancel_at_period_end")?.as_bool()?,
         cancel_at: timestamp(sub.get("cancel_at")),
+        terms: Terms {
+            interval: item
+                .and_then(|i| i.pointer("/price/recurring/interval"))
+                .and_then(Value::as_str)
+                .and_then(|i| i.parse().ok()),
+            currency: sub
+                .get("currency")
+                .and_then(Value::as_str)
+                .map(str::to_ascii_lowercase),
+            trial_end: timestamp(sub.get("trial_end")),
+        },
     })
 }
 
@@ -217,6 +251,8 @@ mod tests {
         PriceMap {
             pro: vec!["price_pro".into(), "price_pro_2024".into()],
             premium: vec!["price_premium".into()],
+            pro_yearly: None,
+            premium_yearly: None,
         }
     }
 

@@ -54,7 +54,8 @@ macro_rules! billing_tx {
                 let row: $crate::store::rows::SubscriptionRow = sqlx::query_as(concat!(
                     "SELECT user_id, tier, status, provider, provider_customer_id, \
                      provider_subscription_id, current_period_start, current_period_end, \
-                     cancel_at_period_end, cancel_at, past_due_since, state_as_of \
+                     cancel_at_period_end, cancel_at, past_due_since, state_as_of, \
+                     billing_interval, currency, trial_end \
                      FROM subscriptions WHERE user_id = $1",
                     $lock
                 ))
@@ -83,6 +84,9 @@ macro_rules! billing_tx {
                     .bind(s.cancel_at)
                     .bind(s.past_due_since)
                     .bind(s.state_as_of)
+                    .bind(s.terms.interval.map(|i| i.as_str()))
+                    .bind(s.terms.currency.as_deref())
+                    .bind(s.terms.trial_end)
                     .execute(&mut *self.0)
                     .await?;
                 self.1.saved(s);

@@ -299,7 +299,7 @@ async fn hostile_tokens_are_refused_on_every_rpc() {
     // The valid token works on a fresh connection: the attacks above were about the tokens.
     app.billing()
         .await
-        .list_plans(authed(ListPlansRequest {}, &good))
+        .list_plans(authed(ListPlansRequest::default(), &good))
         .await
         .unwrap_or_else(|e| panic!("a valid RS256 token was refused: {e}"));
     app.stop().await;
@@ -663,7 +663,7 @@ async fn oversized_and_malformed_messages_are_refused_and_the_service_keeps_serv
 
     app.billing()
         .await
-        .list_plans(authed(ListPlansRequest {}, &user))
+        .list_plans(authed(ListPlansRequest::default(), &user))
         .await
         .unwrap_or_else(|e| panic!("the service stopped serving: {e}"));
     app.stop().await;
@@ -695,7 +695,7 @@ async fn silent_connections_are_closed_on_both_ports_and_callers_still_get_in() 
     // Real callers get in although both ports are full of silent connections.
     app.billing()
         .await
-        .list_plans(authed(ListPlansRequest {}, &token("caller")))
+        .list_plans(authed(ListPlansRequest::default(), &token("caller")))
         .await
         .unwrap_or_else(|e| panic!("gRPC caller locked out: {e}"));
     let health = reqwest::get(app.http_url("/healthz"))

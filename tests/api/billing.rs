@@ -28,7 +28,7 @@ async fn list_plans_returns_free_pro_premium_with_limits_and_prices(backend: Bac
     let plans = app
         .billing()
         .await
-        .list_plans(authed(ListPlansRequest {}, &token("u1")))
+        .list_plans(authed(ListPlansRequest::default(), &token("u1")))
         .await
         .unwrap_or_else(|e| panic!("{e}"))
         .into_inner()
@@ -315,6 +315,7 @@ async fn payment_rpcs_say_payments_are_not_configured_and_reads_still_work(backe
         .change_plan(authed(
             ChangePlanRequest {
                 tier: Tier::Premium.into(),
+                ..Default::default()
             },
             &t,
         ))

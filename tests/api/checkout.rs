@@ -177,6 +177,7 @@ async fn other_providers_and_plan_changes_without_a_subscription_are_preconditio
         .change_plan(authed(
             ChangePlanRequest {
                 tier: Tier::Premium.into(),
+                ..Default::default()
             },
             &token("jo"),
         ))
@@ -186,7 +187,7 @@ async fn other_providers_and_plan_changes_without_a_subscription_are_preconditio
     assert_eq!(status.code(), Code::FailedPrecondition);
     assert!(status.message().contains("CreateCheckoutSession"));
     let status = billing
-        .change_plan(authed(ChangePlanRequest { tier: 0 }, &token("jo")))
+        .change_plan(authed(ChangePlanRequest { tier: 0, ..Default::default() }, &token("jo")))
         .await
         .err()
         .unwrap_or_else(|| panic!("unspecified tier"));

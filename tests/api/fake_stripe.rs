@@ -24,6 +24,8 @@ pub const SECRET_KEY: &str = "sk_test_fake_0123456789";
 pub const WEBHOOK_SECRET: &str = "whsec_test_secret";
 pub const PRICE_PRO: &str = "price_pro_test";
 pub const PRICE_PREMIUM: &str = "price_premium_test";
+pub const PRICE_PRO_YEARLY: &str = "price_pro_yearly_test";
+pub const PRICE_PREMIUM_YEARLY: &str = "price_premium_yearly_test";
 
 const FIXTURES: &str = include_str!("../fixtures/stripe/fixtures.json");
 
@@ -83,6 +85,9 @@ struct State {
     clock_ahead: i64,
     /// Where session URLs point (a hosted checkout page the browser tests serve).
     checkout_base: Option<String>,
+    /// Prices by id, with every currency option (`GET /v1/prices/{id}` shows them only
+    /// when asked with `expand[]=currency_options`, as Stripe does).
+    prices: HashMap<String, Value>,
 }
 
 /// The fake Stripe API.
@@ -123,6 +128,19 @@ impl FakeStripe {
         let fixtures: Value =
             serde_json::from_str(FIXTURES).unwrap_or_else(|e| panic!("fixtures: {e}"));
         let fixtures = Arc::new(fixtures["resources"].clone());
+        for (id, interval, amounts) in [
+            (PRICE_PRO, "month", &[("usd", 900), ("eur", 850)]),
+            (PRICE_PREMIUM, "month", &[("usd", 2900), ("eur", 2700)]),
+            (PRICE_PRO_YEARLY, "year", &[("usd", 9000), ("eur", 8500)]),
+            (
+                PRICE_PREMIUM_YEARLY,
+                "year",
+                &[("usd", 29000), ("eur", 27000)],
+            ),
+        ] {
+            let price = objects::price_object(&fixtures, id, interval, amounts);
+            lock(&state).prices.insert(id.to_string(), price);
+        }
         let counter = Arc::new(AtomicU64::new(0));
         let server = FakeServer::start(Handler {
             state: Arc::clone(&state),
@@ -149,6 +167,11 @@ impl FakeStripe {
             ("--stripe-webhook-secret", WEBHOOK_SECRET.to_string()),
             ("--stripe-price-id-pro", PRICE_PRO.to_string()),
             ("--stripe-price-id-premium", PRICE_PREMIUM.to_string()),
+            ("--stripe-price-id-pro-yearly", PRICE_PRO_YEARLY.to_string()),
+            (
+                "--stripe-price-id-premium-yearly",
+                PRICE_PREMIUM_YEARLY.to_string(),
+            ),
             ("--stripe-api-base", self.uri()),
         ]
     }
@@ -230,6 +253,12 @@ impl FakeStripe {
             .sessions
             .get(id)
             .and_then(|(s, _)| s["status"].as_str().map(str::to_string))
+    }
+
+    /// Creates or replaces a price (`amounts`: the first is the price's own currency).
+    pub fn put_price(&self, id: &str, interval: &str, amounts: &[(&str, i64)]) {
+        let price = objects::price_object(&self.fixtures, id, interval, amounts);
+        lock(&self.state).prices.insert(id.to_string(), price);
     }
 
     /// Refunds created (their form fields).

@@ -12,11 +12,50 @@ pub fn merge(target: &mut Value, patch: Value) {
     }
 }
 
+/// A recurring price with a currency option per entry of `amounts` (the first is its own).
+pub fn price_object(fixtures: &Value, id: &str, interval: &str, amounts: &[(&str, i64)]) -> Value {
+    let mut price = fixtures["price"].clone();
+    let (currency, amount) = amounts[0];
+    let options: serde_json::Map<String, Value> = amounts
+        .iter()
+        .map(|(c, a)| {
+            (
+                c.to_string(),
+                json!({ "unit_amount": a, "unit_amount_decimal": a.to_string(),
+                        "tax_behavior": "unspecified", "custom_unit_amount": null, "tiers": null }),
+            )
+        })
+        .collect();
+    merge(
+        &mut price,
+        json!({ "id": id, "currency": currency, "unit_amount": amount,
+                "unit_amount_decimal": amount.to_string(),
+                "recurring": { "interval": interval, "interval_count": 1, "meter": null,
+                               "trial_period_days": null, "usage_type": "licensed" },
+                "currency_options": options }),
+    );
+    price
+}
+
+/// The interval of a test price: its id says "yearly" for a year.
+pub fn interval_of(price: &str) -> &'static str {
+    if price.contains("yearly") {
+        "year"
+    } else {
+        "month"
+    }
+}
+
 pub fn subscription_object(fixtures: &Value, spec: &SubSpec<'_>) -> Value {
     let mut sub = fixtures["subscription"].clone();
     let mut item = fixtures["subscription_item"].clone();
     let mut price = fixtures["price"].clone();
-    merge(&mut price, json!({ "id": spec.price }));
+    merge(
+        &mut price,
+        json!({ "id": spec.price,
+                "recurring": { "interval": interval_of(spec.price), "interval_count": 1,
+                               "meter": null, "trial_period_days": null, "usage_type": "licensed" } }),
+    );
     merge(
         &mut item,
         json!({

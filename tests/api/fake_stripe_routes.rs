@@ -46,6 +46,28 @@ impl Handler {
                 customer
             }
             ("POST", ["v1", "checkout", "sessions"]) => {
+                // As Stripe: a price it does not know, or a currency the price has no option
+                // for, is refused.
+                let price_id = form
+                    .get("line_items[0][price]")
+                    .cloned()
+                    .unwrap_or_default();
+                let Some(price) = state.prices.get(&price_id) else {
+                    return error(
+                        400,
+                        "invalid_request_error",
+                        &format!("No such price: '{price_id}'"),
+                    );
+                };
+                if let Some(currency) = form.get("currency")
+                    && price["currency_options"].get(currency.as_str()).is_none()
+                {
+                    return error(
+                        400,
+                        "invalid_request_error",
+                        &format!("The price specified does not support currency {currency}"),
+                    );
+                }
                 let mut session = self.fixtures["checkout.session"].clone();
                 let id = self.next("cs_test");
                 merge(
@@ -86,6 +108,15 @@ impl Handler {
                 None => return error(404, "invalid_request_error", "No such subscription"),
             },
             ("POST", ["v1", "subscriptions", id]) => {
+                if let Some(price) = form.get("items[0][price]")
+                    && !state.prices.contains_key(price)
+                {
+                    return error(
+                        400,
+                        "invalid_request_error",
+                        &format!("No such price: '{price}'"),
+                    );
+                }
                 let Some(sub) = state.subscriptions.get_mut(*id) else {
                     return error(404, "invalid_request_error", "No such subscription");
                 };
@@ -103,9 +134,25 @@ impl Handler {
                         );
                     }
                     sub["items"]["data"][0]["price"]["id"] = json!(price);
+                    sub["items"]["data"][0]["price"]["recurring"]["interval"] =
+                        json!(super::objects::interval_of(price));
                 }
                 sub.clone()
             }
+            ("GET", ["v1", "prices", id]) => match state.prices.get(*id) {
+                Some(price) => {
+                    let mut price = price.clone();
+                    let expanded = received
+                        .query
+                        .iter()
+                        .any(|(k, v)| k == "expand[]" && v == "currency_options");
+                    if !expanded && let Some(p) = price.as_object_mut() {
+                        p.remove("currency_options");
+                    }
+                    price
+                }
+                None => return error(404, "invalid_request_error", "No such price"),
+            },
             ("GET", ["v1", "invoices", id]) => match state.invoices.get(*id) {
                 Some(invoice) => invoice.clone(),
                 None => return error(404, "invalid_request_error", "No such invoice"),

@@ -57,7 +57,7 @@ async fn list_plans_from_browser(app: &TestApp, bearer: Option<&str>) -> reqwest
         request = request.header("authorization", format!("Bearer {bearer}"));
     }
     request
-        .body(frame(&ListPlansRequest {}))
+        .body(frame(&ListPlansRequest::default()))
         .send()
         .await
         .unwrap_or_else(|e| panic!("{e}"))

@@ -53,6 +53,7 @@ test_modules!(
     oauth_providers,
     paypal,
     plan_changes,
+    plans_and_prices,
     product_metrics,
     provider_rules,
     sidecar,

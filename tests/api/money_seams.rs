@@ -449,6 +449,7 @@ async fn a_plan_change_lands_although_stripes_clock_runs_ahead(backend: Backend)
         .change_plan(authed(
             nexus_billing::grpc::proto::billing::ChangePlanRequest {
                 tier: Tier::Premium.into(),
+                ..Default::default()
             },
             &token(user),
         ))

@@ -408,6 +408,7 @@ async fn call_rpc(channel: Channel, user: String, call: Call) -> Result<String, 
                 cancel_url: format!("{ALLOWED_ORIGIN}/billing"),
                 provider: provider.into(),
                 phone_number: "0712345678".into(),
+                ..Default::default()
             };
             let answer = client
                 .create_checkout_session(authed(request, &user_token))
@@ -417,6 +418,7 @@ async fn call_rpc(channel: Channel, user: String, call: Call) -> Result<String, 
         Call::ChangePlan(plan) => {
             let request = billing::ChangePlanRequest {
                 tier: plan.tier().into(),
+                ..Default::default()
             };
             let answer = client.change_plan(authed(request, &user_token)).await?;
             answer.into_inner().approval_url

@@ -165,7 +165,7 @@ async fn the_push_is_well_formed_and_one_waits_at_a_time(backend: Backend) {
     assert_eq!(mpesa.pushes().len(), 2);
     // ListPlans names the KES prices.
     let plans = billing
-        .list_plans(authed(ListPlansRequest {}, &token("mp-ana")))
+        .list_plans(authed(ListPlansRequest::default(), &token("mp-ana")))
         .await
         .unwrap_or_else(|e| panic!("{e}"))
         .into_inner()
@@ -253,6 +253,7 @@ async fn a_confirmed_payment_buys_a_period_with_a_kes_invoice_once(backend: Back
         .change_plan(authed(
             ChangePlanRequest {
                 tier: Tier::Premium.into(),
+                ..Default::default()
             },
             &token("mp-bo"),
         ))

@@ -151,7 +151,7 @@ async fn checkout_sends_the_payer_to_the_approve_link_and_activation_lands(backe
     let plans = app
         .billing()
         .await
-        .list_plans(authed(ListPlansRequest {}, &token("pp-ana")))
+        .list_plans(authed(ListPlansRequest::default(), &token("pp-ana")))
         .await
         .unwrap_or_else(|e| panic!("{e}"))
         .into_inner()
@@ -291,6 +291,7 @@ async fn revise_needs_approval_cancel_keeps_the_paid_period_and_resume_is_refuse
         .change_plan(authed(
             ChangePlanRequest {
                 tier: Tier::Premium.into(),
+                ..Default::default()
             },
             &user,
         ))

@@ -76,6 +76,7 @@ async fn concurrent_changes_of_one_user_end_as_stripe_has_them(backend: Backend)
                     .change_plan(authed(
                         ChangePlanRequest {
                             tier: Tier::Premium.into(),
+                            ..Default::default()
                         },
                         &t,
                     ))
@@ -89,6 +90,7 @@ async fn concurrent_changes_of_one_user_end_as_stripe_has_them(backend: Backend)
                     .change_plan(authed(
                         ChangePlanRequest {
                             tier: Tier::Pro.into(),
+                            ..Default::default()
                         },
                         &t,
                     ))
@@ -138,6 +140,7 @@ async fn webhooks_for_a_user_apply_while_a_plan_change_waits_on_stripe(backend: 
             .change_plan(authed(
                 ChangePlanRequest {
                     tier: Tier::Premium.into(),
+                    ..Default::default()
                 },
                 &token("quinn"),
             ))

@@ -59,7 +59,7 @@ async fn the_numbers_the_business_watches_move_with_their_events(backend: Backen
     for tier in [Tier::Premium, Tier::Pro] {
         billing
             .change_plan(authed(
-                ChangePlanRequest { tier: tier.into() },
+                ChangePlanRequest { tier: tier.into(), ..Default::default() },
                 &token(user),
             ))
             .await

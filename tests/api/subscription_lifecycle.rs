@@ -174,6 +174,7 @@ async fn free_to_pro_to_premium_then_cancel_resume_and_deletion(backend: Backend
         .change_plan(authed(
             ChangePlanRequest {
                 tier: Tier::Premium.into(),
+                ..Default::default()
             },
             &token(user),
         ))
