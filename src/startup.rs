@@ -22,7 +22,11 @@ use tower_http::{
 use crate::{
     account::Account,
     auth::{AuthInterceptor, JwtVerifier, TokenRequest, mint},
-    billing::{Billing, EventProcessor, mpesa_poller, reconciler},
+    billing::{
+        Billing, EventProcessor,
+        dunning_mailer::{DunningMailer, LogPostman, Postman, SmtpPostman},
+        mpesa_poller, reconciler,
+    },
     config::{Config, is_allowed_redirect},
     domain::UserId,
     grpc::{
@@ -219,6 +223,14 @@ impl Application {
             )),
             None => futures_util::future::Either::Right(std::future::ready(())),
         };
+        let dunning_loop =
+            match dunning_mailer(&config, Arc::clone(&store), http_listener.local_addr()?)? {
+                Some(mailer) => {
+                    let shutdown = shutdown.clone();
+                    futures_util::future::Either::Left(async move { mailer.run(shutdown).await })
+                }
+                None => futures_util::future::Either::Right(std::future::ready(())),
+            };
         let scheduler_loop = scheduler::run(
             Arc::clone(&store),
             scheduler::SchedulerConfig {
@@ -271,7 +283,8 @@ impl Application {
                 events.run(shutdown.clone()),
                 reconcile_loop,
                 scheduler_loop,
-                mpesa_loop
+                mpesa_loop,
+                dunning_loop
             );
         };
         let (grpc_result, http_result, ()) = tokio::join!(
@@ -306,6 +319,40 @@ fn dashboard_url(config: &Config, http_addr: SocketAddr) -> String {
         http_addr.ip().to_string()
     };
     format!("http://{host}:{}{DASHBOARD_PATH}", http_addr.port())
+}
+
+/// The dunning outbox's sender: SMTP when `SMTP_URL` is set, else the log (development; the
+/// configuration refuses production without it); `None` when dunning is off.
+fn dunning_mailer(
+    config: &Config,
+    store: Arc<dyn Store>,
+    http_addr: SocketAddr,
+) -> anyhow::Result<Option<DunningMailer>> {
+    if !config.dunning.is_on() {
+        return Ok(None);
+    }
+    let postman: Arc<dyn Postman> = match &config.dunning.smtp_url {
+        Some(url) => {
+            Arc::new(SmtpPostman::new(url, &config.dunning.email_from).map_err(anyhow::Error::msg)?)
+        }
+        None => {
+            tracing::warn!("SMTP_URL is unset: dunning emails are written to the log");
+            Arc::new(LogPostman)
+        }
+    };
+    let billing_url = match &config.dunning.billing_page_url {
+        Some(url) => url.to_string(),
+        None => format!(
+            "{}/settings/billing",
+            dashboard_url(config, http_addr).trim_end_matches('/')
+        ),
+    };
+    Ok(Some(DunningMailer::new(
+        store,
+        postman,
+        billing_url,
+        config.dunning.poll_interval,
+    )))
 }
 
 /// The billing use cases on their own (for one-off commands such as `reconcile`).
@@ -424,7 +471,8 @@ fn build_billing(
         config.duplicate_policy,
         subject_keys(config),
         config.selling.clone(),
-    ))
+    )
+    .with_dunning(config.dunning.schedule.clone()))
 }
 
 /// The keys of erased users' anonymous entries, from the same keys as the vault.

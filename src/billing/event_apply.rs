@@ -22,7 +22,7 @@ use crate::{
     payments::{
         EventAction, InvoiceOutcome, PaymentError, PaymentGateway, RemoteInvoice, WebhookEvent,
     },
-    store::{PendingEvent, StoreError},
+    store::{NewDunningEmail, PendingEvent, StoreError},
     telemetry::error_chain,
 };
 
@@ -391,7 +391,7 @@ impl Work<'_> {
             }
             let mut tx = self.billing.store.begin().await?;
             // The user's row serialises this with everything else that changes the user.
-            tx.lock_subscription(self.user).await?;
+            let stored = tx.lock_subscription(self.user).await?;
             let before = tx.invoice_state(provider, &remote.id).await?;
             if before.as_ref().is_some_and(|b| &b.user_id != self.user) {
                 tracing::warn!(invoice_id = id, "invoice stored for another user; ignored");
@@ -422,6 +422,33 @@ impl Work<'_> {
             };
             for entry in invoice_activity(&invoice, outcome, before_status, now_status) {
                 tx.log_activity(self.user, &entry).await?;
+            }
+            // Dunning: written with the event, so a redelivery or another replica finds it.
+            if outcome == InvoiceOutcome::PaymentFailed && now_status == Some(InvoiceStatus::Open) {
+                let emails = self
+                    .billing
+                    .dunning_plan(&stored, &remote, self.event.created);
+                let planned = emails
+                    .iter()
+                    .map(|(step, due, grace_ends)| NewDunningEmail {
+                        user: self.user,
+                        provider,
+                        invoice_id: &remote.id,
+                        step: *step,
+                        recipient: remote.customer_email.as_deref(),
+                        due: *due,
+                        grace_ends: *grace_ends,
+                    })
+                    .collect::<Vec<_>>();
+                if !planned.is_empty() {
+                    tx.schedule_dunning(&planned).await?;
+                }
+            }
+            if matches!(
+                now_status,
+                Some(InvoiceStatus::Paid | InvoiceStatus::Void | InvoiceStatus::Uncollectible)
+            ) {
+                tx.cancel_dunning(provider, &remote.id).await?;
             }
             let result = match (moves, evidence) {
                 (true, Evidence::Snapshot(_)) => "applied",

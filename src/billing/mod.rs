@@ -9,6 +9,9 @@
 
 mod account_closure;
 mod checkout;
+pub mod dunning_email;
+pub mod dunning_mailer;
+mod dunning_plan;
 mod event_apply;
 mod event_owner;
 pub mod event_processor;
@@ -84,6 +87,8 @@ pub struct Billing {
     price_list: price_list::PriceList,
     /// Trials and promotion codes.
     selling: SellingConfig,
+    /// Days after a failed renewal on which reminders go out.
+    dunning_schedule: Vec<u32>,
 }
 
 /// A subscription with the tier it entitles to now.
@@ -127,6 +132,7 @@ impl Billing {
         Self {
             price_list,
             selling,
+            dunning_schedule: Vec::new(),
             store,
             gateways,
             past_due_grace,

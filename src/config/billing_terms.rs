@@ -23,7 +23,7 @@ pub struct BillingTermsSettings {
     #[arg(long, env = "PRICE_REFRESH_INTERVAL", default_value = "10m", value_parser = humantime::parse_duration, global = true)]
     pub price_refresh_interval: Duration,
     /// Where dunning emails are sent: `smtp://host:port` (plain, tests and local relays),
-    /// `smtp://user:pass@host:587` (STARTTLS) or `smtps://...` (TLS). Unset in development:
+    /// `smtp://user:pass@host:587?tls=required` (STARTTLS) or `smtps://...` (TLS). Unset in development:
     /// emails are written to the log. Required in production while dunning is on.
     #[arg(long, env = "SMTP_URL", hide_env_values = true, global = true)]
     pub smtp_url: Option<String>,
@@ -39,9 +39,12 @@ pub struct BillingTermsSettings {
     /// (comma-separated; `0` is the day it failed). Empty: no dunning emails.
     #[arg(long, env = "DUNNING_SCHEDULE", default_value = "0,3,7", global = true)]
     pub dunning_schedule: String,
-    /// Where the billing page is, for the links in emails (default: the first allowed origin).
+    /// Where the billing page is, for the links in emails (default: the dashboard's).
     #[arg(long, env = "BILLING_PAGE_URL", global = true)]
     pub billing_page_url: Option<String>,
+    /// How often each replica looks for dunning emails that are due.
+    #[arg(long, env = "DUNNING_POLL_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
+    pub dunning_poll_interval: Duration,
 }
 
 /// How plans are sold.
@@ -61,8 +64,9 @@ pub struct DunningConfig {
     /// `None`: emails go to the log (development only).
     pub smtp_url: Option<SecretString>,
     pub email_from: String,
-    /// The billing page, for links in emails; `None`: taken from the allowed origins.
+    /// The billing page, for links in emails; `None`: the dashboard's.
     pub billing_page_url: Option<url::Url>,
+    pub poll_interval: Duration,
 }
 
 impl DunningConfig {
@@ -165,6 +169,7 @@ pub(super) fn dunning(
         smtp_url: smtp_url.map(SecretString::from),
         email_from: s.email_from.clone(),
         billing_page_url,
+        poll_interval: s.dunning_poll_interval.max(Duration::from_millis(10)),
     }
 }
 

@@ -6,6 +6,7 @@ pub mod catalogue;
 pub mod contact;
 pub mod contact_csv;
 pub mod credentials;
+pub mod dunning;
 pub mod erasure;
 pub mod freshness;
 pub mod integration;

@@ -105,6 +105,8 @@ pub struct RemoteInvoice {
     pub period_start: Option<DateTime<Utc>>,
     pub period_end: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
+    /// Where the provider sends the customer's mail about it (dunning emails go there too).
+    pub customer_email: Option<String>,
 }
 
 impl RemoteInvoice {

@@ -156,6 +156,7 @@ pub(super) fn sale(v: &Value) -> Result<RemoteInvoice, String> {
         period_start: None,
         period_end: None,
         created_at: time(v, &["create_time"]).unwrap_or_default(),
+        customer_email: None,
     })
 }
 

@@ -500,6 +500,7 @@ impl PaymentGateway for StripeGateway {
             period_start: time(invoice.period_start),
             period_end: time(invoice.period_end),
             created_at: time(invoice.created).unwrap_or_else(Utc::now),
+            customer_email: invoice.customer_email.clone(),
         })
     }
 

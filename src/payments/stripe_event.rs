@@ -152,6 +152,7 @@ pub(super) fn invoice_from_json(invoice: &Value) -> Option<RemoteInvoice> {
         period_start: timestamp(invoice.get("period_start")),
         period_end: timestamp(invoice.get("period_end")),
         created_at: timestamp(invoice.get("created"))?,
+        customer_email: text("customer_email"),
     })
 }
 

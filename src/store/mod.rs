@@ -7,6 +7,8 @@ mod shared;
 #[macro_use]
 pub mod contact_import;
 #[macro_use]
+pub(crate) mod dunning_sql;
+#[macro_use]
 mod integration_sql;
 #[macro_use]
 mod webhook_sql;
@@ -16,6 +18,7 @@ pub(crate) mod mpesa_sql;
 mod sync_sql;
 #[macro_use]
 pub(crate) mod user_data_sql;
+pub mod dunning;
 pub mod migrations;
 mod mobile_payments;
 mod postgres;
@@ -44,6 +47,7 @@ use crate::domain::{
 };
 
 pub use contact_import::ContactImport;
+pub use dunning::{ClaimedDunningEmail, DunningOutbox, NewDunningEmail};
 pub use mobile_payments::{MobilePayments, NewMobilePayment, Settled};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -103,6 +107,7 @@ pub trait Store:
     BillingRecords
     + WebhookStore
     + MobilePayments
+    + DunningOutbox
     + IntegrationStore
     + SyncQueue
     + ContactImport
@@ -303,6 +308,18 @@ pub trait BillingTx: Send {
 
     /// Records the period a paid M-Pesa payment bought.
     async fn save_prepaid_period(&mut self, period: &PrepaidPeriod) -> Result<(), StoreError>;
+
+    /// Writes dunning emails to the outbox; an invoice's step already there stays as it is.
+    /// Returns how many were new.
+    async fn schedule_dunning(&mut self, emails: &[NewDunningEmail<'_>])
+    -> Result<u64, StoreError>;
+
+    /// Calls off the invoice's emails not sent yet (it was paid, voided or written off).
+    async fn cancel_dunning(
+        &mut self,
+        provider: PaymentProvider,
+        invoice_id: &str,
+    ) -> Result<u64, StoreError>;
 
     /// Makes every change of this transaction visible.
     async fn commit(self: Box<Self>) -> Result<(), StoreError>;

@@ -207,6 +207,7 @@ integration_store!(PgStore, id: "::uuid", text: "::text", skip_locked: " FOR UPD
 contact_import!(PgStore, begin: "BEGIN", user_lock: "SELECT pg_advisory_xact_lock(hashtext($1))");
 webhook_store!(PgStore);
 mobile_payments!(PgStore);
+dunning_outbox!(PgStore);
 user_data_store!(PgStore);
 sync_queue!(PgStore, id: "::uuid", text: "::text",
     horizon: "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint", begin: "BEGIN",

@@ -175,6 +175,49 @@ macro_rules! billing_tx {
                 Ok(())
             }
 
+            async fn schedule_dunning(
+                &mut self,
+                emails: &[$crate::store::NewDunningEmail<'_>],
+            ) -> Result<u64, $crate::store::StoreError> {
+                let mut new = 0;
+                for email in emails {
+                    let done = sqlx::query(
+                        "INSERT INTO dunning_emails (id, user_id, provider, invoice_id, step, \
+                         recipient, due_at, next_attempt_at, grace_ends_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8) \
+                         ON CONFLICT (provider, invoice_id, step) DO NOTHING",
+                    )
+                    .bind(uuid::Uuid::now_v7().to_string())
+                    .bind(email.user.as_str())
+                    .bind(email.provider.as_str())
+                    .bind(email.invoice_id)
+                    .bind(email.step.to_string())
+                    .bind(email.recipient)
+                    .bind(email.due)
+                    .bind(email.grace_ends)
+                    .execute(&mut *self.0)
+                    .await?;
+                    new += done.rows_affected();
+                }
+                Ok(new)
+            }
+
+            async fn cancel_dunning(
+                &mut self,
+                provider: $crate::domain::subscription::PaymentProvider,
+                invoice_id: &str,
+            ) -> Result<u64, $crate::store::StoreError> {
+                let done = sqlx::query(
+                    "UPDATE dunning_emails SET state = 'cancelled', last_error = 'invoice settled' \
+                     WHERE provider = $1 AND invoice_id = $2 AND state = 'pending'",
+                )
+                .bind(provider.as_str())
+                .bind(invoice_id)
+                .execute(&mut *self.0)
+                .await?;
+                Ok(done.rows_affected())
+            }
+
             async fn log_activity(
                 &mut self,
                 user: &$crate::domain::UserId,

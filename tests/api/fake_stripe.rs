@@ -347,6 +347,15 @@ impl FakeStripe {
         merge(invoice, patch);
     }
 
+    /// A stored invoice, as Stripe would send it in an event.
+    pub fn invoice_json(&self, id: &str) -> Value {
+        lock(&self.state)
+            .invoices
+            .get(id)
+            .cloned()
+            .unwrap_or_else(|| panic!("no invoice {id}"))
+    }
+
     /// The id of the customer created for `user`, if any.
     pub fn customer_of(&self, user: &str) -> Option<String> {
         lock(&self.state)

@@ -10,6 +10,7 @@ mod fake_mpesa;
 mod fake_oauth;
 mod fake_paypal;
 mod fake_providers;
+mod fake_smtp;
 mod fake_stripe;
 mod harness;
 mod helpers;
@@ -38,6 +39,7 @@ test_modules!(
     contacts_model,
     dashboard,
     data_rights,
+    dunning,
     event_processing,
     grpc_web,
     health,
