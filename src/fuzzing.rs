@@ -46,6 +46,7 @@ pub fn stripe_event(body: &[u8]) -> Result<WebhookEvent, WebhookRejection> {
         premium: vec!["price_premium".into()],
         pro_yearly: None,
         premium_yearly: None,
+        extra_card: None,
     };
     stripe_event::parse(body, &prices)
 }

@@ -25,7 +25,7 @@ use crate::{
     billing::{
         Billing, EventProcessor,
         dunning_mailer::{DunningMailer, LogPostman, Postman, SmtpPostman},
-        mpesa_poller, reconciler,
+        mpesa_poller, overage, reconciler,
     },
     config::{Config, is_allowed_redirect},
     domain::UserId,
@@ -231,6 +231,20 @@ impl Application {
                 }
                 None => futures_util::future::Either::Right(std::future::ready(())),
             };
+        let overage_loop = {
+            let billing = Arc::clone(&billing);
+            let shutdown = shutdown.clone();
+            let interval = config.selling.overage_report_interval;
+            let sold = config
+                .stripe
+                .as_ref()
+                .is_some_and(|s| s.price_extra_card.is_some());
+            async move {
+                if sold {
+                    overage::run(billing, interval, shutdown).await;
+                }
+            }
+        };
         let scheduler_loop = scheduler::run(
             Arc::clone(&store),
             scheduler::SchedulerConfig {
@@ -284,7 +298,8 @@ impl Application {
                 reconcile_loop,
                 scheduler_loop,
                 mpesa_loop,
-                dunning_loop
+                dunning_loop,
+                overage_loop
             );
         };
         let (grpc_result, http_result, ()) = tokio::join!(
@@ -472,7 +487,13 @@ fn build_billing(
         subject_keys(config),
         config.selling.clone(),
     )
-    .with_dunning(config.dunning.schedule.clone()))
+    .with_dunning(config.dunning.schedule.clone())
+    .with_overage(
+        config
+            .stripe
+            .as_ref()
+            .is_some_and(|s| s.price_extra_card.is_some()),
+    ))
 }
 
 /// The keys of erased users' anonymous entries, from the same keys as the vault.

@@ -18,6 +18,7 @@ pub mod event_processor;
 mod lease;
 mod mpesa;
 pub mod mpesa_poller;
+pub mod overage;
 mod plan_changes;
 pub mod price_list;
 pub mod reconciler;
@@ -42,7 +43,7 @@ use crate::{
         invoice::StoredInvoice,
         reconcile::{Reconciled, RemoteSubscription, is_live_at, reconcile},
         subscription::{DuplicatePolicy, PaymentProvider},
-        usage::check_limit,
+        usage::check_limit_with_extras,
     },
     payments::{Gateways, PaymentError},
     store::{BillingTx, InvoiceCursor, Store, StoreError},
@@ -89,6 +90,8 @@ pub struct Billing {
     selling: SellingConfig,
     /// Days after a failed renewal on which reminders go out.
     dunning_schedule: Vec<u32>,
+    /// Extra cards beyond the PRO limit are sold (`STRIPE_PRICE_ID_EXTRA_CARD`).
+    extra_cards_sold: bool,
 }
 
 /// A subscription with the tier it entitles to now.
@@ -133,6 +136,7 @@ impl Billing {
             price_list,
             selling,
             dunning_schedule: Vec::new(),
+            extra_cards_sold: false,
             store,
             gateways,
             past_due_grace,
@@ -210,8 +214,13 @@ impl Billing {
         resource: Resource,
         quantity: u64,
     ) -> Result<LimitCheck, StoreError> {
-        let (tier, usage) = self.usage(user).await?;
-        Ok(check_limit(tier, &usage, resource, quantity))
+        let (subscription, usage) = self.store.standing(user).await?;
+        let subscription = subscription.unwrap_or_else(|| Subscription::free(user.clone()));
+        let extras = self.extras_on(&subscription);
+        let tier = self.entitle(subscription).effective_tier;
+        Ok(check_limit_with_extras(
+            tier, &usage, resource, quantity, extras,
+        ))
     }
 
     /// A billing-portal URL for the user's customer.

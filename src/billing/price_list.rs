@@ -79,7 +79,10 @@ pub fn list_prices() -> PriceTable {
             })
         })
         .collect();
-    PriceTable { prices }
+    PriceTable {
+        prices,
+        extra_card: Default::default(),
+    }
 }
 
 impl PriceList {

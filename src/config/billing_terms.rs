@@ -42,6 +42,9 @@ pub struct BillingTermsSettings {
     /// Where the billing page is, for the links in emails (default: the dashboard's).
     #[arg(long, env = "BILLING_PAGE_URL", global = true)]
     pub billing_page_url: Option<String>,
+    /// How often each replica reports extra cards (overage) to Stripe's meter.
+    #[arg(long, env = "OVERAGE_REPORT_INTERVAL", default_value = "5m", value_parser = humantime::parse_duration, global = true)]
+    pub overage_report_interval: Duration,
     /// How often each replica looks for dunning emails that are due.
     #[arg(long, env = "DUNNING_POLL_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
     pub dunning_poll_interval: Duration,
@@ -54,6 +57,7 @@ pub struct SellingConfig {
     pub trial_days: Option<u32>,
     pub allow_promotion_codes: bool,
     pub price_refresh_interval: Duration,
+    pub overage_report_interval: Duration,
 }
 
 /// Dunning emails.
@@ -113,6 +117,7 @@ pub(super) fn selling(
         trial_days: s.trial_days.filter(|d| *d > 0),
         allow_promotion_codes: s.allow_promotion_codes,
         price_refresh_interval: s.price_refresh_interval,
+        overage_report_interval: s.overage_report_interval.max(Duration::from_millis(10)),
     }
 }
 

@@ -235,6 +235,10 @@ pub struct StripeConfig {
     pub prices_premium: Vec<String>,
     pub price_pro_yearly: Option<String>,
     pub price_premium_yearly: Option<String>,
+    /// The metered price of an extra card-month (overage), when sold.
+    pub price_extra_card: Option<String>,
+    /// The event name of its meter.
+    pub meter_event_extra_card: String,
     pub max_requests_per_second: u32,
 }
 
@@ -321,6 +325,25 @@ pub(super) fn stripe(s: &Settings, problems: &mut Vec<ConfigProblem>) -> Option<
                     problem(setting, "must differ from the monthly prices".into());
                 }
             }
+            let price_extra_card = non_empty(s.stripe_price_id_extra_card.clone());
+            if let Some(extra) = &price_extra_card
+                && (prices_pro.contains(extra)
+                    || prices_premium.contains(extra)
+                    || price_pro_yearly.as_ref() == Some(extra)
+                    || price_premium_yearly.as_ref() == Some(extra))
+            {
+                problem(
+                    "STRIPE_PRICE_ID_EXTRA_CARD",
+                    "must differ from the plans' prices".into(),
+                );
+            }
+            let meter_event = s.stripe_meter_event_extra_card.trim().to_string();
+            if meter_event.is_empty() || meter_event.len() > 100 {
+                problem(
+                    "STRIPE_METER_EVENT_EXTRA_CARD",
+                    "must be 1 to 100 characters".into(),
+                );
+            }
             if price_pro_yearly.is_some() && price_pro_yearly == price_premium_yearly {
                 problem(
                     "STRIPE_PRICE_ID_PREMIUM_YEARLY",
@@ -335,6 +358,8 @@ pub(super) fn stripe(s: &Settings, problems: &mut Vec<ConfigProblem>) -> Option<
                 prices_premium,
                 price_pro_yearly,
                 price_premium_yearly,
+                price_extra_card,
+                meter_event_extra_card: meter_event,
                 max_requests_per_second: s.stripe_max_requests_per_second,
             })
         }

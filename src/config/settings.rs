@@ -149,6 +149,18 @@ pub struct Settings {
     /// Stripe price id of the yearly PREMIUM plan (unset: PREMIUM is sold monthly only).
     #[arg(long, env = "STRIPE_PRICE_ID_PREMIUM_YEARLY", global = true)]
     pub stripe_price_id_premium_yearly: Option<String>,
+    /// Metered Stripe price of one extra card for one month, beyond the PRO limit (unset: no
+    /// overage). Its meter must take events named STRIPE_METER_EVENT_EXTRA_CARD.
+    #[arg(long, env = "STRIPE_PRICE_ID_EXTRA_CARD", global = true)]
+    pub stripe_price_id_extra_card: Option<String>,
+    /// The `event_name` of the Stripe meter behind STRIPE_PRICE_ID_EXTRA_CARD.
+    #[arg(
+        long,
+        env = "STRIPE_METER_EVENT_EXTRA_CARD",
+        default_value = "nexus_extra_card_months",
+        global = true
+    )]
+    pub stripe_meter_event_extra_card: String,
     /// How far a webhook signature's timestamp may be from now, in seconds (Stripe uses 300).
     #[arg(
         long,

@@ -186,10 +186,11 @@ pub fn current_run(
         cancel_at: None,
         past_due_since: None,
         state_as_of: Some(now),
-        terms: super::pricing::Terms {
+        terms: Box::new(super::pricing::Terms {
             currency: Some("kes".into()),
             ..Default::default()
-        },
+        }),
+        overage: false,
     })
 }
 

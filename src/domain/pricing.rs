@@ -64,6 +64,8 @@ pub struct Terms {
     pub currency: Option<String>,
     /// When a free trial ends, for a subscription that has one.
     pub trial_end: Option<DateTime<Utc>>,
+    /// The subscription's item of the metered extra-card price, once overage was set up.
+    pub extra_item: Option<String>,
 }
 
 /// One of the provider's prices: what a tier costs per interval, in each currency it offers.
@@ -82,6 +84,8 @@ pub struct ProviderPrice {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PriceTable {
     pub prices: Vec<ProviderPrice>,
+    /// One extra card for one month (overage), by currency; empty when not sold.
+    pub extra_card: BTreeMap<String, i64>,
 }
 
 /// Why a currency cannot be used.
@@ -208,6 +212,7 @@ mod tests {
 
     fn table() -> PriceTable {
         PriceTable {
+            extra_card: BTreeMap::new(),
             prices: vec![
                 price(
                     Tier::Pro,

@@ -136,14 +136,16 @@ pub fn reconcile(
         past_due_since,
         state_as_of: stored.state_as_of,
         // A provider that does not say its currency keeps the one known for this subscription.
-        terms: super::pricing::Terms {
+        terms: Box::new(super::pricing::Terms {
             currency: remote
                 .terms
                 .currency
                 .clone()
                 .or_else(|| same.then(|| stored.terms.currency.clone()).flatten()),
             ..remote.terms.clone()
-        },
+        }),
+        // The opt-in belongs to the subscription it was made for.
+        overage: same && stored.overage,
     };
     let mut activity = describe_change(stored, &next, same);
     if remote.tier.is_none() && (!same || stored.status != next.status) {

@@ -149,8 +149,11 @@ pub struct Subscription {
     /// The instant this state is known to have been current at the provider (see
     /// `domain::freshness`); `None` before the provider was ever heard from.
     pub state_as_of: Option<DateTime<Utc>>,
-    /// Interval, currency and trial, as the provider reports them.
-    pub terms: super::pricing::Terms,
+    /// Interval, currency and trial, as the provider reports them (boxed: rarely read, and
+    /// the subscription moves through many enums).
+    pub terms: Box<super::pricing::Terms>,
+    /// The user opted in to extra cards beyond the plan's limit (overage).
+    pub overage: bool,
 }
 
 impl Subscription {
@@ -170,6 +173,7 @@ impl Subscription {
             past_due_since: None,
             state_as_of: None,
             terms: Default::default(),
+            overage: false,
         }
     }
 

@@ -47,6 +47,44 @@ pub struct LimitCheck {
     pub over_limit_by: u64,
     /// A sentence for the user when not allowed; empty when allowed.
     pub reason: String,
+    /// How many of the asked items are beyond the limit and billed as extras (overage).
+    pub extra: u64,
+}
+
+/// Which tier may buy cards beyond its limit, one card-month at a time (overage).
+pub const OVERAGE_TIER: Tier = Tier::Pro;
+
+/// [`check_limit`] for a user who opted in to extra cards: on the overage tier, cards beyond
+/// the limit are allowed and counted as extras.
+pub fn check_limit_with_extras(
+    tier: Tier,
+    usage: &Usage,
+    resource: Resource,
+    quantity: u64,
+    extras: bool,
+) -> LimitCheck {
+    let mut check = check_limit(tier, usage, resource, quantity);
+    if !(extras && tier == OVERAGE_TIER && resource == Resource::Cards) {
+        return check;
+    }
+    let Limit::Max(max) = check.limit else {
+        return check;
+    };
+    let after = check.used.saturating_add(quantity);
+    check.extra = after.saturating_sub(max) - check.used.saturating_sub(max);
+    if !check.allowed {
+        check.allowed = true;
+        check.reason = String::new();
+    }
+    check
+}
+
+/// Cards beyond the overage tier's limit (billed as extras when the user opted in).
+pub fn extra_cards(tier: Tier, cards: u64) -> u64 {
+    match (tier == OVERAGE_TIER, tier.plan().limits.cards) {
+        (true, Limit::Max(max)) => cards.saturating_sub(max),
+        _ => 0,
+    }
 }
 
 /// Decides whether `quantity` more items fit the effective tier's limit.
@@ -66,6 +104,7 @@ pub fn check_limit(tier: Tier, usage: &Usage, resource: Resource, quantity: u64)
             remaining: None,
             over_limit_by: 0,
             reason: String::new(),
+            extra: 0,
         };
     };
     let remaining = max.saturating_sub(used);
@@ -93,12 +132,39 @@ pub fn check_limit(tier: Tier, usage: &Usage, resource: Resource, quantity: u64)
         remaining: Some(remaining),
         over_limit_by,
         reason,
+        extra: 0,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pro_user_with_extras_may_pass_the_card_limit_and_each_card_beyond_is_counted() {
+        let four = Usage {
+            cards: 4,
+            contacts: 0,
+        };
+        let without = check_limit_with_extras(Tier::Pro, &four, Resource::Cards, 3, false);
+        assert!(!without.allowed);
+        let with = check_limit_with_extras(Tier::Pro, &four, Resource::Cards, 3, true);
+        assert!(with.allowed && with.reason.is_empty());
+        assert_eq!(with.extra, 2, "4 + 3 is 2 beyond 5");
+        let seven = Usage {
+            cards: 7,
+            contacts: 0,
+        };
+        assert_eq!(
+            check_limit_with_extras(Tier::Pro, &seven, Resource::Cards, 1, true).extra,
+            1
+        );
+        // Only PRO cards: FREE and contacts keep their limits.
+        assert!(!check_limit_with_extras(Tier::Free, &seven, Resource::Cards, 1, true).allowed);
+        assert_eq!(extra_cards(Tier::Pro, 7), 2);
+        assert_eq!(extra_cards(Tier::Premium, 70), 0);
+        assert_eq!(extra_cards(Tier::Free, 7), 0);
+    }
 
     #[test]
     fn free_user_may_create_a_first_card_but_not_a_second() {

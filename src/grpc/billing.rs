@@ -8,9 +8,9 @@ use super::{
     caller,
     convert::{
         cursor_from_token, interval_from_proto, invoice_to_proto, limit_check_to_proto,
-        offer_to_proto, page_token, payment_provider_from_proto, payment_provider_value,
-        priced_plan_to_proto, resource_from_proto, subscription_to_proto, tier_from_proto,
-        tier_to_proto, usage_to_proto,
+        offer_to_proto, overage_to_proto, page_token, payment_provider_from_proto,
+        payment_provider_value, priced_plan_to_proto, resource_from_proto, subscription_to_proto,
+        tier_from_proto, tier_to_proto, usage_to_proto,
     },
     proto::billing::{
         CancelSubscriptionRequest, CancelSubscriptionResponse, ChangePlanRequest,
@@ -18,8 +18,8 @@ use super::{
         CreateCheckoutSessionResponse, CreatePortalSessionRequest, CreatePortalSessionResponse,
         GetSubscriptionRequest, GetSubscriptionResponse, GetUsageRequest, GetUsageResponse,
         ListInvoicesRequest, ListInvoicesResponse, ListPlansRequest, ListPlansResponse,
-        ResumeSubscriptionRequest, ResumeSubscriptionResponse,
-        billing_service_server::BillingService,
+        ResumeSubscriptionRequest, ResumeSubscriptionResponse, SetOverageRequest,
+        SetOverageResponse, billing_service_server::BillingService,
     },
     store_status,
 };
@@ -140,14 +140,15 @@ impl BillingService for BillingApi {
         request: Request<GetUsageRequest>,
     ) -> Result<Response<GetUsageResponse>, Status> {
         let caller = caller(&request)?;
-        let (tier, usage) = self
+        let (tier, usage, overage) = self
             .billing
-            .usage(&caller.user_id)
+            .usage_with_overage(&caller.user_id)
             .await
-            .map_err(store_status)?;
+            .map_err(billing_status)?;
         Ok(Response::new(GetUsageResponse {
             effective_tier: tier_to_proto(tier).into(),
             usage: Some(usage_to_proto(tier, &usage)),
+            overage: Some(overage_to_proto(&overage)),
         }))
     }
 
@@ -293,6 +294,21 @@ impl BillingService for BillingApi {
         Ok(Response::new(ListInvoicesResponse {
             invoices: invoices.iter().map(invoice_to_proto).collect(),
             next_page_token: next.as_ref().map(page_token).unwrap_or_default(),
+        }))
+    }
+
+    async fn set_overage(
+        &self,
+        request: Request<SetOverageRequest>,
+    ) -> Result<Response<SetOverageResponse>, Status> {
+        let caller = caller(&request)?;
+        let overage = self
+            .billing
+            .set_overage(&caller.user_id, request.get_ref().enabled)
+            .await
+            .map_err(billing_status)?;
+        Ok(Response::new(SetOverageResponse {
+            overage: Some(overage_to_proto(&overage)),
         }))
     }
 }

@@ -218,6 +218,20 @@ pub fn subscription_to_proto(entitlement: &Entitlement) -> pb::Subscription {
     }
 }
 
+pub fn overage_to_proto(view: &crate::billing::overage::OverageView) -> pb::Overage {
+    let money = |(amount_minor, currency): (i64, String)| pb::Money {
+        amount_minor,
+        currency,
+    };
+    pb::Overage {
+        available: view.available,
+        enabled: view.enabled,
+        extra_cards: wire_count(view.extra_cards),
+        unit_price: view.unit_price.clone().map(money),
+        monthly_cost: view.monthly_cost().map(money),
+    }
+}
+
 pub fn interval_value(interval: Option<BillingInterval>) -> i32 {
     match interval {
         None => pb::BillingInterval::Unspecified,
@@ -294,6 +308,7 @@ pub fn limit_check_to_proto(check: LimitCheck) -> pb::CheckLimitResponse {
             .map_or(Limit::Unlimited.as_wire(), wire_count),
         over_limit_by: wire_count(check.over_limit_by),
         reason: check.reason,
+        extra: wire_count(check.extra),
     }
 }
 

@@ -13,6 +13,7 @@ pub mod provider_clock;
 pub mod stripe;
 pub mod stripe_budget;
 pub(crate) mod stripe_event;
+mod stripe_overage;
 mod stripe_prices;
 mod stripe_raw;
 pub mod stripe_signature;
@@ -270,6 +271,32 @@ pub trait PaymentGateway: Send + Sync + 'static {
         tier: Tier,
         interval: BillingInterval,
     ) -> Result<TierChange, PaymentError>;
+
+    /// Adds the metered extra-card item to a subscription (overage), once: asked again, the
+    /// same item is answered. The subscription as it is then.
+    async fn add_extra_item(
+        &self,
+        subscription_id: &str,
+    ) -> Result<RemoteSubscription, PaymentError> {
+        let _ = subscription_id;
+        Err(PaymentError::NotAvailable(
+            "extra cards are sold through Stripe only".into(),
+        ))
+    }
+
+    /// Reports one extra card-month of `customer_id` to the provider's meter; `identifier` makes
+    /// a resend of the same report harmless.
+    async fn report_extra_card(
+        &self,
+        customer_id: &str,
+        identifier: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), PaymentError> {
+        let _ = (customer_id, identifier, at);
+        Err(PaymentError::NotAvailable(
+            "extra cards are sold through Stripe only".into(),
+        ))
+    }
 
     /// What the provider charges for each tier and interval it sells, in every currency; an
     /// empty table when this service sets the price itself (see [`Self::local_price`]).

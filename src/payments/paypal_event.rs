@@ -119,6 +119,7 @@ pub(super) fn subscription(v: &Value, plans: &PlanMap) -> Result<RemoteSubscript
             )
             .map(str::to_ascii_lowercase),
             trial_end: None,
+            extra_item: None,
         },
     })
 }

@@ -63,6 +63,8 @@ pub struct StripeGateway {
     pub(super) budget: StripeBudget,
     /// Stripe's clock, from the `Date` of its answers to raw calls.
     pub(super) clock: super::provider_clock::ProviderClock,
+    /// The event name of the extra-card meter.
+    pub(super) meter_event: String,
 }
 
 /// How a failed Stripe call is counted in `stripe_requests_total{status}`.
@@ -107,10 +109,12 @@ impl StripeGateway {
                 premium: config.prices_premium.clone(),
                 pro_yearly: config.price_pro_yearly.clone(),
                 premium_yearly: config.price_premium_yearly.clone(),
+                extra_card: config.price_extra_card.clone(),
             },
             verifier: SignatureVerifier::new(config.webhook_secrets.clone(), tolerance),
             budget: StripeBudget::new(config.max_requests_per_second),
             clock: Default::default(),
+            meter_event: config.meter_event_extra_card.clone(),
         })
     }
 
@@ -170,9 +174,16 @@ impl StripeGateway {
         &self,
         sub: &stripe_shared::Subscription,
     ) -> Result<RemoteSubscription, PaymentError> {
-        // One item per subscription is ours; its period is the subscription's (API versions
-        // since 2025-03-31 keep periods on items only).
-        let item = sub.items.data.first();
+        // One item is the plan's, and with overage a metered extra-card item is beside it;
+        // the plan item's period is the subscription's (API versions since 2025-03-31 keep
+        // periods on items only).
+        let item = self.plan_item(sub);
+        let extra_item = sub
+            .items
+            .data
+            .iter()
+            .find(|i| self.prices.is_extra_card(i.price.id.as_str()))
+            .map(|i| i.id.as_str().to_string());
         let price_id = item.map(|i| i.price.id.as_str().to_string());
         let tier = price_id.as_deref().and_then(|p| self.prices.tier_of(p));
         Ok(RemoteSubscription {
@@ -192,8 +203,20 @@ impl StripeGateway {
                     .and_then(|r| r.interval.as_str().parse().ok()),
                 currency: Some(sub.currency.to_string().to_ascii_lowercase()),
                 trial_end: sub.trial_end.and_then(time),
+                extra_item,
             },
         })
+    }
+
+    /// The subscription's item of its plan (not the metered extra-card item).
+    fn plan_item<'a>(
+        &self,
+        sub: &'a stripe_shared::Subscription,
+    ) -> Option<&'a stripe_shared::SubscriptionItem> {
+        sub.items
+            .data
+            .iter()
+            .find(|i| !self.prices.is_extra_card(i.price.id.as_str()))
     }
 }
 
@@ -390,11 +413,9 @@ impl PaymentGateway for StripeGateway {
     ) -> Result<TierChange, PaymentError> {
         let price = self.price_of(tier, interval)?;
         let current = self.retrieve(subscription_id).await?;
-        let item = current
-            .items
-            .data
-            .first()
-            .ok_or_else(|| PaymentError::Malformed("subscription without items".into()))?;
+        let item = self
+            .plan_item(&current)
+            .ok_or_else(|| PaymentError::Malformed("subscription without a plan item".into()))?;
         let mut change = UpdateSubscriptionItems::new();
         change.id = Some(item.id.as_str().to_string());
         change.price = Some(price.to_string());
@@ -414,6 +435,24 @@ impl PaymentGateway for StripeGateway {
 
     async fn prices(&self) -> Result<PriceTable, PaymentError> {
         self.prices_raw().await
+    }
+
+    #[tracing::instrument(skip_all, fields(subscription_id = %subscription_id))]
+    async fn add_extra_item(
+        &self,
+        subscription_id: &str,
+    ) -> Result<RemoteSubscription, PaymentError> {
+        self.add_extra_item_raw(subscription_id).await
+    }
+
+    async fn report_extra_card(
+        &self,
+        customer_id: &str,
+        identifier: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), PaymentError> {
+        self.report_extra_card_raw(customer_id, identifier, at)
+            .await
     }
 
     #[tracing::instrument(skip_all, fields(subscription_id = %subscription_id, cancel = cancel))]

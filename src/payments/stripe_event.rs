@@ -26,6 +26,8 @@ pub struct PriceMap {
     /// The yearly prices, when the tier is sold yearly.
     pub pro_yearly: Option<String>,
     pub premium_yearly: Option<String>,
+    /// The metered price of extra cards (overage), when sold.
+    pub extra_card: Option<String>,
 }
 
 impl PriceMap {
@@ -49,6 +51,11 @@ impl PriceMap {
             (Tier::Premium, BillingInterval::Year) => self.premium_yearly.as_deref(),
             (Tier::Free, _) => None,
         }
+    }
+
+    /// Whether `price_id` is the metered extra-card price (a subscription's second item).
+    pub fn is_extra_card(&self, price_id: &str) -> bool {
+        self.extra_card.as_deref() == Some(price_id)
     }
 
     /// Every price new checkouts use, with its tier and interval.
@@ -97,10 +104,17 @@ fn invoice_subscription(invoice: &Value) -> Option<String> {
 /// A subscription object (from an event or a listing) as this service sees it; `None` when a
 /// field it needs is missing or unknown (the object is then fetched instead).
 pub(super) fn subscription_from_json(sub: &Value, prices: &PriceMap) -> Option<RemoteSubscription> {
-    let item = sub.pointer("/items/data/0");
-    let price_id = item
-        .and_then(|i| id_of(i.get("price")))
-        .or_else(|| item.and_then(|i| id_of(i.get("plan"))));
+    let items = sub
+        .pointer("/items/data")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let price_of = |i: &Value| id_of(i.get("price")).or_else(|| id_of(i.get("plan")));
+    let is_extra = |i: &&Value| price_of(i).is_some_and(|p| prices.is_extra_card(&p));
+    // The plan's item; the metered extra-card item (overage) is beside it.
+    let item = items.iter().find(|i| !is_extra(i));
+    let extra_item = items.iter().find(is_extra).and_then(|i| id_of(i.get("id")));
+    let price_id = item.and_then(price_of);
     // API versions since 2025-03-31 keep periods on items; older ones on the subscription.
     let period =
         |name: &str| timestamp(item.and_then(|i| i.get(name))).or_else(|| timestamp(sub.get(name)));
@@ -125,6 +139,7 @@ pub(super) fn subscription_from_json(sub: &Value, prices: &PriceMap) -> Option<R
                 .and_then(Value::as_str)
                 .map(str::to_ascii_lowercase),
             trial_end: timestamp(sub.get("trial_end")),
+            extra_item,
         },
     })
 }
@@ -254,6 +269,7 @@ mod tests {
             premium: vec!["price_premium".into()],
             pro_yearly: None,
             premium_yearly: None,
+            extra_card: None,
         }
     }
 

@@ -24,7 +24,16 @@ impl StripeGateway {
             let body = self.raw("GET /v1/prices/{id}", self.http.get(url)).await?;
             prices.push(price_from_json(&body, tier, interval)?);
         }
-        Ok(PriceTable { prices })
+        let mut extra_card = std::collections::BTreeMap::new();
+        if let Some(id) = self.prices.extra_card.as_deref() {
+            let url = self.url_with(
+                &format!("v1/prices/{id}"),
+                &[("expand[]", "currency_options")],
+            )?;
+            let body = self.raw("GET /v1/prices/{id}", self.http.get(url)).await?;
+            extra_card = metered_amounts(&body)?;
+        }
+        Ok(PriceTable { prices, extra_card })
     }
 }
 
@@ -80,6 +89,36 @@ pub(super) fn price_from_json(
         default_currency,
         amounts,
     })
+}
+
+/// The amounts of the metered extra-card price, by currency.
+pub(super) fn metered_amounts(body: &Value) -> Result<BTreeMap<String, i64>, PaymentError> {
+    let id = body.get("id").and_then(Value::as_str).unwrap_or("(no id)");
+    let bad = |what: &str| PaymentError::Malformed(format!("price {id}: {what}"));
+    if body
+        .pointer("/recurring/usage_type")
+        .and_then(Value::as_str)
+        != Some("metered")
+    {
+        return Err(bad("STRIPE_PRICE_ID_EXTRA_CARD must be a metered price"));
+    }
+    let currency = body
+        .get("currency")
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad("no currency"))?;
+    let amount = body
+        .get("unit_amount")
+        .and_then(Value::as_i64)
+        .ok_or_else(|| bad("no unit_amount"))?;
+    let mut amounts = BTreeMap::from([(currency.to_ascii_lowercase(), amount)]);
+    if let Some(options) = body.get("currency_options").and_then(Value::as_object) {
+        for (c, option) in options {
+            if let Some(a) = option.get("unit_amount").and_then(Value::as_i64) {
+                amounts.insert(c.to_ascii_lowercase(), a);
+            }
+        }
+    }
+    Ok(amounts)
 }
 
 #[cfg(test)]

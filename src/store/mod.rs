@@ -11,6 +11,8 @@ pub(crate) mod dunning_sql;
 #[macro_use]
 mod integration_sql;
 #[macro_use]
+mod overage_sql;
+#[macro_use]
 mod webhook_sql;
 #[macro_use]
 pub(crate) mod mpesa_sql;
@@ -21,6 +23,7 @@ pub(crate) mod user_data_sql;
 pub mod dunning;
 pub mod migrations;
 mod mobile_payments;
+pub mod overage;
 mod postgres;
 mod rows;
 mod sqlite;
@@ -49,6 +52,7 @@ use crate::domain::{
 pub use contact_import::ContactImport;
 pub use dunning::{ClaimedDunningEmail, DunningOutbox, NewDunningEmail};
 pub use mobile_payments::{MobilePayments, NewMobilePayment, Settled};
+pub use overage::{ExtraCardMonth, OverageStore, OverageSubscriber};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 pub use sync_queue::{JobCursor, Pruned, SyncQueue};
@@ -108,6 +112,7 @@ pub trait Store:
     + WebhookStore
     + MobilePayments
     + DunningOutbox
+    + OverageStore
     + IntegrationStore
     + SyncQueue
     + ContactImport

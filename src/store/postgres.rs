@@ -208,6 +208,7 @@ contact_import!(PgStore, begin: "BEGIN", user_lock: "SELECT pg_advisory_xact_loc
 webhook_store!(PgStore);
 mobile_payments!(PgStore);
 dunning_outbox!(PgStore);
+overage_store!(PgStore);
 user_data_store!(PgStore);
 sync_queue!(PgStore, id: "::uuid", text: "::text",
     horizon: "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint", begin: "BEGIN",

@@ -56,6 +56,8 @@ pub(super) struct SubscriptionRow {
     pub(super) billing_interval: Option<String>,
     pub(super) currency: Option<String>,
     pub(super) trial_end: Option<DateTime<Utc>>,
+    pub(super) overage_enabled: bool,
+    pub(super) extra_item_id: Option<String>,
 }
 
 from_row!(SubscriptionRow {
@@ -73,13 +75,15 @@ from_row!(SubscriptionRow {
     state_as_of,
     billing_interval,
     currency,
-    trial_end
+    trial_end,
+    overage_enabled,
+    extra_item_id
 });
 
 pub(super) const SUBSCRIPTION_QUERY: &str = "SELECT user_id, tier, status, provider, \
      provider_customer_id, provider_subscription_id, current_period_start, current_period_end, \
      cancel_at_period_end, cancel_at, past_due_since, state_as_of, billing_interval, currency, \
-     trial_end FROM subscriptions WHERE user_id = $1";
+     trial_end, overage_enabled, extra_item_id FROM subscriptions WHERE user_id = $1";
 
 impl TryFrom<SubscriptionRow> for Subscription {
     type Error = StoreError;
@@ -102,7 +106,7 @@ impl TryFrom<SubscriptionRow> for Subscription {
             cancel_at: row.cancel_at,
             past_due_since: row.past_due_since,
             state_as_of: row.state_as_of,
-            terms: crate::domain::pricing::Terms {
+            terms: Box::new(crate::domain::pricing::Terms {
                 interval: row
                     .billing_interval
                     .map(|i| i.parse())
@@ -110,7 +114,9 @@ impl TryFrom<SubscriptionRow> for Subscription {
                     .map_err(corrupt)?,
                 currency: row.currency,
                 trial_end: row.trial_end,
-            },
+                extra_item: row.extra_item_id,
+            }),
+            overage: row.overage_enabled,
         })
     }
 }
@@ -184,7 +190,7 @@ pub(super) const STANDING_QUERY: &str = "SELECT s.user_id, s.tier, s.status, s.p
      s.provider_customer_id, s.provider_subscription_id, s.current_period_start, \
      s.current_period_end, s.cancel_at_period_end, s.cancel_at, s.past_due_since, s.state_as_of, \
      s.user_id IS NOT NULL AS subscribed, \
-     s.billing_interval, s.currency, s.trial_end, \
+     s.billing_interval, s.currency, s.trial_end, s.overage_enabled, s.extra_item_id, \
      COALESCE(u.cards, 0) AS cards, COALESCE(u.contacts, 0) AS contacts \
      FROM (SELECT $1 AS id) k \
      LEFT JOIN subscriptions s ON s.user_id = k.id \
@@ -327,7 +333,8 @@ pub(super) const SAVE_SUBSCRIPTION: &str = "UPDATE subscriptions SET tier = $2, 
      provider = $4, provider_customer_id = $5, provider_subscription_id = $6, \
      current_period_start = $7, current_period_end = $8, cancel_at_period_end = $9, \
      cancel_at = $10, past_due_since = $11, state_as_of = $12, billing_interval = $13, \
-     currency = $14, trial_end = $15 WHERE user_id = $1";
+     currency = $14, trial_end = $15, overage_enabled = $16, extra_item_id = $17 \
+     WHERE user_id = $1";
 
 pub(super) const ENSURE_SUBSCRIPTION: &str = "INSERT INTO subscriptions (user_id, tier, status) \
      VALUES ($1, 'free', 'active') ON CONFLICT (user_id) DO NOTHING";

@@ -55,7 +55,7 @@ macro_rules! billing_tx {
                     "SELECT user_id, tier, status, provider, provider_customer_id, \
                      provider_subscription_id, current_period_start, current_period_end, \
                      cancel_at_period_end, cancel_at, past_due_since, state_as_of, \
-                     billing_interval, currency, trial_end \
+                     billing_interval, currency, trial_end, overage_enabled, extra_item_id \
                      FROM subscriptions WHERE user_id = $1",
                     $lock
                 ))
@@ -87,6 +87,8 @@ macro_rules! billing_tx {
                     .bind(s.terms.interval.map(|i| i.as_str()))
                     .bind(s.terms.currency.as_deref())
                     .bind(s.terms.trial_end)
+                    .bind(s.overage)
+                    .bind(s.terms.extra_item.as_deref())
                     .execute(&mut *self.0)
                     .await?;
                 self.1.saved(s);

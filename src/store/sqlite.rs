@@ -196,6 +196,7 @@ contact_import!(SqliteStore, begin: "BEGIN IMMEDIATE", user_lock: "");
 webhook_store!(SqliteStore);
 mobile_payments!(SqliteStore);
 dunning_outbox!(SqliteStore);
+overage_store!(SqliteStore);
 user_data_store!(SqliteStore);
 sync_queue!(SqliteStore, id: "", text: "",
     horizon: "SELECT 9223372036854775807", begin: "BEGIN IMMEDIATE", schedule: [QUEUE_DUE_SYNCS, BUMP_DUE_SYNCS]);

@@ -108,8 +108,8 @@ fn read_row(row: &rusqlite::Row<'_>) -> Option<(Option<Subscription>, Usage)> {
     };
     let subscribed: bool = row.get(12).ok()?;
     let usage = Usage {
-        cards: u64::try_from(row.get::<_, i64>(16).ok()?).ok()?,
-        contacts: u64::try_from(row.get::<_, i64>(17).ok()?).ok()?,
+        cards: u64::try_from(row.get::<_, i64>(18).ok()?).ok()?,
+        contacts: u64::try_from(row.get::<_, i64>(19).ok()?).ok()?,
     };
     if !subscribed {
         return Some((None, usage));
@@ -130,6 +130,8 @@ fn read_row(row: &rusqlite::Row<'_>) -> Option<(Option<Subscription>, Usage)> {
         billing_interval: text(13)?,
         currency: text(14)?,
         trial_end: time(15)?,
+        overage_enabled: row.get(16).ok()?,
+        extra_item_id: text(17)?,
     };
     Some((Subscription::try_from(subscription).ok(), usage)).filter(|(s, _)| s.is_some())
 }
@@ -176,11 +178,12 @@ mod tests {
                  provider TEXT, provider_customer_id TEXT, provider_subscription_id TEXT,
                  current_period_start TEXT, current_period_end TEXT,
                  cancel_at_period_end INTEGER, cancel_at TEXT, past_due_since TEXT,
-                 state_as_of TEXT, billing_interval TEXT, currency TEXT, trial_end TEXT);
+                 state_as_of TEXT, billing_interval TEXT, currency TEXT, trial_end TEXT,
+                 overage_enabled INTEGER NOT NULL DEFAULT 0, extra_item_id TEXT);
              CREATE TABLE usage_counts (user_id TEXT PRIMARY KEY, cards INTEGER, contacts INTEGER);
              INSERT INTO subscriptions VALUES ('ann', 'pro', 'active', 'stripe', 'cus_1', 'sub_1',
                  '2026-12-01T00:00:00+00:00', '2027-01-01T00:00:00.25+00:00', 0, NULL, NULL, NULL,
-                 'year', 'eur', NULL);
+                 'year', 'eur', NULL, 0, NULL);
              INSERT INTO usage_counts VALUES ('ann', 2, 70);",
         )?;
         let reads = FastReads::for_file(&path).ok_or("no fast reads for a file")?;

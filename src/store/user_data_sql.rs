@@ -49,6 +49,7 @@ pub(crate) const DELETES: &[(&str, Count)] = &[
         r.oauth_states += n
     }),
     ("DELETE FROM dunning_emails WHERE user_id = $1", |_, _| {}),
+    ("DELETE FROM overage_reports WHERE user_id = $1", |_, _| {}),
     ("DELETE FROM activity_logs WHERE user_id = $1", |r, n| {
         r.activity_entries += n
     }),

@@ -26,6 +26,9 @@ pub const PRICE_PRO: &str = "price_pro_test";
 pub const PRICE_PREMIUM: &str = "price_premium_test";
 pub const PRICE_PRO_YEARLY: &str = "price_pro_yearly_test";
 pub const PRICE_PREMIUM_YEARLY: &str = "price_premium_yearly_test";
+/// The metered price of an extra card-month (not in [`FakeStripe::settings`]).
+pub const PRICE_EXTRA_CARD: &str = "price_extra_card_test";
+pub const METER_EVENT: &str = "nexus_extra_card_months";
 
 const FIXTURES: &str = include_str!("../fixtures/stripe/fixtures.json");
 
@@ -88,6 +91,10 @@ struct State {
     /// Prices by id, with every currency option (`GET /v1/prices/{id}` shows them only
     /// when asked with `expand[]=currency_options`, as Stripe does).
     prices: HashMap<String, Value>,
+    /// Meter events taken (their form fields), as Stripe counts them: one per identifier.
+    meter_events: Vec<HashMap<String, String>>,
+    /// Meter events to take and then drop the answer of (the caller sees a lost connection).
+    lose_meter_answers: u32,
 }
 
 /// The fake Stripe API.
@@ -141,6 +148,16 @@ impl FakeStripe {
             let price = objects::price_object(&fixtures, id, interval, amounts);
             lock(&state).prices.insert(id.to_string(), price);
         }
+        let mut extra = objects::price_object(
+            &fixtures,
+            PRICE_EXTRA_CARD,
+            "month",
+            &[("usd", 200), ("eur", 190)],
+        );
+        extra["recurring"]["usage_type"] = json!("metered");
+        lock(&state)
+            .prices
+            .insert(PRICE_EXTRA_CARD.to_string(), extra);
         let counter = Arc::new(AtomicU64::new(0));
         let server = FakeServer::start(Handler {
             state: Arc::clone(&state),
@@ -259,6 +276,16 @@ impl FakeStripe {
     pub fn put_price(&self, id: &str, interval: &str, amounts: &[(&str, i64)]) {
         let price = objects::price_object(&self.fixtures, id, interval, amounts);
         lock(&self.state).prices.insert(id.to_string(), price);
+    }
+
+    /// Meter events Stripe counted (one per identifier).
+    pub fn meter_events(&self) -> Vec<HashMap<String, String>> {
+        lock(&self.state).meter_events.clone()
+    }
+
+    /// Takes the next `n` meter events but loses their answers.
+    pub fn lose_meter_answers(&self, n: u32) {
+        lock(&self.state).lose_meter_answers = n;
     }
 
     /// Refunds created (their form fields).

@@ -213,6 +213,72 @@ impl Handler {
                 state.invoices.insert(invoice, paid);
                 sub
             }
+            // As Stripe: a price or subscription it does not know is refused; the new item has
+            // no quantity (metered).
+            ("POST", ["v1", "subscription_items"]) => {
+                let price = form.get("price").cloned().unwrap_or_default();
+                if !state.prices.contains_key(&price) {
+                    return error(
+                        400,
+                        "invalid_request_error",
+                        &format!("No such price: '{price}'"),
+                    );
+                }
+                let sub_id = form.get("subscription").cloned().unwrap_or_default();
+                let item_id = self.next("si_extra");
+                let Some(sub) = state.subscriptions.get_mut(&sub_id) else {
+                    return error(
+                        400,
+                        "invalid_request_error",
+                        &format!("No such subscription: '{sub_id}'"),
+                    );
+                };
+                let mut item = sub["items"]["data"][0].clone();
+                item["id"] = json!(item_id);
+                item["price"]["id"] = json!(price);
+                item["price"]["recurring"]["usage_type"] = json!("metered");
+                item["quantity"] = Value::Null;
+                if let Some(items) = sub["items"]["data"].as_array_mut() {
+                    // Stripe does not promise an order: the new item comes first.
+                    items.insert(0, item.clone());
+                }
+                item
+            }
+            // As Stripe: one event per identifier; an unknown customer is refused.
+            ("POST", ["v1", "billing", "meter_events"]) => {
+                let identifier = form.get("identifier").cloned().unwrap_or_default();
+                if state
+                    .meter_events
+                    .iter()
+                    .any(|e| e.get("identifier") == Some(&identifier))
+                {
+                    return error(
+                        400,
+                        "invalid_request_error",
+                        &format!("An event with identifier {identifier} already exists."),
+                    );
+                }
+                let customer = form
+                    .get("payload[stripe_customer_id]")
+                    .cloned()
+                    .unwrap_or_default();
+                if !state.customers.contains_key(&customer) {
+                    return error(
+                        400,
+                        "invalid_request_error",
+                        "No customer found for the payload",
+                    );
+                }
+                state.meter_events.push(form.clone());
+                let answer = json!({ "object": "billing.meter_event", "identifier": identifier,
+                    "event_name": form.get("event_name"), "livemode": false,
+                    "payload": { "stripe_customer_id": customer, "value": form.get("payload[value]") } });
+                if state.lose_meter_answers > 0 {
+                    state.lose_meter_answers -= 1;
+                    return ResponseTemplate::new(200).set_body_json(answer).lost();
+                }
+                answer
+            }
             ("POST", ["v1", "refunds"]) => {
                 state.refunds.push(form.clone());
                 json!({ "id": self.next("re_test"), "object": "refund", "status": "succeeded",

@@ -50,6 +50,7 @@ test_modules!(
     money_seams_mpesa,
     money_seams_reconciler,
     mpesa,
+    overage,
     oauth,
     oauth_browser,
     oauth_providers,
