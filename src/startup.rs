@@ -43,11 +43,12 @@ use crate::{
         Integrations, IntegrationsSettings, oauth::OAuth, scheduler, sync_worker::SyncWorker,
         tokens::TokenKeeper,
     },
+    payments::sandbox::Sandbox,
     payments::{
         Gateways, PaymentGateway, mpesa::MpesaGateway, paypal::PaypalGateway, stripe::StripeGateway,
     },
     providers::{ProviderEndpoints, Providers, RateLimits},
-    sidecar::{self, DASHBOARD_PATH, DashboardSettings, SidecarState},
+    sidecar::{self, DASHBOARD_PATH, DashboardSettings, SANDBOX_API, SidecarState},
     store::{self, Store},
     telemetry::request_span,
     vault::Vault,
@@ -60,6 +61,8 @@ pub const DEV_USER_ID: &str = "dev-user";
 /// ports are known before serving).
 pub struct Application {
     config: Config,
+    /// The development payments sandbox, when on.
+    sandbox: Option<Arc<Sandbox>>,
     /// Browser origins allowed by CORS and as redirect targets.
     origins: Vec<String>,
     store: Arc<dyn Store>,
@@ -86,6 +89,8 @@ impl Application {
             .with_context(|| format!("cannot listen on HTTP_ADDR {}", config.http_addr))?;
         // Known once bound (port 0 in tests): the dashboard's own origins are allowed.
         let origins = config.browser_origins(http_listener.local_addr()?.port());
+        let mut config = config;
+        let sandbox = start_sandbox(&mut config, http_listener.local_addr()?)?;
         let store = connect_store(&config).await?;
         let billing = Arc::new(build_billing(&config, &origins, Arc::clone(&store))?);
         let Integrated {
@@ -114,6 +119,7 @@ impl Application {
         let verifier = Arc::new(JwtVerifier::new(&config.jwt)?);
         Ok(Self {
             config,
+            sandbox,
             origins,
             store,
             billing,
@@ -174,6 +180,7 @@ impl Application {
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let Self {
             config,
+            sandbox,
             origins,
             store,
             billing,
@@ -264,7 +271,9 @@ impl Application {
                 grpc_web_url: config.dashboard_grpc_url.as_ref().map(|u| u.to_string()),
                 grpc_port: grpc_listener.local_addr()?.port(),
                 development: config.jwt.generated,
+                sandbox: sandbox.is_some(),
             },
+            sandbox,
         });
         let (grpc_addr, http_addr) = (grpc_listener.local_addr()?, http_listener.local_addr()?);
         let grpc = grpc_server(
@@ -334,6 +343,32 @@ fn dashboard_url(config: &Config, http_addr: SocketAddr) -> String {
         http_addr.ip().to_string()
     };
     format!("http://{host}:{}{DASHBOARD_PATH}", http_addr.port())
+}
+
+/// The development sandbox, when the configuration turned it on: its API is served by the
+/// sidecar, and the Stripe gateway is pointed at it.
+fn start_sandbox(
+    config: &mut Config,
+    http_addr: SocketAddr,
+) -> anyhow::Result<Option<Arc<Sandbox>>> {
+    let (true, Some(stripe)) = (config.sandbox, &config.stripe) else {
+        return Ok(None);
+    };
+    let host = if http_addr.ip().is_unspecified() {
+        std::net::IpAddr::from([127, 0, 0, 1])
+    } else {
+        http_addr.ip()
+    };
+    let api = SocketAddr::new(host, http_addr.port());
+    let pages = dashboard_url(config, http_addr);
+    let pages = url::Url::parse(&pages)
+        .map(|u| u.origin().ascii_serialization())
+        .unwrap_or_else(|_| format!("http://{api}"));
+    let sandbox = Sandbox::new(stripe, &pages).context("cannot load the sandbox's objects")?;
+    config.endpoints.stripe_api_base = url::Url::parse(&format!("http://{api}{SANDBOX_API}"))
+        .context("the sandbox's API address")?;
+    tracing::warn!(%pages, "payments sandbox on: test mode, no money moves (APP_ENV=development and no payment provider is configured)");
+    Ok(Some(Arc::new(sandbox)))
 }
 
 /// The dunning outbox's sender: SMTP when `SMTP_URL` is set, else the log (development; the

@@ -42,12 +42,30 @@ pub struct BillingTermsSettings {
     /// Where the billing page is, for the links in emails (default: the dashboard's).
     #[arg(long, env = "BILLING_PAGE_URL", global = true)]
     pub billing_page_url: Option<String>,
+    /// `auto`: in APP_ENV=development with no payment provider configured, payments go to a
+    /// sandbox this service plays itself (test mode, no money moves); `off`: never. Production
+    /// never has it.
+    #[arg(
+        long,
+        env = "PAYMENTS_SANDBOX",
+        value_enum,
+        default_value = "auto",
+        global = true
+    )]
+    pub payments_sandbox: SandboxMode,
     /// How often each replica reports extra cards (overage) to Stripe's meter.
     #[arg(long, env = "OVERAGE_REPORT_INTERVAL", default_value = "5m", value_parser = humantime::parse_duration, global = true)]
     pub overage_report_interval: Duration,
     /// How often each replica looks for dunning emails that are due.
     #[arg(long, env = "DUNNING_POLL_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
     pub dunning_poll_interval: Duration,
+}
+
+/// Whether the development payments sandbox may run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SandboxMode {
+    Auto,
+    Off,
 }
 
 /// How plans are sold.

@@ -18,12 +18,16 @@ mod parse;
 mod payments;
 mod settings;
 
-pub use billing_terms::{BillingTermsSettings, DunningConfig, SellingConfig, parse_schedule};
+pub use billing_terms::{
+    BillingTermsSettings, DunningConfig, SandboxMode, SellingConfig, parse_schedule,
+};
 use origins::DEV_ORIGINS;
 pub use origins::{is_allowed_redirect, parse_origins};
 pub use parse::parse_rate_limits;
 use parse::{dev_encryption_key, non_empty, parse_key, random_hex};
-pub use payments::{MpesaConfig, PaymentSettings, PaypalConfig, StripeConfig};
+pub use payments::{
+    MpesaConfig, PaymentSettings, PaypalConfig, SANDBOX_PRICES, StripeConfig, sandbox_stripe,
+};
 pub use settings::*;
 
 /// One invalid setting: which, and what is wrong (never its value).
@@ -144,6 +148,8 @@ pub struct Config {
     pub oauth: OAuthConfig,
     /// Trials, promotion codes and the price cache.
     pub selling: SellingConfig,
+    /// Payments go to the development sandbox (`payments::sandbox`); `stripe` holds its keys.
+    pub sandbox: bool,
     pub dunning: DunningConfig,
 }
 
@@ -504,6 +510,17 @@ impl Config {
             zoho_accounts_servers,
         };
 
+        // The sandbox: development only, and only while no real provider is configured.
+        let sandbox = s.billing_terms.payments_sandbox == SandboxMode::Auto
+            && !production
+            && stripe.is_none()
+            && paypal.is_none()
+            && mpesa.is_none();
+        let stripe = if sandbox {
+            Some(sandbox_stripe())
+        } else {
+            stripe
+        };
         let selling = billing_terms::selling(&s.billing_terms, &mut problems);
         let dunning = billing_terms::dunning(&s.billing_terms, production, &mut problems);
         problems.extend(payment_problems);
@@ -555,6 +572,7 @@ impl Config {
             oauth,
             selling,
             dunning,
+            sandbox,
         })
     }
 }

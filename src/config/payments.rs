@@ -222,6 +222,48 @@ pub(super) fn mpesa(
     })
 }
 
+/// The sandbox's price ids (`payments::sandbox` answers them at the list prices).
+pub const SANDBOX_PRICES: [(
+    &str,
+    crate::domain::Tier,
+    crate::domain::pricing::BillingInterval,
+); 4] = {
+    use crate::domain::{Tier, pricing::BillingInterval};
+    [
+        ("price_sandbox_pro_month", Tier::Pro, BillingInterval::Month),
+        ("price_sandbox_pro_year", Tier::Pro, BillingInterval::Year),
+        (
+            "price_sandbox_premium_month",
+            Tier::Premium,
+            BillingInterval::Month,
+        ),
+        (
+            "price_sandbox_premium_year",
+            Tier::Premium,
+            BillingInterval::Year,
+        ),
+    ]
+};
+
+/// Stripe settings for the development sandbox: keys made up for this process (the sandbox
+/// checks them like Stripe does), the sandbox's prices. The API base is set at start-up, once
+/// the sidecar's port is known.
+pub fn sandbox_stripe() -> StripeConfig {
+    let secret = |prefix: &str| format!("{prefix}{}", super::random_hex(16));
+    StripeConfig {
+        secret_key: secret("sk_test_sandbox_").into(),
+        webhook_secrets: vec![secret("whsec_sandbox_").into()],
+        webhook_tolerance: Duration::from_secs(300),
+        prices_pro: vec![SANDBOX_PRICES[0].0.to_string()],
+        prices_premium: vec![SANDBOX_PRICES[2].0.to_string()],
+        price_pro_yearly: Some(SANDBOX_PRICES[1].0.to_string()),
+        price_premium_yearly: Some(SANDBOX_PRICES[3].0.to_string()),
+        price_extra_card: None,
+        meter_event_extra_card: "nexus_extra_card_months".into(),
+        max_requests_per_second: 100,
+    }
+}
+
 /// Validated Stripe settings; present only when `STRIPE_SECRET_KEY` is set.
 #[derive(Debug)]
 pub struct StripeConfig {

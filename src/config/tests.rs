@@ -188,6 +188,50 @@ fn paypal_and_mpesa_name_every_missing_setting_and_never_print_secrets() {
 }
 
 #[test]
+fn the_sandbox_runs_only_in_development_and_only_without_a_real_provider() {
+    let dev = config_from(&[]);
+    assert!(dev.sandbox, "development with no provider: the sandbox");
+    let stripe = dev
+        .stripe
+        .as_ref()
+        .map(|s| s.secret_key.expose_secret().to_string());
+    assert!(stripe.is_some_and(|k| k.starts_with("sk_test_sandbox_")));
+    assert!(!config_from(&["--payments-sandbox=off"]).sandbox);
+    let real = config_from(&[
+        "--stripe-secret-key=sk_test_real",
+        "--stripe-webhook-secret=whsec_real",
+        "--stripe-price-id-pro=price_a",
+        "--stripe-price-id-premium=price_b",
+    ]);
+    assert!(!real.sandbox);
+    assert_eq!(
+        real.stripe
+            .as_ref()
+            .map(|s| s.secret_key.expose_secret().to_string())
+            .as_deref(),
+        Some("sk_test_real")
+    );
+    let mpesa_only = config_from(&[
+        "--mpesa-consumer-key=key",
+        "--mpesa-consumer-secret=secret",
+        "--mpesa-shortcode=174379",
+        "--mpesa-passkey=pass",
+        "--mpesa-callback-url=https://example.com/billing/webhook/mpesa",
+        "--mpesa-price-kes-pro=500",
+        "--mpesa-price-kes-premium=1500",
+    ]);
+    assert!(!mpesa_only.sandbox && mpesa_only.stripe.is_none());
+    let production = config_from(&[
+        "--app-env=production",
+        "--database-url=postgres://db.internal/nexus",
+        "--allowed-origins=https://app.example.com",
+        "--oauth-redirect-url=https://billing.example.com/integrations/oauth/callback",
+        "--smtp-url=smtp://mail.internal:25",
+    ]);
+    assert!(!production.sandbox && production.stripe.is_none());
+}
+
+#[test]
 fn production_needs_smtp_while_dunning_is_on_and_never_repeats_the_url() {
     let production = [
         "--app-env=production",

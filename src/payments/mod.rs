@@ -10,6 +10,7 @@ pub mod paypal;
 pub(crate) mod paypal_event;
 mod provider_api;
 pub mod provider_clock;
+pub mod sandbox;
 pub mod stripe;
 pub mod stripe_budget;
 pub(crate) mod stripe_event;
@@ -418,7 +419,7 @@ pub struct Gateways {
 }
 
 /// The message every payment RPC answers when no payment provider is configured.
-pub const NOT_CONFIGURED: &str = "payments are not configured";
+pub const NOT_CONFIGURED: &str = "payments are not configured: set STRIPE_SECRET_KEY, PAYPAL_CLIENT_ID or MPESA_CONSUMER_KEY (in APP_ENV=development with none of them set, the payments sandbox is used)";
 
 impl Gateways {
     pub fn new(

@@ -25,6 +25,8 @@ pub struct DashboardSettings {
     pub grpc_web_url: Option<String>,
     pub grpc_port: u16,
     pub development: bool,
+    /// Payments go to the development sandbox.
+    pub sandbox: bool,
 }
 
 #[derive(Serialize)]
@@ -34,6 +36,7 @@ struct PageConfig<'a> {
     grpc_web_url: Option<&'a str>,
     grpc_port: u16,
     development: bool,
+    sandbox: bool,
 }
 
 /// Whether `path` is the dashboard's to answer.
@@ -49,6 +52,7 @@ pub fn serve(settings: &DashboardSettings, request: &Request<Incoming>) -> Respo
             grpc_web_url: settings.grpc_web_url.as_deref(),
             grpc_port: settings.grpc_port,
             development: settings.development,
+            sandbox: settings.sandbox,
         };
         let body = serde_json::to_vec(&config).unwrap_or_default();
         return with_headers(

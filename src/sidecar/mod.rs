@@ -27,10 +27,12 @@ use crate::{
 
 mod dashboard;
 mod oauth;
+mod sandbox;
 mod webhooks;
 
 pub use dashboard::{DASHBOARD_PATH, DashboardSettings};
 pub use oauth::{CallbackQuery, OAUTH_CALLBACK, OAUTH_START};
+pub use sandbox::API_PREFIX as SANDBOX_API;
 
 /// What the sidecar's routes need.
 pub struct SidecarState {
@@ -41,6 +43,8 @@ pub struct SidecarState {
     /// Set the OAuth flow cookie with `Secure` (OAUTH_REDIRECT_URL is https).
     pub secure_cookies: bool,
     pub dashboard: DashboardSettings,
+    /// The development payments sandbox, when on.
+    pub sandbox: Option<Arc<crate::payments::sandbox::Sandbox>>,
 }
 
 /// How long shutdown waits for in-flight sidecar requests.
@@ -124,6 +128,7 @@ fn route_name(path: &str) -> &'static str {
         OAUTH_CALLBACK => OAUTH_CALLBACK,
         OAUTH_START => OAUTH_START,
         p if dashboard::owns(p) => "/dashboard",
+        p if sandbox::owns(p) => "/sandbox",
         _ => "other",
     }
 }
@@ -161,6 +166,10 @@ async fn route_request(state: &SidecarState, request: Request<Incoming>) -> Resp
             dashboard::serve(&state.dashboard, &request)
         }
         (_, p) if dashboard::owns(p) => method_not_allowed("GET"),
+        (_, p) if sandbox::owns(p) => match &state.sandbox {
+            Some(sandbox) => sandbox::route(state, sandbox, request).await,
+            None => text(StatusCode::NOT_FOUND, "not found"),
+        },
         _ => text(StatusCode::NOT_FOUND, "not found"),
     }
 }

@@ -260,6 +260,8 @@ fn base_settings(db_url: &str, data_dir: &std::path::Path) -> Vec<(String, Strin
         ("--webhook-retry-max-delay", "2s"),
         // Tests run the reconciler on demand (`nexus-billing reconcile`).
         ("--reconcile-interval", "0s"),
+        // Payments are what each test configures; the sandbox's own tests turn it on.
+        ("--payments-sandbox", "off"),
     ]
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -59,6 +59,7 @@ test_modules!(
     plans_and_prices,
     product_metrics,
     provider_rules,
+    sandbox,
     sidecar,
     store_contract,
     streamed_files,
