@@ -26,7 +26,7 @@ pub mod webhook_intake;
 
 pub use checkout::NewCheckout;
 pub use event_processor::EventProcessor;
-pub use mpesa::CallbackOutcome;
+pub use mpesa::{CallbackOutcome, CheckoutState, CheckoutStatus};
 pub use plan_changes::PlanChange;
 pub use webhook_intake::{WebhookError, WebhookOutcome};
 
@@ -62,6 +62,9 @@ pub enum BillingError {
     /// The request is fine but the user's state does not allow it.
     #[error("{0}")]
     Precondition(String),
+    /// What the request names does not exist (or is not the caller's).
+    #[error("{0}")]
+    NotFound(String),
     /// Another change of the same subscription is running: try again.
     #[error("{0}")]
     Busy(String),

@@ -478,3 +478,60 @@ pub(super) fn pending_precondition(
         "an M-Pesa payment request sent {minutes} min ago is still waiting on your phone; answer it (or let it expire) before asking again"
     ))
 }
+
+/// Where a checkout the payer finishes on the phone stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckoutStatus {
+    pub state: CheckoutState,
+    pub reason: Option<String>,
+    pub tier: crate::domain::Tier,
+    pub provider: PaymentProvider,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckoutState {
+    Pending,
+    Paid,
+    Cancelled,
+    TimedOut,
+    Failed,
+}
+
+impl Billing {
+    /// The caller's M-Pesa request `session_id` (its CheckoutRequestID), as stored now; another
+    /// user's is answered as unknown.
+    pub async fn checkout_status(
+        &self,
+        user: &UserId,
+        session_id: &str,
+    ) -> Result<CheckoutStatus, BillingError> {
+        let unknown = || {
+            BillingError::NotFound(
+                "no such checkout of yours (card and PayPal checkouts come back to success_url)"
+                    .into(),
+            )
+        };
+        let payment = self
+            .store
+            .mobile_payment(session_id)
+            .await?
+            .filter(|p| &p.user_id == user)
+            .ok_or_else(unknown)?;
+        use crate::payments::mpesa::{FailureKind, failure_kind};
+        let state = match payment.state {
+            PaymentState::Pending => CheckoutState::Pending,
+            PaymentState::Paid => CheckoutState::Paid,
+            PaymentState::Failed => match failure_kind(payment.reason.as_deref().unwrap_or("")) {
+                FailureKind::Cancelled => CheckoutState::Cancelled,
+                FailureKind::TimedOut => CheckoutState::TimedOut,
+                FailureKind::Other => CheckoutState::Failed,
+            },
+        };
+        Ok(CheckoutStatus {
+            state,
+            reason: payment.reason.filter(|_| state != CheckoutState::Paid),
+            tier: payment.tier,
+            provider: PaymentProvider::Mpesa,
+        })
+    }
+}

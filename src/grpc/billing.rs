@@ -16,15 +16,16 @@ use super::{
         CancelSubscriptionRequest, CancelSubscriptionResponse, ChangePlanRequest,
         ChangePlanResponse, CheckLimitRequest, CheckLimitResponse, CreateCheckoutSessionRequest,
         CreateCheckoutSessionResponse, CreatePortalSessionRequest, CreatePortalSessionResponse,
-        GetSubscriptionRequest, GetSubscriptionResponse, GetUsageRequest, GetUsageResponse,
-        ListInvoicesRequest, ListInvoicesResponse, ListPlansRequest, ListPlansResponse,
-        ResumeSubscriptionRequest, ResumeSubscriptionResponse, SetOverageRequest,
-        SetOverageResponse, billing_service_server::BillingService,
+        GetCheckoutStatusRequest, GetCheckoutStatusResponse, GetSubscriptionRequest,
+        GetSubscriptionResponse, GetUsageRequest, GetUsageResponse, ListInvoicesRequest,
+        ListInvoicesResponse, ListPlansRequest, ListPlansResponse, ResumeSubscriptionRequest,
+        ResumeSubscriptionResponse, SetOverageRequest, SetOverageResponse,
+        billing_service_server::BillingService,
     },
     store_status,
 };
 use crate::{
-    billing::{Billing, BillingError, NewCheckout},
+    billing::{Billing, BillingError, CheckoutState, NewCheckout},
     domain::{plans::PLANS, pricing::BillingInterval, subscription::PaymentProvider},
     payments::PaymentError,
     telemetry::error_chain,
@@ -36,6 +37,7 @@ pub(crate) fn billing_status(error: BillingError) -> Status {
         BillingError::Store(e) => store_status(e),
         BillingError::Invalid(message) => Status::invalid_argument(message),
         BillingError::Precondition(message) => Status::failed_precondition(message),
+        BillingError::NotFound(message) => Status::not_found(message),
         BillingError::Busy(message) => Status::aborted(message),
         BillingError::Unconfirmed(message) => Status::unavailable(message),
         BillingError::Payment(PaymentError::NotAvailable(message)) => {
@@ -309,6 +311,38 @@ impl BillingService for BillingApi {
             .map_err(billing_status)?;
         Ok(Response::new(SetOverageResponse {
             overage: Some(overage_to_proto(&overage)),
+        }))
+    }
+
+    async fn get_checkout_status(
+        &self,
+        request: Request<GetCheckoutStatusRequest>,
+    ) -> Result<Response<GetCheckoutStatusResponse>, Status> {
+        let caller = caller(&request)?;
+        let session_id = request.get_ref().session_id.as_str();
+        if session_id.is_empty() || session_id.len() > 255 {
+            return Err(Status::invalid_argument(
+                "session_id must be the one CreateCheckoutSession answered",
+            ));
+        }
+        let status = self
+            .billing
+            .checkout_status(&caller.user_id, session_id)
+            .await
+            .map_err(billing_status)?;
+        use crate::grpc::proto::billing::CheckoutState as Wire;
+        let state = match status.state {
+            CheckoutState::Pending => Wire::Pending,
+            CheckoutState::Paid => Wire::Paid,
+            CheckoutState::Cancelled => Wire::Cancelled,
+            CheckoutState::TimedOut => Wire::TimedOut,
+            CheckoutState::Failed => Wire::Failed,
+        };
+        Ok(Response::new(GetCheckoutStatusResponse {
+            state: state.into(),
+            reason: status.reason.unwrap_or_default(),
+            tier: tier_to_proto(status.tier).into(),
+            provider: payment_provider_value(status.provider),
         }))
     }
 }

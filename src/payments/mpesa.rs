@@ -141,6 +141,27 @@ pub fn read_callback(body: &[u8]) -> Result<StkCallback, WebhookRejection> {
     })
 }
 
+/// How a failed request ended, for a page that follows it, read from [`failure_reason`]'s
+/// words (the stored reason).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    Cancelled,
+    TimedOut,
+    Other,
+}
+
+pub fn failure_kind(reason: &str) -> FailureKind {
+    if reason.starts_with("the payment was cancelled on the phone") {
+        FailureKind::Cancelled
+    } else if reason.starts_with("the phone could not be reached in time")
+        || reason.starts_with("the payment request expired")
+    {
+        FailureKind::TimedOut
+    } else {
+        FailureKind::Other
+    }
+}
+
 /// Daraja's result codes as a payer reads them.
 pub fn failure_reason(code: i64, description: &str) -> String {
     match code {
@@ -482,6 +503,19 @@ mod tests {
     fn failure_codes_read_as_reasons() {
         assert!(failure_reason(1032, "Request cancelled by user").contains("cancelled"));
         assert!(failure_reason(1037, "").contains("could not be reached"));
+        assert_eq!(
+            failure_kind(&failure_reason(1032, "")),
+            FailureKind::Cancelled
+        );
+        assert_eq!(
+            failure_kind(&failure_reason(1037, "")),
+            FailureKind::TimedOut
+        );
+        assert_eq!(
+            failure_kind(&failure_reason(1019, "")),
+            FailureKind::TimedOut
+        );
+        assert_eq!(failure_kind(&failure_reason(1, "")), FailureKind::Other);
         assert!(failure_reason(1, "").contains("balance"));
         assert!(failure_reason(17, "Rule limited").contains("Rule limited (code 17)"));
     }

@@ -6,8 +6,8 @@
 
 use chrono::Utc;
 use nexus_billing::grpc::proto::billing::{
-    CancelSubscriptionRequest, ChangePlanRequest, CreateCheckoutSessionRequest, ListPlansRequest,
-    PaymentProvider, Tier,
+    CancelSubscriptionRequest, ChangePlanRequest, CheckoutState, CreateCheckoutSessionRequest,
+    GetCheckoutStatusRequest, GetCheckoutStatusResponse, ListPlansRequest, PaymentProvider, Tier,
 };
 use tonic::Code;
 
@@ -60,6 +60,25 @@ pub async fn push(app: &TestApp, user: &str, tier: Tier) -> String {
         answer.message
     );
     answer.session_id
+}
+
+/// GetCheckoutStatus as `user` sees request `id`.
+pub async fn checkout_status(
+    app: &TestApp,
+    user: &str,
+    id: &str,
+) -> Result<GetCheckoutStatusResponse, Code> {
+    app.billing()
+        .await
+        .get_checkout_status(authed(
+            GetCheckoutStatusRequest {
+                session_id: id.to_string(),
+            },
+            &token(user),
+        ))
+        .await
+        .map(|r| r.into_inner())
+        .map_err(|s| s.code())
 }
 
 /// POSTs a callback; returns the status and the acknowledgement's ResultCode.
@@ -192,6 +211,13 @@ async fn a_confirmed_payment_buys_a_period_with_a_kes_invoice_once(backend: Back
     let body = callback(&id, 0, Some("NLJ7RT61SV"), PRICE_PRO);
     assert_eq!(post_callback(&app, &body).await, (200, 0));
     assert_eq!(settled(&app, &id).await.0, "paid");
+    let followed = checkout_status(&app, "mp-bo", &id)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        (followed.state, followed.reason.as_str()),
+        (i32::from(CheckoutState::Paid), "")
+    );
     app.settle().await;
     assert!(
         mpesa.queries(&id) >= 1,
@@ -267,12 +293,17 @@ async fn a_confirmed_payment_buys_a_period_with_a_kes_invoice_once(backend: Back
 
 async fn cancelled_and_timed_out_payments_record_why(backend: Backend) {
     let (app, mpesa) = spawn(backend).await;
-    for (user, code, words) in [
-        ("mp-cy", 1032, "cancelled on the phone"),
-        ("mp-di", 1037, "could not be reached"),
-        ("mp-ed", 1, "balance is not enough"),
+    for (user, code, words, ended) in [
+        ("mp-cy", 1032, "cancelled on the phone", CheckoutState::Cancelled),
+        ("mp-di", 1037, "could not be reached", CheckoutState::TimedOut),
+        ("mp-ed", 1, "balance is not enough", CheckoutState::Failed),
     ] {
         let id = push(&app, user, Tier::Pro).await;
+        // The page follows the request: waiting for the phone, and nobody else's.
+        let waiting = checkout_status(&app, user, &id).await;
+        assert_eq!(waiting.map(|s| s.state), Ok(i32::from(CheckoutState::Pending)));
+        let other = checkout_status(&app, "mp-stranger", &id).await;
+        assert_eq!(other.err(), Some(Code::NotFound));
         mpesa.resolve(&id, code);
         assert_eq!(
             post_callback(&app, &callback(&id, code, None, 0)).await,
@@ -280,6 +311,12 @@ async fn cancelled_and_timed_out_payments_record_why(backend: Backend) {
         );
         let (state, reason) = settled(&app, &id).await;
         assert_eq!(state, "failed", "{user}");
+        let followed = checkout_status(&app, user, &id)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(followed.state, i32::from(ended), "{user}");
+        assert!(followed.reason.contains(words), "{user}: {}", followed.reason);
+        assert_eq!(followed.tier, i32::from(Tier::Pro));
         assert!(
             reason.as_deref().unwrap_or("").contains(words),
             "{user}: {reason:?}"

@@ -38,6 +38,10 @@ export default async function ({ page, env, shot, step }) {
   const link = warning.getByRole("link", { name: "Pay the open invoice" });
   assert.equal(await link.getAttribute("href"), env.OPEN_INVOICE_URL);
   await warning.getByRole("button", { name: "Open the billing portal" }).waitFor();
+  step("the dunning banner says until when the plan stays on (PAST_DUE_GRACE after the failure)");
+  const grace = await warning.getByTestId("grace-ends").textContent();
+  assert.match(grace, /^Your Pro plan stays on until \w+ \d{1,2}, \d{4};/);
+  assert.ok(grace.includes(env.GRACE_ENDS), `${grace} does not name ${env.GRACE_ENDS}`);
   await shot("past-due");
 
   step("invoices a page at a time");

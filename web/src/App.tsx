@@ -99,6 +99,12 @@ export function App({ config }: { config: DashboardConfig }) {
             </button>
           </span>
         </header>
+        {config.sandbox && (
+          <p className="notice notice-info sandbox-banner" role="note" data-testid="sandbox-banner">
+            <strong>Payments sandbox:</strong> test mode, no money moves. Checkout and the billing portal are this
+            service's own pages.
+          </p>
+        )}
         <main id="main" tabIndex={-1}>
           {onIntegrations ? <IntegrationsPage /> : <BillingPage />}
         </main>

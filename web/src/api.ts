@@ -13,6 +13,8 @@ export interface DashboardConfig {
   grpcPort: number;
   /** Development: the service prints a token at start-up. */
   development: boolean;
+  /** Payments go to the service's own test-mode sandbox (no money moves). */
+  sandbox?: boolean;
 }
 
 export async function loadConfig(): Promise<DashboardConfig> {

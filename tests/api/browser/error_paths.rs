@@ -73,6 +73,13 @@ async fn expiring_tokens_past_due_troubled_connections_invoice_pages_and_an_unre
     }
     // Expired ten minutes ago: beyond any clock leeway.
     let expired = sign(&claims(user, &[], -600), JWT_SECRET);
+    // The day the grace ends, as the page writes it (en-US; the machine's zone is UTC).
+    let grace_ends = crate::subscription_lifecycle::subscription(&app, user)
+        .await
+        .grace_ends_at
+        .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, 0))
+        .map(|t| t.format("%B %-d, %Y").to_string())
+        .unwrap_or_else(|| panic!("a past-due subscription shows when its grace ends"));
 
     run_scenario(
         "error-paths",
@@ -83,6 +90,7 @@ async fn expiring_tokens_past_due_troubled_connections_invoice_pages_and_an_unre
             // The scenario signs a token that ends seconds later with these.
             ("JWT_SECRET", JWT_SECRET.to_string()),
             ("USER", user.to_string()),
+            ("GRACE_ENDS", grace_ends),
             (
                 "OPEN_INVOICE_URL",
                 open["hosted_invoice_url"]

@@ -8,6 +8,7 @@
 //! Screenshots go to `target/e2e-screenshots/`. They run on SQLite (the storage is covered on
 //! both backends by the other tests; these cover the pages).
 
+mod billing_choices;
 mod billing_flows;
 mod error_paths;
 mod hosted_checkout;
@@ -33,6 +34,7 @@ fn chromium() -> PathBuf {
 /// The scenarios of every file.
 pub(crate) fn trials() -> Vec<libtest_mimic::Trial> {
     [
+        billing_choices::trials(),
         billing_flows::trials(),
         error_paths::trials(),
         integrations_flows::trials(),

@@ -1,6 +1,11 @@
 // /dashboard/settings/billing: the plan, usage, the three tiers, the invoices and the activity.
 import { useCallback, useEffect, useRef, useState } from "react";
-import type { GetUsageResponse, Plan, Subscription } from "../gen/nexus/billing/v1/billing_pb";
+import {
+  BillingInterval,
+  type GetUsageResponse,
+  type Plan,
+  type Subscription,
+} from "../gen/nexus/billing/v1/billing_pb";
 import { useSession } from "../context";
 import { useToast } from "../components/Toasts";
 import { ErrorPanel } from "../components/ErrorPanel";
@@ -20,6 +25,9 @@ import { UsagePanel } from "./UsagePanel";
 
 interface Loaded {
   plans: Plan[];
+  /** The currency the prices are in, and every one they can be bought in. */
+  currency: string;
+  currencies: string[];
   subscription?: Subscription;
   usage?: GetUsageResponse;
 }
@@ -35,19 +43,27 @@ export function BillingPage() {
   const [error, setError] = useState<string | null>(null);
   const [confirming, setConfirming] = useState(false);
   const [invoicesVersion, setInvoicesVersion] = useState(0);
+  const [interval, setBillingInterval] = useState<BillingInterval>(BillingInterval.MONTH);
+  const [currency, setCurrency] = useState("");
   const handled = useRef(false);
 
   const load = useCallback(async () => {
     const [plans, sub, usage] = await Promise.all([
-      api.billing.listPlans({}),
+      api.billing.listPlans({ currency }),
       api.billing.getSubscription({}),
       api.billing.getUsage({}),
     ]);
-    const loaded = { plans: plans.plans, subscription: sub.subscription, usage };
+    const loaded = {
+      plans: plans.plans,
+      currency: plans.currency,
+      currencies: plans.currencies,
+      subscription: sub.subscription,
+      usage,
+    };
     setData(loaded);
     setError(null);
     return loaded;
-  }, [api]);
+  }, [api, currency]);
 
   const refresh = useCallback(() => {
     load().catch((e: unknown) => setError(explain(e)));
@@ -117,8 +133,46 @@ export function BillingPage() {
         </p>
       )}
       <PlanSummary subscription={data.subscription} confirming={confirming} onChanged={refresh} />
-      <UsagePanel usage={data.usage} />
-      <TierCards plans={data.plans} subscription={data.subscription} disabled={confirming} onChanged={refresh} />
+      <UsagePanel usage={data.usage} onChanged={refresh} />
+      <div className="billing-choices" role="group" aria-label="How prices are shown">
+        <fieldset className="segmented">
+          <legend>Billing period</legend>
+          {[
+            [BillingInterval.MONTH, "Monthly"],
+            [BillingInterval.YEAR, "Yearly"],
+          ].map(([value, label]) => (
+            <label key={value}>
+              <input
+                type="radio"
+                name="interval"
+                checked={interval === value}
+                onChange={() => setBillingInterval(value as BillingInterval)}
+              />
+              {label}
+            </label>
+          ))}
+        </fieldset>
+        {data.currencies.length > 1 && (
+          <label className="currency">
+            Currency
+            <select value={data.currency} onChange={(e) => setCurrency(e.target.value)}>
+              {data.currencies.map((c) => (
+                <option key={c} value={c}>
+                  {c.toUpperCase()}
+                </option>
+              ))}
+            </select>
+          </label>
+        )}
+      </div>
+      <TierCards
+        plans={data.plans}
+        subscription={data.subscription}
+        interval={interval}
+        currency={currency}
+        disabled={confirming}
+        onChanged={refresh}
+      />
       <InvoiceList version={invoicesVersion} />
       <ActivityList kinds={["subscription.", "payment.", "invoice."]} version={invoicesVersion} />
     </div>

@@ -55,7 +55,11 @@ export function PlanSummary({ subscription: sub, confirming, onChanged }: Props)
           </h2>
           {paid && !confirming && (
             <p data-testid="renewal">
-              {sub?.cancelAtPeriodEnd ? `Cancels on ${ends}` : `Renews on ${date(sub?.currentPeriodEnd)}`}
+              {sub?.cancelAtPeriodEnd
+                ? `Cancels on ${ends}`
+                : sub?.status === SubscriptionStatus.TRIALING && sub.trialEnd
+                  ? `Trial ends on ${date(sub.trialEnd)}`
+                  : `Renews on ${date(sub?.currentPeriodEnd)}`}
             </p>
           )}
           {!paid && !confirming && <p>The free plan: no card needed.</p>}
@@ -66,7 +70,7 @@ export function PlanSummary({ subscription: sub, confirming, onChanged }: Props)
           </span>
         )}
       </div>
-      {pastDue && <PastDueWarning />}
+      {pastDue && <PastDueWarning graceEnds={date(sub?.graceEndsAt)} tier={tierName(sub?.tier ?? Tier.FREE)} />}
       {paid && !confirming && (
         <div className="actions">
           {sub?.cancelAtPeriodEnd ? (
@@ -105,8 +109,9 @@ export function PlanSummary({ subscription: sub, confirming, onChanged }: Props)
   );
 }
 
-/** The last payment failed: link to the open invoice, or to the billing portal. */
-function PastDueWarning() {
+/** The last payment failed: until when the plan stays, a link to the open invoice, and the
+ * billing portal. */
+function PastDueWarning({ graceEnds, tier }: { graceEnds: string; tier: string }) {
   const { api, explain } = useSession();
   const toast = useToast();
   const [invoiceUrl, setInvoiceUrl] = useState<string | null>(null);
@@ -130,8 +135,15 @@ function PastDueWarning() {
   return (
     <div className="notice notice-warning" role="alert" data-testid="past-due">
       <p>
-        <strong>Your last payment failed.</strong> Pay the open invoice or update your payment method to keep your
-        plan.
+        <strong>Your last payment failed.</strong>{" "}
+        {graceEnds ? (
+          <span data-testid="grace-ends">
+            Your {tier} plan stays on until {graceEnds}; pay the open invoice or update your payment method before then
+            to keep it.
+          </span>
+        ) : (
+          "Pay the open invoice or update your payment method to keep your plan."
+        )}
       </p>
       <p className="actions">
         {invoiceUrl && (

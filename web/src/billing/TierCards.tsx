@@ -1,23 +1,31 @@
-// The three tiers from ListPlans, with upgrade and downgrade behind a confirmation: checkout for
-// a first subscription, ChangePlan after, cancellation for a move to Free.
+// The three tiers from ListPlans at the chosen interval and currency, with upgrade and downgrade
+// behind a confirmation: the checkout dialog (card, PayPal or M-Pesa) for a first subscription,
+// ChangePlan after, cancellation for a move to Free.
 import { useState } from "react";
-import { PaymentProvider, Tier, type Plan, type Subscription } from "../gen/nexus/billing/v1/billing_pb";
+import { BillingInterval, Tier, type Plan, type Subscription } from "../gen/nexus/billing/v1/billing_pb";
 import { ConfirmDialog } from "../components/Modal";
 import { useToast } from "../components/Toasts";
-import { BILLING_PATH } from "../paths";
 import { useSession } from "../context";
 import { count, date, money } from "../format";
-import { hasPaidSubscription, rememberCheckout } from "./checkoutReturn";
+import { CheckoutDialog } from "./CheckoutDialog";
+import { hasPaidSubscription } from "./checkoutReturn";
 import { TIER_ORDER, tierName } from "./labels";
 
 interface Props {
   plans: Plan[];
   subscription?: Subscription;
+  interval: BillingInterval;
+  currency: string;
   disabled: boolean;
   onChanged: () => void;
 }
 
-export function TierCards({ plans, subscription, disabled, onChanged }: Props) {
+/** The plan's price at `interval`, or its monthly one when it is not sold that way. */
+export function priceAt(plan: Plan, interval: BillingInterval) {
+  return plan.prices.find((p) => p.interval === interval) ?? plan.prices.find((p) => p.interval === BillingInterval.MONTH);
+}
+
+export function TierCards({ plans, subscription, interval, currency, disabled, onChanged }: Props) {
   const { api, explain } = useSession();
   const toast = useToast();
   const [target, setTarget] = useState<Plan | null>(null);
@@ -34,24 +42,8 @@ export function TierCards({ plans, subscription, disabled, onChanged }: Props) {
         const answer = await api.billing.cancelSubscription({});
         toast("success", `You move to Free on ${date(answer.subscription?.currentPeriodEnd)}.`);
         onChanged();
-      } else if (!paid) {
-        const back = `${window.location.origin}${BILLING_PATH}`;
-        // Stripe when it sells the tier, else PayPal (both send the browser to a page).
-        const offered = plan.offers.map((o) => o.provider);
-        const provider = offered.includes(PaymentProvider.STRIPE) || !offered.includes(PaymentProvider.PAYPAL)
-          ? PaymentProvider.STRIPE
-          : PaymentProvider.PAYPAL;
-        const session = await api.billing.createCheckoutSession({
-          tier: plan.tier,
-          provider,
-          successUrl: `${back}?success=true`,
-          cancelUrl: `${back}?canceled=true`,
-        });
-        rememberCheckout(plan.tier);
-        window.location.assign(session.url);
-        return;
       } else {
-        const answer = await api.billing.changePlan({ tier: plan.tier });
+        const answer = await api.billing.changePlan({ tier: plan.tier, interval });
         if (answer.approvalUrl) {
           // PayPal asks the payer to approve the new plan on its own page.
           window.location.assign(answer.approvalUrl);
@@ -75,13 +67,19 @@ export function TierCards({ plans, subscription, disabled, onChanged }: Props) {
           const isCurrent = plan.tier === current;
           const up = rank(plan.tier) > rank(current);
           const l = plan.limits;
+          const price = priceAt(plan, interval);
+          const free = Number(plan.price?.amountMinor ?? 0) === 0 && !price;
           return (
             <li key={plan.tier} className={`card tier${isCurrent ? " tier-current" : ""}`} aria-current={isCurrent ? "true" : undefined}>
               <h3>{plan.name || tierName(plan.tier)}</h3>
-              <p className="price">
-                {Number(plan.price?.amountMinor ?? 0) === 0 ? "Free" : money(plan.price)}
-                {Number(plan.price?.amountMinor ?? 0) > 0 && plan.interval && <span> / {plan.interval}</span>}
+              <p className="price" data-testid={`price-${tierName(plan.tier).toLowerCase()}`}>
+                {free ? "Free" : money(price?.amount ?? plan.price)}
+                {!free && <span> / {price?.interval === BillingInterval.YEAR ? "year" : "month"}</span>}
               </p>
+              {price?.saving && <p className="saving">{price.saving}</p>}
+              {!free && interval === BillingInterval.YEAR && price?.interval !== BillingInterval.YEAR && (
+                <p className="hint">Sold monthly only</p>
+              )}
               {l && (
                 <ul className="limits">
                   <li>{count(l.cards, "card")}</li>
@@ -91,7 +89,11 @@ export function TierCards({ plans, subscription, disabled, onChanged }: Props) {
                   </li>
                 </ul>
               )}
-              {isCurrent ? (
+              {isCurrent && paid && subscription?.interval && subscription.interval !== interval && price?.interval === interval ? (
+                <button type="button" disabled={disabled} onClick={() => setTarget(plan)}>
+                  {interval === BillingInterval.YEAR ? "Switch to yearly billing" : "Switch to monthly billing"}
+                </button>
+              ) : isCurrent ? (
                 <button type="button" disabled>
                   Your plan
                 </button>
@@ -109,11 +111,23 @@ export function TierCards({ plans, subscription, disabled, onChanged }: Props) {
           );
         })}
       </ul>
-      {target && (
+      {target && !paid && target.tier !== Tier.FREE && (
+        <CheckoutDialog
+          plan={target}
+          interval={interval}
+          currency={currency}
+          onClose={() => setTarget(null)}
+          onPaid={() => {
+            setTarget(null);
+            onChanged();
+          }}
+        />
+      )}
+      {target && (paid || target.tier === Tier.FREE) && (
         <ConfirmDialog
           title={`${rank(target.tier) > rank(current) ? "Upgrade" : "Downgrade"} to ${tierName(target.tier)}?`}
-          message={<ChangeMessage plan={target} paid={paid} />}
-          confirmLabel={!paid && target.tier !== Tier.FREE ? "Go to checkout" : `Switch to ${tierName(target.tier)}`}
+          message={<ChangeMessage plan={target} interval={interval} />}
+          confirmLabel={`Switch to ${tierName(target.tier)}`}
           busy={busy}
           onConfirm={() => change(target)}
           onClose={() => setTarget(null)}
@@ -123,22 +137,16 @@ export function TierCards({ plans, subscription, disabled, onChanged }: Props) {
   );
 }
 
-function ChangeMessage({ plan, paid }: { plan: Plan; paid: boolean }) {
+function ChangeMessage({ plan, interval }: { plan: Plan; interval: BillingInterval }) {
   if (plan.tier === Tier.FREE) {
     return <p>Your subscription is canceled at the end of this period; you keep your plan until then.</p>;
   }
-  if (!paid) {
-    return (
-      <p>
-        You will pay {money(plan.price)} per {plan.interval || "month"} on a secure checkout page, then come back
-        here.
-      </p>
-    );
-  }
+  const price = priceAt(plan, interval);
   return (
     <p>
-      Your subscription moves to {tierName(plan.tier)} ({money(plan.price)} per {plan.interval || "month"}) now; the
-      difference is prorated on your next invoice.
+      Your subscription moves to {tierName(plan.tier)} ({money(price?.amount ?? plan.price)} per{" "}
+      {price?.interval === BillingInterval.YEAR ? "year" : "month"}) now; the difference is prorated on your next
+      invoice.
     </p>
   );
 }

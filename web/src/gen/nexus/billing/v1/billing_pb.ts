@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file nexus/billing/v1/billing.proto.
  */
 export const file_nexus_billing_v1_billing: GenFile = /*@__PURE__*/
-  fileDesc("Ch5uZXh1cy9iaWxsaW5nL3YxL2JpbGxpbmcucHJvdG8SEG5leHVzLmJpbGxpbmcudjEiLwoFTW9uZXkSFAoMYW1vdW50X21pbm9yGAEgASgDEhAKCGN1cnJlbmN5GAIgASgJIk8KClBsYW5MaW1pdHMSDQoFY2FyZHMYASABKAMSEAoIY29udGFjdHMYAiABKAMSIAoYYW5hbHl0aWNzX3JldGVudGlvbl9kYXlzGAMgASgDIssBCgRQbGFuEiQKBHRpZXIYASABKA4yFi5uZXh1cy5iaWxsaW5nLnYxLlRpZXISDAoEbmFtZRgCIAEoCRImCgVwcmljZRgDIAEoCzIXLm5leHVzLmJpbGxpbmcudjEuTW9uZXkSEAoIaW50ZXJ2YWwYBCABKAkSLAoGbGltaXRzGAUgASgLMhwubmV4dXMuYmlsbGluZy52MS5QbGFuTGltaXRzEicKBm9mZmVycxgGIAMoCzIXLm5leHVzLmJpbGxpbmcudjEuT2ZmZXIiewoFT2ZmZXISMwoIcHJvdmlkZXIYASABKA4yIS5uZXh1cy5iaWxsaW5nLnYxLlBheW1lbnRQcm92aWRlchIsCgtsb2NhbF9wcmljZRgCIAEoCzIXLm5leHVzLmJpbGxpbmcudjEuTW9uZXkSDwoHcHJlcGFpZBgDIAEoCCKkAwoMU3Vic2NyaXB0aW9uEg8KB3VzZXJfaWQYASABKAkSJAoEdGllchgCIAEoDjIWLm5leHVzLmJpbGxpbmcudjEuVGllchIuCg5lZmZlY3RpdmVfdGllchgDIAEoDjIWLm5leHVzLmJpbGxpbmcudjEuVGllchI0CgZzdGF0dXMYBCABKA4yJC5uZXh1cy5iaWxsaW5nLnYxLlN1YnNjcmlwdGlvblN0YXR1cxIzCghwcm92aWRlchgFIAEoDjIhLm5leHVzLmJpbGxpbmcudjEuUGF5bWVudFByb3ZpZGVyEjgKFGN1cnJlbnRfcGVyaW9kX3N0YXJ0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI2ChJjdXJyZW50X3BlcmlvZF9lbmQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhwKFGNhbmNlbF9hdF9wZXJpb2RfZW5kGAggASgIEjIKDmFjY2Vzc19lbmRzX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKBAQoFVXNhZ2USEgoKY2FyZHNfdXNlZBgBIAEoAxITCgtjYXJkc19saW1pdBgCIAEoAxIVCg1jb250YWN0c191c2VkGAMgASgDEhYKDmNvbnRhY3RzX2xpbWl0GAQgASgDEiAKGGFuYWx5dGljc19yZXRlbnRpb25fZGF5cxgFIAEoAyK7AwoHSW52b2ljZRIKCgJpZBgBIAEoCRIbChNwcm92aWRlcl9pbnZvaWNlX2lkGAIgASgJEjMKCHByb3ZpZGVyGAMgASgOMiEubmV4dXMuYmlsbGluZy52MS5QYXltZW50UHJvdmlkZXISKwoKYW1vdW50X2R1ZRgEIAEoCzIXLm5leHVzLmJpbGxpbmcudjEuTW9uZXkSLAoLYW1vdW50X3BhaWQYBSABKAsyFy5uZXh1cy5iaWxsaW5nLnYxLk1vbmV5Ei8KBnN0YXR1cxgGIAEoDjIfLm5leHVzLmJpbGxpbmcudjEuSW52b2ljZVN0YXR1cxIaChJob3N0ZWRfaW52b2ljZV91cmwYByABKAkSFwoPaW52b2ljZV9wZGZfdXJsGAggASgJEjAKDHBlcmlvZF9zdGFydBgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKcGVyaW9kX2VuZBgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLY3JlYXRlX3RpbWUYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIhIKEExpc3RQbGFuc1JlcXVlc3QiOgoRTGlzdFBsYW5zUmVzcG9uc2USJQoFcGxhbnMYASADKAsyFi5uZXh1cy5iaWxsaW5nLnYxLlBsYW4iGAoWR2V0U3Vic2NyaXB0aW9uUmVxdWVzdCJPChdHZXRTdWJzY3JpcHRpb25SZXNwb25zZRI0CgxzdWJzY3JpcHRpb24YASABKAsyHi5uZXh1cy5iaWxsaW5nLnYxLlN1YnNjcmlwdGlvbiIRCg9HZXRVc2FnZVJlcXVlc3QiagoQR2V0VXNhZ2VSZXNwb25zZRIuCg5lZmZlY3RpdmVfdGllchgBIAEoDjIWLm5leHVzLmJpbGxpbmcudjEuVGllchImCgV1c2FnZRgCIAEoCzIXLm5leHVzLmJpbGxpbmcudjEuVXNhZ2UiZAoRQ2hlY2tMaW1pdFJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRIsCghyZXNvdXJjZRgCIAEoDjIaLm5leHVzLmJpbGxpbmcudjEuUmVzb3VyY2USEAoIcXVhbnRpdHkYAyABKAMirAEKEkNoZWNrTGltaXRSZXNwb25zZRIPCgdhbGxvd2VkGAEgASgIEi4KDmVmZmVjdGl2ZV90aWVyGAIgASgOMhYubmV4dXMuYmlsbGluZy52MS5UaWVyEgwKBHVzZWQYAyABKAMSDQoFbGltaXQYBCABKAMSEQoJcmVtYWluaW5nGAUgASgDEhUKDW92ZXJfbGltaXRfYnkYBiABKAMSDgoGcmVhc29uGAcgASgJIrgBChxDcmVhdGVDaGVja291dFNlc3Npb25SZXF1ZXN0EiQKBHRpZXIYASABKA4yFi5uZXh1cy5iaWxsaW5nLnYxLlRpZXISEwoLc3VjY2Vzc191cmwYAiABKAkSEgoKY2FuY2VsX3VybBgDIAEoCRIzCghwcm92aWRlchgEIAEoDjIhLm5leHVzLmJpbGxpbmcudjEuUGF5bWVudFByb3ZpZGVyEhQKDHBob25lX251bWJlchgFIAEoCSKGAQodQ3JlYXRlQ2hlY2tvdXRTZXNzaW9uUmVzcG9uc2USEgoKc2Vzc2lvbl9pZBgBIAEoCRILCgN1cmwYAiABKAkSMwoIcHJvdmlkZXIYAyABKA4yIS5uZXh1cy5iaWxsaW5nLnYxLlBheW1lbnRQcm92aWRlchIPCgdtZXNzYWdlGAQgASgJIjkKEUNoYW5nZVBsYW5SZXF1ZXN0EiQKBHRpZXIYASABKA4yFi5uZXh1cy5iaWxsaW5nLnYxLlRpZXIiYAoSQ2hhbmdlUGxhblJlc3BvbnNlEjQKDHN1YnNjcmlwdGlvbhgBIAEoCzIeLm5leHVzLmJpbGxpbmcudjEuU3Vic2NyaXB0aW9uEhQKDGFwcHJvdmFsX3VybBgCIAEoCSIbChlDYW5jZWxTdWJzY3JpcHRpb25SZXF1ZXN0IlIKGkNhbmNlbFN1YnNjcmlwdGlvblJlc3BvbnNlEjQKDHN1YnNjcmlwdGlvbhgBIAEoCzIeLm5leHVzLmJpbGxpbmcudjEuU3Vic2NyaXB0aW9uIhsKGVJlc3VtZVN1YnNjcmlwdGlvblJlcXVlc3QiUgoaUmVzdW1lU3Vic2NyaXB0aW9uUmVzcG9uc2USNAoMc3Vic2NyaXB0aW9uGAEgASgLMh4ubmV4dXMuYmlsbGluZy52MS5TdWJzY3JpcHRpb24iMAoaQ3JlYXRlUG9ydGFsU2Vzc2lvblJlcXVlc3QSEgoKcmV0dXJuX3VybBgBIAEoCSIqChtDcmVhdGVQb3J0YWxTZXNzaW9uUmVzcG9uc2USCwoDdXJsGAEgASgJIjwKE0xpc3RJbnZvaWNlc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkiXAoUTGlzdEludm9pY2VzUmVzcG9uc2USKwoIaW52b2ljZXMYASADKAsyGS5uZXh1cy5iaWxsaW5nLnYxLkludm9pY2USFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJKksKBFRpZXISFAoQVElFUl9VTlNQRUNJRklFRBAAEg0KCVRJRVJfRlJFRRABEgwKCFRJRVJfUFJPEAISEAoMVElFUl9QUkVNSVVNEAMqzwIKElN1YnNjcmlwdGlvblN0YXR1cxIjCh9TVUJTQ1JJUFRJT05fU1RBVFVTX1VOU1BFQ0lGSUVEEAASHgoaU1VCU0NSSVBUSU9OX1NUQVRVU19BQ1RJVkUQARIgChxTVUJTQ1JJUFRJT05fU1RBVFVTX1RSSUFMSU5HEAISIAocU1VCU0NSSVBUSU9OX1NUQVRVU19QQVNUX0RVRRADEiAKHFNVQlNDUklQVElPTl9TVEFUVVNfQ0FOQ0VMRUQQBBIiCh5TVUJTQ1JJUFRJT05fU1RBVFVTX0lOQ09NUExFVEUQBRIqCiZTVUJTQ1JJUFRJT05fU1RBVFVTX0lOQ09NUExFVEVfRVhQSVJFRBAGEh4KGlNVQlNDUklQVElPTl9TVEFUVVNfVU5QQUlEEAcSHgoaU1VCU0NSSVBUSU9OX1NUQVRVU19QQVVTRUQQCCqJAQoPUGF5bWVudFByb3ZpZGVyEiAKHFBBWU1FTlRfUFJPVklERVJfVU5TUEVDSUZJRUQQABIbChdQQVlNRU5UX1BST1ZJREVSX1NUUklQRRABEhsKF1BBWU1FTlRfUFJPVklERVJfUEFZUEFMEAISGgoWUEFZTUVOVF9QUk9WSURFUl9NUEVTQRADKk8KCFJlc291cmNlEhgKFFJFU09VUkNFX1VOU1BFQ0lGSUVEEAASEgoOUkVTT1VSQ0VfQ0FSRFMQARIVChFSRVNPVVJDRV9DT05UQUNUUxACKrYBCg1JbnZvaWNlU3RhdHVzEh4KGklOVk9JQ0VfU1RBVFVTX1VOU1BFQ0lGSUVEEAASGAoUSU5WT0lDRV9TVEFUVVNfRFJBRlQQARIXChNJTlZPSUNFX1NUQVRVU19PUEVOEAISFwoTSU5WT0lDRV9TVEFUVVNfUEFJRBADEiAKHElOVk9JQ0VfU1RBVFVTX1VOQ09MTEVDVElCTEUQBBIXChNJTlZPSUNFX1NUQVRVU19WT0lEEAUygggKDkJpbGxpbmdTZXJ2aWNlElQKCUxpc3RQbGFucxIiLm5leHVzLmJpbGxpbmcudjEuTGlzdFBsYW5zUmVxdWVzdBojLm5leHVzLmJpbGxpbmcudjEuTGlzdFBsYW5zUmVzcG9uc2USZgoPR2V0U3Vic2NyaXB0aW9uEigubmV4dXMuYmlsbGluZy52MS5HZXRTdWJzY3JpcHRpb25SZXF1ZXN0GikubmV4dXMuYmlsbGluZy52MS5HZXRTdWJzY3JpcHRpb25SZXNwb25zZRJRCghHZXRVc2FnZRIhLm5leHVzLmJpbGxpbmcudjEuR2V0VXNhZ2VSZXF1ZXN0GiIubmV4dXMuYmlsbGluZy52MS5HZXRVc2FnZVJlc3BvbnNlElcKCkNoZWNrTGltaXQSIy5uZXh1cy5iaWxsaW5nLnYxLkNoZWNrTGltaXRSZXF1ZXN0GiQubmV4dXMuYmlsbGluZy52MS5DaGVja0xpbWl0UmVzcG9uc2USeAoVQ3JlYXRlQ2hlY2tvdXRTZXNzaW9uEi4ubmV4dXMuYmlsbGluZy52MS5DcmVhdGVDaGVja291dFNlc3Npb25SZXF1ZXN0Gi8ubmV4dXMuYmlsbGluZy52MS5DcmVhdGVDaGVja291dFNlc3Npb25SZXNwb25zZRJXCgpDaGFuZ2VQbGFuEiMubmV4dXMuYmlsbGluZy52MS5DaGFuZ2VQbGFuUmVxdWVzdBokLm5leHVzLmJpbGxpbmcudjEuQ2hhbmdlUGxhblJlc3BvbnNlEm8KEkNhbmNlbFN1YnNjcmlwdGlvbhIrLm5leHVzLmJpbGxpbmcudjEuQ2FuY2VsU3Vic2NyaXB0aW9uUmVxdWVzdBosLm5leHVzLmJpbGxpbmcudjEuQ2FuY2VsU3Vic2NyaXB0aW9uUmVzcG9uc2USbwoSUmVzdW1lU3Vic2NyaXB0aW9uEisubmV4dXMuYmlsbGluZy52MS5SZXN1bWVTdWJzY3JpcHRpb25SZXF1ZXN0GiwubmV4dXMuYmlsbGluZy52MS5SZXN1bWVTdWJzY3JpcHRpb25SZXNwb25zZRJyChNDcmVhdGVQb3J0YWxTZXNzaW9uEiwubmV4dXMuYmlsbGluZy52MS5DcmVhdGVQb3J0YWxTZXNzaW9uUmVxdWVzdBotLm5leHVzLmJpbGxpbmcudjEuQ3JlYXRlUG9ydGFsU2Vzc2lvblJlc3BvbnNlEl0KDExpc3RJbnZvaWNlcxIlLm5leHVzLmJpbGxpbmcudjEuTGlzdEludm9pY2VzUmVxdWVzdBomLm5leHVzLmJpbGxpbmcudjEuTGlzdEludm9pY2VzUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp]);
+  fileDesc("Ch5uZXh1cy9iaWxsaW5nL3YxL2JpbGxpbmcucHJvdG8SEG5leHVzLmJpbGxpbmcudjEiLwoFTW9uZXkSFAoMYW1vdW50X21pbm9yGAEgASgDEhAKCGN1cnJlbmN5GAIgASgJIk8KClBsYW5MaW1pdHMSDQoFY2FyZHMYASABKAMSEAoIY29udGFjdHMYAiABKAMSIAoYYW5hbHl0aWNzX3JldGVudGlvbl9kYXlzGAMgASgDIvgBCgRQbGFuEiQKBHRpZXIYASABKA4yFi5uZXh1cy5iaWxsaW5nLnYxLlRpZXISDAoEbmFtZRgCIAEoCRImCgVwcmljZRgDIAEoCzIXLm5leHVzLmJpbGxpbmcudjEuTW9uZXkSEAoIaW50ZXJ2YWwYBCABKAkSLAoGbGltaXRzGAUgASgLMhwubmV4dXMuYmlsbGluZy52MS5QbGFuTGltaXRzEicKBm9mZmVycxgGIAMoCzIXLm5leHVzLmJpbGxpbmcudjEuT2ZmZXISKwoGcHJpY2VzGAcgAygLMhsubmV4dXMuYmlsbGluZy52MS5QbGFuUHJpY2UijgEKCVBsYW5QcmljZRIzCghpbnRlcnZhbBgBIAEoDjIhLm5leHVzLmJpbGxpbmcudjEuQmlsbGluZ0ludGVydmFsEicKBmFtb3VudBgCIAEoCzIXLm5leHVzLmJpbGxpbmcudjEuTW9uZXkSEwoLbW9udGhzX2ZyZWUYAyABKAUSDgoGc2F2aW5nGAQgASgJInsKBU9mZmVyEjMKCHByb3ZpZGVyGAEgASgOMiEubmV4dXMuYmlsbGluZy52MS5QYXltZW50UHJvdmlkZXISLAoLbG9jYWxfcHJpY2UYAiABKAsyFy5uZXh1cy5iaWxsaW5nLnYxLk1vbmV5Eg8KB3ByZXBhaWQYAyABKAgizQQKDFN1YnNjcmlwdGlvbhIPCgd1c2VyX2lkGAEgASgJEiQKBHRpZXIYAiABKA4yFi5uZXh1cy5iaWxsaW5nLnYxLlRpZXISLgoOZWZmZWN0aXZlX3RpZXIYAyABKA4yFi5uZXh1cy5iaWxsaW5nLnYxLlRpZXISNAoGc3RhdHVzGAQgASgOMiQubmV4dXMuYmlsbGluZy52MS5TdWJzY3JpcHRpb25TdGF0dXMSMwoIcHJvdmlkZXIYBSABKA4yIS5uZXh1cy5iaWxsaW5nLnYxLlBheW1lbnRQcm92aWRlchI4ChRjdXJyZW50X3BlcmlvZF9zdGFydBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNgoSY3VycmVudF9wZXJpb2RfZW5kGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIcChRjYW5jZWxfYXRfcGVyaW9kX2VuZBgIIAEoCBIyCg5hY2Nlc3NfZW5kc19hdBgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMwoIaW50ZXJ2YWwYCiABKA4yIS5uZXh1cy5iaWxsaW5nLnYxLkJpbGxpbmdJbnRlcnZhbBIQCghjdXJyZW5jeRgLIAEoCRItCgl0cmlhbF9lbmQYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjEKDWdyYWNlX2VuZHNfYXQYDSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIoEBCgVVc2FnZRISCgpjYXJkc191c2VkGAEgASgDEhMKC2NhcmRzX2xpbWl0GAIgASgDEhUKDWNvbnRhY3RzX3VzZWQYAyABKAMSFgoOY29udGFjdHNfbGltaXQYBCABKAMSIAoYYW5hbHl0aWNzX3JldGVudGlvbl9kYXlzGAUgASgDIrsDCgdJbnZvaWNlEgoKAmlkGAEgASgJEhsKE3Byb3ZpZGVyX2ludm9pY2VfaWQYAiABKAkSMwoIcHJvdmlkZXIYAyABKA4yIS5uZXh1cy5iaWxsaW5nLnYxLlBheW1lbnRQcm92aWRlchIrCgphbW91bnRfZHVlGAQgASgLMhcubmV4dXMuYmlsbGluZy52MS5Nb25leRIsCgthbW91bnRfcGFpZBgFIAEoCzIXLm5leHVzLmJpbGxpbmcudjEuTW9uZXkSLwoGc3RhdHVzGAYgASgOMh8ubmV4dXMuYmlsbGluZy52MS5JbnZvaWNlU3RhdHVzEhoKEmhvc3RlZF9pbnZvaWNlX3VybBgHIAEoCRIXCg9pbnZvaWNlX3BkZl91cmwYCCABKAkSMAoMcGVyaW9kX3N0YXJ0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpwZXJpb2RfZW5kGAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtjcmVhdGVfdGltZRgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiJAoQTGlzdFBsYW5zUmVxdWVzdBIQCghjdXJyZW5jeRgBIAEoCSJgChFMaXN0UGxhbnNSZXNwb25zZRIlCgVwbGFucxgBIAMoCzIWLm5leHVzLmJpbGxpbmcudjEuUGxhbhIQCghjdXJyZW5jeRgCIAEoCRISCgpjdXJyZW5jaWVzGAMgAygJIhgKFkdldFN1YnNjcmlwdGlvblJlcXVlc3QiTwoXR2V0U3Vic2NyaXB0aW9uUmVzcG9uc2USNAoMc3Vic2NyaXB0aW9uGAEgASgLMh4ubmV4dXMuYmlsbGluZy52MS5TdWJzY3JpcHRpb24iEQoPR2V0VXNhZ2VSZXF1ZXN0IpYBChBHZXRVc2FnZVJlc3BvbnNlEi4KDmVmZmVjdGl2ZV90aWVyGAEgASgOMhYubmV4dXMuYmlsbGluZy52MS5UaWVyEiYKBXVzYWdlGAIgASgLMhcubmV4dXMuYmlsbGluZy52MS5Vc2FnZRIqCgdvdmVyYWdlGAMgASgLMhkubmV4dXMuYmlsbGluZy52MS5PdmVyYWdlIp4BCgdPdmVyYWdlEhEKCWF2YWlsYWJsZRgBIAEoCBIPCgdlbmFibGVkGAIgASgIEhMKC2V4dHJhX2NhcmRzGAMgASgDEisKCnVuaXRfcHJpY2UYBCABKAsyFy5uZXh1cy5iaWxsaW5nLnYxLk1vbmV5Ei0KDG1vbnRobHlfY29zdBgFIAEoCzIXLm5leHVzLmJpbGxpbmcudjEuTW9uZXkiLgoYR2V0Q2hlY2tvdXRTdGF0dXNSZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkitgEKGUdldENoZWNrb3V0U3RhdHVzUmVzcG9uc2USLgoFc3RhdGUYASABKA4yHy5uZXh1cy5iaWxsaW5nLnYxLkNoZWNrb3V0U3RhdGUSDgoGcmVhc29uGAIgASgJEiQKBHRpZXIYAyABKA4yFi5uZXh1cy5iaWxsaW5nLnYxLlRpZXISMwoIcHJvdmlkZXIYBCABKA4yIS5uZXh1cy5iaWxsaW5nLnYxLlBheW1lbnRQcm92aWRlciIkChFTZXRPdmVyYWdlUmVxdWVzdBIPCgdlbmFibGVkGAEgASgIIkAKElNldE92ZXJhZ2VSZXNwb25zZRIqCgdvdmVyYWdlGAEgASgLMhkubmV4dXMuYmlsbGluZy52MS5PdmVyYWdlImQKEUNoZWNrTGltaXRSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSLAoIcmVzb3VyY2UYAiABKA4yGi5uZXh1cy5iaWxsaW5nLnYxLlJlc291cmNlEhAKCHF1YW50aXR5GAMgASgDIrsBChJDaGVja0xpbWl0UmVzcG9uc2USDwoHYWxsb3dlZBgBIAEoCBIuCg5lZmZlY3RpdmVfdGllchgCIAEoDjIWLm5leHVzLmJpbGxpbmcudjEuVGllchIMCgR1c2VkGAMgASgDEg0KBWxpbWl0GAQgASgDEhEKCXJlbWFpbmluZxgFIAEoAxIVCg1vdmVyX2xpbWl0X2J5GAYgASgDEg4KBnJlYXNvbhgHIAEoCRINCgVleHRyYRgIIAEoAyL/AQocQ3JlYXRlQ2hlY2tvdXRTZXNzaW9uUmVxdWVzdBIkCgR0aWVyGAEgASgOMhYubmV4dXMuYmlsbGluZy52MS5UaWVyEhMKC3N1Y2Nlc3NfdXJsGAIgASgJEhIKCmNhbmNlbF91cmwYAyABKAkSMwoIcHJvdmlkZXIYBCABKA4yIS5uZXh1cy5iaWxsaW5nLnYxLlBheW1lbnRQcm92aWRlchIUCgxwaG9uZV9udW1iZXIYBSABKAkSMwoIaW50ZXJ2YWwYBiABKA4yIS5uZXh1cy5iaWxsaW5nLnYxLkJpbGxpbmdJbnRlcnZhbBIQCghjdXJyZW5jeRgHIAEoCSKGAQodQ3JlYXRlQ2hlY2tvdXRTZXNzaW9uUmVzcG9uc2USEgoKc2Vzc2lvbl9pZBgBIAEoCRILCgN1cmwYAiABKAkSMwoIcHJvdmlkZXIYAyABKA4yIS5uZXh1cy5iaWxsaW5nLnYxLlBheW1lbnRQcm92aWRlchIPCgdtZXNzYWdlGAQgASgJIm4KEUNoYW5nZVBsYW5SZXF1ZXN0EiQKBHRpZXIYASABKA4yFi5uZXh1cy5iaWxsaW5nLnYxLlRpZXISMwoIaW50ZXJ2YWwYAiABKA4yIS5uZXh1cy5iaWxsaW5nLnYxLkJpbGxpbmdJbnRlcnZhbCJgChJDaGFuZ2VQbGFuUmVzcG9uc2USNAoMc3Vic2NyaXB0aW9uGAEgASgLMh4ubmV4dXMuYmlsbGluZy52MS5TdWJzY3JpcHRpb24SFAoMYXBwcm92YWxfdXJsGAIgASgJIhsKGUNhbmNlbFN1YnNjcmlwdGlvblJlcXVlc3QiUgoaQ2FuY2VsU3Vic2NyaXB0aW9uUmVzcG9uc2USNAoMc3Vic2NyaXB0aW9uGAEgASgLMh4ubmV4dXMuYmlsbGluZy52MS5TdWJzY3JpcHRpb24iGwoZUmVzdW1lU3Vic2NyaXB0aW9uUmVxdWVzdCJSChpSZXN1bWVTdWJzY3JpcHRpb25SZXNwb25zZRI0CgxzdWJzY3JpcHRpb24YASABKAsyHi5uZXh1cy5iaWxsaW5nLnYxLlN1YnNjcmlwdGlvbiIwChpDcmVhdGVQb3J0YWxTZXNzaW9uUmVxdWVzdBISCgpyZXR1cm5fdXJsGAEgASgJIioKG0NyZWF0ZVBvcnRhbFNlc3Npb25SZXNwb25zZRILCgN1cmwYASABKAkiPAoTTGlzdEludm9pY2VzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCSJcChRMaXN0SW52b2ljZXNSZXNwb25zZRIrCghpbnZvaWNlcxgBIAMoCzIZLm5leHVzLmJpbGxpbmcudjEuSW52b2ljZRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkqSwoEVGllchIUChBUSUVSX1VOU1BFQ0lGSUVEEAASDQoJVElFUl9GUkVFEAESDAoIVElFUl9QUk8QAhIQCgxUSUVSX1BSRU1JVU0QAyrPAgoSU3Vic2NyaXB0aW9uU3RhdHVzEiMKH1NVQlNDUklQVElPTl9TVEFUVVNfVU5TUEVDSUZJRUQQABIeChpTVUJTQ1JJUFRJT05fU1RBVFVTX0FDVElWRRABEiAKHFNVQlNDUklQVElPTl9TVEFUVVNfVFJJQUxJTkcQAhIgChxTVUJTQ1JJUFRJT05fU1RBVFVTX1BBU1RfRFVFEAMSIAocU1VCU0NSSVBUSU9OX1NUQVRVU19DQU5DRUxFRBAEEiIKHlNVQlNDUklQVElPTl9TVEFUVVNfSU5DT01QTEVURRAFEioKJlNVQlNDUklQVElPTl9TVEFUVVNfSU5DT01QTEVURV9FWFBJUkVEEAYSHgoaU1VCU0NSSVBUSU9OX1NUQVRVU19VTlBBSUQQBxIeChpTVUJTQ1JJUFRJT05fU1RBVFVTX1BBVVNFRBAIKmoKD0JpbGxpbmdJbnRlcnZhbBIgChxCSUxMSU5HX0lOVEVSVkFMX1VOU1BFQ0lGSUVEEAASGgoWQklMTElOR19JTlRFUlZBTF9NT05USBABEhkKFUJJTExJTkdfSU5URVJWQUxfWUVBUhACKokBCg9QYXltZW50UHJvdmlkZXISIAocUEFZTUVOVF9QUk9WSURFUl9VTlNQRUNJRklFRBAAEhsKF1BBWU1FTlRfUFJPVklERVJfU1RSSVBFEAESGwoXUEFZTUVOVF9QUk9WSURFUl9QQVlQQUwQAhIaChZQQVlNRU5UX1BST1ZJREVSX01QRVNBEAMqTwoIUmVzb3VyY2USGAoUUkVTT1VSQ0VfVU5TUEVDSUZJRUQQABISCg5SRVNPVVJDRV9DQVJEUxABEhUKEVJFU09VUkNFX0NPTlRBQ1RTEAIqtgEKDUludm9pY2VTdGF0dXMSHgoaSU5WT0lDRV9TVEFUVVNfVU5TUEVDSUZJRUQQABIYChRJTlZPSUNFX1NUQVRVU19EUkFGVBABEhcKE0lOVk9JQ0VfU1RBVFVTX09QRU4QAhIXChNJTlZPSUNFX1NUQVRVU19QQUlEEAMSIAocSU5WT0lDRV9TVEFUVVNfVU5DT0xMRUNUSUJMRRAEEhcKE0lOVk9JQ0VfU1RBVFVTX1ZPSUQQBSq7AQoNQ2hlY2tvdXRTdGF0ZRIeChpDSEVDS09VVF9TVEFURV9VTlNQRUNJRklFRBAAEhoKFkNIRUNLT1VUX1NUQVRFX1BFTkRJTkcQARIXChNDSEVDS09VVF9TVEFURV9QQUlEEAISHAoYQ0hFQ0tPVVRfU1RBVEVfQ0FOQ0VMTEVEEAMSHAoYQ0hFQ0tPVVRfU1RBVEVfVElNRURfT1VUEAQSGQoVQ0hFQ0tPVVRfU1RBVEVfRkFJTEVEEAUyyQkKDkJpbGxpbmdTZXJ2aWNlElQKCUxpc3RQbGFucxIiLm5leHVzLmJpbGxpbmcudjEuTGlzdFBsYW5zUmVxdWVzdBojLm5leHVzLmJpbGxpbmcudjEuTGlzdFBsYW5zUmVzcG9uc2USZgoPR2V0U3Vic2NyaXB0aW9uEigubmV4dXMuYmlsbGluZy52MS5HZXRTdWJzY3JpcHRpb25SZXF1ZXN0GikubmV4dXMuYmlsbGluZy52MS5HZXRTdWJzY3JpcHRpb25SZXNwb25zZRJRCghHZXRVc2FnZRIhLm5leHVzLmJpbGxpbmcudjEuR2V0VXNhZ2VSZXF1ZXN0GiIubmV4dXMuYmlsbGluZy52MS5HZXRVc2FnZVJlc3BvbnNlElcKCkNoZWNrTGltaXQSIy5uZXh1cy5iaWxsaW5nLnYxLkNoZWNrTGltaXRSZXF1ZXN0GiQubmV4dXMuYmlsbGluZy52MS5DaGVja0xpbWl0UmVzcG9uc2USeAoVQ3JlYXRlQ2hlY2tvdXRTZXNzaW9uEi4ubmV4dXMuYmlsbGluZy52MS5DcmVhdGVDaGVja291dFNlc3Npb25SZXF1ZXN0Gi8ubmV4dXMuYmlsbGluZy52MS5DcmVhdGVDaGVja291dFNlc3Npb25SZXNwb25zZRJXCgpDaGFuZ2VQbGFuEiMubmV4dXMuYmlsbGluZy52MS5DaGFuZ2VQbGFuUmVxdWVzdBokLm5leHVzLmJpbGxpbmcudjEuQ2hhbmdlUGxhblJlc3BvbnNlEm8KEkNhbmNlbFN1YnNjcmlwdGlvbhIrLm5leHVzLmJpbGxpbmcudjEuQ2FuY2VsU3Vic2NyaXB0aW9uUmVxdWVzdBosLm5leHVzLmJpbGxpbmcudjEuQ2FuY2VsU3Vic2NyaXB0aW9uUmVzcG9uc2USbwoSUmVzdW1lU3Vic2NyaXB0aW9uEisubmV4dXMuYmlsbGluZy52MS5SZXN1bWVTdWJzY3JpcHRpb25SZXF1ZXN0GiwubmV4dXMuYmlsbGluZy52MS5SZXN1bWVTdWJzY3JpcHRpb25SZXNwb25zZRJyChNDcmVhdGVQb3J0YWxTZXNzaW9uEiwubmV4dXMuYmlsbGluZy52MS5DcmVhdGVQb3J0YWxTZXNzaW9uUmVxdWVzdBotLm5leHVzLmJpbGxpbmcudjEuQ3JlYXRlUG9ydGFsU2Vzc2lvblJlc3BvbnNlEl0KDExpc3RJbnZvaWNlcxIlLm5leHVzLmJpbGxpbmcudjEuTGlzdEludm9pY2VzUmVxdWVzdBomLm5leHVzLmJpbGxpbmcudjEuTGlzdEludm9pY2VzUmVzcG9uc2USVwoKU2V0T3ZlcmFnZRIjLm5leHVzLmJpbGxpbmcudjEuU2V0T3ZlcmFnZVJlcXVlc3QaJC5uZXh1cy5iaWxsaW5nLnYxLlNldE92ZXJhZ2VSZXNwb25zZRJsChFHZXRDaGVja291dFN0YXR1cxIqLm5leHVzLmJpbGxpbmcudjEuR2V0Q2hlY2tvdXRTdGF0dXNSZXF1ZXN0GisubmV4dXMuYmlsbGluZy52MS5HZXRDaGVja291dFN0YXR1c1Jlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp]);
 
 /**
  * Money is an amount in the currency's minor units (cents for USD).
@@ -98,14 +98,14 @@ export type Plan = Message<"nexus.billing.v1.Plan"> & {
   name: string;
 
   /**
-   * Price per billing interval; zero for FREE.
+   * The monthly price in the response's currency; zero for FREE.
    *
    * @generated from field: nexus.billing.v1.Money price = 3;
    */
   price?: Money | undefined;
 
   /**
-   * Billing interval, "month".
+   * The interval of `price`: "month".
    *
    * @generated from field: string interval = 4;
    */
@@ -124,6 +124,13 @@ export type Plan = Message<"nexus.billing.v1.Plan"> & {
    * @generated from field: repeated nexus.billing.v1.Offer offers = 6;
    */
   offers: Offer[];
+
+  /**
+   * Every interval the tier is sold at, with the price in the response's currency (none for FREE).
+   *
+   * @generated from field: repeated nexus.billing.v1.PlanPrice prices = 7;
+   */
+  prices: PlanPrice[];
 };
 
 /**
@@ -132,6 +139,48 @@ export type Plan = Message<"nexus.billing.v1.Plan"> & {
  */
 export const PlanSchema: GenMessage<Plan> = /*@__PURE__*/
   messageDesc(file_nexus_billing_v1_billing, 2);
+
+/**
+ * PlanPrice is what one billing interval of a tier costs, as the payment provider charges it.
+ *
+ * @generated from message nexus.billing.v1.PlanPrice
+ */
+export type PlanPrice = Message<"nexus.billing.v1.PlanPrice"> & {
+  /**
+   * How often it renews.
+   *
+   * @generated from field: nexus.billing.v1.BillingInterval interval = 1;
+   */
+  interval: BillingInterval;
+
+  /**
+   * The amount per interval.
+   *
+   * @generated from field: nexus.billing.v1.Money amount = 2;
+   */
+  amount?: Money | undefined;
+
+  /**
+   * For yearly prices: how many months of the monthly price a year saves (2 means "2 months free"); 0 otherwise.
+   *
+   * @generated from field: int32 months_free = 3;
+   */
+  monthsFree: number;
+
+  /**
+   * A short line for the page, for example "2 months free"; empty when there is no saving.
+   *
+   * @generated from field: string saving = 4;
+   */
+  saving: string;
+};
+
+/**
+ * Describes the message nexus.billing.v1.PlanPrice.
+ * Use `create(PlanPriceSchema)` to create a new message.
+ */
+export const PlanPriceSchema: GenMessage<PlanPrice> = /*@__PURE__*/
+  messageDesc(file_nexus_billing_v1_billing, 3);
 
 /**
  * Offer is one payment provider selling a tier.
@@ -167,7 +216,7 @@ export type Offer = Message<"nexus.billing.v1.Offer"> & {
  * Use `create(OfferSchema)` to create a new message.
  */
 export const OfferSchema: GenMessage<Offer> = /*@__PURE__*/
-  messageDesc(file_nexus_billing_v1_billing, 3);
+  messageDesc(file_nexus_billing_v1_billing, 4);
 
 /**
  * Subscription is a user's current plan and its payment state.
@@ -237,6 +286,34 @@ export type Subscription = Message<"nexus.billing.v1.Subscription"> & {
    * @generated from field: google.protobuf.Timestamp access_ends_at = 9;
    */
   accessEndsAt?: Timestamp | undefined;
+
+  /**
+   * How often the subscription renews; unspecified for FREE and M-Pesa's prepaid periods.
+   *
+   * @generated from field: nexus.billing.v1.BillingInterval interval = 10;
+   */
+  interval: BillingInterval;
+
+  /**
+   * The currency the subscription is charged in (lower case); empty for FREE.
+   *
+   * @generated from field: string currency = 11;
+   */
+  currency: string;
+
+  /**
+   * When a free trial ends (status TRIALING); unset without a trial.
+   *
+   * @generated from field: google.protobuf.Timestamp trial_end = 12;
+   */
+  trialEnd?: Timestamp | undefined;
+
+  /**
+   * For PAST_DUE: when the paid tier ends unless the failed invoice is paid.
+   *
+   * @generated from field: google.protobuf.Timestamp grace_ends_at = 13;
+   */
+  graceEndsAt?: Timestamp | undefined;
 };
 
 /**
@@ -244,7 +321,7 @@ export type Subscription = Message<"nexus.billing.v1.Subscription"> & {
  * Use `create(SubscriptionSchema)` to create a new message.
  */
 export const SubscriptionSchema: GenMessage<Subscription> = /*@__PURE__*/
-  messageDesc(file_nexus_billing_v1_billing, 4);
+  messageDesc(file_nexus_billing_v1_billing, 5);
 
 /**
  * Usage is what a user has against their plan's limits.
@@ -293,7 +370,7 @@ export type Usage = Message<"nexus.billing.v1.Usage"> & {
  * Use `create(UsageSchema)` to create a new message.
  */
 export const UsageSchema: GenMessage<Usage> = /*@__PURE__*/
-  messageDesc(file_nexus_billing_v1_billing, 5);
+  messageDesc(file_nexus_billing_v1_billing, 6);
 
 /**
  * Invoice is one bill from the payment provider.
@@ -384,14 +461,21 @@ export type Invoice = Message<"nexus.billing.v1.Invoice"> & {
  * Use `create(InvoiceSchema)` to create a new message.
  */
 export const InvoiceSchema: GenMessage<Invoice> = /*@__PURE__*/
-  messageDesc(file_nexus_billing_v1_billing, 6);
+  messageDesc(file_nexus_billing_v1_billing, 7);
 
 /**
- * ListPlansRequest has no fields: the plans are the same for everyone.
+ * ListPlansRequest asks for the plans, priced in one currency.
  *
  * @generated from message nexus.billing.v1.ListPlansRequest
  */
 export type ListPlansRequest = Message<"nexus.billing.v1.ListPlansRequest"> & {
+  /**
+   * ISO 4217 code in lower case (for example "eur"); empty means the provider's default
+   * currency. A currency the prices do not offer is refused with INVALID_ARGUMENT.
+   *
+   * @generated from field: string currency = 1;
+   */
+  currency: string;
 };
 
 /**
@@ -399,7 +483,7 @@ export type ListPlansRequest = Message<"nexus.billing.v1.ListPlansRequest"> & {
  * Use `create(ListPlansRequestSchema)` to create a new message.
  */
 export const ListPlansRequestSchema: GenMessage<ListPlansRequest> = /*@__PURE__*/
-  messageDesc(file_nexus_billing_v1_billing, 7);
+  messageDesc(file_nexus_billing_v1_billing, 8);
 
 /**
  * ListPlansResponse carries every plan, cheapest first.
@@ -413,6 +497,20 @@ export type ListPlansResponse = Message<"nexus.billing.v1.ListPlansResponse"> & 
    * @generated from field: repeated nexus.billing.v1.Plan plans = 1;
    */
   plans: Plan[];
+
+  /**
+   * The currency the prices are in.
+   *
+   * @generated from field: string currency = 2;
+   */
+  currency: string;
+
+  /**
+   * Every currency the paid plans can be bought in by card (M-Pesa's KES is on its offers).
+   *
+   * @generated from field: repeated string currencies = 3;
+   */
+  currencies: string[];
 };
 
 /**
@@ -420,7 +518,7 @@ export type ListPlansResponse = Message<"nexus.billing.v1.ListPlansResponse"> & 
  * Use `create(ListPlansResponseSchema)` to create a new message.
  */
 export const ListPlansResponseSchema: GenMessage<ListPlansResponse> = /*@__PURE__*/
-  messageDesc(file_nexus_billing_v1_billing, 8);
+  messageDesc(file_nexus_billing_v1_billing, 9);
 
 /**
  * GetSubscriptionRequest asks for the caller's subscription.
@@ -435,7 +533,7 @@ export type GetSubscriptionRequest = Message<"nexus.billing.v1.GetSubscriptionRe
  * Use `create(GetSubscriptionRequestSchema)` to create a new message.
  */
 export const GetSubscriptionRequestSchema: GenMessage<GetSubscriptionRequest> = /*@__PURE__*/
-  messageDesc(file_nexus_billing_v1_billing, 9);
+  messageDesc(file_nexus_billing_v1_billing, 10);
 
 /**
  * GetSubscriptionResponse carries the caller's subscription.
@@ -456,7 +554,7 @@ export type GetSubscriptionResponse = Message<"nexus.billing.v1.GetSubscriptionR
  * Use `create(GetSubscriptionResponseSchema)` to create a new message.
  */
 export const GetSubscriptionResponseSchema: GenMessage<GetSubscriptionResponse> = /*@__PURE__*/
-  messageDesc(file_nexus_billing_v1_billing, 10);
+  messageDesc(file_nexus_billing_v1_billing, 11);
 
 /**
  * GetUsageRequest asks for the caller's usage.
@@ -471,7 +569,7 @@ export type GetUsageRequest = Message<"nexus.billing.v1.GetUsageRequest"> & {
  * Use `create(GetUsageRequestSchema)` to create a new message.
  */
 export const GetUsageRequestSchema: GenMessage<GetUsageRequest> = /*@__PURE__*/
-  messageDesc(file_nexus_billing_v1_billing, 11);
+  messageDesc(file_nexus_billing_v1_billing, 12);
 
 /**
  * GetUsageResponse carries the caller's usage and effective tier.
@@ -492,6 +590,13 @@ export type GetUsageResponse = Message<"nexus.billing.v1.GetUsageResponse"> & {
    * @generated from field: nexus.billing.v1.Usage usage = 2;
    */
   usage?: Usage | undefined;
+
+  /**
+   * Extra cards beyond the limit, when the plan may buy them.
+   *
+   * @generated from field: nexus.billing.v1.Overage overage = 3;
+   */
+  overage?: Overage | undefined;
 };
 
 /**
@@ -499,7 +604,161 @@ export type GetUsageResponse = Message<"nexus.billing.v1.GetUsageResponse"> & {
  * Use `create(GetUsageResponseSchema)` to create a new message.
  */
 export const GetUsageResponseSchema: GenMessage<GetUsageResponse> = /*@__PURE__*/
-  messageDesc(file_nexus_billing_v1_billing, 12);
+  messageDesc(file_nexus_billing_v1_billing, 13);
+
+/**
+ * Overage is a PRO user's extra cards beyond the plan's limit, billed per card and month.
+ *
+ * @generated from message nexus.billing.v1.Overage
+ */
+export type Overage = Message<"nexus.billing.v1.Overage"> & {
+  /**
+   * True when extra cards are sold and the caller's plan may buy them.
+   *
+   * @generated from field: bool available = 1;
+   */
+  available: boolean;
+
+  /**
+   * True when the caller opted in.
+   *
+   * @generated from field: bool enabled = 2;
+   */
+  enabled: boolean;
+
+  /**
+   * Cards beyond the plan's limit now, billed while enabled.
+   *
+   * @generated from field: int64 extra_cards = 3;
+   */
+  extraCards: bigint;
+
+  /**
+   * One extra card for one month (set while enabled).
+   *
+   * @generated from field: nexus.billing.v1.Money unit_price = 4;
+   */
+  unitPrice?: Money | undefined;
+
+  /**
+   * What the extra cards cost this month: extra_cards x unit_price (set while enabled).
+   *
+   * @generated from field: nexus.billing.v1.Money monthly_cost = 5;
+   */
+  monthlyCost?: Money | undefined;
+};
+
+/**
+ * Describes the message nexus.billing.v1.Overage.
+ * Use `create(OverageSchema)` to create a new message.
+ */
+export const OverageSchema: GenMessage<Overage> = /*@__PURE__*/
+  messageDesc(file_nexus_billing_v1_billing, 14);
+
+/**
+ * GetCheckoutStatusRequest names a checkout.
+ *
+ * @generated from message nexus.billing.v1.GetCheckoutStatusRequest
+ */
+export type GetCheckoutStatusRequest = Message<"nexus.billing.v1.GetCheckoutStatusRequest"> & {
+  /**
+   * The `session_id` CreateCheckoutSession answered.
+   *
+   * @generated from field: string session_id = 1;
+   */
+  sessionId: string;
+};
+
+/**
+ * Describes the message nexus.billing.v1.GetCheckoutStatusRequest.
+ * Use `create(GetCheckoutStatusRequestSchema)` to create a new message.
+ */
+export const GetCheckoutStatusRequestSchema: GenMessage<GetCheckoutStatusRequest> = /*@__PURE__*/
+  messageDesc(file_nexus_billing_v1_billing, 15);
+
+/**
+ * GetCheckoutStatusResponse says where the checkout stands.
+ *
+ * @generated from message nexus.billing.v1.GetCheckoutStatusResponse
+ */
+export type GetCheckoutStatusResponse = Message<"nexus.billing.v1.GetCheckoutStatusResponse"> & {
+  /**
+   * Where it stands.
+   *
+   * @generated from field: nexus.billing.v1.CheckoutState state = 1;
+   */
+  state: CheckoutState;
+
+  /**
+   * Why it did not go through, in words for the payer; empty otherwise.
+   *
+   * @generated from field: string reason = 2;
+   */
+  reason: string;
+
+  /**
+   * The tier it buys.
+   *
+   * @generated from field: nexus.billing.v1.Tier tier = 3;
+   */
+  tier: Tier;
+
+  /**
+   * Who takes the money.
+   *
+   * @generated from field: nexus.billing.v1.PaymentProvider provider = 4;
+   */
+  provider: PaymentProvider;
+};
+
+/**
+ * Describes the message nexus.billing.v1.GetCheckoutStatusResponse.
+ * Use `create(GetCheckoutStatusResponseSchema)` to create a new message.
+ */
+export const GetCheckoutStatusResponseSchema: GenMessage<GetCheckoutStatusResponse> = /*@__PURE__*/
+  messageDesc(file_nexus_billing_v1_billing, 16);
+
+/**
+ * SetOverageRequest turns extra cards on or off.
+ *
+ * @generated from message nexus.billing.v1.SetOverageRequest
+ */
+export type SetOverageRequest = Message<"nexus.billing.v1.SetOverageRequest"> & {
+  /**
+   * True to allow cards beyond the limit, billed per card and month.
+   *
+   * @generated from field: bool enabled = 1;
+   */
+  enabled: boolean;
+};
+
+/**
+ * Describes the message nexus.billing.v1.SetOverageRequest.
+ * Use `create(SetOverageRequestSchema)` to create a new message.
+ */
+export const SetOverageRequestSchema: GenMessage<SetOverageRequest> = /*@__PURE__*/
+  messageDesc(file_nexus_billing_v1_billing, 17);
+
+/**
+ * SetOverageResponse carries the caller's overage after the change.
+ *
+ * @generated from message nexus.billing.v1.SetOverageResponse
+ */
+export type SetOverageResponse = Message<"nexus.billing.v1.SetOverageResponse"> & {
+  /**
+   * The overage now.
+   *
+   * @generated from field: nexus.billing.v1.Overage overage = 1;
+   */
+  overage?: Overage | undefined;
+};
+
+/**
+ * Describes the message nexus.billing.v1.SetOverageResponse.
+ * Use `create(SetOverageResponseSchema)` to create a new message.
+ */
+export const SetOverageResponseSchema: GenMessage<SetOverageResponse> = /*@__PURE__*/
+  messageDesc(file_nexus_billing_v1_billing, 18);
 
 /**
  * CheckLimitRequest asks whether a user may create more of a resource.
@@ -534,7 +793,7 @@ export type CheckLimitRequest = Message<"nexus.billing.v1.CheckLimitRequest"> & 
  * Use `create(CheckLimitRequestSchema)` to create a new message.
  */
 export const CheckLimitRequestSchema: GenMessage<CheckLimitRequest> = /*@__PURE__*/
-  messageDesc(file_nexus_billing_v1_billing, 13);
+  messageDesc(file_nexus_billing_v1_billing, 19);
 
 /**
  * CheckLimitResponse says whether the creation fits the user's plan.
@@ -590,6 +849,13 @@ export type CheckLimitResponse = Message<"nexus.billing.v1.CheckLimitResponse"> 
    * @generated from field: string reason = 7;
    */
   reason: string;
+
+  /**
+   * How many of `quantity` are beyond the limit and billed as extra cards (overage).
+   *
+   * @generated from field: int64 extra = 8;
+   */
+  extra: bigint;
 };
 
 /**
@@ -597,7 +863,7 @@ export type CheckLimitResponse = Message<"nexus.billing.v1.CheckLimitResponse"> 
  * Use `create(CheckLimitResponseSchema)` to create a new message.
  */
 export const CheckLimitResponseSchema: GenMessage<CheckLimitResponse> = /*@__PURE__*/
-  messageDesc(file_nexus_billing_v1_billing, 14);
+  messageDesc(file_nexus_billing_v1_billing, 20);
 
 /**
  * CreateCheckoutSessionRequest starts paying for a tier.
@@ -640,6 +906,21 @@ export type CreateCheckoutSessionRequest = Message<"nexus.billing.v1.CreateCheck
    * @generated from field: string phone_number = 5;
    */
   phoneNumber: string;
+
+  /**
+   * How often the subscription renews; unspecified means monthly. M-Pesa sells months only.
+   *
+   * @generated from field: nexus.billing.v1.BillingInterval interval = 6;
+   */
+  interval: BillingInterval;
+
+  /**
+   * ISO 4217 code in lower case; empty means the currency of the user's earlier subscriptions,
+   * else the price's default. A user keeps the currency of their first subscription.
+   *
+   * @generated from field: string currency = 7;
+   */
+  currency: string;
 };
 
 /**
@@ -647,7 +928,7 @@ export type CreateCheckoutSessionRequest = Message<"nexus.billing.v1.CreateCheck
  * Use `create(CreateCheckoutSessionRequestSchema)` to create a new message.
  */
 export const CreateCheckoutSessionRequestSchema: GenMessage<CreateCheckoutSessionRequest> = /*@__PURE__*/
-  messageDesc(file_nexus_billing_v1_billing, 15);
+  messageDesc(file_nexus_billing_v1_billing, 21);
 
 /**
  * CreateCheckoutSessionResponse says where to send the user to pay.
@@ -689,7 +970,7 @@ export type CreateCheckoutSessionResponse = Message<"nexus.billing.v1.CreateChec
  * Use `create(CreateCheckoutSessionResponseSchema)` to create a new message.
  */
 export const CreateCheckoutSessionResponseSchema: GenMessage<CreateCheckoutSessionResponse> = /*@__PURE__*/
-  messageDesc(file_nexus_billing_v1_billing, 16);
+  messageDesc(file_nexus_billing_v1_billing, 22);
 
 /**
  * ChangePlanRequest moves the caller to another tier.
@@ -703,6 +984,13 @@ export type ChangePlanRequest = Message<"nexus.billing.v1.ChangePlanRequest"> & 
    * @generated from field: nexus.billing.v1.Tier tier = 1;
    */
   tier: Tier;
+
+  /**
+   * The new interval (prorated by the provider); unspecified keeps the current one.
+   *
+   * @generated from field: nexus.billing.v1.BillingInterval interval = 2;
+   */
+  interval: BillingInterval;
 };
 
 /**
@@ -710,7 +998,7 @@ export type ChangePlanRequest = Message<"nexus.billing.v1.ChangePlanRequest"> & 
  * Use `create(ChangePlanRequestSchema)` to create a new message.
  */
 export const ChangePlanRequestSchema: GenMessage<ChangePlanRequest> = /*@__PURE__*/
-  messageDesc(file_nexus_billing_v1_billing, 17);
+  messageDesc(file_nexus_billing_v1_billing, 23);
 
 /**
  * ChangePlanResponse carries the subscription after the change.
@@ -739,7 +1027,7 @@ export type ChangePlanResponse = Message<"nexus.billing.v1.ChangePlanResponse"> 
  * Use `create(ChangePlanResponseSchema)` to create a new message.
  */
 export const ChangePlanResponseSchema: GenMessage<ChangePlanResponse> = /*@__PURE__*/
-  messageDesc(file_nexus_billing_v1_billing, 18);
+  messageDesc(file_nexus_billing_v1_billing, 24);
 
 /**
  * CancelSubscriptionRequest cancels the caller's subscription at period end.
@@ -754,7 +1042,7 @@ export type CancelSubscriptionRequest = Message<"nexus.billing.v1.CancelSubscrip
  * Use `create(CancelSubscriptionRequestSchema)` to create a new message.
  */
 export const CancelSubscriptionRequestSchema: GenMessage<CancelSubscriptionRequest> = /*@__PURE__*/
-  messageDesc(file_nexus_billing_v1_billing, 19);
+  messageDesc(file_nexus_billing_v1_billing, 25);
 
 /**
  * CancelSubscriptionResponse carries the subscription with its end date.
@@ -775,7 +1063,7 @@ export type CancelSubscriptionResponse = Message<"nexus.billing.v1.CancelSubscri
  * Use `create(CancelSubscriptionResponseSchema)` to create a new message.
  */
 export const CancelSubscriptionResponseSchema: GenMessage<CancelSubscriptionResponse> = /*@__PURE__*/
-  messageDesc(file_nexus_billing_v1_billing, 20);
+  messageDesc(file_nexus_billing_v1_billing, 26);
 
 /**
  * ResumeSubscriptionRequest undoes a pending cancellation.
@@ -790,7 +1078,7 @@ export type ResumeSubscriptionRequest = Message<"nexus.billing.v1.ResumeSubscrip
  * Use `create(ResumeSubscriptionRequestSchema)` to create a new message.
  */
 export const ResumeSubscriptionRequestSchema: GenMessage<ResumeSubscriptionRequest> = /*@__PURE__*/
-  messageDesc(file_nexus_billing_v1_billing, 21);
+  messageDesc(file_nexus_billing_v1_billing, 27);
 
 /**
  * ResumeSubscriptionResponse carries the subscription after resuming.
@@ -811,7 +1099,7 @@ export type ResumeSubscriptionResponse = Message<"nexus.billing.v1.ResumeSubscri
  * Use `create(ResumeSubscriptionResponseSchema)` to create a new message.
  */
 export const ResumeSubscriptionResponseSchema: GenMessage<ResumeSubscriptionResponse> = /*@__PURE__*/
-  messageDesc(file_nexus_billing_v1_billing, 22);
+  messageDesc(file_nexus_billing_v1_billing, 28);
 
 /**
  * CreatePortalSessionRequest opens the provider's self-service portal.
@@ -832,7 +1120,7 @@ export type CreatePortalSessionRequest = Message<"nexus.billing.v1.CreatePortalS
  * Use `create(CreatePortalSessionRequestSchema)` to create a new message.
  */
 export const CreatePortalSessionRequestSchema: GenMessage<CreatePortalSessionRequest> = /*@__PURE__*/
-  messageDesc(file_nexus_billing_v1_billing, 23);
+  messageDesc(file_nexus_billing_v1_billing, 29);
 
 /**
  * CreatePortalSessionResponse says where the portal is.
@@ -853,7 +1141,7 @@ export type CreatePortalSessionResponse = Message<"nexus.billing.v1.CreatePortal
  * Use `create(CreatePortalSessionResponseSchema)` to create a new message.
  */
 export const CreatePortalSessionResponseSchema: GenMessage<CreatePortalSessionResponse> = /*@__PURE__*/
-  messageDesc(file_nexus_billing_v1_billing, 24);
+  messageDesc(file_nexus_billing_v1_billing, 30);
 
 /**
  * ListInvoicesRequest asks for one page of the caller's invoices.
@@ -881,7 +1169,7 @@ export type ListInvoicesRequest = Message<"nexus.billing.v1.ListInvoicesRequest"
  * Use `create(ListInvoicesRequestSchema)` to create a new message.
  */
 export const ListInvoicesRequestSchema: GenMessage<ListInvoicesRequest> = /*@__PURE__*/
-  messageDesc(file_nexus_billing_v1_billing, 25);
+  messageDesc(file_nexus_billing_v1_billing, 31);
 
 /**
  * ListInvoicesResponse carries one page of invoices, newest first.
@@ -909,7 +1197,7 @@ export type ListInvoicesResponse = Message<"nexus.billing.v1.ListInvoicesRespons
  * Use `create(ListInvoicesResponseSchema)` to create a new message.
  */
 export const ListInvoicesResponseSchema: GenMessage<ListInvoicesResponse> = /*@__PURE__*/
-  messageDesc(file_nexus_billing_v1_billing, 26);
+  messageDesc(file_nexus_billing_v1_billing, 32);
 
 /**
  * Tier is a subscription plan level.
@@ -1029,6 +1317,40 @@ export const SubscriptionStatusSchema: GenEnum<SubscriptionStatus> = /*@__PURE__
   enumDesc(file_nexus_billing_v1_billing, 1);
 
 /**
+ * BillingInterval is how often a subscription renews.
+ *
+ * @generated from enum nexus.billing.v1.BillingInterval
+ */
+export enum BillingInterval {
+  /**
+   * BILLING_INTERVAL_UNSPECIFIED means monthly in checkouts, and "keep the current one" in ChangePlan.
+   *
+   * @generated from enum value: BILLING_INTERVAL_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * BILLING_INTERVAL_MONTH renews every month.
+   *
+   * @generated from enum value: BILLING_INTERVAL_MONTH = 1;
+   */
+  MONTH = 1,
+
+  /**
+   * BILLING_INTERVAL_YEAR renews every year, usually at a discount.
+   *
+   * @generated from enum value: BILLING_INTERVAL_YEAR = 2;
+   */
+  YEAR = 2,
+}
+
+/**
+ * Describes the enum nexus.billing.v1.BillingInterval.
+ */
+export const BillingIntervalSchema: GenEnum<BillingInterval> = /*@__PURE__*/
+  enumDesc(file_nexus_billing_v1_billing, 2);
+
+/**
  * PaymentProvider names who takes the money.
  *
  * @generated from enum nexus.billing.v1.PaymentProvider
@@ -1067,7 +1389,7 @@ export enum PaymentProvider {
  * Describes the enum nexus.billing.v1.PaymentProvider.
  */
 export const PaymentProviderSchema: GenEnum<PaymentProvider> = /*@__PURE__*/
-  enumDesc(file_nexus_billing_v1_billing, 2);
+  enumDesc(file_nexus_billing_v1_billing, 3);
 
 /**
  * Resource is something a plan limits.
@@ -1101,7 +1423,7 @@ export enum Resource {
  * Describes the enum nexus.billing.v1.Resource.
  */
 export const ResourceSchema: GenEnum<Resource> = /*@__PURE__*/
-  enumDesc(file_nexus_billing_v1_billing, 3);
+  enumDesc(file_nexus_billing_v1_billing, 4);
 
 /**
  * InvoiceStatus is the state of an invoice at the payment provider.
@@ -1156,7 +1478,62 @@ export enum InvoiceStatus {
  * Describes the enum nexus.billing.v1.InvoiceStatus.
  */
 export const InvoiceStatusSchema: GenEnum<InvoiceStatus> = /*@__PURE__*/
-  enumDesc(file_nexus_billing_v1_billing, 4);
+  enumDesc(file_nexus_billing_v1_billing, 5);
+
+/**
+ * CheckoutState is where a checkout the payer finishes elsewhere stands.
+ *
+ * @generated from enum nexus.billing.v1.CheckoutState
+ */
+export enum CheckoutState {
+  /**
+   * CHECKOUT_STATE_UNSPECIFIED is never sent by the service.
+   *
+   * @generated from enum value: CHECKOUT_STATE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * CHECKOUT_STATE_PENDING: waiting for the payer (the phone prompt is open).
+   *
+   * @generated from enum value: CHECKOUT_STATE_PENDING = 1;
+   */
+  PENDING = 1,
+
+  /**
+   * CHECKOUT_STATE_PAID: paid; the plan is on.
+   *
+   * @generated from enum value: CHECKOUT_STATE_PAID = 2;
+   */
+  PAID = 2,
+
+  /**
+   * CHECKOUT_STATE_CANCELLED: the payer cancelled (on the phone).
+   *
+   * @generated from enum value: CHECKOUT_STATE_CANCELLED = 3;
+   */
+  CANCELLED = 3,
+
+  /**
+   * CHECKOUT_STATE_TIMED_OUT: the payer did not answer in time.
+   *
+   * @generated from enum value: CHECKOUT_STATE_TIMED_OUT = 4;
+   */
+  TIMED_OUT = 4,
+
+  /**
+   * CHECKOUT_STATE_FAILED: refused for another reason (see `reason`).
+   *
+   * @generated from enum value: CHECKOUT_STATE_FAILED = 5;
+   */
+  FAILED = 5,
+}
+
+/**
+ * Describes the enum nexus.billing.v1.CheckoutState.
+ */
+export const CheckoutStateSchema: GenEnum<CheckoutState> = /*@__PURE__*/
+  enumDesc(file_nexus_billing_v1_billing, 6);
 
 /**
  * BillingService owns plans, subscriptions, usage limits and invoices of Nexus Cards users.
@@ -1167,7 +1544,8 @@ export const InvoiceStatusSchema: GenEnum<InvoiceStatus> = /*@__PURE__*/
  */
 export const BillingService: GenService<{
   /**
-   * ListPlans returns the FREE, PRO and PREMIUM plans with their limits and prices.
+   * ListPlans returns the FREE, PRO and PREMIUM plans with their limits and the prices the
+   * payment provider charges, monthly and yearly, in the asked currency.
    *
    * @generated from rpc nexus.billing.v1.BillingService.ListPlans
    */
@@ -1265,6 +1643,29 @@ export const BillingService: GenService<{
     methodKind: "unary";
     input: typeof ListInvoicesRequestSchema;
     output: typeof ListInvoicesResponseSchema;
+  },
+  /**
+   * SetOverage opts the caller's PRO subscription in to cards beyond the plan's limit, each
+   * billed per month at the extra-card price, or out again (no new extras; extras already
+   * reported this month are still invoiced).
+   *
+   * @generated from rpc nexus.billing.v1.BillingService.SetOverage
+   */
+  setOverage: {
+    methodKind: "unary";
+    input: typeof SetOverageRequestSchema;
+    output: typeof SetOverageResponseSchema;
+  },
+  /**
+   * GetCheckoutStatus follows a checkout the payer finishes away from the page (M-Pesa: on the
+   * phone), until it is paid, cancelled, timed out or failed. Only the caller's own checkouts.
+   *
+   * @generated from rpc nexus.billing.v1.BillingService.GetCheckoutStatus
+   */
+  getCheckoutStatus: {
+    methodKind: "unary";
+    input: typeof GetCheckoutStatusRequestSchema;
+    output: typeof GetCheckoutStatusResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_nexus_billing_v1_billing, 0);
