@@ -12,7 +12,9 @@ CREATE TABLE overage_reports (
     n                INTEGER NOT NULL,
     customer_id      TEXT NOT NULL,
     identifier       TEXT NOT NULL UNIQUE,
-    state            TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'reported')),
+    -- failed: Stripe refused it for good (the customer is gone, say); never sent again.
+    state            TEXT NOT NULL DEFAULT 'pending'
+                     CHECK (state IN ('pending', 'reported', 'failed')),
     attempts         INTEGER NOT NULL DEFAULT 0,
     last_error       TEXT,
     created_at       TIMESTAMPTZ NOT NULL DEFAULT now(),

@@ -113,6 +113,11 @@ impl Postman for LogPostman {
     }
 }
 
+/// `at` to whole microseconds, as PostgreSQL keeps it: a lease is compared for equality.
+fn micros(at: chrono::DateTime<Utc>) -> chrono::DateTime<Utc> {
+    chrono::DateTime::from_timestamp_micros(at.timestamp_micros()).unwrap_or(at)
+}
+
 /// `jane@example.com` -> `j***@example.com`.
 pub fn masked(address: &str) -> String {
     match address.split_once('@') {
@@ -187,13 +192,15 @@ impl DunningMailer {
 
     /// Looks at every due email once.
     pub async fn round(&self) -> Result<Round, StoreError> {
-        let now = Utc::now();
         let mut round = Round::default();
         let claim = chrono::Duration::from_std(CLAIM).unwrap_or(chrono::Duration::minutes(2));
-        for id in self.store.due_dunning_emails(now, BATCH).await? {
+        for id in self.store.due_dunning_emails(Utc::now(), BATCH).await? {
+            // Each claim on the clock of its own moment: a slow delivery before it must not
+            // shorten its lease (another replica would take the email over and send it too).
+            let now = Utc::now();
             let Some(email) = self
                 .store
-                .claim_dunning_email(&id, now, now + claim)
+                .claim_dunning_email(&id, now, micros(now + claim))
                 .await?
             else {
                 continue;
@@ -226,7 +233,7 @@ impl DunningMailer {
                     tracing::info!(email_id = %email.id, step = %email.step, reason = reason.as_str(),
                         "dunning email not sent");
                     self.store
-                        .dunning_email_skipped(&email.id, reason.as_str())
+                        .dunning_email_skipped(&email.id, email.lease, reason.as_str())
                         .await
                 }
                 // Looked at again next round.
@@ -234,7 +241,7 @@ impl DunningMailer {
                     let wait = chrono::Duration::from_std(self.poll)
                         .unwrap_or(chrono::Duration::seconds(30));
                     self.store
-                        .dunning_email_postponed(&email.id, Utc::now() + wait)
+                        .dunning_email_postponed(&email.id, email.lease, Utc::now() + wait)
                         .await
                 }
             };
@@ -254,7 +261,9 @@ impl DunningMailer {
                 metrics::counter!("dunning_emails_total", "outcome" => "sent").increment(1);
                 tracing::info!(email_id = %email.id, step = %email.step, user_id = %email.user_id,
                     "dunning email sent");
-                self.store.dunning_email_sent(&email.id, Utc::now()).await
+                self.store
+                    .dunning_email_sent(&email.id, email.lease, Utc::now())
+                    .await
             }
             Err(error) => {
                 round.failed += 1;
@@ -267,6 +276,7 @@ impl DunningMailer {
                 self.store
                     .dunning_email_failed(
                         &email.id,
+                        email.lease,
                         Utc::now() + retry_delay(email.attempts),
                         &error,
                         give_up,

@@ -8,7 +8,7 @@ use super::Billing;
 use crate::{
     domain::{
         Subscription, SubscriptionStatus,
-        dunning::{DunningStep, plan},
+        dunning::{DunningStep, invoice_plan},
         subscription::PaymentProvider,
     },
     payments::RemoteInvoice,
@@ -34,22 +34,29 @@ impl Billing {
             && invoice.provider != PaymentProvider::Mpesa
             && invoice.subscription_id.is_some()
             && stored.provider_subscription_id == invoice.subscription_id
+            // UNPAID (Stripe gave up retrying) keeps no tier: no email may promise one.
             && matches!(
                 stored.status,
                 SubscriptionStatus::Active
                     | SubscriptionStatus::Trialing
                     | SubscriptionStatus::PastDue
-                    | SubscriptionStatus::Unpaid
             );
         if !renewal {
             return Vec::new();
         }
-        let first_failure = match stored.status {
+        // The tier's grace runs from the first failure of the PAST_DUE streak, as
+        // `Subscription::effective_tier` counts it; this invoice's reminders from its own failure.
+        let streak_start = match stored.status {
             SubscriptionStatus::PastDue => stored.past_due_since.unwrap_or(failed_at),
             _ => failed_at,
         };
-        let grace_ends = first_failure + self.past_due_grace;
-        plan(first_failure, grace_ends, &self.dunning_schedule)
+        let (grace_ends, planned) = invoice_plan(
+            streak_start,
+            failed_at,
+            self.past_due_grace,
+            &self.dunning_schedule,
+        );
+        planned
             .into_iter()
             .map(|email| (email.step, email.due, grace_ends))
             .collect()

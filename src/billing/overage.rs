@@ -26,6 +26,7 @@ use crate::{
         subscription::PaymentProvider,
         usage::{OVERAGE_TIER, extra_cards},
     },
+    payments::PaymentError,
     store::ExtraCardMonth,
 };
 
@@ -111,7 +112,19 @@ impl Billing {
         let enabled = self.extras_on(subscription);
         // Priced only for users who opted in (the plain usage read stays one query).
         let unit_price = if enabled {
-            let table = self.price_list.table().await?;
+            // Usage is answered without the price when Stripe's prices cannot be read now.
+            let table = match self.price_list.table().await {
+                Ok(table) => table,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot price the extra cards now");
+                    return Ok(OverageView {
+                        available,
+                        enabled,
+                        extra_cards: extra_cards(tier, usage.cards),
+                        unit_price: None,
+                    });
+                }
+            };
             let currency = subscription
                 .terms
                 .currency
@@ -202,6 +215,12 @@ impl Billing {
         if sub.terms.extra_item.is_some() {
             return Ok(());
         }
+        // Stripe's classic billing mode keeps every item of a subscription on one interval.
+        if sub.terms.interval == Some(crate::domain::pricing::BillingInterval::Year) {
+            return Err(BillingError::Precondition(
+                "extra cards are billed monthly: they cannot be added to a yearly subscription; switch to monthly billing first".into(),
+            ));
+        }
         let Some(subscription_id) = sub.provider_subscription_id.clone() else {
             return Err(BillingError::Precondition(
                 "you have no paid subscription".into(),
@@ -281,10 +300,24 @@ impl Billing {
                 }
                 Err(e) => {
                     round.failed += 1;
-                    tracing::warn!(error = %e, identifier = %card.identifier,
-                        "extra card-month not reported; sent again next round");
+                    // Refused for good (the customer is gone at Stripe, say): a resend cannot
+                    // help, and the row must not hold the queue up.
+                    let give_up = matches!(
+                        e,
+                        PaymentError::Rejected(_)
+                            | PaymentError::NotFound(_)
+                            | PaymentError::Malformed(_)
+                    );
+                    if give_up {
+                        tracing::error!(error = %e, identifier = %card.identifier,
+                            "Stripe refused an extra card-month for good; not reported");
+                        metrics::counter!("overage_card_months_refused_total").increment(1);
+                    } else {
+                        tracing::warn!(error = %e, identifier = %card.identifier,
+                            "extra card-month not reported; sent again next round");
+                    }
                     self.store
-                        .extra_card_not_reported(&card.identifier, &e.to_string())
+                        .extra_card_not_reported(&card.identifier, &e.to_string(), give_up)
                         .await?;
                     if e.is_temporary() {
                         break;

@@ -59,6 +59,13 @@ impl Billing {
             let cancelling = remote.cancel_at_period_end || remote.cancel_at.is_some();
             let current = remote.terms.interval.unwrap_or(BillingInterval::Month);
             let interval = interval.unwrap_or(current);
+            // Stripe's classic billing mode keeps every item of a subscription on one interval,
+            // and the extra-card item is monthly.
+            if interval == BillingInterval::Year && remote.terms.extra_item.is_some() {
+                return Err(BillingError::Precondition(
+                    "this subscription has the monthly extra-card item (overage): it cannot be billed yearly".into(),
+                ));
+            }
             if remote.tier == Some(tier) && interval == current && !cancelling {
                 return Ok(None);
             }

@@ -42,9 +42,10 @@ pub struct BillingTermsSettings {
     /// Where the billing page is, for the links in emails (default: the dashboard's).
     #[arg(long, env = "BILLING_PAGE_URL", global = true)]
     pub billing_page_url: Option<String>,
-    /// `auto`: in APP_ENV=development with no payment provider configured, payments go to a
-    /// sandbox this service plays itself (test mode, no money moves); `off`: never. Production
-    /// never has it.
+    /// `auto`: on the first run with no configuration (APP_ENV=development, no payment provider
+    /// and no JWT_SECRET), payments go to a sandbox this service plays itself (test mode, no
+    /// money moves); `on`: in development with no payment provider, even with JWT_SECRET set;
+    /// `off`: never. Production never has it.
     #[arg(
         long,
         env = "PAYMENTS_SANDBOX",
@@ -65,6 +66,7 @@ pub struct BillingTermsSettings {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum SandboxMode {
     Auto,
+    On,
     Off,
 }
 

@@ -510,12 +510,16 @@ impl Config {
             zoho_accounts_servers,
         };
 
-        // The sandbox: development only, and only while no real provider is configured.
-        let sandbox = s.billing_terms.payments_sandbox == SandboxMode::Auto
-            && !production
-            && stripe.is_none()
-            && paypal.is_none()
-            && mpesa.is_none();
+        // The sandbox: development only, and only while no real provider is configured. `auto`
+        // also needs the no-configuration first run (no JWT_SECRET): a deployment that forgot
+        // APP_ENV=production still has its JWT secret, and must not sell plans for nothing.
+        let wanted = match s.billing_terms.payments_sandbox {
+            SandboxMode::Auto => jwt.generated,
+            SandboxMode::On => true,
+            SandboxMode::Off => false,
+        };
+        let sandbox =
+            wanted && !production && stripe.is_none() && paypal.is_none() && mpesa.is_none();
         let stripe = if sandbox {
             Some(sandbox_stripe())
         } else {

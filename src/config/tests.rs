@@ -189,7 +189,9 @@ fn paypal_and_mpesa_name_every_missing_setting_and_never_print_secrets() {
 
 #[test]
 fn the_sandbox_runs_only_in_development_and_only_without_a_real_provider() {
-    let dev = config_from(&[]);
+    // `auto` with a JWT secret (a deployment that forgot APP_ENV=production): no sandbox.
+    assert!(!config_from(&[]).sandbox);
+    let dev = config_from(&["--payments-sandbox=on"]);
     assert!(dev.sandbox, "development with no provider: the sandbox");
     let stripe = dev
         .stripe
@@ -198,6 +200,7 @@ fn the_sandbox_runs_only_in_development_and_only_without_a_real_provider() {
     assert!(stripe.is_some_and(|k| k.starts_with("sk_test_sandbox_")));
     assert!(!config_from(&["--payments-sandbox=off"]).sandbox);
     let real = config_from(&[
+        "--payments-sandbox=on",
         "--stripe-secret-key=sk_test_real",
         "--stripe-webhook-secret=whsec_real",
         "--stripe-price-id-pro=price_a",
@@ -212,6 +215,7 @@ fn the_sandbox_runs_only_in_development_and_only_without_a_real_provider() {
         Some("sk_test_real")
     );
     let mpesa_only = config_from(&[
+        "--payments-sandbox=on",
         "--mpesa-consumer-key=key",
         "--mpesa-consumer-secret=secret",
         "--mpesa-shortcode=174379",
@@ -222,6 +226,7 @@ fn the_sandbox_runs_only_in_development_and_only_without_a_real_provider() {
     ]);
     assert!(!mpesa_only.sandbox && mpesa_only.stripe.is_none());
     let production = config_from(&[
+        "--payments-sandbox=on",
         "--app-env=production",
         "--database-url=postgres://db.internal/nexus",
         "--allowed-origins=https://app.example.com",

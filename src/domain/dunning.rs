@@ -87,6 +87,23 @@ pub fn plan(
     emails
 }
 
+/// The emails of an invoice that failed at `failed_at`, in a PAST_DUE streak that began at
+/// `streak_start` (the tier ends `grace` after it): reminders from this invoice's failure, the
+/// final notice before the streak's grace ends; none when that grace is already over (the
+/// user is on FREE: no email may promise otherwise). Returns the grace's end with them.
+pub fn invoice_plan(
+    streak_start: DateTime<Utc>,
+    failed_at: DateTime<Utc>,
+    grace: Duration,
+    schedule: &[u32],
+) -> (DateTime<Utc>, Vec<PlannedEmail>) {
+    let grace_ends = streak_start.min(failed_at) + grace;
+    if grace_ends <= failed_at {
+        return (grace_ends, Vec::new());
+    }
+    (grace_ends, plan(failed_at, grace_ends, schedule))
+}
+
 /// Why a due email is not sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Skip {
@@ -209,6 +226,22 @@ mod tests {
             [("day-0".to_string(), 0)]
         );
         assert!(plan(t0(), t0() + Duration::days(7), &[]).is_empty());
+    }
+
+    #[test]
+    fn a_later_invoice_of_the_streak_counts_from_its_own_failure_up_to_the_streaks_grace() {
+        let week = Duration::days(7);
+        // The streak began 4 days ago: this invoice's day 0 now, its final on day 6 of the
+        // streak; its day 3 would fall on the final's day, so it is left out.
+        let (ends, planned) = invoice_plan(t0(), t0() + Duration::days(4), week, &[0, 3, 7]);
+        assert_eq!(ends, t0() + week);
+        assert_eq!(
+            days(&planned),
+            [("day-0".to_string(), 96), ("final".to_string(), 144)]
+        );
+        // The grace is over: nothing promises access that has ended.
+        let (_, none) = invoice_plan(t0(), t0() + Duration::days(10), week, &[0, 3, 7]);
+        assert!(none.is_empty());
     }
 
     #[test]

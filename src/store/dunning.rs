@@ -46,6 +46,9 @@ pub struct ClaimedDunningEmail {
     pub subscription_as_of: Option<DateTime<Utc>>,
     /// When the email was written to the outbox.
     pub scheduled_at: DateTime<Utc>,
+    /// This sender's claim: the updates below change the row only while it is still held
+    /// (a claim that ran out may have been taken by another sender, which sent the email).
+    pub lease: DateTime<Utc>,
 }
 
 /// The outbox's reads and writes outside the event's transaction.
@@ -68,12 +71,18 @@ pub trait DunningOutbox: Send + Sync {
     ) -> Result<Option<ClaimedDunningEmail>, StoreError>;
 
     /// The SMTP server accepted the email.
-    async fn dunning_email_sent(&self, id: &str, now: DateTime<Utc>) -> Result<(), StoreError>;
+    async fn dunning_email_sent(
+        &self,
+        id: &str,
+        lease: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
 
     /// The delivery failed: tried again from `next`, or given up (`failed`).
     async fn dunning_email_failed(
         &self,
         id: &str,
+        lease: DateTime<Utc>,
         next: DateTime<Utc>,
         error: &str,
         give_up: bool,
@@ -84,9 +93,15 @@ pub trait DunningOutbox: Send + Sync {
     async fn dunning_email_postponed(
         &self,
         id: &str,
+        lease: DateTime<Utc>,
         next: DateTime<Utc>,
     ) -> Result<(), StoreError>;
 
     /// The email is not sent (see `domain::dunning::Skip`).
-    async fn dunning_email_skipped(&self, id: &str, reason: &str) -> Result<(), StoreError>;
+    async fn dunning_email_skipped(
+        &self,
+        id: &str,
+        lease: DateTime<Utc>,
+        reason: &str,
+    ) -> Result<(), StoreError>;
 }

@@ -33,6 +33,7 @@ pub(crate) type ClaimedRow = (
 
 pub(crate) fn claimed(
     row: ClaimedRow,
+    lease: chrono::DateTime<chrono::Utc>,
 ) -> Result<super::dunning::ClaimedDunningEmail, super::StoreError> {
     let corrupt = |what: &str| super::StoreError::Corrupt(format!("dunning_emails.{what}"));
     let (id, user, provider, invoice_id, step, recipient, grace_ends, attempts, invoice, due) = (
@@ -66,6 +67,7 @@ pub(crate) fn claimed(
             .map_err(|_| corrupt("tier"))?,
         subscription_as_of: row.14,
         scheduled_at: row.15,
+        lease,
     })
 }
 
@@ -123,20 +125,23 @@ macro_rules! dunning_outbox {
                         .bind(id)
                         .fetch_optional(&self.pool)
                         .await?;
-                    row.map(claimed).transpose()
+                    row.map(|r| claimed(r, until)).transpose()
                 }
 
                 async fn dunning_email_sent(
                     &self,
                     id: &str,
+                    lease: DateTime<Utc>,
                     now: DateTime<Utc>,
                 ) -> Result<(), StoreError> {
                     sqlx::query(
                         "UPDATE dunning_emails SET state = 'sent', sent_at = $2, \
-                         claimed_until = NULL, last_error = NULL WHERE id = $1",
+                         claimed_until = NULL, last_error = NULL \
+                         WHERE id = $1 AND state = 'pending' AND claimed_until = $3",
                     )
                     .bind(id)
                     .bind(now)
+                    .bind(lease)
                     .execute(&self.pool)
                     .await?;
                     Ok(())
@@ -145,6 +150,7 @@ macro_rules! dunning_outbox {
                 async fn dunning_email_failed(
                     &self,
                     id: &str,
+                    lease: DateTime<Utc>,
                     next: DateTime<Utc>,
                     error: &str,
                     give_up: bool,
@@ -152,12 +158,14 @@ macro_rules! dunning_outbox {
                     sqlx::query(
                         "UPDATE dunning_emails SET next_attempt_at = $2, last_error = $3, \
                          claimed_until = NULL, \
-                         state = CASE WHEN $4 THEN 'failed' ELSE 'pending' END WHERE id = $1",
+                         state = CASE WHEN $4 THEN 'failed' ELSE 'pending' END \
+                         WHERE id = $1 AND state = 'pending' AND claimed_until = $5",
                     )
                     .bind(id)
                     .bind(next)
                     .bind(error)
                     .bind(give_up)
+                    .bind(lease)
                     .execute(&self.pool)
                     .await?;
                     Ok(())
@@ -166,14 +174,17 @@ macro_rules! dunning_outbox {
                 async fn dunning_email_postponed(
                     &self,
                     id: &str,
+                    lease: DateTime<Utc>,
                     next: DateTime<Utc>,
                 ) -> Result<(), StoreError> {
                     sqlx::query(
                         "UPDATE dunning_emails SET next_attempt_at = $2, claimed_until = NULL, \
-                         attempts = attempts - 1 WHERE id = $1",
+                         attempts = attempts - 1 \
+                         WHERE id = $1 AND state = 'pending' AND claimed_until = $3",
                     )
                     .bind(id)
                     .bind(next)
+                    .bind(lease)
                     .execute(&self.pool)
                     .await?;
                     Ok(())
@@ -182,14 +193,17 @@ macro_rules! dunning_outbox {
                 async fn dunning_email_skipped(
                     &self,
                     id: &str,
+                    lease: DateTime<Utc>,
                     reason: &str,
                 ) -> Result<(), StoreError> {
                     sqlx::query(
                         "UPDATE dunning_emails SET state = 'skipped', last_error = $2, \
-                         claimed_until = NULL WHERE id = $1",
+                         claimed_until = NULL \
+                         WHERE id = $1 AND state = 'pending' AND claimed_until = $3",
                     )
                     .bind(id)
                     .bind(reason)
+                    .bind(lease)
                     .execute(&self.pool)
                     .await?;
                     Ok(())

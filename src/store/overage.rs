@@ -41,7 +41,8 @@ pub trait OverageStore: Send + Sync {
     /// How many extra cards of `month` were written down for the user.
     async fn extra_cards_written(&self, user: &UserId, month: &str) -> Result<u64, StoreError>;
 
-    /// Writes extra card-months down (those already there stay as they are).
+    /// Writes extra card-months down (those already there stay as they are), only while the
+    /// user's opt-in is still stored (not after an opt-out or an erasure).
     async fn write_extra_cards(&self, months: &[ExtraCardMonth]) -> Result<(), StoreError>;
 
     /// Extra card-months not yet taken by Stripe, oldest first.
@@ -54,10 +55,12 @@ pub trait OverageStore: Send + Sync {
         now: DateTime<Utc>,
     ) -> Result<(), StoreError>;
 
-    /// Sending the event failed; it is sent again next round.
+    /// Sending the event failed: sent again next round, or never (`give_up`: Stripe refused
+    /// it for good).
     async fn extra_card_not_reported(
         &self,
         identifier: &str,
         error: &str,
+        give_up: bool,
     ) -> Result<(), StoreError>;
 }

@@ -69,7 +69,9 @@ macro_rules! overage_store {
                     for m in months {
                         sqlx::query(
                             "INSERT INTO overage_reports (user_id, month, n, customer_id, \
-                             identifier) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                             identifier) SELECT $1, $2, $3, $4, $5 WHERE EXISTS \
+                             (SELECT 1 FROM subscriptions WHERE user_id = $1 AND overage_enabled) \
+                             ON CONFLICT DO NOTHING",
                         )
                         .bind(m.user_id.as_str())
                         .bind(&m.month)
@@ -127,13 +129,16 @@ macro_rules! overage_store {
                     &self,
                     identifier: &str,
                     error: &str,
+                    give_up: bool,
                 ) -> Result<(), StoreError> {
                     sqlx::query(
-                        "UPDATE overage_reports SET attempts = attempts + 1, last_error = $2 \
-                         WHERE identifier = $1",
+                        "UPDATE overage_reports SET attempts = attempts + 1, last_error = $2, \
+                         state = CASE WHEN $3 THEN 'failed' ELSE state END \
+                         WHERE identifier = $1 AND state = 'pending'",
                     )
                     .bind(identifier)
                     .bind(error)
+                    .bind(give_up)
                     .execute(&self.pool)
                     .await?;
                     Ok(())

@@ -278,6 +278,11 @@ impl FakeStripe {
         lock(&self.state).prices.insert(id.to_string(), price);
     }
 
+    /// Stripe no longer knows the customer (deleted in the dashboard, say).
+    pub fn forget_customer(&self, id: &str) {
+        lock(&self.state).customers.remove(id);
+    }
+
     /// Meter events Stripe counted (one per identifier).
     pub fn meter_events(&self) -> Vec<HashMap<String, String>> {
         lock(&self.state).meter_events.clone()

@@ -124,17 +124,20 @@ impl Handler {
                     sub["cancel_at_period_end"] = json!(cancel == "true");
                 }
                 if let Some(price) = form.get("items[0][price]") {
-                    if form.get("items[0][id]").map(String::as_str)
-                        != sub["items"]["data"][0]["id"].as_str()
-                    {
+                    // As Stripe: the item named by id, wherever it is in the list.
+                    let named = form.get("items[0][id]").map(String::as_str);
+                    let Some(item) = sub["items"]["data"]
+                        .as_array_mut()
+                        .and_then(|items| items.iter_mut().find(|i| i["id"].as_str() == named))
+                    else {
                         return error(
                             400,
                             "invalid_request_error",
                             "items[0][id] is not an item of this subscription",
                         );
-                    }
-                    sub["items"]["data"][0]["price"]["id"] = json!(price);
-                    sub["items"]["data"][0]["price"]["recurring"]["interval"] =
+                    };
+                    item["price"]["id"] = json!(price);
+                    item["price"]["recurring"]["interval"] =
                         json!(super::objects::interval_of(price));
                 }
                 sub.clone()

@@ -3,7 +3,8 @@
 //! harmless (a lost answer, another replica).
 
 use nexus_billing::grpc::proto::billing::{
-    CheckLimitRequest, GetUsageRequest, Overage, Resource, SetOverageRequest, Tier,
+    BillingInterval, ChangePlanRequest, CheckLimitRequest, GetUsageRequest, Overage, Resource,
+    SetOverageRequest, Tier,
 };
 use tonic::Code;
 
@@ -15,6 +16,7 @@ use crate::{
 
 crate::on_both_backends!(
     extra_cards_are_allowed_after_opting_in_and_each_card_month_is_reported_once,
+    a_card_month_stripe_refuses_for_good_is_given_up_and_holds_nothing_up,
     overage_is_refused_where_it_is_not_sold_or_the_plan_is_not_pro,
 );
 
@@ -143,6 +145,25 @@ async fn extra_cards_are_allowed_after_opting_in_and_each_card_month_is_reported
         "the lost answer was sent again"
     );
 
+    // Stripe cannot mix a yearly plan with the monthly metered item (classic billing mode):
+    // the switch is refused here, not half-done at Stripe.
+    let updates_before = stripe.requests("POST", "/v1/subscriptions/").len();
+    let yearly = app
+        .billing()
+        .await
+        .change_plan(authed(
+            ChangePlanRequest {
+                tier: Tier::Pro.into(),
+                interval: BillingInterval::Year.into(),
+            },
+            &token(user),
+        ))
+        .await
+        .err();
+    assert_eq!(yearly.as_ref().map(|s| s.code()), Some(Code::FailedPrecondition));
+    assert!(yearly.is_some_and(|s| s.message().contains("extra-card")));
+    assert_eq!(stripe.requests("POST", "/v1/subscriptions/").len(), updates_before);
+
     // Out again: no cards beyond the limit.
     let off = set_overage(&app, user, false)
         .await
@@ -178,5 +199,39 @@ async fn overage_is_refused_where_it_is_not_sold_or_the_plan_is_not_pro(backend:
         assert!(!overage(&app, user).await.available, "{user}");
     }
     assert!(stripe.requests("POST", "/v1/subscription_items").is_empty());
+    app.stop().await;
+}
+
+async fn a_card_month_stripe_refuses_for_good_is_given_up_and_holds_nothing_up(backend: Backend) {
+    let (app, stripe) = spawn(backend).await;
+    let mut customers = Vec::new();
+    for user in ["gone", "kept"] {
+        let (customer, _) = subscribe(&app, &stripe, user, Tier::Pro).await;
+        wait_for("the subscription is stored", || async {
+            (subscription(&app, user).await.tier == i32::from(Tier::Pro)).then_some(())
+        })
+        .await;
+        set_overage(&app, user, true)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        customers.push(customer);
+    }
+    // The first customer is deleted at Stripe: its meter events are refused for good.
+    stripe.forget_customer(&customers[0]);
+    app.add_cards("gone", 6).await;
+    wait_for("the refused card-month is given up", || async {
+        (app.count("overage_reports", "user_id = 'gone' AND state = 'failed'").await == 1)
+            .then_some(())
+    })
+    .await;
+    // The other user's card-months still go out.
+    app.add_cards("kept", 7).await;
+    wait_for("the other user's card-months reported", || async {
+        (app.count("overage_reports", "user_id = 'kept' AND state = 'reported'").await == 2)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(stripe.meter_events().len(), 2);
+    assert_eq!(app.count("overage_reports", "state = 'pending'").await, 0);
     app.stop().await;
 }

@@ -53,7 +53,7 @@ async fn page(url: &str) -> String {
 }
 
 async fn a_newcomer_upgrades_in_the_sandbox_sees_the_invoice_and_cancels(backend: Backend) {
-    let app = TestApp::spawn_with(backend, &[("--payments-sandbox", "auto")]).await;
+    let app = TestApp::spawn_with(backend, &[("--payments-sandbox", "on")]).await;
     let user = "newcomer";
     let config = page(&app.http_url("/dashboard/config.json")).await;
     assert!(config.contains("\"sandbox\":true"), "{config}");
@@ -157,7 +157,7 @@ async fn a_newcomer_upgrades_in_the_sandbox_sees_the_invoice_and_cancels(backend
 
 async fn the_sandbox_is_off_beside_a_real_provider(backend: Backend) {
     let (app, stripe) =
-        TestApp::spawn_with_stripe_and(backend, &[("--payments-sandbox", "auto")]).await;
+        TestApp::spawn_with_stripe_and(backend, &[("--payments-sandbox", "on")]).await;
     let config = page(&app.http_url("/dashboard/config.json")).await;
     assert!(config.contains("\"sandbox\":false"), "{config}");
     let status = browser()

@@ -25,7 +25,80 @@ crate::on_both_backends!(
     integrations_are_listed_per_user_in_provider_order,
     an_unknown_stored_value_is_an_error_not_a_default,
     the_scheduler_queues_only_what_is_due_and_never_beside_an_active_job,
+    a_dunning_email_claimed_again_after_its_lease_is_not_undone_by_the_first_sender,
 );
+
+/// Sender A's claim runs out during a slow delivery; sender B claims the email and sends it.
+/// A's late "failed" must not put the sent email back to pending (it would go out again).
+async fn a_dunning_email_claimed_again_after_its_lease_is_not_undone_by_the_first_sender(
+    backend: Backend,
+) {
+    use nexus_billing::{domain::dunning::DunningStep, store::NewDunningEmail};
+    let (db, store) = open(backend).await;
+    let ann = user("dunned");
+    let now = Utc::now();
+    let mut tx = store.begin().await.unwrap_or_else(|e| panic!("{e}"));
+    tx.lock_subscription(&ann).await.unwrap_or_else(|e| panic!("{e}"));
+    tx.schedule_dunning(&[NewDunningEmail {
+        user: &ann,
+        provider: PaymentProvider::Stripe,
+        invoice_id: "in_slow",
+        step: DunningStep::Reminder(0),
+        recipient: Some("ann@example.com"),
+        due: now - Duration::seconds(5),
+        grace_ends: now + Duration::days(7),
+    }])
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    tx.commit().await.unwrap_or_else(|e| panic!("{e}"));
+    let ids = store
+        .due_dunning_emails(now, 10)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(ids.len(), 1);
+    let a = store
+        .claim_dunning_email(&ids[0], now, now + Duration::seconds(1))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|| panic!("A claims"));
+    let later = now + Duration::seconds(2);
+    let b = store
+        .claim_dunning_email(&ids[0], later, later + Duration::seconds(120))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|| panic!("B claims once A's lease ran out"));
+    store
+        .dunning_email_sent(&b.id, b.lease, later)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    // A comes back: its delivery timed out.
+    store
+        .dunning_email_failed(&a.id, a.lease, later, "the SMTP server timed out", false)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    store
+        .dunning_email_postponed(&a.id, a.lease, later)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let state: (String,) = match &db.pool().await {
+        crate::helpers::TestPool::Sqlite(pool) => {
+            sqlx::query_as("SELECT state FROM dunning_emails").fetch_one(pool).await
+        }
+        crate::helpers::TestPool::Postgres(pool) => {
+            sqlx::query_as("SELECT state FROM dunning_emails").fetch_one(pool).await
+        }
+    }
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(state.0, "sent");
+    assert!(
+        store
+            .due_dunning_emails(later + Duration::days(1), 10)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .is_empty()
+    );
+    close(db, store).await;
+}
 
 fn user(id: &str) -> UserId {
     UserId::parse(id).unwrap_or_else(|e| panic!("{e}"))

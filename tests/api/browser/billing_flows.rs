@@ -15,7 +15,23 @@ use crate::{
     subscription_lifecycle::subscription,
 };
 
-crate::tests!(browser: [a_free_user_upgrades_through_checkout_changes_plan_cancels_and_resumes]);
+crate::tests!(browser: [
+    a_free_user_upgrades_through_checkout_changes_plan_cancels_and_resumes,
+    a_newcomer_upgrades_and_cancels_in_the_sandbox_with_no_configuration,
+]);
+
+/// The first run: no payment settings at all, the sandbox on (as `cargo run` in development).
+async fn a_newcomer_upgrades_and_cancels_in_the_sandbox_with_no_configuration() {
+    let app = spawn_for_browser(&[("--payments-sandbox".to_string(), "on".to_string())]).await;
+    let user = "browser-newcomer";
+    run_scenario("sandbox-first-run", &app, &[("TOKEN", token(user))]).await;
+    let sub = subscription(&app, user).await;
+    assert_eq!(sub.tier, i32::from(Tier::Pro));
+    assert!(sub.cancel_at_period_end, "cancelled in the portal");
+    assert_eq!(app.count("invoices", "status = 'paid'").await, 1);
+    assert_eq!(app.count("webhook_inbox", "state = 'done'").await, 4);
+    app.stop().await;
+}
 
 /// Stripe's settings as owned pairs.
 pub fn stripe_settings(stripe: &FakeStripe) -> Vec<(String, String)> {

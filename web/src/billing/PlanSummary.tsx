@@ -1,6 +1,12 @@
 // The current plan: its status, when it renews or ends, a past-due warning, cancel and resume.
 import { useEffect, useState } from "react";
-import { InvoiceStatus, SubscriptionStatus, Tier, type Subscription } from "../gen/nexus/billing/v1/billing_pb";
+import {
+  InvoiceStatus,
+  PaymentProvider,
+  SubscriptionStatus,
+  Tier,
+  type Subscription,
+} from "../gen/nexus/billing/v1/billing_pb";
 import { Badge } from "../components/Badge";
 import { ConfirmDialog } from "../components/Modal";
 import { useToast } from "../components/Toasts";
@@ -73,6 +79,7 @@ export function PlanSummary({ subscription: sub, confirming, onChanged }: Props)
       {pastDue && <PastDueWarning graceEnds={date(sub?.graceEndsAt)} tier={tierName(sub?.tier ?? Tier.FREE)} />}
       {paid && !confirming && (
         <div className="actions">
+          {sub?.provider === PaymentProvider.STRIPE && !pastDue && <PortalButton label="Manage billing" />}
           {sub?.cancelAtPeriodEnd ? (
             <button type="button" className="primary" onClick={() => setAsking("resume")}>
               Resume subscription
@@ -109,11 +116,29 @@ export function PlanSummary({ subscription: sub, confirming, onChanged }: Props)
   );
 }
 
+/** Opens the payment provider's billing portal (cards, invoices, cancellation). */
+function PortalButton({ label }: { label: string }) {
+  const { api, explain } = useSession();
+  const toast = useToast();
+  const portal = async () => {
+    try {
+      const answer = await api.billing.createPortalSession({ returnUrl: window.location.href });
+      window.location.assign(answer.url);
+    } catch (e) {
+      toast("error", explain(e));
+    }
+  };
+  return (
+    <button type="button" onClick={portal}>
+      {label}
+    </button>
+  );
+}
+
 /** The last payment failed: until when the plan stays, a link to the open invoice, and the
  * billing portal. */
 function PastDueWarning({ graceEnds, tier }: { graceEnds: string; tier: string }) {
-  const { api, explain } = useSession();
-  const toast = useToast();
+  const { api } = useSession();
   const [invoiceUrl, setInvoiceUrl] = useState<string | null>(null);
   useEffect(() => {
     api.billing
@@ -124,14 +149,6 @@ function PastDueWarning({ graceEnds, tier }: { graceEnds: string; tier: string }
       })
       .catch(() => setInvoiceUrl(null));
   }, [api]);
-  const portal = async () => {
-    try {
-      const answer = await api.billing.createPortalSession({ returnUrl: window.location.href });
-      window.location.assign(answer.url);
-    } catch (e) {
-      toast("error", explain(e));
-    }
-  };
   return (
     <div className="notice notice-warning" role="alert" data-testid="past-due">
       <p>
@@ -151,9 +168,7 @@ function PastDueWarning({ graceEnds, tier }: { graceEnds: string; tier: string }
             Pay the open invoice
           </a>
         )}
-        <button type="button" onClick={portal}>
-          Open the billing portal
-        </button>
+        <PortalButton label="Open the billing portal" />
       </p>
     </div>
   );
