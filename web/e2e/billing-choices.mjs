@@ -10,9 +10,10 @@ export default async function ({ page, env, shot, step }) {
   await page.getByTestId("current-plan").filter({ hasText: "Free" }).waitFor();
   await page.getByLabel("Yearly").check();
   await page.getByLabel("Currency").selectOption("eur");
+  // The euro prices replace the dollar ones once ListPlans answers for "eur".
   const pro = page.getByTestId("price-pro");
-  await pro.filter({ hasText: "/ year" }).waitFor();
-  assert.match(await pro.textContent(), /85\.00/);
+  await pro.filter({ hasText: "€" }).waitFor();
+  assert.match(await pro.textContent(), /^€85\.00 \/ year$/);
   await page.getByText("2 months free").first().waitFor();
   await checkLabels(page);
   await shot("yearly-eur");
