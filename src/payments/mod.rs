@@ -11,6 +11,7 @@ pub(crate) mod paypal_event;
 mod provider_api;
 pub mod provider_clock;
 pub mod sandbox;
+mod sandbox_payer;
 pub mod stripe;
 pub mod stripe_budget;
 pub(crate) mod stripe_event;

@@ -2,7 +2,8 @@
 //! yearly checkouts and plan changes, trials and promotion codes, against the Stripe fake.
 
 use nexus_billing::grpc::proto::billing::{
-    BillingInterval, ChangePlanRequest, CreateCheckoutSessionRequest, ListPlansRequest,
+    BillingInterval, ChangePlanRequest, CreateCheckoutSessionRequest, CreateCheckoutSessionResponse,
+    ListPlansRequest,
     ListPlansResponse, SubscriptionStatus, Tier,
 };
 use tonic::Code;
@@ -71,6 +72,18 @@ fn checkout(tier: Tier, interval: BillingInterval, currency: &str) -> CreateChec
         currency: currency.into(),
         ..Default::default()
     }
+}
+
+async fn open_checkout(
+    app: &TestApp,
+    user: &str,
+    request: CreateCheckoutSessionRequest,
+) -> Result<CreateCheckoutSessionResponse, tonic::Status> {
+    app.billing()
+        .await
+        .create_checkout_session(authed(request, &token(user)))
+        .await
+        .map(|r| r.into_inner())
 }
 
 const MONTH: i32 = BillingInterval::Month as i32;
@@ -157,16 +170,8 @@ async fn prices_are_kept_refreshed_and_outlive_a_stripe_outage(backend: Backend)
 
 async fn a_yearly_checkout_in_euros_asks_stripe_for_that_price_and_currency(backend: Backend) {
     let (app, stripe) = TestApp::spawn_with_stripe(backend).await;
-    let session = app
-        .billing()
-        .await
-        .create_checkout_session(authed(
-            checkout(Tier::Pro, BillingInterval::Year, "eur"),
-            &token("eve"),
-        ))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .into_inner();
+    let session = open_checkout(&app, "eve", checkout(Tier::Pro, BillingInterval::Year, "eur")).await
+        .unwrap_or_else(|e| panic!("{e}"));
     let (_, form) = stripe
         .checkout_session(&session.session_id)
         .unwrap_or_else(|| panic!("no session at Stripe"));
@@ -181,14 +186,7 @@ async fn a_yearly_checkout_in_euros_asks_stripe_for_that_price_and_currency(back
     // A currency the price does not offer never reaches Stripe.
     let sessions_before = stripe.requests("POST", "/v1/checkout/sessions").len();
     for (currency, code) in [("gbp", Code::InvalidArgument), ("kes", Code::InvalidArgument)] {
-        let refused = app
-            .billing()
-            .await
-            .create_checkout_session(authed(
-                checkout(Tier::Pro, BillingInterval::Year, currency),
-                &token("eve"),
-            ))
-            .await
+        let refused = open_checkout(&app, "eve", checkout(Tier::Pro, BillingInterval::Year, currency)).await
             .err()
             .map(|s| s.code());
         assert_eq!(refused, Some(code), "{currency}");
@@ -218,14 +216,7 @@ async fn a_customer_keeps_the_currency_of_their_first_subscription(backend: Back
         "flo"
     );
     stripe.patch_subscription(&sub_id, serde_json::json!({ "status": "canceled" }));
-    let refused = app
-        .billing()
-        .await
-        .create_checkout_session(authed(
-            checkout(Tier::Pro, BillingInterval::Month, "eur"),
-            &token("flo"),
-        ))
-        .await
+    let refused = open_checkout(&app, "flo", checkout(Tier::Pro, BillingInterval::Month, "eur")).await
         .err();
     assert_eq!(
         refused.as_ref().map(|s| s.code()),
@@ -235,16 +226,8 @@ async fn a_customer_keeps_the_currency_of_their_first_subscription(backend: Back
         refused.is_some_and(|s| s.message().contains("usd")),
         "the refusal names the account's currency"
     );
-    let again = app
-        .billing()
-        .await
-        .create_checkout_session(authed(
-            checkout(Tier::Premium, BillingInterval::Month, ""),
-            &token("flo"),
-        ))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .into_inner();
+    let again = open_checkout(&app, "flo", checkout(Tier::Premium, BillingInterval::Month, "")).await
+        .unwrap_or_else(|e| panic!("{e}"));
     let (_, form) = stripe
         .checkout_session(&again.session_id)
         .unwrap_or_else(|| panic!("no session at Stripe"));
@@ -325,14 +308,7 @@ async fn yearly_is_refused_where_no_yearly_price_is_set(backend: Backend) {
         ],
     )
     .await;
-    let refused = app
-        .billing()
-        .await
-        .create_checkout_session(authed(
-            checkout(Tier::Pro, BillingInterval::Year, ""),
-            &token("hal"),
-        ))
-        .await
+    let refused = open_checkout(&app, "hal", checkout(Tier::Pro, BillingInterval::Year, "")).await
         .err();
     assert_eq!(
         refused.as_ref().map(|s| s.code()),
@@ -364,16 +340,8 @@ async fn trials_go_to_first_subscriptions_only_and_show_their_end(backend: Backe
         ],
     )
     .await;
-    let first = app
-        .billing()
-        .await
-        .create_checkout_session(authed(
-            checkout(Tier::Pro, BillingInterval::Month, ""),
-            &token("ivy"),
-        ))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .into_inner();
+    let first = open_checkout(&app, "ivy", checkout(Tier::Pro, BillingInterval::Month, "")).await
+        .unwrap_or_else(|e| panic!("{e}"));
     let (_, form) = stripe
         .checkout_session(&first.session_id)
         .unwrap_or_else(|| panic!("no session"));
@@ -430,16 +398,8 @@ async fn trials_go_to_first_subscriptions_only_and_show_their_end(backend: Backe
         (s.status == i32::from(SubscriptionStatus::Canceled)).then_some(())
     })
     .await;
-    let second = app
-        .billing()
-        .await
-        .create_checkout_session(authed(
-            checkout(Tier::Pro, BillingInterval::Month, ""),
-            &token("ivy"),
-        ))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .into_inner();
+    let second = open_checkout(&app, "ivy", checkout(Tier::Pro, BillingInterval::Month, "")).await
+        .unwrap_or_else(|e| panic!("{e}"));
     let (_, form) = stripe
         .checkout_session(&second.session_id)
         .unwrap_or_else(|| panic!("no session"));

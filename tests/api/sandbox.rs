@@ -4,7 +4,7 @@
 //! Beside a real provider it is off.
 
 use nexus_billing::grpc::proto::billing::{
-    CreateCheckoutSessionRequest, CreatePortalSessionRequest, InvoiceStatus, ListInvoicesRequest,
+    CreateCheckoutSessionRequest, CreateCheckoutSessionResponse, CreatePortalSessionRequest, InvoiceStatus, ListInvoicesRequest,
     ListPlansRequest, PaymentProvider, SubscriptionStatus, Tier,
 };
 
@@ -23,6 +23,24 @@ fn browser() -> reqwest::Client {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A PRO checkout for `user`, returning to the allowed origin.
+async fn pro_checkout(app: &TestApp, user: &str) -> CreateCheckoutSessionResponse {
+    app.billing()
+        .await
+        .create_checkout_session(authed(
+            CreateCheckoutSessionRequest {
+                tier: Tier::Pro.into(),
+                success_url: format!("{ALLOWED_ORIGIN}/billing/done"),
+                cancel_url: format!("{ALLOWED_ORIGIN}/billing"),
+                ..Default::default()
+            },
+            &token(user),
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_inner()
 }
 
 /// POSTs a sandbox button as the page's own form would.
@@ -68,21 +86,7 @@ async fn a_newcomer_upgrades_in_the_sandbox_sees_the_invoice_and_cancels(backend
     let pro = plans.plans.iter().find(|p| p.tier == i32::from(Tier::Pro));
     assert_eq!(pro.map(|p| p.prices.len()), Some(2));
 
-    let session = app
-        .billing()
-        .await
-        .create_checkout_session(authed(
-            CreateCheckoutSessionRequest {
-                tier: Tier::Pro.into(),
-                success_url: format!("{ALLOWED_ORIGIN}/billing/done"),
-                cancel_url: format!("{ALLOWED_ORIGIN}/billing"),
-                ..Default::default()
-            },
-            &token(user),
-        ))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .into_inner();
+    let session = pro_checkout(&app, user).await;
     assert_eq!(session.provider, i32::from(PaymentProvider::Stripe));
     // The page is on the dashboard's origin (this sidecar).
     let base = format!("http://localhost:{}", app.http_addr.port());
@@ -167,21 +171,7 @@ async fn the_sandbox_is_off_beside_a_real_provider(backend: Backend) {
         .map(|r| r.status().as_u16())
         .unwrap_or_default();
     assert_eq!(status, 404);
-    let session = app
-        .billing()
-        .await
-        .create_checkout_session(authed(
-            CreateCheckoutSessionRequest {
-                tier: Tier::Pro.into(),
-                success_url: format!("{ALLOWED_ORIGIN}/billing/done"),
-                cancel_url: format!("{ALLOWED_ORIGIN}/billing"),
-                ..Default::default()
-            },
-            &token("real"),
-        ))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .into_inner();
+    let session = pro_checkout(&app, "real").await;
     assert!(session.url.starts_with("https://checkout.stripe.test/"));
     assert_eq!(stripe.requests("POST", "/v1/checkout/sessions").len(), 1);
     app.stop().await;
