@@ -51,18 +51,28 @@ impl Integrations {
             return Ok(job);
         }
         // The integration's queued job is brought forward (a scheduled one) and widened to
-        // cover this direction too, unless it has started.
+        // cover this direction too, unless it has started. A started job is left as it is: one
+        // parked for the provider's limit waits for the reset (bringing it forward would only
+        // spend a park), and one stopped mid-push resumes from its checkpoint, so it can be
+        // neither widened to an import nor made full.
         let now = Utc::now();
         let wanted = job.direction.and(direction);
-        if job.attempts == 0
-            && (job.next_attempt_at > now || wanted != job.direction || (full && !job.full))
+        let changes = wanted != job.direction || (full && !job.full);
+        let started = job.attempts > 0 || job.started_at.is_some();
+        if !started
+            && (job.next_attempt_at > now || changes)
             && self.store.expedite_sync(&job.id, now, wanted, full).await?
         {
             return Ok(self.store.sync_job(user, &job.id).await?.unwrap_or(job));
         }
-        if wanted != job.direction {
+        if changes {
+            let asked = if wanted != job.direction {
+                wanted.as_str()
+            } else {
+                "full"
+            };
             return Err(IntegrationError::FailedPrecondition(format!(
-                "a {} sync of {provider} is running (job {}); ask again when it has finished",
+                "a {} sync of {provider} has started (job {}); ask for a {asked} sync when it has finished",
                 job.direction.as_str(),
                 job.id
             )));

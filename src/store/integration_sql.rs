@@ -272,7 +272,7 @@ macro_rules! integration_store {
                     let done = sqlx::query(concat!(
                         "UPDATE sync_jobs SET direction = $3, full_push = (full_push OR $4), next_attempt_at = \
                          CASE WHEN next_attempt_at > $2 THEN $2 ELSE next_attempt_at END \
-                         WHERE id = $1", $id, " AND state = 'queued' AND attempts = 0"
+                         WHERE id = $1", $id, " AND state = 'queued' AND attempts = 0 AND started_at IS NULL"
                     ))
                     .bind(id)
                     .bind(now)

@@ -16,7 +16,7 @@ use nexus_billing::{
 
 use crate::{
     exec,
-    fake_http::HoldPoint,
+    fake_http::{HoldPoint, ResponseTemplate},
     fake_oauth::{FakeOAuth, OKind},
     fake_providers::{FakeProvider, Kind},
     helpers::{Backend, ENCRYPTION_KEY, TestApp, authed, token, wait_for},
@@ -35,6 +35,7 @@ crate::tests!(
         a_passing_per_record_refusal_is_sent_again_next_sync,
         a_refresh_that_loses_its_swap_keeps_the_rotated_tokens,
         a_canceled_drive_sync_and_the_next_make_one_file,
+        sync_now_leaves_a_parked_job_parked_and_a_started_one_as_it_is,
     ],
     plain: [a_contact_whose_timestamp_cannot_be_read_is_pushed],
 );
@@ -348,5 +349,59 @@ async fn a_canceled_drive_sync_and_the_next_make_one_file(backend: Backend) {
         (job.state() == SyncJobState::Canceled).then_some(())
     })
     .await;
+    app.stop().await;
+}
+
+/// Item 8: Sync now on a job parked for a daily quota brought it forward: each click spent a
+/// park (another 429) and enough clicks failed the job. A job that has started (parked mid-push
+/// here) was also widened to BOTH, whose import was then skipped, or made full, which resumed
+/// from its checkpoint anyway. A parked job now stays parked, and a started one is not changed.
+async fn sync_now_leaves_a_parked_job_parked_and_a_started_one_as_it_is(backend: Backend) {
+    let hubspot = FakeProvider::start(Kind::Hubspot).await;
+    let app = spawn_with_fakes(backend, &[&hubspot], &[]).await;
+    app.add_contacts("ada", 150).await;
+    connect(&app, "ada", &hubspot).await;
+    // The first batch lands, the second meets the daily limit: parked mid-push.
+    hubspot.script_after(1, vec![
+        ResponseTemplate::new(429)
+            .insert_header("retry-after", "3600")
+            .set_body_json(serde_json::json!({"status": "error", "message": "You have reached your daily limit.", "policyName": "DAILY"})),
+    ]);
+    let mut client = app.integrations().await;
+    let job = start_sync(&mut client, "ada", Provider::Hubspot).await;
+    let parked = wait_for("the job was parked", || {
+        let mut client = client.clone();
+        let id = job.id.clone();
+        async move {
+            let now = crate::integrations::get_job(&mut client, "ada", &id).await;
+            (now.state() == SyncJobState::Queued && !now.last_error.is_empty()).then_some(now)
+        }
+    })
+    .await;
+    let requests = hubspot.push_requests();
+    let again = start_sync(&mut client, "ada", Provider::Hubspot).await;
+    assert_eq!(again.id, job.id);
+    assert_eq!(
+        again.next_attempt_time, parked.next_attempt_time,
+        "Sync now leaves a job parked for the provider's daily limit where it is"
+    );
+    for (direction, full) in [(nexus_billing::grpc::proto::integrations::SyncDirection::Both, false), (nexus_billing::grpc::proto::integrations::SyncDirection::Push, true)] {
+        let refused = client
+            .sync_integration(authed(
+                nexus_billing::grpc::proto::integrations::SyncIntegrationRequest {
+                    provider: Provider::Hubspot.into(),
+                    direction: direction.into(),
+                    full,
+                },
+                &token("ada"),
+            ))
+            .await
+            .expect_err("a started job is not widened or made full");
+        assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused:?}");
+    }
+    let still = crate::integrations::get_job(&mut client, "ada", &job.id).await;
+    assert_eq!(still.next_attempt_time, parked.next_attempt_time);
+    assert_eq!(still.direction, parked.direction, "{still:?}");
+    assert_eq!(hubspot.push_requests(), requests, "no push before the reset");
     app.stop().await;
 }

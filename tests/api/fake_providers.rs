@@ -54,6 +54,8 @@ pub struct Push {
 struct State {
     /// Answers for the next push requests, before normal behaviour.
     scripted: VecDeque<ResponseTemplate>,
+    /// Pushes answered normally before the scripted answers start.
+    script_after: usize,
     refused: HashSet<String>,
     limit: Option<(usize, Duration)>,
     window: VecDeque<Instant>,
@@ -148,6 +150,13 @@ impl FakeProvider {
 
     pub fn script(&self, answers: Vec<ResponseTemplate>) {
         self.state().scripted.extend(answers);
+    }
+
+    /// Scripted answers that start after `passed` more pushes are answered normally.
+    pub fn script_after(&self, passed: usize, answers: Vec<ResponseTemplate>) {
+        let mut state = self.state();
+        state.script_after = passed;
+        state.scripted.extend(answers);
     }
 
     pub fn refuse(&self, emails: &[&str]) {
@@ -626,7 +635,9 @@ impl Respond for Responder {
         }
         state.problems.extend(problems);
 
-        if let Some(answer) = state.scripted.pop_front() {
+        if !state.scripted.is_empty() && state.script_after > 0 {
+            state.script_after -= 1;
+        } else if let Some(answer) = state.scripted.pop_front() {
             return answer;
         }
         if state
