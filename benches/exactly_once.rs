@@ -619,7 +619,7 @@ async fn run(db_url: &str) -> anyhow::Result<()> {
         if alive[r].load(Ordering::Relaxed) {
             metrics.push_str(
                 &http
-                    .get(format!("http://{}/metrics", replica.2))
+                    .get(support::metrics_url(&replica.0))
                     .send()
                     .await?
                     .text()

@@ -105,11 +105,8 @@ async fn measure_latency(
 }
 
 /// `grpc_requests_total` with code 0 for `method`, from the service's /metrics.
-async fn ok_calls(http: &str, method: &str) -> anyhow::Result<u64> {
-    let text = reqwest::get(format!("http://{http}/metrics"))
-        .await?
-        .text()
-        .await?;
+async fn ok_calls(metrics: &str, method: &str) -> anyhow::Result<u64> {
+    let text = reqwest::get(metrics).await?.text().await?;
     Ok(text
         .lines()
         .filter(|l| {
@@ -124,7 +121,7 @@ async fn ok_calls(http: &str, method: &str) -> anyhow::Result<u64> {
 /// One h2load run: calls per second, after checking every call was answered OK.
 async fn h2load(
     grpc: &str,
-    http: &str,
+    metrics: &str,
     method: &str,
     body: &[u8],
     token: &str,
@@ -136,7 +133,7 @@ async fn h2load(
     frame.extend_from_slice(&u32::try_from(body.len())?.to_be_bytes());
     frame.extend_from_slice(body);
     std::fs::write(file.path(), &frame)?;
-    let before = ok_calls(http, method).await?;
+    let before = ok_calls(metrics, method).await?;
     let run = |n: usize| {
         Command::new("h2load")
             .args(["-n", &n.to_string(), "-c", "8", "-m", "16"])
@@ -160,7 +157,7 @@ async fn h2load(
         .and_then(|l| l.split(' ').next())
         .and_then(|r| r.parse::<f64>().ok())
         .ok_or_else(|| anyhow::anyhow!("no rate in h2load's output: {text}"))?;
-    let ok = ok_calls(http, method).await? - before;
+    let ok = ok_calls(metrics, method).await? - before;
     let expected = (requests + requests / 10) as u64;
     anyhow::ensure!(
         ok == expected,
@@ -186,7 +183,8 @@ async fn main() -> anyhow::Result<()> {
         "{backend}: seeded {contacts} contacts in {:.1} s",
         seeded.elapsed().as_secs_f64()
     );
-    let (child, grpc, http) = serve(base_env(&db.url))?;
+    let (child, grpc, _) = serve(base_env(&db.url))?;
+    let metrics = support::metrics_url(&child);
     let result = async {
         let mut client = BillingServiceClient::connect(format!("http://{grpc}")).await?;
         let usage = client
@@ -223,7 +221,7 @@ async fn main() -> anyhow::Result<()> {
         .encode_to_vec();
         let health = h2load(
             &grpc,
-            &http,
+            &metrics,
             "/grpc.health.v1.Health/Check",
             &[],
             &token,
@@ -232,7 +230,7 @@ async fn main() -> anyhow::Result<()> {
         .await?;
         let usage = h2load(
             &grpc,
-            &http,
+            &metrics,
             "/nexus.billing.v1.BillingService/GetUsage",
             &[],
             &token,
@@ -241,7 +239,7 @@ async fn main() -> anyhow::Result<()> {
         .await?;
         let limit = h2load(
             &grpc,
-            &http,
+            &metrics,
             "/nexus.billing.v1.BillingService/CheckLimit",
             &check,
             &token,

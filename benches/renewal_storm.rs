@@ -104,6 +104,7 @@ async fn run(db_url: &str) -> anyhow::Result<()> {
         "--database-max-connections=20".into(),
         "--grpc-addr=127.0.0.1:0".into(),
         "--http-addr=127.0.0.1:0".into(),
+        "--metrics-addr=127.0.0.1:0".into(),
         format!("--jwt-secret={JWT_SECRET}"),
         "--encryption-key=000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f".into(),
         "--log-level=error".into(),

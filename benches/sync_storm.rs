@@ -421,7 +421,7 @@ async fn main() -> anyhow::Result<()> {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    let (child, grpc, http) = support::serve_logged(&env, &[], &work.path().join("second.log"))?;
+    let (child, grpc, _) = support::serve_logged(&env, &[], &work.path().join("second.log"))?;
     let mut client = IntegrationsServiceClient::connect(format!("http://{grpc}")).await?;
     let mut finals = Vec::new();
     for (provider, id) in &ids {
@@ -439,7 +439,7 @@ async fn main() -> anyhow::Result<()> {
         finals.push((*provider, done));
     }
     let took = started.elapsed();
-    let metrics = reqwest::get(format!("http://{http}/metrics"))
+    let metrics = reqwest::get(support::metrics_url(&child))
         .await?
         .text()
         .await?;

@@ -73,6 +73,7 @@ async fn run(db_url: &str, events: usize, history: i64) -> anyhow::Result<()> {
         "--database-max-connections=32".into(),
         "--grpc-addr=127.0.0.1:0".into(),
         "--http-addr=127.0.0.1:0".into(),
+        "--metrics-addr=127.0.0.1:0".into(),
         "--jwt-secret=bench-secret-that-is-long-enough-for-hs256-0123456789".into(),
         "--encryption-key=000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f".into(),
         "--log-level=error".into(),

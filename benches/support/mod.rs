@@ -89,6 +89,7 @@ pub fn base_env(db_url: &str) -> Vec<(String, String)> {
         ("LOG_FORMAT", "json"),
         ("GRPC_ADDR", "127.0.0.1:0"),
         ("HTTP_ADDR", "127.0.0.1:0"),
+        ("METRICS_ADDR", "127.0.0.1:0"),
         ("SYNC_POLL_INTERVAL", "50ms"),
     ]
     .iter()
@@ -157,6 +158,7 @@ pub fn serve(env: Vec<(String, String)>) -> anyhow::Result<(Child, String, Strin
             .ok_or_else(|| anyhow::anyhow!("the service exited before serving"))??;
         let json: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
         if json["message"] == "serving" {
+            remember_metrics_addr(child.id(), &json);
             break (
                 json["grpc_addr"].as_str().unwrap_or_default().to_string(),
                 json["http_addr"].as_str().unwrap_or_default().to_string(),
@@ -166,6 +168,33 @@ pub fn serve(env: Vec<(String, String)>) -> anyhow::Result<(Child, String, Strin
     // Keep draining stderr so the child never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines.by_ref() {});
     Ok((child, grpc, http))
+}
+
+/// The metrics listener of each served child, by process id (from its "serving" line).
+static METRICS_ADDRS: std::sync::Mutex<Vec<(u32, String)>> = std::sync::Mutex::new(Vec::new());
+
+fn remember_metrics_addr(pid: u32, serving: &serde_json::Value) {
+    let addr = serving["metrics_addr"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    METRICS_ADDRS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((pid, addr));
+}
+
+/// `/metrics` of a child started by [`serve`] or [`serve_logged`] (the metrics listener, not
+/// the public sidecar).
+pub fn metrics_url(child: &Child) -> String {
+    let addrs = METRICS_ADDRS.lock().unwrap_or_else(|e| e.into_inner());
+    let addr = addrs
+        .iter()
+        .rev()
+        .find(|(pid, _)| *pid == child.id())
+        .map(|(_, a)| a.clone())
+        .unwrap_or_default();
+    format!("http://{addr}/metrics")
 }
 
 /// Peak resident memory of a process, in MiB (Linux `VmHWM`).
@@ -337,6 +366,7 @@ pub fn serve_logged(
         writeln!(file, "{line}")?;
         let json: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
         if json["message"] == "serving" {
+            remember_metrics_addr(child.id(), &json);
             break (
                 json["grpc_addr"].as_str().unwrap_or_default().to_string(),
                 json["http_addr"].as_str().unwrap_or_default().to_string(),

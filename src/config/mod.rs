@@ -119,6 +119,7 @@ pub struct Config {
     pub database_max_connections: u32,
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
     /// Normalised origins (`scheme://host[:port]`), as configured; see [`Config::browser_origins`].
     pub allowed_origins: Vec<String>,
     /// DASHBOARD_GRPC_URL.
@@ -538,6 +539,7 @@ impl Config {
             database_max_connections: s.database_max_connections,
             grpc_addr: s.grpc_addr,
             http_addr: s.http_addr,
+            metrics_addr: s.metrics_addr,
             allowed_origins,
             dashboard_grpc_url: s.dashboard_grpc_url,
             log_format: s.log_format,

@@ -70,7 +70,7 @@ pub struct Settings {
         global = true
     )]
     pub grpc_addr: SocketAddr,
-    /// Address of the HTTP sidecar (webhooks, health, metrics).
+    /// Address of the HTTP sidecar (webhooks, OAuth, health, the dashboard).
     #[arg(
         long,
         env = "HTTP_ADDR",
@@ -78,6 +78,15 @@ pub struct Settings {
         global = true
     )]
     pub http_addr: SocketAddr,
+    /// Address of the metrics listener (`/metrics`, Prometheus text). Keep it inside: the
+    /// public sidecar does not serve metrics.
+    #[arg(
+        long,
+        env = "METRICS_ADDR",
+        default_value = "127.0.0.1:9464",
+        global = true
+    )]
+    pub metrics_addr: SocketAddr,
     /// Comma-separated browser origins allowed by CORS and as redirect targets.
     /// Unset in development: http://localhost:3000 and :5173 (and their 127.0.0.1 forms). The
     /// dashboard's own origin is always allowed (see README, "The dashboard").

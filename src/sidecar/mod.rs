@@ -1,5 +1,5 @@
-//! The HTTP sidecar (hyper): raw-body webhook routes, the OAuth callback, health, readiness,
-//! metrics and the dashboard.
+//! The HTTP sidecar (hyper): raw-body webhook routes, the OAuth callback, health, readiness and
+//! the dashboard. Metrics are served apart, on the metrics listener (metrics_listener.rs).
 //!
 //! Webhooks need the exact bytes the provider signed, so the body is read raw, with a size cap,
 //! and never parsed or logged here.
@@ -26,11 +26,13 @@ use crate::{
 };
 
 mod dashboard;
+mod metrics_listener;
 mod oauth;
 mod sandbox;
 mod webhooks;
 
 pub use dashboard::{DASHBOARD_PATH, DashboardSettings};
+pub use metrics_listener::serve_metrics;
 pub use oauth::{CallbackQuery, OAUTH_CALLBACK, OAUTH_START};
 pub use sandbox::API_PREFIX as SANDBOX_API;
 
@@ -123,7 +125,6 @@ fn route_name(path: &str) -> &'static str {
     match path {
         "/healthz" => "/healthz",
         "/readyz" => "/readyz",
-        "/metrics" => "/metrics",
         p if webhooks::provider_of(p).is_some() => webhooks::route_name(p),
         OAUTH_CALLBACK => OAUTH_CALLBACK,
         OAUTH_START => OAUTH_START,
@@ -144,15 +145,6 @@ async fn route_request(state: &SidecarState, request: Request<Incoming>) -> Resp
                 text(StatusCode::SERVICE_UNAVAILABLE, "database unavailable")
             }
         },
-        (Method::GET, "/metrics") => {
-            let mut response =
-                Response::new(Full::new(Bytes::from(crate::metrics::handle().render())));
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-            );
-            response
-        }
         (Method::POST, p) if webhooks::provider_of(p).is_some() => {
             webhooks::deliver(state, request).await
         }
@@ -161,7 +153,7 @@ async fn route_request(state: &SidecarState, request: Request<Incoming>) -> Resp
         (_, OAUTH_CALLBACK) => method_not_allowed("GET"),
         (Method::GET, OAUTH_START) => oauth::start(state, &request).await,
         (_, OAUTH_START) => method_not_allowed("GET"),
-        (_, "/healthz" | "/readyz" | "/metrics") => method_not_allowed("GET"),
+        (_, "/healthz" | "/readyz") => method_not_allowed("GET"),
         (Method::GET | Method::HEAD, p) if dashboard::owns(p) => {
             dashboard::serve(&state.dashboard, &request)
         }

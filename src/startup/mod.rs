@@ -71,6 +71,7 @@ pub struct Application {
     verifier: Arc<JwtVerifier>,
     grpc_listener: TcpListener,
     http_listener: TcpListener,
+    metrics_listener: TcpListener,
     shutdown: CancellationToken,
 }
 
@@ -84,6 +85,9 @@ impl Application {
         let http_listener = TcpListener::bind(config.http_addr)
             .await
             .with_context(|| format!("cannot listen on HTTP_ADDR {}", config.http_addr))?;
+        let metrics_listener = TcpListener::bind(config.metrics_addr)
+            .await
+            .with_context(|| format!("cannot listen on METRICS_ADDR {}", config.metrics_addr))?;
         // Known once bound (port 0 in tests): the dashboard's own origins are allowed.
         let origins = config.browser_origins(http_listener.local_addr()?.port());
         let mut config = config;
@@ -127,6 +131,7 @@ impl Application {
             verifier,
             grpc_listener,
             http_listener,
+            metrics_listener,
             shutdown: CancellationToken::new(),
         })
     }
@@ -146,6 +151,12 @@ impl Application {
         self.http_listener
             .local_addr()
             .unwrap_or(self.config.http_addr)
+    }
+
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_listener
+            .local_addr()
+            .unwrap_or(self.config.metrics_addr)
     }
 
     /// Cancel this token to stop the application gracefully.
@@ -188,6 +199,7 @@ impl Application {
             verifier,
             grpc_listener,
             http_listener,
+            metrics_listener,
             shutdown,
         } = self;
 
@@ -273,6 +285,7 @@ impl Application {
             sandbox,
         });
         let (grpc_addr, http_addr) = (grpc_listener.local_addr()?, http_listener.local_addr()?);
+        let metrics_addr = metrics_listener.local_addr()?;
         let grpc = grpc_server(
             origins,
             integrations,
@@ -290,12 +303,14 @@ impl Application {
         tracing::info!(
             %grpc_addr,
             %http_addr,
+            %metrics_addr,
             dashboard = %dashboard_url(&config, http_addr),
             "serving"
         );
 
         let grpc = tokio::spawn(grpc);
         let http = tokio::spawn(http);
+        tokio::spawn(sidecar::serve_metrics(metrics_listener, shutdown.clone()));
         // Not spawned: dropping this future (a crash in tests) must stop the workers too.
         let workers = async {
             tokio::join!(

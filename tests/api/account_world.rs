@@ -257,6 +257,7 @@ impl Replica {
             .env("DATA_DIR", data_dir.path())
             .env("GRPC_ADDR", "127.0.0.1:0")
             .env("HTTP_ADDR", "127.0.0.1:0")
+            .env("METRICS_ADDR", "127.0.0.1:0")
             .env("RECONCILE_INTERVAL", "0s")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped());

@@ -228,7 +228,7 @@ async fn a_first_run_with_no_configuration_serves_with_the_printed_token() {
         .env_clear()
         .current_dir(dir.path())
         // Only the ports differ from a real first run, so parallel tests cannot collide.
-        .envs([("GRPC_ADDR", "127.0.0.1:0"), ("HTTP_ADDR", "127.0.0.1:0")])
+        .envs([("GRPC_ADDR", "127.0.0.1:0"), ("HTTP_ADDR", "127.0.0.1:0"), ("METRICS_ADDR", "127.0.0.1:0")])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -375,6 +375,7 @@ async fn no_secret_or_token_reaches_the_logs_even_at_debug_level() {
         .envs([
             ("GRPC_ADDR", "127.0.0.1:0"),
             ("HTTP_ADDR", "127.0.0.1:0"),
+        ("METRICS_ADDR", "127.0.0.1:0"),
             ("LOG_LEVEL", "debug"),
             ("LOG_FORMAT", "json"),
             ("JWT_SECRET", JWT_SECRET),

@@ -166,6 +166,7 @@ impl TestDatabase {
 pub struct TestApp {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
     pub db: TestDatabase,
     pub pool: TestPool,
     shutdown: CancellationToken,
@@ -248,6 +249,7 @@ fn base_settings(db_url: &str, data_dir: &std::path::Path) -> Vec<(String, Strin
         ("--database-max-connections", "5"),
         ("--grpc-addr", "127.0.0.1:0"),
         ("--http-addr", "127.0.0.1:0"),
+        ("--metrics-addr", "127.0.0.1:0"),
         ("--allowed-origins", ALLOWED_ORIGIN),
         ("--jwt-secret", JWT_SECRET),
         ("--encryption-key", ENCRYPTION_KEY),
@@ -385,13 +387,15 @@ impl TestApp {
             .await
             .unwrap_or_else(|e| panic!("build panicked: {e}"))
             .unwrap_or_else(|e| panic!("build: {e:#}"));
-        let (grpc_addr, http_addr) = (app.grpc_addr(), app.http_addr());
+        let (grpc_addr, http_addr, metrics_addr) =
+            (app.grpc_addr(), app.http_addr(), app.metrics_addr());
         let shutdown = app.shutdown_token();
         let task = runtime.spawn(app.run_until_stopped());
         let pool = db.pool().await;
         Self {
             grpc_addr,
             http_addr,
+            metrics_addr,
             db,
             pool,
             shutdown,
@@ -429,6 +433,11 @@ impl TestApp {
 
     pub fn http_url(&self, path: &str) -> String {
         format!("http://{}{path}", self.http_addr)
+    }
+
+    /// `/metrics` on the metrics listener (the public sidecar does not serve it).
+    pub fn metrics_url(&self) -> String {
+        format!("http://{}/metrics", self.metrics_addr)
     }
 
     pub fn grpc_url(&self, path: &str) -> String {

@@ -37,7 +37,7 @@ fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 }
 
 async fn metrics(app: &TestApp) -> String {
-    reqwest::get(app.http_url("/metrics"))
+    reqwest::get(app.metrics_url())
         .await
         .unwrap_or_else(|e| panic!("{e}"))
         .text()

@@ -35,7 +35,7 @@ async fn metrics_count_grpc_requests_in_prometheus_text(backend: Backend) {
         .get_usage(authed(GetUsageRequest {}, &token("u1")))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let response = reqwest::get(app.http_url("/metrics"))
+    let response = reqwest::get(app.metrics_url())
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(response.status(), 200);
@@ -55,6 +55,12 @@ async fn metrics_count_grpc_requests_in_prometheus_text(backend: Backend) {
         "no GetUsage series in:\n{text}"
     );
     assert!(text.contains("# TYPE grpc_requests_total counter"));
+    // Issue 26, item 8: the public sidecar (webhooks, OAuth, the dashboard) does not serve them.
+    let public = reqwest::get(app.http_url("/metrics"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_ne!(public.status(), 200, "/metrics on the public listener");
+    assert!(!public.text().await.unwrap_or_default().contains("grpc_requests_total"));
     app.stop().await;
 }
 

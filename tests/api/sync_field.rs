@@ -68,7 +68,7 @@ async fn a_hostile_retry_after_parks_the_job_and_the_server_keeps_serving(backen
     let bob = finished(&app, "bob", &bob).await;
     assert_eq!(bob.state(), SyncJobState::Succeeded, "{bob:?}");
     assert_eq!(bob.contacts_done, 10);
-    let metrics = reqwest::get(app.http_url("/metrics"))
+    let metrics = reqwest::get(app.metrics_url())
         .await
         .unwrap_or_else(|e| panic!("{e}"))
         .text()

@@ -167,6 +167,7 @@ async fn no_credential_reaches_the_logs_of_a_whole_sync_run() {
     let mut env: Vec<(String, String)> = [
         ("GRPC_ADDR", "127.0.0.1:0"),
         ("HTTP_ADDR", "127.0.0.1:0"),
+        ("METRICS_ADDR", "127.0.0.1:0"),
         ("LOG_LEVEL", "debug"),
         ("LOG_FORMAT", "json"),
         ("JWT_SECRET", JWT_SECRET),
