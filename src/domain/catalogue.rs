@@ -241,7 +241,9 @@ pub const CATALOGUE: [ProviderSpec; 8] = [
             input_type: InputType::Url,
             secret: true,
             required: true,
-            help: "From a Zap's 'Webhooks by Zapier > Catch Hook' trigger.",
+            help: "From a Zap's 'Webhooks by Zapier > Catch Hook' trigger. Each batch comes with an \
+                   Idempotency-Key header, the same when a batch is sent again after a lost answer: \
+                   add a step that skips a key already seen to run your Zap once per batch.",
         }],
         setting_fields: &[SYNC_INTERVAL],
         batch_size: 100,

@@ -20,6 +20,7 @@ use super::{
     validate_settings,
 };
 use crate::domain::credentials::keys;
+use crate::store::BindOutcome;
 use crate::{
     domain::{
         UserId,
@@ -296,9 +297,14 @@ impl Integrations {
             .await
     }
 
-    /// Binds the flow named by `state` to the browser opening the start URL, once, and says
-    /// where to send it. A state that is unknown, expired or already opened is NOT_FOUND.
-    pub async fn begin_in_browser(&self, state: &str) -> Result<BrowserBinding, IntegrationError> {
+    /// Binds the flow named by `state` to the browser of `user`, the signed-in user who started
+    /// it, once, and says where to send it. A state that is unknown, expired or already opened
+    /// is NOT_FOUND; another user's is PERMISSION_DENIED (and stays usable by its own user).
+    pub async fn begin_in_browser(
+        &self,
+        user: &UserId,
+        state: &str,
+    ) -> Result<BrowserBinding, IntegrationError> {
         let unknown = || {
             IntegrationError::NotFound(
                 "this sign-in link was already opened, has expired or is not valid; start connecting again from the dashboard".into(),
@@ -311,11 +317,19 @@ impl Integrations {
         rand::rng().fill_bytes(&mut random);
         let cookie_value = hex::encode(random);
         let hash = state_hash(state);
-        let authorize_url = self
+        let authorize_url = match self
             .store
-            .bind_oauth_browser(&hash, &state_hash(&cookie_value), Utc::now())
+            .bind_oauth_browser(&hash, user, &state_hash(&cookie_value), Utc::now())
             .await?
-            .ok_or_else(unknown)?;
+        {
+            BindOutcome::Bound(url) => url,
+            BindOutcome::NotYours => {
+                return Err(IntegrationError::PermissionDenied(
+                    "this sign-in was started by another user".into(),
+                ));
+            }
+            BindOutcome::Unknown => return Err(unknown()),
+        };
         Ok(BrowserBinding {
             authorize_url,
             cookie_name: cookie_name(state),

@@ -45,6 +45,8 @@ pub struct SidecarState {
     /// Set the OAuth flow cookie with `Secure` (OAUTH_REDIRECT_URL is https).
     pub secure_cookies: bool,
     pub dashboard: DashboardSettings,
+    /// Checks the bearer token of a dashboard starting an OAuth flow.
+    pub verifier: Arc<crate::auth::JwtVerifier>,
     /// The development payments sandbox, when on.
     pub sandbox: Option<Arc<crate::payments::sandbox::Sandbox>>,
 }
@@ -151,8 +153,9 @@ async fn route_request(state: &SidecarState, request: Request<Incoming>) -> Resp
         (_, p) if webhooks::provider_of(p).is_some() => method_not_allowed("POST"),
         (Method::GET, OAUTH_CALLBACK) => oauth::callback(state, &request).await,
         (_, OAUTH_CALLBACK) => method_not_allowed("GET"),
-        (Method::GET, OAUTH_START) => oauth::start(state, &request).await,
-        (_, OAUTH_START) => method_not_allowed("GET"),
+        (Method::POST, OAUTH_START) => oauth::start(state, &request).await,
+        (Method::GET, OAUTH_START) => oauth::start_opened_as_a_page(),
+        (_, OAUTH_START) => method_not_allowed("POST"),
         (_, "/healthz" | "/readyz") => method_not_allowed("GET"),
         (Method::GET | Method::HEAD, p) if dashboard::owns(p) => {
             dashboard::serve(&state.dashboard, &request)

@@ -1,12 +1,16 @@
-//! The browser's side of an OAuth flow: the start route binds the flow to the browser with a
-//! cookie and sends it to the provider; the callback finishes the flow only with that cookie.
+//! The browser's side of an OAuth flow: the start route binds the flow to the signed-in user's
+//! browser with a cookie and says where to send it; the callback finishes the flow only with
+//! that cookie.
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode, body::Incoming, header, header::HeaderValue};
 
 use super::{SidecarState, text};
-use crate::integrations::{FlowCaller, ProviderAnswer, oauth_flow::cookie_name};
+use crate::integrations::{
+    FlowCaller, ProviderAnswer,
+    oauth_flow::{BrowserBinding, cookie_name},
+};
 
 /// Where OAuth providers send the browser back (OAUTH_REDIRECT_URL points here).
 pub const OAUTH_CALLBACK: &str = "/integrations/oauth/callback";
@@ -17,14 +21,17 @@ const COOKIE_PATH: &str = "/integrations/oauth";
 /// The flow cookie lasts as long as a flow may take.
 const COOKIE_MAX_AGE_SECS: u64 = crate::integrations::OAUTH_STATE_TTL.as_secs();
 
-/// `GET /integrations/oauth/start?state=..`: binds the flow to this browser (once) with an
-/// HttpOnly, SameSite=Lax cookie (Secure behind https), then 303 to the provider. Only a
-/// navigation from the product's own pages is taken (`Sec-Fetch-Site: same-origin` or
-/// `same-site`: the dashboard, which got the link from StartOAuth with the signed-in user's
-/// token). Anything else is refused: another site's page (`cross-site`), a link opened from an
-/// email (`none`), and a browser that sends no Fetch Metadata at all (older browsers, web
-/// views), since it cannot say where it came from. So an attacker's own start link sent to a
-/// victim cannot connect the victim's account to the attacker's.
+/// `POST /integrations/oauth/start?state=..` with `Authorization: Bearer <token>`: the dashboard
+/// (same origin) starting the flow StartOAuth gave it. The flow is bound, once, to the user who
+/// started it: the token's user must be the flow's. The answer sets an HttpOnly, SameSite=Lax
+/// cookie (Secure behind https) for the callback and says where to send the browser
+/// (`{"authorizationUrl": ..}`); the dashboard then navigates there.
+///
+/// Opening the start URL as a page (`GET`: a link in an email, another site's page, a web view)
+/// binds nothing, whatever Fetch Metadata it sends or lacks: otherwise an attacker's own start
+/// link opened by a victim would bind the victim's browser, and the victim's CRM would connect to
+/// the attacker's account. A cross-site `POST` cannot carry the token without CORS, which this
+/// route does not answer; `Sec-Fetch-Site: cross-site` is refused all the same.
 pub(super) async fn start(
     state: &SidecarState,
     request: &Request<Incoming>,
@@ -35,54 +42,89 @@ pub(super) async fn start(
         .get("sec-fetch-site")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let mut response = if !matches!(fetch_site, "same-origin" | "same-site") {
-        metrics::counter!("oauth_starts_total", "outcome" => "foreign").increment(1);
-        text(
-            StatusCode::BAD_REQUEST,
-            "This sign-in link only works when opened from Nexus Cards. \
-             Start connecting the integration again from the dashboard.",
-        )
-    } else {
-        match state.integrations.begin_in_browser(&flow_state).await {
-            Ok(binding) => {
-                metrics::counter!("oauth_starts_total", "outcome" => "started").increment(1);
-                let cookie = format!(
-                    "{}={}; Path={COOKIE_PATH}; Max-Age={COOKIE_MAX_AGE_SECS}; HttpOnly; SameSite=Lax{}",
-                    binding.cookie_name,
-                    binding.cookie_value,
-                    if state.secure_cookies { "; Secure" } else { "" }
-                );
-                match (
-                    HeaderValue::from_str(&binding.authorize_url),
-                    HeaderValue::from_str(&cookie),
-                ) {
-                    (Ok(location), Ok(cookie)) => {
-                        let mut response = Response::new(Full::new(Bytes::new()));
-                        *response.status_mut() = StatusCode::SEE_OTHER;
-                        response.headers_mut().insert(header::LOCATION, location);
-                        response.headers_mut().insert(header::SET_COOKIE, cookie);
-                        response
-                    }
-                    _ => text(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "cannot start the sign-in",
-                    ),
+    let caller = state.verifier.verify_header(
+        request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok()),
+    );
+    let mut response = match caller {
+        _ if matches!(fetch_site, "cross-site" | "same-site") => {
+            metrics::counter!("oauth_starts_total", "outcome" => "foreign").increment(1);
+            text(StatusCode::FORBIDDEN, NOT_FROM_HERE)
+        }
+        Err(_) => {
+            metrics::counter!("oauth_starts_total", "outcome" => "unauthenticated").increment(1);
+            text(
+                StatusCode::UNAUTHORIZED,
+                "sign in to Nexus Cards and start connecting the integration from the dashboard",
+            )
+        }
+        Ok(caller) => {
+            match state
+                .integrations
+                .begin_in_browser(&caller.user_id, &flow_state)
+                .await
+            {
+                Ok(binding) => {
+                    metrics::counter!("oauth_starts_total", "outcome" => "started").increment(1);
+                    bound(state, &binding)
                 }
-            }
-            Err(e) => {
-                metrics::counter!("oauth_starts_total", "outcome" => e.code()).increment(1);
-                let status = match e {
-                    crate::integrations::IntegrationError::Store(_) => {
-                        StatusCode::SERVICE_UNAVAILABLE
-                    }
-                    _ => StatusCode::BAD_REQUEST,
-                };
-                text(status, &e.to_string())
+                Err(e) => {
+                    metrics::counter!("oauth_starts_total", "outcome" => e.code()).increment(1);
+                    let status = match e {
+                        crate::integrations::IntegrationError::Store(_) => {
+                            StatusCode::SERVICE_UNAVAILABLE
+                        }
+                        crate::integrations::IntegrationError::PermissionDenied(_) => {
+                            StatusCode::FORBIDDEN
+                        }
+                        _ => StatusCode::BAD_REQUEST,
+                    };
+                    text(status, &e.to_string())
+                }
             }
         }
     };
     private(&mut response);
     response
+}
+
+/// `GET` of the start URL: a page opened from a link binds nothing (see [`start`]).
+pub(super) fn start_opened_as_a_page() -> Response<Full<Bytes>> {
+    metrics::counter!("oauth_starts_total", "outcome" => "foreign").increment(1);
+    let mut response = text(StatusCode::BAD_REQUEST, NOT_FROM_HERE);
+    private(&mut response);
+    response
+}
+
+const NOT_FROM_HERE: &str = "This sign-in link only works when started from the Nexus Cards \
+     dashboard. Start connecting the integration again from the dashboard.";
+
+/// The answer to a bound start: the flow's cookie, and where the dashboard sends the browser.
+fn bound(state: &SidecarState, binding: &BrowserBinding) -> Response<Full<Bytes>> {
+    let cookie = format!(
+        "{}={}; Path={COOKIE_PATH}; Max-Age={COOKIE_MAX_AGE_SECS}; HttpOnly; SameSite=Lax{}",
+        binding.cookie_name,
+        binding.cookie_value,
+        if state.secure_cookies { "; Secure" } else { "" }
+    );
+    let body = serde_json::json!({ "authorizationUrl": binding.authorize_url }).to_string();
+    match HeaderValue::from_str(&cookie) {
+        Ok(cookie) => {
+            let mut response = Response::new(Full::new(Bytes::from(body)));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            response.headers_mut().insert(header::SET_COOKIE, cookie);
+            response
+        }
+        Err(_) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "cannot start the sign-in",
+        ),
+    }
 }
 
 /// `GET /integrations/oauth/callback?code=..&state=..` (or `?error=access_denied&state=..`;

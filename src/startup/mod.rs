@@ -282,6 +282,7 @@ impl Application {
                 development: config.jwt.generated,
                 sandbox: sandbox.is_some(),
             },
+            verifier: Arc::clone(&verifier),
             sandbox,
         });
         let (grpc_addr, http_addr) = (grpc_listener.local_addr()?, http_listener.local_addr()?);

@@ -55,7 +55,7 @@ pub use mobile_payments::{MobilePayments, NewMobilePayment, Settled};
 pub use overage::{ExtraCardMonth, OverageStore, OverageSubscriber};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
-pub use sync_queue::{JobCursor, Pruned, SyncQueue};
+pub use sync_queue::{BindOutcome, JobCursor, Pruned, SyncQueue};
 pub use user_data::UserDataStore;
 pub use webhooks::{FailedEvent, NewInboxEvent, OverdueSubscription, PendingEvent, WebhookStore};
 

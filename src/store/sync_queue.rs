@@ -146,9 +146,10 @@ pub trait SyncQueue: Send + Sync {
     async fn bind_oauth_browser(
         &self,
         state_hash: &str,
+        user: &UserId,
         browser_hash: &str,
         now: DateTime<Utc>,
-    ) -> Result<Option<String>, StoreError>;
+    ) -> Result<BindOutcome, StoreError>;
 
     /// The fingerprints recorded for `contact_ids` at the integration's provider.
     async fn provider_fingerprints(
@@ -166,4 +167,15 @@ pub trait SyncQueue: Send + Sync {
 
     /// Job changes in this process's view: ids of jobs written (`*` for many at once).
     fn job_changes(&self) -> tokio::sync::broadcast::Receiver<String>;
+}
+
+/// What binding an OAuth flow to a browser came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BindOutcome {
+    /// Bound: the provider's authorization URL.
+    Bound(String),
+    /// The flow is open but another user's: nothing bound.
+    NotYours,
+    /// No open flow has this state (unknown, expired, or bound already).
+    Unknown,
 }

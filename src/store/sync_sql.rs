@@ -24,7 +24,7 @@ macro_rules! sync_queue {
                 store::{
                     IntegrationStore, StoreError,
                     rows::{ContactRow, SyncJobRow},
-                    sync_queue::{JobCursor, Pruned, SyncQueue},
+                    sync_queue::{BindOutcome, JobCursor, Pruned, SyncQueue},
                 },
             };
 
@@ -337,19 +337,37 @@ macro_rules! sync_queue {
                 async fn bind_oauth_browser(
                     &self,
                     state_hash: &str,
+                    user: &UserId,
                     browser_hash: &str,
                     now: DateTime<Utc>,
-                ) -> Result<Option<String>, StoreError> {
+                ) -> Result<BindOutcome, StoreError> {
                     let url: Option<Option<String>> = sqlx::query_scalar(
                         "UPDATE oauth_states SET browser_hash = $2 WHERE state_hash = $1 \
-                         AND browser_hash IS NULL AND expires_at > $3 RETURNING authorize_url",
+                         AND user_id = $4 AND browser_hash IS NULL AND expires_at > $3 \
+                         RETURNING authorize_url",
                     )
                     .bind(state_hash)
                     .bind(browser_hash)
                     .bind(now)
+                    .bind(user.as_str())
                     .fetch_optional(&self.pool)
                     .await?;
-                    Ok(url.flatten())
+                    if let Some(url) = url.flatten() {
+                        return Ok(BindOutcome::Bound(url));
+                    }
+                    let open: Option<i64> = sqlx::query_scalar(
+                        "SELECT 1 FROM oauth_states WHERE state_hash = $1 \
+                         AND browser_hash IS NULL AND expires_at > $2",
+                    )
+                    .bind(state_hash)
+                    .bind(now)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                    Ok(if open.is_some() {
+                        BindOutcome::NotYours
+                    } else {
+                        BindOutcome::Unknown
+                    })
                 }
 
                 async fn provider_fingerprints(

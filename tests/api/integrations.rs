@@ -205,6 +205,12 @@ async fn list_providers_serves_the_whole_catalogue(backend: Backend) {
             .any(|f| f.key == "listId" && f.required)
     );
     assert_eq!(mailchimp.batch_size, 500);
+    // Issue 26: the connect dialog tells a Zapier user how to drop a resent batch.
+    assert!(
+        providers[5].credential_fields[0].help.contains("Idempotency-Key"),
+        "{:?}",
+        providers[5].credential_fields[0]
+    );
     let salesforce = &providers[0];
     assert_eq!(salesforce.auth_kind(), AuthKind::Oauth2);
     assert!(salesforce.credential_fields.is_empty());

@@ -19,7 +19,7 @@ use crate::{
 
 crate::on_both_backends!(
     a_callback_from_a_browser_without_the_flow_cookie_connects_nothing,
-    a_start_link_opened_from_another_site_or_twice_is_refused,
+    a_start_binds_only_the_signed_in_user_who_started_it_once,
     a_zoho_account_in_another_data_centre_connects_through_its_accounts_server,
 );
 
@@ -67,6 +67,15 @@ pub struct Landing {
 }
 
 async fn get(app: &TestApp, url: &str, headers: &[(&str, &str)]) -> Landing {
+    send(app, reqwest::Method::GET, url, headers).await
+}
+
+async fn send(
+    app: &TestApp,
+    method: reqwest::Method,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> Landing {
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
@@ -77,14 +86,14 @@ async fn get(app: &TestApp, url: &str, headers: &[(&str, &str)]) -> Landing {
         Some(q) => format!("{}?{q}", parsed.path()),
         None => parsed.path().to_string(),
     };
-    let mut request = client.get(app.http_url(&path));
+    let mut request = client.request(method.clone(), app.http_url(&path));
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
     let response = request
         .send()
         .await
-        .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
     let header = |name: &str| {
         response
             .headers()
@@ -101,13 +110,29 @@ async fn get(app: &TestApp, url: &str, headers: &[(&str, &str)]) -> Landing {
     }
 }
 
-/// The browser opening a start URL (as the dashboard's top-level navigation would).
+/// A browser opening a start URL as a page (a link, a navigation): always refused now.
 pub async fn open_start(app: &TestApp, start: &str, headers: &[(&str, &str)]) -> Landing {
     assert!(
         start.starts_with("https://billing.nexus.test/integrations/oauth/start?state="),
         "{start}"
     );
     get(app, start, headers).await
+}
+
+/// The dashboard starting the flow: a same-origin `POST` of the start URL with the signed-in
+/// user's bearer token (`None`: without one).
+pub async fn post_start(app: &TestApp, start: &str, bearer: Option<&str>) -> Landing {
+    let auth = bearer.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("sec-fetch-site", "same-origin")];
+    if let Some(auth) = &auth {
+        headers.push(("authorization", auth));
+    }
+    send(app, reqwest::Method::POST, start, &headers).await
+}
+
+fn authorization_url(landing: &Landing) -> Option<String> {
+    let json: serde_json::Value = serde_json::from_str(&landing.body).ok()?;
+    json["authorizationUrl"].as_str().map(str::to_string)
 }
 
 /// StartOAuth for `user`, then the start URL opened by the user's browser: the provider's
@@ -119,10 +144,10 @@ pub async fn start_oauth(
     settings: &[(&str, &str)],
 ) -> String {
     let start = start_url(app, user, kind, settings).await;
-    let landing = open_start(app, &start, &[("sec-fetch-site", "same-site")]).await;
-    assert_eq!(landing.status, 303, "{}", landing.body);
+    let landing = post_start(app, &start, Some(&token(user))).await;
+    assert_eq!(landing.status, 200, "{}", landing.body);
     assert_eq!(landing.cache_control.as_deref(), Some("no-store"));
-    let cookie = landing.set_cookie.unwrap_or_default();
+    let cookie = landing.set_cookie.clone().unwrap_or_default();
     assert!(cookie.contains("HttpOnly"), "{cookie}");
     assert!(cookie.contains("SameSite=Lax"), "{cookie}");
     assert!(cookie.contains("Path=/integrations/oauth"), "{cookie}");
@@ -133,7 +158,7 @@ pub async fn start_oauth(
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .insert(state, pair);
-    landing.location.unwrap_or_default()
+    authorization_url(&landing).unwrap_or_default()
 }
 
 fn state_of(url: &str) -> String {
@@ -222,46 +247,50 @@ fn cookie_name_for(state: &str) -> String {
     nexus_billing::integrations::oauth_flow::cookie_name(state)
 }
 
-/// A start link works once, and only as a navigation from the dashboard's own site: opened
-/// from another site's page or from outside any page (an email link) it is refused.
-async fn a_start_link_opened_from_another_site_or_twice_is_refused(backend: Backend) {
+/// Issue 26, item 7: a start link bound whichever browser opened it first, so an attacker's own
+/// start link sent to a victim (opened from a web view without Fetch Metadata, or from a page on
+/// a sibling subdomain, `same-site`) connected the victim's CRM to the attacker's account. A
+/// start is now a `POST` with the bearer token of the user who started the flow, once; opening
+/// the link as a page binds nothing, whatever the browser says of where it came from.
+async fn a_start_binds_only_the_signed_in_user_who_started_it_once(backend: Backend) {
     let fake = FakeOAuth::start(OKind::GoogleDrive).await;
     let app = spawn_with_oauth(backend, &[&fake], &[]).await;
-    let start = start_url(&app, "ada", OKind::GoogleDrive, &[]).await;
-    // Issue 26, item 7: no Fetch Metadata at all (an older browser or a web view opening an
-    // attacker's link) used to bind too.
-    for site in ["cross-site", "none", ""] {
+    let start = start_url(&app, "attacker", OKind::GoogleDrive, &[]).await;
+    for site in ["cross-site", "none", "", "same-site", "same-origin"] {
         let headers: &[(&str, &str)] = if site.is_empty() {
             &[]
         } else {
             &[("sec-fetch-site", site)]
         };
         let landing = open_start(&app, &start, headers).await;
-        assert_eq!(landing.status, 400, "{site}: {}", landing.body);
+        assert!(landing.status >= 400, "{site}: {} {}", landing.status, landing.body);
         assert_eq!(landing.set_cookie, None, "{site}");
         assert_eq!(landing.location, None, "{site}");
     }
-    let first = open_start(&app, &start, &[("sec-fetch-site", "same-origin")]).await;
-    assert_eq!(first.status, 303, "{}", first.body);
+    // The victim's dashboard (their token) or no token at all binds nothing.
+    let victim = post_start(&app, &start, Some(&token("victim"))).await;
+    assert_eq!(victim.status, 403, "{}", victim.body);
+    assert_eq!(victim.set_cookie, None);
+    let anonymous = post_start(&app, &start, None).await;
+    assert_eq!(anonymous.status, 401, "{}", anonymous.body);
+    assert_eq!(anonymous.set_cookie, None);
+    // The user who started it binds it, once.
+    let first = post_start(&app, &start, Some(&token("attacker"))).await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert!(first.set_cookie.is_some());
+    assert_eq!(first.cache_control.as_deref(), Some("no-store"));
     assert!(
-        first
-            .location
-            .as_deref()
-            .is_some_and(|l| l.starts_with(&fake.server_uri())),
-        "{:?}",
-        first.location
+        authorization_url(&first).is_some_and(|l| l.starts_with(&fake.server_uri())),
+        "{}",
+        first.body
     );
-    let second = open_start(&app, &start, &[("sec-fetch-site", "same-origin")]).await;
-    assert_eq!(
-        second.status, 400,
-        "a start link binds one browser: {}",
-        second.body
-    );
+    let second = post_start(&app, &start, Some(&token("attacker"))).await;
+    assert_eq!(second.status, 400, "a start binds one browser: {}", second.body);
     assert_eq!(second.set_cookie, None);
-    let made_up = open_start(
+    let made_up = post_start(
         &app,
         "https://billing.nexus.test/integrations/oauth/start?state=0123456789abcdef",
-        &[],
+        Some(&token("attacker")),
     )
     .await;
     assert_eq!(made_up.status, 400);

@@ -310,16 +310,17 @@ async fn no_credential_reaches_the_logs_of_a_whole_sync_run() {
         .unwrap_or_else(|e| panic!("{e}"));
     let start = url::Url::parse(&url).unwrap_or_else(|e| panic!("{e}"));
     let started = browser
-        .get(format!(
+        .post(format!(
             "http://{http}{}?{}",
             start.path(),
             start.query().unwrap_or_default()
         ))
         .header("sec-fetch-site", "same-origin")
+        .header("authorization", format!("Bearer {user}"))
         .send()
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(started.status().as_u16(), 303);
+    assert_eq!(started.status().as_u16(), 200);
     let header = |name: &str| {
         started
             .headers()
@@ -333,7 +334,10 @@ async fn no_credential_reaches_the_logs_of_a_whole_sync_run() {
         .next()
         .unwrap_or_default()
         .to_string();
-    let (code, state) = zoho.authorize(&header("location"), REDIRECT_URI);
+    let answer: serde_json::Value =
+        serde_json::from_str(&started.text().await.unwrap_or_default()).unwrap_or_default();
+    let provider_url = answer["authorizationUrl"].as_str().unwrap_or_default().to_string();
+    let (code, state) = zoho.authorize(&provider_url, REDIRECT_URI);
     let callback = browser
         .get(format!(
             "http://{http}/integrations/oauth/callback?code={code}&state={state}"

@@ -31,7 +31,16 @@ export interface Api {
   account: Client<typeof AccountService>;
   billing: Client<typeof BillingService>;
   integrations: Client<typeof IntegrationsService>;
+  /**
+   * Starts the OAuth flow StartOAuth gave (`startUrl`, on this service's sidecar): a POST with the
+   * signed-in user's token binds the flow to this browser (a cookie) and answers where to send
+   * it. Opening the start URL as a page binds nothing.
+   */
+  beginOAuth: (startUrl: string) => Promise<string>;
 }
+
+/** A start the sidecar refused, with its words for people. */
+export class StartRefused extends Error {}
 
 /** Clients that send `token` as a Bearer token on every call. */
 export function createApi(baseUrl: string, token: string): Api {
@@ -44,6 +53,18 @@ export function createApi(baseUrl: string, token: string): Api {
     account: createClient(AccountService, transport),
     billing: createClient(BillingService, transport),
     integrations: createClient(IntegrationsService, transport),
+    beginOAuth: async (startUrl: string) => {
+      const response = await fetch(startUrl, {
+        method: "POST",
+        headers: { authorization: `Bearer ${token}` },
+        credentials: "same-origin",
+        cache: "no-store",
+      });
+      if (!response.ok) throw new StartRefused(await response.text());
+      const body = (await response.json()) as { authorizationUrl?: string };
+      if (!body.authorizationUrl) throw new StartRefused("The sign-in could not be started.");
+      return body.authorizationUrl;
+    },
   };
 }
 
@@ -65,6 +86,7 @@ export function describe(error: unknown): string {
   if (isUnreachable(error)) {
     return "The billing service cannot be reached. Check your connection and try again.";
   }
+  if (error instanceof StartRefused) return error.message;
   if (error instanceof ConnectError) {
     if (error.code === Code.Unauthenticated) return "Your session has expired. Sign in again.";
     if (error.code === Code.PermissionDenied) return "You are not allowed to do that.";

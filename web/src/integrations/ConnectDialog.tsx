@@ -38,7 +38,7 @@ export function ConnectDialog({ provider, onClose, onConnected }: Props) {
           redirectAfter: `${window.location.origin}${INTEGRATIONS_PATH}`,
           settings,
         });
-        window.location.assign(started.authorizationUrl);
+        window.location.assign(await api.beginOAuth(started.authorizationUrl));
         return;
       }
       await api.integrations.connectIntegration({

@@ -831,9 +831,10 @@ export const StartOAuthRequestSchema: GenMessage<StartOAuthRequest> = /*@__PURE_
  */
 export type StartOAuthResponse = Message<"nexus.integrations.v1.StartOAuthResponse"> & {
   /**
-   * The service's start URL: open it in the browser that will finish the flow (a top-level
-   * navigation from the dashboard). It can be opened once; it sets a cookie binding the flow to
-   * that browser and redirects to the provider's authorization URL.
+   * The service's start URL. The dashboard POSTs it (same origin) with the bearer token of the
+   * user who called StartOAuth; that binds the flow, once, to this user's browser with a cookie
+   * and answers `{"authorizationUrl": <the provider's URL>}`, where the dashboard then sends the
+   * browser. Opened as a page (GET: a link, another site) it binds nothing.
    *
    * @generated from field: string authorization_url = 1;
    */
