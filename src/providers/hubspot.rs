@@ -87,16 +87,42 @@ impl ContactSink for Hubspot {
 
     /// HubSpot's batch upsert by email does not do partial success: one address it refuses
     /// can fail the whole batch (400). A refused batch is split in halves, again and again,
-    /// until the refused records stand alone; every other record lands. (Upserts are
-    /// idempotent, so a retry after a failure half-way resends nothing harmful.)
+    /// until the refused records stand alone; every other record lands. When a half meets an
+    /// outage or a rate limit after others landed, the landed halves are kept (not thrown away
+    /// with the error, to be sent and split again by the retry) and the unsent rest is sent at
+    /// the next push.
     async fn push(&self, contacts: &[&Contact], _key: &str) -> Result<PushReport, ProviderError> {
         let mut report = PushReport::default();
         let mut pending: Vec<&[&Contact]> = vec![contacts];
+        let mut landed = false;
         while let Some(part) = pending.pop() {
             match self.push_batch(part).await {
                 Ok(done) => {
+                    landed = true;
                     report.failed += done.failed;
                     report.failures.extend(done.failures);
+                }
+                Err(e @ (ProviderError::Unavailable(_) | ProviderError::RateLimited { .. }))
+                    if landed =>
+                {
+                    let unsent: Vec<String> = std::iter::once(part)
+                        .chain(pending.drain(..))
+                        .flat_map(|p| p.iter().filter_map(|c| c.email()).map(str::to_string))
+                        .collect();
+                    tracing::info!(
+                        unsent = unsent.len(),
+                        error = %e,
+                        "HubSpot: part of a split batch is sent at the next push"
+                    );
+                    report.failed += unsent.len() as u64;
+                    report
+                        .failures
+                        .extend(unsent.iter().map(|email| RecordFailure {
+                            email: email.clone(),
+                            message: format!("not sent yet ({e}); sent again at the next sync"),
+                        }));
+                    report.retry_later.extend(unsent);
+                    break;
                 }
                 Err(ProviderError::BatchRefused(_)) if part.len() > 1 => {
                     let (first, second) = part.split_at(part.len() / 2);

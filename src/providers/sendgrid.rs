@@ -107,6 +107,9 @@ impl ContactSink for Sendgrid {
             .json(&payload);
         let accepted: Accepted = self.client.json(self.client.send(request).await?).await?;
 
+        // SendGrid has the batch now: from here on a failure is never an error that sends the
+        // batch again. A poll that fails (an outage, a rate limit, an unreadable answer) is asked
+        // again; an import whose end cannot be learnt in time is sent at the next push.
         let started = tokio::time::Instant::now();
         loop {
             let request = self
@@ -118,18 +121,37 @@ impl ContactSink for Sendgrid {
                     urlencode(&accepted.job_id)
                 ))
                 .bearer_auth(&self.api_key);
-            let status: ImportStatus = self.client.json(self.client.send(request).await?).await?;
+            let polled: Result<ImportStatus, ProviderError> = match self.client.send(request).await
+            {
+                Ok(response) => self.client.json(response).await,
+                Err(e) => Err(e),
+            };
+            let status = match polled {
+                Ok(status) => status,
+                Err(e @ (ProviderError::Unavailable(_) | ProviderError::RateLimited { .. }))
+                    if started.elapsed() < MAX_IMPORT_WAIT =>
+                {
+                    let wait = match &e {
+                        ProviderError::RateLimited {
+                            retry_after: Some(after),
+                            ..
+                        } => (*after).min(MAX_IMPORT_WAIT),
+                        _ => self.poll_interval,
+                    };
+                    tracing::info!(error = %e, "SendGrid import status not read; asking again");
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+                Err(ProviderError::Unavailable(_) | ProviderError::RateLimited { .. }) => {
+                    return Ok(unknown_end(&accepted.job_id, contacts));
+                }
+                Err(e) => return Err(e),
+            };
             match status.status.as_str() {
                 "pending" if started.elapsed() < MAX_IMPORT_WAIT => {
                     tokio::time::sleep(self.poll_interval).await;
                 }
-                "pending" => {
-                    return Err(ProviderError::Unavailable(format!(
-                        "SendGrid import {} is still pending after {} s",
-                        accepted.job_id,
-                        MAX_IMPORT_WAIT.as_secs()
-                    )));
-                }
+                "pending" => return Ok(unknown_end(&accepted.job_id, contacts)),
                 "completed" if status.results.errored_count == 0 => {
                     return Ok(PushReport::default());
                 }
@@ -152,6 +174,28 @@ impl ContactSink for Sendgrid {
                 }
             }
         }
+    }
+}
+
+/// An import SendGrid took whose end could not be learnt within [`MAX_IMPORT_WAIT`]: its
+/// contacts are sent again at the next push (an upsert by email: harmless if it did land), not
+/// by a retry of this attempt.
+fn unknown_end(job_id: &str, contacts: &[&Contact]) -> PushReport {
+    let emails: Vec<String> = contacts
+        .iter()
+        .filter_map(|c| c.email())
+        .map(str::to_string)
+        .collect();
+    PushReport {
+        failed: emails.len() as u64,
+        failures: vec![RecordFailure {
+            email: String::new(),
+            message: format!(
+                "SendGrid import {job_id} did not finish within {} s; its contacts are sent again at the next sync",
+                MAX_IMPORT_WAIT.as_secs()
+            ),
+        }],
+        retry_later: emails,
     }
 }
 

@@ -36,6 +36,8 @@ crate::tests!(
         a_refresh_that_loses_its_swap_keeps_the_rotated_tokens,
         a_canceled_drive_sync_and_the_next_make_one_file,
         sync_now_leaves_a_parked_job_parked_and_a_started_one_as_it_is,
+        hubspot_halves_that_landed_are_not_sent_again,
+        a_failed_sendgrid_status_poll_does_not_send_the_batch_again,
     ],
     plain: [a_contact_whose_timestamp_cannot_be_read_is_pushed],
 );
@@ -403,5 +405,69 @@ async fn sync_now_leaves_a_parked_job_parked_and_a_started_one_as_it_is(backend:
     assert_eq!(still.next_attempt_time, parked.next_attempt_time);
     assert_eq!(still.direction, parked.direction, "{still:?}");
     assert_eq!(hubspot.push_requests(), requests, "no push before the reset");
+    app.stop().await;
+}
+
+fn times_pushed(fake: &FakeProvider, email: &str) -> usize {
+    fake.pushed_emails().iter().filter(|e| *e == email).count()
+}
+
+/// Item 2: HubSpot refuses a whole batch for one bad address, so the batch is split in halves.
+/// When a later half met an outage, the halves that had landed were thrown away with the error
+/// and the retry sent them again (and split again). They are kept now; the unsent rest is sent
+/// at the next push.
+async fn hubspot_halves_that_landed_are_not_sent_again(backend: Backend) {
+    let hubspot = FakeProvider::start(Kind::Hubspot).await;
+    let app = spawn_with_fakes(backend, &[&hubspot], &[]).await;
+    app.add_contacts("ada", 8).await;
+    connect(&app, "ada", &hubspot).await;
+    hubspot.refuse_whole_batches();
+    let bad = hubspot_bad_address(&app).await;
+    hubspot.refuse(&[bad.as_str()]);
+    // The whole batch is refused, its first half lands, the second meets an outage.
+    hubspot.script_after(2, vec![ResponseTemplate::new(503)]);
+    let first = sync(&app, "ada", Provider::Hubspot).await;
+    let landed: Vec<String> = hubspot.pushed_emails();
+    assert_eq!(landed.len(), 4, "the first half landed: {landed:?}");
+    for email in &landed {
+        assert_eq!(times_pushed(&hubspot, email), 1, "{email} sent again; job {first:?}");
+    }
+    // The next push sends the rest; the bad address is refused on its own.
+    let second = sync(&app, "ada", Provider::Hubspot).await;
+    let mut at_hubspot = hubspot.pushed_emails();
+    at_hubspot.sort();
+    at_hubspot.dedup();
+    assert_eq!(at_hubspot.len(), 7, "every good contact landed: {second:?}");
+    assert!(!at_hubspot.contains(&bad));
+    for email in &landed {
+        assert_eq!(times_pushed(&hubspot, email), 1, "{email} sent twice");
+    }
+    hubspot.assert_no_problems();
+    app.stop().await;
+}
+
+/// The address of the contact HubSpot's halving meets last (in push order): in the second half.
+async fn hubspot_bad_address(app: &TestApp) -> String {
+    let sql = "SELECT email FROM contacts WHERE user_id = 'ada' ORDER BY change_seq DESC, id DESC LIMIT 1";
+    match &app.pool {
+        crate::helpers::TestPool::Sqlite(p) => sqlx::query_scalar(sql).fetch_one(p).await,
+        crate::helpers::TestPool::Postgres(p) => sqlx::query_scalar(sql).fetch_one(p).await,
+    }
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Item 2: SendGrid took the batch (202, an import job), then a status poll failed: the error
+/// failed the attempt and the retry PUT the whole batch again. The poll is now asked again; the
+/// batch is sent once.
+async fn a_failed_sendgrid_status_poll_does_not_send_the_batch_again(backend: Backend) {
+    let sendgrid = FakeProvider::start(Kind::Sendgrid).await;
+    let app = spawn_with_fakes(backend, &[&sendgrid], &[]).await;
+    app.add_contacts("ada", 5).await;
+    connect(&app, "ada", &sendgrid).await;
+    sendgrid.fail_polls(2);
+    let job = succeeded(&app, "ada", Provider::Sendgrid).await;
+    assert_eq!(sendgrid.sendgrid_imports(), 1, "one import for one batch: {job:?}");
+    assert_eq!(sendgrid.pushed_emails().len(), 5);
+    sendgrid.assert_no_problems();
     app.stop().await;
 }

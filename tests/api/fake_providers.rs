@@ -69,6 +69,8 @@ struct State {
     delay: Option<Duration>,
     verify_calls: usize,
     sendgrid_jobs: Vec<(String, u64, bool)>,
+    /// SendGrid: the next import-status polls answer 503.
+    failing_polls: usize,
     problems: Vec<String>,
     /// Contacts held at the provider, for imports: (email, first name, last name, modified).
     remote: Vec<(String, String, String, String)>,
@@ -157,6 +159,16 @@ impl FakeProvider {
         let mut state = self.state();
         state.script_after = passed;
         state.scripted.extend(answers);
+    }
+
+    /// SendGrid: the next `n` import-status polls answer 503 (the import itself goes on).
+    pub fn fail_polls(&self, n: usize) {
+        self.state().failing_polls = n;
+    }
+
+    /// SendGrid: PUTs of contacts (each starts an import job).
+    pub fn sendgrid_imports(&self) -> usize {
+        self.state().sendgrid_jobs.len()
     }
 
     pub fn refuse(&self, emails: &[&str]) {
@@ -571,6 +583,10 @@ impl Respond for Responder {
                 );
             }
             (Kind::Sendgrid, "GET", p) if p.starts_with("/v3/marketing/contacts/imports/") => {
+                if state.failing_polls > 0 {
+                    state.failing_polls -= 1;
+                    return error(503, json!({"errors": [{"message": "service unavailable"}]}));
+                }
                 let id = p.trim_start_matches("/v3/marketing/contacts/imports/");
                 let Some(job) = state.sendgrid_jobs.iter_mut().find(|j| j.0 == id) else {
                     return error(404, json!({"errors": [{"message": "not found"}]}));
