@@ -286,6 +286,27 @@ mod tests {
         assert_eq!(rate_limit_words(&body("rateLimitExceeded")), (true, false));
         assert_eq!(rate_limit_words(&body("dailyLimitExceeded")), (true, true));
         assert_eq!(rate_limit_words(&body("quotaExceeded")), (true, true));
+        // Issue 26, item 8: a full Drive was read as a daily limit and parked the job ~10 days.
+        let client = Client::new(
+            reqwest::Client::new(),
+            super::super::Throttle::new(
+                std::sync::Arc::new(super::super::rate_limit::RateLimits::new(
+                    &Default::default(),
+                )),
+                ProviderId::GoogleDrive,
+                "ada".into(),
+            ),
+            ProviderId::GoogleDrive,
+            crate::domain::credentials::Credentials::new(Default::default()),
+        );
+        let full = r#"{"error":{"code":403,"message":"The user's Drive storage quota has been exceeded.","errors":[{"domain":"usageLimits","reason":"storageQuotaExceeded"}]}}"#;
+        assert!(
+            matches!(
+                client.classify(StatusCode::FORBIDDEN, &HeaderMap::new(), full),
+                ProviderError::Rejected(_)
+            ),
+            "a full Drive is refused, not waited for"
+        );
         let denied = r#"{"error":{"code":403,"message":"The user does not have sufficient permissions","errors":[{"reason":"insufficientPermissions"}]}}"#;
         assert_eq!(
             rate_limit_words(&denied.to_ascii_lowercase()),

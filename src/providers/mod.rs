@@ -187,7 +187,11 @@ impl Providers {
     ) -> http::Client {
         http::Client::new(
             self.http.clone(),
-            Throttle::new(Arc::clone(&self.limits), provider, account.to_string()),
+            Throttle::new(
+                Arc::clone(&self.limits),
+                provider,
+                rate_limit::account_key(provider, account, credentials),
+            ),
             provider,
             credentials.clone(),
         )
@@ -229,7 +233,8 @@ impl Providers {
         Ok(Some(crm))
     }
 
-    /// A client for one account. `account` keys the rate limiter (one per user and provider).
+    /// A client for one account. The rate limiter is keyed by the provider account the
+    /// credentials name (see [`rate_limit::account_key`]); `account` is the Nexus user.
     pub fn sink(
         &self,
         provider: ProviderId,
