@@ -196,28 +196,47 @@ impl PushKey {
 pub struct PushCheckpoint {
     pub horizon: i64,
     pub last: PushKey,
+    /// The integration's destination epoch the push began in: a checkpoint of an earlier
+    /// destination is not resumed, and remembers nothing.
+    pub epoch: i64,
 }
 
 impl PushCheckpoint {
-    const PREFIX: &'static str = "push:";
+    /// Before destination epochs: `push:<horizon>:<seq>|<id>` (epoch 0).
+    const PREFIX_V1: &'static str = "push:";
+    const PREFIX: &'static str = "push2:";
 
     /// Whether a job's checkpoint is a push's.
     pub fn is_push(checkpoint: &str) -> bool {
-        checkpoint.starts_with(Self::PREFIX)
+        checkpoint.starts_with(Self::PREFIX) || checkpoint.starts_with(Self::PREFIX_V1)
     }
 
-    /// `push:<horizon>:<seq>|<id>`.
+    /// `push2:<epoch>:<horizon>:<seq>|<id>`.
     pub fn encode(&self) -> String {
-        format!("{}{}:{}", Self::PREFIX, self.horizon, self.last.encode())
+        format!(
+            "{}{}:{}:{}",
+            Self::PREFIX,
+            self.epoch,
+            self.horizon,
+            self.last.encode()
+        )
     }
 
     /// `None` for anything else, including the checkpoints of before the change numbers (the
     /// push then starts again from the watermark; what the provider holds is not sent again).
     pub fn decode(text: &str) -> Option<Self> {
-        let (horizon, last) = text.strip_prefix(Self::PREFIX)?.split_once(':')?;
+        let (epoch, rest) = match text.strip_prefix(Self::PREFIX) {
+            Some(rest) => {
+                let (epoch, rest) = rest.split_once(':')?;
+                (epoch.parse().ok()?, rest)
+            }
+            None => (0, text.strip_prefix(Self::PREFIX_V1)?),
+        };
+        let (horizon, last) = rest.split_once(':')?;
         Some(Self {
             horizon: horizon.parse().ok()?,
             last: PushKey::decode(last)?,
+            epoch,
         })
     }
 
@@ -321,6 +340,7 @@ mod tests {
                 seq: 250,
                 id: "c9".into(),
             },
+            epoch: 3,
         };
         assert_eq!(
             PushCheckpoint::decode(&checkpoint.encode()),
@@ -346,6 +366,7 @@ mod tests {
                 seq: 7,
                 id: "c1".into(),
             },
+            epoch: 0,
         };
         assert_eq!(
             behind.watermark(),
@@ -357,6 +378,20 @@ mod tests {
             None
         );
         assert_eq!(PushCheckpoint::decode("import:3"), None);
+        // Before epochs: the first destination's.
+        assert_eq!(
+            PushCheckpoint::decode("push:100:250|c9").map(|c| (c.epoch, c.horizon, c.last)),
+            Some((
+                0,
+                100,
+                PushKey {
+                    seq: 250,
+                    id: "c9".into()
+                }
+            ))
+        );
+        assert!(PushCheckpoint::is_push("push:100:250|c9"));
+        assert!(PushCheckpoint::is_push(&checkpoint.encode()));
     }
 
     #[test]

@@ -94,7 +94,11 @@ impl SyncWorker {
         progress: &mut JobProgress,
         shutdown: &CancellationToken,
     ) -> Result<Option<Outcome>, StoreError> {
-        let (horizon, start) = self.push_start(job, progress).await?;
+        let PushCheckpoint {
+            horizon,
+            last: start,
+            epoch,
+        } = self.push_start(job, progress).await?;
         // Read before the file is built: a contact changed while it is written sorts after
         // this key, so the next sync uploads again.
         // (Deleting a contact does not move the newest key: the file catches up at the next
@@ -158,6 +162,7 @@ impl SyncWorker {
                             PushCheckpoint {
                                 horizon,
                                 last: newest,
+                                epoch,
                             }
                             .encode(),
                         );

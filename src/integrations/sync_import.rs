@@ -41,6 +41,8 @@ impl SyncWorker {
             plan.name,
             limit.unwrap_or_default()
         );
+        // What the import reads is what the connected provider holds, as of this epoch.
+        let epoch = self.store.destination_epoch(&job.integration_id).await?;
         let mut restarted = false;
         loop {
             if shutdown.is_cancelled() {
@@ -80,7 +82,7 @@ impl SyncWorker {
                 .await?;
             // The provider holds these as read: the push that follows leaves them alone.
             self.store
-                .save_provider_fingerprints(&job.integration_id, &counts.synced)
+                .save_provider_fingerprints(&job.integration_id, &counts.synced, epoch)
                 .await?;
             tracing::debug!(
                 inserted = counts.inserted,

@@ -240,7 +240,11 @@ impl SyncWorker {
                     // began is read by the next one (unchanged contacts read again cost no
                     // provider request: their fingerprints match).
                     store
-                        .advance_push_watermark(&job.integration_id, &checkpoint.watermark())
+                        .advance_push_watermark(
+                            &job.integration_id,
+                            &checkpoint.watermark(),
+                            checkpoint.epoch,
+                        )
                         .await?;
                 }
                 store.record_sync_time(&job.integration_id, now).await?;

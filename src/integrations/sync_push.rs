@@ -29,21 +29,26 @@ use crate::{
 };
 
 impl SyncWorker {
-    /// Where this push starts, and its horizon: its own checkpoint when resuming, else the
-    /// integration's watermark (the very start for a full push or a first sync) and the horizon
-    /// read now. A fresh push first sends again the contacts refused for a passing reason last
-    /// time (their change numbers are moved on, so they sort after the watermark).
+    /// Where this push starts (`last`), its horizon and its destination epoch: its own
+    /// checkpoint when resuming in the same epoch, else the integration's watermark (the very
+    /// start for a full push, a first sync or a changed destination) and the horizon read now.
+    /// A fresh push first sends again the contacts refused for a passing reason last time
+    /// (their change numbers are moved on, so they sort after the watermark).
     pub(super) async fn push_start(
         &self,
         job: &SyncJob,
         progress: &JobProgress,
-    ) -> Result<(i64, PushKey), StoreError> {
+    ) -> Result<PushCheckpoint, StoreError> {
+        let epoch = self.store.destination_epoch(&job.integration_id).await?;
         if let Some(checkpoint) = progress
             .checkpoint
             .as_deref()
             .and_then(PushCheckpoint::decode)
         {
-            return Ok((checkpoint.horizon, checkpoint.last));
+            if checkpoint.epoch == epoch {
+                return Ok(checkpoint);
+            }
+            tracing::info!("the destination changed since this push began; it starts over there");
         }
         let requeued = self
             .store
@@ -56,15 +61,19 @@ impl SyncWorker {
             );
         }
         let horizon = self.store.push_horizon().await?;
-        if job.full {
-            return Ok((horizon, PushKey::start()));
-        }
-        let start = self
-            .store
-            .push_watermark(&job.integration_id)
-            .await?
-            .unwrap_or_else(PushKey::start);
-        Ok((horizon, start))
+        let last = if job.full {
+            PushKey::start()
+        } else {
+            self.store
+                .push_watermark(&job.integration_id)
+                .await?
+                .unwrap_or_else(PushKey::start)
+        };
+        Ok(PushCheckpoint {
+            horizon,
+            last,
+            epoch,
+        })
     }
 
     /// Pushes the changed contacts page by page from the checkpoint. `Some` ends the attempt.
@@ -76,7 +85,11 @@ impl SyncWorker {
         progress: &mut JobProgress,
         shutdown: &CancellationToken,
     ) -> Result<Option<Outcome>, StoreError> {
-        let (horizon, mut after) = self.push_start(job, progress).await?;
+        let PushCheckpoint {
+            horizon,
+            last: mut after,
+            epoch,
+        } = self.push_start(job, progress).await?;
         let remaining = self
             .store
             .contacts_changed_count(&job.user_id, &after)
@@ -125,7 +138,7 @@ impl SyncWorker {
                     .push(&part, &key));
                 match pushed {
                     Ok(report) => {
-                        in_place(|| self.remember_pushed(job, &part, &report)).await?;
+                        in_place(|| self.remember_pushed(job, &part, &report, epoch)).await?;
                         progress.add_failures(report.failed, report.failures);
                     }
                     Err(ProviderError::BatchRefused(_)) if part.len() > 1 && splits_left > 0 => {
@@ -154,6 +167,7 @@ impl SyncWorker {
                 PushCheckpoint {
                     horizon,
                     last: last.clone(),
+                    epoch,
                 }
                 .encode(),
             );
@@ -198,6 +212,7 @@ impl SyncWorker {
         job: &SyncJob,
         sent: &[&Contact],
         report: &PushReport,
+        epoch: i64,
     ) -> Result<(), StoreError> {
         let lower = |e: &str| e.to_ascii_lowercase();
         let retry: std::collections::HashSet<String> =
@@ -226,9 +241,16 @@ impl SyncWorker {
             .filter(|c| !refused.contains(&c.email().unwrap_or_default().to_ascii_lowercase()))
             .map(|c| (c.id.clone(), c.fingerprint()))
             .collect();
-        self.store
-            .save_provider_fingerprints(&job.integration_id, &landed)
-            .await
+        if !self
+            .store
+            .save_provider_fingerprints(&job.integration_id, &landed, epoch)
+            .await?
+        {
+            tracing::info!(
+                "the destination changed during this push; what it sent is not remembered"
+            );
+        }
+        Ok(())
     }
 }
 

@@ -64,6 +64,10 @@ pub trait SyncQueue: Send + Sync {
     /// the contacts pushed there): the destination changed, so the next push sends everything.
     async fn forget_destination(&self, integration_id: &str) -> Result<(), StoreError>;
 
+    /// The integration's destination epoch: moved on by every [`Self::forget_destination`]. A
+    /// push remembers what it sent (fingerprints, watermark) only under the epoch it began in.
+    async fn destination_epoch(&self, integration_id: &str) -> Result<i64, StoreError>;
+
     /// How many of the user's contacts lie after `after` in push order.
     async fn contacts_changed_count(
         &self,
@@ -77,11 +81,13 @@ pub trait SyncQueue: Send + Sync {
     /// The integration's watermark: where its next incremental push starts.
     async fn push_watermark(&self, integration_id: &str) -> Result<Option<PushKey>, StoreError>;
 
-    /// Moves the watermark forward to `key` (never back).
+    /// Moves the watermark forward to `key` (never back), unless the destination changed since
+    /// `epoch`.
     async fn advance_push_watermark(
         &self,
         integration_id: &str,
         key: &PushKey,
+        epoch: i64,
     ) -> Result<(), StoreError>;
 
     /// Sets the recurring schedule: `None` stops automatic syncs.
@@ -159,11 +165,13 @@ pub trait SyncQueue: Send + Sync {
     ) -> Result<std::collections::HashMap<String, String>, StoreError>;
 
     /// Records (contact id, fingerprint) pairs as what the integration's provider now holds.
+    /// `false` (nothing saved) when the destination changed since `epoch`.
     async fn save_provider_fingerprints(
         &self,
         integration_id: &str,
         entries: &[(String, String)],
-    ) -> Result<(), StoreError>;
+        epoch: i64,
+    ) -> Result<bool, StoreError>;
 
     /// Job changes in this process's view: ids of jobs written (`*` for many at once).
     fn job_changes(&self) -> tokio::sync::broadcast::Receiver<String>;

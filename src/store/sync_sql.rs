@@ -110,7 +110,8 @@ macro_rules! sync_queue {
                 async fn forget_destination(&self, integration_id: &str) -> Result<(), StoreError> {
                     let mut tx = self.pool.begin_with($begin).await?;
                     sqlx::query(concat!(
-                        "UPDATE integrations SET push_watermark = NULL WHERE id = $1", $id
+                        "UPDATE integrations SET push_watermark = NULL, \
+                         destination_epoch = destination_epoch + 1 WHERE id = $1", $id
                     ))
                     .bind(integration_id)
                     .execute(&mut *tx)
@@ -123,6 +124,16 @@ macro_rules! sync_queue {
                     .await?;
                     tx.commit().await?;
                     Ok(())
+                }
+
+                async fn destination_epoch(&self, integration_id: &str) -> Result<i64, StoreError> {
+                    let epoch: Option<i64> = sqlx::query_scalar(concat!(
+                        "SELECT destination_epoch FROM integrations WHERE id = $1", $id
+                    ))
+                    .bind(integration_id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                    Ok(epoch.unwrap_or(0))
                 }
 
                 async fn contacts_changed_count(
@@ -167,6 +178,7 @@ macro_rules! sync_queue {
                     &self,
                     integration_id: &str,
                     key: &PushKey,
+                    epoch: i64,
                 ) -> Result<(), StoreError> {
                     // Read, compare and write under a compare-and-swap, so two finishing jobs
                     // can never move the watermark back.
@@ -178,14 +190,19 @@ macro_rules! sync_queue {
                         let old = current.map(|c| c.encode()).unwrap_or_default();
                         let done = sqlx::query(concat!(
                             "UPDATE integrations SET push_watermark = $2 WHERE id = $1", $id,
-                            " AND COALESCE(push_watermark, '') = $3"
+                            " AND COALESCE(push_watermark, '') = $3 AND destination_epoch = $4"
                         ))
                         .bind(integration_id)
                         .bind(key.encode())
                         .bind(old)
+                        .bind(epoch)
                         .execute(&self.pool)
                         .await?;
                         if done.rows_affected() == 1 {
+                            return Ok(());
+                        }
+                        if self.destination_epoch(integration_id).await? != epoch {
+                            // Another destination now: its memory starts empty.
                             return Ok(());
                         }
                     }
@@ -355,15 +372,15 @@ macro_rules! sync_queue {
                     if let Some(url) = url.flatten() {
                         return Ok(BindOutcome::Bound(url));
                     }
-                    let open: Option<i64> = sqlx::query_scalar(
-                        "SELECT 1 FROM oauth_states WHERE state_hash = $1 \
+                    let open: i64 = sqlx::query_scalar(
+                        "SELECT COUNT(*) FROM oauth_states WHERE state_hash = $1 \
                          AND browser_hash IS NULL AND expires_at > $2",
                     )
                     .bind(state_hash)
                     .bind(now)
-                    .fetch_optional(&self.pool)
+                    .fetch_one(&self.pool)
                     .await?;
-                    Ok(if open.is_some() {
+                    Ok(if open > 0 {
                         BindOutcome::NotYours
                     } else {
                         BindOutcome::Unknown
@@ -403,7 +420,22 @@ macro_rules! sync_queue {
                     &self,
                     integration_id: &str,
                     entries: &[(String, String)],
-                ) -> Result<(), StoreError> {
+                    epoch: i64,
+                ) -> Result<bool, StoreError> {
+                    let mut tx = self.pool.begin_with($begin).await?;
+                    // The integration's row, locked for the transaction, still in `epoch`: a
+                    // destination change waits for this save or makes it save nothing.
+                    let held = sqlx::query(concat!(
+                        "UPDATE integrations SET destination_epoch = destination_epoch \
+                         WHERE id = $1", $id, " AND destination_epoch = $2"
+                    ))
+                    .bind(integration_id)
+                    .bind(epoch)
+                    .execute(&mut *tx)
+                    .await?;
+                    if held.rows_affected() == 0 {
+                        return Ok(false);
+                    }
                     // One row per contact (the last wins): a statement may not touch a row twice.
                     let entries: Vec<(&String, &String)> = entries
                         .iter()
@@ -425,9 +457,10 @@ macro_rules! sync_queue {
                         for (contact, fingerprint) in chunk {
                             query = query.bind(contact).bind(fingerprint);
                         }
-                        query.execute(&self.pool).await?;
+                        query.execute(&mut *tx).await?;
                     }
-                    Ok(())
+                    tx.commit().await?;
+                    Ok(true)
                 }
 
                 fn job_changes(&self) -> tokio::sync::broadcast::Receiver<String> {

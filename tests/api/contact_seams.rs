@@ -38,6 +38,7 @@ crate::tests!(
         sync_now_leaves_a_parked_job_parked_and_a_started_one_as_it_is,
         hubspot_halves_that_landed_are_not_sent_again,
         a_failed_sendgrid_status_poll_does_not_send_the_batch_again,
+        a_push_to_the_old_destination_that_ends_after_the_change_leaves_no_memory,
     ],
     plain: [a_contact_whose_timestamp_cannot_be_read_is_pushed],
 );
@@ -469,5 +470,39 @@ async fn a_failed_sendgrid_status_poll_does_not_send_the_batch_again(backend: Ba
     assert_eq!(sendgrid.sendgrid_imports(), 1, "one import for one batch: {job:?}");
     assert_eq!(sendgrid.pushed_emails().len(), 5);
     sendgrid.assert_no_problems();
+    app.stop().await;
+}
+
+/// Item 1, the race: a push to the old Dropbox path was still running when the path changed.
+/// Its end wrote the old destination's watermark back over the forgotten one, so the new path
+/// never got the file (nothing had changed "since"). A push of an earlier destination now
+/// leaves no memory behind.
+async fn a_push_to_the_old_destination_that_ends_after_the_change_leaves_no_memory(
+    backend: Backend,
+) {
+    let dropbox = FakeOAuth::start(OKind::Dropbox).await;
+    let app = spawn_with_oauth(backend, &[&dropbox], &[]).await;
+    app.add_contacts("ada", 6).await;
+    backdate(&app).await;
+    connect_oauth(&app, "ada", &dropbox, &[("path", "/Nexus/old.csv")]).await;
+    let upload = dropbox.server.hold(HoldPoint::Arrival, |request| {
+        request.url.path() == "/2/files/upload"
+    });
+    let mut client = app.integrations().await;
+    let first = start_sync(&mut client, "ada", Provider::Dropbox).await;
+    upload.arrived(1).await;
+    update_settings(&app, "ada", Provider::Dropbox, &[("path", "/Nexus/new.csv")]).await;
+    upload.release();
+    let first = wait_for_job(&app, "ada", &first.id).await;
+    let second = sync(&app, "ada", Provider::Dropbox).await;
+    let files = dropbox.files();
+    let new = files.get("/Nexus/new.csv").unwrap_or_else(|| {
+        panic!(
+            "nothing uploaded to the new path: {:?}; jobs {first:?} {second:?}",
+            files.keys()
+        )
+    });
+    assert_eq!(lines(new), 7, "a header and every contact");
+    dropbox.assert_no_problems();
     app.stop().await;
 }
