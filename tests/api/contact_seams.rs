@@ -40,6 +40,7 @@ crate::tests!(
         a_failed_sendgrid_status_poll_does_not_send_the_batch_again,
         a_push_to_the_old_destination_that_ends_after_the_change_leaves_no_memory,
     ],
+    postgres: [a_contact_in_a_transaction_open_across_a_push_is_pushed_once_it_commits],
     plain: [a_contact_whose_timestamp_cannot_be_read_is_pushed],
 );
 
@@ -504,5 +505,48 @@ async fn a_push_to_the_old_destination_that_ends_after_the_change_leaves_no_memo
     });
     assert_eq!(lines(new), 7, "a header and every contact");
     dropbox.assert_no_problems();
+    app.stop().await;
+}
+
+/// Item 3, a true late commit: the card app's transaction wrote a contact before a push began
+/// and committed after it ended, while a later edit committed at once. The push saw only the
+/// later one; a watermark set to where it got to would have passed the uncommitted contact for
+/// good. The watermark stays below the push's horizon (the oldest transaction still open), so
+/// the next push sends it.
+async fn a_contact_in_a_transaction_open_across_a_push_is_pushed_once_it_commits() {
+    let backend = Backend::Postgres;
+    let hubspot = FakeProvider::start(Kind::Hubspot).await;
+    let app = spawn_with_fakes(backend, &[&hubspot], &[]).await;
+    app.add_contacts("ada", 3).await;
+    connect(&app, "ada", &hubspot).await;
+    succeeded(&app, "ada", Provider::Hubspot).await;
+    let crate::helpers::TestPool::Postgres(pool) = &app.pool else {
+        panic!("a PostgreSQL test on another backend")
+    };
+    let mut open = pool.begin().await.unwrap_or_else(|e| panic!("{e}"));
+    sqlx::query(
+        "INSERT INTO contacts (id, user_id, email, first_name) \
+         VALUES ('open-1', 'ada', 'open@example.com', 'Open')",
+    )
+    .execute(&mut *open)
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    // A later edit, committed at once (an edit: the open insert holds the user's count row).
+    exec!(
+        &app.pool,
+        "UPDATE contacts SET first_name = 'Edited' WHERE email = 'contact0@example.com'"
+    );
+    succeeded(&app, "ada", Provider::Hubspot).await;
+    assert_eq!(times_pushed(&hubspot, "contact0@example.com"), 2, "the edit was pushed");
+    assert!(!hubspot.pushed_emails().contains(&"open@example.com".to_string()));
+    open.commit().await.unwrap_or_else(|e| panic!("{e}"));
+    succeeded(&app, "ada", Provider::Hubspot).await;
+    assert_eq!(
+        times_pushed(&hubspot, "open@example.com"),
+        1,
+        "{:?}",
+        hubspot.pushed_emails()
+    );
+    assert_eq!(times_pushed(&hubspot, "contact0@example.com"), 2);
     app.stop().await;
 }
