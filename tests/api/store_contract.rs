@@ -26,6 +26,7 @@ crate::on_both_backends!(
     an_unknown_stored_value_is_an_error_not_a_default,
     the_scheduler_queues_only_what_is_due_and_never_beside_an_active_job,
     a_dunning_email_claimed_again_after_its_lease_is_not_undone_by_the_first_sender,
+    a_job_is_not_claimed_beside_a_canceled_one_whose_worker_still_holds_it,
 );
 
 /// Sender A's claim runs out during a slow delivery; sender B claims the email and sends it.
@@ -384,5 +385,68 @@ async fn the_limit_checks_read_equals_the_subscription_and_usage_reads(backend: 
     assert!(sub.is_some_and(|s| s.past_due_since.is_some()));
     crate::exec!(&pool, "DELETE FROM contacts WHERE user_id = 'sam'");
     assert_eq!(same("sam").await.1, Usage::default());
+    close(db, store).await;
+}
+
+/// Issue 26, item 5: CancelSyncJob frees the integration's one-job slot at once, before the
+/// running worker notices, so Sync now can queue another job. That job must not be handed to a
+/// second worker while the canceled job's worker still holds its lease (two workers pushing for
+/// one integration: two Drive files); it is once that worker lets go, or its lease runs out.
+async fn a_job_is_not_claimed_beside_a_canceled_one_whose_worker_still_holds_it(
+    backend: Backend,
+) {
+    use nexus_billing::{domain::sync_job::Direction, store::NewSyncJob};
+    let (db, store) = open(backend).await;
+    let pool = db.pool().await;
+    let integration = seed_integration(&pool, "ada", "hubspot", "{}").await;
+    let ada = user("ada");
+    let t0 = Utc::now();
+    let job = |now| NewSyncJob {
+        integration_id: &integration,
+        user: &ada,
+        direction: Direction::Push,
+        max_attempts: 3,
+        due: now,
+        now,
+        full: false,
+    };
+    let ok = |e: StoreError| -> ! { panic!("{e}") };
+    store.enqueue_sync(&job(t0)).await.unwrap_or_else(|e| ok(e));
+    let lease = t0 + Duration::minutes(5);
+    let first = store
+        .claim_sync_job("w1", t0, lease)
+        .await
+        .unwrap_or_else(|e| ok(e))
+        .unwrap_or_else(|| panic!("nothing to claim"));
+    assert!(
+        store
+            .cancel_sync_job(&ada, &first.id, t0)
+            .await
+            .unwrap_or_else(|e| ok(e))
+    );
+    let t1 = t0 + Duration::seconds(1);
+    let (second, created) = store.enqueue_sync(&job(t1)).await.unwrap_or_else(|e| ok(e));
+    assert!(created, "the cancel frees the slot for Sync now");
+    assert_eq!(
+        store
+            .claim_sync_job("w2", t1, t1 + Duration::minutes(5))
+            .await
+            .unwrap_or_else(|e| ok(e))
+            .map(|j| j.id),
+        None,
+        "claimed beside a canceled job whose worker still holds it"
+    );
+    store
+        .release_stopped_job(&first.id, "w1")
+        .await
+        .unwrap_or_else(|e| ok(e));
+    let t2 = t0 + Duration::seconds(2);
+    let claimed = store
+        .claim_sync_job("w2", t2, t2 + Duration::minutes(5))
+        .await
+        .unwrap_or_else(|e| ok(e))
+        .map(|j| j.id);
+    assert_eq!(claimed, Some(second.id), "claimed once the first worker let go");
+    drop(pool);
     close(db, store).await;
 }
