@@ -39,6 +39,7 @@ crate::tests!(
         hubspot_halves_that_landed_are_not_sent_again,
         a_failed_sendgrid_status_poll_does_not_send_the_batch_again,
         a_push_to_the_old_destination_that_ends_after_the_change_leaves_no_memory,
+        a_refresh_refused_after_a_reauthorisation_leaves_the_connection_active,
     ],
     postgres: [a_contact_in_a_transaction_open_across_a_push_is_pushed_once_it_commits],
     plain: [a_contact_whose_timestamp_cannot_be_read_is_pushed],
@@ -548,5 +549,43 @@ async fn a_contact_in_a_transaction_open_across_a_push_is_pushed_once_it_commits
         hubspot.pushed_emails()
     );
     assert_eq!(times_pushed(&hubspot, "contact0@example.com"), 2);
+    app.stop().await;
+}
+
+/// Item 4: a sync's refresh was on its way with the old refresh token when the user connected
+/// the account again. The provider refused the old token (`invalid_grant`: the new grant
+/// replaced it), and that refusal used to mark the just re-authorised connection NEEDS_REAUTH.
+/// It now sees the newer grant, keeps the connection ACTIVE and syncs with it.
+async fn a_refresh_refused_after_a_reauthorisation_leaves_the_connection_active(
+    backend: Backend,
+) {
+    let drive = FakeOAuth::start(OKind::GoogleDrive).await;
+    let app = spawn_with_oauth(backend, &[&drive], &[]).await;
+    app.add_contacts("ada", 3).await;
+    connect_oauth(&app, "ada", &drive, &[]).await;
+    drive.set_expires_in(10);
+    drive.expire_access_tokens();
+    let refresh = drive.server.hold_first(1, HoldPoint::Arrival, |request| {
+        request.url.path() == "/token"
+            && String::from_utf8_lossy(&request.body).contains("grant_type=refresh_token")
+    });
+    let job = start_sync(&mut app.integrations().await, "ada", Provider::GoogleDrive).await;
+    refresh.arrived(1).await;
+    // The user connects Drive again: a new grant; the old refresh token is dead.
+    drive.set_expires_in(3600);
+    connect_oauth(&app, "ada", &drive, &[]).await;
+    refresh.release();
+    let job = wait_for_job(&app, "ada", &job.id).await;
+    assert_eq!(job.state(), SyncJobState::Succeeded, "{job:?}");
+    let now = integration(&app, "ada", OKind::GoogleDrive)
+        .await
+        .unwrap_or_else(|| panic!("gone"));
+    assert_eq!(now.status(), IntegrationStatus::Active, "{now:?}");
+    assert_eq!(drive.live_files().len(), 1);
+    assert_eq!(
+        drive.take_problems(),
+        vec!["refresh with a refresh token that is not the current one".to_string()],
+        "only the refresh already on its way used the old token"
+    );
     app.stop().await;
 }

@@ -367,6 +367,11 @@ impl FakeOAuth {
         self.state().sessions_started
     }
 
+    /// What the fake found wrong so far, taken (a test that expects one checks and clears it).
+    pub fn take_problems(&self) -> Vec<String> {
+        std::mem::take(&mut self.state().problems)
+    }
+
     pub fn assert_no_problems(&self) {
         let problems = self.state().problems.clone();
         assert!(
