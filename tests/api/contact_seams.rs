@@ -40,6 +40,7 @@ crate::tests!(
         a_failed_sendgrid_status_poll_does_not_send_the_batch_again,
         a_push_to_the_old_destination_that_ends_after_the_change_leaves_no_memory,
         a_refresh_refused_after_a_reauthorisation_leaves_the_connection_active,
+        one_bad_record_refuses_itself_not_the_sendgrid_batch,
     ],
     postgres: [a_contact_in_a_transaction_open_across_a_push_is_pushed_once_it_commits],
     plain: [a_contact_whose_timestamp_cannot_be_read_is_pushed],
@@ -464,7 +465,7 @@ async fn hubspot_bad_address(app: &TestApp) -> String {
 /// batch is sent once.
 async fn a_failed_sendgrid_status_poll_does_not_send_the_batch_again(backend: Backend) {
     let sendgrid = FakeProvider::start(Kind::Sendgrid).await;
-    let app = spawn_with_fakes(backend, &[&sendgrid], &[]).await;
+    let app = spawn_with_fakes(backend, &[&sendgrid], &[("--rate-limits", "sendgrid=100/1s")]).await;
     app.add_contacts("ada", 5).await;
     connect(&app, "ada", &sendgrid).await;
     sendgrid.fail_polls(2);
@@ -587,5 +588,32 @@ async fn a_refresh_refused_after_a_reauthorisation_leaves_the_connection_active(
         vec!["refresh with a refresh token that is not the current one".to_string()],
         "only the refresh already on its way used the old token"
     );
+    app.stop().await;
+}
+
+/// Item 6: SendGrid refuses a whole PUT (400) for one malformed record and names it only by
+/// its place. The whole batch (up to 10,000 contacts) used to be refused with it; the batch is
+/// now split, within a bound, until the bad record stands alone, and every other one lands.
+async fn one_bad_record_refuses_itself_not_the_sendgrid_batch(backend: Backend) {
+    let sendgrid = FakeProvider::start(Kind::Sendgrid).await;
+    // SendGrid's own budget (3 a second) would make the splits slow, not different.
+    let app = spawn_with_fakes(backend, &[&sendgrid], &[("--rate-limits", "sendgrid=100/1s")]).await;
+    app.add_contacts("ada", 12).await;
+    connect(&app, "ada", &sendgrid).await;
+    sendgrid.refuse_whole_batches();
+    sendgrid.refuse(&["contact7@example.com"]);
+    let job = sync(&app, "ada", Provider::Sendgrid).await;
+    assert_eq!(job.state(), SyncJobState::Partial, "{job:?}");
+    assert_eq!(job.contacts_failed, 1, "{job:?}");
+    let mut landed = sendgrid.pushed_emails();
+    landed.sort();
+    assert_eq!(landed.len(), 11, "every other contact landed once: {landed:?}");
+    assert!(!landed.contains(&"contact7@example.com".to_string()));
+    assert!(
+        sendgrid.push_requests() <= 2 * 4 + 1,
+        "{} PUTs for a batch of 12",
+        sendgrid.push_requests()
+    );
+    sendgrid.assert_no_problems();
     app.stop().await;
 }

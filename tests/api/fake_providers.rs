@@ -177,7 +177,7 @@ impl FakeProvider {
             .extend(emails.iter().map(|e| e.to_string()));
     }
 
-    /// HubSpot: a batch naming a refused address is refused whole with 400.
+    /// HubSpot and SendGrid: a batch naming a refused address is refused whole with 400.
     pub fn refuse_whole_batches(&self) {
         self.state().whole_batch_refusals = true;
     }
@@ -422,6 +422,18 @@ impl Responder {
                 400,
                 json!({"status": "error", "category": "VALIDATION_ERROR",
                     "message": format!("Property values were not valid: invalid email {}", refused[0])}),
+            );
+        }
+        // SendGrid checks the request before it starts an import: one malformed record refuses
+        // the whole PUT, naming the record by its place, not its address.
+        if self.kind == Kind::Sendgrid && state.whole_batch_refusals && !refused.is_empty() {
+            let place = emails
+                .iter()
+                .position(|e| *e == refused[0])
+                .unwrap_or_default();
+            return error(
+                400,
+                json!({"errors": [{"field": format!("contacts[{place}].email"), "message": "invalid email"}]}),
             );
         }
         state.pushes.push(Push {
