@@ -35,6 +35,7 @@ test_modules!(
     browser,
     checkout,
     config,
+    contact_deliveries,
     contact_seams,
     contacts_model,
     dashboard,
