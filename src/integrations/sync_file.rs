@@ -109,8 +109,25 @@ impl SyncWorker {
             None => start != PushKey::start(),
         };
         if unchanged {
-            tracing::info!("no contact changed since the last upload; nothing to send");
-            return Ok(None);
+            match call_provider!(self, session, job, shutdown, file_sink, |sink| sink
+                .file_is_there())
+            {
+                Ok(true) => {
+                    tracing::info!("no contact changed since the last upload; nothing to send");
+                    return Ok(None);
+                }
+                Ok(false) => {
+                    // The user trashed or deleted it: a new one, with every contact.
+                    tracing::info!("the contacts file is gone; making a new one");
+                    if let Some(outcome) = self.keep_file_id(session, worker, job, "").await? {
+                        return Ok(Some(outcome));
+                    }
+                }
+                Err(e) if shutdown.is_cancelled() && is_transient(&e) => {
+                    return Ok(Some(Outcome::Stopped));
+                }
+                Err(e) => return Ok(Some(self.outcome_of(e, job))),
+            }
         }
         let chunk_size = self.config.upload_chunk;
         let single_limit = single_request_limit(job.provider);

@@ -19,6 +19,13 @@ pub trait FileSink: Send + Sync {
         Ok(None)
     }
 
+    /// Whether the file this service keeps is still there for the user (not trashed or
+    /// deleted): asked when no contact changed, so a file the user threw away is made again
+    /// instead of the sync saying all is well. `true` when the provider keeps no such state.
+    async fn file_is_there(&self) -> Result<bool, ProviderError> {
+        Ok(true)
+    }
+
     /// Uploads a whole small file in one request, replacing the previous one (making it under
     /// the kept id when it does not exist yet). [`ProviderError::FileGone`] when the kept file
     /// cannot be used any more: the caller forgets its id and uploads again.

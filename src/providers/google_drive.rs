@@ -249,6 +249,29 @@ impl FileSink for GoogleDrive {
             .ok_or_else(|| ProviderError::Unavailable("Google Drive reserved no file id".into()))
     }
 
+    /// `files.get` of the kept file: gone when Drive does not know it (404: deleted, or an id
+    /// reserved but never made) or it lies in the trash. No kept id: nothing to look for.
+    async fn file_is_there(&self) -> Result<bool, ProviderError> {
+        let Some(id) = &self.file_id else {
+            return Ok(true);
+        };
+        let url = format!(
+            "{}/drive/v3/files/{}?fields=id,trashed",
+            self.upload_base.as_str().trim_end_matches('/'),
+            urlencode(id)
+        );
+        let request = self.client.http.get(url).bearer_auth(&self.token);
+        let response = self.client.send_raw(request).await?;
+        if response.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(false);
+        }
+        if !response.status().is_success() {
+            return Err(self.client.failure(response).await);
+        }
+        let answer: FileAnswer = self.client.json(response).await?;
+        Ok(!answer.trashed)
+    }
+
     /// Updates the kept file; makes it under its reserved id when it does not exist yet (a
     /// resend after a lost answer finds it and updates it). A file in the trash (Drive still
     /// takes updates to it for 30 days) or deleted is gone: the caller reserves a new one.

@@ -66,7 +66,15 @@ impl PgStore {
 async fn listen_for_job_changes(pool: PgPool, changes: tokio::sync::broadcast::Sender<String>) {
     // Ends with the store: a closed pool means the service is stopping.
     while !pool.is_closed() {
-        let mut listener = match sqlx::postgres::PgListener::connect_with(&pool).await {
+        // A connection of its own, not one of the pool's: a listener keeps its connection for
+        // good, and with the pool's few connections that left one fewer for every request (a
+        // bookkeeping write after a provider call could time out waiting for one).
+        let own = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .max_lifetime(None)
+            .idle_timeout(None)
+            .connect_lazy_with((*pool.connect_options()).clone());
+        let mut listener = match sqlx::postgres::PgListener::connect_with(&own).await {
             Ok(listener) => listener,
             Err(e) => {
                 tracing::warn!(error = %crate::telemetry::error_chain(&e), "cannot listen for sync job changes; retrying");
@@ -80,7 +88,14 @@ async fn listen_for_job_changes(pool: PgPool, changes: tokio::sync::broadcast::S
             continue;
         }
         loop {
-            match listener.try_recv().await {
+            let received = tokio::select! {
+                received = listener.try_recv() => received,
+                () = pool.close_event() => {
+                    own.close().await;
+                    return;
+                }
+            };
+            match received {
                 Ok(Some(notification)) => {
                     let _ = changes.send(notification.payload().to_string());
                 }

@@ -36,8 +36,12 @@ crate::tests!(
         sync_now_leaves_a_parked_job_parked_and_a_started_one_as_it_is,
         a_push_to_the_old_destination_that_ends_after_the_change_leaves_no_memory,
         a_refresh_refused_after_a_reauthorisation_leaves_the_connection_active,
+        a_drive_file_trashed_while_nothing_changed_is_made_again,
     ],
-    postgres: [a_contact_in_a_transaction_open_across_a_push_is_pushed_once_it_commits],
+    postgres: [
+        a_contact_in_a_transaction_open_across_a_push_is_pushed_once_it_commits,
+        the_job_listener_takes_no_connection_from_the_pool,
+    ],
     plain: [a_contact_whose_timestamp_cannot_be_read_is_pushed],
 );
 
@@ -445,3 +449,52 @@ async fn a_refresh_refused_after_a_reauthorisation_leaves_the_connection_active(
     app.stop().await;
 }
 
+
+/// Item 2's likely trigger: the listener for job changes took one of the pool's connections for
+/// good, so a bookkeeping write after a provider call could time out waiting for one. With a
+/// pool of one connection, nothing but the listener ever ran. It has a connection of its own.
+async fn the_job_listener_takes_no_connection_from_the_pool() {
+    let hubspot = FakeProvider::start(Kind::Hubspot).await;
+    let app = spawn_with_fakes(
+        Backend::Postgres,
+        &[&hubspot],
+        &[("--database-max-connections", "1")],
+    )
+    .await;
+    app.add_contacts("ada", 3).await;
+    connect(&app, "ada", &hubspot).await;
+    // Watching a job subscribes to the changes (the listener starts).
+    let job = start_sync(&mut app.integrations().await, "ada", Provider::Hubspot).await;
+    let updates = crate::integrations::watch_job(&app, "ada", &job.id).await;
+    assert!(updates.last().is_some_and(|j| j.state() == SyncJobState::Succeeded), "{updates:?}");
+    app.add_contacts_named("ada", "later", 2).await;
+    let job = succeeded(&app, "ada", Provider::Hubspot).await;
+    assert_eq!(job.contacts_done, 2, "{job:?}");
+    app.stop().await;
+}
+
+/// Found by the contacts model (seed 9919819634504218854): the user moved the contacts file to
+/// Drive's trash and no contact changed afterwards. Every later sync said "nothing to send" and
+/// succeeded while the user had no file. A sync with nothing to send now checks the file is
+/// still there and makes a new one when it is not.
+async fn a_drive_file_trashed_while_nothing_changed_is_made_again(backend: Backend) {
+    let drive = FakeOAuth::start(OKind::GoogleDrive).await;
+    let app = spawn_with_oauth(backend, &[&drive], &[]).await;
+    app.add_contacts("ada", 3).await;
+    connect_oauth(&app, "ada", &drive, &[]).await;
+    succeeded(&app, "ada", Provider::GoogleDrive).await;
+    let first: Vec<String> = drive.live_files().keys().cloned().collect();
+    assert_eq!(first.len(), 1);
+    drive.trash(&first[0]);
+    succeeded(&app, "ada", Provider::GoogleDrive).await;
+    let files = drive.live_files();
+    assert_eq!(files.len(), 1, "a live contacts file: {:?}", files.keys());
+    assert!(!files.contains_key(&first[0]), "not the trashed one");
+    assert_eq!(lines(files.values().next().map_or(&[][..], |f| f)), 4);
+    // And with the file there, nothing is uploaded again.
+    let uploads = drive.uploads().len();
+    succeeded(&app, "ada", Provider::GoogleDrive).await;
+    assert_eq!(drive.uploads().len(), uploads);
+    drive.assert_no_problems();
+    app.stop().await;
+}

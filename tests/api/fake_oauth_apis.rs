@@ -334,6 +334,20 @@ impl Responder {
             .strip_prefix("/upload/drive/v3/files/")
             .map(str::to_string);
         match (method, path, upload_type.as_str()) {
+            ("GET", p, _)
+                if p.starts_with("/drive/v3/files/") && p != "/drive/v3/files/generateIds" =>
+            {
+                let id = p.trim_start_matches("/drive/v3/files/");
+                if s.files.contains_key(id) {
+                    let trashed = s.trashed.contains(id);
+                    json_answer(200, json!({"id": id, "trashed": trashed}))
+                } else {
+                    json_answer(
+                        404,
+                        json!({"error": {"code": 404, "message": format!("File not found: {id}.")}}),
+                    )
+                }
+            }
             ("GET", "/drive/v3/files/generateIds", _) => {
                 let id = format!("reserved{}", s.reserved.len() + 1);
                 s.reserved.push(id.clone());
