@@ -98,7 +98,7 @@ impl SyncWorker {
             horizon,
             last: start,
             epoch,
-        } = self.push_start(job, progress).await?;
+        } = self.push_start(job, progress, session.epoch).await?;
         // Read before the file is built: a contact changed while it is written sorts after
         // this key, so the next sync uploads again.
         // (Deleting a contact does not move the newest key: the file catches up at the next

@@ -42,7 +42,7 @@ impl SyncWorker {
             limit.unwrap_or_default()
         );
         // What the import reads is what the connected provider holds, as of this epoch.
-        let epoch = self.store.destination_epoch(&job.integration_id).await?;
+        let epoch = session.epoch;
         let mut restarted = false;
         loop {
             if shutdown.is_cancelled() {

@@ -38,8 +38,8 @@ impl SyncWorker {
         &self,
         job: &SyncJob,
         progress: &JobProgress,
+        epoch: i64,
     ) -> Result<PushCheckpoint, StoreError> {
-        let epoch = self.store.destination_epoch(&job.integration_id).await?;
         if let Some(checkpoint) = progress
             .checkpoint
             .as_deref()
@@ -89,7 +89,7 @@ impl SyncWorker {
             horizon,
             last: mut after,
             epoch,
-        } = self.push_start(job, progress).await?;
+        } = self.push_start(job, progress, session.epoch).await?;
         let remaining = self
             .store
             .contacts_changed_count(&job.user_id, &after)

@@ -20,12 +20,19 @@ pub(super) struct Session<'a> {
     tokens: &'a TokenKeeper,
     pub integration: Integration,
     pub credentials: Credentials,
+    /// The destination epoch read before the integration's settings: this attempt remembers
+    /// what it sends only under it (a destination changed meanwhile gets no memory from it).
+    pub epoch: i64,
     oauth: bool,
     forced_refresh: bool,
 }
 
 impl<'a> Session<'a> {
-    pub async fn open(tokens: &'a TokenKeeper, integration: Integration) -> Result<Self, Outcome> {
+    pub async fn open(
+        tokens: &'a TokenKeeper,
+        integration: Integration,
+        epoch: i64,
+    ) -> Result<Self, Outcome> {
         let oauth = integration.provider.spec().auth == AuthKind::OAuth2;
         let credentials = tokens
             .credentials(&integration, None)
@@ -35,6 +42,7 @@ impl<'a> Session<'a> {
             tokens,
             integration,
             credentials,
+            epoch,
             oauth,
             forced_refresh: false,
         })

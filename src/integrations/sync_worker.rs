@@ -178,13 +178,17 @@ impl SyncWorker {
         first_start: bool,
         shutdown: &CancellationToken,
     ) -> Result<Outcome, StoreError> {
+        // The destination epoch before the settings: a change saves the new settings first and
+        // then moves the epoch on, so this attempt works either for the destination of its
+        // epoch or for a later one, and then remembers nothing of what it sent.
+        let epoch = self.store.destination_epoch(&job.integration_id).await?;
         let Some(integration) = self.store.integration_by_id(&job.integration_id).await? else {
             return Ok(Outcome::LeaseLost);
         };
         if let Some(outcome) = unusable(job, &integration) {
             return Ok(outcome);
         }
-        let mut session = match Session::open(&self.tokens, integration).await {
+        let mut session = match Session::open(&self.tokens, integration, epoch).await {
             Ok(session) => session,
             Err(outcome) => return Ok(outcome),
         };

@@ -35,6 +35,7 @@ crate::tests!(
         a_canceled_drive_sync_and_the_next_make_one_file,
         sync_now_leaves_a_parked_job_parked_and_a_started_one_as_it_is,
         a_push_to_the_old_destination_that_ends_after_the_change_leaves_no_memory,
+        a_destination_changed_while_the_attempt_opened_gets_every_contact,
         a_refresh_refused_after_a_reauthorisation_leaves_the_connection_active,
         a_drive_file_trashed_while_nothing_changed_is_made_again,
     ],
@@ -496,5 +497,40 @@ async fn a_drive_file_trashed_while_nothing_changed_is_made_again(backend: Backe
     succeeded(&app, "ada", Provider::GoogleDrive).await;
     assert_eq!(drive.uploads().len(), uploads);
     drive.assert_no_problems();
+    app.stop().await;
+}
+
+/// Item 1, the earlier window (found in review): the attempt read the integration's settings
+/// (the old Dropbox path), then refreshed its token; the path changed meanwhile, and the push,
+/// reading the new epoch only then, uploaded to the old path and remembered it under the new
+/// epoch: the new path never got the file. The epoch is now read before the settings.
+async fn a_destination_changed_while_the_attempt_opened_gets_every_contact(backend: Backend) {
+    let dropbox = FakeOAuth::start(OKind::Dropbox).await;
+    let app = spawn_with_oauth(backend, &[&dropbox], &[]).await;
+    app.add_contacts("ada", 4).await;
+    backdate(&app).await;
+    // A token about to expire: the attempt refreshes it as it opens.
+    dropbox.set_expires_in(10);
+    connect_oauth(&app, "ada", &dropbox, &[("path", "/Nexus/old.csv")]).await;
+    let token_path = OKind::Dropbox.token_path();
+    let refresh = dropbox.server.hold_first(1, HoldPoint::Arrival, move |request| {
+        request.url.path() == token_path
+            && String::from_utf8_lossy(&request.body).contains("grant_type=refresh_token")
+    });
+    let first = start_sync(&mut app.integrations().await, "ada", Provider::Dropbox).await;
+    refresh.arrived(1).await;
+    update_settings(&app, "ada", Provider::Dropbox, &[("path", "/Nexus/new.csv")]).await;
+    refresh.release();
+    let first = wait_for_job(&app, "ada", &first.id).await;
+    let second = sync(&app, "ada", Provider::Dropbox).await;
+    let files = dropbox.files();
+    let new = files.get("/Nexus/new.csv").unwrap_or_else(|| {
+        panic!(
+            "nothing uploaded to the new path: {:?}; jobs {first:?} {second:?}",
+            files.keys()
+        )
+    });
+    assert_eq!(lines(new), 5, "a header and every contact");
+    dropbox.assert_no_problems();
     app.stop().await;
 }
