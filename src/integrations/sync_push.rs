@@ -139,7 +139,7 @@ impl SyncWorker {
                 match pushed {
                     Ok(report) => {
                         in_place(|| self.remember_pushed(job, &part, &report, epoch)).await?;
-                        progress.add_failures(report.failed, report.failures);
+                        add_report(progress, report);
                     }
                     Err(ProviderError::BatchRefused(_)) if part.len() > 1 && splits_left > 0 => {
                         splits_left -= 1;
@@ -227,8 +227,13 @@ impl SyncWorker {
                 .hold_for_retry(&job.integration_id, &again)
                 .await?;
         }
-        let refused: std::collections::HashSet<String> =
-            report.failures.iter().map(|f| lower(&f.email)).collect();
+        // Held to be sent again: not at the provider yet, whatever else the report says.
+        let refused: std::collections::HashSet<String> = report
+            .failures
+            .iter()
+            .map(|f| lower(&f.email))
+            .chain(retry.iter().cloned())
+            .collect();
         // Refusals the provider did not name (or named without an address): nothing of this
         // batch is known to have landed.
         if report.failed as usize > report.failures.len()
@@ -285,4 +290,80 @@ fn short_hash(first: &str, lines: impl Iterator<Item = String>) -> String {
 /// Providers that identify contacts by email (a contact without one cannot be sent).
 fn keyed_by_email(provider: ProviderId) -> bool {
     !matches!(provider, ProviderId::Zapier)
+}
+
+/// Why contacts held for the next push were not sent now.
+pub const SENT_AGAIN_NEXT_SYNC: &str = "not taken by the provider yet (a passing refusal or an unanswered import); sent again at the next sync";
+
+/// Adds a pushed batch's report to the job's progress. Contacts held to be sent again at the
+/// next push (`retry_later`) are not refused: they count as skipped, with the reason, so a
+/// batch the provider could not take just now never makes the job FAILED (and its integration
+/// ERROR, which would stop the very next sync that sends them).
+fn add_report(progress: &mut JobProgress, report: PushReport) {
+    let held: std::collections::HashSet<String> = report
+        .retry_later
+        .iter()
+        .map(|e| e.to_ascii_lowercase())
+        .collect();
+    let (deferred, refused): (Vec<_>, Vec<_>) = report
+        .failures
+        .into_iter()
+        .partition(|f| held.contains(&f.email.to_ascii_lowercase()));
+    progress.add_failures(report.failed.saturating_sub(deferred.len() as u64), refused);
+    progress.add_skipped(held.len() as u64, SENT_AGAIN_NEXT_SYNC);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::sync_job::{JobState, RecordFailure};
+
+    /// Found in review: a SendGrid import whose end could not be learnt (every contact held for
+    /// the next push) made the job FAILED and the integration ERROR, so no next sync came.
+    #[test]
+    fn contacts_held_for_the_next_push_are_skipped_not_refused() {
+        let mut progress = JobProgress {
+            contacts_done: 3,
+            ..JobProgress::default()
+        };
+        add_report(
+            &mut progress,
+            PushReport {
+                failed: 0,
+                failures: vec![],
+                retry_later: vec!["a@x.test".into(), "b@x.test".into(), "c@x.test".into()],
+            },
+        );
+        assert_eq!(progress.contacts_failed, 0);
+        assert_eq!(progress.contacts_skipped, 3);
+        assert_eq!(progress.final_state(), JobState::Succeeded);
+        // Salesforce names a locked record as a failure and holds it: skipped, not refused; a
+        // record refused for its content still is.
+        let mut progress = JobProgress {
+            contacts_done: 2,
+            ..JobProgress::default()
+        };
+        add_report(
+            &mut progress,
+            PushReport {
+                failed: 2,
+                failures: vec![
+                    RecordFailure {
+                        email: "Locked@x.test".into(),
+                        message: "UNABLE_TO_LOCK_ROW".into(),
+                    },
+                    RecordFailure {
+                        email: "bad@x.test".into(),
+                        message: "INVALID_EMAIL_ADDRESS".into(),
+                    },
+                ],
+                retry_later: vec!["locked@x.test".into()],
+            },
+        );
+        assert_eq!(progress.contacts_failed, 1);
+        assert_eq!(progress.failures.len(), 1);
+        assert_eq!(progress.failures[0].email, "bad@x.test");
+        assert_eq!(progress.contacts_skipped, 1);
+        assert_eq!(progress.final_state(), JobState::Failed, "the one sent was refused");
+    }
 }

@@ -114,13 +114,6 @@ impl ContactSink for Hubspot {
                         error = %e,
                         "HubSpot: part of a split batch is sent at the next push"
                     );
-                    report.failed += unsent.len() as u64;
-                    report
-                        .failures
-                        .extend(unsent.iter().map(|email| RecordFailure {
-                            email: email.clone(),
-                            message: format!("not sent yet ({e}); sent again at the next sync"),
-                        }));
                     report.retry_later.extend(unsent);
                     break;
                 }

@@ -186,15 +186,15 @@ fn unknown_end(job_id: &str, contacts: &[&Contact]) -> PushReport {
         .filter_map(|c| c.email())
         .map(str::to_string)
         .collect();
+    tracing::warn!(
+        job_id,
+        contacts = emails.len(),
+        "SendGrid import did not finish within {} s; its contacts are sent again at the next sync",
+        MAX_IMPORT_WAIT.as_secs()
+    );
     PushReport {
-        failed: emails.len() as u64,
-        failures: vec![RecordFailure {
-            email: String::new(),
-            message: format!(
-                "SendGrid import {job_id} did not finish within {} s; its contacts are sent again at the next sync",
-                MAX_IMPORT_WAIT.as_secs()
-            ),
-        }],
+        failed: 0,
+        failures: Vec::new(),
         retry_later: emails,
     }
 }
