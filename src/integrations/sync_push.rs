@@ -364,6 +364,10 @@ mod tests {
         assert_eq!(progress.failures.len(), 1);
         assert_eq!(progress.failures[0].email, "bad@x.test");
         assert_eq!(progress.contacts_skipped, 1);
-        assert_eq!(progress.final_state(), JobState::Failed, "the one sent was refused");
+        assert_eq!(
+            progress.final_state(),
+            JobState::Failed,
+            "the one sent was refused"
+        );
     }
 }

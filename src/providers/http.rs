@@ -110,8 +110,10 @@ impl Client {
                 retry_after: retry_after(headers),
                 daily: says_daily,
             },
-            // Google Drive's full storage is not a rate limit: waiting does not free space.
-            403 if lower.contains("storagequotaexceeded") => ProviderError::Rejected(format!(
+            // Google Drive's full storage is not a rate limit (parking for the daily reset does
+            // not free space) and not a broken connection (ERROR would stop the sync that works
+            // once the user frees space): a failure the job's retries and the next sync try again.
+            403 if lower.contains("storagequotaexceeded") => ProviderError::Unavailable(format!(
                 "{}'s storage is full; free some space, then sync again: {reason}",
                 self.provider
             )),
@@ -303,9 +305,9 @@ mod tests {
         assert!(
             matches!(
                 client.classify(StatusCode::FORBIDDEN, &HeaderMap::new(), full),
-                ProviderError::Rejected(_)
+                ProviderError::Unavailable(_)
             ),
-            "a full Drive is refused, not waited for"
+            "a full Drive fails the attempt: not parked for days, not a broken connection"
         );
         let denied = r#"{"error":{"code":403,"message":"The user does not have sufficient permissions","errors":[{"reason":"insufficientPermissions"}]}}"#;
         assert_eq!(

@@ -15,6 +15,9 @@ use crate::domain::{contact::Contact, credentials::Credentials, sync_job::Record
 
 /// How long an import may stay pending before the batch counts as failed (and is retried).
 const MAX_IMPORT_WAIT: Duration = Duration::from_secs(600);
+/// Longest wait between two status polls, whatever a rate limit asks (the attempt's worker
+/// notices a shutdown between polls).
+const MAX_POLL_WAIT: Duration = Duration::from_secs(30);
 
 pub struct Sendgrid {
     client: Client,
@@ -135,7 +138,7 @@ impl ContactSink for Sendgrid {
                         ProviderError::RateLimited {
                             retry_after: Some(after),
                             ..
-                        } => (*after).min(MAX_IMPORT_WAIT),
+                        } => (*after).min(MAX_POLL_WAIT),
                         _ => self.poll_interval,
                     };
                     tracing::info!(error = %e, "SendGrid import status not read; asking again");

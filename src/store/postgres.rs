@@ -87,6 +87,9 @@ async fn listen_for_job_changes(pool: PgPool, changes: tokio::sync::broadcast::S
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
         }
+        // Listening from now on: a change notified before (while the connection was being
+        // made) was not heard, so anything may have changed.
+        let _ = changes.send("*".into());
         loop {
             let received = tokio::select! {
                 received = listener.try_recv() => received,
@@ -227,4 +230,5 @@ overage_store!(PgStore);
 user_data_store!(PgStore);
 sync_queue!(PgStore, id: "::uuid", text: "::text",
     horizon: "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint", begin: "BEGIN",
+    for_update: " FOR UPDATE",
     schedule: [SCHEDULE_DUE_SYNCS]);

@@ -199,4 +199,5 @@ dunning_outbox!(SqliteStore);
 overage_store!(SqliteStore);
 user_data_store!(SqliteStore);
 sync_queue!(SqliteStore, id: "", text: "",
-    horizon: "SELECT 9223372036854775807", begin: "BEGIN IMMEDIATE", schedule: [QUEUE_DUE_SYNCS, BUMP_DUE_SYNCS]);
+    horizon: "SELECT 9223372036854775807", begin: "BEGIN IMMEDIATE", for_update: "",
+    schedule: [QUEUE_DUE_SYNCS, BUMP_DUE_SYNCS]);

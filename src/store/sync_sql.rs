@@ -6,7 +6,7 @@
 
 macro_rules! sync_queue {
     ($name:ident, id: $id:literal, text: $text:literal, horizon: $horizon:literal, begin: $begin:literal,
-     schedule: [$($schedule:expr),+]) => {
+     for_update: $for_update:literal, schedule: [$($schedule:expr),+]) => {
         const _: () = {
             use std::collections::BTreeMap;
 
@@ -70,18 +70,32 @@ macro_rules! sync_queue {
                     integration_id: &str,
                     contacts: &[(String, String)],
                 ) -> Result<(), StoreError> {
-                    for (contact, reason) in contacts {
-                        sqlx::query(concat!(
+                    // One transaction, a statement per 500 contacts (a held SendGrid batch is up
+                    // to 10,000), one row per contact (the last wins).
+                    let contacts: Vec<(&String, &String)> = contacts
+                        .iter()
+                        .map(|(c, r)| (c, r))
+                        .collect::<BTreeMap<_, _>>()
+                        .into_iter()
+                        .collect();
+                    let mut tx = self.pool.begin_with($begin).await?;
+                    for chunk in contacts.chunks(500) {
+                        let rows: Vec<String> = (0..chunk.len())
+                            .map(|i| format!("({}, ${}, ${})", concat!("$1", $id), 2 + 2 * i, 3 + 2 * i))
+                            .collect();
+                        let sql = sqlx::AssertSqlSafe(format!(
                             "INSERT INTO integration_retries (integration_id, contact_id, reason) \
-                             VALUES ($1", $id, ", $2, $3) ON CONFLICT (integration_id, contact_id) \
-                             DO UPDATE SET reason = excluded.reason"
-                        ))
-                        .bind(integration_id)
-                        .bind(contact)
-                        .bind(reason)
-                        .execute(&self.pool)
-                        .await?;
+                             VALUES {} ON CONFLICT (integration_id, contact_id) \
+                             DO UPDATE SET reason = excluded.reason",
+                            rows.join(", ")
+                        ));
+                        let mut query = sqlx::query(sql).bind(integration_id);
+                        for (contact, reason) in chunk {
+                            query = query.bind(contact).bind(reason);
+                        }
+                        query.execute(&mut *tx).await?;
                     }
+                    tx.commit().await?;
                     Ok(())
                 }
 
@@ -423,17 +437,16 @@ macro_rules! sync_queue {
                     epoch: i64,
                 ) -> Result<bool, StoreError> {
                     let mut tx = self.pool.begin_with($begin).await?;
-                    // The integration's row, locked for the transaction, still in `epoch`: a
-                    // destination change waits for this save or makes it save nothing.
-                    let held = sqlx::query(concat!(
-                        "UPDATE integrations SET destination_epoch = destination_epoch \
-                         WHERE id = $1", $id, " AND destination_epoch = $2"
+                    // The integration's row, locked for the transaction (SQLite: the write lock
+                    // taken at BEGIN), still in `epoch`: a destination change waits for this
+                    // save or makes it save nothing.
+                    let now: Option<i64> = sqlx::query_scalar(concat!(
+                        "SELECT destination_epoch FROM integrations WHERE id = $1", $id, $for_update
                     ))
                     .bind(integration_id)
-                    .bind(epoch)
-                    .execute(&mut *tx)
+                    .fetch_optional(&mut *tx)
                     .await?;
-                    if held.rows_affected() == 0 {
+                    if now != Some(epoch) {
                         return Ok(false);
                     }
                     // One row per contact (the last wins): a statement may not touch a row twice.

@@ -30,6 +30,12 @@ pub(crate) type Count = fn(&mut crate::domain::erasure::ErasedRows, u64);
 /// The statements of one erasure after the webhook events (which need the customer ids),
 /// each bound to the user id only, with the counter each one adds to.
 pub(crate) const DELETES: &[(&str, Count)] = &[
+    // The user's integrations first, as a sync's bookkeeping locks them (then their contacts):
+    // one lock order, no deadlock; and a new epoch, so a sync's late save remembers nothing.
+    (
+        "UPDATE integrations SET destination_epoch = destination_epoch + 1 WHERE user_id = $1",
+        |_, _| {},
+    ),
     (
         "DELETE FROM integration_contacts WHERE integration_id IN \
          (SELECT id FROM integrations WHERE user_id = $1)",
