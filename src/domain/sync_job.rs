@@ -199,6 +199,18 @@ pub struct PushCheckpoint {
     /// The integration's destination epoch the push began in: a checkpoint of an earlier
     /// destination is not resumed, and remembers nothing.
     pub epoch: i64,
+    /// A batch on its way to a destination that cannot tell a resend (Zapier), saved before it
+    /// was sent: an attempt that resumes sends its unchanged contacts again under the same key.
+    pub pending: Option<PendingBatch>,
+}
+
+/// A batch sent (or about to be) to a non-idempotent destination, as first sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingBatch {
+    /// Its Idempotency-Key.
+    pub key: String,
+    /// (contact id, fingerprint) of each contact in it.
+    pub members: Vec<(String, String)>,
 }
 
 impl PushCheckpoint {
@@ -211,20 +223,33 @@ impl PushCheckpoint {
         checkpoint.starts_with(Self::PREFIX) || checkpoint.starts_with(Self::PREFIX_V1)
     }
 
-    /// `push2:<epoch>:<horizon>:<seq>|<id>`.
+    /// `push2:<epoch>:<horizon>:<seq>|<id>`, then the pending batch as JSON on a line of its
+    /// own.
     pub fn encode(&self) -> String {
-        format!(
+        let base = format!(
             "{}{}:{}:{}",
             Self::PREFIX,
             self.epoch,
             self.horizon,
             self.last.encode()
-        )
+        );
+        match self
+            .pending
+            .as_ref()
+            .and_then(|p| serde_json::to_string(p).ok())
+        {
+            Some(pending) => format!("{base}\n{pending}"),
+            None => base,
+        }
     }
 
     /// `None` for anything else, including the checkpoints of before the change numbers (the
     /// push then starts again from the watermark; what the provider holds is not sent again).
     pub fn decode(text: &str) -> Option<Self> {
+        let (text, pending) = match text.split_once('\n') {
+            Some((text, pending)) => (text, serde_json::from_str(pending).ok()),
+            None => (text, None),
+        };
         let (epoch, rest) = match text.strip_prefix(Self::PREFIX) {
             Some(rest) => {
                 let (epoch, rest) = rest.split_once(':')?;
@@ -237,6 +262,7 @@ impl PushCheckpoint {
             horizon: horizon.parse().ok()?,
             last: PushKey::decode(last)?,
             epoch,
+            pending,
         })
     }
 
@@ -341,6 +367,10 @@ mod tests {
                 id: "c9".into(),
             },
             epoch: 3,
+            pending: Some(PendingBatch {
+                key: "k1".into(),
+                members: vec![("c:1\n".into(), "f1".into())],
+            }),
         };
         assert_eq!(
             PushCheckpoint::decode(&checkpoint.encode()),
@@ -367,6 +397,7 @@ mod tests {
                 id: "c1".into(),
             },
             epoch: 0,
+            pending: None,
         };
         assert_eq!(
             behind.watermark(),

@@ -98,6 +98,7 @@ impl SyncWorker {
             horizon,
             last: start,
             epoch,
+            ..
         } = self.push_start(job, progress, session.epoch).await?;
         // Read before the file is built: a contact changed while it is written sorts after
         // this key, so the next sync uploads again.
@@ -180,6 +181,7 @@ impl SyncWorker {
                                 horizon,
                                 last: newest,
                                 epoch,
+                                pending: None,
                             }
                             .encode(),
                         );

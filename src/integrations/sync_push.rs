@@ -22,7 +22,7 @@ use crate::{
     domain::{
         catalogue::ProviderId,
         contact::{Contact, sendable_by_email},
-        sync_job::{JobProgress, PushCheckpoint, PushKey, SyncJob},
+        sync_job::{JobProgress, PendingBatch, PushCheckpoint, PushKey, SyncJob},
     },
     providers::{ProviderError, PushReport},
     store::StoreError,
@@ -73,6 +73,7 @@ impl SyncWorker {
             horizon,
             last,
             epoch,
+            pending: None,
         })
     }
 
@@ -89,6 +90,7 @@ impl SyncWorker {
             horizon,
             last: mut after,
             epoch,
+            mut pending,
         } = self.push_start(job, progress, session.epoch).await?;
         let remaining = self
             .store
@@ -128,12 +130,50 @@ impl SyncWorker {
             // the halvings one bad record needs): a refusal of the request itself (a list that
             // does not exist) refuses the batch after a few requests, not one per contact.
             let mut splits_left = 2 * (usize::BITS - sendable.len().leading_zeros());
-            let mut parts = vec![sendable];
-            while let Some(part) = parts.pop() {
+            // A batch a lost attempt had on its way to a destination that cannot tell a resend:
+            // its contacts unchanged since go first, under its key (a Zap drops the repeat);
+            // the rest of the page is another batch, under another key.
+            let mut parts: Vec<(Vec<&Contact>, Option<String>)> = match pending.take() {
+                Some(lost) => {
+                    let members: std::collections::HashSet<(String, String)> =
+                        lost.members.into_iter().collect();
+                    let (again, rest): (Vec<&Contact>, Vec<&Contact>) = sendable
+                        .into_iter()
+                        .partition(|c| members.contains(&(c.id.clone(), c.fingerprint())));
+                    vec![(rest, None), (again, Some(lost.key))]
+                }
+                None => vec![(sendable, None)],
+            };
+            while let Some((part, fixed_key)) = parts.pop() {
                 if part.is_empty() {
                     continue;
                 }
-                let key = part_key(&batch_key, &part, contacts.len());
+                let key = match &fixed_key {
+                    Some(key) => key.clone(),
+                    None => part_key(&batch_key, &part, contacts.len()),
+                };
+                if !keyed_by_email(job.provider) {
+                    // Saved before it is sent: a crash before its answer is remembered resends
+                    // this very batch under this key, not a page read again another way.
+                    progress.checkpoint = Some(
+                        PushCheckpoint {
+                            horizon,
+                            last: after.clone(),
+                            epoch,
+                            pending: Some(PendingBatch {
+                                key: key.clone(),
+                                members: part
+                                    .iter()
+                                    .map(|c| (c.id.clone(), c.fingerprint()))
+                                    .collect(),
+                            }),
+                        }
+                        .encode(),
+                    );
+                    if !in_place(|| self.store.save_progress(&job.id, worker, progress)).await? {
+                        return Ok(Some(Outcome::LeaseLost));
+                    }
+                }
                 let pushed = call_provider!(self, session, job, shutdown, sink, |sink| sink
                     .push(&part, &key));
                 match pushed {
@@ -145,8 +185,14 @@ impl SyncWorker {
                         splits_left -= 1;
                         let second = part[part.len() / 2..].to_vec();
                         let first = part[..part.len() / 2].to_vec();
-                        parts.push(second);
-                        parts.push(first);
+                        // A half's key follows from its batch's: the same half of the same
+                        // batch always has the same one.
+                        let (second_key, first_key) = (
+                            part_key(&key, &second, usize::MAX),
+                            part_key(&key, &first, usize::MAX),
+                        );
+                        parts.push((second, Some(second_key)));
+                        parts.push((first, Some(first_key)));
                     }
                     Err(ProviderError::BatchRefused(reason)) => {
                         let failed = batch_refused(&part, &reason);
@@ -168,6 +214,7 @@ impl SyncWorker {
                     horizon,
                     last: last.clone(),
                     epoch,
+                    pending: None,
                 }
                 .encode(),
             );

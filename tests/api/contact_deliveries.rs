@@ -11,11 +11,11 @@ use nexus_billing::{
 
 use crate::{
     contact_seams::{backdate, succeeded, sync, times_pushed},
-    fake_http::ResponseTemplate,
+    fake_http::{HoldPoint, ResponseTemplate},
     fake_oauth::{FakeOAuth, OKind},
     fake_providers::{FakeProvider, Kind},
     helpers::{Backend, TestApp},
-    integrations::{connect, spawn_with_fakes},
+    integrations::{connect, spawn_with_fakes, start_sync, wait_for_job},
     oauth::{connect_oauth, spawn_with_oauth, stored_credentials},
 };
 
@@ -23,6 +23,7 @@ crate::tests!(
     backends: [
         a_lost_drive_answer_does_not_make_a_second_file,
         zapier_resends_carry_the_same_idempotency_key,
+        a_zapier_batch_sent_before_a_crash_is_sent_again_under_its_key,
         a_passing_per_record_refusal_is_sent_again_next_sync,
         hubspot_halves_that_landed_are_not_sent_again,
         a_failed_sendgrid_status_poll_does_not_send_the_batch_again,
@@ -204,4 +205,47 @@ async fn hubspot_bad_address(app: &TestApp) -> String {
         crate::helpers::TestPool::Postgres(p) => sqlx::query_scalar(sql).fetch_one(p).await,
     }
     .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Found by the contacts model (seed 6981603226746256437): Zapier ran a batch, then the
+/// service crashed before it remembered the answer; a contact was added meanwhile. The
+/// resumed job read the page again, now with the new contact in it, and sent the three
+/// contacts again under another key: the Zap could not tell the repeat. A batch for Zapier is
+/// now saved (key and contacts) before it is sent, and a resumed job sends its unchanged
+/// contacts again under its key, the new one in a batch of its own.
+async fn a_zapier_batch_sent_before_a_crash_is_sent_again_under_its_key(backend: Backend) {
+    let zapier = FakeProvider::start(Kind::Zapier).await;
+    let lease = [("--sync-lease", "3s")];
+    let app = spawn_with_fakes(backend, &[&zapier], &lease).await;
+    app.add_contacts("ada", 3).await;
+    connect(&app, "ada", &zapier).await;
+    let answer = zapier.server.hold_first(1, HoldPoint::Answer, |request| {
+        request.url.path().starts_with("/hooks/catch/")
+    });
+    let job = start_sync(&mut app.integrations().await, "ada", Provider::Zapier).await;
+    answer.arrived(1).await;
+    let settings: Vec<(&'static str, String)> = zapier.settings();
+    let mut overrides: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    overrides.extend_from_slice(&lease);
+    let app = app.crash_and_restart(&overrides).await;
+    answer.release();
+    app.add_contacts_named("ada", "later", 1).await;
+    let done = wait_for_job(&app, "ada", &job.id).await;
+    assert_eq!(done.state(), SyncJobState::Succeeded, "{done:?}");
+    let pushes = zapier.pushes();
+    let keys_of = |email: &str| -> std::collections::BTreeSet<String> {
+        pushes
+            .iter()
+            .filter(|p| p.emails.iter().any(|e| e == email))
+            .map(|p| p.idempotency_key.clone().unwrap_or_default())
+            .collect()
+    };
+    for n in 0..3 {
+        let email = format!("contact{n}@example.com");
+        assert_eq!(keys_of(&email).len(), 1, "{email} under two keys: {pushes:?}");
+    }
+    assert_eq!(times_pushed(&zapier, "later0@example.com"), 1, "{pushes:?}");
+    assert_ne!(keys_of("later0@example.com"), keys_of("contact0@example.com"));
+    zapier.assert_no_problems();
+    app.stop().await;
 }

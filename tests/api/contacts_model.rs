@@ -152,6 +152,9 @@ struct World {
     refused: BTreeSet<String>,
     /// Drive connections the model had to re-authorise before the last sync.
     lost_grants: usize,
+    /// Drive was connected again during the sequence: a refresh already on its way with the
+    /// old refresh token is then refused by the provider, as it must be.
+    reauthorised: bool,
 }
 
 impl World {
@@ -312,6 +315,7 @@ impl World {
                 );
             }
             Step::Reauthorise => {
+                self.reauthorised = true;
                 connect_oauth(self.app(), USER, &self.drive, &[]).await;
             }
             Step::ExpireTokens => self.drive.expire_access_tokens(),
@@ -403,8 +407,8 @@ impl World {
         let drive = integration(self.app(), USER, OKind::GoogleDrive).await;
         if drive.is_some_and(|d| d.status() != IntegrationStatus::Active) {
             self.lost_grants += 1;
+            self.reauthorised = true;
             connect_oauth(self.app(), USER, &self.drive, &[]).await;
-            self.drive.take_problems();
         }
         for provider in PROVIDERS {
             let job = start_sync(&mut self.app().integrations().await, USER, provider).await;
@@ -471,7 +475,12 @@ impl World {
         }
         self.hubspot.assert_no_problems();
         self.zapier.assert_no_problems();
-        self.drive.assert_no_problems();
+        for problem in self.drive.take_problems() {
+            let stale = problem == "refresh with a refresh token that is not the current one";
+            if !(stale && self.reauthorised) {
+                broken.push(format!("Drive saw a bad request: {problem}"));
+            }
+        }
         self.dropbox.assert_no_problems();
         broken
     }
@@ -509,6 +518,7 @@ async fn run_case(backend: Backend, steps: &[Step]) -> (Vec<String>, usize) {
         paths: 0,
         refused: BTreeSet::new(),
         lost_grants: 0,
+        reauthorised: false,
     };
     let settings = world.settings();
     let settings: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
