@@ -155,22 +155,23 @@ impl SyncWorker {
                 if !keyed_by_email(job.provider) {
                     // Saved before it is sent: a crash before its answer is remembered resends
                     // this very batch under this key, not a page read again another way.
-                    progress.checkpoint = Some(
-                        PushCheckpoint {
-                            horizon,
-                            last: after.clone(),
-                            epoch,
-                            pending: Some(PendingBatch {
-                                key: key.clone(),
-                                members: part
-                                    .iter()
-                                    .map(|c| (c.id.clone(), c.fingerprint()))
-                                    .collect(),
-                            }),
-                        }
-                        .encode(),
-                    );
-                    if !in_place(|| self.store.save_progress(&job.id, worker, progress)).await? {
+                    // Only the checkpoint: nothing is saved yet, so the attempts in a row go on.
+                    let checkpoint = PushCheckpoint {
+                        horizon,
+                        last: after.clone(),
+                        epoch,
+                        pending: Some(PendingBatch {
+                            key: key.clone(),
+                            members: part
+                                .iter()
+                                .map(|c| (c.id.clone(), c.fingerprint()))
+                                .collect(),
+                        }),
+                    }
+                    .encode();
+                    if !in_place(|| self.store.save_checkpoint(&job.id, worker, &checkpoint))
+                        .await?
+                    {
                         return Ok(Some(Outcome::LeaseLost));
                     }
                 }

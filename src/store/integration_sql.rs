@@ -348,6 +348,24 @@ macro_rules! integration_store {
                     Ok(())
                 }
 
+                async fn save_checkpoint(
+                    &self,
+                    id: &str,
+                    worker: &str,
+                    checkpoint: &str,
+                ) -> Result<bool, StoreError> {
+                    let done = sqlx::query(concat!(
+                        "UPDATE sync_jobs SET checkpoint = $3 \
+                         WHERE id = $1", $id, " AND lease_owner = $2 AND state = 'running'"
+                    ))
+                    .bind(id)
+                    .bind(worker)
+                    .bind(checkpoint)
+                    .execute(&self.pool)
+                    .await?;
+                    Ok(done.rows_affected() == 1)
+                }
+
                 async fn save_progress(
                     &self,
                     id: &str,

@@ -441,6 +441,16 @@ pub trait IntegrationStore: Send + Sync {
         progress: &JobProgress,
     ) -> Result<bool, StoreError>;
 
+    /// Saves only the checkpoint text (a batch about to be sent), leaving the counts and the
+    /// attempts in a row as they are (nothing was saved yet); `false` when the worker no longer
+    /// holds the job.
+    async fn save_checkpoint(
+        &self,
+        id: &str,
+        worker: &str,
+        checkpoint: &str,
+    ) -> Result<bool, StoreError>;
+
     /// Finishes or re-queues a job; `false` when the worker no longer holds it.
     async fn end_sync_job(
         &self,
