@@ -209,9 +209,12 @@ impl SyncWorker {
             } => self.broken(worker, job, &reason, integration).await?,
             Outcome::Done(progress) => {
                 let state = progress.final_state();
-                if state == JobState::Failed {
-                    // Every contact sent was refused: the provider is set up wrong (a list
-                    // that does not exist, say), not the contacts.
+                if state == JobState::Failed && refused_for_one_reason(&progress) {
+                    // Every contact sent was refused, all for one reason: the provider is set
+                    // up wrong (a list that does not exist, say), not the contacts. (Refusals
+                    // that name each record are the contacts': the job FAILS, the connection
+                    // stays ACTIVE so later changes still go. Found by the contacts model: two
+                    // bad addresses used to stop the integration until it was reconnected.)
                     let first = progress
                         .failures
                         .first()
@@ -425,4 +428,15 @@ fn next_utc_midnight(now: DateTime<Utc>) -> DateTime<Utc> {
         .and_hms_opt(0, 0, 0)
         .map(|t| t.and_utc())
         .unwrap_or(now + chrono::Duration::hours(24))
+}
+
+/// Whether a run's refusals, over more than one contact, all give one and the same reason: a
+/// refusal of the set-up (a list that does not exist), not of the contacts (whose refusals
+/// name each record, its address or its field).
+fn refused_for_one_reason(progress: &crate::domain::sync_job::JobProgress) -> bool {
+    let mut reasons = progress.failures.iter().map(|f| f.message.as_str());
+    match reasons.next() {
+        Some(first) => progress.contacts_failed > 1 && reasons.all(|r| r == first),
+        None => true,
+    }
 }

@@ -224,6 +224,11 @@ fn multipart_body(boundary: &str, metadata: &str, csv: &[u8]) -> Vec<u8> {
     body
 }
 
+/// No file id is kept: the caller reserves one, keeps it, and uploads again.
+fn no_kept_id() -> ProviderError {
+    ProviderError::FileGone("no contacts file id is kept yet".into())
+}
+
 fn urlencode(value: &str) -> String {
     url::form_urlencoded::byte_serialize(value.as_bytes()).collect()
 }
@@ -277,8 +282,10 @@ impl FileSink for GoogleDrive {
     /// takes updates to it for 30 days) or deleted is gone: the caller reserves a new one.
     async fn upload(&self, csv: &[u8]) -> Result<(), ProviderError> {
         let Some(id) = &self.file_id else {
-            // No id kept and none reserved (an integration of before the reservations).
-            return self.upload_to(Write::Create(None), csv).await.map(drop);
+            // Never a file without a kept id (a second contacts.csv nobody would update): the
+            // caller reserves one and keeps it first. (Found by the contacts model: a
+            // re-authorisation saved at the wrong moment lost the kept id under a running sync.)
+            return Err(no_kept_id());
         };
         match self.upload_to(Write::Update(id), csv).await {
             Ok(answer) if answer.trashed => Err(ProviderError::FileGone(
@@ -298,7 +305,7 @@ impl FileSink for GoogleDrive {
     /// exist yet (as [`FileSink::upload`]).
     async fn start_upload(&self) -> Result<UploadSession, ProviderError> {
         let url = match &self.file_id {
-            None => self.open_session(Write::Create(None)).await?,
+            None => return Err(no_kept_id()),
             Some(id) => match self.open_session(Write::Update(id)).await {
                 Err(ProviderError::Rejected(reason)) if not_found(&reason) => self
                     .open_session(Write::Create(Some(id)))
