@@ -60,6 +60,16 @@ impl SyncWorker {
                 "contacts refused for a passing reason are sent again"
             );
         }
+        // A batch the integration's previous job left on its way (it was canceled or gave up
+        // after sending it) is sent again by this one, under its key.
+        let pending = self
+            .store
+            .previous_job_checkpoint(&job.integration_id, &job.id)
+            .await?
+            .as_deref()
+            .and_then(PushCheckpoint::decode)
+            .filter(|previous| previous.epoch == epoch)
+            .and_then(|previous| previous.pending);
         let horizon = self.store.push_horizon().await?;
         let last = if job.full {
             PushKey::start()
@@ -73,7 +83,7 @@ impl SyncWorker {
             horizon,
             last,
             epoch,
-            pending: None,
+            pending,
         })
     }
 
@@ -133,14 +143,25 @@ impl SyncWorker {
             // A batch a lost attempt had on its way to a destination that cannot tell a resend:
             // its contacts unchanged since go first, under its key (a Zap drops the repeat);
             // the rest of the page is another batch, under another key.
-            let mut parts: Vec<(Vec<&Contact>, Option<String>)> = match pending.take() {
+            // (Taken by the first page holding any of its contacts: with other pages than the
+            // lost attempt's, contacts of it on a later page go under another key.)
+            let mut parts: Vec<(Vec<&Contact>, Option<String>)> = match &pending {
                 Some(lost) => {
-                    let members: std::collections::HashSet<(String, String)> =
-                        lost.members.into_iter().collect();
+                    let members: std::collections::HashSet<(&str, String)> = lost
+                        .members
+                        .iter()
+                        .map(|(id, fingerprint)| (id.as_str(), fingerprint.clone()))
+                        .collect();
                     let (again, rest): (Vec<&Contact>, Vec<&Contact>) = sendable
                         .into_iter()
-                        .partition(|c| members.contains(&(c.id.clone(), c.fingerprint())));
-                    vec![(rest, None), (again, Some(lost.key))]
+                        .partition(|c| members.contains(&(c.id.as_str(), c.fingerprint())));
+                    if again.is_empty() {
+                        vec![(rest, None)]
+                    } else {
+                        let key = lost.key.clone();
+                        pending = None;
+                        vec![(rest, None), (again, Some(key))]
+                    }
                 }
                 None => vec![(sendable, None)],
             };

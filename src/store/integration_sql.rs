@@ -348,6 +348,22 @@ macro_rules! integration_store {
                     Ok(())
                 }
 
+                async fn previous_job_checkpoint(
+                    &self,
+                    integration_id: &str,
+                    job_id: &str,
+                ) -> Result<Option<String>, StoreError> {
+                    let checkpoint: Option<Option<String>> = sqlx::query_scalar(concat!(
+                        "SELECT checkpoint FROM sync_jobs WHERE integration_id = $1", $id,
+                        " AND id <> $2", $id, " ORDER BY created_at DESC LIMIT 1"
+                    ))
+                    .bind(integration_id)
+                    .bind(job_id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                    Ok(checkpoint.flatten())
+                }
+
                 async fn save_checkpoint(
                     &self,
                     id: &str,

@@ -441,6 +441,14 @@ pub trait IntegrationStore: Send + Sync {
         progress: &JobProgress,
     ) -> Result<bool, StoreError>;
 
+    /// The checkpoint of the integration's job before `job_id` (the newest other one), if any:
+    /// a batch it left on its way (canceled or failed mid-send) is sent again by the next job.
+    async fn previous_job_checkpoint(
+        &self,
+        integration_id: &str,
+        job_id: &str,
+    ) -> Result<Option<String>, StoreError>;
+
     /// Saves only the checkpoint text (a batch about to be sent), leaving the counts and the
     /// attempts in a row as they are (nothing was saved yet); `false` when the worker no longer
     /// holds the job.
