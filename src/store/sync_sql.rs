@@ -70,25 +70,9 @@ macro_rules! sync_queue {
                     integration_id: &str,
                     contacts: &[(String, String)],
                 ) -> Result<(), StoreError> {
-                    // One transaction, a statement per 500 contacts (a held SendGrid batch is up
-                    // to 10,000), one row per contact (the last wins).
-                    let contacts: Vec<(&String, &String)> = contacts
-                        .iter()
-                        .map(|(c, r)| (c, r))
-                        .collect::<BTreeMap<_, _>>()
-                        .into_iter()
-                        .collect();
+                    // One transaction (a held SendGrid batch is up to 10,000 contacts).
                     let mut tx = self.pool.begin_with($begin).await?;
-                    for chunk in contacts.chunks(500) {
-                        let rows: Vec<String> = (0..chunk.len())
-                            .map(|i| format!("({}, ${}, ${})", concat!("$1", $id), 2 + 2 * i, 3 + 2 * i))
-                            .collect();
-                        let sql = sqlx::AssertSqlSafe(format!(
-                            "INSERT INTO integration_retries (integration_id, contact_id, reason) \
-                             VALUES {} ON CONFLICT (integration_id, contact_id) \
-                             DO UPDATE SET reason = excluded.reason",
-                            rows.join(", ")
-                        ));
+                    for (sql, chunk) in contact_upserts("integration_retries", "reason", contacts) {
                         let mut query = sqlx::query(sql).bind(integration_id);
                         for (contact, reason) in chunk {
                             query = query.bind(contact).bind(reason);
@@ -449,23 +433,7 @@ macro_rules! sync_queue {
                     if now != Some(epoch) {
                         return Ok(false);
                     }
-                    // One row per contact (the last wins): a statement may not touch a row twice.
-                    let entries: Vec<(&String, &String)> = entries
-                        .iter()
-                        .map(|(c, f)| (c, f))
-                        .collect::<BTreeMap<_, _>>()
-                        .into_iter()
-                        .collect();
-                    for chunk in entries.chunks(500) {
-                        let rows: Vec<String> = (0..chunk.len())
-                            .map(|i| format!("({}, ${}, ${})", concat!("$1", $id), 2 + 2 * i, 3 + 2 * i))
-                            .collect();
-                        let sql = sqlx::AssertSqlSafe(format!(
-                            "INSERT INTO integration_contacts (integration_id, contact_id, fingerprint) \
-                             VALUES {} ON CONFLICT (integration_id, contact_id) \
-                             DO UPDATE SET fingerprint = excluded.fingerprint",
-                            rows.join(", ")
-                        ));
+                    for (sql, chunk) in contact_upserts("integration_contacts", "fingerprint", entries) {
                         let mut query = sqlx::query(sql).bind(integration_id);
                         for (contact, fingerprint) in chunk {
                             query = query.bind(contact).bind(fingerprint);
@@ -479,6 +447,38 @@ macro_rules! sync_queue {
                 fn job_changes(&self) -> tokio::sync::broadcast::Receiver<String> {
                     self.subscribe_job_changes()
                 }
+            }
+
+            /// The statements upserting `(integration, contact, value)` rows into `table`, 500
+            /// rows each (`$1` the integration, then contact and value per row), with the rows
+            /// they bind: one row per contact, the last wins (a statement may not touch a row
+            /// twice).
+            fn contact_upserts<'a>(
+                table: &str,
+                column: &str,
+                entries: &'a [(String, String)],
+            ) -> Vec<(sqlx::AssertSqlSafe<String>, Vec<(&'a String, &'a String)>)> {
+                let entries: Vec<(&String, &String)> = entries
+                    .iter()
+                    .map(|(c, v)| (c, v))
+                    .collect::<BTreeMap<_, _>>()
+                    .into_iter()
+                    .collect();
+                entries
+                    .chunks(500)
+                    .map(|chunk| {
+                        let rows: Vec<String> = (0..chunk.len())
+                            .map(|i| format!("({}, ${}, ${})", concat!("$1", $id), 2 + 2 * i, 3 + 2 * i))
+                            .collect();
+                        let sql = sqlx::AssertSqlSafe(format!(
+                            "INSERT INTO {table} (integration_id, contact_id, {column}) \
+                             VALUES {} ON CONFLICT (integration_id, contact_id) \
+                             DO UPDATE SET {column} = excluded.{column}",
+                            rows.join(", ")
+                        ));
+                        (sql, chunk.to_vec())
+                    })
+                    .collect()
             }
 
             /// A contact row with its change number.
