@@ -13,6 +13,7 @@ use crate::{
 };
 
 mod billing_terms;
+mod real_time;
 mod origins;
 mod parse;
 mod payments;
@@ -22,6 +23,7 @@ pub use billing_terms::{
     BillingTermsSettings, DunningConfig, SandboxMode, SellingConfig, parse_schedule,
 };
 use origins::DEV_ORIGINS;
+pub use real_time::{RealTimeConfig, RealTimeSettings};
 pub use origins::{is_allowed_redirect, parse_origins};
 pub use parse::parse_rate_limits;
 use parse::{dev_encryption_key, non_empty, parse_key, random_hex};
@@ -152,6 +154,7 @@ pub struct Config {
     /// Payments go to the development sandbox (`payments::sandbox`); `stripe` holds its keys.
     pub sandbox: bool,
     pub dunning: DunningConfig,
+    pub real_time: RealTimeConfig,
 }
 
 /// Validated OAuth settings: the callback URL and the apps that are configured.
@@ -504,6 +507,7 @@ impl Config {
             .oauth_redirect_url
             .join("start")
             .unwrap_or_else(|_| s.oauth_redirect_url.clone());
+        let real_time = real_time::real_time(&s.real_time, &s.oauth_redirect_url, &mut problems);
         let oauth = OAuthConfig {
             redirect_url: s.oauth_redirect_url,
             clients,
@@ -579,6 +583,7 @@ impl Config {
             selling,
             dunning,
             sandbox,
+            real_time,
         })
     }
 }

@@ -332,6 +332,9 @@ pub struct Settings {
     /// Trials, promotion codes, the price cache and dunning emails.
     #[command(flatten)]
     pub billing_terms: super::BillingTermsSettings,
+    /// Provider webhooks in and card-app changes out.
+    #[command(flatten)]
+    pub real_time: super::RealTimeSettings,
     /// OAuth app credentials; a provider without both is listed as unavailable.
     #[command(flatten)]
     pub oauth_clients: OAuthClients,

@@ -47,6 +47,9 @@ pub struct ImportCounts {
     /// The contacts (id, fingerprint of the provider's values) the provider is now known to
     /// hold as read: inserted, updated or unchanged ones.
     pub synced: Vec<(String, String)>,
+    /// Nothing was stored: the integration was disconnected, erased or pointed elsewhere
+    /// since the contacts were read.
+    pub stale: bool,
 }
 
 /// A short digest of the values a provider gets for a contact (email, names, company, phone,

@@ -9,6 +9,7 @@ pub mod credentials;
 pub mod dunning;
 pub mod erasure;
 pub mod freshness;
+pub mod health;
 pub mod integration;
 pub mod invoice;
 pub mod phone;

@@ -489,5 +489,33 @@ pub fn integration_to_proto(integration: &Integration) -> ipb::Integration {
             .collect(),
         create_time: Some(timestamp(integration.created_at)),
         update_time: Some(timestamp(integration.updated_at)),
+        health: None,
+    }
+}
+
+/// An integration with its health (ListIntegrations).
+pub fn integration_with_health_to_proto(
+    integration: &Integration,
+    health: &crate::domain::health::IntegrationHealth,
+) -> ipb::Integration {
+    use crate::domain::health::HealthState;
+    let count = |n: u64| i32::try_from(n).unwrap_or(i32::MAX);
+    ipb::Integration {
+        health: Some(ipb::IntegrationHealth {
+            state: match health.state {
+                HealthState::Healthy => ipb::HealthState::Healthy,
+                HealthState::Degraded => ipb::HealthState::Degraded,
+                HealthState::Failing => ipb::HealthState::Failing,
+                HealthState::NeedsAttention => ipb::HealthState::NeedsAttention,
+            }
+            .into(),
+            consecutive_failures: count(u64::from(health.facts.failures_in_a_row)),
+            last_success_time: health.facts.last_success_at.map(timestamp),
+            last_error: health.last_error.clone().unwrap_or_default(),
+            failures_last_day: count(health.facts.failures_24h),
+            rate_limit_waits_last_day: count(health.facts.rate_limit_waits_24h),
+            token_expire_time: health.token_expires_at.map(timestamp),
+        }),
+        ..integration_to_proto(integration)
     }
 }

@@ -12,15 +12,16 @@ use tonic::{Request, Response, Status};
 use super::{
     caller,
     convert::{
-        catalogue_entry_to_proto, direction_from_proto, integration_to_proto, provider_from_proto,
-        sync_job_to_proto,
+        catalogue_entry_to_proto, direction_from_proto, integration_to_proto,
+        integration_with_health_to_proto, provider_from_proto, sync_job_to_proto,
     },
     proto::integrations::{
         CancelSyncJobRequest, CancelSyncJobResponse, CompleteOAuthRequest, CompleteOAuthResponse,
         ConnectIntegrationRequest, ConnectIntegrationResponse, DisconnectIntegrationRequest,
         DisconnectIntegrationResponse, GetSyncJobRequest, GetSyncJobResponse,
         ListIntegrationsRequest, ListIntegrationsResponse, ListProvidersRequest,
-        ListProvidersResponse, ListSyncJobsRequest, ListSyncJobsResponse, StartOAuthRequest,
+        ListProvidersResponse, ListSyncJobsRequest, ListSyncJobsResponse,
+        NotifyContactsChangedRequest, NotifyContactsChangedResponse, StartOAuthRequest,
         StartOAuthResponse, SyncIntegrationRequest, SyncIntegrationResponse,
         UpdateIntegrationRequest, UpdateIntegrationResponse, WatchSyncJobRequest,
         WatchSyncJobResponse, integrations_service_server::IntegrationsService,
@@ -114,11 +115,14 @@ impl IntegrationsService for IntegrationsApi {
         let caller = caller(&request)?;
         let integrations = self
             .integrations
-            .list(&caller.user_id)
+            .list_with_health(&caller.user_id)
             .await
             .map_err(store_status)?;
         Ok(Response::new(ListIntegrationsResponse {
-            integrations: integrations.iter().map(integration_to_proto).collect(),
+            integrations: integrations
+                .iter()
+                .map(|(i, health)| integration_with_health_to_proto(i, health))
+                .collect(),
         }))
     }
 
@@ -392,6 +396,23 @@ impl IntegrationsService for IntegrationsApi {
         Ok(Response::new(ListSyncJobsResponse {
             jobs: jobs.iter().map(sync_job_to_proto).collect(),
             next_page_token,
+        }))
+    }
+
+    async fn notify_contacts_changed(
+        &self,
+        request: Request<NotifyContactsChangedRequest>,
+    ) -> Result<Response<NotifyContactsChangedResponse>, Status> {
+        let caller = caller(&request)?;
+        let request = request.into_inner();
+        let user = caller.acting_on(&request.user_id)?;
+        let jobs = self
+            .integrations
+            .notify_contacts_changed(&user, &request.contact_ids)
+            .await
+            .map_err(integration_status)?;
+        Ok(Response::new(NotifyContactsChangedResponse {
+            jobs: jobs.iter().map(sync_job_to_proto).collect(),
         }))
     }
 

@@ -25,6 +25,22 @@ impl Integrations {
         let mut outcomes = Vec::new();
         for integration in self.store.integrations(user).await? {
             let provider = integration.provider;
+            // Real-time updates stop first (removing Zoho's channel needs the grant). The
+            // erasure deletes the registration with the integration.
+            if let Some(feed) = self.store.webhook_registration(&integration.id).await? {
+                let credentials = self
+                    .store
+                    .sealed_credentials(&integration.id)
+                    .await?
+                    .and_then(|sealed| self.vault.open(&sealed).ok());
+                self.take_down_feed(
+                    provider,
+                    Some(feed),
+                    credentials.as_ref(),
+                    &integration.settings,
+                )
+                .await;
+            }
             let outcome = if provider.spec().auth != AuthKind::OAuth2 {
                 Revocation::NotSupported
             } else if !self.oauth.has_app(provider) {

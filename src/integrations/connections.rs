@@ -118,6 +118,7 @@ impl Integrations {
         )
         .await;
         tracing::info!(provider = provider.as_str(), integration_id = %integration.id, reconnected = existed, "integration connected");
+        self.set_up_feed(&integration, &credentials).await;
         if self.schedule(&integration, None).await? {
             // Recurring syncs start now; the scheduler queues the next ones.
             self.enqueue(user, &integration, sync_direction(&integration), false)
@@ -138,7 +139,9 @@ impl Integrations {
             .integration(user, provider)
             .await?
             .ok_or_else(|| not_connected(provider))?;
-        let revoke = if provider.spec().auth == AuthKind::OAuth2 {
+        let feed = self.store.webhook_registration(&integration.id).await?;
+        let oauth = provider.spec().auth == AuthKind::OAuth2;
+        let credentials = if oauth || feed.is_some() {
             self.store
                 .sealed_credentials(&integration.id)
                 .await?
@@ -149,6 +152,10 @@ impl Integrations {
         if !self.store.delete_integration(user, provider).await? {
             return Err(not_connected(provider));
         }
+        // The feed before the grant: removing Zoho's channel needs the token.
+        self.take_down_feed(provider, feed, credentials.as_ref(), &integration.settings)
+            .await;
+        let revoke = credentials.filter(|_| oauth);
         // After the delete, so a failed revocation never keeps a connection the user removed.
         if let Some(credentials) = revoke {
             match tokio::time::timeout(REVOKE_TIMEOUT, self.oauth.revoke(provider, &credentials))

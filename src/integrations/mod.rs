@@ -26,6 +26,12 @@ mod sync_push;
 mod sync_session;
 pub mod sync_worker;
 pub mod tokens;
+pub mod webhook_apply;
+mod webhook_events;
+mod webhook_feeds;
+pub mod webhook_intake;
+mod health;
+mod notify;
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
@@ -68,6 +74,9 @@ pub struct Integrations {
     zoho_accounts_servers: Vec<Url>,
     watch_limits: Arc<job_watch::WatchLimits>,
     watch_fallback: std::time::Duration,
+    real_time: crate::config::RealTimeConfig,
+    /// Woken when a provider webhook is stored, so the webhook worker applies it at once.
+    webhook_arrivals: Arc<tokio::sync::Notify>,
 }
 
 /// What `Integrations` is set up with, beside its collaborators.
@@ -79,6 +88,8 @@ pub struct IntegrationsSettings {
     pub max_watch_streams_per_user: usize,
     /// How often a watch stream looks at its job without a change notice.
     pub watch_fallback: std::time::Duration,
+    pub real_time: crate::config::RealTimeConfig,
+    pub webhook_arrivals: Arc<tokio::sync::Notify>,
 }
 
 /// A catalogue entry and whether the service can offer it now.
@@ -144,6 +155,8 @@ impl Integrations {
             zoho_accounts_servers: settings.zoho_accounts_servers,
             watch_limits: job_watch::WatchLimits::new(settings.max_watch_streams_per_user),
             watch_fallback: settings.watch_fallback,
+            real_time: settings.real_time,
+            webhook_arrivals: settings.webhook_arrivals,
         }
     }
 

@@ -16,7 +16,7 @@ use crate::{
         sync_job::{JobProgress, SyncJob},
     },
     providers::ProviderError,
-    store::StoreError,
+    store::{StoreError, contact_import::ImportGuard},
 };
 
 impl SyncWorker {
@@ -78,8 +78,24 @@ impl SyncWorker {
             };
             let counts = self
                 .store
-                .import_contacts(&job.user_id, &page.contacts, limit, Utc::now())
+                .import_contacts(
+                    &job.user_id,
+                    &page.contacts,
+                    limit,
+                    Utc::now(),
+                    Some(ImportGuard {
+                        integration_id: &job.integration_id,
+                        epoch,
+                    }),
+                )
                 .await?;
+            if counts.stale {
+                // Disconnected, erased or reconnected meanwhile: nothing was stored. The job
+                // is queued again (a deleted one is gone with its integration) and its next
+                // attempt reads the new destination.
+                tracing::info!("the connection changed during the import; nothing stored from this page");
+                return Ok(Some(Outcome::Stopped));
+            }
             // The provider holds these as read: the push that follows leaves them alone.
             self.store
                 .save_provider_fingerprints(&job.integration_id, &counts.synced, epoch)

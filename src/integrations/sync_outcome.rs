@@ -18,6 +18,7 @@ use crate::{
     domain::{
         UserId,
         activity::Activity,
+        health::SyncHealthEvent,
         integration::IntegrationStatus,
         sync_job::{JobProgress, JobState, PushCheckpoint, SyncJob},
     },
@@ -145,6 +146,58 @@ impl SyncWorker {
     /// Records how the attempt ended: the job's state, the integration's health and
     /// watermark, the activity log, and when the next scheduled sync is due.
     pub(super) async fn settle(
+        &self,
+        worker: &str,
+        job: &SyncJob,
+        outcome: Outcome,
+    ) -> Result<(), StoreError> {
+        let health = health_event(&outcome);
+        self.settle_job(worker, job, outcome).await?;
+        self.after_attempt(job, health).await;
+        Ok(())
+    }
+
+    /// Health facts, and the push owed by a NotifyContactsChanged that came while this job
+    /// ran: queued now unless the job is still active (re-queued), then owed again.
+    async fn after_attempt(&self, job: &SyncJob, health: Option<SyncHealthEvent>) {
+        let now = Utc::now();
+        if let Some(event) = health
+            && let Err(e) = self
+                .store
+                .record_sync_health(&job.integration_id, event, now)
+                .await
+        {
+            tracing::warn!(error = %crate::telemetry::error_chain(&e), "cannot record the integration's health");
+        }
+        let follow_up = async {
+            if !self.store.take_owed_push(&job.integration_id).await? {
+                return Ok::<_, StoreError>(());
+            }
+            let (next, created) = self
+                .store
+                .enqueue_sync(&crate::store::NewSyncJob {
+                    integration_id: &job.integration_id,
+                    user: &job.user_id,
+                    direction: crate::domain::sync_job::Direction::Push,
+                    max_attempts: self.config.max_attempts,
+                    due: now,
+                    now,
+                    full: false,
+                })
+                .await?;
+            if created {
+                tracing::info!(job_id = %next.id, "the push owed to contacts changed during the last one is queued");
+            } else if next.started_at.is_some() {
+                self.store.owe_push(&job.integration_id, now).await?;
+            }
+            Ok(())
+        };
+        if let Err(e) = follow_up.await {
+            tracing::warn!(error = %crate::telemetry::error_chain(&e), "cannot queue the owed push; the next sync sends the changes");
+        }
+    }
+
+    async fn settle_job(
         &self,
         worker: &str,
         job: &SyncJob,
@@ -415,6 +468,22 @@ impl SyncWorker {
 }
 
 /// `now + wait`, saturating far in the future instead of overflowing.
+/// What an attempt's outcome says about the integration's health (`None`: nothing, e.g. a
+/// shutdown or a lost lease).
+fn health_event(outcome: &Outcome) -> Option<SyncHealthEvent> {
+    match outcome {
+        Outcome::LeaseLost | Outcome::Stopped => None,
+        Outcome::Parked { .. } => Some(SyncHealthEvent::RateLimited),
+        Outcome::Retry { .. } | Outcome::GiveUp { .. } | Outcome::Broken { .. } => {
+            Some(SyncHealthEvent::Failed)
+        }
+        Outcome::Done(progress) => match progress.final_state() {
+            JobState::Failed => Some(SyncHealthEvent::Failed),
+            _ => Some(SyncHealthEvent::Succeeded),
+        },
+    }
+}
+
 fn add(now: DateTime<Utc>, wait: Duration) -> DateTime<Utc> {
     chrono::Duration::from_std(wait)
         .ok()

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{
-    ContactSink, ContactSource, ImportPage, ProviderError, PushReport, http::Client, json_fields,
+    ChangeFeed, ContactSink, ContactSource, FeedRequest, Subscribed, ImportPage, ProviderError, PushReport, http::Client, json_fields,
     remote_contact, required,
 };
 use crate::domain::{
@@ -158,6 +158,57 @@ impl ContactSink for Mailchimp {
             failures,
             retry_later: Vec::new(),
         })
+    }
+}
+
+#[derive(Deserialize)]
+struct WebhookCreated {
+    id: String,
+}
+
+/// A list webhook per connection: `POST /3.0/lists/{list_id}/webhooks` with the connection's
+/// secret URL, for changes made by the subscriber or in Mailchimp's app (not by the API, so
+/// this service's own pushes do not come back), removed with `DELETE .../webhooks/{id}`.
+/// Mailchimp's deliveries carry the member itself: nothing is read back.
+#[async_trait]
+impl ChangeFeed for Mailchimp {
+    async fn subscribe(&self, request: &FeedRequest<'_>) -> Result<Subscribed, ProviderError> {
+        let body = json!({
+            "url": request.notify_url,
+            "events": {
+                "subscribe": true, "unsubscribe": true, "profile": true,
+                "cleaned": true, "upemail": true, "campaign": false
+            },
+            "sources": { "user": true, "admin": true, "api": false },
+        });
+        let request = self
+            .client
+            .http
+            .post(format!("{}/webhooks", self.list_url()))
+            .basic_auth("nexus", Some(&self.api_key))
+            .json(&body);
+        let response = self.client.send(request).await?;
+        let created: WebhookCreated = self.client.json(response).await?;
+        Ok(Subscribed {
+            remote_id: Some(created.id),
+            ..Subscribed::default()
+        })
+    }
+
+    async fn unsubscribe(&self, remote_id: &str) -> Result<(), ProviderError> {
+        if !remote_id.chars().all(|c| c.is_ascii_alphanumeric()) {
+            return Err(ProviderError::Rejected("not a Mailchimp webhook id".into()));
+        }
+        let request = self
+            .client
+            .http
+            .delete(format!("{}/webhooks/{remote_id}", self.list_url()))
+            .basic_auth("nexus", Some(&self.api_key));
+        let response = self.client.send_raw(request).await?;
+        if response.status().is_success() || response.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(());
+        }
+        Err(self.client.failure(response).await)
     }
 }
 

@@ -2,6 +2,7 @@
 //! contact fields to the provider's names and reads the provider's partial-error shape.
 //! Every request waits for the per-provider-and-account rate limiter first ([`Throttle`]).
 
+pub mod change_feed;
 pub mod dropbox;
 pub mod file_sink;
 pub mod google_drive;
@@ -20,6 +21,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use url::Url;
 
+pub use change_feed::{ChangeFeed, FeedRequest, Subscribed};
 pub use file_sink::{Chunk, FileSink, UploadSession};
 pub use rate_limit::{RateLimits, Throttle, quota};
 
@@ -290,6 +292,37 @@ impl Providers {
                 "{provider} takes contacts record by record, not as a file"
             ))),
         }
+    }
+
+    /// The change feed of a provider that sends webhooks (HubSpot, Mailchimp, Zoho CRM), or
+    /// `None` for the others.
+    pub fn change_feed(
+        &self,
+        provider: ProviderId,
+        account: &str,
+        credentials: &Credentials,
+        settings: &BTreeMap<String, String>,
+    ) -> Result<Option<Box<dyn ChangeFeed>>, ProviderError> {
+        let client = self.client(provider, account, credentials);
+        Ok(match provider {
+            ProviderId::Hubspot => Some(Box::new(hubspot::Hubspot::new(
+                client,
+                &self.endpoints.hubspot_api_base,
+                credentials,
+            )?)),
+            ProviderId::Mailchimp => Some(Box::new(mailchimp::Mailchimp::new(
+                client,
+                &self.endpoints.mailchimp_api_base,
+                credentials,
+                settings,
+            )?)),
+            ProviderId::ZohoCrm => Some(Box::new(zoho::Zoho::new(
+                client,
+                self.endpoints.zoho_api_base.as_ref(),
+                credentials,
+            )?)),
+            _ => None,
+        })
     }
 
     /// Where an import reads from (HubSpot, Salesforce, Zoho CRM, Mailchimp).

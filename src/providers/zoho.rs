@@ -12,11 +12,15 @@ use serde_json::{Map, Value, json};
 use url::Url;
 
 use super::{
-    ContactSink, ContactSource, ImportPage, ProviderError, PushReport, api_base, http::Client,
+    ChangeFeed, ContactSink, ContactSource, FeedRequest, Subscribed, ImportPage, ProviderError, PushReport, api_base, http::Client,
     json_fields, remote_contact, required,
 };
 use crate::domain::credentials::keys;
-use crate::domain::{contact::Contact, credentials::Credentials, sync_job::RecordFailure};
+use crate::domain::{
+    contact::{Contact, RemoteContact},
+    credentials::Credentials,
+    sync_job::RecordFailure,
+};
 
 const PER_PAGE: u32 = 200;
 /// Records page numbers can reach; past them only `page_token` works.
@@ -209,25 +213,7 @@ impl ContactSource for Zoho {
             .as_ref()
             .and_then(|i| i.next_page_token.clone())
             .filter(|t| !t.is_empty());
-        let contacts = page
-            .data
-            .into_iter()
-            .filter_map(|c| {
-                let company = match c.account {
-                    Some(Value::String(name)) => Some(name),
-                    Some(Value::Object(lookup)) => lookup
-                        .get("name")
-                        .and_then(Value::as_str)
-                        .map(str::to_string),
-                    _ => None,
-                };
-                remote_contact(
-                    c.email,
-                    [c.first_name, c.last_name, company, c.phone, c.title],
-                    c.modified.as_deref(),
-                )
-            })
-            .collect();
+        let contacts = page.data.into_iter().filter_map(contact_of).collect();
         Ok(ImportPage {
             contacts,
             next: match (more, token, page_number) {
@@ -245,5 +231,132 @@ impl ContactSource for Zoho {
                 }
             },
         })
+    }
+}
+
+/// One Zoho contact as read, if it has an address.
+fn contact_of(c: ZohoContact) -> Option<RemoteContact> {
+    let company = match c.account {
+        Some(Value::String(name)) => Some(name),
+        Some(Value::Object(lookup)) => lookup
+            .get("name")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        _ => None,
+    };
+    remote_contact(
+        c.email,
+        [c.first_name, c.last_name, company, c.phone, c.title],
+        c.modified.as_deref(),
+    )
+}
+
+#[derive(Deserialize)]
+struct WatchAnswer {
+    #[serde(default)]
+    watch: Vec<WatchResult>,
+}
+
+#[derive(Deserialize)]
+struct WatchResult {
+    #[serde(default)]
+    status: String,
+    #[serde(default)]
+    code: String,
+    #[serde(default)]
+    message: String,
+}
+
+/// Zoho's notifications: a watch channel on the Contacts module (`POST /crm/v2/actions/watch`)
+/// with the service's channel id, a token Zoho echoes in each notification and an expiry
+/// (renewed with `PATCH`, removed with `DELETE ?channel_ids=`). A notification names the
+/// changed records' ids; they are read back with `GET /crm/v2/Contacts?ids=` (100 a call).
+#[async_trait]
+impl ChangeFeed for Zoho {
+    async fn subscribe(&self, request: &FeedRequest<'_>) -> Result<Subscribed, ProviderError> {
+        self.watch(reqwest::Method::POST, request).await
+    }
+
+    async fn renew(&self, request: &FeedRequest<'_>) -> Result<Subscribed, ProviderError> {
+        self.watch(reqwest::Method::PATCH, request).await
+    }
+
+    async fn unsubscribe(&self, remote_id: &str) -> Result<(), ProviderError> {
+        let mut url = Url::parse(&self.url("/crm/v2/actions/watch"))
+            .map_err(|e| ProviderError::Rejected(format!("bad Zoho URL: {e}")))?;
+        url.query_pairs_mut().append_pair("channel_ids", remote_id);
+        let request = self
+            .client
+            .http
+            .delete(url)
+            .header("Authorization", self.authorization());
+        self.client.send(request).await.map(drop)
+    }
+
+    async fn contacts_by_id(&self, ids: &[String]) -> Result<Vec<RemoteContact>, ProviderError> {
+        let mut contacts = Vec::new();
+        for chunk in ids.chunks(100) {
+            let mut url = Url::parse(&self.url("/crm/v2/Contacts"))
+                .map_err(|e| ProviderError::Rejected(format!("bad Zoho URL: {e}")))?;
+            url.query_pairs_mut().append_pair("ids", &chunk.join(","));
+            let request = self
+                .client
+                .http
+                .get(url)
+                .header("Authorization", self.authorization());
+            let response = self.client.send(request).await?;
+            if response.status() == reqwest::StatusCode::NO_CONTENT {
+                continue;
+            }
+            let page: ContactsPage = self.client.json(response).await?;
+            contacts.extend(page.data.into_iter().filter_map(contact_of));
+        }
+        Ok(contacts)
+    }
+}
+
+impl Zoho {
+    async fn watch(
+        &self,
+        method: reqwest::Method,
+        request: &FeedRequest<'_>,
+    ) -> Result<Subscribed, ProviderError> {
+        let channel: u64 = request
+            .channel_id
+            .parse()
+            .map_err(|_| ProviderError::Rejected("a Zoho channel id is a number".into()))?;
+        let expiry = request
+            .expires_at
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, false);
+        let body = json!({ "watch": [{
+            "channel_id": channel,
+            "events": ["Contacts.all"],
+            "channel_expiry": expiry,
+            "token": request.token,
+            "notify_url": request.notify_url,
+        }]});
+        let http = self
+            .client
+            .http
+            .request(method, self.url("/crm/v2/actions/watch"))
+            .header("Authorization", self.authorization())
+            .json(&body);
+        let response = self.client.send(http).await?;
+        let answer: WatchAnswer = self.client.json(response).await?;
+        match answer.watch.first() {
+            Some(result) if result.status.eq_ignore_ascii_case("success") => Ok(Subscribed {
+                remote_id: Some(request.channel_id.to_string()),
+                expires_at: Some(request.expires_at),
+                ..Subscribed::default()
+            }),
+            Some(result) => Err(ProviderError::Rejected(format!(
+                "Zoho refused the watch channel: {} {}",
+                result.code,
+                self.client.scrub(&result.message)
+            ))),
+            None => Err(ProviderError::Unavailable(
+                "Zoho's watch answer named no channel".into(),
+            )),
+        }
     }
 }

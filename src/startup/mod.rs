@@ -38,6 +38,7 @@ use crate::{
     integrations::{
         Integrations, IntegrationsSettings, oauth::OAuth, scheduler, sync_worker::SyncWorker,
         tokens::TokenKeeper,
+        webhook_apply::WebhookWorker,
     },
     payments::sandbox::Sandbox,
     providers::{ProviderEndpoints, Providers, RateLimits},
@@ -67,6 +68,7 @@ pub struct Application {
     integrations: Arc<Integrations>,
     account: Arc<Account>,
     worker: Arc<SyncWorker>,
+    webhook_worker: Arc<WebhookWorker>,
     events: Arc<EventProcessor>,
     verifier: Arc<JwtVerifier>,
     grpc_listener: TcpListener,
@@ -99,6 +101,7 @@ impl Application {
             vault,
             providers,
             oauth,
+            webhook_arrivals,
         } = build_integrations(&config, &origins, Arc::clone(&store))?;
         let account = Arc::new(Account::new(
             Arc::clone(&store),
@@ -106,6 +109,15 @@ impl Application {
             Arc::clone(&integrations),
         ));
         let tokens = Arc::new(TokenKeeper::new(Arc::clone(&store), vault, oauth));
+        let webhook_worker = Arc::new(WebhookWorker::new(
+            Arc::clone(&store),
+            Arc::clone(&billing),
+            Arc::clone(&tokens),
+            Arc::clone(&providers),
+            config.real_time.clone(),
+            webhook_arrivals,
+            config.sync.scheduler_interval,
+        ));
         let worker = Arc::new(SyncWorker::new(
             Arc::clone(&store),
             Arc::clone(&billing),
@@ -127,6 +139,7 @@ impl Application {
             integrations,
             account,
             worker,
+            webhook_worker,
             events,
             verifier,
             grpc_listener,
@@ -195,6 +208,7 @@ impl Application {
             integrations,
             account,
             worker,
+            webhook_worker,
             events,
             verifier,
             grpc_listener,
@@ -316,6 +330,7 @@ impl Application {
         let workers = async {
             tokio::join!(
                 worker.run(shutdown.clone()),
+                webhook_worker.run(shutdown.clone()),
                 events.run(shutdown.clone()),
                 reconcile_loop,
                 scheduler_loop,
@@ -381,6 +396,8 @@ struct Integrated {
     vault: Arc<Vault>,
     providers: Arc<Providers>,
     oauth: Arc<OAuth>,
+    /// Shared by the webhook intake (which wakes) and the webhook worker (which waits).
+    webhook_arrivals: Arc<tokio::sync::Notify>,
 }
 
 fn build_integrations(
@@ -393,6 +410,7 @@ fn build_integrations(
     let oauth =
         Arc::new(OAuth::new(&config.oauth, &config.endpoints).context("cannot set up OAuth")?);
     let redirect_origins = origins.to_vec();
+    let webhook_arrivals = Arc::new(tokio::sync::Notify::new());
     let integrations = Arc::new(Integrations::new(
         store,
         Arc::clone(&vault),
@@ -407,6 +425,8 @@ fn build_integrations(
             zoho_accounts_servers: config.oauth.zoho_accounts_servers.clone(),
             max_watch_streams_per_user: config.sync.max_watch_streams_per_user,
             watch_fallback: config.sync.watch_fallback_interval,
+            real_time: config.real_time.clone(),
+            webhook_arrivals: Arc::clone(&webhook_arrivals),
         },
     ));
     Ok(Integrated {
@@ -414,6 +434,7 @@ fn build_integrations(
         vault,
         providers,
         oauth,
+        webhook_arrivals,
     })
 }
 

@@ -23,11 +23,21 @@ pub trait ContactImport: Send + Sync {
         contacts: &[RemoteContact],
         limit: Option<u64>,
         now: DateTime<Utc>,
+        only_while: Option<ImportGuard<'_>>,
     ) -> Result<ImportCounts, StoreError>;
 }
 
+/// Stores an import only while the integration it was read from is still connected to the
+/// same destination: an import read before an erasure, a disconnect or a reconnect stores
+/// nothing (the check and the writes are one transaction, under the integration's row lock).
+#[derive(Debug, Clone, Copy)]
+pub struct ImportGuard<'a> {
+    pub integration_id: &'a str,
+    pub epoch: i64,
+}
+
 macro_rules! contact_import {
-    ($name:ident, begin: $begin:literal, user_lock: $user_lock:literal) => {
+    ($name:ident, begin: $begin:literal, user_lock: $user_lock:literal, guard: $guard:literal) => {
         const _: () = {
             use chrono::{DateTime, Utc};
 
@@ -47,8 +57,19 @@ macro_rules! contact_import {
                     contacts: &[RemoteContact],
                     limit: Option<u64>,
                     now: DateTime<Utc>,
+                    only_while: Option<$crate::store::contact_import::ImportGuard<'_>>,
                 ) -> Result<ImportCounts, StoreError> {
                     let mut tx = self.pool.begin_with($begin).await?;
+                    if let Some(guard) = only_while {
+                        let still: Option<i64> = sqlx::query_scalar($guard)
+                            .bind(guard.integration_id)
+                            .bind(guard.epoch)
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                        if still.is_none() {
+                            return Ok(ImportCounts { stale: true, ..ImportCounts::default() });
+                        }
+                    }
                     // One import per user at a time adds contacts, so two imports cannot both
                     // add the same address or pass the plan limit together.
                     if !$user_lock.is_empty() {

@@ -13,6 +13,8 @@ mod integration_sql;
 #[macro_use]
 mod overage_sql;
 #[macro_use]
+mod provider_webhook_sql;
+#[macro_use]
 mod webhook_sql;
 #[macro_use]
 pub(crate) mod mpesa_sql;
@@ -25,6 +27,7 @@ pub mod migrations;
 mod mobile_payments;
 pub mod overage;
 mod postgres;
+pub mod provider_webhooks;
 mod rows;
 mod sqlite;
 mod sqlite_reads;
@@ -54,6 +57,9 @@ pub use dunning::{ClaimedDunningEmail, DunningOutbox, NewDunningEmail};
 pub use mobile_payments::{MobilePayments, NewMobilePayment, Settled};
 pub use overage::{ExtraCardMonth, OverageStore, OverageSubscriber};
 pub use postgres::PgStore;
+pub use provider_webhooks::{
+    HealthStore, NewProviderEvent, ProviderEvent, ProviderWebhookStore, WebhookRegistration,
+};
 pub use sqlite::SqliteStore;
 pub use sync_queue::{BindOutcome, JobCursor, Pruned, SyncQueue};
 pub use user_data::UserDataStore;
@@ -117,6 +123,8 @@ pub trait Store:
     + SyncQueue
     + ContactImport
     + UserDataStore
+    + ProviderWebhookStore
+    + HealthStore
     + Send
     + Sync
     + 'static

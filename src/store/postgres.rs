@@ -222,8 +222,10 @@ impl Store for PgStore {
 billing_tx!(PgTx, sqlx::Postgres, lock: " FOR UPDATE", id_cast: "::uuid");
 billing_records!(PgStore);
 integration_store!(PgStore, id: "::uuid", text: "::text", skip_locked: " FOR UPDATE SKIP LOCKED");
-contact_import!(PgStore, begin: "BEGIN", user_lock: "SELECT pg_advisory_xact_lock(hashtext($1))");
+contact_import!(PgStore, begin: "BEGIN", user_lock: "SELECT pg_advisory_xact_lock(hashtext($1))",
+    guard: "SELECT 1::bigint FROM integrations WHERE id = $1::uuid AND destination_epoch = $2 FOR UPDATE");
 webhook_store!(PgStore);
+provider_webhook_store!(PgStore, id: "::uuid", text: "::text", skip_locked: " FOR UPDATE SKIP LOCKED");
 mobile_payments!(PgStore);
 dunning_outbox!(PgStore);
 overage_store!(PgStore);

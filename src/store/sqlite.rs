@@ -192,8 +192,10 @@ impl Store for SqliteStore {
 billing_tx!(SqliteTx, sqlx::Sqlite, lock: "", id_cast: "");
 billing_records!(SqliteStore);
 integration_store!(SqliteStore, id: "", text: "", skip_locked: "");
-contact_import!(SqliteStore, begin: "BEGIN IMMEDIATE", user_lock: "");
+contact_import!(SqliteStore, begin: "BEGIN IMMEDIATE", user_lock: "",
+    guard: "SELECT 1 FROM integrations WHERE id = $1 AND destination_epoch = $2");
 webhook_store!(SqliteStore);
+provider_webhook_store!(SqliteStore, id: "", text: "", skip_locked: "");
 mobile_payments!(SqliteStore);
 dunning_outbox!(SqliteStore);
 overage_store!(SqliteStore);
