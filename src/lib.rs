@@ -19,6 +19,7 @@ pub mod grpc;
 pub mod integrations;
 pub mod key_rotation;
 pub mod metrics;
+pub mod metrics_catalogue;
 pub mod payments;
 pub mod product_metrics;
 pub mod providers;

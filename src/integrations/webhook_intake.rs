@@ -7,9 +7,11 @@
 use chrono::Utc;
 use secrecy::ExposeSecret;
 
+pub use super::webhook_events::Refusal;
+
 use super::{
     Integrations,
-    webhook_events::{self, KeptEvent, Refusal, digest},
+    webhook_events::{self, KeptEvent, digest},
 };
 use crate::{
     domain::catalogue::ProviderId,

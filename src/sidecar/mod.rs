@@ -28,6 +28,7 @@ use crate::{
 mod dashboard;
 mod metrics_listener;
 mod oauth;
+mod provider_webhooks;
 mod sandbox;
 mod webhooks;
 
@@ -128,6 +129,15 @@ fn route_name(path: &str) -> &'static str {
         "/healthz" => "/healthz",
         "/readyz" => "/readyz",
         p if webhooks::provider_of(p).is_some() => webhooks::route_name(p),
+        p => match provider_webhooks::route_of(p) {
+            Some(route) => route.name(),
+            None => other_route_name(p),
+        },
+    }
+}
+
+fn other_route_name(path: &str) -> &'static str {
+    match path {
         OAUTH_CALLBACK => OAUTH_CALLBACK,
         OAUTH_START => OAUTH_START,
         p if dashboard::owns(p) => "/dashboard",
@@ -151,6 +161,9 @@ async fn route_request(state: &SidecarState, request: Request<Incoming>) -> Resp
             webhooks::deliver(state, request).await
         }
         (_, p) if webhooks::provider_of(p).is_some() => method_not_allowed("POST"),
+        (_, p) if let Some(route) = provider_webhooks::route_of(p) => {
+            provider_webhooks::deliver(state, route, request).await
+        }
         (Method::GET, OAUTH_CALLBACK) => oauth::callback(state, &request).await,
         (_, OAUTH_CALLBACK) => method_not_allowed("GET"),
         (Method::POST, OAUTH_START) => oauth::start(state, &request).await,
