@@ -224,7 +224,11 @@ fn product() {
         let p = provider.as_str();
         for from in Tier::ALL {
             for to in Tier::ALL {
-                let labels = [("from", from.as_str()), ("to", to.as_str()), ("provider", p)];
+                let labels = [
+                    ("from", from.as_str()),
+                    ("to", to.as_str()),
+                    ("provider", p),
+                ];
                 if to > from {
                     counter("subscription_conversions_total", &labels);
                 } else if to < from && to.is_paid() {
@@ -340,7 +344,10 @@ fn account() {
         for outcome in ["erased", "already_erased", "failed"] {
             counter(
                 "erasures_total",
-                &[("requested_by", requested_by.as_str()), ("outcome", outcome)],
+                &[
+                    ("requested_by", requested_by.as_str()),
+                    ("outcome", outcome),
+                ],
             );
         }
     }

@@ -1,5 +1,7 @@
 //! Logging setup and the request-scoped span used by both servers.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::{EnvFilter, fmt, layer::SubscriberExt, util::SubscriberInitExt};
 
 use crate::config::LogFormat;
@@ -27,13 +29,24 @@ pub fn init(format: LogFormat, filter: &str) {
                     .json()
                     .flatten_event(true)
                     .with_current_span(true)
-                    .with_writer(std::io::stderr),
+                    .with_writer(std::io::stderr)
+                    .with_ansi(false),
             )
             .try_init(),
-        LogFormat::Text => registry
-            .with(fmt::layer().with_writer(std::io::stderr))
-            .try_init(),
+        LogFormat::Text => {
+            let no_color = std::env::var_os("NO_COLOR").map(|v| v.to_string_lossy().into_owned());
+            let colours = use_colours(std::io::stderr().is_terminal(), no_color.as_deref());
+            registry
+                .with(fmt::layer().with_writer(std::io::stderr).with_ansi(colours))
+                .try_init()
+        }
     };
+}
+
+/// Whether text logs carry ANSI colours: only when stderr is a terminal, and never while
+/// `NO_COLOR` is set to anything but the empty string (<https://no-color.org>).
+fn use_colours(is_terminal: bool, no_color: Option<&str>) -> bool {
+    is_terminal && no_color.is_none_or(str::is_empty)
 }
 
 /// The request id header read from callers and echoed back.
@@ -77,4 +90,24 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::use_colours;
+
+    #[test]
+    fn colours_only_on_a_terminal_and_never_with_no_color() {
+        // A terminal, NO_COLOR unset or empty: colours.
+        assert!(use_colours(true, None));
+        assert!(use_colours(true, Some("")));
+        // Any other value turns them off, whatever it says.
+        for value in ["1", "0", "false", "no", " "] {
+            assert!(!use_colours(true, Some(value)), "NO_COLOR={value:?}");
+        }
+        // Not a terminal (a file, a pipe, a log collector): never.
+        for no_color in [None, Some(""), Some("1")] {
+            assert!(!use_colours(false, no_color), "NO_COLOR={no_color:?}");
+        }
+    }
 }

@@ -128,6 +128,9 @@ impl SyncWorker {
                 } else {
                     (contacts.iter().collect(), 0, 0)
                 };
+            // Addresses that unsubscribed at the provider (its webhooks told us) are never
+            // subscribed again.
+            let (sendable, unsubscribed) = self.not_unsubscribed(job, sendable).await?;
             // Contacts the provider already holds exactly as they are here (imported from it,
             // or pushed before and touched since without a change) are not sent again.
             let (sendable, up_to_date) = if job.full {
@@ -231,6 +234,7 @@ impl SyncWorker {
             progress.contacts_total = progress.contacts_total.saturating_sub(up_to_date);
             progress.add_skipped(without_email, "no email address");
             progress.add_skipped(duplicates, "email address repeated in a batch");
+            progress.add_skipped(unsubscribed, "unsubscribed at the provider");
             progress.checkpoint = Some(
                 PushCheckpoint {
                     horizon,
@@ -253,6 +257,35 @@ impl SyncWorker {
 }
 
 impl SyncWorker {
+    /// The contacts of `batch` whose address did not unsubscribe at the provider (Mailchimp
+    /// tells us with its webhooks), and how many were left out.
+    async fn not_unsubscribed<'c>(
+        &self,
+        job: &SyncJob,
+        batch: Vec<&'c Contact>,
+    ) -> Result<(Vec<&'c Contact>, u64), StoreError> {
+        if job.provider != ProviderId::Mailchimp || batch.is_empty() {
+            return Ok((batch, 0));
+        }
+        let emails: Vec<String> = batch.iter().filter_map(|c| c.email()).map(str::to_lowercase).collect();
+        let gone: std::collections::HashSet<String> = self
+            .store
+            .unsubscribed_among(&job.integration_id, &emails)
+            .await?
+            .into_iter()
+            .collect();
+        if gone.is_empty() {
+            return Ok((batch, 0));
+        }
+        let before = batch.len();
+        let kept: Vec<&Contact> = batch
+            .into_iter()
+            .filter(|c| c.email().is_none_or(|e| !gone.contains(&e.to_lowercase())))
+            .collect();
+        let left_out = (before - kept.len()) as u64;
+        Ok((kept, left_out))
+    }
+
     /// The contacts of `batch` whose values differ from what the provider is known to hold,
     /// and how many were left out.
     async fn not_yet_at_provider<'c>(

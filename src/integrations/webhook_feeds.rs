@@ -30,9 +30,9 @@ pub fn webhook_path(provider: ProviderId) -> String {
     format!("/integrations/webhook/{}", provider.as_str())
 }
 
-/// 32 random bytes, hex.
+/// 24 random bytes, hex (48 characters: Zoho takes tokens of at most 50).
 pub(super) fn random_secret() -> String {
-    let mut bytes = [0u8; 32];
+    let mut bytes = [0u8; 24];
     rand::rng().fill_bytes(&mut bytes);
     hex::encode(bytes)
 }

@@ -81,6 +81,8 @@ impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         // Install the metrics recorder before anything can record.
         crate::metrics::handle();
+        // Every known series at zero from the first scrape (alerts see each from the start).
+        crate::metrics_catalogue::register_at_zero();
         let grpc_listener = TcpListener::bind(config.grpc_addr)
             .await
             .with_context(|| format!("cannot listen on GRPC_ADDR {}", config.grpc_addr))?;

@@ -165,6 +165,8 @@ pub struct FakeOAuth {
     pub kind: OKind,
     pub server: Arc<FakeServer>,
     state: Arc<Mutex<State>>,
+    /// Zoho's watch channels.
+    pub feeds: crate::fake_feeds::Feeds,
 }
 
 impl FakeOAuth {
@@ -175,16 +177,19 @@ impl FakeOAuth {
             lookup_requests: 0,
             ..State::default()
         }));
+        let feeds = crate::fake_feeds::Feeds::default();
         let server = FakeServer::start_with(|uri| Responder {
             kind,
             uri,
             state: Arc::clone(&state),
+            feeds: feeds.clone(),
         })
         .await;
         Self {
             kind,
             server: Arc::new(server),
             state,
+            feeds,
         }
     }
 
@@ -401,6 +406,7 @@ struct Responder {
     kind: OKind,
     uri: String,
     state: Arc<Mutex<State>>,
+    feeds: crate::fake_feeds::Feeds,
 }
 
 fn json_answer(status: u16, body: Value) -> ResponseTemplate {
@@ -458,6 +464,9 @@ impl Respond for Responder {
                     json!({"error_summary": "expired_access_token/", "error": {".tag": "expired_access_token"}}),
                 ),
             };
+        }
+        if let Some(answer) = self.feeds.respond(&method, &path, request) {
+            return answer;
         }
         match self.kind {
             OKind::Salesforce => self.salesforce(&mut s, request, &method, &path),

@@ -10,6 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::fake_feeds::Feeds;
 use crate::fake_http::{FakeServer, Hold, HoldPoint, Request, Respond, ResponseTemplate};
 use base64::Engine;
 use serde_json::{Value, json};
@@ -75,6 +76,8 @@ struct State {
     /// Contacts held at the provider, for imports: (email, first name, last name, modified).
     remote: Vec<(String, String, String, String)>,
     import_requests: usize,
+    /// HubSpot batch reads answered.
+    batch_reads: usize,
     /// Contacts per import page; 0 means [`IMPORT_PAGE`].
     import_page: usize,
     /// HubSpot: a batch holding a refused address is refused whole (400), as the real batch
@@ -95,20 +98,25 @@ pub struct FakeProvider {
     pub kind: Kind,
     pub server: Arc<FakeServer>,
     state: Arc<Mutex<State>>,
+    /// HubSpot's account info, Mailchimp's list webhooks.
+    pub feeds: Feeds,
 }
 
 impl FakeProvider {
     pub async fn start(kind: Kind) -> Self {
         let state = Arc::new(Mutex::new(State::default()));
+        let feeds = Feeds::default();
         let server = FakeServer::start(Responder {
             kind,
             state: Arc::clone(&state),
+            feeds: feeds.clone(),
         })
         .await;
         Self {
             kind,
             server: Arc::new(server),
             state,
+            feeds,
         }
     }
 
@@ -204,6 +212,11 @@ impl FakeProvider {
         self.state().fail_every = Some(n.max(1));
     }
 
+    /// Stops the failures `fail_every` started.
+    pub fn recover(&self) {
+        self.state().fail_every = None;
+    }
+
     pub fn hang_after(&self, accepted: usize) {
         self.state().hang_after = Some(accepted);
     }
@@ -263,6 +276,11 @@ impl FakeProvider {
         self.state().import_page = contacts;
     }
 
+    /// HubSpot batch reads (the contacts a webhook named) answered.
+    pub fn batch_reads(&self) -> usize {
+        self.state().batch_reads
+    }
+
     pub fn import_requests(&self) -> usize {
         self.state().import_requests
     }
@@ -301,6 +319,7 @@ fn is_push(kind: Kind, request: &Request) -> bool {
 struct Responder {
     kind: Kind,
     state: Arc<Mutex<State>>,
+    feeds: Feeds,
 }
 
 fn error(status: u16, body: Value) -> ResponseTemplate {
@@ -504,6 +523,12 @@ impl Respond for Responder {
         }
         let body: Value = serde_json::from_slice(&request.body).unwrap_or(Value::Null);
         let path = request.url.path().to_string();
+        if let Some(answer) = self.feeds.respond(request.method.as_str(), &path, request) {
+            return answer;
+        }
+        if self.kind == Kind::Hubspot && path == "/crm/v3/objects/contacts/batch/read" {
+            return hubspot_batch_read(&mut state, &body);
+        }
 
         // Credential checks and SendGrid import status.
         match (self.kind, request.method.as_str(), path.as_str()) {
@@ -701,4 +726,34 @@ impl Respond for Responder {
             .map(str::to_string);
         self.accept(&mut state, emails, body, key)
     }
+}
+
+/// HubSpot's batch read: the remote contacts (id = position) among the asked ids; unknown ids
+/// are listed in `errors` (207), as HubSpot does.
+fn hubspot_batch_read(state: &mut State, body: &Value) -> ResponseTemplate {
+    state.batch_reads += 1;
+    let inputs = body["inputs"].as_array().cloned().unwrap_or_default();
+    if inputs.is_empty() || inputs.len() > 100 {
+        state.problems.push(format!("batch read of {} ids", inputs.len()));
+    }
+    if !body["properties"].as_array().is_some_and(|p| p.iter().any(|v| v == "email")) {
+        state.problems.push("batch read without the email property".into());
+    }
+    let mut results = Vec::new();
+    let mut missing = Vec::new();
+    for input in inputs {
+        let id = input["id"].as_str().unwrap_or_default().to_string();
+        match id.parse::<usize>().ok().and_then(|i| state.remote.get(i)) {
+            Some((e, f, l, m)) => results.push(json!({"id": id, "properties": {"email": e, "firstname": f, "lastname": l}, "createdAt": m, "updatedAt": m, "archived": false})),
+            None => missing.push(id),
+        }
+    }
+    if missing.is_empty() {
+        return error(200, json!({"status": "COMPLETE", "results": results}));
+    }
+    error(
+        207,
+        json!({"status": "COMPLETE", "results": results, "numErrors": 1,
+            "errors": [{"status": "error", "category": "OBJECT_NOT_FOUND", "message": "Could not get some CONTACT objects, they may be deleted or not exist.", "context": {"ids": missing}}]}),
+    )
 }

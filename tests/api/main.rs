@@ -5,6 +5,7 @@
 
 // The harness, the fakes of outside APIs and shared fixtures.
 mod account_world;
+mod fake_feeds;
 mod fake_http;
 mod fake_mpesa;
 mod fake_oauth;
@@ -60,6 +61,7 @@ test_modules!(
     plans_and_prices,
     product_metrics,
     provider_rules,
+    real_time,
     sandbox,
     sidecar,
     store_contract,
