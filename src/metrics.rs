@@ -23,6 +23,14 @@ pub fn handle() -> &'static PrometheusHandle {
                 metrics_exporter_prometheus::Matcher::Full("webhook_processing_seconds".into()),
                 crate::product_metrics::WEBHOOK_SECONDS_BUCKETS,
             )
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Full(
+                        "integration_webhook_apply_seconds".into(),
+                    ),
+                    crate::product_metrics::WEBHOOK_SECONDS_BUCKETS,
+                )
+            })
             .unwrap_or_else(|_| PrometheusBuilder::new());
         let recorder = builder.build_recorder();
         let handle = recorder.handle();

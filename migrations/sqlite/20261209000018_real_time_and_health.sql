@@ -57,6 +57,7 @@ CREATE TABLE integration_unsubscribes (
 CREATE TABLE integration_health (
     integration_id     TEXT PRIMARY KEY REFERENCES integrations (id) ON DELETE CASCADE,
     failures_in_a_row  INTEGER NOT NULL DEFAULT 0,
+    last_failure       TEXT,
     last_success_at    TEXT
 );
 CREATE TABLE integration_incidents (

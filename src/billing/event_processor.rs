@@ -87,7 +87,12 @@ impl EventProcessor {
         while !shutdown.is_cancelled() {
             // Registered before looking, so an event stored meanwhile still wakes this worker.
             let stored = self.billing.stored_events.notified();
-            match self.run_next(&name, &shutdown).await {
+            let result = self.run_next(&name, &shutdown).await;
+            if result.is_ok() {
+                // A heartbeat: alerts tell a stopped processor from an idle one.
+                metrics::counter!("event_processor_ticks_total").increment(1);
+            }
+            match result {
                 Ok(true) => continue,
                 Ok(false) => {}
                 Err(e) => {

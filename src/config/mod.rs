@@ -13,23 +13,23 @@ use crate::{
 };
 
 mod billing_terms;
-mod real_time;
 mod origins;
 mod parse;
 mod payments;
+mod real_time;
 mod settings;
 
 pub use billing_terms::{
     BillingTermsSettings, DunningConfig, SandboxMode, SellingConfig, parse_schedule,
 };
 use origins::DEV_ORIGINS;
-pub use real_time::{RealTimeConfig, RealTimeSettings};
 pub use origins::{is_allowed_redirect, parse_origins};
 pub use parse::parse_rate_limits;
 use parse::{dev_encryption_key, non_empty, parse_key, random_hex};
 pub use payments::{
     MpesaConfig, PaymentSettings, PaypalConfig, SANDBOX_PRICES, StripeConfig, sandbox_stripe,
 };
+pub use real_time::{RealTimeConfig, RealTimeSettings};
 pub use settings::*;
 
 /// One invalid setting: which, and what is wrong (never its value).

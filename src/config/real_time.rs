@@ -53,26 +53,30 @@ pub(super) fn real_time(
     oauth_redirect_url: &Url,
     problems: &mut Vec<ConfigProblem>,
 ) -> RealTimeConfig {
-    let fallback = oauth_redirect_url.join("/").unwrap_or_else(|_| oauth_redirect_url.clone());
+    let fallback = oauth_redirect_url
+        .join("/")
+        .unwrap_or_else(|_| oauth_redirect_url.clone());
     let public_base_url = match non_empty(s.public_base_url.clone()) {
         None => fallback,
-        Some(raw) => match Url::parse(&raw) {
-            Ok(url)
-                if matches!(url.scheme(), "http" | "https")
-                    && url.host().is_some()
-                    && url.path() == "/"
-                    && url.query().is_none() =>
-            {
-                url
-            }
-            _ => {
-                problems.push(ConfigProblem {
+        Some(raw) => {
+            match Url::parse(&raw) {
+                Ok(url)
+                    if matches!(url.scheme(), "http" | "https")
+                        && url.host().is_some()
+                        && url.path() == "/"
+                        && url.query().is_none() =>
+                {
+                    url
+                }
+                _ => {
+                    problems.push(ConfigProblem {
                     setting: "PUBLIC_BASE_URL",
                     problem: "must be an http(s) origin such as https://api.nexus.cards, with no path".into(),
                 });
-                fallback
+                    fallback
+                }
             }
-        },
+        }
     };
     if s.notify_coalesce_window > Duration::from_secs(60) {
         problems.push(ConfigProblem {

@@ -54,6 +54,8 @@ impl HealthState {
 pub struct HealthFacts {
     pub failures_in_a_row: u32,
     pub last_success_at: Option<DateTime<Utc>>,
+    /// Why the last failed attempt failed (safe to show: provider texts are scrubbed).
+    pub last_failure: Option<String>,
     /// Failed sync attempts over the last 24 hours.
     pub failures_24h: u64,
     /// Sync attempts parked by a provider's rate limit over the last 24 hours.
@@ -88,7 +90,10 @@ mod tests {
         use IntegrationStatus::*;
         assert_eq!(HealthState::of(Active, 0), HealthState::Healthy);
         assert_eq!(HealthState::of(Active, 1), HealthState::Degraded);
-        assert_eq!(HealthState::of(Active, FAILING_AFTER - 1), HealthState::Degraded);
+        assert_eq!(
+            HealthState::of(Active, FAILING_AFTER - 1),
+            HealthState::Degraded
+        );
         assert_eq!(HealthState::of(Active, FAILING_AFTER), HealthState::Failing);
         assert_eq!(HealthState::of(NeedsReauth, 0), HealthState::NeedsAttention);
         assert_eq!(HealthState::of(Error, 9), HealthState::NeedsAttention);

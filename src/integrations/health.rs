@@ -46,9 +46,14 @@ impl Integrations {
                 None
             };
             let state = HealthState::of(integration.status, facts.failures_in_a_row);
-            let last_error = (state != HealthState::Healthy)
-                .then(|| integration.last_error.clone())
-                .flatten();
+            let last_error = match state {
+                HealthState::Healthy => None,
+                HealthState::NeedsAttention => integration.last_error.clone(),
+                HealthState::Degraded | HealthState::Failing => facts
+                    .last_failure
+                    .clone()
+                    .or_else(|| integration.last_error.clone()),
+            };
             out.push((
                 integration,
                 IntegrationHealth {

@@ -11,8 +11,10 @@ mod provider_call;
 mod account_closure;
 mod bookkeeping;
 mod connections;
+mod health;
 pub mod job_watch;
 pub mod jobs;
+mod notify;
 pub mod oauth;
 mod oauth_error;
 pub mod oauth_flow;
@@ -30,8 +32,6 @@ pub mod webhook_apply;
 mod webhook_events;
 mod webhook_feeds;
 pub mod webhook_intake;
-mod health;
-mod notify;
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 

@@ -40,8 +40,8 @@ impl Integrations {
                 "contact_ids: {bad:?} is not a contact id"
             )));
         }
-        let window = chrono::Duration::from_std(self.real_time.notify_coalesce_window)
-            .unwrap_or_default();
+        let window =
+            chrono::Duration::from_std(self.real_time.notify_coalesce_window).unwrap_or_default();
         let mut jobs = Vec::new();
         for integration in self.store.integrations(user).await? {
             if integration.status != IntegrationStatus::Active

@@ -35,7 +35,12 @@ pub struct SchedulerConfig {
 pub async fn run(store: Arc<dyn Store>, config: SchedulerConfig, shutdown: CancellationToken) {
     let mut last_prune: Option<tokio::time::Instant> = None;
     while !shutdown.is_cancelled() {
-        if let Err(e) = tick(store.as_ref(), &config).await {
+        let ticked = tick(store.as_ref(), &config).await;
+        if ticked.is_ok() {
+            // A heartbeat: alerts tell a stopped scheduler from an idle one.
+            metrics::counter!("sync_scheduler_ticks_total").increment(1);
+        }
+        if let Err(e) = ticked {
             tracing::warn!(error = %error_chain(&e), "the sync scheduler cannot reach the database");
         }
         if last_prune.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {

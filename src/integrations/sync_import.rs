@@ -93,7 +93,9 @@ impl SyncWorker {
                 // Disconnected, erased or reconnected meanwhile: nothing was stored. The job
                 // is queued again (a deleted one is gone with its integration) and its next
                 // attempt reads the new destination.
-                tracing::info!("the connection changed during the import; nothing stored from this page");
+                tracing::info!(
+                    "the connection changed during the import; nothing stored from this page"
+                );
                 return Ok(Some(Outcome::Stopped));
             }
             // The provider holds these as read: the push that follows leaves them alone.

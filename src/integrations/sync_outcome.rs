@@ -159,12 +159,16 @@ impl SyncWorker {
 
     /// Health facts, and the push owed by a NotifyContactsChanged that came while this job
     /// ran: queued now unless the job is still active (re-queued), then owed again.
-    async fn after_attempt(&self, job: &SyncJob, health: Option<SyncHealthEvent>) {
+    async fn after_attempt(
+        &self,
+        job: &SyncJob,
+        health: Option<(SyncHealthEvent, Option<String>)>,
+    ) {
         let now = Utc::now();
-        if let Some(event) = health
+        if let Some((event, error)) = health
             && let Err(e) = self
                 .store
-                .record_sync_health(&job.integration_id, event, now)
+                .record_sync_health(&job.integration_id, event, error.as_deref(), now)
                 .await
         {
             tracing::warn!(error = %crate::telemetry::error_chain(&e), "cannot record the integration's health");
@@ -470,16 +474,22 @@ impl SyncWorker {
 /// `now + wait`, saturating far in the future instead of overflowing.
 /// What an attempt's outcome says about the integration's health (`None`: nothing, e.g. a
 /// shutdown or a lost lease).
-fn health_event(outcome: &Outcome) -> Option<SyncHealthEvent> {
+fn health_event(outcome: &Outcome) -> Option<(SyncHealthEvent, Option<String>)> {
+    let failed = |reason: &str| Some((SyncHealthEvent::Failed, Some(reason.to_string())));
     match outcome {
         Outcome::LeaseLost | Outcome::Stopped => None,
-        Outcome::Parked { .. } => Some(SyncHealthEvent::RateLimited),
-        Outcome::Retry { .. } | Outcome::GiveUp { .. } | Outcome::Broken { .. } => {
-            Some(SyncHealthEvent::Failed)
+        Outcome::Parked { .. } => Some((SyncHealthEvent::RateLimited, None)),
+        Outcome::Retry { reason } | Outcome::GiveUp { reason } | Outcome::Broken { reason, .. } => {
+            failed(reason)
         }
         Outcome::Done(progress) => match progress.final_state() {
-            JobState::Failed => Some(SyncHealthEvent::Failed),
-            _ => Some(SyncHealthEvent::Succeeded),
+            JobState::Failed => failed(
+                progress
+                    .failures
+                    .first()
+                    .map_or("every contact was refused", |f| f.message.as_str()),
+            ),
+            _ => Some((SyncHealthEvent::Succeeded, None)),
         },
     }
 }

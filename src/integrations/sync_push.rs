@@ -267,7 +267,11 @@ impl SyncWorker {
         if job.provider != ProviderId::Mailchimp || batch.is_empty() {
             return Ok((batch, 0));
         }
-        let emails: Vec<String> = batch.iter().filter_map(|c| c.email()).map(str::to_lowercase).collect();
+        let emails: Vec<String> = batch
+            .iter()
+            .filter_map(|c| c.email())
+            .map(str::to_lowercase)
+            .collect();
         let gone: std::collections::HashSet<String> = self
             .store
             .unsubscribed_among(&job.integration_id, &emails)

@@ -155,7 +155,9 @@ impl WebhookWorker {
                     .finish_provider_events(integration_id, &self.name, &ids, outcome, now)
                     .await?
                 {
-                    tracing::warn!("the webhook lease was lost before the events were marked applied; they are applied again");
+                    tracing::warn!(
+                        "the webhook lease was lost before the events were marked applied; they are applied again"
+                    );
                     return Ok(());
                 }
                 metrics::counter!("integration_webhook_events_applied_total", "provider" => provider.as_str(), "outcome" => outcome)
@@ -165,7 +167,12 @@ impl WebhookWorker {
                     metrics::histogram!("integration_webhook_apply_seconds", "provider" => provider.as_str())
                         .record(waited.as_secs_f64());
                 }
-                tracing::debug!(provider = provider.as_str(), events = ids.len(), outcome, "provider webhook events applied");
+                tracing::debug!(
+                    provider = provider.as_str(),
+                    events = ids.len(),
+                    outcome,
+                    "provider webhook events applied"
+                );
             }
             Applied::Retry(reason) => {
                 let attempts = events.iter().map(|e| e.attempts).max().unwrap_or(0) + 1;
@@ -250,11 +257,13 @@ impl WebhookWorker {
             }
         }
         if !imports || (to_read.is_empty() && carried.is_empty()) {
-            return Ok(Applied::Done(if imports || provider == ProviderId::Mailchimp {
-                "applied"
-            } else {
-                "dropped"
-            }));
+            return Ok(Applied::Done(
+                if imports || provider == ProviderId::Mailchimp {
+                    "applied"
+                } else {
+                    "dropped"
+                },
+            ));
         }
         let mut contacts = carried;
         if !to_read.is_empty() {
@@ -289,7 +298,10 @@ impl WebhookWorker {
             .save_provider_fingerprints(&integration.id, &counts.synced, epoch)
             .await?;
         if counts.over_limit > 0 {
-            tracing::info!(over_limit = counts.over_limit, "contacts from a provider webhook not imported: the plan's contact limit");
+            tracing::info!(
+                over_limit = counts.over_limit,
+                "contacts from a provider webhook not imported: the plan's contact limit"
+            );
         }
         Ok(Applied::Done("applied"))
     }
@@ -328,7 +340,8 @@ impl WebhookWorker {
             match feed.contacts_by_id(ids).await {
                 Ok(contacts) => return Ok(contacts),
                 Err(ProviderError::Unauthorized(_))
-                    if rejected.is_none() && integration.provider.spec().auth == AuthKind::OAuth2 =>
+                    if rejected.is_none()
+                        && integration.provider.spec().auth == AuthKind::OAuth2 =>
                 {
                     rejected = Some(
                         credentials
@@ -353,7 +366,9 @@ impl WebhookWorker {
         let now = Utc::now();
         match self.store.pending_provider_event_count().await {
             Ok(n) => metrics::gauge!("integration_webhook_events_pending").set(n as f64),
-            Err(e) => tracing::warn!(error = %error_chain(&e), "cannot count pending provider webhook events"),
+            Err(e) => {
+                tracing::warn!(error = %error_chain(&e), "cannot count pending provider webhook events")
+            }
         }
         if let Err(e) = self.store.prune_provider_events(now - KEEP_DONE).await {
             tracing::warn!(error = %error_chain(&e), "cannot prune applied provider webhook events");
@@ -372,7 +387,9 @@ impl WebhookWorker {
                     self.renew_zoho(registration).await;
                 }
             }
-            Err(e) => tracing::warn!(error = %error_chain(&e), "cannot read the Zoho channels to renew"),
+            Err(e) => {
+                tracing::warn!(error = %error_chain(&e), "cannot read the Zoho channels to renew")
+            }
         }
     }
 
@@ -402,7 +419,10 @@ impl WebhookWorker {
             return;
         };
         let token = random_secret();
-        let channel = registration.remote_id.clone().unwrap_or_else(random_channel_id);
+        let channel = registration
+            .remote_id
+            .clone()
+            .unwrap_or_else(random_channel_id);
         let expires_at = Utc::now() + ZOHO_CHANNEL_LIFETIME;
         let url = webhook_url(&self.real_time.public_base_url, ProviderId::ZohoCrm, None);
         let request = FeedRequest {

@@ -210,7 +210,10 @@ pub fn zoho_notification(body: &[u8]) -> Result<ZohoNotification, Refusal> {
     let body: ZohoBody =
         serde_json::from_slice(body).map_err(|e| Refusal::Unreadable(e.to_string()))?;
     let channel_id = id_text(&body.channel_id).ok_or(Refusal::Unsigned)?;
-    let token = body.token.filter(|t| !t.is_empty()).ok_or(Refusal::Unsigned)?;
+    let token = body
+        .token
+        .filter(|t| !t.is_empty())
+        .ok_or(Refusal::Unsigned)?;
     if body.ids.len() > MAX_EVENTS {
         return Err(Refusal::Unreadable("too many ids".into()));
     }
@@ -242,18 +245,44 @@ mod tests {
 
     #[test]
     fn a_hubspot_signature_is_checked_over_method_uri_body_and_timestamp() {
-        let (uri, body, now) = ("https://x.test/integrations/webhook/hubspot", "[]", 1_000_000);
+        let (uri, body, now) = (
+            "https://x.test/integrations/webhook/hubspot",
+            "[]",
+            1_000_000,
+        );
         let ts = "999000";
         let good = sign("s3cret", "POST", uri, body, ts);
         let check = |sig: &str, ts: &str, uri: &str, body: &str| {
-            verify_hubspot(b"s3cret", "POST", uri, body.as_bytes(), Some(sig), Some(ts), now)
+            verify_hubspot(
+                b"s3cret",
+                "POST",
+                uri,
+                body.as_bytes(),
+                Some(sig),
+                Some(ts),
+                now,
+            )
         };
         assert_eq!(check(&good, ts, uri, body), Ok(()));
         assert_eq!(check(&good, ts, uri, "[ ]"), Err(Refusal::BadSignature));
-        assert_eq!(check(&good, ts, "https://y.test/integrations/webhook/hubspot", body), Err(Refusal::BadSignature));
-        assert_eq!(check(&good, "999001", uri, body), Err(Refusal::BadSignature));
+        assert_eq!(
+            check(
+                &good,
+                ts,
+                "https://y.test/integrations/webhook/hubspot",
+                body
+            ),
+            Err(Refusal::BadSignature)
+        );
+        assert_eq!(
+            check(&good, "999001", uri, body),
+            Err(Refusal::BadSignature)
+        );
         let old = (now - HUBSPOT_MAX_AGE_MS - 1).to_string();
-        assert_eq!(check(&sign("s3cret", "POST", uri, body, &old), &old, uri, body), Err(Refusal::Stale));
+        assert_eq!(
+            check(&sign("s3cret", "POST", uri, body, &old), &old, uri, body),
+            Err(Refusal::Stale)
+        );
         assert_eq!(
             verify_hubspot(b"s3cret", "POST", uri, body.as_bytes(), None, Some(ts), now),
             Err(Refusal::Unsigned)
@@ -279,7 +308,11 @@ mod tests {
         assert_eq!(kind, "unsubscribe");
         assert_eq!(event.email.as_deref(), Some("Ann@x.test"));
         assert_eq!(event.first_name.as_deref(), Some("Ann"));
-        assert!(mailchimp_event(b"type=campaign&data%5Bid%5D=1").expect("read").is_none());
+        assert!(
+            mailchimp_event(b"type=campaign&data%5Bid%5D=1")
+                .expect("read")
+                .is_none()
+        );
         assert!(mailchimp_event(b"type=subscribe").is_err());
     }
 
@@ -290,6 +323,9 @@ mod tests {
         assert_eq!((n.channel_id.as_str(), n.token.as_str()), ("1000", "t"));
         assert_eq!(n.event.ids, vec!["5".to_string(), "6".to_string()]);
         let no_token = br#"{"channel_id":"1000","operation":"update","ids":["5"]}"#;
-        assert!(matches!(zoho_notification(no_token), Err(Refusal::Unsigned)));
+        assert!(matches!(
+            zoho_notification(no_token),
+            Err(Refusal::Unsigned)
+        ));
     }
 }

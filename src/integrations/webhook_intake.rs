@@ -71,7 +71,10 @@ impl Integrations {
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
         let uri = format!(
             "{}{path_and_query}",
-            self.real_time.public_base_url.as_str().trim_end_matches('/')
+            self.real_time
+                .public_base_url
+                .as_str()
+                .trim_end_matches('/')
         );
         webhook_events::verify_hubspot(
             secret.expose_secret().as_bytes(),
@@ -107,7 +110,11 @@ impl Integrations {
     }
 
     /// A Mailchimp delivery to a connection's secret URL.
-    pub async fn mailchimp_webhook(&self, secret: &str, body: &[u8]) -> Result<Intake, IntakeError> {
+    pub async fn mailchimp_webhook(
+        &self,
+        secret: &str,
+        body: &[u8],
+    ) -> Result<Intake, IntakeError> {
         let Some((kind, event)) = webhook_events::mailchimp_event(body)? else {
             return Ok(Intake::Dropped);
         };
@@ -119,11 +126,7 @@ impl Integrations {
             return Ok(Intake::Dropped);
         };
         // Mailchimp's deliveries carry no id: the delivery's bytes tell a redelivery.
-        let key = format!(
-            "mailchimp:{}:{}",
-            digest(body),
-            registration.integration_id
-        );
+        let key = format!("mailchimp:{}:{}", digest(body), registration.integration_id);
         self.keep(vec![new_event(&registration, key, &kind, &event)])
             .await
     }
@@ -142,11 +145,7 @@ impl Integrations {
         if notification.event.ids.is_empty() {
             return Ok(Intake::Dropped);
         }
-        let key = format!(
-            "zoho_crm:{}:{}",
-            digest(body),
-            registration.integration_id
-        );
+        let key = format!("zoho_crm:{}:{}", digest(body), registration.integration_id);
         self.keep(vec![new_event(
             &registration,
             key,
@@ -160,7 +159,10 @@ impl Integrations {
         if events.is_empty() {
             return Ok(Intake::Dropped);
         }
-        let stored = self.store.store_provider_events(&events, Utc::now()).await?;
+        let stored = self
+            .store
+            .store_provider_events(&events, Utc::now())
+            .await?;
         if stored == 0 {
             return Ok(Intake::Duplicate);
         }

@@ -10,8 +10,8 @@ use serde_json::{Map, Value, json};
 use url::Url;
 
 use super::{
-    ChangeFeed, ContactSink, ContactSource, FeedRequest, Subscribed, ImportPage, ProviderError, PushReport, http::Client, json_fields,
-    remote_contact, required,
+    ChangeFeed, ContactSink, ContactSource, FeedRequest, ImportPage, ProviderError, PushReport,
+    Subscribed, http::Client, json_fields, remote_contact, required,
 };
 use crate::domain::{
     contact::{Contact, RemoteContact},

@@ -10,8 +10,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{
-    ChangeFeed, ContactSink, ContactSource, FeedRequest, Subscribed, ImportPage, ProviderError, PushReport, http::Client, json_fields,
-    remote_contact, required,
+    ChangeFeed, ContactSink, ContactSource, FeedRequest, ImportPage, ProviderError, PushReport,
+    Subscribed, http::Client, json_fields, remote_contact, required,
 };
 use crate::domain::{
     contact::{Contact, non_blank},

@@ -12,8 +12,8 @@ use serde_json::{Map, Value, json};
 use url::Url;
 
 use super::{
-    ChangeFeed, ContactSink, ContactSource, FeedRequest, Subscribed, ImportPage, ProviderError, PushReport, api_base, http::Client,
-    json_fields, remote_contact, required,
+    ChangeFeed, ContactSink, ContactSource, FeedRequest, ImportPage, ProviderError, PushReport,
+    Subscribed, api_base, http::Client, json_fields, remote_contact, required,
 };
 use crate::domain::credentials::keys;
 use crate::domain::{

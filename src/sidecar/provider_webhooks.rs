@@ -51,8 +51,10 @@ pub(super) fn route_of(path: &str) -> Option<Route> {
         "zoho_crm" => Some(Route::Zoho),
         rest => {
             let secret = rest.strip_prefix("mailchimp/")?;
-            (!secret.is_empty() && secret.len() <= 128 && secret.bytes().all(|b| b.is_ascii_alphanumeric()))
-                .then_some(Route::Mailchimp)
+            (!secret.is_empty()
+                && secret.len() <= 128
+                && secret.bytes().all(|b| b.is_ascii_alphanumeric()))
+            .then_some(Route::Mailchimp)
         }
     }
 }

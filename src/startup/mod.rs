@@ -37,8 +37,7 @@ use crate::{
     },
     integrations::{
         Integrations, IntegrationsSettings, oauth::OAuth, scheduler, sync_worker::SyncWorker,
-        tokens::TokenKeeper,
-        webhook_apply::WebhookWorker,
+        tokens::TokenKeeper, webhook_apply::WebhookWorker,
     },
     payments::sandbox::Sandbox,
     providers::{ProviderEndpoints, Providers, RateLimits},

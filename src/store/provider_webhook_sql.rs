@@ -253,7 +253,7 @@ macro_rules! provider_webhook_store {
                     now: DateTime<Utc>,
                 ) -> Result<bool, StoreError> {
                     let mut tx = self.pool.begin().await?;
-                    let held: Option<i64> = sqlx::query_scalar(concat!(
+                    let held: Option<i32> = sqlx::query_scalar(concat!(
                         "SELECT 1 FROM integration_webhooks WHERE integration_id = $1",
                         $id,
                         " AND lease_owner = $2 AND lease_until > $3"
@@ -452,6 +452,7 @@ macro_rules! provider_webhook_store {
                     &self,
                     integration_id: &str,
                     event: SyncHealthEvent,
+                    error: Option<&str>,
                     now: DateTime<Utc>,
                 ) -> Result<(), StoreError> {
                     let mut tx = self.pool.begin().await?;
@@ -463,18 +464,20 @@ macro_rules! provider_webhook_store {
                     if let Some(failed) = failures {
                         sqlx::query(concat!(
                             "INSERT INTO integration_health (integration_id, failures_in_a_row, \
-                             last_success_at) SELECT id, CASE WHEN $2 THEN 1 ELSE 0 END, \
-                             CASE WHEN $3 THEN $4 ELSE NULL END FROM integrations WHERE id = $1",
+                             last_success_at, last_failure) SELECT id, CASE WHEN $2 THEN 1 ELSE 0 END, \
+                             CASE WHEN $3 THEN $4 ELSE NULL END, $5 FROM integrations WHERE id = $1",
                             $id,
                             " ON CONFLICT (integration_id) DO UPDATE SET failures_in_a_row = \
                              CASE WHEN $2 THEN integration_health.failures_in_a_row + 1 ELSE 0 END, \
                              last_success_at = CASE WHEN $3 THEN $4 \
-                             ELSE integration_health.last_success_at END"
+                             ELSE integration_health.last_success_at END, \
+                             last_failure = CASE WHEN $2 THEN $5 ELSE NULL END"
                         ))
                         .bind(integration_id)
                         .bind(failed)
                         .bind(success)
                         .bind(now)
+                        .bind(error)
                         .execute(&mut *tx)
                         .await?;
                     }
@@ -513,9 +516,11 @@ macro_rules! provider_webhook_store {
                     user: &UserId,
                     since: DateTime<Utc>,
                 ) -> Result<Vec<(String, HealthFacts)>, StoreError> {
-                    let rows: Vec<(String, Option<i32>, Option<DateTime<Utc>>, i64, i64)> =
+                    type Row = (String, Option<i32>, Option<DateTime<Utc>>, Option<String>, i64, i64);
+                    let rows: Vec<Row> =
                         sqlx::query_as(concat!(
                             "SELECT i.id", $text, ", h.failures_in_a_row, h.last_success_at, \
+                             h.last_failure, \
                              (SELECT COUNT(*) FROM integration_incidents x WHERE \
                              x.integration_id = i.id AND x.kind = 'failure' AND x.at >= $2), \
                              (SELECT COUNT(*) FROM integration_incidents x WHERE \
@@ -529,7 +534,7 @@ macro_rules! provider_webhook_store {
                         .await?;
                     Ok(rows
                         .into_iter()
-                        .map(|(id, in_a_row, last_success_at, failures, waits)| {
+                        .map(|(id, in_a_row, last_success_at, last_failure, failures, waits)| {
                             (
                                 id,
                                 HealthFacts {
@@ -537,6 +542,7 @@ macro_rules! provider_webhook_store {
                                         .and_then(|n| u32::try_from(n).ok())
                                         .unwrap_or(0),
                                     last_success_at,
+                                    last_failure,
                                     failures_24h: count(failures),
                                     rate_limit_waits_24h: count(waits),
                                 },

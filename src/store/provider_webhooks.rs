@@ -188,6 +188,7 @@ pub trait HealthStore: Send + Sync {
         &self,
         integration_id: &str,
         event: SyncHealthEvent,
+        error: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError>;
 

@@ -98,15 +98,19 @@ impl Feeds {
             if method == "POST" && tail.is_empty() {
                 if s.failing > 0 {
                     s.failing -= 1;
-                    return Some(answer(503, json!({"title": "Service Unavailable", "status": 503})));
+                    return Some(answer(
+                        503,
+                        json!({"title": "Service Unavailable", "status": 503}),
+                    ));
                 }
                 let url = body["url"].as_str().unwrap_or_default().to_string();
                 if !url.starts_with("http") {
                     s.problems.push(format!("mailchimp webhook url {url:?}"));
                 }
                 if body["sources"]["api"] != json!(false) {
-                    s.problems
-                        .push("mailchimp webhook also for API changes (echoes our own pushes)".into());
+                    s.problems.push(
+                        "mailchimp webhook also for API changes (echoes our own pushes)".into(),
+                    );
                 }
                 s.next_id += 1;
                 let id = format!("wh{}", s.next_id);
@@ -116,11 +120,16 @@ impl Feeds {
                     json!({"id": id, "url": url, "list_id": list, "events": body["events"], "sources": body["sources"]}),
                 ));
             }
-            if method == "DELETE" && let Some(id) = tail.strip_prefix('/') {
+            if method == "DELETE"
+                && let Some(id) = tail.strip_prefix('/')
+            {
                 let before = s.webhooks.len();
                 s.webhooks.retain(|(w, _)| w != id);
                 if s.webhooks.len() == before {
-                    return Some(answer(404, json!({"title": "Resource Not Found", "status": 404})));
+                    return Some(answer(
+                        404,
+                        json!({"title": "Resource Not Found", "status": 404}),
+                    ));
                 }
                 s.deleted_webhooks.push(id.to_string());
                 return Some(ResponseTemplate::new(204));
@@ -135,32 +144,53 @@ impl Feeds {
                     .find(|(k, _)| k == "channel_ids")
                     .map(|(_, v)| v.into_owned())
                     .unwrap_or_default();
-                s.channels.retain(|c| !ids.split(',').any(|id| id == c.channel_id));
-                return Some(answer(200, json!({"watch": [{"code": "SUCCESS", "status": "success", "message": "Successfully unsubscribed"}]})));
+                s.channels
+                    .retain(|c| !ids.split(',').any(|id| id == c.channel_id));
+                return Some(answer(
+                    200,
+                    json!({"watch": [{"code": "SUCCESS", "status": "success", "message": "Successfully unsubscribed"}]}),
+                ));
             }
             if s.failing > 0 {
                 s.failing -= 1;
-                return Some(answer(500, json!({"code": "INTERNAL_ERROR", "status": "error", "message": "try later"})));
+                return Some(answer(
+                    500,
+                    json!({"code": "INTERNAL_ERROR", "status": "error", "message": "try later"}),
+                ));
             }
             let watch = &body["watch"][0];
             let Some(channel_id) = watch["channel_id"].as_u64() else {
-                return Some(answer(400, json!({"watch": [{"code": "INVALID_DATA", "status": "error", "message": "channel_id must be a long"}]})));
+                return Some(answer(
+                    400,
+                    json!({"watch": [{"code": "INVALID_DATA", "status": "error", "message": "channel_id must be a long"}]}),
+                ));
             };
-            if watch["events"] != json!(["Contacts.all"]) || watch["notify_url"].as_str().is_none() {
+            if watch["events"] != json!(["Contacts.all"]) || watch["notify_url"].as_str().is_none()
+            {
                 s.problems.push(format!("zoho watch body {watch}"));
             }
             let channel = Channel {
                 channel_id: channel_id.to_string(),
                 token: watch["token"].as_str().unwrap_or_default().to_string(),
                 notify_url: watch["notify_url"].as_str().unwrap_or_default().to_string(),
-                expiry: watch["channel_expiry"].as_str().unwrap_or_default().to_string(),
+                expiry: watch["channel_expiry"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
             };
             if channel.token.len() > 50 {
-                s.problems.push("zoho channel token longer than 50 characters".into());
+                s.problems
+                    .push("zoho channel token longer than 50 characters".into());
             }
-            let known = s.channels.iter().any(|c| c.channel_id == channel.channel_id);
+            let known = s
+                .channels
+                .iter()
+                .any(|c| c.channel_id == channel.channel_id);
             if method == "PATCH" && !known {
-                return Some(answer(400, json!({"watch": [{"code": "INVALID_DATA", "status": "error", "message": "no such channel"}]})));
+                return Some(answer(
+                    400,
+                    json!({"watch": [{"code": "INVALID_DATA", "status": "error", "message": "no such channel"}]}),
+                ));
             }
             s.channels.retain(|c| c.channel_id != channel.channel_id);
             s.channels.push(channel.clone());

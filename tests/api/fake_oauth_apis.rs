@@ -721,11 +721,16 @@ fn zoho_by_ids(s: &mut State, ids: &str) -> ResponseTemplate {
         .records
         .iter()
         .filter(|r| asked.contains(&r.id.as_str()))
-        .map(|r| json!({"id": r.id, "Email": r.email, "First_Name": r.fields.get("first"),
-            "Last_Name": r.fields.get("last"), "Modified_Time": r.modified.replace('Z', "+00:00")}))
+        .map(|r| {
+            json!({"id": r.id, "Email": r.email, "First_Name": r.fields.get("first"),
+            "Last_Name": r.fields.get("last"), "Modified_Time": r.modified.replace('Z', "+00:00")})
+        })
         .collect();
     if data.is_empty() {
         return ResponseTemplate::new(204);
     }
-    json_answer(200, json!({"data": data, "info": {"count": data.len(), "more_records": false}}))
+    json_answer(
+        200,
+        json!({"data": data, "info": {"count": data.len(), "more_records": false}}),
+    )
 }

@@ -734,10 +734,17 @@ fn hubspot_batch_read(state: &mut State, body: &Value) -> ResponseTemplate {
     state.batch_reads += 1;
     let inputs = body["inputs"].as_array().cloned().unwrap_or_default();
     if inputs.is_empty() || inputs.len() > 100 {
-        state.problems.push(format!("batch read of {} ids", inputs.len()));
+        state
+            .problems
+            .push(format!("batch read of {} ids", inputs.len()));
     }
-    if !body["properties"].as_array().is_some_and(|p| p.iter().any(|v| v == "email")) {
-        state.problems.push("batch read without the email property".into());
+    if !body["properties"]
+        .as_array()
+        .is_some_and(|p| p.iter().any(|v| v == "email"))
+    {
+        state
+            .problems
+            .push("batch read without the email property".into());
     }
     let mut results = Vec::new();
     let mut missing = Vec::new();

@@ -30,6 +30,7 @@ macro_rules! test_modules {
 }
 
 test_modules!(
+    alert_rules,
     attacks,
     auth,
     billing,
