@@ -60,6 +60,9 @@ export default async function ({ page, env, shot, step }) {
   const salesforce = page.locator('[data-provider="salesforce"]');
   await salesforce.getByTestId("integration-status").filter({ hasText: "Needs re-authorisation" }).waitFor();
   await salesforce.getByRole("button", { name: "Reconnect Salesforce" }).waitFor();
+  // Health says what the user can do.
+  await salesforce.getByTestId("integration-health").filter({ hasText: "Needs attention" }).waitFor();
+  await salesforce.getByText("connect it again to fix it").waitFor();
   await shot("connections-in-trouble");
   await page.getByRole("link", { name: "Billing" }).click();
 

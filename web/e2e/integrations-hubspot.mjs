@@ -24,6 +24,7 @@ export default async function ({ page, env, shot, step }) {
   await dialog.getByRole("button", { name: "Connect", exact: true }).click();
   await toast(page, "HubSpot is connected.");
   await card.getByTestId("integration-status").filter({ hasText: "Active" }).waitFor();
+  await card.getByTestId("integration-health").filter({ hasText: "Healthy" }).waitFor();
 
   step("sync: the progress bar moves to 100 %");
   await card.getByRole("button", { name: "Sync HubSpot now" }).click();

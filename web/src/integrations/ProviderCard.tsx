@@ -11,7 +11,7 @@ import { useToast } from "../components/Toasts";
 import { useSession } from "../context";
 import { dateTime } from "../format";
 import { ConnectDialog } from "./ConnectDialog";
-import { integrationLabel } from "./labels";
+import { healthAdvice, healthLabel, integrationLabel } from "./labels";
 import { SettingsDialog } from "./SettingsDialog";
 import { SyncProgress } from "./SyncProgress";
 
@@ -136,11 +136,39 @@ export function ProviderCard({ provider, integration, onChanged }: Props) {
 function StatusLine({ integration }: { integration: Integration }) {
   const [label, tone] = integrationLabel(integration.status);
   return (
-    <p className="status-line" data-testid="integration-status">
-      <Badge tone={tone}>{label}</Badge>
-      {integration.status !== IntegrationStatus.ACTIVE && integration.lastError && (
-        <span className="status-reason">{integration.lastError}</span>
-      )}
-    </p>
+    <>
+      <p className="status-line" data-testid="integration-status">
+        <Badge tone={tone}>{label}</Badge>
+        {integration.status !== IntegrationStatus.ACTIVE && integration.lastError && (
+          <span className="status-reason">{integration.lastError}</span>
+        )}
+      </p>
+      <HealthLine integration={integration} />
+    </>
+  );
+}
+
+/** The connection's health and what the user can do about it. */
+function HealthLine({ integration }: { integration: Integration }) {
+  const health = integration.health;
+  if (!health) return null;
+  const [label, tone] = healthLabel(health.state);
+  const advice = healthAdvice(health.state);
+  const recent: string[] = [];
+  if (health.failuresLastDay > 0) recent.push(`${health.failuresLastDay} failed in the last day`);
+  if (health.rateLimitWaitsLastDay > 0) recent.push(`${health.rateLimitWaitsLastDay} waited for the provider's limit`);
+  return (
+    <div className="health" data-testid="integration-health">
+      <p className="status-line">
+        <Badge tone={tone}>{label}</Badge>
+        {health.lastError && <span className="status-reason">{health.lastError}</span>}
+      </p>
+      {advice && <p className="hint">{advice}</p>}
+      <p className="hint">
+        {health.lastSuccessTime ? `Last good sync ${dateTime(health.lastSuccessTime)}` : "No sync has succeeded yet"}
+        {recent.length > 0 && ` · ${recent.join(", ")}`}
+        {health.tokenExpireTime && ` · access renews by itself (current token until ${dateTime(health.tokenExpireTime)})`}
+      </p>
+    </div>
   );
 }

@@ -1,5 +1,5 @@
 // Words for integration and sync job states.
-import { IntegrationStatus, SyncJobState } from "../gen/nexus/integrations/v1/integrations_pb";
+import { HealthState, IntegrationStatus, SyncJobState } from "../gen/nexus/integrations/v1/integrations_pb";
 import type { Tone } from "../components/Badge";
 
 export function integrationLabel(status: IntegrationStatus): [string, Tone] {
@@ -12,6 +12,35 @@ export function integrationLabel(status: IntegrationStatus): [string, Tone] {
       return ["Needs re-authorisation", "amber"];
     default:
       return ["Unknown", "grey"];
+  }
+}
+
+export function healthLabel(state: HealthState): [string, Tone] {
+  switch (state) {
+    case HealthState.HEALTHY:
+      return ["Healthy", "green"];
+    case HealthState.DEGRADED:
+      return ["Retrying", "amber"];
+    case HealthState.FAILING:
+      return ["Failing", "red"];
+    case HealthState.NEEDS_ATTENTION:
+      return ["Needs attention", "red"];
+    default:
+      return ["Unknown", "grey"];
+  }
+}
+
+/** What the user can do about a connection's health (nothing when it is healthy). */
+export function healthAdvice(state: HealthState): string | null {
+  switch (state) {
+    case HealthState.DEGRADED:
+      return "A sync failed and is retried by itself; nothing to do unless it keeps failing.";
+    case HealthState.FAILING:
+      return "Several syncs in a row failed. Check the reason above and the provider's status, then choose Sync now to try again.";
+    case HealthState.NEEDS_ATTENTION:
+      return "The provider refused this connection: connect it again to fix it.";
+    default:
+      return null;
   }
 }
 

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file nexus/integrations/v1/integrations.proto.
  */
 export const file_nexus_integrations_v1_integrations: GenFile = /*@__PURE__*/
-  fileDesc("CihuZXh1cy9pbnRlZ3JhdGlvbnMvdjEvaW50ZWdyYXRpb25zLnByb3RvEhVuZXh1cy5pbnRlZ3JhdGlvbnMudjEiMgoJUmF0ZUxpbWl0EhAKCHJlcXVlc3RzGAEgASgFEhMKC3Blcl9zZWNvbmRzGAIgASgFIpMBCg9DcmVkZW50aWFsRmllbGQSCwoDa2V5GAEgASgJEg0KBWxhYmVsGAIgASgJEjQKCmlucHV0X3R5cGUYAyABKA4yIC5uZXh1cy5pbnRlZ3JhdGlvbnMudjEuSW5wdXRUeXBlEg4KBnNlY3JldBgEIAEoCBIQCghyZXF1aXJlZBgFIAEoCBIMCgRoZWxwGAYgASgJIoABCgxTZXR0aW5nRmllbGQSCwoDa2V5GAEgASgJEg0KBWxhYmVsGAIgASgJEjQKCmlucHV0X3R5cGUYAyABKA4yIC5uZXh1cy5pbnRlZ3JhdGlvbnMudjEuSW5wdXRUeXBlEhAKCHJlcXVpcmVkGAQgASgIEgwKBGhlbHAYBSABKAki6wMKDFByb3ZpZGVySW5mbxIxCghwcm92aWRlchgBIAEoDjIfLm5leHVzLmludGVncmF0aW9ucy52MS5Qcm92aWRlchIMCgRzbHVnGAIgASgJEgwKBG5hbWUYAyABKAkSEwoLZGVzY3JpcHRpb24YBCABKAkSEAoIaWNvbl91cmwYBSABKAkSMgoJYXV0aF9raW5kGAYgASgOMh8ubmV4dXMuaW50ZWdyYXRpb25zLnYxLkF1dGhLaW5kEkEKEWNyZWRlbnRpYWxfZmllbGRzGAcgAygLMiYubmV4dXMuaW50ZWdyYXRpb25zLnYxLkNyZWRlbnRpYWxGaWVsZBI7Cg5zZXR0aW5nX2ZpZWxkcxgIIAMoCzIjLm5leHVzLmludGVncmF0aW9ucy52MS5TZXR0aW5nRmllbGQSEgoKYmF0Y2hfc2l6ZRgJIAEoBRI0CgpyYXRlX2xpbWl0GAogASgLMiAubmV4dXMuaW50ZWdyYXRpb25zLnYxLlJhdGVMaW1pdBIRCglhdmFpbGFibGUYCyABKAgSGgoSdW5hdmFpbGFibGVfcmVhc29uGAwgASgJEjgKCmRpcmVjdGlvbnMYDSADKA4yJC5uZXh1cy5pbnRlZ3JhdGlvbnMudjEuU3luY0RpcmVjdGlvbiKlAwoLSW50ZWdyYXRpb24SCgoCaWQYASABKAkSMQoIcHJvdmlkZXIYAiABKA4yHy5uZXh1cy5pbnRlZ3JhdGlvbnMudjEuUHJvdmlkZXISOAoGc3RhdHVzGAMgASgOMigubmV4dXMuaW50ZWdyYXRpb25zLnYxLkludGVncmF0aW9uU3RhdHVzEjIKDmxhc3Rfc3luY190aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgpsYXN0X2Vycm9yGAUgASgJEkIKCHNldHRpbmdzGAYgAygLMjAubmV4dXMuaW50ZWdyYXRpb25zLnYxLkludGVncmF0aW9uLlNldHRpbmdzRW50cnkSLwoLY3JlYXRlX3RpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBovCg1TZXR0aW5nc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiLwoNUmVjb3JkRmFpbHVyZRINCgVlbWFpbBgBIAEoCRIPCgdtZXNzYWdlGAIgASgJIu4ECgdTeW5jSm9iEgoKAmlkGAEgASgJEhYKDmludGVncmF0aW9uX2lkGAIgASgJEjEKCHByb3ZpZGVyGAMgASgOMh8ubmV4dXMuaW50ZWdyYXRpb25zLnYxLlByb3ZpZGVyEjcKCWRpcmVjdGlvbhgEIAEoDjIkLm5leHVzLmludGVncmF0aW9ucy52MS5TeW5jRGlyZWN0aW9uEjIKBXN0YXRlGAUgASgOMiMubmV4dXMuaW50ZWdyYXRpb25zLnYxLlN5bmNKb2JTdGF0ZRIVCg1jb250YWN0c19kb25lGAYgASgDEhYKDmNvbnRhY3RzX3RvdGFsGAcgASgDEjYKCGZhaWx1cmVzGAggAygLMiQubmV4dXMuaW50ZWdyYXRpb25zLnYxLlJlY29yZEZhaWx1cmUSGAoQY29udGFjdHNfc2tpcHBlZBgJIAEoAxIWCg5za2lwcGVkX3JlYXNvbhgKIAEoCRISCgpsYXN0X2Vycm9yGAsgASgJEhAKCGF0dGVtcHRzGAwgASgFEjUKEW5leHRfYXR0ZW1wdF90aW1lGA0gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtjcmVhdGVfdGltZRgOIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKc3RhcnRfdGltZRgPIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLZmluaXNoX3RpbWUYECABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhcKD2NvbnRhY3RzX2ZhaWxlZBgRIAEoAyIWChRMaXN0UHJvdmlkZXJzUmVxdWVzdCJPChVMaXN0UHJvdmlkZXJzUmVzcG9uc2USNgoJcHJvdmlkZXJzGAEgAygLMiMubmV4dXMuaW50ZWdyYXRpb25zLnYxLlByb3ZpZGVySW5mbyIZChdMaXN0SW50ZWdyYXRpb25zUmVxdWVzdCJUChhMaXN0SW50ZWdyYXRpb25zUmVzcG9uc2USOAoMaW50ZWdyYXRpb25zGAEgAygLMiIubmV4dXMuaW50ZWdyYXRpb25zLnYxLkludGVncmF0aW9uIt0CChlDb25uZWN0SW50ZWdyYXRpb25SZXF1ZXN0EjEKCHByb3ZpZGVyGAEgASgOMh8ubmV4dXMuaW50ZWdyYXRpb25zLnYxLlByb3ZpZGVyElYKC2NyZWRlbnRpYWxzGAIgAygLMkEubmV4dXMuaW50ZWdyYXRpb25zLnYxLkNvbm5lY3RJbnRlZ3JhdGlvblJlcXVlc3QuQ3JlZGVudGlhbHNFbnRyeRJQCghzZXR0aW5ncxgDIAMoCzI+Lm5leHVzLmludGVncmF0aW9ucy52MS5Db25uZWN0SW50ZWdyYXRpb25SZXF1ZXN0LlNldHRpbmdzRW50cnkaMgoQQ3JlZGVudGlhbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBGi8KDVNldHRpbmdzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJVChpDb25uZWN0SW50ZWdyYXRpb25SZXNwb25zZRI3CgtpbnRlZ3JhdGlvbhgBIAEoCzIiLm5leHVzLmludGVncmF0aW9ucy52MS5JbnRlZ3JhdGlvbiJRChxEaXNjb25uZWN0SW50ZWdyYXRpb25SZXF1ZXN0EjEKCHByb3ZpZGVyGAEgASgOMh8ubmV4dXMuaW50ZWdyYXRpb25zLnYxLlByb3ZpZGVyIh8KHURpc2Nvbm5lY3RJbnRlZ3JhdGlvblJlc3BvbnNlIpIBChZTeW5jSW50ZWdyYXRpb25SZXF1ZXN0EjEKCHByb3ZpZGVyGAEgASgOMh8ubmV4dXMuaW50ZWdyYXRpb25zLnYxLlByb3ZpZGVyEjcKCWRpcmVjdGlvbhgCIAEoDjIkLm5leHVzLmludGVncmF0aW9ucy52MS5TeW5jRGlyZWN0aW9uEgwKBGZ1bGwYAyABKAgiRgoXU3luY0ludGVncmF0aW9uUmVzcG9uc2USKwoDam9iGAEgASgLMh4ubmV4dXMuaW50ZWdyYXRpb25zLnYxLlN5bmNKb2IiHwoRR2V0U3luY0pvYlJlcXVlc3QSCgoCaWQYASABKAkiQQoSR2V0U3luY0pvYlJlc3BvbnNlEisKA2pvYhgBIAEoCzIeLm5leHVzLmludGVncmF0aW9ucy52MS5TeW5jSm9iIiEKE1dhdGNoU3luY0pvYlJlcXVlc3QSCgoCaWQYASABKAkiQwoUV2F0Y2hTeW5jSm9iUmVzcG9uc2USKwoDam9iGAEgASgLMh4ubmV4dXMuaW50ZWdyYXRpb25zLnYxLlN5bmNKb2Ii2QEKEVN0YXJ0T0F1dGhSZXF1ZXN0EjEKCHByb3ZpZGVyGAEgASgOMh8ubmV4dXMuaW50ZWdyYXRpb25zLnYxLlByb3ZpZGVyEhYKDnJlZGlyZWN0X2FmdGVyGAIgASgJEkgKCHNldHRpbmdzGAMgAygLMjYubmV4dXMuaW50ZWdyYXRpb25zLnYxLlN0YXJ0T0F1dGhSZXF1ZXN0LlNldHRpbmdzRW50cnkaLwoNU2V0dGluZ3NFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBImAKElN0YXJ0T0F1dGhSZXNwb25zZRIZChFhdXRob3JpemF0aW9uX3VybBgBIAEoCRIvCgtleHBpcmVfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAifwoUQ29tcGxldGVPQXV0aFJlcXVlc3QSMQoIcHJvdmlkZXIYASABKA4yHy5uZXh1cy5pbnRlZ3JhdGlvbnMudjEuUHJvdmlkZXISDAoEY29kZRgCIAEoCRINCgVzdGF0ZRgDIAEoCRIXCg9hY2NvdW50c19zZXJ2ZXIYBCABKAkiUAoVQ29tcGxldGVPQXV0aFJlc3BvbnNlEjcKC2ludGVncmF0aW9uGAEgASgLMiIubmV4dXMuaW50ZWdyYXRpb25zLnYxLkludGVncmF0aW9uIs8BChhVcGRhdGVJbnRlZ3JhdGlvblJlcXVlc3QSMQoIcHJvdmlkZXIYASABKA4yHy5uZXh1cy5pbnRlZ3JhdGlvbnMudjEuUHJvdmlkZXISTwoIc2V0dGluZ3MYAiADKAsyPS5uZXh1cy5pbnRlZ3JhdGlvbnMudjEuVXBkYXRlSW50ZWdyYXRpb25SZXF1ZXN0LlNldHRpbmdzRW50cnkaLwoNU2V0dGluZ3NFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIlQKGVVwZGF0ZUludGVncmF0aW9uUmVzcG9uc2USNwoLaW50ZWdyYXRpb24YASABKAsyIi5uZXh1cy5pbnRlZ3JhdGlvbnMudjEuSW50ZWdyYXRpb24ibwoTTGlzdFN5bmNKb2JzUmVxdWVzdBIxCghwcm92aWRlchgBIAEoDjIfLm5leHVzLmludGVncmF0aW9ucy52MS5Qcm92aWRlchIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCSJdChRMaXN0U3luY0pvYnNSZXNwb25zZRIsCgRqb2JzGAEgAygLMh4ubmV4dXMuaW50ZWdyYXRpb25zLnYxLlN5bmNKb2ISFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIiIKFENhbmNlbFN5bmNKb2JSZXF1ZXN0EgoKAmlkGAEgASgJIkQKFUNhbmNlbFN5bmNKb2JSZXNwb25zZRIrCgNqb2IYASABKAsyHi5uZXh1cy5pbnRlZ3JhdGlvbnMudjEuU3luY0pvYirfAQoIUHJvdmlkZXISGAoUUFJPVklERVJfVU5TUEVDSUZJRUQQABIXChNQUk9WSURFUl9TQUxFU0ZPUkNFEAESFAoQUFJPVklERVJfSFVCU1BPVBACEhUKEVBST1ZJREVSX1pPSE9fQ1JNEAMSFgoSUFJPVklERVJfTUFJTENISU1QEAQSFQoRUFJPVklERVJfU0VOREdSSUQQBRITCg9QUk9WSURFUl9aQVBJRVIQBhIZChVQUk9WSURFUl9HT09HTEVfRFJJVkUQBxIUChBQUk9WSURFUl9EUk9QQk9YEAgqbQoIQXV0aEtpbmQSGQoVQVVUSF9LSU5EX1VOU1BFQ0lGSUVEEAASFQoRQVVUSF9LSU5EX0FQSV9LRVkQARIUChBBVVRIX0tJTkRfT0FVVEgyEAISGQoVQVVUSF9LSU5EX1dFQkhPT0tfVVJMEAMqgAEKCUlucHV0VHlwZRIaChZJTlBVVF9UWVBFX1VOU1BFQ0lGSUVEEAASEwoPSU5QVVRfVFlQRV9URVhUEAESFwoTSU5QVVRfVFlQRV9QQVNTV09SRBACEhIKDklOUFVUX1RZUEVfVVJMEAMSFQoRSU5QVVRfVFlQRV9OVU1CRVIQBCqZAQoRSW50ZWdyYXRpb25TdGF0dXMSIgoeSU5URUdSQVRJT05fU1RBVFVTX1VOU1BFQ0lGSUVEEAASHQoZSU5URUdSQVRJT05fU1RBVFVTX0FDVElWRRABEhwKGElOVEVHUkFUSU9OX1NUQVRVU19FUlJPUhACEiMKH0lOVEVHUkFUSU9OX1NUQVRVU19ORUVEU19SRUFVVEgQAyp8Cg1TeW5jRGlyZWN0aW9uEh4KGlNZTkNfRElSRUNUSU9OX1VOU1BFQ0lGSUVEEAASFwoTU1lOQ19ESVJFQ1RJT05fUFVTSBABEhkKFVNZTkNfRElSRUNUSU9OX0lNUE9SVBACEhcKE1NZTkNfRElSRUNUSU9OX0JPVEgQAyrXAQoMU3luY0pvYlN0YXRlEh4KGlNZTkNfSk9CX1NUQVRFX1VOU1BFQ0lGSUVEEAASGQoVU1lOQ19KT0JfU1RBVEVfUVVFVUVEEAESGgoWU1lOQ19KT0JfU1RBVEVfUlVOTklORxACEhwKGFNZTkNfSk9CX1NUQVRFX1NVQ0NFRURFRBADEhoKFlNZTkNfSk9CX1NUQVRFX1BBUlRJQUwQBBIZChVTWU5DX0pPQl9TVEFURV9GQUlMRUQQBRIbChdTWU5DX0pPQl9TVEFURV9DQU5DRUxFRBAGMtIKChNJbnRlZ3JhdGlvbnNTZXJ2aWNlEmoKDUxpc3RQcm92aWRlcnMSKy5uZXh1cy5pbnRlZ3JhdGlvbnMudjEuTGlzdFByb3ZpZGVyc1JlcXVlc3QaLC5uZXh1cy5pbnRlZ3JhdGlvbnMudjEuTGlzdFByb3ZpZGVyc1Jlc3BvbnNlEnMKEExpc3RJbnRlZ3JhdGlvbnMSLi5uZXh1cy5pbnRlZ3JhdGlvbnMudjEuTGlzdEludGVncmF0aW9uc1JlcXVlc3QaLy5uZXh1cy5pbnRlZ3JhdGlvbnMudjEuTGlzdEludGVncmF0aW9uc1Jlc3BvbnNlEnkKEkNvbm5lY3RJbnRlZ3JhdGlvbhIwLm5leHVzLmludGVncmF0aW9ucy52MS5Db25uZWN0SW50ZWdyYXRpb25SZXF1ZXN0GjEubmV4dXMuaW50ZWdyYXRpb25zLnYxLkNvbm5lY3RJbnRlZ3JhdGlvblJlc3BvbnNlEoIBChVEaXNjb25uZWN0SW50ZWdyYXRpb24SMy5uZXh1cy5pbnRlZ3JhdGlvbnMudjEuRGlzY29ubmVjdEludGVncmF0aW9uUmVxdWVzdBo0Lm5leHVzLmludGVncmF0aW9ucy52MS5EaXNjb25uZWN0SW50ZWdyYXRpb25SZXNwb25zZRJwCg9TeW5jSW50ZWdyYXRpb24SLS5uZXh1cy5pbnRlZ3JhdGlvbnMudjEuU3luY0ludGVncmF0aW9uUmVxdWVzdBouLm5leHVzLmludGVncmF0aW9ucy52MS5TeW5jSW50ZWdyYXRpb25SZXNwb25zZRJhCgpHZXRTeW5jSm9iEigubmV4dXMuaW50ZWdyYXRpb25zLnYxLkdldFN5bmNKb2JSZXF1ZXN0GikubmV4dXMuaW50ZWdyYXRpb25zLnYxLkdldFN5bmNKb2JSZXNwb25zZRJpCgxXYXRjaFN5bmNKb2ISKi5uZXh1cy5pbnRlZ3JhdGlvbnMudjEuV2F0Y2hTeW5jSm9iUmVxdWVzdBorLm5leHVzLmludGVncmF0aW9ucy52MS5XYXRjaFN5bmNKb2JSZXNwb25zZTABEmEKClN0YXJ0T0F1dGgSKC5uZXh1cy5pbnRlZ3JhdGlvbnMudjEuU3RhcnRPQXV0aFJlcXVlc3QaKS5uZXh1cy5pbnRlZ3JhdGlvbnMudjEuU3RhcnRPQXV0aFJlc3BvbnNlEmoKDUNvbXBsZXRlT0F1dGgSKy5uZXh1cy5pbnRlZ3JhdGlvbnMudjEuQ29tcGxldGVPQXV0aFJlcXVlc3QaLC5uZXh1cy5pbnRlZ3JhdGlvbnMudjEuQ29tcGxldGVPQXV0aFJlc3BvbnNlEnYKEVVwZGF0ZUludGVncmF0aW9uEi8ubmV4dXMuaW50ZWdyYXRpb25zLnYxLlVwZGF0ZUludGVncmF0aW9uUmVxdWVzdBowLm5leHVzLmludGVncmF0aW9ucy52MS5VcGRhdGVJbnRlZ3JhdGlvblJlc3BvbnNlEmcKDExpc3RTeW5jSm9icxIqLm5leHVzLmludGVncmF0aW9ucy52MS5MaXN0U3luY0pvYnNSZXF1ZXN0GisubmV4dXMuaW50ZWdyYXRpb25zLnYxLkxpc3RTeW5jSm9ic1Jlc3BvbnNlEmoKDUNhbmNlbFN5bmNKb2ISKy5uZXh1cy5pbnRlZ3JhdGlvbnMudjEuQ2FuY2VsU3luY0pvYlJlcXVlc3QaLC5uZXh1cy5pbnRlZ3JhdGlvbnMudjEuQ2FuY2VsU3luY0pvYlJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp]);
+  fileDesc("CihuZXh1cy9pbnRlZ3JhdGlvbnMvdjEvaW50ZWdyYXRpb25zLnByb3RvEhVuZXh1cy5pbnRlZ3JhdGlvbnMudjEiMgoJUmF0ZUxpbWl0EhAKCHJlcXVlc3RzGAEgASgFEhMKC3Blcl9zZWNvbmRzGAIgASgFIpMBCg9DcmVkZW50aWFsRmllbGQSCwoDa2V5GAEgASgJEg0KBWxhYmVsGAIgASgJEjQKCmlucHV0X3R5cGUYAyABKA4yIC5uZXh1cy5pbnRlZ3JhdGlvbnMudjEuSW5wdXRUeXBlEg4KBnNlY3JldBgEIAEoCBIQCghyZXF1aXJlZBgFIAEoCBIMCgRoZWxwGAYgASgJIoABCgxTZXR0aW5nRmllbGQSCwoDa2V5GAEgASgJEg0KBWxhYmVsGAIgASgJEjQKCmlucHV0X3R5cGUYAyABKA4yIC5uZXh1cy5pbnRlZ3JhdGlvbnMudjEuSW5wdXRUeXBlEhAKCHJlcXVpcmVkGAQgASgIEgwKBGhlbHAYBSABKAki6wMKDFByb3ZpZGVySW5mbxIxCghwcm92aWRlchgBIAEoDjIfLm5leHVzLmludGVncmF0aW9ucy52MS5Qcm92aWRlchIMCgRzbHVnGAIgASgJEgwKBG5hbWUYAyABKAkSEwoLZGVzY3JpcHRpb24YBCABKAkSEAoIaWNvbl91cmwYBSABKAkSMgoJYXV0aF9raW5kGAYgASgOMh8ubmV4dXMuaW50ZWdyYXRpb25zLnYxLkF1dGhLaW5kEkEKEWNyZWRlbnRpYWxfZmllbGRzGAcgAygLMiYubmV4dXMuaW50ZWdyYXRpb25zLnYxLkNyZWRlbnRpYWxGaWVsZBI7Cg5zZXR0aW5nX2ZpZWxkcxgIIAMoCzIjLm5leHVzLmludGVncmF0aW9ucy52MS5TZXR0aW5nRmllbGQSEgoKYmF0Y2hfc2l6ZRgJIAEoBRI0CgpyYXRlX2xpbWl0GAogASgLMiAubmV4dXMuaW50ZWdyYXRpb25zLnYxLlJhdGVMaW1pdBIRCglhdmFpbGFibGUYCyABKAgSGgoSdW5hdmFpbGFibGVfcmVhc29uGAwgASgJEjgKCmRpcmVjdGlvbnMYDSADKA4yJC5uZXh1cy5pbnRlZ3JhdGlvbnMudjEuU3luY0RpcmVjdGlvbiLfAwoLSW50ZWdyYXRpb24SCgoCaWQYASABKAkSMQoIcHJvdmlkZXIYAiABKA4yHy5uZXh1cy5pbnRlZ3JhdGlvbnMudjEuUHJvdmlkZXISOAoGc3RhdHVzGAMgASgOMigubmV4dXMuaW50ZWdyYXRpb25zLnYxLkludGVncmF0aW9uU3RhdHVzEjIKDmxhc3Rfc3luY190aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgpsYXN0X2Vycm9yGAUgASgJEkIKCHNldHRpbmdzGAYgAygLMjAubmV4dXMuaW50ZWdyYXRpb25zLnYxLkludGVncmF0aW9uLlNldHRpbmdzRW50cnkSLwoLY3JlYXRlX3RpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI4CgZoZWFsdGgYCSABKAsyKC5uZXh1cy5pbnRlZ3JhdGlvbnMudjEuSW50ZWdyYXRpb25IZWFsdGgaLwoNU2V0dGluZ3NFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIqQCChFJbnRlZ3JhdGlvbkhlYWx0aBIxCgVzdGF0ZRgBIAEoDjIiLm5leHVzLmludGVncmF0aW9ucy52MS5IZWFsdGhTdGF0ZRIcChRjb25zZWN1dGl2ZV9mYWlsdXJlcxgCIAEoBRI1ChFsYXN0X3N1Y2Nlc3NfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEgoKbGFzdF9lcnJvchgEIAEoCRIZChFmYWlsdXJlc19sYXN0X2RheRgFIAEoBRIhChlyYXRlX2xpbWl0X3dhaXRzX2xhc3RfZGF5GAYgASgFEjUKEXRva2VuX2V4cGlyZV90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCIvCg1SZWNvcmRGYWlsdXJlEg0KBWVtYWlsGAEgASgJEg8KB21lc3NhZ2UYAiABKAki7gQKB1N5bmNKb2ISCgoCaWQYASABKAkSFgoOaW50ZWdyYXRpb25faWQYAiABKAkSMQoIcHJvdmlkZXIYAyABKA4yHy5uZXh1cy5pbnRlZ3JhdGlvbnMudjEuUHJvdmlkZXISNwoJZGlyZWN0aW9uGAQgASgOMiQubmV4dXMuaW50ZWdyYXRpb25zLnYxLlN5bmNEaXJlY3Rpb24SMgoFc3RhdGUYBSABKA4yIy5uZXh1cy5pbnRlZ3JhdGlvbnMudjEuU3luY0pvYlN0YXRlEhUKDWNvbnRhY3RzX2RvbmUYBiABKAMSFgoOY29udGFjdHNfdG90YWwYByABKAMSNgoIZmFpbHVyZXMYCCADKAsyJC5uZXh1cy5pbnRlZ3JhdGlvbnMudjEuUmVjb3JkRmFpbHVyZRIYChBjb250YWN0c19za2lwcGVkGAkgASgDEhYKDnNraXBwZWRfcmVhc29uGAogASgJEhIKCmxhc3RfZXJyb3IYCyABKAkSEAoIYXR0ZW1wdHMYDCABKAUSNQoRbmV4dF9hdHRlbXB0X3RpbWUYDSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2NyZWF0ZV90aW1lGA4gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydF90aW1lGA8gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtmaW5pc2hfdGltZRgQIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFwoPY29udGFjdHNfZmFpbGVkGBEgASgDIhYKFExpc3RQcm92aWRlcnNSZXF1ZXN0Ik8KFUxpc3RQcm92aWRlcnNSZXNwb25zZRI2Cglwcm92aWRlcnMYASADKAsyIy5uZXh1cy5pbnRlZ3JhdGlvbnMudjEuUHJvdmlkZXJJbmZvIhkKF0xpc3RJbnRlZ3JhdGlvbnNSZXF1ZXN0IlQKGExpc3RJbnRlZ3JhdGlvbnNSZXNwb25zZRI4CgxpbnRlZ3JhdGlvbnMYASADKAsyIi5uZXh1cy5pbnRlZ3JhdGlvbnMudjEuSW50ZWdyYXRpb24i3QIKGUNvbm5lY3RJbnRlZ3JhdGlvblJlcXVlc3QSMQoIcHJvdmlkZXIYASABKA4yHy5uZXh1cy5pbnRlZ3JhdGlvbnMudjEuUHJvdmlkZXISVgoLY3JlZGVudGlhbHMYAiADKAsyQS5uZXh1cy5pbnRlZ3JhdGlvbnMudjEuQ29ubmVjdEludGVncmF0aW9uUmVxdWVzdC5DcmVkZW50aWFsc0VudHJ5ElAKCHNldHRpbmdzGAMgAygLMj4ubmV4dXMuaW50ZWdyYXRpb25zLnYxLkNvbm5lY3RJbnRlZ3JhdGlvblJlcXVlc3QuU2V0dGluZ3NFbnRyeRoyChBDcmVkZW50aWFsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEaLwoNU2V0dGluZ3NFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIlUKGkNvbm5lY3RJbnRlZ3JhdGlvblJlc3BvbnNlEjcKC2ludGVncmF0aW9uGAEgASgLMiIubmV4dXMuaW50ZWdyYXRpb25zLnYxLkludGVncmF0aW9uIlEKHERpc2Nvbm5lY3RJbnRlZ3JhdGlvblJlcXVlc3QSMQoIcHJvdmlkZXIYASABKA4yHy5uZXh1cy5pbnRlZ3JhdGlvbnMudjEuUHJvdmlkZXIiHwodRGlzY29ubmVjdEludGVncmF0aW9uUmVzcG9uc2UikgEKFlN5bmNJbnRlZ3JhdGlvblJlcXVlc3QSMQoIcHJvdmlkZXIYASABKA4yHy5uZXh1cy5pbnRlZ3JhdGlvbnMudjEuUHJvdmlkZXISNwoJZGlyZWN0aW9uGAIgASgOMiQubmV4dXMuaW50ZWdyYXRpb25zLnYxLlN5bmNEaXJlY3Rpb24SDAoEZnVsbBgDIAEoCCJGChdTeW5jSW50ZWdyYXRpb25SZXNwb25zZRIrCgNqb2IYASABKAsyHi5uZXh1cy5pbnRlZ3JhdGlvbnMudjEuU3luY0pvYiIfChFHZXRTeW5jSm9iUmVxdWVzdBIKCgJpZBgBIAEoCSJBChJHZXRTeW5jSm9iUmVzcG9uc2USKwoDam9iGAEgASgLMh4ubmV4dXMuaW50ZWdyYXRpb25zLnYxLlN5bmNKb2IiIQoTV2F0Y2hTeW5jSm9iUmVxdWVzdBIKCgJpZBgBIAEoCSJDChRXYXRjaFN5bmNKb2JSZXNwb25zZRIrCgNqb2IYASABKAsyHi5uZXh1cy5pbnRlZ3JhdGlvbnMudjEuU3luY0pvYiLZAQoRU3RhcnRPQXV0aFJlcXVlc3QSMQoIcHJvdmlkZXIYASABKA4yHy5uZXh1cy5pbnRlZ3JhdGlvbnMudjEuUHJvdmlkZXISFgoOcmVkaXJlY3RfYWZ0ZXIYAiABKAkSSAoIc2V0dGluZ3MYAyADKAsyNi5uZXh1cy5pbnRlZ3JhdGlvbnMudjEuU3RhcnRPQXV0aFJlcXVlc3QuU2V0dGluZ3NFbnRyeRovCg1TZXR0aW5nc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiYAoSU3RhcnRPQXV0aFJlc3BvbnNlEhkKEWF1dGhvcml6YXRpb25fdXJsGAEgASgJEi8KC2V4cGlyZV90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJ/ChRDb21wbGV0ZU9BdXRoUmVxdWVzdBIxCghwcm92aWRlchgBIAEoDjIfLm5leHVzLmludGVncmF0aW9ucy52MS5Qcm92aWRlchIMCgRjb2RlGAIgASgJEg0KBXN0YXRlGAMgASgJEhcKD2FjY291bnRzX3NlcnZlchgEIAEoCSJQChVDb21wbGV0ZU9BdXRoUmVzcG9uc2USNwoLaW50ZWdyYXRpb24YASABKAsyIi5uZXh1cy5pbnRlZ3JhdGlvbnMudjEuSW50ZWdyYXRpb24izwEKGFVwZGF0ZUludGVncmF0aW9uUmVxdWVzdBIxCghwcm92aWRlchgBIAEoDjIfLm5leHVzLmludGVncmF0aW9ucy52MS5Qcm92aWRlchJPCghzZXR0aW5ncxgCIAMoCzI9Lm5leHVzLmludGVncmF0aW9ucy52MS5VcGRhdGVJbnRlZ3JhdGlvblJlcXVlc3QuU2V0dGluZ3NFbnRyeRovCg1TZXR0aW5nc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiVAoZVXBkYXRlSW50ZWdyYXRpb25SZXNwb25zZRI3CgtpbnRlZ3JhdGlvbhgBIAEoCzIiLm5leHVzLmludGVncmF0aW9ucy52MS5JbnRlZ3JhdGlvbiJvChNMaXN0U3luY0pvYnNSZXF1ZXN0EjEKCHByb3ZpZGVyGAEgASgOMh8ubmV4dXMuaW50ZWdyYXRpb25zLnYxLlByb3ZpZGVyEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJIl0KFExpc3RTeW5jSm9ic1Jlc3BvbnNlEiwKBGpvYnMYASADKAsyHi5uZXh1cy5pbnRlZ3JhdGlvbnMudjEuU3luY0pvYhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiIgoUQ2FuY2VsU3luY0pvYlJlcXVlc3QSCgoCaWQYASABKAkiRAoVQ2FuY2VsU3luY0pvYlJlc3BvbnNlEisKA2pvYhgBIAEoCzIeLm5leHVzLmludGVncmF0aW9ucy52MS5TeW5jSm9iIkQKHE5vdGlmeUNvbnRhY3RzQ2hhbmdlZFJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRITCgtjb250YWN0X2lkcxgCIAMoCSJNCh1Ob3RpZnlDb250YWN0c0NoYW5nZWRSZXNwb25zZRIsCgRqb2JzGAEgAygLMh4ubmV4dXMuaW50ZWdyYXRpb25zLnYxLlN5bmNKb2Iq3wEKCFByb3ZpZGVyEhgKFFBST1ZJREVSX1VOU1BFQ0lGSUVEEAASFwoTUFJPVklERVJfU0FMRVNGT1JDRRABEhQKEFBST1ZJREVSX0hVQlNQT1QQAhIVChFQUk9WSURFUl9aT0hPX0NSTRADEhYKElBST1ZJREVSX01BSUxDSElNUBAEEhUKEVBST1ZJREVSX1NFTkRHUklEEAUSEwoPUFJPVklERVJfWkFQSUVSEAYSGQoVUFJPVklERVJfR09PR0xFX0RSSVZFEAcSFAoQUFJPVklERVJfRFJPUEJPWBAIKm0KCEF1dGhLaW5kEhkKFUFVVEhfS0lORF9VTlNQRUNJRklFRBAAEhUKEUFVVEhfS0lORF9BUElfS0VZEAESFAoQQVVUSF9LSU5EX09BVVRIMhACEhkKFUFVVEhfS0lORF9XRUJIT09LX1VSTBADKoABCglJbnB1dFR5cGUSGgoWSU5QVVRfVFlQRV9VTlNQRUNJRklFRBAAEhMKD0lOUFVUX1RZUEVfVEVYVBABEhcKE0lOUFVUX1RZUEVfUEFTU1dPUkQQAhISCg5JTlBVVF9UWVBFX1VSTBADEhUKEUlOUFVUX1RZUEVfTlVNQkVSEAQqmQEKEUludGVncmF0aW9uU3RhdHVzEiIKHklOVEVHUkFUSU9OX1NUQVRVU19VTlNQRUNJRklFRBAAEh0KGUlOVEVHUkFUSU9OX1NUQVRVU19BQ1RJVkUQARIcChhJTlRFR1JBVElPTl9TVEFUVVNfRVJST1IQAhIjCh9JTlRFR1JBVElPTl9TVEFUVVNfTkVFRFNfUkVBVVRIEAMqnAEKC0hlYWx0aFN0YXRlEhwKGEhFQUxUSF9TVEFURV9VTlNQRUNJRklFRBAAEhgKFEhFQUxUSF9TVEFURV9IRUFMVEhZEAESGQoVSEVBTFRIX1NUQVRFX0RFR1JBREVEEAISGAoUSEVBTFRIX1NUQVRFX0ZBSUxJTkcQAxIgChxIRUFMVEhfU1RBVEVfTkVFRFNfQVRURU5USU9OEAQqfAoNU3luY0RpcmVjdGlvbhIeChpTWU5DX0RJUkVDVElPTl9VTlNQRUNJRklFRBAAEhcKE1NZTkNfRElSRUNUSU9OX1BVU0gQARIZChVTWU5DX0RJUkVDVElPTl9JTVBPUlQQAhIXChNTWU5DX0RJUkVDVElPTl9CT1RIEAMq1wEKDFN5bmNKb2JTdGF0ZRIeChpTWU5DX0pPQl9TVEFURV9VTlNQRUNJRklFRBAAEhkKFVNZTkNfSk9CX1NUQVRFX1FVRVVFRBABEhoKFlNZTkNfSk9CX1NUQVRFX1JVTk5JTkcQAhIcChhTWU5DX0pPQl9TVEFURV9TVUNDRUVERUQQAxIaChZTWU5DX0pPQl9TVEFURV9QQVJUSUFMEAQSGQoVU1lOQ19KT0JfU1RBVEVfRkFJTEVEEAUSGwoXU1lOQ19KT0JfU1RBVEVfQ0FOQ0VMRUQQBjLXCwoTSW50ZWdyYXRpb25zU2VydmljZRJqCg1MaXN0UHJvdmlkZXJzEisubmV4dXMuaW50ZWdyYXRpb25zLnYxLkxpc3RQcm92aWRlcnNSZXF1ZXN0GiwubmV4dXMuaW50ZWdyYXRpb25zLnYxLkxpc3RQcm92aWRlcnNSZXNwb25zZRJzChBMaXN0SW50ZWdyYXRpb25zEi4ubmV4dXMuaW50ZWdyYXRpb25zLnYxLkxpc3RJbnRlZ3JhdGlvbnNSZXF1ZXN0Gi8ubmV4dXMuaW50ZWdyYXRpb25zLnYxLkxpc3RJbnRlZ3JhdGlvbnNSZXNwb25zZRJ5ChJDb25uZWN0SW50ZWdyYXRpb24SMC5uZXh1cy5pbnRlZ3JhdGlvbnMudjEuQ29ubmVjdEludGVncmF0aW9uUmVxdWVzdBoxLm5leHVzLmludGVncmF0aW9ucy52MS5Db25uZWN0SW50ZWdyYXRpb25SZXNwb25zZRKCAQoVRGlzY29ubmVjdEludGVncmF0aW9uEjMubmV4dXMuaW50ZWdyYXRpb25zLnYxLkRpc2Nvbm5lY3RJbnRlZ3JhdGlvblJlcXVlc3QaNC5uZXh1cy5pbnRlZ3JhdGlvbnMudjEuRGlzY29ubmVjdEludGVncmF0aW9uUmVzcG9uc2UScAoPU3luY0ludGVncmF0aW9uEi0ubmV4dXMuaW50ZWdyYXRpb25zLnYxLlN5bmNJbnRlZ3JhdGlvblJlcXVlc3QaLi5uZXh1cy5pbnRlZ3JhdGlvbnMudjEuU3luY0ludGVncmF0aW9uUmVzcG9uc2USYQoKR2V0U3luY0pvYhIoLm5leHVzLmludGVncmF0aW9ucy52MS5HZXRTeW5jSm9iUmVxdWVzdBopLm5leHVzLmludGVncmF0aW9ucy52MS5HZXRTeW5jSm9iUmVzcG9uc2USaQoMV2F0Y2hTeW5jSm9iEioubmV4dXMuaW50ZWdyYXRpb25zLnYxLldhdGNoU3luY0pvYlJlcXVlc3QaKy5uZXh1cy5pbnRlZ3JhdGlvbnMudjEuV2F0Y2hTeW5jSm9iUmVzcG9uc2UwARJhCgpTdGFydE9BdXRoEigubmV4dXMuaW50ZWdyYXRpb25zLnYxLlN0YXJ0T0F1dGhSZXF1ZXN0GikubmV4dXMuaW50ZWdyYXRpb25zLnYxLlN0YXJ0T0F1dGhSZXNwb25zZRJqCg1Db21wbGV0ZU9BdXRoEisubmV4dXMuaW50ZWdyYXRpb25zLnYxLkNvbXBsZXRlT0F1dGhSZXF1ZXN0GiwubmV4dXMuaW50ZWdyYXRpb25zLnYxLkNvbXBsZXRlT0F1dGhSZXNwb25zZRJ2ChFVcGRhdGVJbnRlZ3JhdGlvbhIvLm5leHVzLmludGVncmF0aW9ucy52MS5VcGRhdGVJbnRlZ3JhdGlvblJlcXVlc3QaMC5uZXh1cy5pbnRlZ3JhdGlvbnMudjEuVXBkYXRlSW50ZWdyYXRpb25SZXNwb25zZRJnCgxMaXN0U3luY0pvYnMSKi5uZXh1cy5pbnRlZ3JhdGlvbnMudjEuTGlzdFN5bmNKb2JzUmVxdWVzdBorLm5leHVzLmludGVncmF0aW9ucy52MS5MaXN0U3luY0pvYnNSZXNwb25zZRJqCg1DYW5jZWxTeW5jSm9iEisubmV4dXMuaW50ZWdyYXRpb25zLnYxLkNhbmNlbFN5bmNKb2JSZXF1ZXN0GiwubmV4dXMuaW50ZWdyYXRpb25zLnYxLkNhbmNlbFN5bmNKb2JSZXNwb25zZRKCAQoVTm90aWZ5Q29udGFjdHNDaGFuZ2VkEjMubmV4dXMuaW50ZWdyYXRpb25zLnYxLk5vdGlmeUNvbnRhY3RzQ2hhbmdlZFJlcXVlc3QaNC5uZXh1cy5pbnRlZ3JhdGlvbnMudjEuTm90aWZ5Q29udGFjdHNDaGFuZ2VkUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp]);
 
 /**
  * RateLimit is a provider's documented request budget.
@@ -313,6 +313,13 @@ export type Integration = Message<"nexus.integrations.v1.Integration"> & {
    * @generated from field: google.protobuf.Timestamp update_time = 8;
    */
   updateTime?: Timestamp | undefined;
+
+  /**
+   * How the connection is doing.
+   *
+   * @generated from field: nexus.integrations.v1.IntegrationHealth health = 9;
+   */
+  health?: IntegrationHealth | undefined;
 };
 
 /**
@@ -321,6 +328,69 @@ export type Integration = Message<"nexus.integrations.v1.Integration"> & {
  */
 export const IntegrationSchema: GenMessage<Integration> = /*@__PURE__*/
   messageDesc(file_nexus_integrations_v1_integrations, 4);
+
+/**
+ * IntegrationHealth is a connection's health, safe to show to its user.
+ *
+ * @generated from message nexus.integrations.v1.IntegrationHealth
+ */
+export type IntegrationHealth = Message<"nexus.integrations.v1.IntegrationHealth"> & {
+  /**
+   * The state.
+   *
+   * @generated from field: nexus.integrations.v1.HealthState state = 1;
+   */
+  state: HealthState;
+
+  /**
+   * Sync attempts failed in a row.
+   *
+   * @generated from field: int32 consecutive_failures = 2;
+   */
+  consecutiveFailures: number;
+
+  /**
+   * When a sync last succeeded, if ever.
+   *
+   * @generated from field: google.protobuf.Timestamp last_success_time = 3;
+   */
+  lastSuccessTime?: Timestamp | undefined;
+
+  /**
+   * Why it is not healthy; empty when it is.
+   *
+   * @generated from field: string last_error = 4;
+   */
+  lastError: string;
+
+  /**
+   * Failed sync attempts over the last 24 hours.
+   *
+   * @generated from field: int32 failures_last_day = 5;
+   */
+  failuresLastDay: number;
+
+  /**
+   * Sync attempts that waited for the provider's rate limit over the last 24 hours.
+   *
+   * @generated from field: int32 rate_limit_waits_last_day = 6;
+   */
+  rateLimitWaitsLastDay: number;
+
+  /**
+   * When the OAuth access token expires (renewed by itself before then); unset for API keys.
+   *
+   * @generated from field: google.protobuf.Timestamp token_expire_time = 7;
+   */
+  tokenExpireTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message nexus.integrations.v1.IntegrationHealth.
+ * Use `create(IntegrationHealthSchema)` to create a new message.
+ */
+export const IntegrationHealthSchema: GenMessage<IntegrationHealth> = /*@__PURE__*/
+  messageDesc(file_nexus_integrations_v1_integrations, 5);
 
 /**
  * RecordFailure is one contact the provider refused.
@@ -348,7 +418,7 @@ export type RecordFailure = Message<"nexus.integrations.v1.RecordFailure"> & {
  * Use `create(RecordFailureSchema)` to create a new message.
  */
 export const RecordFailureSchema: GenMessage<RecordFailure> = /*@__PURE__*/
-  messageDesc(file_nexus_integrations_v1_integrations, 5);
+  messageDesc(file_nexus_integrations_v1_integrations, 6);
 
 /**
  * SyncJob is one background sync of a user's contacts with a provider.
@@ -481,7 +551,7 @@ export type SyncJob = Message<"nexus.integrations.v1.SyncJob"> & {
  * Use `create(SyncJobSchema)` to create a new message.
  */
 export const SyncJobSchema: GenMessage<SyncJob> = /*@__PURE__*/
-  messageDesc(file_nexus_integrations_v1_integrations, 6);
+  messageDesc(file_nexus_integrations_v1_integrations, 7);
 
 /**
  * ListProvidersRequest has no fields: the catalogue is the same for everyone.
@@ -496,7 +566,7 @@ export type ListProvidersRequest = Message<"nexus.integrations.v1.ListProvidersR
  * Use `create(ListProvidersRequestSchema)` to create a new message.
  */
 export const ListProvidersRequestSchema: GenMessage<ListProvidersRequest> = /*@__PURE__*/
-  messageDesc(file_nexus_integrations_v1_integrations, 7);
+  messageDesc(file_nexus_integrations_v1_integrations, 8);
 
 /**
  * ListProvidersResponse carries the provider catalogue.
@@ -517,7 +587,7 @@ export type ListProvidersResponse = Message<"nexus.integrations.v1.ListProviders
  * Use `create(ListProvidersResponseSchema)` to create a new message.
  */
 export const ListProvidersResponseSchema: GenMessage<ListProvidersResponse> = /*@__PURE__*/
-  messageDesc(file_nexus_integrations_v1_integrations, 8);
+  messageDesc(file_nexus_integrations_v1_integrations, 9);
 
 /**
  * ListIntegrationsRequest asks for the caller's integrations.
@@ -532,7 +602,7 @@ export type ListIntegrationsRequest = Message<"nexus.integrations.v1.ListIntegra
  * Use `create(ListIntegrationsRequestSchema)` to create a new message.
  */
 export const ListIntegrationsRequestSchema: GenMessage<ListIntegrationsRequest> = /*@__PURE__*/
-  messageDesc(file_nexus_integrations_v1_integrations, 9);
+  messageDesc(file_nexus_integrations_v1_integrations, 10);
 
 /**
  * ListIntegrationsResponse carries the caller's integrations.
@@ -553,7 +623,7 @@ export type ListIntegrationsResponse = Message<"nexus.integrations.v1.ListIntegr
  * Use `create(ListIntegrationsResponseSchema)` to create a new message.
  */
 export const ListIntegrationsResponseSchema: GenMessage<ListIntegrationsResponse> = /*@__PURE__*/
-  messageDesc(file_nexus_integrations_v1_integrations, 10);
+  messageDesc(file_nexus_integrations_v1_integrations, 11);
 
 /**
  * ConnectIntegrationRequest connects (or reconnects) a provider.
@@ -588,7 +658,7 @@ export type ConnectIntegrationRequest = Message<"nexus.integrations.v1.ConnectIn
  * Use `create(ConnectIntegrationRequestSchema)` to create a new message.
  */
 export const ConnectIntegrationRequestSchema: GenMessage<ConnectIntegrationRequest> = /*@__PURE__*/
-  messageDesc(file_nexus_integrations_v1_integrations, 11);
+  messageDesc(file_nexus_integrations_v1_integrations, 12);
 
 /**
  * ConnectIntegrationResponse carries the connected integration.
@@ -609,7 +679,7 @@ export type ConnectIntegrationResponse = Message<"nexus.integrations.v1.ConnectI
  * Use `create(ConnectIntegrationResponseSchema)` to create a new message.
  */
 export const ConnectIntegrationResponseSchema: GenMessage<ConnectIntegrationResponse> = /*@__PURE__*/
-  messageDesc(file_nexus_integrations_v1_integrations, 12);
+  messageDesc(file_nexus_integrations_v1_integrations, 13);
 
 /**
  * DisconnectIntegrationRequest removes a connection.
@@ -630,7 +700,7 @@ export type DisconnectIntegrationRequest = Message<"nexus.integrations.v1.Discon
  * Use `create(DisconnectIntegrationRequestSchema)` to create a new message.
  */
 export const DisconnectIntegrationRequestSchema: GenMessage<DisconnectIntegrationRequest> = /*@__PURE__*/
-  messageDesc(file_nexus_integrations_v1_integrations, 13);
+  messageDesc(file_nexus_integrations_v1_integrations, 14);
 
 /**
  * DisconnectIntegrationResponse confirms the removal.
@@ -645,7 +715,7 @@ export type DisconnectIntegrationResponse = Message<"nexus.integrations.v1.Disco
  * Use `create(DisconnectIntegrationResponseSchema)` to create a new message.
  */
 export const DisconnectIntegrationResponseSchema: GenMessage<DisconnectIntegrationResponse> = /*@__PURE__*/
-  messageDesc(file_nexus_integrations_v1_integrations, 14);
+  messageDesc(file_nexus_integrations_v1_integrations, 15);
 
 /**
  * SyncIntegrationRequest asks for a sync.
@@ -681,7 +751,7 @@ export type SyncIntegrationRequest = Message<"nexus.integrations.v1.SyncIntegrat
  * Use `create(SyncIntegrationRequestSchema)` to create a new message.
  */
 export const SyncIntegrationRequestSchema: GenMessage<SyncIntegrationRequest> = /*@__PURE__*/
-  messageDesc(file_nexus_integrations_v1_integrations, 15);
+  messageDesc(file_nexus_integrations_v1_integrations, 16);
 
 /**
  * SyncIntegrationResponse carries the queued (or already active) job.
@@ -702,7 +772,7 @@ export type SyncIntegrationResponse = Message<"nexus.integrations.v1.SyncIntegra
  * Use `create(SyncIntegrationResponseSchema)` to create a new message.
  */
 export const SyncIntegrationResponseSchema: GenMessage<SyncIntegrationResponse> = /*@__PURE__*/
-  messageDesc(file_nexus_integrations_v1_integrations, 16);
+  messageDesc(file_nexus_integrations_v1_integrations, 17);
 
 /**
  * GetSyncJobRequest asks for one job.
@@ -723,7 +793,7 @@ export type GetSyncJobRequest = Message<"nexus.integrations.v1.GetSyncJobRequest
  * Use `create(GetSyncJobRequestSchema)` to create a new message.
  */
 export const GetSyncJobRequestSchema: GenMessage<GetSyncJobRequest> = /*@__PURE__*/
-  messageDesc(file_nexus_integrations_v1_integrations, 17);
+  messageDesc(file_nexus_integrations_v1_integrations, 18);
 
 /**
  * GetSyncJobResponse carries one job.
@@ -744,7 +814,7 @@ export type GetSyncJobResponse = Message<"nexus.integrations.v1.GetSyncJobRespon
  * Use `create(GetSyncJobResponseSchema)` to create a new message.
  */
 export const GetSyncJobResponseSchema: GenMessage<GetSyncJobResponse> = /*@__PURE__*/
-  messageDesc(file_nexus_integrations_v1_integrations, 18);
+  messageDesc(file_nexus_integrations_v1_integrations, 19);
 
 /**
  * WatchSyncJobRequest asks for a job's progress as it happens.
@@ -765,7 +835,7 @@ export type WatchSyncJobRequest = Message<"nexus.integrations.v1.WatchSyncJobReq
  * Use `create(WatchSyncJobRequestSchema)` to create a new message.
  */
 export const WatchSyncJobRequestSchema: GenMessage<WatchSyncJobRequest> = /*@__PURE__*/
-  messageDesc(file_nexus_integrations_v1_integrations, 19);
+  messageDesc(file_nexus_integrations_v1_integrations, 20);
 
 /**
  * WatchSyncJobResponse is one progress update; the stream ends after a finished state.
@@ -786,7 +856,7 @@ export type WatchSyncJobResponse = Message<"nexus.integrations.v1.WatchSyncJobRe
  * Use `create(WatchSyncJobResponseSchema)` to create a new message.
  */
 export const WatchSyncJobResponseSchema: GenMessage<WatchSyncJobResponse> = /*@__PURE__*/
-  messageDesc(file_nexus_integrations_v1_integrations, 20);
+  messageDesc(file_nexus_integrations_v1_integrations, 21);
 
 /**
  * StartOAuthRequest begins connecting an OAuth2 provider.
@@ -822,7 +892,7 @@ export type StartOAuthRequest = Message<"nexus.integrations.v1.StartOAuthRequest
  * Use `create(StartOAuthRequestSchema)` to create a new message.
  */
 export const StartOAuthRequestSchema: GenMessage<StartOAuthRequest> = /*@__PURE__*/
-  messageDesc(file_nexus_integrations_v1_integrations, 21);
+  messageDesc(file_nexus_integrations_v1_integrations, 22);
 
 /**
  * StartOAuthResponse says where to send the browser.
@@ -853,7 +923,7 @@ export type StartOAuthResponse = Message<"nexus.integrations.v1.StartOAuthRespon
  * Use `create(StartOAuthResponseSchema)` to create a new message.
  */
 export const StartOAuthResponseSchema: GenMessage<StartOAuthResponse> = /*@__PURE__*/
-  messageDesc(file_nexus_integrations_v1_integrations, 22);
+  messageDesc(file_nexus_integrations_v1_integrations, 23);
 
 /**
  * CompleteOAuthRequest finishes an OAuth2 flow.
@@ -895,7 +965,7 @@ export type CompleteOAuthRequest = Message<"nexus.integrations.v1.CompleteOAuthR
  * Use `create(CompleteOAuthRequestSchema)` to create a new message.
  */
 export const CompleteOAuthRequestSchema: GenMessage<CompleteOAuthRequest> = /*@__PURE__*/
-  messageDesc(file_nexus_integrations_v1_integrations, 23);
+  messageDesc(file_nexus_integrations_v1_integrations, 24);
 
 /**
  * CompleteOAuthResponse carries the connected integration.
@@ -916,7 +986,7 @@ export type CompleteOAuthResponse = Message<"nexus.integrations.v1.CompleteOAuth
  * Use `create(CompleteOAuthResponseSchema)` to create a new message.
  */
 export const CompleteOAuthResponseSchema: GenMessage<CompleteOAuthResponse> = /*@__PURE__*/
-  messageDesc(file_nexus_integrations_v1_integrations, 24);
+  messageDesc(file_nexus_integrations_v1_integrations, 25);
 
 /**
  * UpdateIntegrationRequest replaces an integration's settings.
@@ -944,7 +1014,7 @@ export type UpdateIntegrationRequest = Message<"nexus.integrations.v1.UpdateInte
  * Use `create(UpdateIntegrationRequestSchema)` to create a new message.
  */
 export const UpdateIntegrationRequestSchema: GenMessage<UpdateIntegrationRequest> = /*@__PURE__*/
-  messageDesc(file_nexus_integrations_v1_integrations, 25);
+  messageDesc(file_nexus_integrations_v1_integrations, 26);
 
 /**
  * UpdateIntegrationResponse carries the changed integration.
@@ -965,7 +1035,7 @@ export type UpdateIntegrationResponse = Message<"nexus.integrations.v1.UpdateInt
  * Use `create(UpdateIntegrationResponseSchema)` to create a new message.
  */
 export const UpdateIntegrationResponseSchema: GenMessage<UpdateIntegrationResponse> = /*@__PURE__*/
-  messageDesc(file_nexus_integrations_v1_integrations, 26);
+  messageDesc(file_nexus_integrations_v1_integrations, 27);
 
 /**
  * ListSyncJobsRequest asks for a page of an integration's jobs.
@@ -1000,7 +1070,7 @@ export type ListSyncJobsRequest = Message<"nexus.integrations.v1.ListSyncJobsReq
  * Use `create(ListSyncJobsRequestSchema)` to create a new message.
  */
 export const ListSyncJobsRequestSchema: GenMessage<ListSyncJobsRequest> = /*@__PURE__*/
-  messageDesc(file_nexus_integrations_v1_integrations, 27);
+  messageDesc(file_nexus_integrations_v1_integrations, 28);
 
 /**
  * ListSyncJobsResponse carries a page of jobs.
@@ -1028,7 +1098,7 @@ export type ListSyncJobsResponse = Message<"nexus.integrations.v1.ListSyncJobsRe
  * Use `create(ListSyncJobsResponseSchema)` to create a new message.
  */
 export const ListSyncJobsResponseSchema: GenMessage<ListSyncJobsResponse> = /*@__PURE__*/
-  messageDesc(file_nexus_integrations_v1_integrations, 28);
+  messageDesc(file_nexus_integrations_v1_integrations, 29);
 
 /**
  * CancelSyncJobRequest names the job to cancel.
@@ -1049,7 +1119,7 @@ export type CancelSyncJobRequest = Message<"nexus.integrations.v1.CancelSyncJobR
  * Use `create(CancelSyncJobRequestSchema)` to create a new message.
  */
 export const CancelSyncJobRequestSchema: GenMessage<CancelSyncJobRequest> = /*@__PURE__*/
-  messageDesc(file_nexus_integrations_v1_integrations, 29);
+  messageDesc(file_nexus_integrations_v1_integrations, 30);
 
 /**
  * CancelSyncJobResponse carries the canceled job.
@@ -1070,7 +1140,57 @@ export type CancelSyncJobResponse = Message<"nexus.integrations.v1.CancelSyncJob
  * Use `create(CancelSyncJobResponseSchema)` to create a new message.
  */
 export const CancelSyncJobResponseSchema: GenMessage<CancelSyncJobResponse> = /*@__PURE__*/
-  messageDesc(file_nexus_integrations_v1_integrations, 30);
+  messageDesc(file_nexus_integrations_v1_integrations, 31);
+
+/**
+ * NotifyContactsChangedRequest names the user whose contacts changed.
+ *
+ * @generated from message nexus.integrations.v1.NotifyContactsChangedRequest
+ */
+export type NotifyContactsChangedRequest = Message<"nexus.integrations.v1.NotifyContactsChangedRequest"> & {
+  /**
+   * The user; empty means the caller. Another user requires the `service` role.
+   *
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+
+  /**
+   * The contacts that changed (at most 1,000); every contact changed since the last push goes
+   * in any case.
+   *
+   * @generated from field: repeated string contact_ids = 2;
+   */
+  contactIds: string[];
+};
+
+/**
+ * Describes the message nexus.integrations.v1.NotifyContactsChangedRequest.
+ * Use `create(NotifyContactsChangedRequestSchema)` to create a new message.
+ */
+export const NotifyContactsChangedRequestSchema: GenMessage<NotifyContactsChangedRequest> = /*@__PURE__*/
+  messageDesc(file_nexus_integrations_v1_integrations, 32);
+
+/**
+ * NotifyContactsChangedResponse carries the push jobs the change goes out with.
+ *
+ * @generated from message nexus.integrations.v1.NotifyContactsChangedResponse
+ */
+export type NotifyContactsChangedResponse = Message<"nexus.integrations.v1.NotifyContactsChangedResponse"> & {
+  /**
+   * One job per ACTIVE push connection: queued, or one already queued that the change joined.
+   *
+   * @generated from field: repeated nexus.integrations.v1.SyncJob jobs = 1;
+   */
+  jobs: SyncJob[];
+};
+
+/**
+ * Describes the message nexus.integrations.v1.NotifyContactsChangedResponse.
+ * Use `create(NotifyContactsChangedResponseSchema)` to create a new message.
+ */
+export const NotifyContactsChangedResponseSchema: GenMessage<NotifyContactsChangedResponse> = /*@__PURE__*/
+  messageDesc(file_nexus_integrations_v1_integrations, 33);
 
 /**
  * Provider is an outside service a user can connect.
@@ -1279,6 +1399,55 @@ export const IntegrationStatusSchema: GenEnum<IntegrationStatus> = /*@__PURE__*/
   enumDesc(file_nexus_integrations_v1_integrations, 3);
 
 /**
+ * HealthState sums up how a connection is doing.
+ *
+ * @generated from enum nexus.integrations.v1.HealthState
+ */
+export enum HealthState {
+  /**
+   * HEALTH_STATE_UNSPECIFIED is never sent by the service.
+   *
+   * @generated from enum value: HEALTH_STATE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * HEALTH_STATE_HEALTHY means the last sync attempt succeeded, or none has failed.
+   *
+   * @generated from enum value: HEALTH_STATE_HEALTHY = 1;
+   */
+  HEALTHY = 1,
+
+  /**
+   * HEALTH_STATE_DEGRADED means one or two sync attempts in a row failed; they are retried.
+   *
+   * @generated from enum value: HEALTH_STATE_DEGRADED = 2;
+   */
+  DEGRADED = 2,
+
+  /**
+   * HEALTH_STATE_FAILING means three or more sync attempts in a row failed.
+   *
+   * @generated from enum value: HEALTH_STATE_FAILING = 3;
+   */
+  FAILING = 3,
+
+  /**
+   * HEALTH_STATE_NEEDS_ATTENTION means the user must act: connect again (refused or expired
+   * credentials, a setting the provider refuses).
+   *
+   * @generated from enum value: HEALTH_STATE_NEEDS_ATTENTION = 4;
+   */
+  NEEDS_ATTENTION = 4,
+}
+
+/**
+ * Describes the enum nexus.integrations.v1.HealthState.
+ */
+export const HealthStateSchema: GenEnum<HealthState> = /*@__PURE__*/
+  enumDesc(file_nexus_integrations_v1_integrations, 4);
+
+/**
  * SyncDirection says which way contacts flow.
  *
  * @generated from enum nexus.integrations.v1.SyncDirection
@@ -1317,7 +1486,7 @@ export enum SyncDirection {
  * Describes the enum nexus.integrations.v1.SyncDirection.
  */
 export const SyncDirectionSchema: GenEnum<SyncDirection> = /*@__PURE__*/
-  enumDesc(file_nexus_integrations_v1_integrations, 4);
+  enumDesc(file_nexus_integrations_v1_integrations, 5);
 
 /**
  * SyncJobState is where a sync job is in its life.
@@ -1380,7 +1549,7 @@ export enum SyncJobState {
  * Describes the enum nexus.integrations.v1.SyncJobState.
  */
 export const SyncJobStateSchema: GenEnum<SyncJobState> = /*@__PURE__*/
-  enumDesc(file_nexus_integrations_v1_integrations, 5);
+  enumDesc(file_nexus_integrations_v1_integrations, 6);
 
 /**
  * IntegrationsService connects a user's account to CRMs, mailing tools and file stores, and syncs
@@ -1511,6 +1680,19 @@ export const IntegrationsService: GenService<{
     methodKind: "unary";
     input: typeof CancelSyncJobRequestSchema;
     output: typeof CancelSyncJobResponseSchema;
+  },
+  /**
+   * NotifyContactsChanged tells the service a user's contacts changed in the card app: they go
+   * to every ACTIVE push connection within seconds. Notifications within the coalescing window
+   * (NOTIFY_COALESCE_WINDOW) make one job per connection. For callers with the `service` role;
+   * a user may name only themselves.
+   *
+   * @generated from rpc nexus.integrations.v1.IntegrationsService.NotifyContactsChanged
+   */
+  notifyContactsChanged: {
+    methodKind: "unary";
+    input: typeof NotifyContactsChangedRequestSchema;
+    output: typeof NotifyContactsChangedResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_nexus_integrations_v1_integrations, 0);
