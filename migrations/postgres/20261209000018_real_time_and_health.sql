@@ -9,14 +9,21 @@ CREATE TABLE integration_webhooks (
     provider        TEXT NOT NULL,
     account         TEXT,
     secret_hash     TEXT,
+    -- The secret before the last renewal (Zoho), accepted until the next one: notifications
+    -- sent while a renewal is on its way still count.
+    previous_secret_hash  TEXT,
     remote_id       TEXT,
     expires_at      TIMESTAMPTZ,
+    -- One replica at a time renews a channel; a failed renewal waits until then.
+    renewal_claimed_until  TIMESTAMPTZ,
     lease_owner     TEXT,
     lease_until     TIMESTAMPTZ,
     created_at      TIMESTAMPTZ NOT NULL
 );
 CREATE INDEX integration_webhooks_account_idx ON integration_webhooks (provider, account);
 CREATE INDEX integration_webhooks_secret_idx ON integration_webhooks (provider, secret_hash);
+CREATE INDEX integration_webhooks_previous_secret_idx
+    ON integration_webhooks (provider, previous_secret_hash);
 CREATE INDEX integration_webhooks_expiry_idx ON integration_webhooks (expires_at)
     WHERE expires_at IS NOT NULL;
 

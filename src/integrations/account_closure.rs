@@ -28,11 +28,7 @@ impl Integrations {
             // Real-time updates stop first (removing Zoho's channel needs the grant). The
             // erasure deletes the registration with the integration.
             if let Some(feed) = self.store.webhook_registration(&integration.id).await? {
-                let credentials = self
-                    .store
-                    .sealed_credentials(&integration.id)
-                    .await?
-                    .and_then(|sealed| self.vault.open(&sealed).ok());
+                let credentials = self.feed_credentials(&integration).await?;
                 self.take_down_feed(
                     provider,
                     Some(feed),

@@ -118,7 +118,12 @@ impl Integrations {
         )
         .await;
         tracing::info!(provider = provider.as_str(), integration_id = %integration.id, reconnected = existed, "integration connected");
-        self.set_up_feed(&integration, &credentials).await;
+        self.set_up_feed(
+            &integration,
+            &credentials,
+            before.as_ref().map(|b| &b.settings),
+        )
+        .await;
         if self.schedule(&integration, None).await? {
             // Recurring syncs start now; the scheduler queues the next ones.
             self.enqueue(user, &integration, sync_direction(&integration), false)
@@ -141,7 +146,10 @@ impl Integrations {
             .ok_or_else(|| not_connected(provider))?;
         let feed = self.store.webhook_registration(&integration.id).await?;
         let oauth = provider.spec().auth == AuthKind::OAuth2;
-        let credentials = if oauth || feed.is_some() {
+        let credentials = if feed.is_some() {
+            // Fresh: removing Zoho's channel needs a live access token.
+            self.feed_credentials(&integration).await?
+        } else if oauth {
             self.store
                 .sealed_credentials(&integration.id)
                 .await?
@@ -234,6 +242,13 @@ impl Integrations {
         if destination_changed(&current.settings, &settings) {
             // Another audience, list or file: the next push sends every contact there.
             self.store.forget_destination(&integration.id).await?;
+            // Mailchimp's webhook moves to the new list.
+            if self.store.webhook_registration(&integration.id).await?.is_some()
+                && let Some(credentials) = self.feed_credentials(&integration).await?
+            {
+                self.set_up_feed(&integration, &credentials, Some(&current.settings))
+                    .await;
+            }
             tracing::info!(
                 provider = provider.as_str(),
                 "the destination changed; its memory is forgotten"

@@ -63,13 +63,16 @@ impl Integrations {
             let (job, created) = self.store.enqueue_sync(&new).await?;
             let outcome = if created {
                 "queued"
-            } else if job.started_at.is_none() && job.attempts == 0 {
+            } else if job.started_at.is_none()
+                && job.attempts == 0
                 // Not started: it reads every change when it does. A scheduled one is
                 // brought forward to the window's end, an import widened to a push too.
-                let wanted = job.direction.and(Direction::Push);
-                self.store
-                    .expedite_sync(&job.id, due, wanted, false)
-                    .await?;
+                // `false`: a worker took it meanwhile (perhaps an import), so a push is owed.
+                && self
+                    .store
+                    .expedite_sync(&job.id, due, job.direction.and(Direction::Push), false)
+                    .await?
+            {
                 "coalesced"
             } else {
                 // Running: its read may be behind this change. A push is owed when it ends;

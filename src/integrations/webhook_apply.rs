@@ -15,7 +15,7 @@ use super::{
     sync_context::sync_direction,
     tokens::{TokenError, TokenKeeper},
     webhook_events::{KeptEvent, digest},
-    webhook_feeds::{ZOHO_CHANNEL_LIFETIME, random_channel_id, random_secret, webhook_url},
+    webhook_feeds::{ZOHO_CHANNEL_LIFETIME, random_secret, webhook_url},
 };
 use crate::{
     billing::Billing,
@@ -33,10 +33,17 @@ use crate::{
     telemetry::error_chain,
 };
 
-/// How long a worker holds a connection's events.
-const LEASE: chrono::Duration = chrono::Duration::seconds(60);
-/// Events applied together (their contacts read in as few calls as the provider allows).
+/// How long a worker holds a connection's events: longer than reading `MAX_IDS` contacts
+/// behind a provider's rate limit takes; a crashed worker's connection waits this long.
+const LEASE: chrono::Duration = chrono::Duration::minutes(5);
+/// Events read at once; those naming more than `MAX_IDS` contacts wait for the next round.
 const BATCH: u32 = 500;
+/// Most contact ids one round reads back (5 calls of 100 at HubSpot and Zoho).
+const MAX_IDS: usize = 500;
+/// Contacts stored per import transaction.
+const IMPORT_CHUNK: usize = 200;
+/// How long a claimed Zoho renewal that failed waits before another try.
+const RENEWAL_RETRY: chrono::Duration = chrono::Duration::minutes(10);
 /// Attempts before an event is given up (failed).
 const MAX_ATTEMPTS: u32 = 10;
 /// How often the inbox is looked at when no arrival woke the worker (another replica's).
@@ -60,8 +67,10 @@ pub struct WebhookWorker {
 enum Applied {
     /// Done: the events are marked with this outcome.
     Done(&'static str),
-    /// Worth another try later.
+    /// Worth another try later (an attempt is counted).
     Retry(String),
+    /// The provider's rate limit: wait this long, no attempt counted.
+    Wait(Duration, String),
 }
 
 impl WebhookWorker {
@@ -131,13 +140,24 @@ impl WebhookWorker {
     }
 
     async fn apply_events_of(&self, integration_id: &str) -> Result<(), StoreError> {
-        let events = self
+        let mut events = self
             .store
             .pending_provider_events(integration_id, Utc::now(), BATCH)
             .await?;
         if events.is_empty() {
             return Ok(());
         }
+        // Rounds of at most MAX_IDS contact ids (at least one event): the rest waits.
+        let mut named = 0;
+        let keep = events
+            .iter()
+            .position(|e| {
+                named += serde_json::from_str::<KeptEvent>(&e.payload).map_or(0, |k| k.ids.len());
+                named > MAX_IDS
+            })
+            .unwrap_or(events.len())
+            .max(1);
+        events.truncate(keep);
         // The epoch before the integration: contacts read under it are stored only while
         // the connection still points where it did.
         let epoch = self.store.destination_epoch(integration_id).await?;
@@ -146,8 +166,13 @@ impl WebhookWorker {
         };
         let provider = integration.provider;
         let ids: Vec<i64> = events.iter().map(|e| e.id).collect();
-        let applied = self.apply(&integration, epoch, &events).await?;
-        match applied {
+        let applied = match self.apply(&integration, epoch, &events).await {
+            Ok(applied) => applied,
+            // The database failed mid-way: the events are tried again later, counted, so a
+            // lasting failure is given up instead of claimed again and again.
+            Err(e) => Applied::Retry(format!("database: {}", error_chain(&e))),
+        };
+        let (reason, wait, count) = match applied {
             Applied::Done(outcome) => {
                 let now = Utc::now();
                 if !self
@@ -155,9 +180,7 @@ impl WebhookWorker {
                     .finish_provider_events(integration_id, &self.name, &ids, outcome, now)
                     .await?
                 {
-                    tracing::warn!(
-                        "the webhook lease was lost before the events were marked applied; they are applied again"
-                    );
+                    tracing::warn!("the webhook lease was lost before the events were marked applied; they are applied again");
                     return Ok(());
                 }
                 metrics::counter!("integration_webhook_events_applied_total", "provider" => provider.as_str(), "outcome" => outcome)
@@ -167,26 +190,26 @@ impl WebhookWorker {
                     metrics::histogram!("integration_webhook_apply_seconds", "provider" => provider.as_str())
                         .record(waited.as_secs_f64());
                 }
-                tracing::debug!(
-                    provider = provider.as_str(),
-                    events = ids.len(),
-                    outcome,
-                    "provider webhook events applied"
-                );
+                tracing::debug!(provider = provider.as_str(), events = ids.len(), outcome, "provider webhook events applied");
+                return Ok(());
             }
             Applied::Retry(reason) => {
                 let attempts = events.iter().map(|e| e.attempts).max().unwrap_or(0) + 1;
-                let wait = Duration::from_secs(2u64.saturating_pow(attempts.min(8)));
-                let at = Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
-                tracing::warn!(provider = provider.as_str(), %reason, attempts, "provider webhook events will be applied again later");
-                self.store
-                    .retry_provider_events(&ids, &reason, at, MAX_ATTEMPTS)
-                    .await?;
-                if attempts >= MAX_ATTEMPTS {
-                    metrics::counter!("integration_webhook_events_applied_total", "provider" => provider.as_str(), "outcome" => "failed")
-                        .increment(ids.len() as u64);
-                }
+                let wait = Duration::from_secs(2u64.saturating_pow(attempts.min(9)));
+                (reason, wait, true)
             }
+            Applied::Wait(wait, reason) => (reason, wait, false),
+        };
+        let at = Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
+        tracing::warn!(provider = provider.as_str(), %reason, wait_s = wait.as_secs(), "provider webhook events will be applied again later");
+        let given_up = self
+            .store
+            .retry_provider_events(integration_id, &self.name, &ids, &reason, at, count, MAX_ATTEMPTS)
+            .await?;
+        if given_up > 0 {
+            tracing::error!(provider = provider.as_str(), given_up, %reason, "provider webhook events given up");
+            metrics::counter!("integration_webhook_events_applied_total", "provider" => provider.as_str(), "outcome" => "failed")
+                .increment(given_up);
         }
         Ok(())
     }
@@ -278,30 +301,29 @@ impl WebhookWorker {
             Limit::Max(n) => Some(n),
             Limit::Unlimited => None,
         };
-        let counts = self
-            .store
-            .import_contacts(
-                &integration.user_id,
-                &contacts,
-                limit,
-                Utc::now(),
-                Some(ImportGuard {
-                    integration_id: &integration.id,
-                    epoch,
-                }),
-            )
-            .await?;
-        if counts.stale {
-            return Ok(Applied::Done("dropped"));
-        }
-        self.store
-            .save_provider_fingerprints(&integration.id, &counts.synced, epoch)
-            .await?;
-        if counts.over_limit > 0 {
-            tracing::info!(
-                over_limit = counts.over_limit,
-                "contacts from a provider webhook not imported: the plan's contact limit"
-            );
+        for chunk in contacts.chunks(IMPORT_CHUNK) {
+            let counts = self
+                .store
+                .import_contacts(
+                    &integration.user_id,
+                    chunk,
+                    limit,
+                    Utc::now(),
+                    Some(ImportGuard {
+                        integration_id: &integration.id,
+                        epoch,
+                    }),
+                )
+                .await?;
+            if counts.stale {
+                return Ok(Applied::Done("dropped"));
+            }
+            self.store
+                .save_provider_fingerprints(&integration.id, &counts.synced, epoch)
+                .await?;
+            if counts.over_limit > 0 {
+                tracing::info!(over_limit = counts.over_limit, "contacts from a provider webhook not imported: the plan's contact limit");
+            }
         }
         Ok(Applied::Done("applied"))
     }
@@ -350,7 +372,13 @@ impl WebhookWorker {
                             .to_string(),
                     );
                 }
-                Err(e @ (ProviderError::Unavailable(_) | ProviderError::RateLimited { .. })) => {
+                Err(ProviderError::RateLimited { retry_after, .. }) => {
+                    let wait = retry_after
+                        .unwrap_or(Duration::from_secs(10))
+                        .min(crate::providers::MAX_PROVIDER_WAIT);
+                    return Err(Applied::Wait(wait, "rate limited by the provider".into()));
+                }
+                Err(e @ ProviderError::Unavailable(_)) => {
                     return Err(Applied::Retry(e.to_string()));
                 }
                 Err(e) => {
@@ -379,7 +407,7 @@ impl WebhookWorker {
                 .unwrap_or_default();
         match self
             .store
-            .expiring_registrations(ProviderId::ZohoCrm, before, 50)
+            .expiring_registrations(ProviderId::ZohoCrm, before, now, 50)
             .await
         {
             Ok(due) => {
@@ -394,35 +422,43 @@ impl WebhookWorker {
     }
 
     /// Extends a Zoho channel another day under a new token (or makes it again if Zoho no
-    /// longer has it). The new token's hash is saved first: a notification still carrying
-    /// the old one is dropped, and the next scheduled import reads what it named.
-    async fn renew_zoho(&self, mut registration: crate::store::WebhookRegistration) {
-        let Ok(Some(integration)) = self
-            .store
-            .integration_by_id(&registration.integration_id)
-            .await
-        else {
-            return;
-        };
-        if integration.status != IntegrationStatus::Active {
-            return;
+    /// longer has it), claimed so one replica renews it. The new token's hash becomes the
+    /// secret and the old one stays accepted until the next renewal, so notifications sent
+    /// meanwhile still count; a renewal Zoho did not take puts the old one back.
+    async fn renew_zoho(&self, registration: crate::store::WebhookRegistration) {
+        let now = Utc::now();
+        let id = registration.integration_id.clone();
+        match self.store.claim_renewal(&id, now + RENEWAL_RETRY, now).await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                tracing::warn!(error = %error_chain(&e), "cannot claim a Zoho channel renewal");
+                return;
+            }
         }
-        let Ok(credentials) = self.tokens.credentials(&integration, None).await else {
+        let Some(channel) = registration.remote_id.clone() else {
             return;
         };
-        let Ok(Some(feed)) = self.providers.change_feed(
-            integration.provider,
-            integration.user_id.as_str(),
-            &credentials,
-            &integration.settings,
-        ) else {
+        let Ok(Some(integration)) = self.store.integration_by_id(&id).await else {
+            return;
+        };
+        let feed = match self.tokens.credentials(&integration, None).await {
+            Ok(credentials) => self.providers.change_feed(
+                integration.provider,
+                integration.user_id.as_str(),
+                &credentials,
+                &integration.settings,
+            ),
+            Err(e) => {
+                tracing::info!(integration_id = %id, error = %e, "no credentials to renew a Zoho channel with; tried again later");
+                return;
+            }
+        };
+        let Ok(Some(feed)) = feed else {
             return;
         };
         let token = random_secret();
-        let channel = registration
-            .remote_id
-            .clone()
-            .unwrap_or_else(random_channel_id);
+        let hash = digest(token.as_bytes());
         let expires_at = Utc::now() + ZOHO_CHANNEL_LIFETIME;
         let url = webhook_url(&self.real_time.public_base_url, ProviderId::ZohoCrm, None);
         let request = FeedRequest {
@@ -431,14 +467,11 @@ impl WebhookWorker {
             channel_id: &channel,
             expires_at,
         };
-        registration.secret_hash = Some(digest(token.as_bytes()));
-        registration.remote_id = Some(channel.clone());
-        if self
-            .store
-            .save_webhook_registration(&registration, Utc::now())
-            .await
-            .is_err()
-        {
+        // Gone or replaced (a disconnect or reconnect meanwhile): nothing to renew.
+        if !matches!(
+            self.store.rotate_webhook_secret(&id, &channel, &hash).await,
+            Ok(true)
+        ) {
             return;
         }
         let renewed = match feed.renew(&request).await {
@@ -447,18 +480,26 @@ impl WebhookWorker {
         };
         match renewed {
             Ok(subscribed) => {
-                registration.expires_at = subscribed.expires_at.or(Some(expires_at));
-                if let Err(e) = self
-                    .store
-                    .save_webhook_registration(&registration, Utc::now())
-                    .await
-                {
-                    tracing::warn!(error = %error_chain(&e), "cannot save a renewed Zoho channel");
+                let until = subscribed.expires_at.unwrap_or(expires_at);
+                match self.store.renewed(&id, &channel, until).await {
+                    Ok(true) => tracing::info!(integration_id = %id, "Zoho watch channel renewed"),
+                    Ok(false) => {
+                        // Disconnected or reconnected while Zoho was asked: the channel it
+                        // renewed (or made again) belongs to nothing now.
+                        if let Err(e) = feed.unsubscribe(&channel).await {
+                            tracing::warn!(integration_id = %id, error = %e, "cannot remove a Zoho channel left by a renewal");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %error_chain(&e), "cannot save a renewed Zoho channel")
+                    }
                 }
-                tracing::info!(integration_id = %integration.id, "Zoho watch channel renewed");
             }
             Err(e) => {
-                tracing::warn!(integration_id = %integration.id, error = %e, "cannot renew a Zoho watch channel; tried again at the next tick")
+                if let Err(e) = self.store.restore_webhook_secret(&id, &hash).await {
+                    tracing::warn!(error = %error_chain(&e), "cannot put a Zoho channel's token back");
+                }
+                tracing::warn!(integration_id = %id, error = %e, "cannot renew a Zoho watch channel; tried again later");
             }
         }
     }

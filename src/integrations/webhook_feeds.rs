@@ -38,7 +38,7 @@ pub(super) fn random_secret() -> String {
 }
 
 /// A Zoho channel id: a positive 63-bit number.
-pub(super) fn random_channel_id() -> String {
+fn random_channel_id() -> String {
     (rand::rng().next_u64() >> 1).max(1).to_string()
 }
 
@@ -52,8 +52,14 @@ pub(super) fn webhook_url(base: &url::Url, provider: ProviderId, secret: Option<
 }
 
 impl Integrations {
-    /// Sets up the connection's feed (replacing one it had). Never fails the connection.
-    pub(super) async fn set_up_feed(&self, integration: &Integration, credentials: &Credentials) {
+    /// Sets up the connection's feed, replacing one it had (removed at the provider under
+    /// `previous_settings`: the list it was on). Never fails the connection.
+    pub(super) async fn set_up_feed(
+        &self,
+        integration: &Integration,
+        credentials: &Credentials,
+        previous_settings: Option<&std::collections::BTreeMap<String, String>>,
+    ) {
         let provider = integration.provider;
         if !matches!(
             provider,
@@ -61,7 +67,10 @@ impl Integrations {
         ) {
             return;
         }
-        if let Err(reason) = self.try_set_up_feed(integration, credentials).await {
+        if let Err(reason) = self
+            .try_set_up_feed(integration, credentials, previous_settings)
+            .await
+        {
             tracing::warn!(provider = provider.as_str(), integration_id = %integration.id, %reason, "cannot set up real-time updates; the connection syncs on its schedule");
             self.activity(
                 &integration.user_id,
@@ -79,6 +88,7 @@ impl Integrations {
         &self,
         integration: &Integration,
         credentials: &Credentials,
+        previous_settings: Option<&std::collections::BTreeMap<String, String>>,
     ) -> Result<(), String> {
         let provider = integration.provider;
         let feed = self
@@ -91,16 +101,30 @@ impl Integrations {
             )
             .map_err(|e| e.to_string())?
             .ok_or("no change feed")?;
-        // A reconnect (perhaps to another list or account): the old feed goes first.
+        // A reconnect or another list: the old feed goes first, from where it was.
         if let Some(old) = self
             .store
             .webhook_registration(&integration.id)
             .await
             .map_err(|e| e.to_string())?
             && let Some(remote) = &old.remote_id
-            && let Err(e) = feed.unsubscribe(remote).await
         {
-            tracing::info!(provider = provider.as_str(), error = %e, "the old feed could not be removed at the provider");
+            let removed = match previous_settings {
+                Some(settings) => match self.providers.change_feed(
+                    provider,
+                    integration.user_id.as_str(),
+                    credentials,
+                    settings,
+                ) {
+                    Ok(Some(old_feed)) => old_feed.unsubscribe(remote).await,
+                    Ok(None) => Ok(()),
+                    Err(e) => Err(e),
+                },
+                None => feed.unsubscribe(remote).await,
+            };
+            if let Err(e) = removed {
+                tracing::info!(provider = provider.as_str(), error = %e, "the old feed could not be removed at the provider");
+            }
         }
         let now = Utc::now();
         let secret = random_secret();
@@ -138,7 +162,9 @@ impl Integrations {
                 expires_at,
             })
             .await
-            .map_err(|e| e.to_string())?;
+            // The provider may quote the URL or token back: neither reaches a log or the
+            // activity log.
+            .map_err(|e| e.to_string().replace(&url, "<webhook URL>").replace(&secret, "<secret>"))?;
         registration.account = subscribed.account;
         registration.remote_id = subscribed.remote_id;
         registration.expires_at = subscribed.expires_at;
@@ -186,5 +212,30 @@ impl Integrations {
                 "removing real-time updates at the provider timed out; its deliveries are dropped"
             ),
         }
+    }
+}
+
+impl Integrations {
+    /// The connection's credentials with a live access token (refreshed if it expired, for
+    /// OAuth providers), to set up or remove its feed; the stored ones if no refresh works.
+    pub(super) async fn feed_credentials(
+        &self,
+        integration: &Integration,
+    ) -> Result<Option<Credentials>, crate::store::StoreError> {
+        if integration.provider.spec().auth == crate::domain::catalogue::AuthKind::OAuth2 {
+            let keeper = super::tokens::TokenKeeper::new(
+                std::sync::Arc::clone(&self.store),
+                std::sync::Arc::clone(&self.vault),
+                std::sync::Arc::clone(&self.oauth),
+            );
+            if let Ok(credentials) = keeper.credentials(integration, None).await {
+                return Ok(Some(credentials));
+            }
+        }
+        Ok(self
+            .store
+            .sealed_credentials(&integration.id)
+            .await?
+            .and_then(|sealed| self.vault.open(&sealed).ok()))
     }
 }

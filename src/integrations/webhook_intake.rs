@@ -90,6 +90,9 @@ impl Integrations {
             std::collections::BTreeMap::new();
         let mut kept = Vec::new();
         for (portal, event_id, kind, event) in events {
+            // HubSpot does not promise event ids are unique alone: the key also names the
+            // change (type and object).
+            let object = event.ids.first().cloned().unwrap_or_default();
             if !portals.contains_key(&portal) {
                 let found = self
                     .store
@@ -100,7 +103,10 @@ impl Integrations {
             for registration in portals.get(&portal).into_iter().flatten() {
                 kept.push(new_event(
                     registration,
-                    format!("hubspot:{event_id}:{}", registration.integration_id),
+                    format!(
+                        "hubspot:{event_id}:{kind}:{object}:{}",
+                        registration.integration_id
+                    ),
                     &kind,
                     &event,
                 ));

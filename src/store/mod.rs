@@ -15,6 +15,8 @@ mod overage_sql;
 #[macro_use]
 mod provider_webhook_sql;
 #[macro_use]
+mod health_sql;
+#[macro_use]
 mod webhook_sql;
 #[macro_use]
 pub(crate) mod mpesa_sql;

@@ -226,6 +226,7 @@ contact_import!(PgStore, begin: "BEGIN", user_lock: "SELECT pg_advisory_xact_loc
     guard: "SELECT 1::bigint FROM integrations WHERE id = $1::uuid AND destination_epoch = $2 FOR UPDATE");
 webhook_store!(PgStore);
 provider_webhook_store!(PgStore, id: "::uuid", text: "::text", skip_locked: " FOR UPDATE SKIP LOCKED");
+health_store!(PgStore, id: "::uuid", text: "::text");
 mobile_payments!(PgStore);
 dunning_outbox!(PgStore);
 overage_store!(PgStore);

@@ -1,5 +1,5 @@
 //! `provider_webhook_store!(Type, id: "..", text: "..", skip_locked: "..")` implements
-//! `ProviderWebhookStore` and `HealthStore` for a store with a `pool` field. The SQL is the
+//! `ProviderWebhookStore` for a store with a `pool` field (`HealthStore` is in `health_sql.rs`). The SQL is the
 //! same on both backends but for the id casts and the row-locking clause of the lease claim
 //! (`FOR UPDATE SKIP LOCKED` on PostgreSQL; SQLite runs one writer at a time).
 
@@ -12,14 +12,11 @@ macro_rules! provider_webhook_store {
                 domain::{
                     UserId,
                     catalogue::ProviderId,
-                    health::{HealthFacts, SyncHealthEvent},
-                    integration::IntegrationStatus,
                 },
                 store::{
                     StoreError,
                     provider_webhooks::{
-                        HealthStore, NewProviderEvent, ProviderEvent, ProviderWebhookStore,
-                        WebhookRegistration,
+                        NewProviderEvent, ProviderEvent, ProviderWebhookStore, WebhookRegistration,
                     },
                 },
             };
@@ -61,6 +58,27 @@ macro_rules! provider_webhook_store {
                 u64::try_from(n).unwrap_or(0)
             }
 
+            impl $name {
+                async fn lease_held(
+                    &self,
+                    integration_id: &str,
+                    owner: &str,
+                    now: DateTime<Utc>,
+                ) -> Result<bool, StoreError> {
+                    let held: Option<i32> = sqlx::query_scalar(concat!(
+                        "SELECT 1 FROM integration_webhooks WHERE integration_id = $1",
+                        $id,
+                        " AND lease_owner = $2 AND lease_until > $3"
+                    ))
+                    .bind(integration_id)
+                    .bind(owner)
+                    .bind(now)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                    Ok(held.is_some())
+                }
+            }
+
             #[async_trait::async_trait]
             impl ProviderWebhookStore for $name {
                 async fn save_webhook_registration(
@@ -75,6 +93,7 @@ macro_rules! provider_webhook_store {
                         $id,
                         " ON CONFLICT (integration_id) DO UPDATE SET provider = excluded.provider, \
                          account = excluded.account, secret_hash = excluded.secret_hash, \
+                         previous_secret_hash = NULL, renewal_claimed_until = NULL, \
                          remote_id = excluded.remote_id, expires_at = excluded.expires_at"
                     ))
                     .bind(&r.integration_id)
@@ -111,7 +130,7 @@ macro_rules! provider_webhook_store {
                 ) -> Result<Vec<WebhookRegistration>, StoreError> {
                     let sql = sqlx::AssertSqlSafe(format!(
                         "{REGISTRATION}WHERE w.provider = $1 AND w.account = $2 \
-                         ORDER BY w.integration_id LIMIT 100"
+                         ORDER BY w.integration_id LIMIT 1000"
                     ));
                     let rows: Vec<RegistrationRow> = sqlx::query_as(sql)
                         .bind(provider.as_str())
@@ -127,7 +146,8 @@ macro_rules! provider_webhook_store {
                     secret_hash: &str,
                 ) -> Result<Option<WebhookRegistration>, StoreError> {
                     let sql = sqlx::AssertSqlSafe(format!(
-                        "{REGISTRATION}WHERE w.provider = $1 AND w.secret_hash = $2"
+                        "{REGISTRATION}WHERE w.provider = $1 AND (w.secret_hash = $2 \
+                         OR w.previous_secret_hash = $2)"
                     ));
                     let row: Option<RegistrationRow> = sqlx::query_as(sql)
                         .bind(provider.as_str())
@@ -141,19 +161,100 @@ macro_rules! provider_webhook_store {
                     &self,
                     provider: ProviderId,
                     before: DateTime<Utc>,
+                    now: DateTime<Utc>,
                     limit: u32,
                 ) -> Result<Vec<WebhookRegistration>, StoreError> {
                     let sql = sqlx::AssertSqlSafe(format!(
                         "{REGISTRATION}WHERE w.provider = $1 AND w.expires_at < $2 \
-                         ORDER BY w.expires_at LIMIT $3"
+                         AND i.status = 'active' AND (w.renewal_claimed_until IS NULL \
+                         OR w.renewal_claimed_until < $3) ORDER BY w.expires_at LIMIT $4"
                     ));
                     let rows: Vec<RegistrationRow> = sqlx::query_as(sql)
                         .bind(provider.as_str())
                         .bind(before)
+                        .bind(now)
                         .bind(i64::from(limit))
                         .fetch_all(&self.pool)
                         .await?;
                     rows.into_iter().map(registration).collect()
+                }
+
+                async fn claim_renewal(
+                    &self,
+                    integration_id: &str,
+                    until: DateTime<Utc>,
+                    now: DateTime<Utc>,
+                ) -> Result<bool, StoreError> {
+                    let done = sqlx::query(concat!(
+                        "UPDATE integration_webhooks SET renewal_claimed_until = $2 \
+                         WHERE integration_id = $1",
+                        $id,
+                        " AND (renewal_claimed_until IS NULL OR renewal_claimed_until < $3)"
+                    ))
+                    .bind(integration_id)
+                    .bind(until)
+                    .bind(now)
+                    .execute(&self.pool)
+                    .await?;
+                    Ok(done.rows_affected() > 0)
+                }
+
+                async fn rotate_webhook_secret(
+                    &self,
+                    integration_id: &str,
+                    remote_id: &str,
+                    new_hash: &str,
+                ) -> Result<bool, StoreError> {
+                    let done = sqlx::query(concat!(
+                        "UPDATE integration_webhooks SET previous_secret_hash = secret_hash, \
+                         secret_hash = $3 WHERE integration_id = $1",
+                        $id,
+                        " AND remote_id = $2"
+                    ))
+                    .bind(integration_id)
+                    .bind(remote_id)
+                    .bind(new_hash)
+                    .execute(&self.pool)
+                    .await?;
+                    Ok(done.rows_affected() > 0)
+                }
+
+                async fn restore_webhook_secret(
+                    &self,
+                    integration_id: &str,
+                    failed_hash: &str,
+                ) -> Result<(), StoreError> {
+                    sqlx::query(concat!(
+                        "UPDATE integration_webhooks SET secret_hash = previous_secret_hash \
+                         WHERE integration_id = $1",
+                        $id,
+                        " AND secret_hash = $2"
+                    ))
+                    .bind(integration_id)
+                    .bind(failed_hash)
+                    .execute(&self.pool)
+                    .await?;
+                    Ok(())
+                }
+
+                async fn renewed(
+                    &self,
+                    integration_id: &str,
+                    remote_id: &str,
+                    expires_at: DateTime<Utc>,
+                ) -> Result<bool, StoreError> {
+                    let done = sqlx::query(concat!(
+                        "UPDATE integration_webhooks SET expires_at = $3, \
+                         renewal_claimed_until = NULL WHERE integration_id = $1",
+                        $id,
+                        " AND remote_id = $2"
+                    ))
+                    .bind(integration_id)
+                    .bind(remote_id)
+                    .bind(expires_at)
+                    .execute(&self.pool)
+                    .await?;
+                    Ok(done.rows_affected() > 0)
                 }
 
                 async fn store_provider_events(
@@ -252,65 +353,78 @@ macro_rules! provider_webhook_store {
                     outcome: &str,
                     now: DateTime<Utc>,
                 ) -> Result<bool, StoreError> {
-                    let mut tx = self.pool.begin().await?;
-                    let held: Option<i32> = sqlx::query_scalar(concat!(
-                        "SELECT 1 FROM integration_webhooks WHERE integration_id = $1",
-                        $id,
-                        " AND lease_owner = $2 AND lease_until > $3"
-                    ))
-                    .bind(integration_id)
-                    .bind(owner)
-                    .bind(now)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                    if held.is_none() {
-                        return Ok(false);
-                    }
+                    let mut held = true;
                     for chunk in ids.chunks(500) {
                         let placeholders: Vec<String> =
-                            (0..chunk.len()).map(|i| format!("${}", i + 3)).collect();
+                            (0..chunk.len()).map(|i| format!("${}", i + 6)).collect();
                         let sql = sqlx::AssertSqlSafe(format!(
                             "UPDATE integration_webhook_events SET state = 'done', outcome = $1, \
-                             applied_at = $2 WHERE state = 'pending' AND id IN ({})",
-                            placeholders.join(", ")
-                        ));
-                        let mut query = sqlx::query(sql).bind(outcome).bind(now);
-                        for id in chunk {
-                            query = query.bind(*id);
-                        }
-                        query.execute(&mut *tx).await?;
-                    }
-                    tx.commit().await?;
-                    Ok(true)
-                }
-
-                async fn retry_provider_events(
-                    &self,
-                    ids: &[i64],
-                    error: &str,
-                    retry_at: DateTime<Utc>,
-                    max_attempts: u32,
-                ) -> Result<(), StoreError> {
-                    for chunk in ids.chunks(500) {
-                        let placeholders: Vec<String> =
-                            (0..chunk.len()).map(|i| format!("${}", i + 4)).collect();
-                        let sql = sqlx::AssertSqlSafe(format!(
-                            "UPDATE integration_webhook_events SET attempts = attempts + 1, \
-                             last_error = $1, next_attempt_at = $2, \
-                             state = CASE WHEN attempts + 1 >= $3 THEN 'failed' ELSE 'pending' END \
-                             WHERE state = 'pending' AND id IN ({})",
+                             applied_at = $2 WHERE state = 'pending' AND EXISTS (SELECT 1 FROM \
+                             integration_webhooks WHERE integration_id = $3{} AND lease_owner = $4 \
+                             AND lease_until > $5) AND id IN ({})",
+                            $id,
                             placeholders.join(", ")
                         ));
                         let mut query = sqlx::query(sql)
-                            .bind(error)
-                            .bind(retry_at)
-                            .bind(i64::from(max_attempts));
+                            .bind(outcome)
+                            .bind(now)
+                            .bind(integration_id)
+                            .bind(owner)
+                            .bind(now);
                         for id in chunk {
                             query = query.bind(*id);
                         }
-                        query.execute(&self.pool).await?;
+                        if query.execute(&self.pool).await?.rows_affected() == 0 {
+                            held = self.lease_held(integration_id, owner, now).await?;
+                        }
                     }
-                    Ok(())
+                    Ok(held)
+                }
+
+                #[allow(clippy::too_many_arguments)]
+                async fn retry_provider_events(
+                    &self,
+                    integration_id: &str,
+                    owner: &str,
+                    ids: &[i64],
+                    error: &str,
+                    retry_at: DateTime<Utc>,
+                    count: bool,
+                    max_attempts: u32,
+                ) -> Result<u64, StoreError> {
+                    let mut given_up = 0;
+                    let now = Utc::now();
+                    for chunk in ids.chunks(500) {
+                        let placeholders: Vec<String> =
+                            (0..chunk.len()).map(|i| format!("${}", i + 8)).collect();
+                        // A given-up event gets its time too, so retention prunes it.
+                        let sql = sqlx::AssertSqlSafe(format!(
+                            "UPDATE integration_webhook_events SET \
+                             attempts = attempts + CASE WHEN $4 THEN 1 ELSE 0 END, \
+                             last_error = $1, next_attempt_at = $2, \
+                             state = CASE WHEN $4 AND attempts + 1 >= $3 THEN 'failed' ELSE 'pending' END, \
+                             applied_at = CASE WHEN $4 AND attempts + 1 >= $3 THEN $7 ELSE NULL END \
+                             WHERE state = 'pending' AND EXISTS (SELECT 1 FROM integration_webhooks \
+                             WHERE integration_id = $5{} AND lease_owner = $6 AND lease_until > $7) \
+                             AND id IN ({}) RETURNING state",
+                            $id,
+                            placeholders.join(", ")
+                        ));
+                        let mut query = sqlx::query_scalar(sql)
+                            .bind(error)
+                            .bind(retry_at)
+                            .bind(i64::from(max_attempts))
+                            .bind(count)
+                            .bind(integration_id)
+                            .bind(owner)
+                            .bind(now);
+                        for id in chunk {
+                            query = query.bind(*id);
+                        }
+                        let states: Vec<String> = query.fetch_all(&self.pool).await?;
+                        given_up += states.iter().filter(|s| *s == "failed").count() as u64;
+                    }
+                    Ok(given_up)
                 }
 
                 async fn release_webhook_integration(
@@ -446,140 +560,6 @@ macro_rules! provider_webhook_store {
                 }
             }
 
-            #[async_trait::async_trait]
-            impl HealthStore for $name {
-                async fn record_sync_health(
-                    &self,
-                    integration_id: &str,
-                    event: SyncHealthEvent,
-                    error: Option<&str>,
-                    now: DateTime<Utc>,
-                ) -> Result<(), StoreError> {
-                    let mut tx = self.pool.begin().await?;
-                    let (failures, success) = match event {
-                        SyncHealthEvent::Succeeded => (Some(false), true),
-                        SyncHealthEvent::Failed => (Some(true), false),
-                        SyncHealthEvent::RateLimited => (None, false),
-                    };
-                    if let Some(failed) = failures {
-                        sqlx::query(concat!(
-                            "INSERT INTO integration_health (integration_id, failures_in_a_row, \
-                             last_success_at, last_failure) SELECT id, CASE WHEN $2 THEN 1 ELSE 0 END, \
-                             CASE WHEN $3 THEN $4 ELSE NULL END, $5 FROM integrations WHERE id = $1",
-                            $id,
-                            " ON CONFLICT (integration_id) DO UPDATE SET failures_in_a_row = \
-                             CASE WHEN $2 THEN integration_health.failures_in_a_row + 1 ELSE 0 END, \
-                             last_success_at = CASE WHEN $3 THEN $4 \
-                             ELSE integration_health.last_success_at END, \
-                             last_failure = CASE WHEN $2 THEN $5 ELSE NULL END"
-                        ))
-                        .bind(integration_id)
-                        .bind(failed)
-                        .bind(success)
-                        .bind(now)
-                        .bind(error)
-                        .execute(&mut *tx)
-                        .await?;
-                    }
-                    let kind = match event {
-                        SyncHealthEvent::Succeeded => None,
-                        SyncHealthEvent::Failed => Some("failure"),
-                        SyncHealthEvent::RateLimited => Some("rate_limit"),
-                    };
-                    if let Some(kind) = kind {
-                        sqlx::query(concat!(
-                            "INSERT INTO integration_incidents (integration_id, kind, at) \
-                             SELECT id, $2, $3 FROM integrations WHERE id = $1",
-                            $id
-                        ))
-                        .bind(integration_id)
-                        .bind(kind)
-                        .bind(now)
-                        .execute(&mut *tx)
-                        .await?;
-                        sqlx::query(concat!(
-                            "DELETE FROM integration_incidents WHERE integration_id = $1",
-                            $id,
-                            " AND at < $2"
-                        ))
-                        .bind(integration_id)
-                        .bind(now - chrono::Duration::hours(25))
-                        .execute(&mut *tx)
-                        .await?;
-                    }
-                    tx.commit().await?;
-                    Ok(())
-                }
-
-                async fn health_facts(
-                    &self,
-                    user: &UserId,
-                    since: DateTime<Utc>,
-                ) -> Result<Vec<(String, HealthFacts)>, StoreError> {
-                    type Row = (String, Option<i32>, Option<DateTime<Utc>>, Option<String>, i64, i64);
-                    let rows: Vec<Row> =
-                        sqlx::query_as(concat!(
-                            "SELECT i.id", $text, ", h.failures_in_a_row, h.last_success_at, \
-                             h.last_failure, \
-                             (SELECT COUNT(*) FROM integration_incidents x WHERE \
-                             x.integration_id = i.id AND x.kind = 'failure' AND x.at >= $2), \
-                             (SELECT COUNT(*) FROM integration_incidents x WHERE \
-                             x.integration_id = i.id AND x.kind = 'rate_limit' AND x.at >= $2) \
-                             FROM integrations i LEFT JOIN integration_health h \
-                             ON h.integration_id = i.id WHERE i.user_id = $1"
-                        ))
-                        .bind(user.as_str())
-                        .bind(since)
-                        .fetch_all(&self.pool)
-                        .await?;
-                    Ok(rows
-                        .into_iter()
-                        .map(|(id, in_a_row, last_success_at, last_failure, failures, waits)| {
-                            (
-                                id,
-                                HealthFacts {
-                                    failures_in_a_row: in_a_row
-                                        .and_then(|n| u32::try_from(n).ok())
-                                        .unwrap_or(0),
-                                    last_success_at,
-                                    last_failure,
-                                    failures_24h: count(failures),
-                                    rate_limit_waits_24h: count(waits),
-                                },
-                            )
-                        })
-                        .collect())
-                }
-
-                async fn health_census(
-                    &self,
-                    cap: u32,
-                ) -> Result<Vec<(ProviderId, IntegrationStatus, u32, u64)>, StoreError> {
-                    let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(
-                        "SELECT i.provider, i.status, \
-                         CASE WHEN COALESCE(h.failures_in_a_row, 0) > $1 THEN $1 \
-                         ELSE COALESCE(h.failures_in_a_row, 0) END AS f, COUNT(*) \
-                         FROM integrations i LEFT JOIN integration_health h \
-                         ON h.integration_id = i.id GROUP BY i.provider, i.status, f",
-                    )
-                    .bind(i64::from(cap))
-                    .fetch_all(&self.pool)
-                    .await?;
-                    let mut out = Vec::new();
-                    for (provider, status, failures, n) in rows {
-                        let (Ok(provider), Ok(status)) = (provider.parse(), status.parse()) else {
-                            continue;
-                        };
-                        out.push((
-                            provider,
-                            status,
-                            u32::try_from(failures).unwrap_or(0),
-                            count(n),
-                        ));
-                    }
-                    Ok(out)
-                }
-            }
         };
     };
 }

@@ -87,13 +87,49 @@ pub trait ProviderWebhookStore: Send + Sync {
         secret_hash: &str,
     ) -> Result<Option<WebhookRegistration>, StoreError>;
 
-    /// Registrations of a provider expiring before `before` (to renew them).
+    /// Registrations of ACTIVE connections to a provider expiring before `before` whose
+    /// renewal no replica has claimed (or whose claim ran out) at `now`.
     async fn expiring_registrations(
         &self,
         provider: ProviderId,
         before: DateTime<Utc>,
+        now: DateTime<Utc>,
         limit: u32,
     ) -> Result<Vec<WebhookRegistration>, StoreError>;
+
+    /// Claims the renewal of a registration until `until` (a failed one waits until then);
+    /// `false` when another replica holds it.
+    async fn claim_renewal(
+        &self,
+        integration_id: &str,
+        until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
+    /// Makes `new_hash` the secret of the registration with this remote id, keeping the one
+    /// before as the previous secret; `false` when the registration is gone or replaced.
+    async fn rotate_webhook_secret(
+        &self,
+        integration_id: &str,
+        remote_id: &str,
+        new_hash: &str,
+    ) -> Result<bool, StoreError>;
+
+    /// Puts the previous secret back after a renewal the provider did not take.
+    async fn restore_webhook_secret(
+        &self,
+        integration_id: &str,
+        failed_hash: &str,
+    ) -> Result<(), StoreError>;
+
+    /// Records a renewal: the new expiry, the claim released; `false` when the registration
+    /// is gone or replaced meanwhile.
+    async fn renewed(
+        &self,
+        integration_id: &str,
+        remote_id: &str,
+        expires_at: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
 
     /// Stores the events in one transaction, skipping those stored before and those whose
     /// integration is gone; returns how many were new.
@@ -119,8 +155,8 @@ pub trait ProviderWebhookStore: Send + Sync {
         limit: u32,
     ) -> Result<Vec<ProviderEvent>, StoreError>;
 
-    /// Marks the events applied (done) with `outcome`, only while `owner` holds the lease;
-    /// `false` when it no longer does (nothing is marked).
+    /// Marks the events applied (done) with `outcome`, only while `owner` holds the lease
+    /// (checked in the same statement); `false` when it no longer does (nothing is marked).
     async fn finish_provider_events(
         &self,
         integration_id: &str,
@@ -130,15 +166,20 @@ pub trait ProviderWebhookStore: Send + Sync {
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError>;
 
-    /// Counts a failed attempt of the events; those that reached `max_attempts` are given up
-    /// (failed), the others wait until `retry_at`.
+    /// The events wait until `retry_at`, only while `owner` holds the lease. With `count`, a
+    /// failed attempt is counted and those that reach `max_attempts` are given up (failed);
+    /// without (a rate limit), the attempt is not counted. How many were given up.
+    #[allow(clippy::too_many_arguments)]
     async fn retry_provider_events(
         &self,
+        integration_id: &str,
+        owner: &str,
         ids: &[i64],
         error: &str,
         retry_at: DateTime<Utc>,
+        count: bool,
         max_attempts: u32,
-    ) -> Result<(), StoreError>;
+    ) -> Result<u64, StoreError>;
 
     /// Lets go of the connection's lease.
     async fn release_webhook_integration(

@@ -196,6 +196,7 @@ contact_import!(SqliteStore, begin: "BEGIN IMMEDIATE", user_lock: "",
     guard: "SELECT 1 FROM integrations WHERE id = $1 AND destination_epoch = $2");
 webhook_store!(SqliteStore);
 provider_webhook_store!(SqliteStore, id: "", text: "", skip_locked: "");
+health_store!(SqliteStore, id: "", text: "");
 mobile_payments!(SqliteStore);
 dunning_outbox!(SqliteStore);
 overage_store!(SqliteStore);

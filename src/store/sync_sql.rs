@@ -120,6 +120,13 @@ macro_rules! sync_queue {
                     .bind(integration_id)
                     .execute(&mut *tx)
                     .await?;
+                    // Unsubscribes were the old list's members'.
+                    sqlx::query(concat!(
+                        "DELETE FROM integration_unsubscribes WHERE integration_id = $1", $id
+                    ))
+                    .bind(integration_id)
+                    .execute(&mut *tx)
+                    .await?;
                     tx.commit().await?;
                     Ok(())
                 }

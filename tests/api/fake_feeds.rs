@@ -21,8 +21,8 @@ pub struct Channel {
 
 #[derive(Default)]
 struct FeedState {
-    /// Mailchimp: live webhooks (id, url).
-    webhooks: Vec<(String, String)>,
+    /// Mailchimp: live webhooks (id, url, list).
+    webhooks: Vec<(String, String, String)>,
     deleted_webhooks: Vec<String>,
     next_id: usize,
     /// Zoho: live channels, and every watch call (method).
@@ -58,7 +58,16 @@ impl Feeds {
 
     /// Mailchimp: the live webhooks (id, url).
     pub fn webhooks(&self) -> Vec<(String, String)> {
-        self.state().webhooks.clone()
+        self.state()
+            .webhooks
+            .iter()
+            .map(|(id, url, _)| (id.clone(), url.clone()))
+            .collect()
+    }
+
+    /// Mailchimp: the list each live webhook is on.
+    pub fn webhook_lists(&self) -> Vec<String> {
+        self.state().webhooks.iter().map(|w| w.2.clone()).collect()
     }
 
     pub fn deleted_webhooks(&self) -> Vec<String> {
@@ -114,7 +123,7 @@ impl Feeds {
                 }
                 s.next_id += 1;
                 let id = format!("wh{}", s.next_id);
-                s.webhooks.push((id.clone(), url.clone()));
+                s.webhooks.push((id.clone(), url.clone(), list.to_string()));
                 return Some(answer(
                     200,
                     json!({"id": id, "url": url, "list_id": list, "events": body["events"], "sources": body["sources"]}),
@@ -124,7 +133,7 @@ impl Feeds {
                 && let Some(id) = tail.strip_prefix('/')
             {
                 let before = s.webhooks.len();
-                s.webhooks.retain(|(w, _)| w != id);
+                s.webhooks.retain(|(w, _, l)| !(w == id && l == list));
                 if s.webhooks.len() == before {
                     return Some(answer(
                         404,

@@ -603,7 +603,7 @@ impl Respond for Responder {
             }
             (Kind::Mailchimp, "GET", p) if p.starts_with("/3.0/lists/") => {
                 state.verify_calls += 1;
-                return if p == format!("/3.0/lists/{MAILCHIMP_LIST}") {
+                return if p == format!("/3.0/lists/{MAILCHIMP_LIST}") || p == "/3.0/lists/list43" {
                     error(200, json!({"id": MAILCHIMP_LIST, "name": "Customers"}))
                 } else {
                     error(

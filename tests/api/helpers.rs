@@ -344,6 +344,14 @@ impl TestApp {
         Self::spawn_in(db, data_dir, overrides).await
     }
 
+    /// Like [`TestApp::restart`], running `check` once the old server has stopped and before
+    /// the new one starts (what the old one did, unmixed with what the new one does).
+    pub async fn restart_after(self, overrides: &[(&str, &str)], check: impl FnOnce()) -> Self {
+        let (db, data_dir) = self.shut_down().await;
+        check();
+        Self::spawn_in(db, data_dir, overrides).await
+    }
+
     /// Stops the server gracefully, failing the test if it does not stop cleanly, and closes
     /// the test pool; the database is kept.
     async fn shut_down(mut self) -> (TestDatabase, tempfile::TempDir) {

@@ -344,6 +344,35 @@ async fn mailchimp_webhooks_are_registered_remembered_and_removed(backend: Backe
     assert!(pushed.iter().any(|e| e.starts_with("kept")), "{pushed:?}");
     assert!(!pushed.iter().any(|e| e == "mia@x.com"), "an unsubscribed address was pushed: {pushed:?}");
 
+    // Another list: the webhook moves with it (removed from the old list first), and the
+    // old list's unsubscribes are forgotten.
+    app.integrations()
+        .await
+        .update_integration(authed(
+            nexus_billing::grpc::proto::integrations::UpdateIntegrationRequest {
+                provider: Provider::Mailchimp.into(),
+                settings: [
+                    ("listId".to_string(), "list43".to_string()),
+                    ("syncDirection".to_string(), "both".to_string()),
+                ]
+                .into(),
+            },
+            &token("mc"),
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("update: {e}"));
+    assert_eq!(mailchimp.feeds.deleted_webhooks(), [webhooks[0].0.clone()]);
+    assert_eq!(mailchimp.feeds.webhook_lists(), ["list43"]);
+    assert_eq!(app.count("integration_unsubscribes", "").await, 0);
+    let webhooks = mailchimp.feeds.webhooks();
+    let old_path = path;
+    let path = webhooks[0].1.strip_prefix(PUBLIC_BASE).unwrap_or_default().to_string();
+    assert_eq!(
+        post(&app, &old_path, &form("subscribe", "old-list@x.com"), form_type, &[]).await,
+        (200, "ignored".into()),
+        "the old list's URL is dead"
+    );
+
     // Disconnecting removes the webhook; its URL then changes nothing.
     app.integrations()
         .await
@@ -355,7 +384,7 @@ async fn mailchimp_webhooks_are_registered_remembered_and_removed(backend: Backe
         ))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(mailchimp.feeds.deleted_webhooks(), [webhooks[0].0.clone()]);
+    assert_eq!(mailchimp.feeds.deleted_webhooks().last(), Some(&webhooks[0].0));
     assert!(mailchimp.feeds.webhooks().is_empty());
     let after = post(&app, &path, &form("subscribe", "late@x.com"), form_type, &[]).await;
     assert_eq!(after, (200, "ignored".into()));
@@ -397,16 +426,26 @@ async fn zoho_notifications_are_checked_by_channel_token_and_the_channel_renewed
     assert!(zoho.feeds.watch_calls().contains(&"PATCH".to_string()));
     let path = "/integrations/webhook/zoho_crm";
     let json = "application/json";
-    // The retired token and a made-up one change nothing.
-    assert_eq!(post(&app, path, &note(&channel.token, &channel.channel_id), json, &[]).await.1, "ignored");
+    // A made-up token changes nothing.
     assert_eq!(post(&app, path, &note("forged", &renewed.channel_id), json, &[]).await.1, "ignored");
     assert!(emails(&app, "zo").await.is_empty());
-    let (status, text) = post(&app, path, &note(&renewed.token, &renewed.channel_id), json, &[]).await;
+    // A notification sent just before the renewal reached Zoho (the token before) still
+    // counts; the new token too.
+    let (status, text) = post(&app, path, &note(&channel.token, &channel.channel_id), json, &[]).await;
     assert_eq!((status, text.as_str()), (200, "ok"));
     wait_for("the changed Zoho contact imported", || async {
         (emails(&app, "zo").await == ["zed@x.com"]).then_some(())
     })
     .await;
+    // After the next renewal, the first token is retired for good.
+    wait_for("the channel renewed again", || async {
+        zoho.feeds
+            .channels()
+            .pop()
+            .filter(|c| c.token != renewed.token && c.token != channel.token)
+    })
+    .await;
+    assert_eq!(post(&app, path, &note(&channel.token, &channel.channel_id), json, &[]).await.1, "ignored");
     zoho.assert_no_problems();
     assert!(zoho.feeds.take_problems().is_empty());
 }
