@@ -15,6 +15,9 @@
 //! when BENCH_DATABASE_URL is set. BENCH_CONTACTS (default 100000) sets N for imports (N/10 and
 //! N are run), BENCH_FILE_CONTACTS (default 1000000) for the file (N/10 and N).
 
+#[allow(dead_code)]
+#[path = "../tests/api/fake_feeds.rs"]
+mod fake_feeds;
 #[path = "../tests/api/fake_http.rs"]
 mod fake_http;
 #[allow(dead_code)]

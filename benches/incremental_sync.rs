@@ -9,6 +9,9 @@
 //! when BENCH_DATABASE_URL is set (a scratch database is created and dropped). BENCH_CONTACTS
 //! (default 100000) sets the size.
 
+#[allow(dead_code)]
+#[path = "../tests/api/fake_feeds.rs"]
+mod fake_feeds;
 #[path = "../tests/api/fake_http.rs"]
 mod fake_http;
 #[allow(dead_code)]

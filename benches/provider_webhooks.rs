@@ -12,6 +12,7 @@
 //! Run: `cargo bench --bench provider_webhooks`. SQLite in a temporary directory, or PostgreSQL
 //! when BENCH_DATABASE_URL is set. BENCH_WINDOW sets the coalescing window (default 2s).
 
+#[allow(dead_code)]
 #[path = "../tests/api/fake_feeds.rs"]
 mod fake_feeds;
 #[path = "../tests/api/fake_http.rs"]
@@ -67,7 +68,11 @@ async fn deliver(client: &reqwest::Client, url: &str, body: String) -> anyhow::R
         .send()
         .await?;
     let ms = started.elapsed().as_secs_f64() * 1000.0;
-    anyhow::ensure!(response.status() == 200, "delivery answered {}", response.status());
+    anyhow::ensure!(
+        response.status() == 200,
+        "delivery answered {}",
+        response.status()
+    );
     Ok(ms)
 }
 
@@ -140,7 +145,9 @@ async fn main() -> anyhow::Result<()> {
             "provider webhooks in and card-app changes out ({})\n",
             if postgres { "PostgreSQL" } else { "SQLite" }
         );
-        println!("| run | deliveries | events | events/s | p50 ms | p99 ms | all applied after (s) |");
+        println!(
+            "| run | deliveries | events | events/s | p50 ms | p99 ms | all applied after (s) |"
+        );
         println!("|---|---:|---:|---:|---:|---:|---:|");
         let mut next_id = 0u64;
         for (name, deliveries, per, senders) in [
@@ -185,7 +192,10 @@ async fn main() -> anyhow::Result<()> {
                 percentile(&times, 0.99),
             );
         }
-        println!("\nHubSpot batch reads for 2,000 events: {}", hubspot.batch_reads());
+        println!(
+            "\nHubSpot batch reads for 2,000 events: {}",
+            hubspot.batch_reads()
+        );
 
         println!("\nnotification to provider (NOTIFY_COALESCE_WINDOW={window}), 20 rounds:\n");
         let now_sql = if postgres {
@@ -218,7 +228,10 @@ async fn main() -> anyhow::Result<()> {
                 .await?;
             while !hubspot.pushed_emails().contains(&email) {
                 tokio::time::sleep(Duration::from_millis(5)).await;
-                anyhow::ensure!(started.elapsed() < Duration::from_secs(120), "{email} never pushed");
+                anyhow::ensure!(
+                    started.elapsed() < Duration::from_secs(120),
+                    "{email} never pushed"
+                );
             }
             latencies.push(started.elapsed().as_secs_f64());
         }

@@ -20,6 +20,9 @@
 //! 500000), BOUNDS_INVOICES (default 20000). Parts by name: `watch`, `events`, `contacts`,
 //! `history`.
 
+#[allow(dead_code)]
+#[path = "../tests/api/fake_feeds.rs"]
+mod fake_feeds;
 #[path = "../tests/api/fake_http.rs"]
 mod fake_http;
 #[allow(dead_code)]

@@ -13,6 +13,9 @@
 //! or PostgreSQL when BENCH_DATABASE_URL is set (a scratch database is created and dropped).
 //! BENCH_CONTACTS (default 100000) sets the large size; BENCH_SKIP_LIMITED=1 skips run 2.
 
+#[allow(dead_code)]
+#[path = "../tests/api/fake_feeds.rs"]
+mod fake_feeds;
 #[path = "../tests/api/fake_http.rs"]
 mod fake_http;
 #[allow(dead_code)]

@@ -243,7 +243,11 @@ impl Integrations {
             // Another audience, list or file: the next push sends every contact there.
             self.store.forget_destination(&integration.id).await?;
             // Mailchimp's webhook moves to the new list.
-            if self.store.webhook_registration(&integration.id).await?.is_some()
+            if self
+                .store
+                .webhook_registration(&integration.id)
+                .await?
+                .is_some()
                 && let Some(credentials) = self.feed_credentials(&integration).await?
             {
                 self.set_up_feed(&integration, &credentials, Some(&current.settings))

@@ -180,7 +180,9 @@ impl WebhookWorker {
                     .finish_provider_events(integration_id, &self.name, &ids, outcome, now)
                     .await?
                 {
-                    tracing::warn!("the webhook lease was lost before the events were marked applied; they are applied again");
+                    tracing::warn!(
+                        "the webhook lease was lost before the events were marked applied; they are applied again"
+                    );
                     return Ok(());
                 }
                 metrics::counter!("integration_webhook_events_applied_total", "provider" => provider.as_str(), "outcome" => outcome)
@@ -190,7 +192,12 @@ impl WebhookWorker {
                     metrics::histogram!("integration_webhook_apply_seconds", "provider" => provider.as_str())
                         .record(waited.as_secs_f64());
                 }
-                tracing::debug!(provider = provider.as_str(), events = ids.len(), outcome, "provider webhook events applied");
+                tracing::debug!(
+                    provider = provider.as_str(),
+                    events = ids.len(),
+                    outcome,
+                    "provider webhook events applied"
+                );
                 return Ok(());
             }
             Applied::Retry(reason) => {
@@ -204,7 +211,15 @@ impl WebhookWorker {
         tracing::warn!(provider = provider.as_str(), %reason, wait_s = wait.as_secs(), "provider webhook events will be applied again later");
         let given_up = self
             .store
-            .retry_provider_events(integration_id, &self.name, &ids, &reason, at, count, MAX_ATTEMPTS)
+            .retry_provider_events(
+                integration_id,
+                &self.name,
+                &ids,
+                &reason,
+                at,
+                count,
+                MAX_ATTEMPTS,
+            )
             .await?;
         if given_up > 0 {
             tracing::error!(provider = provider.as_str(), given_up, %reason, "provider webhook events given up");
@@ -322,7 +337,10 @@ impl WebhookWorker {
                 .save_provider_fingerprints(&integration.id, &counts.synced, epoch)
                 .await?;
             if counts.over_limit > 0 {
-                tracing::info!(over_limit = counts.over_limit, "contacts from a provider webhook not imported: the plan's contact limit");
+                tracing::info!(
+                    over_limit = counts.over_limit,
+                    "contacts from a provider webhook not imported: the plan's contact limit"
+                );
             }
         }
         Ok(Applied::Done("applied"))
@@ -428,7 +446,11 @@ impl WebhookWorker {
     async fn renew_zoho(&self, registration: crate::store::WebhookRegistration) {
         let now = Utc::now();
         let id = registration.integration_id.clone();
-        match self.store.claim_renewal(&id, now + RENEWAL_RETRY, now).await {
+        match self
+            .store
+            .claim_renewal(&id, now + RENEWAL_RETRY, now)
+            .await
+        {
             Ok(true) => {}
             Ok(false) => return,
             Err(e) => {

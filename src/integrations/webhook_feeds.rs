@@ -164,7 +164,11 @@ impl Integrations {
             .await
             // The provider may quote the URL or token back: neither reaches a log or the
             // activity log.
-            .map_err(|e| e.to_string().replace(&url, "<webhook URL>").replace(&secret, "<secret>"))?;
+            .map_err(|e| {
+                e.to_string()
+                    .replace(&url, "<webhook URL>")
+                    .replace(&secret, "<secret>")
+            })?;
         registration.account = subscribed.account;
         registration.remote_id = subscribed.remote_id;
         registration.expires_at = subscribed.expires_at;
