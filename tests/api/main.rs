@@ -63,6 +63,7 @@ test_modules!(
     product_metrics,
     provider_rules,
     real_time,
+    real_time_seams,
     sandbox,
     sidecar,
     store_contract,
