@@ -262,24 +262,35 @@ macro_rules! provider_webhook_store {
                     events: &[NewProviderEvent],
                     now: DateTime<Utc>,
                 ) -> Result<u64, StoreError> {
+                    // One statement per 200 events (a HubSpot delivery holds at most 100):
+                    // a delivery is stored whole or not at all, and quickly.
                     let mut tx = self.pool.begin().await?;
                     let mut stored = 0;
-                    for e in events {
-                        let done = sqlx::query(concat!(
-                            "INSERT INTO integration_webhook_events (integration_id, \
-                             delivery_key, kind, payload, received_at, next_attempt_at) \
-                             SELECT id, $2, $3, $4, $5, $5 FROM integrations WHERE id = $1",
-                            $id,
-                            " ON CONFLICT (delivery_key) DO NOTHING"
-                        ))
-                        .bind(&e.integration_id)
-                        .bind(&e.delivery_key)
-                        .bind(&e.kind)
-                        .bind(&e.payload)
-                        .bind(now)
-                        .execute(&mut *tx)
-                        .await?;
-                        stored += done.rows_affected();
+                    for chunk in events.chunks(200) {
+                        let rows: Vec<String> = (0..chunk.len())
+                            .map(|i| {
+                                let n = 2 + i * 4;
+                                format!("(${}, ${}, ${}, ${})", n, n + 1, n + 2, n + 3)
+                            })
+                            .collect();
+                        let sql = sqlx::AssertSqlSafe(format!(
+                            "INSERT INTO integration_webhook_events (integration_id, delivery_key, \
+                             kind, payload, received_at, next_attempt_at) \
+                             SELECT i.id, v.column2, v.column3, v.column4, $1, $1 \
+                             FROM (VALUES {}) AS v JOIN integrations i ON i.id = v.column1{} \
+                             WHERE true ON CONFLICT (delivery_key) DO NOTHING",
+                            rows.join(", "),
+                            $id
+                        ));
+                        let mut query = sqlx::query(sql).bind(now);
+                        for e in chunk {
+                            query = query
+                                .bind(&e.integration_id)
+                                .bind(&e.delivery_key)
+                                .bind(&e.kind)
+                                .bind(&e.payload);
+                        }
+                        stored += query.execute(&mut *tx).await?.rows_affected();
                     }
                     tx.commit().await?;
                     Ok(stored)
