@@ -161,7 +161,10 @@ function HealthLine({ integration }: { integration: Integration }) {
     <div className="health" data-testid="integration-health">
       <p className="status-line">
         <Badge tone={tone}>{label}</Badge>
-        {health.lastError && <span className="status-reason">{health.lastError}</span>}
+        {/* A connection in trouble shows its reason on the status line above. */}
+        {integration.status === IntegrationStatus.ACTIVE && health.lastError && (
+          <span className="status-reason">{health.lastError}</span>
+        )}
       </p>
       {advice && <p className="hint">{advice}</p>}
       <p className="hint">
