@@ -120,11 +120,17 @@ async fn listen_for_job_changes(pool: PgPool, changes: tokio::sync::broadcast::S
 
 /// One scheduler pass: due integrations (locked, skipping those another replica holds) move
 /// one interval on and get a job in their recurring direction, unless one is active.
+///
+/// The lock is `FOR NO KEY UPDATE` (what the UPDATE of `next_sync_at` needs), not `FOR UPDATE`:
+/// a SyncIntegration inserting its job at the same moment holds its index entry and waits for a
+/// KEY SHARE lock on the integration (the foreign key), which `FOR UPDATE` blocks while this
+/// pass waits for that index entry: PostgreSQL found a deadlock and the user got UNAVAILABLE
+/// (found by the contacts model, seed 2923308930246574676; timing-dependent).
 const SCHEDULE_DUE_SYNCS: &str = "\
     WITH due AS ( \
         SELECT id FROM integrations \
         WHERE next_sync_at IS NOT NULL AND status = 'active' AND next_sync_at <= $1 \
-        ORDER BY next_sync_at LIMIT $2 FOR UPDATE SKIP LOCKED), \
+        ORDER BY next_sync_at LIMIT $2 FOR NO KEY UPDATE SKIP LOCKED), \
     bumped AS ( \
         UPDATE integrations i \
         SET next_sync_at = $1 + make_interval(secs => i.sync_interval_seconds) \
@@ -223,7 +229,7 @@ billing_tx!(PgTx, sqlx::Postgres, lock: " FOR UPDATE", id_cast: "::uuid");
 billing_records!(PgStore);
 integration_store!(PgStore, id: "::uuid", text: "::text", skip_locked: " FOR UPDATE SKIP LOCKED");
 contact_import!(PgStore, begin: "BEGIN", user_lock: "SELECT pg_advisory_xact_lock(hashtext($1))",
-    guard: "SELECT 1::bigint FROM integrations WHERE id = $1::uuid AND destination_epoch = $2 FOR UPDATE");
+    guard: "SELECT 1::bigint FROM integrations WHERE id = $1::uuid AND destination_epoch = $2 FOR NO KEY UPDATE");
 webhook_store!(PgStore);
 provider_webhook_store!(PgStore, id: "::uuid", text: "::text", skip_locked: " FOR UPDATE SKIP LOCKED");
 health_store!(PgStore, id: "::uuid", text: "::text");
