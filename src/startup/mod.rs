@@ -23,7 +23,7 @@ use crate::{
     account::Account,
     auth::{AuthInterceptor, JwtVerifier, TokenRequest, mint},
     billing::{Billing, EventProcessor, mpesa_poller, overage, reconciler},
-    config::{Config, is_allowed_redirect},
+    config::Config,
     domain::UserId,
     grpc::{
         account::AccountApi,
@@ -36,11 +36,10 @@ use crate::{
         },
     },
     integrations::{
-        Integrations, IntegrationsSettings, oauth::OAuth, scheduler, sync_worker::SyncWorker,
-        tokens::TokenKeeper, webhook_apply::WebhookWorker,
+        Integrations, scheduler, sync_worker::SyncWorker, tokens::TokenKeeper,
+        webhook_apply::WebhookWorker,
     },
     payments::sandbox::Sandbox,
-    providers::{ProviderEndpoints, Providers, RateLimits},
     sidecar::{self, DASHBOARD_PATH, DashboardSettings, SidecarState},
     store::{self, Store},
     telemetry::request_span,
@@ -48,8 +47,10 @@ use crate::{
 };
 
 mod billing;
+mod integrations;
 
 use billing::{build_billing, dunning_mailer, start_sandbox};
+use integrations::{Integrated, build_integrations};
 
 /// The user id of the development token printed at start-up.
 pub const DEV_USER_ID: &str = "dev-user";
@@ -391,54 +392,6 @@ pub async fn build_account_only(config: &Config) -> anyhow::Result<(Arc<Account>
     Ok((account, store))
 }
 
-/// The integrations use cases and what the sync worker shares with them.
-struct Integrated {
-    integrations: Arc<Integrations>,
-    vault: Arc<Vault>,
-    providers: Arc<Providers>,
-    oauth: Arc<OAuth>,
-    /// Shared by the webhook intake (which wakes) and the webhook worker (which waits).
-    webhook_arrivals: Arc<tokio::sync::Notify>,
-}
-
-fn build_integrations(
-    config: &Config,
-    origins: &[String],
-    store: Arc<dyn Store>,
-) -> anyhow::Result<Integrated> {
-    let vault = Arc::new(build_vault(config)?);
-    let providers = Arc::new(build_providers(config)?);
-    let oauth =
-        Arc::new(OAuth::new(&config.oauth, &config.endpoints).context("cannot set up OAuth")?);
-    let redirect_origins = origins.to_vec();
-    let webhook_arrivals = Arc::new(tokio::sync::Notify::new());
-    let integrations = Arc::new(Integrations::new(
-        store,
-        Arc::clone(&vault),
-        Arc::clone(&providers),
-        Arc::clone(&oauth),
-        IntegrationsSettings {
-            redirect_allowed: Box::new(move |url: &str| {
-                is_allowed_redirect(&redirect_origins, url)
-            }),
-            max_attempts: config.sync.max_attempts,
-            oauth_start_url: config.oauth.start_url.clone(),
-            zoho_accounts_servers: config.oauth.zoho_accounts_servers.clone(),
-            max_watch_streams_per_user: config.sync.max_watch_streams_per_user,
-            watch_fallback: config.sync.watch_fallback_interval,
-            real_time: config.real_time.clone(),
-            webhook_arrivals: Arc::clone(&webhook_arrivals),
-        },
-    ));
-    Ok(Integrated {
-        integrations,
-        vault,
-        providers,
-        oauth,
-        webhook_arrivals,
-    })
-}
-
 /// The configured database, migrated.
 async fn connect_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     let store = store::connect(
@@ -462,26 +415,6 @@ pub fn build_vault(config: &Config) -> anyhow::Result<Vault> {
         .map(|k| k.expose())
         .collect();
     Vault::new(config.encryption_key.expose(), &previous).context("cannot set up the vault")
-}
-
-fn build_providers(config: &Config) -> anyhow::Result<Providers> {
-    let e = &config.endpoints;
-    let endpoints = ProviderEndpoints {
-        hubspot_api_base: e.hubspot_api_base.clone(),
-        mailchimp_api_base: e.mailchimp_api_base.clone(),
-        sendgrid_api_base: e.sendgrid_api_base.clone(),
-        zapier_hook_base: e.zapier_hook_base.clone(),
-        sendgrid_poll_interval: config.sync.poll_interval,
-        salesforce_api_base: e.salesforce_api_base.clone(),
-        zoho_api_base: e.zoho_api_base.clone(),
-        google_upload_base: e.google_upload_base.clone(),
-        dropbox_content_base: e.dropbox_content_base.clone(),
-    };
-    Providers::new(
-        endpoints,
-        Arc::new(RateLimits::new(&config.sync.rate_limits)),
-    )
-    .context("cannot set up the provider HTTP client")
 }
 
 async fn grpc_server(
