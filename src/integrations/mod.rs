@@ -193,6 +193,16 @@ impl Integrations {
     }
 }
 
+/// A name for this process's lease and lock holders: its pid and a random part (two
+/// processes, or two starts of one, never share it).
+fn instance_name() -> String {
+    format!(
+        "{}-{}",
+        std::process::id(),
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    )
+}
+
 fn not_connected(provider: ProviderId) -> IntegrationError {
     IntegrationError::NotFound(format!("{provider} is not connected"))
 }

@@ -33,11 +33,7 @@ impl SyncWorker {
         providers: Arc<Providers>,
         config: SyncConfig,
     ) -> Self {
-        let name = format!(
-            "{}-{}",
-            std::process::id(),
-            &uuid::Uuid::new_v4().simple().to_string()[..8]
-        );
+        let name = super::instance_name();
         Self {
             store,
             billing,

@@ -57,11 +57,7 @@ pub struct TokenKeeper {
 
 impl TokenKeeper {
     pub fn new(store: Arc<dyn Store>, vault: Arc<Vault>, oauth: Arc<OAuth>) -> Self {
-        let owner = format!(
-            "{}-{}",
-            std::process::id(),
-            &uuid::Uuid::new_v4().simple().to_string()[..8]
-        );
+        let owner = super::instance_name();
         Self {
             store,
             vault,

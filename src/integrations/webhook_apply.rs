@@ -83,11 +83,7 @@ impl WebhookWorker {
         arrivals: Arc<Notify>,
         housekeeping: Duration,
     ) -> Self {
-        let name = format!(
-            "webhooks-{}-{}",
-            std::process::id(),
-            &uuid::Uuid::new_v4().simple().to_string()[..8]
-        );
+        let name = format!("webhooks-{}", super::instance_name());
         Self {
             store,
             billing,

@@ -251,20 +251,11 @@ fn contact_of(c: ZohoContact) -> Option<RemoteContact> {
     )
 }
 
+/// A watch answer: one result per channel, shaped like a record's.
 #[derive(Deserialize)]
 struct WatchAnswer {
     #[serde(default)]
-    watch: Vec<WatchResult>,
-}
-
-#[derive(Deserialize)]
-struct WatchResult {
-    #[serde(default)]
-    status: String,
-    #[serde(default)]
-    code: String,
-    #[serde(default)]
-    message: String,
+    watch: Vec<RecordResult>,
 }
 
 /// Zoho's notifications: a watch channel on the Contacts module (`POST /crm/v2/actions/watch`)
